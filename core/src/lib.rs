@@ -1,0 +1,1 @@
+//! Pure billing domain. No I/O, no clock, no async.
