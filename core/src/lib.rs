@@ -1,1 +1,17 @@
 //! Pure billing domain. No I/O, no clock, no async.
+//!
+//! Money is exact (`rust_decimal`), every line keeps its precise value and is rounded once to the
+//! currency's minor unit, and time always comes in as arguments.
+
+pub mod currency;
+pub mod error;
+pub mod money;
+pub mod period;
+pub mod proration;
+pub mod subscription;
+
+pub use currency::Currency;
+pub use error::{Error, Result};
+pub use money::{Money, Quantity, RoundingMode};
+pub use period::{BillingPeriod, BillingTime, Interval, Schedule};
+pub use proration::ProrationConvention;

@@ -1,0 +1,645 @@
+//! Subscription lifecycle over a period: start, trial, upgrade, downgrade, cancel, pause/resume,
+//! turned into time segments and then into prorated subscription-fee lines.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::period::{BillingPeriod, Schedule};
+use crate::proration::{ChangeEdge, ProrationConvention};
+
+/// A change requested on a subscription; plans are indices into the caller's plan list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Immediate switch to a plan: credit the unused part of the old one, charge the new one prorated.
+    Upgrade {
+        /// Index of the new plan.
+        plan: usize,
+    },
+    /// Switch to a plan at the end of the period that contains the request.
+    Downgrade {
+        /// Index of the new plan.
+        plan: usize,
+    },
+    /// End of the subscription, now (with credit) or at the end of the current period.
+    Cancel {
+        /// True for immediate cancellation.
+        immediate: bool,
+    },
+    /// Stop billing the fee from this day.
+    Pause,
+    /// Bill the fee again from this day.
+    Resume,
+}
+
+/// One requested change and when it was requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// When the change was made.
+    pub at: DateTime<Utc>,
+    /// What changes.
+    pub kind: ChangeKind,
+}
+
+/// A subscription's history, as far as fees are concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// End of the free trial, if any; the first fee starts here.
+    pub trial_ends_at: Option<DateTime<Utc>>,
+    /// Index of the first plan.
+    pub plan: usize,
+    /// Changes, in any order.
+    pub changes: Vec<Change>,
+}
+
+/// The subscription's state between two transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Index of the plan in force.
+    pub plan: usize,
+    /// The subscription has started.
+    pub started: bool,
+    /// In free trial.
+    pub trial: bool,
+    /// Paused.
+    pub paused: bool,
+    /// Ended by a cancellation.
+    pub ended: bool,
+}
+
+impl State {
+    /// Whether the subscription fee accrues in this state.
+    pub fn billable(&self) -> bool {
+        self.started && !self.trial && !self.paused && !self.ended
+    }
+
+    /// Whether usage is attributed to this state (trial and pause included, as usage is still metered).
+    pub fn live(&self) -> bool {
+        self.started && !self.ended
+    }
+}
+
+/// A time range of a period during which the state does not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Start, inclusive.
+    pub from: DateTime<Utc>,
+    /// End, exclusive.
+    pub to: DateTime<Utc>,
+    /// The state over the range.
+    pub state: State,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Start,
+    TrialEnd,
+    SetPlan(usize),
+    End,
+    Pause,
+    Resume,
+}
+
+/// Cuts `period` into segments of constant state, applying every change with its billing semantics.
+pub fn segments(
+    sub: &Subscription,
+    schedule: &Schedule,
+    convention: ProrationConvention,
+    period: &BillingPeriod,
+) -> Result<Vec<Segment>> {
+    let tz = schedule.timezone();
+    let begin = |t| convention.effective_instant(t, ChangeEdge::Begin, tz);
+    let mut actions = vec![(begin(sub.started_at), Action::Start)];
+    if let Some(trial_end) = sub.trial_ends_at {
+        if trial_end < sub.started_at {
+            return Err(Error::InvalidRequest(
+                "trial ends before the subscription starts".into(),
+            ));
+        }
+        actions.push((begin(trial_end), Action::TrialEnd));
+    }
+    let mut changes = sub.changes.clone();
+    changes.sort_by_key(|c| c.at);
+    for c in &changes {
+        if c.at < sub.started_at {
+            return Err(Error::InvalidRequest(format!(
+                "change at {} is before the subscription start",
+                c.at
+            )));
+        }
+        let at_period_end = || schedule.period_containing(c.at).map(|p| p.end);
+        actions.push(match c.kind {
+            ChangeKind::Upgrade { plan } => (begin(c.at), Action::SetPlan(plan)),
+            ChangeKind::Downgrade { plan } => (at_period_end()?, Action::SetPlan(plan)),
+            ChangeKind::Cancel { immediate: true } => (
+                convention.effective_instant(c.at, ChangeEdge::Cancel, tz),
+                Action::End,
+            ),
+            ChangeKind::Cancel { immediate: false } => (at_period_end()?, Action::End),
+            ChangeKind::Pause => (begin(c.at), Action::Pause),
+            ChangeKind::Resume => (begin(c.at), Action::Resume),
+        });
+    }
+    // Stable sort: at the same instant, the start comes first, then the trial end, then changes in order.
+    actions.sort_by_key(|(t, _)| *t);
+
+    let mut state = State {
+        plan: sub.plan,
+        started: false,
+        trial: false,
+        paused: false,
+        ended: false,
+    };
+    let mut timeline: Vec<(DateTime<Utc>, State)> = Vec::with_capacity(actions.len());
+    for (t, action) in actions {
+        if state.ended {
+            return Err(Error::InvalidRequest(format!(
+                "change at {t} comes after the subscription ended"
+            )));
+        }
+        match action {
+            Action::Start => {
+                state.started = true;
+                state.trial = sub.trial_ends_at.is_some_and(|e| e > sub.started_at);
+            }
+            Action::TrialEnd => state.trial = false,
+            Action::SetPlan(p) => state.plan = p,
+            Action::End => state.ended = true,
+            Action::Pause if state.paused => {
+                return Err(Error::InvalidRequest(
+                    "pause of a paused subscription".into(),
+                ))
+            }
+            Action::Pause => state.paused = true,
+            Action::Resume if !state.paused => {
+                return Err(Error::InvalidRequest(
+                    "resume of a subscription that is not paused".into(),
+                ))
+            }
+            Action::Resume => state.paused = false,
+        }
+        timeline.push((t, state));
+    }
+
+    let initial = State {
+        plan: sub.plan,
+        started: false,
+        trial: false,
+        paused: false,
+        ended: false,
+    };
+    let at_start = timeline
+        .iter()
+        .take_while(|(t, _)| *t <= period.start)
+        .last()
+        .map_or(initial, |(_, s)| *s);
+    let mut out = vec![Segment {
+        from: period.start,
+        to: period.end,
+        state: at_start,
+    }];
+    for (t, s) in timeline
+        .iter()
+        .filter(|(t, _)| period.start < *t && *t < period.end)
+    {
+        let last = out.last_mut().ok_or(Error::Overflow("segments"))?;
+        if last.state == *s {
+            continue;
+        }
+        if last.from == *t {
+            last.state = *s;
+            continue;
+        }
+        last.to = *t;
+        out.push(Segment {
+            from: *t,
+            to: period.end,
+            state: *s,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether a fee line charges or credits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeeKind {
+    /// A (possibly prorated) charge of a plan's fee.
+    Charge,
+    /// A credit of the unused part of a fee already billed in advance.
+    Credit,
+}
+
+/// One subscription-fee line before rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeeLine {
+    /// Charge or credit.
+    pub kind: FeeKind,
+    /// Index of the plan.
+    pub plan: usize,
+    /// Service start.
+    pub from: DateTime<Utc>,
+    /// Service end (exclusive).
+    pub to: DateTime<Utc>,
+    /// Proration factor.
+    pub factor: Decimal,
+    /// Precise signed amount (negative for credits).
+    pub amount: Decimal,
+}
+
+/// Subscription-fee lines of one period.
+///
+/// In arrears, each billable segment is charged for what it served. In advance, the fee is charged at
+/// the start for the rest of the period, and every later change credits the unused rest of the old
+/// state and charges the rest of the new one; both timings add up to the same net amount.
+pub fn fee_lines(
+    segs: &[Segment],
+    fees: &[Decimal],
+    pay_in_advance: bool,
+    period: &BillingPeriod,
+    convention: ProrationConvention,
+    schedule: &Schedule,
+) -> Result<Vec<FeeLine>> {
+    let tz = schedule.timezone();
+    let fee_of = |s: &State| -> Result<Decimal> {
+        if !s.billable() {
+            return Ok(Decimal::ZERO);
+        }
+        fees.get(s.plan)
+            .copied()
+            .ok_or_else(|| Error::InvalidRequest(format!("unknown plan index {}", s.plan)))
+    };
+    let line = |kind, plan, from, to, fee: Decimal| -> Result<FeeLine> {
+        let factor = convention.factor(period, from, to, tz)?;
+        let mut amount = fee
+            .checked_mul(factor)
+            .ok_or(Error::Overflow("fee proration"))?;
+        if kind == FeeKind::Credit {
+            amount = -amount;
+        }
+        Ok(FeeLine {
+            kind,
+            plan,
+            from,
+            to,
+            factor,
+            amount,
+        })
+    };
+    let mut out = Vec::new();
+    if !pay_in_advance {
+        for s in segs {
+            let fee = fee_of(&s.state)?;
+            if !fee.is_zero() {
+                out.push(line(FeeKind::Charge, s.state.plan, s.from, s.to, fee)?);
+            }
+        }
+        return Ok(out);
+    }
+    if let Some(first) = segs.first() {
+        let fee = fee_of(&first.state)?;
+        if !fee.is_zero() {
+            out.push(line(
+                FeeKind::Charge,
+                first.state.plan,
+                first.from,
+                period.end,
+                fee,
+            )?);
+        }
+    }
+    for w in segs.windows(2) {
+        let (old, new) = (&w[0].state, &w[1].state);
+        if (old.billable(), old.plan) == (new.billable(), new.plan) {
+            continue;
+        }
+        let (a, b) = (fee_of(old)?, fee_of(new)?);
+        let t = w[1].from;
+        if !a.is_zero() {
+            out.push(line(FeeKind::Credit, old.plan, t, period.end, a)?);
+        }
+        if !b.is_zero() {
+            out.push(line(FeeKind::Charge, new.plan, t, period.end, b)?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::{round_to_minor, RoundingMode};
+    use crate::period::{BillingTime, Interval};
+    use crate::Currency;
+    use chrono_tz::Tz;
+    use rust_decimal_macros::dec;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn run(
+        sub: &Subscription,
+        fees: &[Decimal],
+        advance: bool,
+        conv: ProrationConvention,
+        in_period: &str,
+    ) -> Vec<(FeeKind, usize, Decimal)> {
+        let sched = Schedule::new(
+            Interval::Monthly,
+            BillingTime::Calendar,
+            sub.started_at,
+            Tz::UTC,
+        )
+        .unwrap();
+        let p = sched.period_containing(utc(in_period)).unwrap();
+        let segs = segments(sub, &sched, conv, &p).unwrap();
+        let usd = Currency::parse("USD").unwrap();
+        fee_lines(&segs, fees, advance, &p, conv, &sched)
+            .unwrap()
+            .into_iter()
+            .map(|l| {
+                (
+                    l.kind,
+                    l.plan,
+                    round_to_minor(l.amount, usd, RoundingMode::HalfUp),
+                )
+            })
+            .collect()
+    }
+
+    fn sub(start: &str, changes: Vec<Change>) -> Subscription {
+        Subscription {
+            started_at: utc(start),
+            trial_ends_at: None,
+            plan: 0,
+            changes,
+        }
+    }
+
+    // Lago docs, "Upgrades and downgrades" (https://getlago.com/docs/guide/subscriptions/upgrades-downgrades):
+    // a €100 plan paid in advance is upgraded to €200 on January 15. Lago's figures 45.16 and 109.68 come
+    // from counting days inclusively over the 31-day month: the old plan served Jan 1..=14 (14 days,
+    // 100 × 14/31 = 45.16, i.e. the €100 paid minus a credit of 100 × 17/31 = 54.84) and the new plan
+    // serves Jan 15..=31 (17 days, 200 × 17/31 = 109.68).
+    #[test]
+    fn lago_upgrade_example_in_advance_and_in_arrears() {
+        let s = sub(
+            "2025-12-01T00:00:00Z",
+            vec![Change {
+                at: utc("2026-01-15T09:30:00Z"),
+                kind: ChangeKind::Upgrade { plan: 1 },
+            }],
+        );
+        let fees = [dec!(100), dec!(200)];
+        let adv = run(
+            &s,
+            &fees,
+            true,
+            ProrationConvention::Days,
+            "2026-01-20T00:00:00Z",
+        );
+        assert_eq!(
+            adv,
+            vec![
+                (FeeKind::Charge, 0, dec!(100.00)),
+                (FeeKind::Credit, 0, dec!(-54.84)),
+                (FeeKind::Charge, 1, dec!(109.68)),
+            ]
+        );
+        assert_eq!(adv[0].2 + adv[1].2, dec!(45.16));
+        let arr = run(
+            &s,
+            &fees,
+            false,
+            ProrationConvention::Days,
+            "2026-01-20T00:00:00Z",
+        );
+        assert_eq!(
+            arr,
+            vec![
+                (FeeKind::Charge, 0, dec!(45.16)),
+                (FeeKind::Charge, 1, dec!(109.68))
+            ]
+        );
+    }
+
+    // Stripe docs, "Prorations" (https://docs.stripe.com/billing/subscriptions/prorations): switching a
+    // $10/month price to $20/month exactly halfway through the period credits $5 of unused time and
+    // charges $10 of remaining time, a net +$5.
+    #[test]
+    fn stripe_mid_period_change_nets_five_dollars() {
+        let s = sub(
+            "2026-04-01T00:00:00Z",
+            vec![Change {
+                at: utc("2026-04-16T00:00:00Z"),
+                kind: ChangeKind::Upgrade { plan: 1 },
+            }],
+        );
+        let lines = run(
+            &s,
+            &[dec!(10), dec!(20)],
+            true,
+            ProrationConvention::Seconds,
+            "2026-04-02T00:00:00Z",
+        );
+        assert_eq!(
+            lines,
+            vec![
+                (FeeKind::Charge, 0, dec!(10.00)),
+                (FeeKind::Credit, 0, dec!(-5.00)),
+                (FeeKind::Charge, 1, dec!(10.00)),
+            ]
+        );
+        assert_eq!(lines[1].2 + lines[2].2, dec!(5.00));
+    }
+
+    // Kill Bill subscription billing docs (https://docs.killbill.io/latest/userguide_subscription.html,
+    // pro-ration): a $12/month plan kept for 22 days of a 28-day month is billed
+    // 12 × 0.785714286 (22/28 at 9 decimals) = 9.43.
+    #[test]
+    fn kill_bill_22_of_28_days() {
+        let s = sub(
+            "2026-02-01T00:00:00Z",
+            vec![Change {
+                at: utc("2026-02-23T08:00:00Z"),
+                kind: ChangeKind::Cancel { immediate: true },
+            }],
+        );
+        let arr = run(
+            &s,
+            &[dec!(12)],
+            false,
+            ProrationConvention::DaysExclusiveEnd,
+            "2026-02-05T00:00:00Z",
+        );
+        assert_eq!(arr, vec![(FeeKind::Charge, 0, dec!(9.43))]);
+        let adv = run(
+            &s,
+            &[dec!(12)],
+            true,
+            ProrationConvention::DaysExclusiveEnd,
+            "2026-02-05T00:00:00Z",
+        );
+        assert_eq!(
+            adv,
+            vec![
+                (FeeKind::Charge, 0, dec!(12.00)),
+                (FeeKind::Credit, 0, dec!(-2.57))
+            ]
+        );
+        // Under Lago's inclusive days, cancelling on Feb 22 keeps the same 22 days (Feb 1..=22).
+        let s2 = sub(
+            "2026-02-01T00:00:00Z",
+            vec![Change {
+                at: utc("2026-02-22T08:00:00Z"),
+                kind: ChangeKind::Cancel { immediate: true },
+            }],
+        );
+        let arr = run(
+            &s2,
+            &[dec!(12)],
+            false,
+            ProrationConvention::Days,
+            "2026-02-05T00:00:00Z",
+        );
+        assert_eq!(arr, vec![(FeeKind::Charge, 0, dec!(9.43))]);
+    }
+
+    #[test]
+    fn downgrade_and_cancel_at_period_end_wait_for_the_next_period() {
+        let s = sub(
+            "2026-01-01T00:00:00Z",
+            vec![
+                Change {
+                    at: utc("2026-01-10T00:00:00Z"),
+                    kind: ChangeKind::Downgrade { plan: 1 },
+                },
+                Change {
+                    at: utc("2026-02-10T00:00:00Z"),
+                    kind: ChangeKind::Cancel { immediate: false },
+                },
+            ],
+        );
+        let fees = [dec!(100), dec!(50)];
+        let jan = run(
+            &s,
+            &fees,
+            true,
+            ProrationConvention::Days,
+            "2026-01-20T00:00:00Z",
+        );
+        assert_eq!(jan, vec![(FeeKind::Charge, 0, dec!(100.00))]);
+        let feb = run(
+            &s,
+            &fees,
+            true,
+            ProrationConvention::Days,
+            "2026-02-20T00:00:00Z",
+        );
+        assert_eq!(feb, vec![(FeeKind::Charge, 1, dec!(50.00))]);
+        let mar = run(
+            &s,
+            &fees,
+            true,
+            ProrationConvention::Days,
+            "2026-03-20T00:00:00Z",
+        );
+        assert!(mar.is_empty());
+    }
+
+    #[test]
+    fn pause_bills_nothing_for_paused_days() {
+        let s = sub(
+            "2026-01-01T00:00:00Z",
+            vec![
+                Change {
+                    at: utc("2026-01-11T00:00:00Z"),
+                    kind: ChangeKind::Pause,
+                },
+                Change {
+                    at: utc("2026-01-21T00:00:00Z"),
+                    kind: ChangeKind::Resume,
+                },
+            ],
+        );
+        // 31 days, 10 paused: 21/31 of 31.00 = 21.00 in arrears.
+        let arr = run(
+            &s,
+            &[dec!(31)],
+            false,
+            ProrationConvention::Days,
+            "2026-01-05T00:00:00Z",
+        );
+        assert_eq!(
+            arr,
+            vec![
+                (FeeKind::Charge, 0, dec!(10.00)),
+                (FeeKind::Charge, 0, dec!(11.00))
+            ]
+        );
+        let adv = run(
+            &s,
+            &[dec!(31)],
+            true,
+            ProrationConvention::Days,
+            "2026-01-05T00:00:00Z",
+        );
+        let net: Decimal = adv.iter().map(|l| l.2).sum();
+        assert_eq!(net, dec!(21.00));
+    }
+
+    #[test]
+    fn trial_shifts_the_first_fee() {
+        let mut s = sub("2026-01-01T00:00:00Z", vec![]);
+        s.trial_ends_at = Some(utc("2026-01-15T00:00:00Z"));
+        let adv = run(
+            &s,
+            &[dec!(31)],
+            true,
+            ProrationConvention::Days,
+            "2026-01-05T00:00:00Z",
+        );
+        assert_eq!(adv, vec![(FeeKind::Charge, 0, dec!(17.00))]);
+        let feb = run(
+            &s,
+            &[dec!(31)],
+            true,
+            ProrationConvention::Days,
+            "2026-02-05T00:00:00Z",
+        );
+        assert_eq!(feb, vec![(FeeKind::Charge, 0, dec!(31.00))]);
+    }
+
+    #[test]
+    fn start_mid_period_is_prorated_and_invalid_histories_are_rejected() {
+        let s = sub("2026-01-15T10:00:00Z", vec![]);
+        let adv = run(
+            &s,
+            &[dec!(100)],
+            true,
+            ProrationConvention::Days,
+            "2026-01-20T00:00:00Z",
+        );
+        assert_eq!(adv, vec![(FeeKind::Charge, 0, dec!(54.84))]);
+        let bad = sub(
+            "2026-01-15T10:00:00Z",
+            vec![Change {
+                at: utc("2026-01-16T00:00:00Z"),
+                kind: ChangeKind::Resume,
+            }],
+        );
+        let sched = Schedule::new(
+            Interval::Monthly,
+            BillingTime::Calendar,
+            bad.started_at,
+            Tz::UTC,
+        )
+        .unwrap();
+        let p = sched.period_containing(bad.started_at).unwrap();
+        assert!(segments(&bad, &sched, ProrationConvention::Days, &p).is_err());
+    }
+}
