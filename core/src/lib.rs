@@ -6,11 +6,14 @@
 pub mod aggregation;
 pub mod charge;
 pub mod currency;
+pub mod discount;
 pub mod error;
+pub mod invoice;
 pub mod money;
 pub mod period;
 pub mod proration;
 pub mod subscription;
+pub mod tax;
 
 pub use currency::Currency;
 pub use error::{Error, Result};
