@@ -1,0 +1,251 @@
+//! Layered configuration: embedded `default.toml`, then an optional file, then `BILLING__SECTION__KEY`
+//! environment variables. Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../default.toml");
+
+/// Every setting of every service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Kafka connection and topic layout.
+    pub kafka: KafkaConfig,
+    /// ScyllaDB / Cassandra connection.
+    pub cassandra: CassandraConfig,
+    /// ClickHouse connection.
+    pub clickhouse: ClickHouseConfig,
+    /// Logging.
+    pub telemetry: TelemetryConfig,
+    /// The rating service.
+    pub rating: ConsumerServiceConfig,
+    /// The query API.
+    pub query_api: QueryApiConfig,
+    /// The ingest gateway.
+    pub ingest: HttpServiceConfig,
+    /// The invoicer.
+    pub invoicer: GroupServiceConfig,
+    /// The payments service.
+    pub payments: GroupServiceConfig,
+}
+
+/// Kafka settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// Prefix for every topic name.
+    pub topic_prefix: String,
+    /// Partitions of every topic the project creates.
+    pub partitions: i32,
+    /// Replication factor of those topics.
+    pub replication_factor: i32,
+}
+
+/// CQL settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CassandraConfig {
+    /// Contact points, host:port.
+    pub nodes: Vec<String>,
+    /// Keyspace of all billing tables.
+    pub keyspace: String,
+    /// Replication map used when creating the keyspace.
+    pub replication: String,
+}
+
+/// ClickHouse settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint.
+    pub url: String,
+    /// Database of all billing tables.
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// `tracing` env-filter directives, e.g. `info,billing_rating=debug`.
+    pub filter: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A Kafka consumer service with an HTTP port for health and metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerServiceConfig {
+    /// Health/metrics listen address.
+    pub listen: SocketAddr,
+    /// Consumer group.
+    pub group_id: String,
+    /// Checkpoint after this many events…
+    pub checkpoint_events: usize,
+    /// …or after this much time.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+/// A consumer service that has no tuning yet beyond its group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupServiceConfig {
+    /// Health/metrics listen address.
+    pub listen: SocketAddr,
+    /// Consumer group.
+    pub group_id: String,
+}
+
+/// An HTTP service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpServiceConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// The query API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryApiConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Steady request rate allowed per tenant.
+    pub rate_limit_per_second: u32,
+    /// Burst allowed above the rate.
+    pub rate_limit_burst: u32,
+}
+
+/// Bad configuration: every problem found, so the operator fixes them in one go.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {}", .0.join("; "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Settings {
+    /// Load defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment passed in (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        use config::{Config, File, FileFormat};
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        let mut errors = Vec::new();
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("BILLING__") else { continue };
+            let path = rest.to_lowercase().replace("__", ".");
+            builder = match builder.set_override(path.clone(), value) {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(format!("{key}: {e}"));
+                    return Err(ConfigError(errors));
+                }
+            };
+        }
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        settings.validate()
+    }
+
+    fn validate(self) -> Result<Self, ConfigError> {
+        let mut errors = Vec::new();
+        if self.kafka.partitions < 1 {
+            errors.push(format!("kafka.partitions must be at least 1, not {}", self.kafka.partitions));
+        }
+        if self.kafka.replication_factor < 1 {
+            errors.push("kafka.replication_factor must be at least 1".to_owned());
+        }
+        if self.cassandra.nodes.is_empty() {
+            errors.push("cassandra.nodes must name at least one node".to_owned());
+        }
+        let ident_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident_ok(&self.cassandra.keyspace) {
+            errors.push(format!("cassandra.keyspace {:?} must be letters, digits and _", self.cassandra.keyspace));
+        }
+        if !ident_ok(&self.clickhouse.database) {
+            errors.push(format!("clickhouse.database {:?} must be letters, digits and _", self.clickhouse.database));
+        }
+        if self.rating.checkpoint_events == 0 {
+            errors.push("rating.checkpoint_events must be at least 1".to_owned());
+        }
+        if self.query_api.rate_limit_per_second == 0 || self.query_api.rate_limit_burst == 0 {
+            errors.push("query_api.rate_limit_per_second and rate_limit_burst must be at least 1".to_owned());
+        }
+        if errors.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.kafka.partitions, 12);
+        assert_eq!(s.rating.checkpoint_interval, Duration::from_millis(200));
+        assert_eq!(s.telemetry.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[("BILLING__KAFKA__PARTITIONS", "3"), ("BILLING__TELEMETRY__FORMAT", "json"), ("OTHER", "x")]),
+        )
+        .unwrap();
+        assert_eq!(s.kafka.partitions, 3);
+        assert_eq!(s.telemetry.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_reported() {
+        let err = Settings::load_with_env(None, env(&[("BILLING__KAFKA__BROKRES", "x")])).unwrap_err();
+        assert!(err.to_string().contains("brokres"), "{err}");
+        let err = Settings::load_with_env(
+            None,
+            env(&[("BILLING__KAFKA__PARTITIONS", "0"), ("BILLING__CASSANDRA__KEYSPACE", "bad-name")]),
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+    }
+}

@@ -1,0 +1,145 @@
+//! Kafka: topic names, topic creation, and producer/consumer builders with the project's delivery settings.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+
+/// The project's topics, with the configured prefix applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// Usage events.
+    pub usage: String,
+    /// Rejected usage events, with the reason in headers.
+    pub usage_dlq: String,
+    /// Customer and subscription lifecycle, clock ticks.
+    pub lifecycle: String,
+    /// Metrics and plans (compacted).
+    pub catalog: String,
+    /// Invoice events.
+    pub invoices: String,
+    /// Payment events.
+    pub payments: String,
+}
+
+impl Topics {
+    /// Topic names for a config.
+    pub fn new(cfg: &KafkaConfig) -> Self {
+        let p = &cfg.topic_prefix;
+        Topics {
+            usage: format!("{p}billing.usage"),
+            usage_dlq: format!("{p}billing.usage.dlq"),
+            lifecycle: format!("{p}billing.lifecycle"),
+            catalog: format!("{p}billing.catalog"),
+            invoices: format!("{p}billing.invoices"),
+            payments: format!("{p}billing.payments"),
+        }
+    }
+
+    /// (name, compacted) for every topic.
+    pub fn all(&self) -> [(&str, bool); 6] {
+        [
+            (&self.usage, false),
+            (&self.usage_dlq, false),
+            (&self.lifecycle, false),
+            (&self.catalog, true),
+            (&self.invoices, false),
+            (&self.payments, false),
+        ]
+    }
+}
+
+/// Dead-letter headers: why a message was rejected and where it came from.
+pub mod dlq_headers {
+    /// Human-readable rejection reason.
+    pub const REASON: &str = "dlq.reason";
+    /// Source topic.
+    pub const SOURCE_TOPIC: &str = "dlq.source.topic";
+    /// Source partition.
+    pub const SOURCE_PARTITION: &str = "dlq.source.partition";
+    /// Source offset.
+    pub const SOURCE_OFFSET: &str = "dlq.source.offset";
+}
+
+fn base(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    c
+}
+
+/// A producer that waits for all in-sync replicas and never duplicates on retry.
+pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    base(cfg)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "30000")
+        .create()
+}
+
+/// A consumer with manual offset commits and `earliest` reset, so a new group never skips records.
+pub fn consumer<C: ConsumerContext + 'static>(
+    cfg: &KafkaConfig,
+    group_id: &str,
+    context: C,
+) -> Result<StreamConsumer<C>, rdkafka::error::KafkaError> {
+    base(cfg)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.wait.max.ms", "50")
+        .create_with_context(context)
+}
+
+/// Create every topic that is missing. Existing topics are left as they are, so this is idempotent.
+pub async fn ensure_topics(cfg: &KafkaConfig) -> anyhow::Result<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> = base(cfg).create()?;
+    let topics = Topics::new(cfg);
+    let all = topics.all();
+    let new: Vec<NewTopic> = all
+        .iter()
+        .map(|(name, compacted)| {
+            let t = NewTopic::new(name, cfg.partitions, TopicReplication::Fixed(cfg.replication_factor));
+            if *compacted {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let mut created = Vec::new();
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(created)
+}
+
+/// Fetch cluster metadata: proves the brokers answer.
+pub async fn ping(cfg: &KafkaConfig) -> Result<(), String> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer = base(&cfg).create().map_err(|e| e.to_string())?;
+        consumer
+            .fetch_metadata(None, Duration::from_secs(3))
+            .map(|_| ())
+            .map_err(|e| format!("kafka: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

@@ -1,0 +1,164 @@
+//! `billing.catalog` (compacted): billable metrics and plans (schema `catalog_event.avsc`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{Message, SchemaId};
+
+/// One catalog entry, keyed by tenant/kind/code; the latest value per key wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEvent {
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Idempotency key.
+    pub event_id: String,
+    /// When the entry was published.
+    #[serde(with = "crate::time")]
+    pub occurred_at: DateTime<Utc>,
+    /// The entry.
+    pub payload: Catalog,
+}
+
+impl Message for CatalogEvent {
+    const SCHEMA: SchemaId = SchemaId::Catalog;
+}
+
+/// Catalog entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Catalog {
+    /// A metric usage events are aggregated into.
+    BillableMetric(BillableMetric),
+    /// A plan: fee, interval and usage charges.
+    Plan(Plan),
+    /// A retired entry.
+    Deleted(Deleted),
+}
+
+/// How a metric's events become units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Number of events.
+    Count,
+    /// Sum of `field_name`.
+    Sum,
+    /// Largest `field_name`.
+    Max,
+    /// Distinct values of `field_name`.
+    UniqueCount,
+    /// `field_name` of the latest event.
+    Latest,
+    /// Time-weighted sum of `field_name`.
+    WeightedSum,
+}
+
+/// A property filter: the event matches when `key` has one of `values`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricFilter {
+    /// Property name.
+    pub key: String,
+    /// Accepted values.
+    pub values: Vec<String>,
+}
+
+/// A billable metric.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillableMetric {
+    /// Code events refer to.
+    pub code: String,
+    /// Display name.
+    pub name: String,
+    /// Aggregation.
+    pub aggregation: Aggregation,
+    /// Property aggregated; `None` for count.
+    #[serde(default)]
+    pub field_name: Option<String>,
+    /// Filters.
+    #[serde(default)]
+    pub filters: Vec<MetricFilter>,
+}
+
+/// Plan billing interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interval {
+    /// Monday to Sunday.
+    Weekly,
+    /// One month.
+    Monthly,
+    /// Three months.
+    Quarterly,
+    /// Six months.
+    Semiannual,
+    /// Twelve months.
+    Yearly,
+}
+
+/// Lago's charge models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeModel {
+    /// Price per unit.
+    Standard,
+    /// Tiered, each tier priced on its own units.
+    Graduated,
+    /// Tiered, all units priced at the reached tier.
+    Volume,
+    /// Per package of units.
+    Package,
+    /// Percentage of a transacted amount.
+    Percentage,
+    /// Tiered percentage.
+    GraduatedPercentage,
+}
+
+/// A usage charge of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charge {
+    /// Stable charge id.
+    pub id: String,
+    /// Metric charged.
+    pub metric_code: String,
+    /// Pricing model.
+    pub charge_model: ChargeModel,
+    /// Lago-compatible properties, as JSON text.
+    pub properties: String,
+    /// Minimum commitment per period, decimal string.
+    #[serde(default)]
+    pub min_amount: Option<String>,
+    /// Property to group units by.
+    #[serde(default)]
+    pub group_by: Option<String>,
+}
+
+/// A plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Code subscriptions refer to.
+    pub code: String,
+    /// Display name.
+    pub name: String,
+    /// Billing interval.
+    pub interval: Interval,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Subscription fee per period, decimal string.
+    pub amount: String,
+    /// Fee billed at the start (true) or end (false) of the period.
+    pub pay_in_advance: bool,
+    /// Free trial length.
+    #[serde(default)]
+    pub trial_period_days: i32,
+    /// Usage charges.
+    #[serde(default)]
+    pub charges: Vec<Charge>,
+}
+
+/// A retired catalog entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// `billable_metric` or `plan`.
+    pub kind: String,
+    /// Its code.
+    pub code: String,
+}

@@ -1,0 +1,168 @@
+//! `billing.lifecycle`: customers, subscriptions and billing clock ticks (schema `lifecycle_event.avsc`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{Message, SchemaId};
+
+/// One lifecycle event, keyed by tenant/customer (clock ticks by tenant/clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleEvent {
+    /// Tenant the event belongs to.
+    pub tenant_id: String,
+    /// Idempotency key.
+    pub event_id: String,
+    /// When the change happened, in billing time.
+    #[serde(with = "crate::time")]
+    pub occurred_at: DateTime<Utc>,
+    /// What happened.
+    pub payload: Lifecycle,
+}
+
+impl Message for LifecycleEvent {
+    const SCHEMA: SchemaId = SchemaId::Lifecycle;
+}
+
+/// The lifecycle changes; each variant is a record of the Avro union, named alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lifecycle {
+    /// A customer was created.
+    CustomerCreated(CustomerCreated),
+    /// Some of a customer's attributes changed.
+    CustomerUpdated(CustomerUpdated),
+    /// A subscription started (or will start) on a plan.
+    SubscriptionCreated(SubscriptionCreated),
+    /// A subscription moved to another plan.
+    SubscriptionChanged(SubscriptionChanged),
+    /// A subscription stops accruing fees from `effective_at`.
+    SubscriptionPaused(SubscriptionEffective),
+    /// A paused subscription accrues fees again from `effective_at`.
+    SubscriptionResumed(SubscriptionEffective),
+    /// A subscription ends.
+    SubscriptionCanceled(SubscriptionCanceled),
+    /// Billing time advanced.
+    ClockTick(ClockTick),
+}
+
+/// A new customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerCreated {
+    /// External id chosen by the tenant.
+    pub customer_id: String,
+    /// Display name.
+    pub name: String,
+    /// Contact email.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// ISO 4217 code the customer is billed in.
+    pub currency: String,
+    /// IANA timezone for period boundaries.
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// ISO 3166 country, for tax.
+    #[serde(default)]
+    pub billing_country: Option<String>,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+/// Changed customer attributes; `None` keeps the old value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerUpdated {
+    /// External id.
+    pub customer_id: String,
+    /// New display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New email.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// New timezone.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// New country.
+    #[serde(default)]
+    pub billing_country: Option<String>,
+}
+
+/// Calendar periods start on the 1st (or Monday); anniversary periods start on the subscription's start day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingTime {
+    /// Periods aligned to calendar boundaries.
+    Calendar,
+    /// Periods aligned to the start date.
+    Anniversary,
+}
+
+/// A subscription to a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionCreated {
+    /// External subscription id.
+    pub subscription_id: String,
+    /// Subscribed customer.
+    pub customer_id: String,
+    /// Plan subscribed to.
+    pub plan_code: String,
+    /// Start of service.
+    #[serde(with = "crate::time")]
+    pub started_at: DateTime<Utc>,
+    /// End of the free trial, if any.
+    #[serde(default, with = "crate::time::option")]
+    pub trial_ends_at: Option<DateTime<Utc>>,
+    /// Calendar or anniversary periods.
+    pub billing_time: BillingTime,
+}
+
+/// A plan change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionChanged {
+    /// Subscription changed.
+    pub subscription_id: String,
+    /// Its customer.
+    pub customer_id: String,
+    /// The plan from `effective_at`.
+    pub new_plan_code: String,
+    /// When the new plan takes effect.
+    #[serde(with = "crate::time")]
+    pub effective_at: DateTime<Utc>,
+}
+
+/// A pause or a resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionEffective {
+    /// Subscription paused or resumed.
+    pub subscription_id: String,
+    /// Its customer.
+    pub customer_id: String,
+    /// When it takes effect.
+    #[serde(with = "crate::time")]
+    pub effective_at: DateTime<Utc>,
+}
+
+/// A cancellation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionCanceled {
+    /// Subscription canceled.
+    pub subscription_id: String,
+    /// Its customer.
+    pub customer_id: String,
+    /// When it takes effect.
+    #[serde(with = "crate::time")]
+    pub effective_at: DateTime<Utc>,
+    /// Cancel at the end of the current period instead of at `effective_at`.
+    #[serde(default)]
+    pub at_period_end: bool,
+}
+
+/// Billing time for a clock (the wall clock, or a test clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockTick {
+    /// `wall` in production, or a test clock's id.
+    pub clock_id: String,
+    /// The new billing time.
+    #[serde(with = "crate::time")]
+    pub now: DateTime<Utc>,
+}
