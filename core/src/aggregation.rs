@@ -126,7 +126,7 @@ impl Metric {
                 e.properties
                     .get(k)
                     .and_then(text)
-                    .is_some_and(|v| allowed.iter().any(|a| *a == v))
+                    .is_some_and(|v| allowed.contains(&v))
             })
     }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod invoice;
 pub mod money;
 pub mod period;
+pub mod pricing_api;
 pub mod proration;
 pub mod subscription;
 pub mod tax;
@@ -19,4 +20,8 @@ pub use currency::Currency;
 pub use error::{Error, Result};
 pub use money::{Money, Quantity, RoundingMode};
 pub use period::{BillingPeriod, BillingTime, Interval, Schedule};
+pub use pricing_api::{
+    evaluate_charge, preview_invoice, ChargeRequest, ChargeResponse, PreviewRequest,
+    PreviewResponse,
+};
 pub use proration::ProrationConvention;

@@ -1,0 +1,873 @@
+//! Offline pricing API: serde request/response types and two pure functions, used by the
+//! `billing pricing charge|preview` CLI and by the invoicer. See `docs/pricing.md` for the formats.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::aggregation::{Aggregate, Event, Metric};
+use crate::charge::{BreakdownLine, ChargeModel, Usage};
+use crate::currency::Currency;
+use crate::discount::Coupon;
+use crate::error::{Error, Result};
+use crate::invoice::{assemble, Adjustments, CreditNote, DraftLine, Invoice, LineKind};
+use crate::money::{non_negative, round_to_minor, Money, Quantity, RoundingMode};
+use crate::period::{local_date, parse_timezone, BillingTime, Interval, Schedule};
+use crate::proration::ProrationConvention;
+use crate::subscription::{
+    fee_lines, segments, Change, ChangeKind, FeeKind, Segment, Subscription,
+};
+use crate::tax::TaxRate;
+
+/// Input of [`evaluate_charge`]: one charge model applied to one period's aggregated usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChargeRequest {
+    /// ISO 4217 code; sets the rounding precision.
+    pub currency: Currency,
+    /// Lago charge model name.
+    pub charge_model: String,
+    /// Lago charge properties for that model.
+    pub properties: serde_json::Value,
+    /// Aggregated units; defaults to the sum of `event_values`.
+    #[serde(default)]
+    pub units: Option<Quantity>,
+    /// Number of events; defaults to the length of `event_values`.
+    #[serde(default)]
+    pub events_count: Option<u64>,
+    /// Per-event values in billing order (percentage free units per events and min/max need them).
+    #[serde(default)]
+    pub event_values: Option<Vec<Decimal>>,
+    /// Minimum commitment of the charge; a true-up lifts the amount to it.
+    #[serde(default)]
+    pub min_amount: Option<Decimal>,
+    /// `half_up` (default) or `half_even`.
+    #[serde(default)]
+    pub rounding: RoundingMode,
+}
+
+/// The true-up that lifts a charge to its minimum commitment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrueUp {
+    /// Minimum commitment.
+    pub min_amount: Decimal,
+    /// Precise true-up.
+    pub amount: Decimal,
+    /// True-up rounded once.
+    pub amount_rounded: Decimal,
+}
+
+/// Output of [`evaluate_charge`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeResponse {
+    /// Currency.
+    pub currency: Currency,
+    /// Charge model evaluated.
+    pub charge_model: String,
+    /// Units evaluated.
+    pub units: Decimal,
+    /// Events counted, if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_count: Option<u64>,
+    /// Precise amount.
+    pub amount: Decimal,
+    /// Amount rounded once to the minor unit.
+    pub amount_rounded: Decimal,
+    /// Per-tier or per-component rows (precise amounts adding up to `amount`).
+    pub breakdown: Vec<BreakdownLine>,
+    /// True-up to the minimum commitment, when one applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub true_up: Option<TrueUp>,
+    /// amount_rounded + true-up rounded: what the invoice bills for this charge.
+    pub total: Decimal,
+}
+
+/// Evaluates one charge model on aggregated usage.
+pub fn evaluate_charge(req: ChargeRequest) -> Result<ChargeResponse> {
+    let model = ChargeModel::from_lago(&req.charge_model, req.properties)?;
+    let values = req.event_values.as_deref();
+    let units = match (req.units, values) {
+        (Some(u), _) => u.value(),
+        (None, Some(v)) => v.iter().copied().sum(),
+        (None, None) => return Err(Error::MissingInput("units or event_values".into())),
+    };
+    let events_count = req.events_count.or(values.map(|v| v.len() as u64));
+    let out = model.evaluate(&Usage {
+        units,
+        events_count,
+        event_values: values,
+    })?;
+    let round = |d| round_to_minor(d, req.currency, req.rounding);
+    let true_up = true_up(req.min_amount, out.amount)?.map(|amount| TrueUp {
+        min_amount: req.min_amount.unwrap_or_default(),
+        amount,
+        amount_rounded: round(amount),
+    });
+    let amount_rounded = round(out.amount);
+    Ok(ChargeResponse {
+        currency: req.currency,
+        charge_model: model.name().to_string(),
+        units,
+        events_count,
+        amount: out.amount,
+        amount_rounded,
+        breakdown: out.breakdown,
+        total: amount_rounded + true_up.as_ref().map_or(Decimal::ZERO, |t| t.amount_rounded),
+        true_up,
+    })
+}
+
+fn true_up(min_amount: Option<Decimal>, amount: Decimal) -> Result<Option<Decimal>> {
+    let Some(min) = min_amount else {
+        return Ok(None);
+    };
+    non_negative("min_amount", min)?;
+    Ok((amount < min).then_some(min - amount))
+}
+
+/// A usage charge of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanCharge {
+    /// Code of the charge, unique in the plan (used by `aggregates` and on invoice lines).
+    pub code: String,
+    /// Name shown on the invoice; defaults to the code.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What is metered and how it is aggregated.
+    pub billable_metric: Metric,
+    /// Lago charge model name.
+    pub charge_model: String,
+    /// Lago charge properties.
+    pub properties: serde_json::Value,
+    /// Minimum commitment per period (not prorated); a true-up line makes up the difference.
+    #[serde(default)]
+    pub min_amount: Option<Decimal>,
+    /// No tax on this charge.
+    #[serde(default)]
+    pub tax_exempt: bool,
+}
+
+/// A plan: a recurring fee and usage charges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSpec {
+    /// Plan code.
+    pub code: String,
+    /// Name shown on the invoice; defaults to the code.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Subscription fee per full period.
+    pub amount: Decimal,
+    /// Billing interval.
+    pub interval: Interval,
+    /// Fee billed at the start of the period (true) or at its end (false, default).
+    #[serde(default)]
+    pub pay_in_advance: bool,
+    /// `calendar` (default) or `anniversary`.
+    #[serde(default)]
+    pub billing_time: BillingTime,
+    /// Free trial length in days from the subscription start.
+    #[serde(default)]
+    pub trial_period_days: Option<u32>,
+    /// Proration convention of this plan; overrides the request's.
+    #[serde(default)]
+    pub proration: Option<ProrationConvention>,
+    /// No tax on the subscription fee.
+    #[serde(default)]
+    pub fee_tax_exempt: bool,
+    /// Usage charges.
+    #[serde(default)]
+    pub charges: Vec<PlanCharge>,
+}
+
+/// A subscription change in a preview request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChangeSpec {
+    /// Immediate plan change: credit the unused part, charge the new plan prorated.
+    Upgrade {
+        /// When.
+        at: DateTime<Utc>,
+        /// Code of the new plan (in `plans`).
+        plan: String,
+    },
+    /// Plan change at the end of the period containing `at`.
+    Downgrade {
+        /// When requested.
+        at: DateTime<Utc>,
+        /// Code of the new plan (in `plans`).
+        plan: String,
+    },
+    /// Cancellation, immediate (with credit) or at period end.
+    Cancel {
+        /// When.
+        at: DateTime<Utc>,
+        /// True for immediate.
+        #[serde(default)]
+        immediate: bool,
+    },
+    /// Pause: no fee from this day.
+    Pause {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Resume after a pause.
+    Resume {
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// The subscription in a preview request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Start of the subscription.
+    pub started_at: DateTime<Utc>,
+    /// End of the trial; overrides the plan's `trial_period_days`.
+    #[serde(default)]
+    pub trial_ends_at: Option<DateTime<Utc>>,
+    /// Changes, in any order.
+    #[serde(default)]
+    pub changes: Vec<ChangeSpec>,
+}
+
+/// Pre-aggregated usage of one charge, used instead of events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateInput {
+    /// Code of the plan charge.
+    pub charge: String,
+    /// Value of the charge's `group_by` property, if grouped.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Aggregated units.
+    pub units: Quantity,
+    /// Number of events.
+    #[serde(default)]
+    pub events_count: Option<u64>,
+    /// Per-event values in billing order.
+    #[serde(default)]
+    pub event_values: Option<Vec<Decimal>>,
+}
+
+fn default_tz() -> String {
+    "UTC".into()
+}
+
+/// Input of [`preview_invoice`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewRequest {
+    /// Invoice currency; all amounts are in it.
+    pub currency: Currency,
+    /// Customer's IANA timezone; period boundaries are local midnights (default `UTC`).
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    /// `half_up` (default) or `half_even`.
+    #[serde(default)]
+    pub rounding: RoundingMode,
+    /// Tenant's proration convention (default `days`); a plan's own `proration` wins.
+    #[serde(default)]
+    pub proration: ProrationConvention,
+    /// The plan the subscription starts on.
+    pub plan: PlanSpec,
+    /// Other plans that upgrades and downgrades refer to by code.
+    #[serde(default)]
+    pub plans: Vec<PlanSpec>,
+    /// Subscription dates and changes.
+    pub subscription: SubscriptionSpec,
+    /// Any instant of the period to invoice.
+    pub period_containing: DateTime<Utc>,
+    /// Raw usage events.
+    #[serde(default)]
+    pub events: Vec<Event>,
+    /// Pre-aggregated usage; replaces events for the charges it names.
+    #[serde(default)]
+    pub aggregates: Vec<AggregateInput>,
+    /// Coupons, applied in order before tax.
+    #[serde(default)]
+    pub coupons: Vec<Coupon>,
+    /// Tax rates, applied per line after coupons.
+    #[serde(default)]
+    pub taxes: Vec<TaxRate>,
+    /// The customer pays no tax.
+    #[serde(default)]
+    pub customer_tax_exempt: bool,
+    /// Credit notes, applied after tax.
+    #[serde(default)]
+    pub credit_notes: Vec<CreditNote>,
+    /// Prepaid credits (wallet balance), applied after credit notes.
+    #[serde(default)]
+    pub prepaid_credits: Decimal,
+}
+
+/// The invoiced period, in UTC and in local dates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodOut {
+    /// First instant.
+    pub from: DateTime<Utc>,
+    /// First instant after the period.
+    pub to: DateTime<Utc>,
+    /// First local date.
+    pub from_date: NaiveDate,
+    /// Last local date (inclusive).
+    pub to_date: NaiveDate,
+    /// Number of days.
+    pub days: i64,
+}
+
+/// Output of [`preview_invoice`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewResponse {
+    /// Customer timezone.
+    pub timezone: String,
+    /// Convention used for the subscription fee.
+    pub proration: ProrationConvention,
+    /// Invoiced period.
+    pub period: PeriodOut,
+    /// Lines and totals.
+    #[serde(flatten)]
+    pub invoice: Invoice,
+}
+
+/// A resolved plan with its parsed charges.
+struct Plan<'a> {
+    spec: &'a PlanSpec,
+    charges: Vec<ChargeModel>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(spec: &'a PlanSpec) -> Result<Self> {
+        non_negative("plan amount", spec.amount)?;
+        let charges = spec
+            .charges
+            .iter()
+            .map(|c| {
+                c.billable_metric.validate()?;
+                ChargeModel::from_lago(&c.charge_model, c.properties.clone())
+                    .map_err(|e| Error::InvalidProperties(format!("charge {}: {e}", c.code)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Plan { spec, charges })
+    }
+
+    fn name(&self) -> &str {
+        self.spec.name.as_deref().unwrap_or(&self.spec.code)
+    }
+}
+
+/// Previews the invoice of one period of a subscription.
+///
+/// The subscription fee follows the plan's timing (in advance or in arrears) and the proration
+/// convention; usage charges are always for the period's own usage. Lines carry their service range so
+/// an invoicer can split in-advance fees and in-arrears usage into separate documents if it wants.
+pub fn preview_invoice(req: PreviewRequest) -> Result<PreviewResponse> {
+    let tz: Tz = parse_timezone(&req.timezone)?;
+    let mut plans = vec![Plan::new(&req.plan)?];
+    for p in &req.plans {
+        if p.interval != req.plan.interval || p.pay_in_advance != req.plan.pay_in_advance {
+            return Err(Error::InvalidRequest(format!(
+                "plan {} must have the same interval and pay_in_advance as {}",
+                p.code, req.plan.code
+            )));
+        }
+        plans.push(Plan::new(p)?);
+    }
+    let plan_index = |code: &str| {
+        plans
+            .iter()
+            .position(|p| p.spec.code == code)
+            .ok_or_else(|| Error::InvalidRequest(format!("unknown plan {code:?}")))
+    };
+    let convention = req.plan.proration.unwrap_or(req.proration);
+    let sub = &req.subscription;
+    let trial_ends_at = sub.trial_ends_at.or(req
+        .plan
+        .trial_period_days
+        .filter(|d| *d > 0)
+        .map(|d| sub.started_at + Duration::days(i64::from(d))));
+    let mut changes = Vec::with_capacity(sub.changes.len());
+    for c in &sub.changes {
+        changes.push(match c {
+            ChangeSpec::Upgrade { at, plan } => Change {
+                at: *at,
+                kind: ChangeKind::Upgrade {
+                    plan: plan_index(plan)?,
+                },
+            },
+            ChangeSpec::Downgrade { at, plan } => Change {
+                at: *at,
+                kind: ChangeKind::Downgrade {
+                    plan: plan_index(plan)?,
+                },
+            },
+            ChangeSpec::Cancel { at, immediate } => Change {
+                at: *at,
+                kind: ChangeKind::Cancel {
+                    immediate: *immediate,
+                },
+            },
+            ChangeSpec::Pause { at } => Change {
+                at: *at,
+                kind: ChangeKind::Pause,
+            },
+            ChangeSpec::Resume { at } => Change {
+                at: *at,
+                kind: ChangeKind::Resume,
+            },
+        });
+    }
+    let subscription = Subscription {
+        started_at: sub.started_at,
+        trial_ends_at,
+        plan: 0,
+        changes,
+    };
+    let schedule = Schedule::new(req.plan.interval, req.plan.billing_time, sub.started_at, tz)?;
+    let period = schedule.period_containing(req.period_containing)?;
+    let segs = segments(&subscription, &schedule, convention, &period)?;
+    let currency = req.currency;
+    let fmt_date = |t: DateTime<Utc>| local_date(t, tz);
+
+    let mut drafts = Vec::new();
+    let fees: Vec<Decimal> = plans.iter().map(|p| p.spec.amount).collect();
+    for f in fee_lines(
+        &segs,
+        &fees,
+        req.plan.pay_in_advance,
+        &period,
+        convention,
+        &schedule,
+    )? {
+        let plan = &plans[f.plan];
+        let last_day = fmt_date(f.to - Duration::seconds(1));
+        let (kind, what) = match f.kind {
+            FeeKind::Charge => (LineKind::Subscription, "fee"),
+            FeeKind::Credit => (LineKind::SubscriptionCredit, "credit for unused days"),
+        };
+        drafts.push(DraftLine {
+            kind,
+            code: plan.spec.code.clone(),
+            description: format!("{} {what}, {} to {last_day}", plan.name(), fmt_date(f.from)),
+            amount: Money::new(f.amount, currency),
+            from: Some(f.from),
+            to: Some(f.to),
+            units: None,
+            proration_factor: Some(f.factor),
+            tax_exempt: plan.spec.fee_tax_exempt,
+            breakdown: Vec::new(),
+        });
+    }
+
+    // Usage windows: runs of live segments on the same plan.
+    let mut windows: Vec<Segment> = Vec::new();
+    for s in segs.iter().filter(|s| s.state.live()) {
+        match windows.last_mut() {
+            Some(w) if w.to == s.from && w.state.plan == s.state.plan => w.to = s.to,
+            _ => windows.push(*s),
+        }
+    }
+    for a in &req.aggregates {
+        let known = windows.iter().any(|w| {
+            plans[w.state.plan]
+                .spec
+                .charges
+                .iter()
+                .any(|c| c.code == a.charge)
+        });
+        if !known {
+            return Err(Error::InvalidRequest(format!(
+                "aggregate for charge {:?}, which no active plan of the period has",
+                a.charge
+            )));
+        }
+    }
+    for (wi, w) in windows.iter().enumerate() {
+        let plan = &plans[w.state.plan];
+        for (charge, model) in plan.spec.charges.iter().zip(&plan.charges) {
+            // Aggregates go to the last window whose plan has the charge.
+            let last_for_charge = windows[wi + 1..].iter().all(|later| {
+                !plans[later.state.plan]
+                    .spec
+                    .charges
+                    .iter()
+                    .any(|c| c.code == charge.code)
+            });
+            let given: Vec<&AggregateInput> = req
+                .aggregates
+                .iter()
+                .filter(|a| a.charge == charge.code)
+                .collect();
+            let usage: BTreeMap<Option<String>, Aggregate> = if given.is_empty() {
+                charge
+                    .billable_metric
+                    .aggregate(&req.events, w.from, w.to)?
+            } else if last_for_charge {
+                given
+                    .iter()
+                    .map(|a| {
+                        let values = a.event_values.clone().unwrap_or_default();
+                        let count = a.events_count.unwrap_or(values.len() as u64);
+                        (
+                            a.group.clone(),
+                            Aggregate {
+                                units: a.units.value(),
+                                events_count: count,
+                                event_values: values,
+                            },
+                        )
+                    })
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+            let mut charge_total = Decimal::ZERO;
+            for (group, agg) in usage {
+                let has_values = !agg.event_values.is_empty() || agg.events_count == 0;
+                let out = model.evaluate(&Usage {
+                    units: agg.units,
+                    events_count: Some(agg.events_count),
+                    event_values: has_values.then_some(agg.event_values.as_slice()),
+                })?;
+                charge_total += out.amount;
+                let name = charge.name.as_deref().unwrap_or(&charge.code);
+                let label = match (&group, &charge.billable_metric.group_by) {
+                    (Some(g), Some(key)) => format!("{name} ({key}={g})"),
+                    _ => name.to_string(),
+                };
+                drafts.push(DraftLine {
+                    kind: LineKind::Charge,
+                    code: charge.code.clone(),
+                    description: format!(
+                        "{label}, {} to {}",
+                        fmt_date(w.from),
+                        fmt_date(w.to - Duration::seconds(1))
+                    ),
+                    amount: Money::new(out.amount, currency),
+                    from: Some(w.from),
+                    to: Some(w.to),
+                    units: Some(agg.units),
+                    proration_factor: None,
+                    tax_exempt: charge.tax_exempt,
+                    breakdown: out.breakdown,
+                });
+            }
+            if let Some(t) = true_up(charge.min_amount, charge_total)? {
+                let name = charge.name.as_deref().unwrap_or(&charge.code);
+                drafts.push(DraftLine {
+                    kind: LineKind::TrueUp,
+                    code: charge.code.clone(),
+                    description: format!("{name} minimum commitment true-up"),
+                    amount: Money::new(t, currency),
+                    from: Some(w.from),
+                    to: Some(w.to),
+                    units: None,
+                    proration_factor: None,
+                    tax_exempt: charge.tax_exempt,
+                    breakdown: Vec::new(),
+                });
+            }
+        }
+    }
+
+    let invoice = assemble(
+        currency,
+        req.rounding,
+        drafts,
+        &Adjustments {
+            coupons: &req.coupons,
+            taxes: &req.taxes,
+            customer_tax_exempt: req.customer_tax_exempt,
+            credit_notes: &req.credit_notes,
+            prepaid_credits: req.prepaid_credits,
+        },
+    )?;
+    Ok(PreviewResponse {
+        timezone: tz.name().to_string(),
+        proration: convention,
+        period: PeriodOut {
+            from: period.start,
+            to: period.end,
+            from_date: period.start_date,
+            to_date: period.end_date.pred_opt().unwrap_or(period.end_date),
+            days: period.days(),
+        },
+        invoice,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invoice::LineKind;
+    use proptest::prelude::*;
+    use rust_decimal_macros::dec;
+    use serde_json::json;
+
+    fn charge(src: &str) -> ChargeResponse {
+        evaluate_charge(serde_json::from_str(src).unwrap()).unwrap()
+    }
+
+    fn preview(src: &str) -> PreviewResponse {
+        preview_invoice(serde_json::from_str(src).unwrap()).unwrap()
+    }
+
+    fn amounts(r: &PreviewResponse) -> Vec<Decimal> {
+        r.invoice.lines.iter().map(|l| l.amount).collect()
+    }
+
+    #[test]
+    fn example_charge_graduated() {
+        let r = charge(include_str!(
+            "../../docs/examples/pricing/charge-graduated.json"
+        ));
+        // Tier 1: 100 × 0.10 + 5 = 15; tier 2: 900 × 0.05 = 45; tier 3: 234.5 × 0.0125 + 10 = 12.93125.
+        assert_eq!(r.breakdown.len(), 3);
+        assert_eq!(r.breakdown[0].amount, dec!(15));
+        assert_eq!(r.breakdown[1].units, dec!(900));
+        assert_eq!(r.breakdown[2].amount, dec!(12.93125));
+        assert_eq!(r.amount, dec!(72.93125));
+        assert_eq!(r.amount_rounded.to_string(), "72.93");
+        // Minimum 100: true-up 27.06875 → 27.07; the charge bills exactly 100.00.
+        let t = r.true_up.as_ref().unwrap();
+        assert_eq!((t.amount, t.amount_rounded), (dec!(27.06875), dec!(27.07)));
+        assert_eq!(r.total.to_string(), "100.00");
+    }
+
+    #[test]
+    fn example_charge_percentage() {
+        let r = charge(include_str!(
+            "../../docs/examples/pricing/charge-percentage.json"
+        ));
+        // Events 10 and 250 are free. 5 → 0.145 + 0.30 = 0.445 → min 0.50; 12.34 → 0.35786 + 0.30 =
+        // 0.65786; 400 → 11.60 + 0.30 = 11.90 → max 5. Sum 6.15786.
+        assert_eq!(r.units, dec!(677.34));
+        assert_eq!(r.events_count, Some(5));
+        assert_eq!(r.amount, dec!(6.15786));
+        assert_eq!(r.amount_rounded.to_string(), "6.16");
+        assert_eq!(r.breakdown[0].amount, dec!(12.10286)); // 2.9 % of 417.34
+        assert_eq!(r.breakdown[1].amount, dec!(0.90)); // 3 paid events × 0.30
+        assert_eq!(r.breakdown[2].amount, dec!(-6.845)); // +0.055 − 6.90
+    }
+
+    #[test]
+    fn example_charge_package_jpy() {
+        let r = charge(include_str!(
+            "../../docs/examples/pricing/charge-package-jpy.json"
+        ));
+        // 2001 − 1000 free = 1001 units → 3 packages of 500 → 3 × 333.35 = 1000.05 → ¥1000.
+        assert_eq!(r.breakdown[0].units, dec!(3));
+        assert_eq!(r.amount, dec!(1000.05));
+        assert_eq!(r.amount_rounded.to_string(), "1000");
+    }
+
+    #[test]
+    fn example_preview_lago_upgrade() {
+        let r = preview(include_str!(
+            "../../docs/examples/pricing/preview-lago-upgrade.json"
+        ));
+        assert_eq!(r.period.from.to_rfc3339(), "2025-12-31T23:00:00+00:00");
+        assert_eq!(r.period.days, 31);
+        assert_eq!(amounts(&r), vec![dec!(100.00), dec!(-54.84), dec!(109.68)]);
+        let kinds: Vec<LineKind> = r.invoice.lines.iter().map(|l| l.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                LineKind::Subscription,
+                LineKind::SubscriptionCredit,
+                LineKind::Subscription
+            ]
+        );
+        assert_eq!(
+            r.invoice.lines[1].proration_factor,
+            Some(dec!(17) / dec!(31))
+        );
+        assert_eq!(r.invoice.total.to_string(), "154.84");
+        assert_eq!(r.invoice.amount_due.to_string(), "154.84");
+    }
+
+    #[test]
+    fn example_preview_typical() {
+        let r = preview(include_str!(
+            "../../docs/examples/pricing/preview-typical.json"
+        ));
+        // March 2026 in New York: EST at the start, EDT at the end (DST on March 8).
+        assert_eq!(r.period.from.to_rfc3339(), "2026-03-01T05:00:00+00:00");
+        assert_eq!(r.period.to.to_rfc3339(), "2026-04-01T04:00:00+00:00");
+        // Fee 49; API calls: 5 ok events in the local month (c1, c2, c4, c5, c6) → 2 × 1 + 3 × 0.5 + 2 =
+        // 5.50, true-up to 10 = 4.50; storage eu max 120 → 120 × 0.08 + 1 = 10.60, us 30.5 × 0.10 = 3.05;
+        // payments 1 % of 12000 + 40 × 0.10 = 124.
+        assert_eq!(
+            amounts(&r),
+            vec![
+                dec!(49.00),
+                dec!(5.50),
+                dec!(4.50),
+                dec!(10.60),
+                dec!(3.05),
+                dec!(124.00)
+            ]
+        );
+        assert_eq!(r.invoice.lines[1].units, Some(dec!(5)));
+        assert_eq!(r.invoice.subtotal, dec!(196.65));
+        // 10 % of 196.65 = 19.665 → 19.67; each line gets 10 % and the odd cent goes to the largest
+        // remainder (3.05 → 0.305 → 0.31).
+        let discounts: Vec<Decimal> = r.invoice.lines.iter().map(|l| l.discount).collect();
+        assert_eq!(
+            discounts,
+            vec![
+                dec!(4.90),
+                dec!(0.55),
+                dec!(0.45),
+                dec!(1.06),
+                dec!(0.31),
+                dec!(12.40)
+            ]
+        );
+        // 8.875 % on 44.10, 4.95, 4.05, 9.54, 2.74 = 3.91, 0.44, 0.36, 0.85, 0.24; payments are exempt.
+        let taxes: Vec<Decimal> = r.invoice.lines.iter().map(|l| l.tax_amount).collect();
+        assert_eq!(
+            taxes,
+            vec![
+                dec!(3.91),
+                dec!(0.44),
+                dec!(0.36),
+                dec!(0.85),
+                dec!(0.24),
+                dec!(0)
+            ]
+        );
+        assert_eq!(r.invoice.discount_total.to_string(), "19.67");
+        assert_eq!(r.invoice.tax_total.to_string(), "5.80");
+        assert_eq!(r.invoice.total.to_string(), "182.78");
+        assert_eq!(r.invoice.credits_total.to_string(), "55.00");
+        assert_eq!(r.invoice.amount_due.to_string(), "127.78");
+    }
+
+    #[test]
+    fn example_preview_kwd_trial() {
+        let r = preview(include_str!(
+            "../../docs/examples/pricing/preview-kwd-trial.json"
+        ));
+        // Anniversary period Jan 31 → Feb 28 (28 days). The 14-day trial ends Feb 14: the fee covers
+        // 14 of 28 days → 12.345 × 0.5 = 6.1725 → 6.173 (half-up, 3 decimals).
+        assert_eq!(r.period.from_date.to_string(), "2026-01-31");
+        assert_eq!(r.period.to_date.to_string(), "2026-02-27");
+        assert_eq!(r.invoice.lines[0].proration_factor, Some(dec!(0.5)));
+        assert_eq!(r.invoice.lines[0].amount.to_string(), "6.173");
+        // 1001 × 0.0125 = 12.5125 → 12.513.
+        assert_eq!(r.invoice.lines[1].amount.to_string(), "12.513");
+        // Inclusive 5 % VAT: 6.173 × 5/105 = 0.294, 12.513 × 5/105 = 0.596.
+        assert_eq!(r.invoice.lines[0].tax_amount, dec!(0.294));
+        assert_eq!(r.invoice.lines[1].taxable_amount, dec!(11.917));
+        assert_eq!(r.invoice.tax_total.to_string(), "0.890");
+        assert_eq!(r.invoice.total.to_string(), "18.686");
+        // Half-even rounds both midpoints down to the even digit.
+        let mut req: PreviewRequest = serde_json::from_str(include_str!(
+            "../../docs/examples/pricing/preview-kwd-trial.json"
+        ))
+        .unwrap();
+        req.rounding = RoundingMode::HalfEven;
+        let r = preview_invoice(req).unwrap();
+        assert_eq!(amounts(&r), vec![dec!(6.172), dec!(12.512)]);
+    }
+
+    fn base_request() -> serde_json::Value {
+        json!({
+            "currency": "USD",
+            "plan": {"code": "a", "amount": "30", "interval": "monthly", "pay_in_advance": true},
+            "plans": [{"code": "b", "amount": "15", "interval": "monthly", "pay_in_advance": true}],
+            "subscription": {"started_at": "2026-01-01T00:00:00Z"},
+            "period_containing": "2026-04-10T00:00:00Z"
+        })
+    }
+
+    fn run(v: serde_json::Value) -> Result<PreviewResponse> {
+        preview_invoice(
+            serde_json::from_value(v).map_err(|e| Error::InvalidRequest(e.to_string()))?,
+        )
+    }
+
+    #[test]
+    fn downgrade_cancel_and_pause_through_the_api() {
+        let mut v = base_request();
+        v["subscription"]["changes"] =
+            json!([{"type": "downgrade", "at": "2026-04-10T00:00:00Z", "plan": "b"}]);
+        assert_eq!(amounts(&run(v.clone()).unwrap()), vec![dec!(30.00)]);
+        v["period_containing"] = json!("2026-05-10T00:00:00Z");
+        assert_eq!(amounts(&run(v).unwrap()), vec![dec!(15.00)]);
+
+        // Immediate cancellation on April 10 under `days`: April 1..=10 billed, 20 of 30 days credited.
+        let mut v = base_request();
+        v["subscription"]["changes"] =
+            json!([{"type": "cancel", "at": "2026-04-10T12:00:00Z", "immediate": true}]);
+        assert_eq!(
+            amounts(&run(v.clone()).unwrap()),
+            vec![dec!(30.00), dec!(-20.00)]
+        );
+        v["period_containing"] = json!("2026-05-10T00:00:00Z");
+        assert!(run(v).unwrap().invoice.lines.is_empty());
+
+        // Paused April 11..=20 (10 days of 30): credit 10.00 then charge 11/30 back on resume.
+        let mut v = base_request();
+        v["subscription"]["changes"] = json!([
+            {"type": "resume", "at": "2026-04-21T00:00:00Z"},
+            {"type": "pause", "at": "2026-04-11T00:00:00Z"}
+        ]);
+        let r = run(v).unwrap();
+        assert_eq!(amounts(&r), vec![dec!(30.00), dec!(-20.00), dec!(10.00)]);
+        assert_eq!(r.invoice.total, dec!(20.00));
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        let mut v = base_request();
+        v["timezone"] = json!("Nowhere/Land");
+        assert!(matches!(run(v), Err(Error::UnknownTimezone(_))));
+        let mut v = base_request();
+        v["subscription"]["changes"] =
+            json!([{"type": "upgrade", "at": "2026-04-10T00:00:00Z", "plan": "zzz"}]);
+        assert!(run(v).is_err());
+        let mut v = base_request();
+        v["surprise"] = json!(1);
+        assert!(run(v).is_err());
+        let mut v = base_request();
+        v["currency"] = json!("XYZ");
+        assert!(run(v).is_err());
+        let mut v = base_request();
+        v["plans"][0]["interval"] = json!("yearly");
+        assert!(run(v).is_err());
+        let missing =
+            json!({"currency": "USD", "charge_model": "standard", "properties": {"amount": "1"}});
+        assert!(matches!(
+            evaluate_charge(serde_json::from_value(missing).unwrap()),
+            Err(Error::MissingInput(_))
+        ));
+    }
+
+    #[test]
+    fn errors_are_permanent() {
+        assert!(!Error::UnknownTimezone("x".into()).is_retryable());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn preview_does_not_depend_on_event_order(seed in any::<u64>()) {
+            let mut req: PreviewRequest =
+                serde_json::from_str(include_str!("../../docs/examples/pricing/preview-typical.json")).unwrap();
+            let expected = preview_invoice(req.clone()).unwrap();
+            let mut s = seed;
+            for i in (1..req.events.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                req.events.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            prop_assert_eq!(preview_invoice(req).unwrap(), expected);
+        }
+    }
+}
