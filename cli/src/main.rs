@@ -1,1 +1,87 @@
-fn main() {}
+//! `billing`: one binary for every service and tool. See `billing --help`.
+
+mod demo;
+mod pricing;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use billing_runtime::{shutdown, telemetry, Settings};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "billing", version, about = "Streaming billing pipeline")]
+struct Cli {
+    /// TOML file layered over the defaults (then BILLING__SECTION__KEY environment variables).
+    #[arg(long, global = true, env = "BILLING_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create Kafka topics, the CQL keyspace and tables, and the ClickHouse database and tables (idempotent).
+    Migrate,
+    /// Run the rating service.
+    Rating,
+    /// Run the query API.
+    QueryApi,
+    /// Run the ingest gateway.
+    Ingest,
+    /// Run the invoicer.
+    Invoicer,
+    /// Run the payments service.
+    Payments,
+    /// Migrate, run rating and the query API, produce a demo workload and show where to look.
+    Demo(demo::Args),
+    /// Offline pricing: evaluate a charge or preview an invoice from a JSON file.
+    #[command(subcommand)]
+    Pricing(pricing::Command),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // Pricing is pure and offline: no config, no runtime, JSON errors.
+    if let Command::Pricing(cmd) = &cli.command {
+        return pricing::run(cmd);
+    }
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            for problem in &e.0 {
+                eprintln!("config error: {problem}");
+            }
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.telemetry);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(serve(cli.command, settings)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
+    let stop = shutdown::on_signals();
+    match command {
+        Command::Migrate => {
+            let report = billing_runtime::migrate::run(&settings)
+                .await
+                .context("migration failed")?;
+            println!("migrated: {report}");
+            Ok(())
+        }
+        Command::Rating => billing_rating::run(settings, stop).await,
+        Command::QueryApi => billing_query_api::run(settings, stop, |_| {}).await,
+        Command::Ingest => billing_ingest::run(settings, stop).await,
+        Command::Invoicer => billing_invoicer::run(settings, stop).await,
+        Command::Payments => billing_payments::run(settings, stop).await,
+        Command::Demo(args) => demo::run(settings, args, stop).await,
+        Command::Pricing(_) => unreachable!("handled before the runtime starts"),
+    }
+}

@@ -22,7 +22,12 @@ pub fn server_client(cfg: &ClickHouseConfig) -> Client {
 
 /// Run `SELECT 1`: proves the server answers queries.
 pub async fn ping(client: &Client) -> Result<(), String> {
-    client.query("SELECT 1").fetch_one::<u8>().await.map(|_| ()).map_err(|e| format!("clickhouse: {e}"))
+    client
+        .query("SELECT 1")
+        .fetch_one::<u8>()
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("clickhouse: {e}"))
 }
 
 /// A decimal as ClickHouse `Decimal(38, 9)` in RowBinary: the value scaled by 10^9 as an i128. Values are

@@ -161,7 +161,9 @@ impl Settings {
         }
         let mut errors = Vec::new();
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix("BILLING__") else { continue };
+            let Some(rest) = key.strip_prefix("BILLING__") else {
+                continue;
+            };
             let path = rest.to_lowercase().replace("__", ".");
             builder = match builder.set_override(path.clone(), value) {
                 Ok(b) => b,
@@ -181,7 +183,10 @@ impl Settings {
     fn validate(self) -> Result<Self, ConfigError> {
         let mut errors = Vec::new();
         if self.kafka.partitions < 1 {
-            errors.push(format!("kafka.partitions must be at least 1, not {}", self.kafka.partitions));
+            errors.push(format!(
+                "kafka.partitions must be at least 1, not {}",
+                self.kafka.partitions
+            ));
         }
         if self.kafka.replication_factor < 1 {
             errors.push("kafka.replication_factor must be at least 1".to_owned());
@@ -189,18 +194,28 @@ impl Settings {
         if self.cassandra.nodes.is_empty() {
             errors.push("cassandra.nodes must name at least one node".to_owned());
         }
-        let ident_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let ident_ok =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ident_ok(&self.cassandra.keyspace) {
-            errors.push(format!("cassandra.keyspace {:?} must be letters, digits and _", self.cassandra.keyspace));
+            errors.push(format!(
+                "cassandra.keyspace {:?} must be letters, digits and _",
+                self.cassandra.keyspace
+            ));
         }
         if !ident_ok(&self.clickhouse.database) {
-            errors.push(format!("clickhouse.database {:?} must be letters, digits and _", self.clickhouse.database));
+            errors.push(format!(
+                "clickhouse.database {:?} must be letters, digits and _",
+                self.clickhouse.database
+            ));
         }
         if self.rating.checkpoint_events == 0 {
             errors.push("rating.checkpoint_events must be at least 1".to_owned());
         }
         if self.query_api.rate_limit_per_second == 0 || self.query_api.rate_limit_burst == 0 {
-            errors.push("query_api.rate_limit_per_second and rate_limit_burst must be at least 1".to_owned());
+            errors.push(
+                "query_api.rate_limit_per_second and rate_limit_burst must be at least 1"
+                    .to_owned(),
+            );
         }
         if errors.is_empty() {
             Ok(self)
@@ -215,7 +230,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -230,7 +248,11 @@ mod tests {
     fn environment_overrides_defaults() {
         let s = Settings::load_with_env(
             None,
-            env(&[("BILLING__KAFKA__PARTITIONS", "3"), ("BILLING__TELEMETRY__FORMAT", "json"), ("OTHER", "x")]),
+            env(&[
+                ("BILLING__KAFKA__PARTITIONS", "3"),
+                ("BILLING__TELEMETRY__FORMAT", "json"),
+                ("OTHER", "x"),
+            ]),
         )
         .unwrap();
         assert_eq!(s.kafka.partitions, 3);
@@ -239,11 +261,15 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_reported() {
-        let err = Settings::load_with_env(None, env(&[("BILLING__KAFKA__BROKRES", "x")])).unwrap_err();
+        let err =
+            Settings::load_with_env(None, env(&[("BILLING__KAFKA__BROKRES", "x")])).unwrap_err();
         assert!(err.to_string().contains("brokres"), "{err}");
         let err = Settings::load_with_env(
             None,
-            env(&[("BILLING__KAFKA__PARTITIONS", "0"), ("BILLING__CASSANDRA__KEYSPACE", "bad-name")]),
+            env(&[
+                ("BILLING__KAFKA__PARTITIONS", "0"),
+                ("BILLING__CASSANDRA__KEYSPACE", "bad-name"),
+            ]),
         )
         .unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");

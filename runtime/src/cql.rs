@@ -9,7 +9,10 @@ use crate::config::CassandraConfig;
 
 /// Connect to the cluster (no keyspace selected; statements name it).
 pub async fn connect(cfg: &CassandraConfig) -> anyhow::Result<Session> {
-    Ok(SessionBuilder::new().known_nodes(&cfg.nodes).build().await?)
+    Ok(SessionBuilder::new()
+        .known_nodes(&cfg.nodes)
+        .build()
+        .await?)
 }
 
 /// Answer a trivial query: proves the node serves CQL.
@@ -43,7 +46,11 @@ pub fn from_cql_decimal(d: &CqlDecimal) -> Option<Decimal> {
     if bytes.len() > 16 || !(0..=28).contains(&scale) {
         return None;
     }
-    let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) { 0xff } else { 0x00 };
+    let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+        0xff
+    } else {
+        0x00
+    };
     let mut buf = [fill; 16];
     buf[16 - bytes.len()..].copy_from_slice(bytes);
     Decimal::try_from_i128_with_scale(i128::from_be_bytes(buf), scale as u32).ok()
@@ -56,7 +63,19 @@ mod tests {
 
     #[test]
     fn decimals_round_trip_exactly() {
-        for s in ["0", "1", "-1", "127", "128", "-128", "-129", "255", "0.000000001", "-12.5", "79228162514264337593543950335"] {
+        for s in [
+            "0",
+            "1",
+            "-1",
+            "127",
+            "128",
+            "-128",
+            "-129",
+            "255",
+            "0.000000001",
+            "-12.5",
+            "79228162514264337593543950335",
+        ] {
             let d = Decimal::from_str(s).unwrap();
             assert_eq!(from_cql_decimal(&to_cql_decimal(d)), Some(d), "{s}");
         }

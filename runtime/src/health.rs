@@ -27,7 +27,8 @@ impl Readiness {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        self.checks.push((name.to_owned(), Arc::new(move || Box::pin(check()))));
+        self.checks
+            .push((name.to_owned(), Arc::new(move || Box::pin(check()))));
         self
     }
 
@@ -59,16 +60,30 @@ struct HealthState {
 /// The three endpoints, to serve alone or merge into a service's router.
 pub fn router(readiness: Readiness, registry: Registry) -> Router {
     Router::new()
-        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(HealthState { readiness, registry })
+        .with_state(HealthState {
+            readiness,
+            registry,
+        })
 }
 
 async fn ready(State(s): State<HealthState>) -> Response {
     let (ok, checks) = s.readiness.run().await;
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(serde_json::json!({"ready": ok, "checks": checks}))).into_response()
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({"ready": ok, "checks": checks})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<HealthState>) -> Response {
@@ -89,7 +104,9 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let handle = tokio::spawn(async move {
-        let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "http server failed");
         }

@@ -110,7 +110,11 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> anyhow::Result<Vec<String>> {
     let new: Vec<NewTopic> = all
         .iter()
         .map(|(name, compacted)| {
-            let t = NewTopic::new(name, cfg.partitions, TopicReplication::Fixed(cfg.replication_factor));
+            let t = NewTopic::new(
+                name,
+                cfg.partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            );
             if *compacted {
                 t.set("cleanup.policy", "compact")
             } else {
@@ -134,7 +138,8 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> anyhow::Result<Vec<String>> {
 pub async fn ping(cfg: &KafkaConfig) -> Result<(), String> {
     let cfg = cfg.clone();
     tokio::task::spawn_blocking(move || {
-        let consumer: rdkafka::consumer::BaseConsumer = base(&cfg).create().map_err(|e| e.to_string())?;
+        let consumer: rdkafka::consumer::BaseConsumer =
+            base(&cfg).create().map_err(|e| e.to_string())?;
         consumer
             .fetch_metadata(None, Duration::from_secs(3))
             .map(|_| ())

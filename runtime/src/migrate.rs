@@ -14,8 +14,11 @@ struct Migration {
     body: &'static str,
 }
 
-const CQL: &[Migration] =
-    &[Migration { version: 1, name: "usage_totals", body: include_str!("../migrations/cql/0001_usage_totals.cql") }];
+const CQL: &[Migration] = &[Migration {
+    version: 1,
+    name: "usage_totals",
+    body: include_str!("../migrations/cql/0001_usage_totals.cql"),
+}];
 
 const CLICKHOUSE: &[Migration] = &[Migration {
     version: 1,
@@ -25,7 +28,12 @@ const CLICKHOUSE: &[Migration] = &[Migration {
 
 fn statements(body: &str) -> impl Iterator<Item = String> + '_ {
     body.split(";\n")
-        .map(|s| s.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n"))
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
         .filter(|s| !s.trim().is_empty())
 }
 
@@ -42,7 +50,13 @@ pub struct Report {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let list = |v: &Vec<String>| if v.is_empty() { "nothing new".to_owned() } else { v.join(", ") };
+        let list = |v: &Vec<String>| {
+            if v.is_empty() {
+                "nothing new".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
         write!(
             f,
             "topics: {}; cql: {}; clickhouse: {}",
@@ -59,14 +73,21 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let session = crate::cql::connect(&settings.cassandra).await?;
     let cql_applied = migrate_cql(&session, settings).await?;
     let clickhouse_applied = migrate_clickhouse(settings).await?;
-    Ok(Report { topics_created, cql_applied, clickhouse_applied })
+    Ok(Report {
+        topics_created,
+        cql_applied,
+        clickhouse_applied,
+    })
 }
 
 async fn migrate_cql(session: &Session, settings: &Settings) -> anyhow::Result<Vec<String>> {
     let ks = &settings.cassandra.keyspace;
     session
         .query_unpaged(
-            format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}", settings.cassandra.replication),
+            format!(
+                "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",
+                settings.cassandra.replication
+            ),
             (),
         )
         .await?;
@@ -80,12 +101,20 @@ async fn migrate_cql(session: &Session, settings: &Settings) -> anyhow::Result<V
         )
         .await?;
     session.await_schema_agreement().await?;
-    let rows = session.query_unpaged(format!("SELECT version FROM {ks}.schema_migrations"), ()).await?;
-    let applied: Vec<i32> = rows.into_rows_result()?.rows::<(i32,)>()?.map(|r| r.map(|(v,)| v)).collect::<Result<_, _>>()?;
+    let rows = session
+        .query_unpaged(format!("SELECT version FROM {ks}.schema_migrations"), ())
+        .await?;
+    let applied: Vec<i32> = rows
+        .into_rows_result()?
+        .rows::<(i32,)>()?
+        .map(|r| r.map(|(v,)| v))
+        .collect::<Result<_, _>>()?;
     let mut done = Vec::new();
     for m in CQL.iter().filter(|m| !applied.contains(&m.version)) {
         for stmt in statements(m.body) {
-            session.query_unpaged(stmt.replace("{keyspace}", ks), ()).await?;
+            session
+                .query_unpaged(stmt.replace("{keyspace}", ks), ())
+                .await?;
         }
         session.await_schema_agreement().await?;
         session
@@ -102,7 +131,10 @@ async fn migrate_cql(session: &Session, settings: &Settings) -> anyhow::Result<V
 async fn migrate_clickhouse(settings: &Settings) -> anyhow::Result<Vec<String>> {
     let db = &settings.clickhouse.database;
     let server = crate::clickhouse::server_client(&settings.clickhouse);
-    server.query(&format!("CREATE DATABASE IF NOT EXISTS {db}")).execute().await?;
+    server
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+        .execute()
+        .await?;
     server
         .query(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, applied_at DateTime) \
@@ -110,12 +142,20 @@ async fn migrate_clickhouse(settings: &Settings) -> anyhow::Result<Vec<String>> 
         ))
         .execute()
         .await?;
-    let applied: Vec<u32> =
-        server.query(&format!("SELECT version FROM {db}.schema_migrations")).fetch_all::<u32>().await?;
+    let applied: Vec<u32> = server
+        .query(&format!("SELECT version FROM {db}.schema_migrations"))
+        .fetch_all::<u32>()
+        .await?;
     let mut done = Vec::new();
-    for m in CLICKHOUSE.iter().filter(|m| !applied.contains(&(m.version as u32))) {
+    for m in CLICKHOUSE
+        .iter()
+        .filter(|m| !applied.contains(&(m.version as u32)))
+    {
         for stmt in statements(m.body) {
-            server.query(&stmt.replace("{database}", db)).execute().await?;
+            server
+                .query(&stmt.replace("{database}", db))
+                .execute()
+                .await?;
         }
         server
             .query(&format!("INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES (?, ?, now())"))
@@ -136,7 +176,9 @@ mod tests {
     fn migrations_split_into_statements_without_comments() {
         let stmts: Vec<String> = statements(CQL[0].body).collect();
         assert_eq!(stmts.len(), 1);
-        assert!(stmts[0].trim_start().starts_with("CREATE TABLE IF NOT EXISTS {keyspace}.usage_totals"));
+        assert!(stmts[0]
+            .trim_start()
+            .starts_with("CREATE TABLE IF NOT EXISTS {keyspace}.usage_totals"));
         let versions: Vec<i32> = CQL.iter().chain(CLICKHOUSE).map(|m| m.version).collect();
         assert!(versions.iter().all(|v| *v >= 1));
     }
