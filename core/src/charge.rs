@@ -8,6 +8,8 @@
 //! above the previous `to_value`) and adjacent ranges (0–10, 10–20). Both mean the same tiers:
 //! tier 1 holds units in (0, 10], tier 2 units in (10, 20], which also works for fractional units.
 
+use std::borrow::Cow;
+
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -144,7 +146,7 @@ pub struct Usage<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BreakdownLine {
     /// What the row is (`tier 1`, `packages`, `rate`, `fixed fees`...).
-    pub label: String,
+    pub label: Cow<'static, str>,
     /// Lower bound of the tier (exclusive), when the row is a tier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_value: Option<Decimal>,
@@ -190,21 +192,54 @@ impl Tier {
     }
 }
 
-/// Turns written bounds into contiguous `(lower, upper]` tiers, accepting both tier styles.
-fn normalize(bounds: &[(Decimal, Option<Decimal>)]) -> Result<Vec<Tier>> {
-    let bad = |m: String| Err(Error::InvalidProperties(m));
-    if bounds.is_empty() {
-        return bad("at least one range is required".into());
+/// Anything with Lago's `from_value` / `to_value` bounds.
+trait Bounded {
+    fn bounds(&self) -> (Decimal, Option<Decimal>);
+}
+
+impl Bounded for Range {
+    fn bounds(&self) -> (Decimal, Option<Decimal>) {
+        (self.from_value, self.to_value)
     }
-    let mut tiers = Vec::with_capacity(bounds.len());
-    let mut prev_upper: Option<Decimal> = None;
-    for (i, (from, to)) in bounds.iter().enumerate() {
-        let lower = match (i, prev_upper) {
+}
+
+impl Bounded for PercentageRange {
+    fn bounds(&self) -> (Decimal, Option<Decimal>) {
+        (self.from_value, self.to_value)
+    }
+}
+
+/// Walks written ranges as contiguous `(lower, upper]` tiers, accepting both tier styles and checking
+/// them as it goes (no allocation: this runs for every charge of every invoice).
+struct Tiers<'a, R> {
+    ranges: &'a [R],
+    next: usize,
+    prev_upper: Option<Decimal>,
+}
+
+fn tiers<R: Bounded>(ranges: &[R]) -> Result<Tiers<'_, R>> {
+    if ranges.is_empty() {
+        return Err(Error::InvalidProperties(
+            "at least one range is required".into(),
+        ));
+    }
+    Ok(Tiers {
+        ranges,
+        next: 0,
+        prev_upper: None,
+    })
+}
+
+impl<'a, R: Bounded> Tiers<'a, R> {
+    fn tier(&mut self, i: usize, r: &'a R) -> Result<(Tier, &'a R)> {
+        let bad = |m: String| Err(Error::InvalidProperties(m));
+        let (from, to) = r.bounds();
+        let lower = match (i, self.prev_upper) {
             (0, _) if from.is_zero() => Decimal::ZERO,
             (0, _) => return bad(format!("the first range must start at 0, not {from}")),
             (_, None) => return bad(format!("range {} follows an unbounded range", i + 1)),
             // Adjacent (10 → 10) or Lago's inclusive style (10 → 11) both start right above `p`.
-            (_, Some(p)) if *from == p || *from == p + Decimal::ONE => p,
+            (_, Some(p)) if from == p || from == p + Decimal::ONE => p,
             (_, Some(p)) => {
                 return bad(format!(
                     "range {} starts at {from}; expected {p} or {} after the previous range",
@@ -213,18 +248,40 @@ fn normalize(bounds: &[(Decimal, Option<Decimal>)]) -> Result<Vec<Tier>> {
                 ))
             }
         };
-        if let Some(t) = to {
-            if *t <= lower {
-                return bad(format!("range {} ends at {t}, not above its start", i + 1));
+        match to {
+            Some(t) if t <= lower => {
+                return bad(format!("range {} ends at {t}, not above its start", i + 1))
             }
+            Some(_) if i + 1 == self.ranges.len() => {
+                return bad("the last range must have to_value null".into())
+            }
+            _ => {}
         }
-        tiers.push(Tier { lower, upper: *to });
-        prev_upper = *to;
+        self.prev_upper = to;
+        Ok((Tier { lower, upper: to }, r))
     }
-    if prev_upper.is_some() {
-        return bad("the last range must have to_value null".into());
+}
+
+impl<'a, R: Bounded> Iterator for Tiers<'a, R> {
+    type Item = Result<(Tier, &'a R)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let i = self.next;
+        let r = self.ranges.get(i)?;
+        self.next += 1;
+        Some(self.tier(i, r))
     }
-    Ok(tiers)
+}
+
+/// Label of the i-th tier (0-based), without allocating for the usual tier counts.
+fn tier_label(i: usize) -> Cow<'static, str> {
+    const LABELS: [&str; 8] = [
+        "tier 1", "tier 2", "tier 3", "tier 4", "tier 5", "tier 6", "tier 7", "tier 8",
+    ];
+    LABELS.get(i).map_or_else(
+        || Cow::Owned(format!("tier {}", i + 1)),
+        |l| Cow::Borrowed(*l),
+    )
 }
 
 fn check_amount(field: &str, d: Decimal) -> Result<Decimal> {
@@ -242,11 +299,25 @@ fn add(a: Decimal, b: Decimal) -> Result<Decimal> {
 const HUNDRED: Decimal = Decimal::ONE_HUNDRED;
 
 impl ChargeModel {
-    /// Builds a model from Lago's two fields, `charge_model` and `properties`.
-    pub fn from_lago(charge_model: &str, properties: serde_json::Value) -> Result<Self> {
-        let v = serde_json::json!({ "charge_model": charge_model, "properties": properties });
-        let m: ChargeModel = serde_json::from_value(v)
-            .map_err(|e| Error::InvalidProperties(format!("{charge_model}: {e}")))?;
+    /// Builds a model from Lago's two fields, `charge_model` and `properties`, and validates it.
+    pub fn from_lago(charge_model: &str, properties: &serde_json::Value) -> Result<Self> {
+        fn props<T: serde::de::DeserializeOwned>(model: &str, v: &serde_json::Value) -> Result<T> {
+            T::deserialize(v).map_err(|e| Error::InvalidProperties(format!("{model}: {e}")))
+        }
+        let p = properties;
+        let m = match charge_model {
+            "standard" => ChargeModel::Standard(props(charge_model, p)?),
+            "graduated" => ChargeModel::Graduated(props(charge_model, p)?),
+            "volume" => ChargeModel::Volume(props(charge_model, p)?),
+            "package" => ChargeModel::Package(props(charge_model, p)?),
+            "percentage" => ChargeModel::Percentage(props(charge_model, p)?),
+            "graduated_percentage" => ChargeModel::GraduatedPercentage(props(charge_model, p)?),
+            other => {
+                return Err(Error::InvalidProperties(format!(
+                    "unknown charge_model {other:?}"
+                )))
+            }
+        };
         m.validate()?;
         Ok(m)
     }
@@ -275,12 +346,7 @@ impl ChargeModel {
                     check_amount("per_unit_amount", x.per_unit_amount)?;
                     check_amount("flat_amount", x.flat_amount)?;
                 }
-                normalize(
-                    &r.iter()
-                        .map(|x| (x.from_value, x.to_value))
-                        .collect::<Vec<_>>(),
-                )
-                .map(drop)
+                tiers(r)?.try_for_each(|t| t.map(drop))
             }
             ChargeModel::Package(p) => {
                 check_amount("amount", p.amount)?;
@@ -331,13 +397,7 @@ impl ChargeModel {
                     check_amount("rate", x.rate)?;
                     check_amount("flat_amount", x.flat_amount)?;
                 }
-                normalize(
-                    &p.graduated_percentage_ranges
-                        .iter()
-                        .map(|x| (x.from_value, x.to_value))
-                        .collect::<Vec<_>>(),
-                )
-                .map(drop)
+                tiers(&p.graduated_percentage_ranges)?.try_for_each(|t| t.map(drop))
             }
         }
     }
@@ -376,15 +436,10 @@ impl ChargeModel {
 /// Lago bills tier 1's flat fee even at zero units (a subscription with a graduated charge always pays
 /// the first flat fee); every later tier's flat fee is billed once units go above its lower bound.
 fn graduated(ranges: &[Range], units: Decimal) -> Result<ChargeOutcome> {
-    let tiers = normalize(
-        &ranges
-            .iter()
-            .map(|r| (r.from_value, r.to_value))
-            .collect::<Vec<_>>(),
-    )?;
     let mut total = Decimal::ZERO;
     let mut breakdown = Vec::new();
-    for (i, (t, r)) in tiers.iter().zip(ranges).enumerate() {
+    for (i, tier) in tiers(ranges)?.enumerate() {
+        let (t, r) = tier?;
         let reached = i == 0 || units > t.lower;
         if !reached {
             break;
@@ -393,7 +448,7 @@ fn graduated(ranges: &[Range], units: Decimal) -> Result<ChargeOutcome> {
         let amount = add(mul(n, r.per_unit_amount)?, r.flat_amount)?;
         total = add(total, amount)?;
         breakdown.push(BreakdownLine {
-            label: format!("tier {}", i + 1),
+            label: tier_label(i),
             from_value: Some(t.lower),
             to_value: t.upper,
             units: n,
@@ -411,30 +466,27 @@ fn graduated(ranges: &[Range], units: Decimal) -> Result<ChargeOutcome> {
 
 /// As Lago does, zero units bill nothing in volume (no tier is selected, so no flat fee).
 fn volume(ranges: &[Range], units: Decimal) -> Result<ChargeOutcome> {
-    let tiers = normalize(
-        &ranges
-            .iter()
-            .map(|r| (r.from_value, r.to_value))
-            .collect::<Vec<_>>(),
-    )?;
     if units.is_zero() {
         return Ok(ChargeOutcome {
             amount: Decimal::ZERO,
             breakdown: vec![],
         });
     }
-    let (i, t, r) = tiers
-        .iter()
-        .zip(ranges)
-        .enumerate()
-        .map(|(i, (t, r))| (i, t, r))
-        .find(|(_, t, _)| t.upper.is_none_or(|u| units <= u))
-        .ok_or_else(|| Error::InvalidProperties("no volume range matches".into()))?;
+    let mut found = None;
+    for (i, tier) in tiers(ranges)?.enumerate() {
+        let (t, r) = tier?;
+        if t.upper.is_none_or(|u| units <= u) {
+            found = Some((i, t, r));
+            break;
+        }
+    }
+    let (i, t, r) =
+        found.ok_or_else(|| Error::InvalidProperties("no volume range matches".into()))?;
     let amount = add(mul(units, r.per_unit_amount)?, r.flat_amount)?;
     Ok(ChargeOutcome {
         amount,
         breakdown: vec![BreakdownLine {
-            label: format!("tier {}", i + 1),
+            label: tier_label(i),
             from_value: Some(t.lower),
             to_value: t.upper,
             units,
@@ -472,8 +524,8 @@ fn percentage(p: &PercentageProperties, usage: &Usage<'_>) -> Result<ChargeOutco
         || p.per_transaction_min_amount.is_some()
         || p.per_transaction_max_amount.is_some()
         || (p.free_units_per_total_aggregation.is_some() && !fixed.is_zero());
-    let row = |label: &str, units, rate: Option<Decimal>, amount| BreakdownLine {
-        label: label.into(),
+    let row = |label: &'static str, units, rate: Option<Decimal>, amount| BreakdownLine {
+        label: Cow::Borrowed(label),
         from_value: None,
         to_value: None,
         units,
@@ -575,15 +627,10 @@ fn percentage(p: &PercentageProperties, usage: &Usage<'_>) -> Result<ChargeOutco
 
 /// Same tier rules as graduated (tier 1's flat fee even at zero), with a percentage per tier.
 fn graduated_percentage(ranges: &[PercentageRange], units: Decimal) -> Result<ChargeOutcome> {
-    let tiers = normalize(
-        &ranges
-            .iter()
-            .map(|r| (r.from_value, r.to_value))
-            .collect::<Vec<_>>(),
-    )?;
     let mut total = Decimal::ZERO;
     let mut breakdown = Vec::new();
-    for (i, (t, r)) in tiers.iter().zip(ranges).enumerate() {
+    for (i, tier) in tiers(ranges)?.enumerate() {
+        let (t, r) = tier?;
         if i > 0 && units <= t.lower {
             break;
         }
@@ -591,7 +638,7 @@ fn graduated_percentage(ranges: &[PercentageRange], units: Decimal) -> Result<Ch
         let amount = add(mul(n, r.rate / HUNDRED)?, r.flat_amount)?;
         total = add(total, amount)?;
         breakdown.push(BreakdownLine {
-            label: format!("tier {}", i + 1),
+            label: tier_label(i),
             from_value: Some(t.lower),
             to_value: t.upper,
             units: n,
@@ -615,8 +662,7 @@ mod tests {
     use serde_json::json;
 
     fn model(v: serde_json::Value) -> ChargeModel {
-        ChargeModel::from_lago(v["charge_model"].as_str().unwrap(), v["properties"].clone())
-            .unwrap()
+        ChargeModel::from_lago(v["charge_model"].as_str().unwrap(), &v["properties"]).unwrap()
     }
 
     fn eval(m: &ChargeModel, units: Decimal) -> Decimal {
@@ -690,15 +736,15 @@ mod tests {
         let gap = json!({"graduated_ranges": [
             {"from_value": 0, "to_value": 10, "per_unit_amount": "1", "flat_amount": "0"},
             {"from_value": 12, "to_value": null, "per_unit_amount": "1", "flat_amount": "0"}]});
-        assert!(ChargeModel::from_lago("graduated", gap).is_err());
+        assert!(ChargeModel::from_lago("graduated", &gap).is_err());
         let bounded_last = json!({"volume_ranges": [
             {"from_value": 0, "to_value": 10, "per_unit_amount": "1", "flat_amount": "0"}]});
-        assert!(ChargeModel::from_lago("volume", bounded_last).is_err());
+        assert!(ChargeModel::from_lago("volume", &bounded_last).is_err());
         let negative = json!({"amount": "-1"});
-        assert!(ChargeModel::from_lago("standard", negative).is_err());
-        assert!(ChargeModel::from_lago("dynamic", json!({})).is_err());
+        assert!(ChargeModel::from_lago("standard", &negative).is_err());
+        assert!(ChargeModel::from_lago("dynamic", &json!({})).is_err());
         let zero_pkg = json!({"amount": "1", "free_units": 0, "package_size": 0});
-        assert!(ChargeModel::from_lago("package", zero_pkg).is_err());
+        assert!(ChargeModel::from_lago("package", &zero_pkg).is_err());
     }
 
     #[test]

@@ -254,17 +254,17 @@ pub fn assemble(
     let sources = adj
         .credit_notes
         .iter()
-        .map(|c| (c.code.clone(), c.amount))
-        .chain(std::iter::once((
-            "prepaid_credits".to_string(),
-            adj.prepaid_credits,
-        )));
+        .map(|c| (c.code.as_str(), c.amount))
+        .chain(std::iter::once(("prepaid_credits", adj.prepaid_credits)));
     for (code, available) in sources {
         let available = round(non_negative("credit", available)?);
         let used = available.min(due);
         if used > Decimal::ZERO {
             due -= used;
-            credits.push(AppliedCredit { code, amount: used });
+            credits.push(AppliedCredit {
+                code: code.to_string(),
+                amount: used,
+            });
         }
     }
     let mut credits_total: Decimal = credits.iter().map(|c| c.amount).sum();

@@ -87,7 +87,7 @@ pub struct ChargeResponse {
 
 /// Evaluates one charge model on aggregated usage.
 pub fn evaluate_charge(req: ChargeRequest) -> Result<ChargeResponse> {
-    let model = ChargeModel::from_lago(&req.charge_model, req.properties)?;
+    let model = ChargeModel::from_lago(&req.charge_model, &req.properties)?;
     let values = req.event_values.as_deref();
     let units = match (req.units, values) {
         (Some(u), _) => u.value(),
@@ -349,7 +349,7 @@ impl<'a> Plan<'a> {
             .iter()
             .map(|c| {
                 c.billable_metric.validate()?;
-                ChargeModel::from_lago(&c.charge_model, c.properties.clone())
+                ChargeModel::from_lago(&c.charge_model, &c.properties)
                     .map_err(|e| Error::InvalidProperties(format!("charge {}: {e}", c.code)))
             })
             .collect::<Result<_>>()?;

@@ -124,7 +124,11 @@ impl ProrationConvention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::money::{round_to_minor, RoundingMode};
     use crate::period::{parse_timezone, BillingTime, Interval, Schedule};
+    use crate::Currency;
+    use chrono::{Duration, NaiveDate};
+    use proptest::prelude::*;
     use rust_decimal_macros::dec;
 
     fn utc(s: &str) -> DateTime<Utc> {
@@ -227,6 +231,46 @@ mod tests {
                 c.factor(&jan, jan.start, jan.end, Tz::UTC).unwrap(),
                 Decimal::ONE
             );
+        }
+    }
+
+    proptest! {
+        // Cutting a period into parts and rounding each part loses at most one minor unit per cut.
+        #[test]
+        fn prorated_parts_add_up_to_the_full_fee(
+            year in 2020i32..2031,
+            month in 1u32..=12,
+            tz_i in 0usize..3,
+            conv_i in 0usize..3,
+            fee_cents in 0i64..10_000_000,
+            cuts in prop::collection::vec(0i64..10_000_000, 1..6),
+        ) {
+            let tz = [Tz::UTC, parse_timezone("America/New_York").unwrap(), parse_timezone("Europe/Paris").unwrap()][tz_i];
+            let conv = [ProrationConvention::Days, ProrationConvention::DaysExclusiveEnd, ProrationConvention::Seconds][conv_i];
+            let first = NaiveDate::from_ymd_opt(year, month, 1).unwrap();
+            let p = Schedule::new(Interval::Monthly, BillingTime::Calendar, local_midnight_utc(first, tz), tz)
+                .unwrap()
+                .period_containing_date(first)
+                .unwrap();
+            let mut points: Vec<DateTime<Utc>> = cuts
+                .iter()
+                .map(|c| match conv {
+                    ProrationConvention::Seconds => p.start + Duration::seconds(c % p.seconds()),
+                    _ => local_midnight_utc(p.start_date + Duration::days(c % p.days()), tz),
+                })
+                .collect();
+            points.push(p.start);
+            points.push(p.end);
+            points.sort();
+            points.dedup();
+            let usd = Currency::parse("USD").unwrap();
+            let fee = Decimal::new(fee_cents, 2);
+            let sum: Decimal = points
+                .windows(2)
+                .map(|w| round_to_minor(fee * conv.factor(&p, w[0], w[1], tz).unwrap(), usd, RoundingMode::HalfUp))
+                .sum();
+            let cuts_made = i64::try_from(points.len() - 2).unwrap();
+            prop_assert!((sum - fee).abs() <= Decimal::new(cuts_made, 2), "{} vs {}", sum, fee);
         }
     }
 }
