@@ -218,6 +218,12 @@ pub fn assemble(
         let (taxable, taxes) =
             taxes_for_line(amount - discount, adj.taxes, exempt, currency, mode)?;
         let tax_amount: Decimal = taxes.iter().map(|t| t.amount).sum();
+        // Show every rounded amount at the currency's scale ("0.00", not "0").
+        let minor = |mut d: Decimal| {
+            d.rescale(currency.minor_units());
+            d
+        };
+        let (discount, taxable, tax_amount) = (minor(discount), minor(taxable), minor(tax_amount));
         lines.push(InvoiceLine {
             kind: d.kind,
             code: d.code,
