@@ -1,0 +1,143 @@
+//! HTTP behaviour on the real stack: health, readiness and metrics endpoints, problem+json errors, rate limits,
+//! and idempotent migrations.
+
+use std::time::Duration;
+
+use billing_tests::{Services, TestEnv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_and_metrics_answer_on_rating_and_query_api() {
+    let env = TestEnv::new("health").await;
+    let services = Services::start(&env.settings).await;
+    let http = reqwest::Client::new();
+    let rating = format!("http://{}", env.settings.rating.listen);
+    // rating binds its port asynchronously; wait for it.
+    let mut ready = None;
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("{rating}/ready")).send().await {
+            ready = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = ready.expect("rating serves /ready");
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        body["checks"],
+        serde_json::json!({"kafka": "ok", "cassandra": "ok", "clickhouse": "ok"})
+    );
+    assert_eq!(
+        http.get(format!("{rating}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = http
+        .get(format!("{rating}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("billing_rating_checkpoint_seconds"),
+        "{metrics}"
+    );
+
+    let api = &services.api;
+    let body: serde_json::Value = http
+        .get(format!("{api}/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["ready"], true);
+    services.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_problem_json_and_floods_get_429() {
+    let mut env = TestEnv::new("problems").await;
+    env.settings.query_api.rate_limit_per_second = 1;
+    env.settings.query_api.rate_limit_burst = 3;
+    let services = Services::start(&env.settings).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/customers/nobody/usage", services.api);
+
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["status"], 400);
+    assert_eq!(p["detail"], "the x-tenant-id header is required");
+
+    let r = http
+        .get(&url)
+        .header("x-tenant-id", "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["detail"], "customer \"nobody\" has no usage");
+
+    // Burst of 3 per tenant: the 2nd and 3rd pass, then 429 with Retry-After. Another tenant is unaffected.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = http
+            .get(&url)
+            .header("x-tenant-id", "acme")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(
+                r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+                    >= 1
+            );
+            assert_eq!(r.headers()["content-type"], "application/problem+json");
+        }
+    }
+    assert_eq!(statuses, vec![404, 404, 429]);
+    let r = http
+        .get(&url)
+        .header("x-tenant-id", "globex")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    services.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent() {
+    let env = TestEnv::new("migrate").await;
+    let again = billing_runtime::migrate::run(&env.settings).await.unwrap();
+    assert!(
+        again.topics_created.is_empty()
+            && again.cql_applied.is_empty()
+            && again.clickhouse_applied.is_empty(),
+        "{again}"
+    );
+    let versions: Vec<u32> = env
+        .clickhouse()
+        .query("SELECT version FROM schema_migrations ORDER BY version")
+        .fetch_all::<u32>()
+        .await
+        .unwrap();
+    assert_eq!(versions, vec![1], "each migration recorded once");
+    env.cleanup().await;
+}
