@@ -503,6 +503,14 @@ pub fn preview_invoice(req: PreviewRequest) -> Result<PreviewResponse> {
                 .iter()
                 .filter(|a| a.charge == charge.code)
                 .collect();
+            for (i, a) in given.iter().enumerate() {
+                if given[..i].iter().any(|b| b.group == a.group) {
+                    return Err(Error::InvalidRequest(format!(
+                        "two aggregates for charge {:?} and group {:?}",
+                        a.charge, a.group
+                    )));
+                }
+            }
             let usage: BTreeMap<Option<String>, Aggregate> = if given.is_empty() {
                 charge
                     .billable_metric
@@ -848,6 +856,68 @@ mod tests {
             evaluate_charge(serde_json::from_value(missing).unwrap()),
             Err(Error::MissingInput(_))
         ));
+    }
+
+    #[test]
+    fn jan_31_anniversary_in_a_leap_year_through_the_api() {
+        let v = json!({
+            "currency": "USD",
+            "plan": {"code": "a", "amount": "31", "interval": "monthly", "pay_in_advance": true,
+                     "billing_time": "anniversary"},
+            "subscription": {"started_at": "2024-01-31T08:00:00Z",
+                             "changes": [{"type": "cancel", "at": "2024-03-10T18:00:00Z", "immediate": true}]},
+            "period_containing": "2024-02-15T00:00:00Z"
+        });
+        let feb = run(v.clone()).unwrap();
+        assert_eq!(feb.period.from_date.to_string(), "2024-01-31");
+        assert_eq!(feb.period.to_date.to_string(), "2024-02-28");
+        assert_eq!(feb.period.days, 29);
+        let mut v = v;
+        v["period_containing"] = json!("2024-03-05T00:00:00Z");
+        let mar = run(v).unwrap();
+        // Feb 29 → Mar 30 (31 days, back to the 31st anchor clamped to Mar 31 exclusive).
+        assert_eq!(mar.period.from_date.to_string(), "2024-02-29");
+        assert_eq!(mar.period.to_date.to_string(), "2024-03-30");
+        // Cancelled on Mar 10 (billed, Lago counts it): Mar 11..=30 are 20 unused days of 31.
+        assert_eq!(amounts(&mar), vec![dec!(31.00), dec!(-20.00)]);
+    }
+
+    #[test]
+    fn paris_dst_day_by_seconds_and_by_days() {
+        // 2026-03-29 is the spring-forward Sunday in Paris: the local day has 23 hours.
+        let mut v = json!({
+            "currency": "EUR",
+            "timezone": "Europe/Paris",
+            "proration": "seconds",
+            "plan": {"code": "a", "amount": "2674.80", "interval": "monthly"},
+            "subscription": {"started_at": "2026-03-29T00:00:00+01:00"},
+            "period_containing": "2026-03-30T00:00:00Z"
+        });
+        let r = run(v.clone()).unwrap();
+        assert_eq!(r.period.from.to_rfc3339(), "2026-02-28T23:00:00+00:00");
+        assert_eq!(r.period.to.to_rfc3339(), "2026-03-31T22:00:00+00:00");
+        // 71 hours of a 743-hour month: 2674.80 × 255600 / 2674800 = 255.60.
+        assert_eq!(amounts(&r), vec![dec!(255.60)]);
+        v["proration"] = json!("days");
+        // 3 of 31 days: 2674.80 × 3 / 31 = 258.851… → 258.85.
+        assert_eq!(amounts(&run(v).unwrap()), vec![dec!(258.85)]);
+    }
+
+    #[test]
+    fn duplicate_aggregates_are_rejected() {
+        let v = json!({
+            "currency": "USD",
+            "plan": {"code": "a", "amount": "0", "interval": "monthly", "charges": [
+                {"code": "c", "billable_metric": {"code": "m", "aggregation_type": "count_agg"},
+                 "charge_model": "standard", "properties": {"amount": "1"}}]},
+            "subscription": {"started_at": "2026-01-01T00:00:00Z"},
+            "period_containing": "2026-01-10T00:00:00Z",
+            "aggregates": [{"charge": "c", "units": "1"}, {"charge": "c", "units": "2"}]
+        });
+        assert!(matches!(run(v.clone()), Err(Error::InvalidRequest(_))));
+        let mut ok = v;
+        ok["aggregates"] = json!([{"charge": "c", "units": "2"}]);
+        assert_eq!(amounts(&run(ok).unwrap()), vec![dec!(2.00)]);
     }
 
     #[test]

@@ -381,10 +381,12 @@ mod tests {
     }
 
     // Lago docs, "Upgrades and downgrades" (https://getlago.com/docs/guide/subscriptions/upgrades-downgrades):
-    // a €100 plan paid in advance is upgraded to €200 on January 15. Lago's figures 45.16 and 109.68 come
-    // from counting days inclusively over the 31-day month: the old plan served Jan 1..=14 (14 days,
-    // 100 × 14/31 = 45.16, i.e. the €100 paid minus a credit of 100 × 17/31 = 54.84) and the new plan
-    // serves Jan 15..=31 (17 days, 200 × 17/31 = 109.68).
+    // Plan A (€100/month, calendar) is upgraded to Plan B (€200/month) on January 15. Lago's example is
+    // paid in arrears: "Invoice for Plan A: 14 days prorated = €45.16 (14/31 × €100)", then Plan B for the
+    // remaining 17 days = 200 × 17/31 = €109.68. The formulation is days counted inclusively over the
+    // actual 31-day month, with the change day belonging to the new plan (A: Jan 1..=14, B: Jan 15..=31).
+    // Paid in advance, Lago instead credits the unused days of A: 100 × 17/31 = €54.84, so A nets
+    // 100 − 54.84 = €45.16, and B is charged €109.68: the same two figures.
     #[test]
     fn lago_upgrade_example_in_advance_and_in_arrears() {
         let s = sub(
@@ -427,9 +429,10 @@ mod tests {
         );
     }
 
-    // Stripe docs, "Prorations" (https://docs.stripe.com/billing/subscriptions/prorations): switching a
-    // $10/month price to $20/month exactly halfway through the period credits $5 of unused time and
-    // charges $10 of remaining time, a net +$5.
+    // Stripe docs, "Prorations" (https://docs.stripe.com/billing/subscriptions/prorations): "if a customer
+    // upgrades from a 10 USD per month subscription to a 20 USD option ... halfway through the billing
+    // period, the customer is billed an additional 5 USD: -5 USD for unused time on the initial price, and
+    // 10 USD for the remaining time on the new price."
     #[test]
     fn stripe_mid_period_change_nets_five_dollars() {
         let s = sub(
@@ -457,9 +460,9 @@ mod tests {
         assert_eq!(lines[1].2 + lines[2].2, dec!(5.00));
     }
 
-    // Kill Bill subscription billing docs (https://docs.killbill.io/latest/userguide_subscription.html,
-    // pro-ration): a $12/month plan kept for 22 days of a 28-day month is billed
-    // 12 × 0.785714286 (22/28 at 9 decimals) = 9.43.
+    // Kill Bill's pro-ration example (Kill Bill user guides, https://docs.killbill.io/, invoice pro-ration;
+    // figures as quoted in issue #3): a $12/month plan kept for 22 days of a 28-day month is billed
+    // 12 × 0.785714286 (22/28 with the factor kept at 9 decimals, half-up) = 9.428571432 → $9.43.
     #[test]
     fn kill_bill_22_of_28_days() {
         let s = sub(
