@@ -44,7 +44,9 @@ impl Encoding {
         match content_type {
             Some(b"application/json") => Ok(Encoding::Json),
             Some(b"application/vnd.confluent.avro" | b"avro/binary") => Ok(Encoding::Avro),
-            Some(other) => Err(DecodeError::UnknownContentType(String::from_utf8_lossy(other).into_owned())),
+            Some(other) => Err(DecodeError::UnknownContentType(
+                String::from_utf8_lossy(other).into_owned(),
+            )),
             None if payload.first() == Some(&MAGIC) => Ok(Encoding::Avro),
             None => Ok(Encoding::Json),
         }
@@ -93,19 +95,27 @@ pub fn decode<T: Message>(payload: &[u8], content_type: Option<&[u8]>) -> Result
         return Err(DecodeError::Empty);
     }
     let json = match Encoding::detect(content_type, payload)? {
-        Encoding::Json => serde_json::from_slice::<Json>(payload).map_err(|e| DecodeError::Json(e.to_string()))?,
+        Encoding::Json => {
+            serde_json::from_slice::<Json>(payload).map_err(|e| DecodeError::Json(e.to_string()))?
+        }
         Encoding::Avro => {
             let (id, datum) = split_frame(payload)?;
             if id != T::SCHEMA as u32 {
-                return Err(DecodeError::WrongSchemaId { expected: T::SCHEMA as u32, found: id });
+                return Err(DecodeError::WrongSchemaId {
+                    expected: T::SCHEMA as u32,
+                    found: id,
+                });
             }
             let schema = schema_for(T::SCHEMA);
             let mut cursor = Cursor::new(datum);
-            let value =
-                apache_avro::from_avro_datum(schema, &mut cursor, None).map_err(|e| DecodeError::Avro(e.to_string()))?;
+            let value = apache_avro::from_avro_datum(schema, &mut cursor, None)
+                .map_err(|e| DecodeError::Avro(e.to_string()))?;
             let read = cursor.position();
             if read != datum.len() as u64 {
-                return Err(DecodeError::Avro(format!("{} trailing bytes after the datum", datum.len() as u64 - read)));
+                return Err(DecodeError::Avro(format!(
+                    "{} trailing bytes after the datum",
+                    datum.len() as u64 - read
+                )));
             }
             avro_to_json(schema, &value)
         }
@@ -116,7 +126,10 @@ pub fn decode<T: Message>(payload: &[u8], content_type: Option<&[u8]>) -> Result
 /// Encode a value in the given encoding.
 pub fn encode<T: Message>(value: &T, encoding: Encoding) -> Result<Vec<u8>, EncodeError> {
     let schema = schema_for(T::SCHEMA);
-    let err = |reason: String| EncodeError { schema: format!("{:?}", T::SCHEMA), reason };
+    let err = |reason: String| EncodeError {
+        schema: format!("{:?}", T::SCHEMA),
+        reason,
+    };
     let json = serde_json::to_value(value).map_err(|e| err(e.to_string()))?;
     match encoding {
         Encoding::Json => serde_json::to_vec(&json).map_err(|e| err(e.to_string())),
@@ -140,8 +153,13 @@ pub fn check_json_shape(id: SchemaId, json: &Json) -> Result<(), String> {
 fn split_frame(payload: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
     match payload {
         [MAGIC, a, b, c, d, datum @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
-        [MAGIC, ..] => Err(DecodeError::BadFraming(format!("{} bytes is shorter than the 5-byte header", payload.len()))),
-        [first, ..] => Err(DecodeError::BadFraming(format!("magic byte is {first:#04x}, not 0x00"))),
+        [MAGIC, ..] => Err(DecodeError::BadFraming(format!(
+            "{} bytes is shorter than the 5-byte header",
+            payload.len()
+        ))),
+        [first, ..] => Err(DecodeError::BadFraming(format!(
+            "magic byte is {first:#04x}, not 0x00"
+        ))),
         [] => Err(DecodeError::Empty),
     }
 }
@@ -168,11 +186,18 @@ fn avro_to_json(schema: &Schema, value: &Avro) -> Json {
                 None => v,
             }
         }
-        (Schema::Array(a), Avro::Array(items)) => Json::Array(items.iter().map(|i| avro_to_json(&a.items, i)).collect()),
+        (Schema::Array(a), Avro::Array(items)) => {
+            Json::Array(items.iter().map(|i| avro_to_json(&a.items, i)).collect())
+        }
         (Schema::Map(m), Avro::Map(entries)) => {
             let mut sorted: Vec<_> = entries.iter().collect();
             sorted.sort_by(|a, b| a.0.cmp(b.0));
-            Json::Object(sorted.into_iter().map(|(k, v)| (k.clone(), avro_to_json(&m.types, v))).collect())
+            Json::Object(
+                sorted
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), avro_to_json(&m.types, v)))
+                    .collect(),
+            )
         }
         (Schema::Record(r), Avro::Record(fields)) => Json::Object(
             fields
@@ -191,15 +216,27 @@ fn json_to_avro(schema: &Schema, json: &Json, path: &str) -> Result<Avro, String
     match schema {
         Schema::Null => json.is_null().then_some(Avro::Null).ok_or_else(mismatch),
         Schema::Boolean => json.as_bool().map(Avro::Boolean).ok_or_else(mismatch),
-        Schema::Int => json.as_i64().and_then(|i| i32::try_from(i).ok()).map(Avro::Int).ok_or_else(mismatch),
+        Schema::Int => json
+            .as_i64()
+            .and_then(|i| i32::try_from(i).ok())
+            .map(Avro::Int)
+            .ok_or_else(mismatch),
         Schema::Long => json.as_i64().map(Avro::Long).ok_or_else(mismatch),
-        Schema::TimestampMillis => json.as_i64().map(Avro::TimestampMillis).ok_or_else(mismatch),
-        Schema::String => json.as_str().map(|s| Avro::String(s.to_owned())).ok_or_else(mismatch),
+        Schema::TimestampMillis => json
+            .as_i64()
+            .map(Avro::TimestampMillis)
+            .ok_or_else(mismatch),
+        Schema::String => json
+            .as_str()
+            .map(|s| Avro::String(s.to_owned()))
+            .ok_or_else(mismatch),
         Schema::Enum(e) => {
             let s = json.as_str().ok_or_else(mismatch)?;
-            let idx = e.symbols.iter().position(|x| x == s).ok_or_else(|| {
-                format!("{path}: {s:?} is not one of {:?}", e.symbols)
-            })?;
+            let idx = e
+                .symbols
+                .iter()
+                .position(|x| x == s)
+                .ok_or_else(|| format!("{path}: {s:?} is not one of {:?}", e.symbols))?;
             Ok(Avro::Enum(idx as u32, s.to_owned()))
         }
         Schema::Array(a) => {
@@ -214,7 +251,12 @@ fn json_to_avro(schema: &Schema, json: &Json, path: &str) -> Result<Avro, String
         Schema::Map(m) => {
             let obj = json.as_object().ok_or_else(mismatch)?;
             obj.iter()
-                .map(|(k, v)| Ok((k.clone(), json_to_avro(&m.types, v, &format!("{path}.{k}"))?)))
+                .map(|(k, v)| {
+                    Ok((
+                        k.clone(),
+                        json_to_avro(&m.types, v, &format!("{path}.{k}"))?,
+                    ))
+                })
                 .collect::<Result<HashMap<_, _>, String>>()
                 .map(Avro::Map)
         }
@@ -222,7 +264,10 @@ fn json_to_avro(schema: &Schema, json: &Json, path: &str) -> Result<Avro, String
         Schema::Record(r) => {
             let obj = json.as_object().ok_or_else(mismatch)?;
             if let Some(extra) = obj.keys().find(|k| !r.fields.iter().any(|f| &f.name == *k)) {
-                return Err(format!("{path}: field {extra:?} is not in record {}", r.name.name));
+                return Err(format!(
+                    "{path}: field {extra:?} is not in record {}",
+                    r.name.name
+                ));
             }
             let mut fields = Vec::with_capacity(r.fields.len());
             for f in &r.fields {
@@ -236,7 +281,10 @@ fn json_to_avro(schema: &Schema, json: &Json, path: &str) -> Result<Avro, String
             }
             Ok(Avro::Record(fields))
         }
-        other => Err(format!("{path}: schema type {} is not used by billing schemas", schema_kind(other))),
+        other => Err(format!(
+            "{path}: schema type {} is not used by billing schemas",
+            schema_kind(other)
+        )),
     }
 }
 
@@ -244,12 +292,17 @@ fn json_to_union(u: &UnionSchema, json: &Json, path: &str) -> Result<Avro, Strin
     let variants = u.variants();
     if json.is_null() {
         let idx = variants.iter().position(|s| matches!(s, Schema::Null));
-        return idx.map(|i| Avro::Union(i as u32, Box::new(Avro::Null))).ok_or_else(|| format!("{path}: null is not allowed"));
+        return idx
+            .map(|i| Avro::Union(i as u32, Box::new(Avro::Null)))
+            .ok_or_else(|| format!("{path}: null is not allowed"));
     }
     // A union of records is tagged with the record's name; other unions are nullable scalars.
     if let Some(obj) = json.as_object().filter(|o| o.len() == 1) {
         let (tag, inner) = obj.iter().next().expect("one entry");
-        if let Some(i) = variants.iter().position(|s| union_branch_name(s).as_deref() == Some(tag)) {
+        if let Some(i) = variants
+            .iter()
+            .position(|s| union_branch_name(s).as_deref() == Some(tag))
+        {
             let v = json_to_avro(&variants[i], inner, &format!("{path}.{tag}"))?;
             return Ok(Avro::Union(i as u32, Box::new(v)));
         }
@@ -266,7 +319,9 @@ fn json_to_union(u: &UnionSchema, json: &Json, path: &str) -> Result<Avro, Strin
     }
     let names: Vec<_> = variants.iter().filter_map(union_branch_name).collect();
     if errors.is_empty() {
-        Err(format!("{path}: expected an object tagged with one of {names:?}"))
+        Err(format!(
+            "{path}: expected an object tagged with one of {names:?}"
+        ))
     } else {
         Err(errors.join("; "))
     }
@@ -302,8 +357,12 @@ mod tests {
     fn random_bytes_are_rejected_with_a_reason() {
         let err = decode::<UsageEvent>(&[0x9f, 0x13, 0x77], None).unwrap_err();
         assert!(matches!(err, DecodeError::Json(_)), "{err}");
-        let err = decode::<UsageEvent>(&[0x9f, 0x13], Some(b"application/vnd.confluent.avro")).unwrap_err();
-        assert_eq!(err, DecodeError::BadFraming("magic byte is 0x9f, not 0x00".into()));
+        let err = decode::<UsageEvent>(&[0x9f, 0x13], Some(b"application/vnd.confluent.avro"))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::BadFraming("magic byte is 0x9f, not 0x00".into())
+        );
     }
 
     #[test]
@@ -311,25 +370,43 @@ mod tests {
         let ev: UsageEvent = decode(&good(), None).unwrap();
         let mut avro = encode(&ev, Encoding::Avro).unwrap();
         avro[4] = 42;
-        assert_eq!(decode::<UsageEvent>(&avro, None).unwrap_err(), DecodeError::WrongSchemaId { expected: 1, found: 42 });
+        assert_eq!(
+            decode::<UsageEvent>(&avro, None).unwrap_err(),
+            DecodeError::WrongSchemaId {
+                expected: 1,
+                found: 42
+            }
+        );
     }
 
     #[test]
     fn missing_field_is_named() {
         let raw = br#"{"tenant_id":"t","event_id":"e","metric_code":"m","timestamp":1}"#;
         let err = decode::<UsageEvent>(raw, Some(b"application/json")).unwrap_err();
-        assert!(err.to_string().contains("missing field `customer_id`"), "{err}");
+        assert!(
+            err.to_string().contains("missing field `customer_id`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn truncated_and_padded_avro_are_rejected() {
         let ev: UsageEvent = decode(&good(), None).unwrap();
         let avro = encode(&ev, Encoding::Avro).unwrap();
-        assert!(matches!(decode::<UsageEvent>(&avro[..avro.len() - 2], None), Err(DecodeError::Avro(_))));
+        assert!(matches!(
+            decode::<UsageEvent>(&avro[..avro.len() - 2], None),
+            Err(DecodeError::Avro(_))
+        ));
         let mut padded = avro.clone();
         padded.push(7);
-        assert!(matches!(decode::<UsageEvent>(&padded, None), Err(DecodeError::Avro(_))));
-        assert!(matches!(decode::<UsageEvent>(&avro[..3], None), Err(DecodeError::BadFraming(_))));
+        assert!(matches!(
+            decode::<UsageEvent>(&padded, None),
+            Err(DecodeError::Avro(_))
+        ));
+        assert!(matches!(
+            decode::<UsageEvent>(&avro[..3], None),
+            Err(DecodeError::BadFraming(_))
+        ));
     }
 
     #[test]
@@ -338,7 +415,10 @@ mod tests {
             decode::<UsageEvent>(&good(), Some(b"text/csv")).unwrap_err(),
             DecodeError::UnknownContentType("text/csv".into())
         );
-        assert_eq!(decode::<UsageEvent>(&[], None).unwrap_err(), DecodeError::Empty);
+        assert_eq!(
+            decode::<UsageEvent>(&[], None).unwrap_err(),
+            DecodeError::Empty
+        );
     }
 
     #[test]

@@ -26,17 +26,39 @@ pub enum SchemaId {
 
 /// (id, file name, schema text) of every schema, in id order.
 pub const SCHEMAS: [(SchemaId, &str, &str); 5] = [
-    (SchemaId::Usage, "usage_event.avsc", include_str!("../avro/usage_event.avsc")),
-    (SchemaId::Lifecycle, "lifecycle_event.avsc", include_str!("../avro/lifecycle_event.avsc")),
-    (SchemaId::Catalog, "catalog_event.avsc", include_str!("../avro/catalog_event.avsc")),
-    (SchemaId::Invoice, "invoice_event.avsc", include_str!("../avro/invoice_event.avsc")),
-    (SchemaId::Payment, "payment_event.avsc", include_str!("../avro/payment_event.avsc")),
+    (
+        SchemaId::Usage,
+        "usage_event.avsc",
+        include_str!("../avro/usage_event.avsc"),
+    ),
+    (
+        SchemaId::Lifecycle,
+        "lifecycle_event.avsc",
+        include_str!("../avro/lifecycle_event.avsc"),
+    ),
+    (
+        SchemaId::Catalog,
+        "catalog_event.avsc",
+        include_str!("../avro/catalog_event.avsc"),
+    ),
+    (
+        SchemaId::Invoice,
+        "invoice_event.avsc",
+        include_str!("../avro/invoice_event.avsc"),
+    ),
+    (
+        SchemaId::Payment,
+        "payment_event.avsc",
+        include_str!("../avro/payment_event.avsc"),
+    ),
 ];
 
 static PARSED: LazyLock<Vec<Schema>> = LazyLock::new(|| {
     SCHEMAS
         .iter()
-        .map(|(_, file, text)| Schema::parse_str(text).unwrap_or_else(|e| panic!("{file} does not parse: {e}")))
+        .map(|(_, file, text)| {
+            Schema::parse_str(text).unwrap_or_else(|e| panic!("{file} does not parse: {e}"))
+        })
         .collect()
 });
 

@@ -9,17 +9,23 @@ use serde::{de, Deserialize, Deserializer, Serializer};
 fn from_raw<E: de::Error>(raw: serde_json::Value) -> Result<DateTime<Utc>, E> {
     match raw {
         serde_json::Value::Number(n) => {
-            let ms = n
-                .as_i64()
-                .ok_or_else(|| E::custom(format!("timestamp {n} is not whole epoch milliseconds")))?;
+            let ms = n.as_i64().ok_or_else(|| {
+                E::custom(format!("timestamp {n} is not whole epoch milliseconds"))
+            })?;
             Utc.timestamp_millis_opt(ms)
                 .single()
                 .ok_or_else(|| E::custom(format!("timestamp {ms} ms is out of range")))
         }
         serde_json::Value::String(s) => DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| E::custom(format!("timestamp {s:?} is not RFC 3339 or epoch milliseconds: {e}"))),
-        other => Err(E::custom(format!("timestamp must be epoch milliseconds or an RFC 3339 string, not {other}"))),
+            .map_err(|e| {
+                E::custom(format!(
+                    "timestamp {s:?} is not RFC 3339 or epoch milliseconds: {e}"
+                ))
+            }),
+        other => Err(E::custom(format!(
+            "timestamp must be epoch milliseconds or an RFC 3339 string, not {other}"
+        ))),
     }
 }
 

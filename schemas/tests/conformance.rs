@@ -14,7 +14,9 @@ use billing_schemas::usage::UsageEvent;
 use billing_schemas::{decode, encode, Encoding, Message, SCHEMAS};
 
 fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -27,20 +29,43 @@ fn check<T: Message + PartialEq + std::fmt::Debug>(stem: &str) {
     assert!(!fixtures.is_empty(), "{stem}: no fixtures");
     let mut encoded = Vec::new();
     for (i, json) in fixtures.iter().enumerate() {
-        check_json_shape(T::SCHEMA, json).unwrap_or_else(|e| panic!("{stem}[{i}] does not fit the schema: {e}"));
-        let value: T = serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{stem}[{i}]: {e}"));
+        check_json_shape(T::SCHEMA, json)
+            .unwrap_or_else(|e| panic!("{stem}[{i}] does not fit the schema: {e}"));
+        let value: T =
+            serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{stem}[{i}]: {e}"));
         // The Rust type writes back exactly the fixture's fields.
         let back = serde_json::to_value(&value).unwrap();
-        assert_eq!(&back, json, "{stem}[{i}]: Rust type drops or renames a field");
+        assert_eq!(
+            &back, json,
+            "{stem}[{i}]: Rust type drops or renames a field"
+        );
         check_json_shape(T::SCHEMA, &back).unwrap();
 
         let avro = encode(&value, Encoding::Avro).unwrap();
-        assert_eq!(&avro[..5], &[0, 0, 0, 0, T::SCHEMA as u8], "{stem}[{i}]: Confluent header");
-        assert_eq!(decode::<T>(&avro, Some(b"application/vnd.confluent.avro")).unwrap(), value);
-        assert_eq!(decode::<T>(&avro, None).unwrap(), value, "{stem}[{i}]: sniffed Avro");
+        assert_eq!(
+            &avro[..5],
+            &[0, 0, 0, 0, T::SCHEMA as u8],
+            "{stem}[{i}]: Confluent header"
+        );
+        assert_eq!(
+            decode::<T>(&avro, Some(b"application/vnd.confluent.avro")).unwrap(),
+            value
+        );
+        assert_eq!(
+            decode::<T>(&avro, None).unwrap(),
+            value,
+            "{stem}[{i}]: sniffed Avro"
+        );
         let json_bytes = encode(&value, Encoding::Json).unwrap();
-        assert_eq!(decode::<T>(&json_bytes, Some(b"application/json")).unwrap(), value);
-        assert_eq!(decode::<T>(&json_bytes, None).unwrap(), value, "{stem}[{i}]: sniffed JSON");
+        assert_eq!(
+            decode::<T>(&json_bytes, Some(b"application/json")).unwrap(),
+            value
+        );
+        assert_eq!(
+            decode::<T>(&json_bytes, None).unwrap(),
+            value,
+            "{stem}[{i}]: sniffed JSON"
+        );
         encoded.push(to_hex(&avro));
     }
     let golden_path = fixture_path(&format!("{stem}.avro.hex"));
@@ -48,9 +73,16 @@ fn check<T: Message + PartialEq + std::fmt::Debug>(stem: &str) {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden_path, &actual).unwrap();
     }
-    let golden = std::fs::read_to_string(&golden_path)
-        .unwrap_or_else(|_| panic!("{} is missing; run with UPDATE_GOLDEN=1", golden_path.display()));
-    assert_eq!(actual, golden, "{stem}: Avro bytes differ from the golden file");
+    let golden = std::fs::read_to_string(&golden_path).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing; run with UPDATE_GOLDEN=1",
+            golden_path.display()
+        )
+    });
+    assert_eq!(
+        actual, golden,
+        "{stem}: Avro bytes differ from the golden file"
+    );
 }
 
 #[test]
@@ -92,7 +124,10 @@ fn every_avsc_file_is_registered_and_has_a_fixture() {
     assert_eq!(on_disk, registered);
     for f in registered {
         let stem = f.trim_end_matches(".avsc");
-        assert!(fixture_path(&format!("{stem}.json")).exists(), "{stem} has no fixture");
+        assert!(
+            fixture_path(&format!("{stem}.json")).exists(),
+            "{stem} has no fixture"
+        );
     }
 }
 
