@@ -3,6 +3,8 @@
 //! Money is exact (`rust_decimal`), every line keeps its precise value and is rounded once to the
 //! currency's minor unit, and time always comes in as arguments.
 
+#![warn(missing_docs)]
+
 pub mod aggregation;
 pub mod charge;
 pub mod currency;
