@@ -27,7 +27,7 @@ impl Message for InvoiceEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Invoice {
     /// An invoice was numbered and is now immutable.
-    InvoiceFinalized(InvoiceFinalized),
+    InvoiceFinalized(Box<InvoiceFinalized>),
     /// An invoice was voided.
     InvoiceVoided(InvoiceVoided),
 }

@@ -1,0 +1,36 @@
+# Self-documenting targets: `make help`.
+.DEFAULT_GOAL := help
+.PHONY: help demo test up down status wipe migrate lint bench bench-core
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+demo: ## Install and start everything, run the pipeline with a demo workload, and show where to look
+	scripts/demo.sh
+
+test: ## Run every test (starts the stack if needed and stops what it started)
+	scripts/test.sh
+
+up: ## Install (cached) and start Kafka, Cassandra and ClickHouse on loopback
+	deploy/local/stack up
+
+down: ## Stop the servers that `make up` started
+	deploy/local/stack down
+
+status: ## Show which servers run
+	deploy/local/stack status
+
+wipe: ## Stop the servers and delete their data (downloads are kept)
+	deploy/local/stack wipe
+
+migrate: ## Create topics, keyspace, tables (idempotent)
+	cargo run --locked --bin billing -- migrate
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+bench: bench-core ## Run every benchmark
+
+bench-core: ## Invoice assembly throughput of the pure billing core, with its baseline
+	cargo bench --locked -p billing-core --bench invoice_assembly
