@@ -1,23 +1,14 @@
 //! payments: charges finalized invoices through a provider, with retries and dunning. This foundation serves health, readiness and metrics; payment processing arrives with its own issue.
 
-use billing_runtime::health::{self, Readiness};
-use billing_runtime::{kafka, Settings, Shutdown};
+use billing_runtime::{health, Settings, Shutdown};
 
 /// Run until `shutdown`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    let registry = prometheus::Registry::new_custom(Some("billing_payments".into()), None)?;
-    let kcfg = settings.kafka.clone();
-    let readiness = Readiness::default().with("kafka", move || {
-        let k = kcfg.clone();
-        async move { kafka::ping(&k).await }
-    });
-    let (addr, handle) = health::serve(
+    health::serve_kafka_service(
+        "payments",
         settings.payments.listen,
-        health::router(readiness, registry),
+        settings.kafka,
         shutdown,
     )
-    .await?;
-    tracing::info!(%addr, "payments health and metrics listening");
-    handle.await?;
-    Ok(())
+    .await
 }

@@ -113,3 +113,22 @@ pub async fn serve(
     });
     Ok((addr, handle))
 }
+
+/// Serve only `/health`, `/ready` (Kafka answers) and `/metrics` until shutdown: the whole of a service whose
+/// pipeline has not been built yet.
+pub async fn serve_kafka_service(
+    service: &str,
+    listen: std::net::SocketAddr,
+    kafka: crate::config::KafkaConfig,
+    shutdown: crate::Shutdown,
+) -> anyhow::Result<()> {
+    let registry = Registry::new_custom(Some(format!("billing_{service}")), None)?;
+    let readiness = Readiness::default().with("kafka", move || {
+        let k = kafka.clone();
+        async move { crate::kafka::ping(&k).await }
+    });
+    let (addr, handle) = serve(listen, router(readiness, registry), shutdown).await?;
+    tracing::info!(%addr, service, "health and metrics listening");
+    handle.await?;
+    Ok(())
+}
