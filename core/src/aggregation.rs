@@ -194,10 +194,7 @@ impl Metric {
                     .iter()
                     .filter_map(|e| e.properties.get(field).and_then(text))
                     // 1, 1.0 and "1.00" are the same value.
-                    .map(|s| {
-                        s.parse::<Decimal>()
-                            .map_or(s, |d| d.normalize().to_string())
-                    })
+                    .map(|s| unique_key(&s))
                     .collect();
                 Decimal::from(distinct.len())
             }
@@ -213,6 +210,140 @@ impl Metric {
             units,
             events_count: evs.len() as u64,
             event_values: values,
+        })
+    }
+}
+
+/// The form under which unique counts compare values: 1, 1.0 and "1.00" are the same value.
+pub fn unique_key(raw: &str) -> String {
+    raw.parse::<Decimal>()
+        .map_or_else(|_| raw.to_owned(), |d| d.normalize().to_string())
+}
+
+impl Metric {
+    /// Whether an event's properties pass every filter (`get` looks a property up as text).
+    pub fn passes_filters<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.filters
+            .iter()
+            .all(|(k, allowed)| get(k).is_some_and(|v| allowed.iter().any(|a| a == v)))
+    }
+}
+
+/// The latest event seen by a running aggregate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latest {
+    /// Its time.
+    pub timestamp: DateTime<Utc>,
+    /// Its id (the tie-break).
+    pub event_id: String,
+    /// Its value.
+    pub value: Decimal,
+}
+
+/// The state of one aggregation kept while events stream in, one event at a time and in any order.
+/// [`RunningAggregate::units`] equals [`Metric::aggregate`] over the same events: a property test proves it.
+///
+/// Every field is order-independent: sums, a maximum, a set, the greatest (timestamp, event id), and for the
+/// time-weighted sum the integral Σ increment × (period end − event second), which is what the batch
+/// computation adds up once the initial value is set aside.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunningAggregate {
+    /// Events applied.
+    pub events_count: u64,
+    /// Sum of values.
+    pub sum: Decimal,
+    /// Largest value.
+    pub max: Option<Decimal>,
+    /// Latest event.
+    pub latest: Option<Latest>,
+    /// Distinct values, in [`unique_key`] form.
+    pub unique: BTreeSet<String>,
+    /// Σ increment × seconds from the event's second to the period end.
+    pub weighted_integral: Decimal,
+}
+
+impl RunningAggregate {
+    /// Apply one event: `raw` is the text of the metric's field (ignored by count), `period_end` the end of the
+    /// event's billing period.
+    pub fn apply(
+        &mut self,
+        aggregation: AggregationType,
+        raw: Option<&str>,
+        timestamp: DateTime<Utc>,
+        event_id: &str,
+        period_end: DateTime<Utc>,
+    ) -> Result<()> {
+        let overflow = Error::Overflow("aggregation");
+        let value = || -> Result<Decimal> {
+            let raw =
+                raw.ok_or_else(|| Error::InvalidRequest(format!("event {event_id} has no value")))?;
+            parse_decimal("value", raw)
+        };
+        match aggregation {
+            AggregationType::CountAgg => {}
+            AggregationType::SumAgg => self.sum = self.sum.checked_add(value()?).ok_or(overflow)?,
+            AggregationType::MaxAgg => {
+                let v = value()?;
+                self.max = Some(self.max.map_or(v, |m| m.max(v)));
+            }
+            AggregationType::LatestAgg => {
+                let v = value()?;
+                let newer = self
+                    .latest
+                    .as_ref()
+                    .is_none_or(|l| (timestamp, event_id) > (l.timestamp, l.event_id.as_str()));
+                if newer {
+                    self.latest = Some(Latest {
+                        timestamp,
+                        event_id: event_id.to_owned(),
+                        value: v,
+                    });
+                }
+            }
+            AggregationType::UniqueCountAgg => {
+                let raw = raw.ok_or_else(|| {
+                    Error::InvalidRequest(format!("event {event_id} has no value"))
+                })?;
+                self.unique.insert(unique_key(raw));
+            }
+            AggregationType::WeightedSumAgg => {
+                let held = Decimal::from(period_end.timestamp() - timestamp.timestamp());
+                let w = value()?.checked_mul(held).ok_or(overflow.clone())?;
+                self.weighted_integral = self.weighted_integral.checked_add(w).ok_or(overflow)?;
+            }
+        }
+        self.events_count += 1;
+        Ok(())
+    }
+
+    /// The aggregated units over `[from, to)`; `initial` is the running total at `from` (weighted sum only).
+    pub fn units(
+        &self,
+        aggregation: AggregationType,
+        initial: Option<Decimal>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Decimal> {
+        Ok(match aggregation {
+            AggregationType::CountAgg => Decimal::from(self.events_count),
+            AggregationType::SumAgg => self.sum,
+            AggregationType::MaxAgg => self.max.unwrap_or_default(),
+            AggregationType::LatestAgg => self.latest.as_ref().map(|l| l.value).unwrap_or_default(),
+            AggregationType::UniqueCountAgg => Decimal::from(self.unique.len()),
+            AggregationType::WeightedSumAgg => {
+                let total = (to - from).num_seconds();
+                if total <= 0 {
+                    return Ok(Decimal::ZERO);
+                }
+                let w = Decimal::from(total);
+                let base = initial
+                    .unwrap_or_default()
+                    .checked_mul(w)
+                    .ok_or(Error::Overflow("weighted sum"))?;
+                base.checked_add(self.weighted_integral)
+                    .ok_or(Error::Overflow("weighted sum"))?
+                    / w
+            }
         })
     }
 }
@@ -415,6 +546,42 @@ mod tests {
                 m.group_by = Some("r".into());
                 let to = base + chrono::Duration::days(10);
                 prop_assert_eq!(m.aggregate(&evs, base, to).unwrap(), m.aggregate(&shuffled, base, to).unwrap());
+            }
+        }
+
+        #[test]
+        fn running_aggregate_equals_the_batch_aggregate_in_any_order(
+            vals in prop::collection::vec((-500i64..1000, 0u32..3, 0u32..86_400, 0u32..4), 0..40),
+            seed in any::<u64>(),
+            initial in 0i64..50,
+        ) {
+            let base = utc("2026-01-01T00:00:00Z");
+            let to = base + chrono::Duration::days(3);
+            let evs: Vec<Event> = vals.iter().enumerate().map(|(i, (v, day, sec, u))| Event {
+                // Ids repeat timestamps often enough to exercise the tie-break.
+                transaction_id: format!("e{:02}", (i * 7) % 40),
+                code: "m".into(),
+                timestamp: base + chrono::Duration::days(i64::from(*day)) + chrono::Duration::seconds(i64::from(*sec / 3600 * 3600)),
+                properties: json!({"v": format!("{}.{:02}", v, u * 25), "u": u.to_string()}).as_object().unwrap().clone(),
+            }).collect();
+            let mut order: Vec<usize> = (0..evs.len()).collect();
+            let mut s = seed;
+            for i in (1..order.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                order.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            for (agg, field) in [(AggregationType::CountAgg, "v"), (AggregationType::SumAgg, "v"), (AggregationType::MaxAgg, "v"),
+                        (AggregationType::UniqueCountAgg, "u"), (AggregationType::LatestAgg, "v"), (AggregationType::WeightedSumAgg, "v")] {
+                let mut m = metric(agg, Some(field));
+                m.initial_value = Some(Decimal::from(initial));
+                let batch = m.aggregate(&evs, base, to).unwrap()[&None].units;
+                let mut running = RunningAggregate::default();
+                for &i in &order {
+                    let e = &evs[i];
+                    let raw = e.properties.get(field).and_then(text);
+                    running.apply(agg, raw.as_deref(), e.timestamp, &e.transaction_id, to).unwrap();
+                }
+                prop_assert_eq!(running.units(agg, m.initial_value, base, to).unwrap(), batch, "{:?}", agg);
             }
         }
     }
