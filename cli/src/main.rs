@@ -78,7 +78,7 @@ async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Rating => billing_rating::run(settings, stop).await,
         Command::QueryApi => billing_query_api::run(settings, stop, |_| {}).await,
-        Command::Ingest => billing_ingest::run(settings, stop).await,
+        Command::Ingest => billing_ingest::run(settings, stop, |_| {}).await,
         Command::Invoicer => billing_invoicer::run(settings, stop).await,
         Command::Payments => billing_payments::run(settings, stop).await,
         Command::Demo(args) => demo::run(settings, args, stop).await,

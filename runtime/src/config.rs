@@ -26,7 +26,7 @@ pub struct Settings {
     /// The query API.
     pub query_api: QueryApiConfig,
     /// The ingest gateway.
-    pub ingest: HttpServiceConfig,
+    pub ingest: IngestConfig,
     /// The invoicer.
     pub invoicer: GroupServiceConfig,
     /// The payments service.
@@ -126,6 +126,21 @@ pub struct HttpServiceConfig {
     pub listen: SocketAddr,
 }
 
+/// The ingest HTTP gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// How far ahead of the gateway's clock an event timestamp may be.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// Largest accepted event, measured as its JSON encoding on the topic.
+    pub max_event_bytes: usize,
+    /// Most events in one request.
+    pub max_batch: usize,
+}
+
 /// The query API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +229,12 @@ impl Settings {
         if self.query_api.rate_limit_per_second == 0 || self.query_api.rate_limit_burst == 0 {
             errors.push(
                 "query_api.rate_limit_per_second and rate_limit_burst must be at least 1"
+                    .to_owned(),
+            );
+        }
+        if self.ingest.max_event_bytes < 1024 || self.ingest.max_batch == 0 {
+            errors.push(
+                "ingest.max_event_bytes must be at least 1024 and ingest.max_batch at least 1"
                     .to_owned(),
             );
         }

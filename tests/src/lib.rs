@@ -242,3 +242,46 @@ pub async fn api_usage(
             )
         })
 }
+
+/// The ingest gateway running in this process on a free port: its base URL, its stop token and its task.
+pub async fn start_ingest(
+    settings: &Settings,
+) -> (
+    String,
+    billing_runtime::Shutdown,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let mut settings = settings.clone();
+    settings.ingest.listen = "127.0.0.1:0".parse().unwrap();
+    let stop = billing_runtime::Shutdown::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(billing_ingest::run(settings, stop.clone(), move |a| {
+        let _ = tx.send(a);
+    }));
+    let addr = rx.await.expect("ingest bound");
+    (format!("http://{addr}"), stop, task)
+}
+
+/// `(partition, high watermark)` of every partition of `topic`, as the broker reports them now.
+pub async fn high_watermarks(settings: &Settings, topic: &str) -> Vec<(i32, i64)> {
+    let brokers = settings.kafka.brokers.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout).unwrap();
+        metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (_, high) = consumer.fetch_watermarks(&topic, p.id(), timeout).unwrap();
+                (p.id(), high)
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
+}
