@@ -51,6 +51,7 @@ pub async fn run(settings: Settings, args: Args, stop: Shutdown) -> anyhow::Resu
 
     let topics = Topics::new(&settings.kafka);
     let producer = kafka::producer(&settings.kafka)?;
+    publish_reference(&producer, &topics, &args).await?;
     // Event times fall in one fixed month so that re-running the demo adds to the same totals visibly.
     let base = Utc
         .with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
@@ -122,12 +123,12 @@ pub async fn run(settings: Settings, args: Args, stop: Shutdown) -> anyhow::Resu
         args.customers
     );
 
-    let url = format!("http://{api_addr}/v1/customers/customer-000/usage");
+    let url = format!("http://{api_addr}/v1/customers/customer-000/usage?at=2026-11-15T00:00:00Z");
     wait_until_visible(&api_addr.to_string(), &args.tenant, &expected).await?;
     println!();
     println!("The demo workload is rated. Where to look:");
     println!(
-        "  usage API:   curl -s -H 'x-tenant-id: {}' {url}",
+        "  usage API:   curl -s -H 'x-tenant-id: {}' '{url}'",
         args.tenant
     );
     println!(
@@ -161,17 +162,14 @@ async fn wait_until_visible(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     for customer in expected.keys() {
         loop {
-            let body = http_get(api, &format!("/v1/customers/{customer}/usage"), tenant)
-                .await
-                .unwrap_or_default();
-            let count = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["usage"][0]["event_count"].as_u64())
-                .unwrap_or(0);
-            if count >= expected[customer].0 {
+            let path = format!("/v1/customers/{customer}/usage?at=2026-11-15T00:00:00Z");
+            let body = http_get(api, &path, tenant).await.unwrap_or_default();
+            let doc = serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default();
+            let charge = &doc["charges"][0];
+            if charge["events_count"].as_u64().unwrap_or(0) >= expected[customer].0 {
                 println!(
-                    "  {customer}: {count} events, value_sum {}",
-                    serde_json::from_str::<serde_json::Value>(&body)?["usage"][0]["value_sum"]
+                    "  {customer}: {} events, {} units, {} {}",
+                    charge["events_count"], charge["units"], charge["amount"], charge["currency"]
                 );
                 break;
             }
@@ -201,4 +199,143 @@ async fn http_get(addr: &str, path: &str, tenant: &str) -> anyhow::Result<String
         .map(|(_, b)| b)
         .unwrap_or_default();
     Ok(body.to_owned())
+}
+
+/// The demo catalog and customers: a metric summing `value`, a plan pricing it in tiers, and one subscription per
+/// customer from November 1st. Published before any usage, as a real integration would.
+async fn publish_reference(
+    producer: &rdkafka::producer::FutureProducer,
+    topics: &Topics,
+    args: &Args,
+) -> anyhow::Result<()> {
+    use billing_schemas::catalog::{
+        Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, Interval, Plan,
+    };
+    use billing_schemas::lifecycle::{
+        BillingTime, CustomerCreated, Lifecycle, LifecycleEvent, SubscriptionCreated,
+    };
+    let start = Utc
+        .with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
+        .single()
+        .expect("valid date");
+    let tenant = &args.tenant;
+    let metric = CatalogEvent {
+        tenant_id: tenant.clone(),
+        event_id: "demo-metric-api-calls".into(),
+        occurred_at: start,
+        payload: Catalog::BillableMetric(BillableMetric {
+            code: "api_calls".into(),
+            name: "API calls".into(),
+            aggregation: Aggregation::Sum,
+            field_name: Some("value".into()),
+            filters: vec![],
+        }),
+    };
+    // 100 units free, then 1 EUR flat plus 0.05 EUR per unit.
+    let tiers = r#"{"graduated_ranges":[
+        {"from_value":0,"to_value":100,"per_unit_amount":"0","flat_amount":"0"},
+        {"from_value":100,"to_value":null,"per_unit_amount":"0.05","flat_amount":"1"}]}"#;
+    let plan = CatalogEvent {
+        tenant_id: tenant.clone(),
+        event_id: "demo-plan-starter".into(),
+        occurred_at: start,
+        payload: Catalog::Plan(Plan {
+            code: "starter".into(),
+            name: "Starter".into(),
+            interval: Interval::Monthly,
+            currency: "EUR".into(),
+            amount: "29.00".into(),
+            pay_in_advance: true,
+            trial_period_days: 0,
+            charges: vec![Charge {
+                id: "api_calls".into(),
+                metric_code: "api_calls".into(),
+                charge_model: ChargeModel::Graduated,
+                properties: tiers.into(),
+                min_amount: None,
+                group_by: None,
+            }],
+        }),
+    };
+    let metric_key = format!("{tenant}/billable_metric/api_calls");
+    send(
+        producer,
+        &topics.catalog,
+        &metric_key,
+        &encode(&metric, Encoding::Json)?,
+        Encoding::Json,
+    )
+    .await?;
+    let plan_key = format!("{tenant}/plan/starter");
+    send(
+        producer,
+        &topics.catalog,
+        &plan_key,
+        &encode(&plan, Encoding::Json)?,
+        Encoding::Json,
+    )
+    .await?;
+    for c in 0..args.customers {
+        let customer_id = format!("customer-{c:03}");
+        let events = [
+            Lifecycle::CustomerCreated(CustomerCreated {
+                customer_id: customer_id.clone(),
+                name: format!("Demo customer {c}"),
+                email: None,
+                currency: "EUR".into(),
+                timezone: "Europe/Paris".into(),
+                billing_country: Some("FR".into()),
+            }),
+            Lifecycle::SubscriptionCreated(SubscriptionCreated {
+                subscription_id: format!("sub-{customer_id}"),
+                customer_id: customer_id.clone(),
+                plan_code: "starter".into(),
+                started_at: start,
+                trial_ends_at: None,
+                billing_time: BillingTime::Calendar,
+            }),
+        ];
+        let key = customer_key(tenant, &customer_id);
+        for (i, payload) in events.into_iter().enumerate() {
+            let ev = LifecycleEvent {
+                tenant_id: tenant.clone(),
+                event_id: format!("demo-{customer_id}-{i}"),
+                occurred_at: start,
+                payload,
+            };
+            send(
+                producer,
+                &topics.lifecycle,
+                &key,
+                &encode(&ev, Encoding::Avro)?,
+                Encoding::Avro,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn send(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    encoding: Encoding,
+) -> anyhow::Result<()> {
+    let headers = OwnedHeaders::new().insert(Header {
+        key: CONTENT_TYPE_HEADER,
+        value: Some(encoding.content_type()),
+    });
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("produce to {topic} failed: {e}"))?;
+    Ok(())
 }

@@ -1,11 +1,12 @@
 //! HTTP routes.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use governor::clock::{Clock, DefaultClock};
 
 use crate::error::ApiError;
@@ -52,21 +53,35 @@ async fn rate_limit(
     Ok(next.run(req).await)
 }
 
+#[derive(serde::Deserialize)]
+struct UsageQuery {
+    /// The instant whose billing periods are shown (RFC 3339); defaults to now.
+    at: Option<String>,
+}
+
 async fn customer_usage(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(customer_id): Path<String>,
+    Query(q): Query<UsageQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant_id = tenant(&headers)?;
-    let usage = state.store.usage(&tenant_id, &customer_id).await?;
-    if usage.is_empty() {
-        return Err(ApiError::NotFound(format!(
-            "customer {customer_id:?} has no usage"
-        )));
+    let at = match q.at {
+        Some(raw) => DateTime::parse_from_rfc3339(&raw)
+            .map_err(|e| ApiError::BadRequest(format!("at={raw:?} is not an RFC 3339 time: {e}")))?
+            .with_timezone(&Utc),
+        None => Utc::now(),
+    };
+    let usage = state.store.usage(&tenant_id, &customer_id, at).await?;
+    let mut totals: std::collections::BTreeMap<&str, rust_decimal::Decimal> = Default::default();
+    for u in &usage {
+        *totals.entry(u.currency.as_str()).or_default() += u.amount;
     }
     Ok(Json(serde_json::json!({
         "tenant_id": tenant_id,
         "customer_id": customer_id,
-        "usage": usage,
+        "at": at,
+        "charges": usage,
+        "totals": totals,
     })))
 }

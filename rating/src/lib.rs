@@ -1,32 +1,44 @@
-//! rating: consumes `billing.usage`, validates and decodes each event, sums it into per-customer usage totals in
-//! ScyllaDB, and records every accepted event in ClickHouse. Bad messages go to `billing.usage.dlq`.
+//! rating: consumes `billing.usage`; validates each event; attributes it to the subscription, plan, charge and
+//! billing period in force at its time (from `billing.catalog` and `billing.lifecycle`); keeps one running
+//! aggregate per (subscription, charge, period, group) in ScyllaDB; records every accepted event with its rated
+//! amount in ClickHouse. Bad messages go to `billing.usage.dlq` with the reason.
 //!
-//! Exactly-once effects over at-least-once delivery: totals are kept in memory and checkpointed as absolute
-//! values, each row stamped with the Kafka offset of the last event it includes. A replayed event whose offset is
-//! not above its row's offset is skipped, and rows are written `USING TIMESTAMP offset + 1`, so a stale writer
-//! (an old owner after a rebalance) can never overwrite newer totals. Kafka offsets are committed after the
-//! writes they cover and are only a hint for where to resume.
+//! Exactly-once effects over at-least-once delivery: state is kept in memory and checkpointed as absolute values,
+//! each aggregate stamped with the Kafka offset of the last event it includes. A replayed event whose offset is not
+//! above its aggregate's offset is skipped, event ids already counted are skipped (dedup per tenant and customer,
+//! kept 40 days), and aggregates are written `USING TIMESTAMP offset + 1`, so a stale writer (an old owner after a
+//! rebalance) never overwrites newer state. Kafka offsets are committed after the writes they cover.
 
 mod metrics;
 mod pipeline;
+mod reference;
 mod store;
 mod validate;
 
+use std::sync::Arc;
+
 use billing_runtime::health::{self, Readiness};
+use billing_runtime::kafka::Topics;
 use billing_runtime::{clickhouse, cql, kafka, Settings, Shutdown};
 
 pub use metrics::Metrics;
+pub use pipeline::aggregation_name;
+pub use reference::plan_info;
 pub use validate::Rejection;
 
 /// Run rating until `shutdown`; returns after the final checkpoint.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
-    let session = std::sync::Arc::new(cql::connect(&settings.cassandra).await?);
+    let session = Arc::new(cql::connect(&settings.cassandra).await?);
     let ch = clickhouse::client(&settings.clickhouse);
     let store =
         store::Store::new(session.clone(), ch.clone(), &settings.cassandra.keyspace).await?;
+    let progress = pipeline::Progress::default();
 
     let kcfg = settings.kafka.clone();
+    let (stall_settings, stall_progress) = (settings.clone(), progress.clone());
+    let stall_timeout =
+        chrono::Duration::from_std(settings.rating.stall_timeout).unwrap_or(chrono::Duration::MAX);
     let readiness = Readiness::default()
         .with("kafka", move || {
             let k = kcfg.clone();
@@ -39,6 +51,23 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
         .with("clickhouse", move || {
             let c = ch.clone();
             async move { clickhouse::ping(&c).await }
+        })
+        // A consumer that has stopped while work is waiting is not ready, whatever its connections say.
+        .with("consumer", move || {
+            let (s, p) = (stall_settings.clone(), stall_progress.clone());
+            async move {
+                let lag = tokio::task::spawn_blocking(move || pipeline::group_lag(&s))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                match pipeline::since_progress(&p) {
+                    Some(idle) if lag > 0 && idle > stall_timeout => Err(format!(
+                        "stalled: lag {lag}, no checkpoint for {} s",
+                        idle.num_seconds()
+                    )),
+                    None if lag > 0 => Err(format!("not consuming yet: lag {lag}")),
+                    _ => Ok(()),
+                }
+            }
         });
     let (addr, http) = health::serve(
         settings.rating.listen,
@@ -48,10 +77,17 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     .await?;
     tracing::info!(%addr, "rating health and metrics listening");
 
-    let result = pipeline::Pipeline::new(&settings, store, metrics)?
+    let reference = reference::SharedReference::default();
+    let reader = reference.spawn_reader(
+        &settings.kafka,
+        &Topics::new(&settings.kafka),
+        shutdown.clone(),
+    )?;
+    let result = pipeline::Pipeline::new(&settings, store, metrics, reference, progress)?
         .run(shutdown.clone())
         .await;
     shutdown.cancel();
+    let _ = reader.await;
     let _ = http.await;
     result
 }

@@ -1,28 +1,32 @@
-//! The consume → validate → aggregate → checkpoint → commit loop.
+//! The consume → validate → attribute → aggregate → checkpoint → commit loop.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Datelike, TimeZone, Utc};
+use billing_core::aggregation::AggregationType;
+use billing_core::charge::Usage;
+use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use rust_decimal::Decimal;
 
 use billing_runtime::kafka::{self, dlq_headers, Topics};
 use billing_runtime::{Settings, Shutdown};
 use billing_schemas::CONTENT_TYPE_HEADER;
 
 use crate::metrics::Metrics;
-use crate::store::{Store, Total, TotalKey, UsageEventRow};
-use crate::validate::{validate, Rejection};
+use crate::reference::SharedReference;
+use crate::store::{AggKey, AggState, CustomerUsage, Store, UsageEventRow};
+use crate::validate::{check_time, decode_event, metric_value, numeric, Rejection};
 
-/// Counts rebalances, so the loop knows when its cached totals may be stale.
+/// Counts rebalances, so the loop knows when its cached state may be stale.
 struct RebalanceCounter(Arc<AtomicU64>);
 
 impl ClientContext for RebalanceCounter {}
@@ -42,37 +46,55 @@ impl ConsumerContext for RebalanceCounter {
     }
 }
 
-type DeliveryFuture = rdkafka::producer::DeliveryFuture;
+type CustomerId = (String, String);
 
 /// Work applied in memory since the last checkpoint.
 #[derive(Default)]
 struct Pending {
-    dirty: HashSet<TotalKey>,
+    dirty: HashSet<(CustomerId, AggKey)>,
+    new_unique: HashMap<(CustomerId, AggKey), Vec<String>>,
+    new_seen: HashMap<CustomerId, Vec<String>>,
     rows: Vec<UsageEventRow>,
-    dead_letters: Vec<DeliveryFuture>,
+    dead_letters: Vec<rdkafka::producer::DeliveryFuture>,
     /// Next offset to commit per partition.
     offsets: HashMap<i32, i64>,
     messages: usize,
+}
+
+/// Progress shared with the readiness check.
+#[derive(Clone, Default)]
+pub struct Progress {
+    /// Unix millis of the last checkpoint that covered messages.
+    pub last_checkpoint_ms: Arc<AtomicI64>,
 }
 
 /// The rating consumer.
 pub struct Pipeline {
     consumer: StreamConsumer<RebalanceCounter>,
     producer: FutureProducer,
+    watermarks: Arc<BaseConsumer>,
+    settings: Settings,
     topics: Topics,
     store: Store,
     metrics: Metrics,
+    reference: SharedReference,
+    progress: Progress,
     rebalances: Arc<AtomicU64>,
     seen_rebalances: u64,
-    totals: HashMap<TotalKey, Total>,
+    customers: HashMap<CustomerId, CustomerUsage>,
     pending: Pending,
-    checkpoint_events: usize,
-    checkpoint_interval: Duration,
+    reference_checked: Option<Instant>,
 }
 
 impl Pipeline {
     /// Create the consumer (subscribed to `billing.usage`) and the dead-letter producer.
-    pub fn new(settings: &Settings, store: Store, metrics: Metrics) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: &Settings,
+        store: Store,
+        metrics: Metrics,
+        reference: SharedReference,
+        progress: Progress,
+    ) -> anyhow::Result<Self> {
         let rebalances = Arc::new(AtomicU64::new(0));
         let consumer = kafka::consumer(
             &settings.kafka,
@@ -81,24 +103,30 @@ impl Pipeline {
         )?;
         let topics = Topics::new(&settings.kafka);
         consumer.subscribe(&[&topics.usage])?;
+        let watermarks: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka.brokers)
+            .create()?;
         Ok(Pipeline {
             consumer,
             producer: kafka::producer(&settings.kafka)?,
+            watermarks: Arc::new(watermarks),
+            settings: settings.clone(),
             topics,
             store,
             metrics,
+            reference,
+            progress,
             rebalances,
             seen_rebalances: 0,
-            totals: HashMap::new(),
+            customers: HashMap::new(),
             pending: Pending::default(),
-            checkpoint_events: settings.rating.checkpoint_events,
-            checkpoint_interval: settings.rating.checkpoint_interval,
+            reference_checked: None,
         })
     }
 
     /// Consume until shutdown, then checkpoint what is pending.
     pub async fn run(mut self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let mut ticker = tokio::time::interval(self.checkpoint_interval);
+        let mut ticker = tokio::time::interval(self.settings.rating.checkpoint_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -113,7 +141,7 @@ impl Pipeline {
                         }
                         Err(e) => tracing::warn!(error = %e, "consumer error"),
                     }
-                    if self.pending.messages >= self.checkpoint_events {
+                    if self.pending.messages >= self.settings.rating.checkpoint_events {
                         self.checkpoint().await?;
                     }
                 }
@@ -124,79 +152,211 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn on_message(&mut self, m: &rdkafka::message::OwnedMessage) -> anyhow::Result<()> {
+    async fn on_message(&mut self, m: &OwnedMessage) -> anyhow::Result<()> {
         // After a rebalance a partition may have had another owner: write out what we have (writes are stamped,
-        // so stale ones lose) and forget cached totals, which are reloaded from the store on next use.
+        // so stale ones lose) and forget cached state, which is reloaded from the store on next use.
         let generation = self.rebalances.load(Ordering::SeqCst);
         if generation != self.seen_rebalances {
             self.checkpoint().await?;
-            self.totals.clear();
+            self.customers.clear();
             self.seen_rebalances = generation;
+        }
+        // Usage may refer to customers and plans published just before it: read the reference topics up to
+        // their current end first, once per checkpoint interval.
+        let interval = self.settings.rating.checkpoint_interval;
+        if self
+            .reference_checked
+            .is_none_or(|t| t.elapsed() >= interval)
+        {
+            self.reference
+                .catch_up(
+                    &self.watermarks,
+                    self.settings.kafka.partitions,
+                    &self.topics,
+                    self.settings.rating.reference_timeout,
+                )
+                .await?;
+            self.reference_checked = Some(Instant::now());
         }
         let (partition, offset) = (m.partition(), m.offset());
         self.pending.offsets.insert(partition, offset + 1);
         self.pending.messages += 1;
+        if let Err(reason) = self.rate(m).await? {
+            self.dead_letter(m, &reason);
+        }
+        Ok(())
+    }
+
+    /// Apply one message; the inner error is a rejection for the dead-letter topic.
+    async fn rate(&mut self, m: &OwnedMessage) -> anyhow::Result<Result<(), Rejection>> {
+        let (partition, offset) = (m.partition(), m.offset());
         let content_type = m.headers().and_then(|h| {
             h.iter()
                 .find(|h| h.key.eq_ignore_ascii_case(CONTENT_TYPE_HEADER))
                 .and_then(|h| h.value)
         });
-        let valid = match validate(m.key(), m.payload().unwrap_or_default(), content_type) {
-            Ok(v) => v,
-            Err(reason) => {
-                self.dead_letter(m, &reason);
-                return Ok(());
-            }
+        let rating = &self.settings.rating;
+        let ev = match decode_event(
+            m.key(),
+            m.payload().unwrap_or_default(),
+            content_type,
+            rating.max_event_bytes,
+        ) {
+            Ok(ev) => ev,
+            Err(r) => return Ok(Err(r)),
         };
-        let ev = valid.event;
-        let period_start = month_start(ev.timestamp);
-        let key = TotalKey {
-            tenant_id: ev.tenant_id.clone(),
-            customer_id: ev.customer_id.clone(),
-            metric_code: ev.metric_code.clone(),
-            period_start,
-        };
-        if !self.totals.contains_key(&key) {
-            let loaded = self.store.load(&key).await?;
-            let fresh = Total {
-                event_count: 0,
-                value_sum: rust_decimal::Decimal::ZERO,
-                last_partition: partition,
-                last_offset: -1,
-            };
-            self.totals.insert(key.clone(), loaded.unwrap_or(fresh));
-        }
-        let total = self.totals.get_mut(&key).expect("just inserted");
-        if total.last_partition == partition && offset <= total.last_offset {
-            self.metrics.events.with_label_values(&["replayed"]).inc();
-            return Ok(());
-        }
-        total.event_count += 1;
-        total.value_sum += valid.value;
-        total.last_partition = partition;
-        total.last_offset = offset;
-        self.pending.dirty.insert(key);
-        let ingested_at = m
+        let received = m
             .timestamp()
             .to_millis()
-            .unwrap_or(ev.timestamp.timestamp_millis());
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            .unwrap_or(ev.timestamp);
+        let max_future =
+            chrono::Duration::from_std(rating.max_future).unwrap_or(chrono::Duration::MAX);
+        if let Err(r) = check_time(&ev, received, max_future) {
+            return Ok(Err(r));
+        }
+        let (metric, attribution) = {
+            let reference = self.reference.data.read().expect("reference lock");
+            let Some(metric) = reference.metric(&ev.tenant_id, &ev.metric_code) else {
+                return Ok(Err(Rejection::UnknownMetric(ev.metric_code.clone())));
+            };
+            let attribution =
+                match reference.attribute(&ev.tenant_id, &ev.customer_id, ev.timestamp) {
+                    Ok(a) => a,
+                    Err(e) => return Ok(Err(e.into())),
+                };
+            (metric, attribution)
+        };
+        let agg_type = metric.metric.aggregation_type;
+        let raw = match metric_value(&ev, agg_type, metric.metric.field_name.as_deref()) {
+            Ok(v) => v,
+            Err(r) => return Ok(Err(r)),
+        };
+
+        let customer: CustomerId = (ev.tenant_id.clone(), ev.customer_id.clone());
+        if !self.customers.contains_key(&customer) {
+            let loaded = self.store.load(&customer.0, &customer.1).await?;
+            self.customers.insert(customer.clone(), loaded);
+        }
+        let usage = self.customers.get_mut(&customer).expect("just loaded");
+        if usage.seen.contains(&ev.event_id) {
+            self.metrics.events.with_label_values(&["duplicate"]).inc();
+            return Ok(Ok(()));
+        }
+        usage.seen.insert(ev.event_id.clone());
+        self.pending
+            .new_seen
+            .entry(customer.clone())
+            .or_default()
+            .push(ev.event_id.clone());
+
+        let period = attribution.period;
+        let get = |k: &str| ev.properties.get(k).map(String::as_str);
+        let passes = metric.metric.passes_filters(get);
+        let mut amount = Decimal::ZERO;
+        let mut skipped_as_replay = false;
+        for charge in attribution
+            .plan
+            .charges
+            .iter()
+            .filter(|c| passes && c.charge.metric_code == ev.metric_code)
+        {
+            let key = AggKey {
+                subscription_id: attribution.subscription_id.clone(),
+                charge_id: charge.charge.id.clone(),
+                period_start: period.start,
+                group_key: charge
+                    .charge
+                    .group_by
+                    .as_deref()
+                    .and_then(get)
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
+            let state = usage
+                .aggregates
+                .entry(key.clone())
+                .or_insert_with(|| AggState {
+                    period_end: period.end,
+                    metric_code: ev.metric_code.clone(),
+                    aggregation: aggregation_name(agg_type).to_owned(),
+                    charge_model: charge.model.name().to_owned(),
+                    charge_properties: charge.charge.properties.clone(),
+                    currency: attribution.plan.currency.code().to_owned(),
+                    running: Default::default(),
+                    last_partition: partition,
+                    last_offset: -1,
+                });
+            if state.last_partition == partition && offset <= state.last_offset {
+                skipped_as_replay = true;
+                continue;
+            }
+            let units = |s: &AggState| {
+                s.running
+                    .units(agg_type, None, period.start, period.end)
+                    .unwrap_or_default()
+            };
+            let price = |units: Decimal, events: u64| {
+                charge
+                    .model
+                    .evaluate(&Usage {
+                        units,
+                        events_count: Some(events),
+                        event_values: None,
+                    })
+                    .map(|o| o.amount)
+                    .unwrap_or_default()
+            };
+            let before = price(units(state), state.running.events_count);
+            let unique_before = state.running.unique.len();
+            if let Err(e) =
+                state
+                    .running
+                    .apply(agg_type, raw, ev.timestamp, &ev.event_id, period.end)
+            {
+                // Values were checked above; an overflow is the only way here.
+                tracing::warn!(error = %e, event_id = ev.event_id, "aggregation failed; event not counted");
+                continue;
+            }
+            if state.running.unique.len() > unique_before {
+                if let Some(v) = raw {
+                    self.pending
+                        .new_unique
+                        .entry((customer.clone(), key.clone()))
+                        .or_default()
+                        .push(billing_core::aggregation::unique_key(v));
+                }
+            }
+            amount += price(units(state), state.running.events_count) - before;
+            state.last_partition = partition;
+            state.last_offset = offset;
+            self.pending.dirty.insert((customer.clone(), key));
+        }
+        if skipped_as_replay {
+            // ClickHouse already has this event from before the crash.
+            self.metrics.events.with_label_values(&["replayed"]).inc();
+            return Ok(Ok(()));
+        }
         self.pending.rows.push(UsageEventRow {
-            tenant_id: ev.tenant_id,
-            event_id: ev.event_id,
-            customer_id: ev.customer_id,
-            metric_code: ev.metric_code,
+            tenant_id: ev.tenant_id.clone(),
+            event_id: ev.event_id.clone(),
+            customer_id: ev.customer_id.clone(),
+            subscription_id: attribution.subscription_id.clone(),
+            metric_code: ev.metric_code.clone(),
             timestamp: epoch_seconds(ev.timestamp.timestamp()),
-            ingested_at: epoch_seconds(ingested_at / 1000),
-            value: billing_runtime::clickhouse::to_decimal_38_9(valid.value),
+            ingested_at: epoch_seconds(received.timestamp()),
+            value: billing_runtime::clickhouse::to_decimal_38_9(numeric(raw)),
+            amount: billing_runtime::clickhouse::to_decimal_38_9(amount),
+            currency: attribution.plan.currency.code().to_owned(),
             properties: serde_json::to_string(&ev.properties)?,
             kafka_partition: u16::try_from(partition).unwrap_or(u16::MAX),
             kafka_offset: u64::try_from(offset).unwrap_or_default(),
         });
         self.metrics.events.with_label_values(&["accepted"]).inc();
-        Ok(())
+        Ok(Ok(()))
     }
 
-    fn dead_letter(&mut self, m: &rdkafka::message::OwnedMessage, reason: &Rejection) {
+    fn dead_letter(&mut self, m: &OwnedMessage, reason: &Rejection) {
         tracing::debug!(partition = m.partition(), offset = m.offset(), %reason, "dead-lettering usage event");
         let reason = reason.to_string();
         let (partition, offset) = (m.partition().to_string(), m.offset().to_string());
@@ -241,13 +401,14 @@ impl Pipeline {
         self.metrics.events.with_label_values(&["rejected"]).inc();
     }
 
-    /// Make everything applied so far durable, then commit the offsets it covers.
+    /// Make everything applied so far durable, then commit the offsets it covers. The order matters: ClickHouse
+    /// rows, then aggregates, then the dedup ids, so a crash anywhere leaves a state that replay repairs.
     async fn checkpoint(&mut self) -> anyhow::Result<()> {
         if self.pending.messages == 0 {
             return Ok(());
         }
         let started = Instant::now();
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending);
         for delivery in pending.dead_letters {
             match delivery.await {
                 Ok(Ok(_)) => {}
@@ -256,21 +417,34 @@ impl Pipeline {
             }
         }
         self.store.insert_events(&pending.rows).await?;
-        let totals: Vec<(TotalKey, Total)> = pending
+        let rows: Vec<_> = pending
             .dirty
             .into_iter()
-            .filter_map(|k| self.totals.get(&k).cloned().map(|t| (k, t)))
+            .filter_map(|(customer, key)| {
+                let state = self.customers.get(&customer)?.aggregates.get(&key)?.clone();
+                let unique = pending
+                    .new_unique
+                    .remove(&(customer.clone(), key.clone()))
+                    .unwrap_or_default();
+                Some((customer.0, customer.1, key, state, unique))
+            })
             .collect();
-        self.store.save(totals).await?;
+        self.store.save_aggregates(rows).await?;
+        self.store
+            .save_seen(pending.new_seen.into_iter().collect())
+            .await?;
         let mut tpl = TopicPartitionList::new();
         for (partition, next) in &pending.offsets {
             tpl.add_partition_offset(&self.topics.usage, *partition, Offset::Offset(*next))?;
         }
         // Offsets are a resume hint: a failed commit (e.g. for a partition just revoked) only means a replay,
-        // which the per-row offsets make harmless.
+        // which the per-row offsets and the dedup ids make harmless.
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             tracing::warn!(error = %e, "offset commit failed");
         }
+        self.progress
+            .last_checkpoint_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
         self.metrics.checkpoints.inc();
         self.metrics
             .checkpoint_seconds
@@ -279,12 +453,54 @@ impl Pipeline {
     }
 }
 
-fn month_start(t: DateTime<Utc>) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
-        .single()
-        .expect("first of month at midnight UTC exists")
+/// The stored name of an aggregation.
+pub fn aggregation_name(a: AggregationType) -> &'static str {
+    match a {
+        AggregationType::CountAgg => "count_agg",
+        AggregationType::SumAgg => "sum_agg",
+        AggregationType::MaxAgg => "max_agg",
+        AggregationType::UniqueCountAgg => "unique_count_agg",
+        AggregationType::LatestAgg => "latest_agg",
+        AggregationType::WeightedSumAgg => "weighted_sum_agg",
+    }
 }
 
 fn epoch_seconds(s: i64) -> u32 {
     u32::try_from(s).unwrap_or(if s < 0 { 0 } else { u32::MAX })
+}
+
+/// How far behind the group is: Σ (end offset − committed offset) over the usage partitions.
+pub fn group_lag(settings: &Settings) -> Result<i64, String> {
+    let topics = Topics::new(&settings.kafka);
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", &settings.rating.group_id)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..settings.kafka.partitions {
+        tpl.add_partition(&topics.usage, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(3))
+        .map_err(|e| e.to_string())?;
+    let mut lag = 0;
+    for e in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(&topics.usage, e.partition(), Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        lag += (high - from).max(0);
+    }
+    Ok(lag)
+}
+
+/// The time of the last productive checkpoint, for the stall check.
+pub fn since_progress(progress: &Progress) -> Option<chrono::Duration> {
+    let ms = progress.last_checkpoint_ms.load(Ordering::Relaxed);
+    let last: DateTime<Utc> = Utc.timestamp_millis_opt(ms).single()?;
+    (ms > 0).then(|| Utc::now() - last)
 }

@@ -1,17 +1,27 @@
-//! Turning a Kafka message into a usage event, or into a precise rejection reason for the dead-letter topic.
+//! Turning a Kafka message into a usage event and the metric value it carries, or into a precise rejection
+//! reason for the dead-letter topic.
 
 use std::str::FromStr;
 
+use billing_core::aggregation::AggregationType;
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, decode, DecodeError};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-/// The property summed by the usage totals until billable metrics drive aggregation.
-pub const VALUE_PROPERTY: &str = "value";
+use crate::reference::AttributionError;
 
 /// Why an event was dead-lettered.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Rejection {
+    /// Larger than `rating.max_event_bytes`.
+    #[error("payload of {size} bytes exceeds the limit of {limit}")]
+    Oversized {
+        /// Payload size.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
     /// Not a usage event in any accepted encoding.
     #[error("undecodable: {0}")]
     Decode(#[from] DecodeError),
@@ -26,26 +36,58 @@ pub enum Rejection {
         /// What the message had.
         found: String,
     },
-    /// The value property is not an exact decimal.
-    #[error("property {VALUE_PROPERTY:?} = {0:?} is not a decimal number with at most 9 decimals")]
-    BadValue(String),
+    /// Event time too far after the time Kafka appended it.
+    #[error("timestamp {timestamp} is more than {max_future_secs} s after the event was received ({received})")]
+    FromTheFuture {
+        /// Event time.
+        timestamp: DateTime<Utc>,
+        /// Kafka append time.
+        received: DateTime<Utc>,
+        /// Allowed skew.
+        max_future_secs: i64,
+    },
+    /// The metric is not in the tenant's catalog.
+    #[error("unknown metric {0:?}")]
+    UnknownMetric(String),
+    /// Customer or subscription missing.
+    #[error("{0}")]
+    Attribution(#[from] AttributionError),
+    /// The metric's field is absent.
+    #[error("property {0:?} is missing")]
+    MissingProperty(String),
+    /// The metric's field is not a decimal.
+    #[error("property {field:?} = {value:?} is not a decimal number with at most 9 decimals")]
+    NotANumber {
+        /// Field.
+        field: String,
+        /// Its text.
+        value: String,
+    },
+    /// A negative value where the aggregation forbids it.
+    #[error("property {field:?} = {value} must not be negative for {aggregation} metrics")]
+    Negative {
+        /// Field.
+        field: String,
+        /// Value.
+        value: Decimal,
+        /// Aggregation name.
+        aggregation: &'static str,
+    },
 }
 
-/// A decoded, valid event and the quantity it adds.
-#[derive(Debug)]
-pub struct Valid {
-    /// The event.
-    pub event: UsageEvent,
-    /// Its `value` property, or zero when absent.
-    pub value: Decimal,
-}
-
-/// Decode and validate one message.
-pub fn validate(
+/// Decode a message and check what needs no reference data.
+pub fn decode_event(
     key: Option<&[u8]>,
     payload: &[u8],
     content_type: Option<&[u8]>,
-) -> Result<Valid, Rejection> {
+    max_bytes: usize,
+) -> Result<UsageEvent, Rejection> {
+    if payload.len() > max_bytes {
+        return Err(Rejection::Oversized {
+            size: payload.len(),
+            limit: max_bytes,
+        });
+    }
     let event: UsageEvent = decode(payload, content_type)?;
     for (name, v) in [
         ("tenant_id", &event.tenant_id),
@@ -64,14 +106,69 @@ pub fn validate(
             .unwrap_or_default();
         return Err(Rejection::WrongKey { expected, found });
     }
-    let value = match event.properties.get(VALUE_PROPERTY) {
-        None => Decimal::ZERO,
-        Some(raw) => Decimal::from_str(raw)
-            .ok()
-            .filter(|d| d.scale() <= 9)
-            .ok_or_else(|| Rejection::BadValue(raw.clone()))?,
+    Ok(event)
+}
+
+/// Reject an event time more than `max_future` after the Kafka append time. Using the append time, not the
+/// wall clock, keeps a replay's decisions identical to the first run's.
+pub fn check_time(
+    event: &UsageEvent,
+    received: DateTime<Utc>,
+    max_future: chrono::Duration,
+) -> Result<(), Rejection> {
+    if event.timestamp > received + max_future {
+        return Err(Rejection::FromTheFuture {
+            timestamp: event.timestamp,
+            received,
+            max_future_secs: max_future.num_seconds(),
+        });
+    }
+    Ok(())
+}
+
+/// The text of the metric's field, checked for the aggregation: numeric aggregations need an exact decimal with
+/// at most 9 decimals (ClickHouse keeps 9), and sum and max refuse negatives. Count needs no field.
+pub fn metric_value<'a>(
+    event: &'a UsageEvent,
+    aggregation: AggregationType,
+    field: Option<&str>,
+) -> Result<Option<&'a str>, Rejection> {
+    let Some(field) = field.filter(|_| aggregation != AggregationType::CountAgg) else {
+        return Ok(None);
     };
-    Ok(Valid { event, value })
+    let raw = event
+        .properties
+        .get(field)
+        .ok_or_else(|| Rejection::MissingProperty(field.to_owned()))?;
+    if aggregation == AggregationType::UniqueCountAgg {
+        return Ok(Some(raw));
+    }
+    let value = Decimal::from_str(raw.trim())
+        .ok()
+        .filter(|d| d.scale() <= 9)
+        .ok_or_else(|| Rejection::NotANumber {
+            field: field.to_owned(),
+            value: raw.clone(),
+        })?;
+    let name = match aggregation {
+        AggregationType::SumAgg => Some("sum"),
+        AggregationType::MaxAgg => Some("max"),
+        _ => None,
+    };
+    if let (Some(aggregation), true) = (name, value.is_sign_negative() && !value.is_zero()) {
+        return Err(Rejection::Negative {
+            field: field.to_owned(),
+            value,
+            aggregation,
+        });
+    }
+    Ok(Some(raw.as_str()))
+}
+
+/// The numeric value of a field for ClickHouse (zero for count and unique count).
+pub fn numeric(raw: Option<&str>) -> Decimal {
+    raw.and_then(|r| Decimal::from_str(r.trim()).ok())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -82,41 +179,81 @@ mod tests {
 
     fn json(value: &str) -> Vec<u8> {
         format!(
-            r#"{{"tenant_id":"t","event_id":"e","customer_id":"c","metric_code":"m","timestamp":1,"properties":{{"value":{value}}}}}"#
+            r#"{{"tenant_id":"t","event_id":"e","customer_id":"c","metric_code":"m","timestamp":1000,"properties":{{"value":{value}}}}}"#
         )
         .into_bytes()
     }
 
     #[test]
-    fn accepts_exact_decimal_values() {
-        let v = validate(Some(KEY), &json("\"12.000000001\""), None).unwrap();
-        assert_eq!(v.value, Decimal::from_str("12.000000001").unwrap());
-        let v = validate(Some(KEY), &json("3"), None).unwrap();
-        assert_eq!(v.value, Decimal::from(3));
-    }
-
-    #[test]
-    fn rejects_each_reason() {
-        assert_eq!(
-            validate(Some(KEY), &json("\"abc\""), None).unwrap_err(),
-            Rejection::BadValue("abc".into())
-        );
-        assert_eq!(
-            validate(Some(KEY), &json("\"0.0000000001\""), None).unwrap_err(),
-            Rejection::BadValue("0.0000000001".into())
-        );
+    fn decoding_rejections() {
         assert!(matches!(
-            validate(None, &json("1"), None).unwrap_err(),
+            decode_event(None, &json("1"), None, 1000).unwrap_err(),
             Rejection::WrongKey { .. }
         ));
         assert!(matches!(
-            validate(Some(KEY), b"\xff\x00", None).unwrap_err(),
+            decode_event(Some(KEY), b"\xff\x00", None, 1000).unwrap_err(),
             Rejection::Decode(_)
         ));
+        assert_eq!(
+            decode_event(Some(KEY), &json("1"), None, 10).unwrap_err(),
+            Rejection::Oversized {
+                size: json("1").len(),
+                limit: 10
+            }
+        );
         let empty = br#"{"tenant_id":"t","event_id":" ","customer_id":"c","metric_code":"m","timestamp":1}"#;
         assert_eq!(
-            validate(Some(KEY), empty, None).unwrap_err(),
+            decode_event(Some(KEY), empty, None, 1000).unwrap_err(),
             Rejection::EmptyField("event_id")
         );
+    }
+
+    #[test]
+    fn values_are_checked_per_aggregation() {
+        let ev = |v: &str| decode_event(Some(KEY), &json(v), None, 1000).unwrap();
+        let e = ev("\"-2.5\"");
+        assert_eq!(
+            metric_value(&e, AggregationType::WeightedSumAgg, Some("value")).unwrap(),
+            Some("-2.5")
+        );
+        assert!(matches!(
+            metric_value(&e, AggregationType::SumAgg, Some("value")),
+            Err(Rejection::Negative { .. })
+        ));
+        let e = ev("\"abc\"");
+        assert!(matches!(
+            metric_value(&e, AggregationType::MaxAgg, Some("value")),
+            Err(Rejection::NotANumber { .. })
+        ));
+        assert_eq!(
+            metric_value(&e, AggregationType::UniqueCountAgg, Some("value")).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            metric_value(&e, AggregationType::CountAgg, Some("value")).unwrap(),
+            None
+        );
+        assert_eq!(
+            metric_value(&e, AggregationType::SumAgg, Some("gb")).unwrap_err(),
+            Rejection::MissingProperty("gb".into())
+        );
+        let e = ev("\"0.0000000001\"");
+        assert!(matches!(
+            metric_value(&e, AggregationType::SumAgg, Some("value")),
+            Err(Rejection::NotANumber { .. })
+        ));
+    }
+
+    #[test]
+    fn future_is_measured_from_the_append_time() {
+        let e = decode_event(Some(KEY), &json("1"), None, 1000).unwrap();
+        let received = e.timestamp - chrono::Duration::hours(25);
+        assert!(check_time(&e, received, chrono::Duration::hours(24)).is_err());
+        assert!(check_time(
+            &e,
+            received + chrono::Duration::hours(1),
+            chrono::Duration::hours(24)
+        )
+        .is_ok());
     }
 }

@@ -22,7 +22,7 @@ pub struct Settings {
     /// Logging.
     pub telemetry: TelemetryConfig,
     /// The rating service.
-    pub rating: ConsumerServiceConfig,
+    pub rating: RatingConfig,
     /// The query API.
     pub query_api: QueryApiConfig,
     /// The ingest gateway.
@@ -93,10 +93,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// A Kafka consumer service with an HTTP port for health and metrics.
+/// The rating service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConsumerServiceConfig {
+pub struct RatingConfig {
     /// Health/metrics listen address.
     pub listen: SocketAddr,
     /// Consumer group.
@@ -106,6 +106,17 @@ pub struct ConsumerServiceConfig {
     /// …or after this much time.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// Larger usage payloads are dead-lettered.
+    pub max_event_bytes: usize,
+    /// Event times further than this after Kafka's append time are dead-lettered.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// `/ready` fails when the group has lag and no checkpoint advanced for this long.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// How long usage waits for the catalog and lifecycle topics to be read up to their end.
+    #[serde(with = "humantime_serde")]
+    pub reference_timeout: Duration,
 }
 
 /// A consumer service that has no tuning yet beyond its group.

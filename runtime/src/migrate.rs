@@ -16,8 +16,8 @@ struct Migration {
 
 const CQL: &[Migration] = &[Migration {
     version: 1,
-    name: "usage_totals",
-    body: include_str!("../migrations/cql/0001_usage_totals.cql"),
+    name: "usage",
+    body: include_str!("../migrations/cql/0001_usage.cql"),
 }];
 
 const CLICKHOUSE: &[Migration] = &[Migration {
@@ -175,10 +175,14 @@ mod tests {
     #[test]
     fn migrations_split_into_statements_without_comments() {
         let stmts: Vec<String> = statements(CQL[0].body).collect();
-        assert_eq!(stmts.len(), 1);
-        assert!(stmts[0]
-            .trim_start()
-            .starts_with("CREATE TABLE IF NOT EXISTS {keyspace}.usage_totals"));
+        assert_eq!(stmts.len(), 3);
+        for stmt in &stmts {
+            assert!(
+                stmt.trim_start()
+                    .starts_with("CREATE TABLE IF NOT EXISTS {keyspace}.usage_"),
+                "{stmt}"
+            );
+        }
         let versions: Vec<i32> = CQL.iter().chain(CLICKHOUSE).map(|m| m.version).collect();
         assert!(versions.iter().all(|v| *v >= 1));
     }

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod catalog;
+
 use billing_runtime::kafka::Topics;
 use billing_runtime::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -214,15 +216,39 @@ impl Services {
     }
 }
 
-/// `(event_count, value_sum)` of one metric of a customer, as the API serves it, if present.
+/// `(units, events_count, amount)` of one charge of a customer in the period containing `at`, as the API serves
+/// them, if present (summed over groups when `group` is `None`).
 pub async fn api_usage(
     api: &str,
     tenant: &str,
     customer: &str,
-    metric: &str,
-) -> Option<(i64, String)> {
+    charge: &str,
+    at: &str,
+) -> Option<(String, u64, String)> {
+    let body = api_usage_body(api, tenant, customer, at).await?;
+    body["charges"]
+        .as_array()?
+        .iter()
+        .find(|u| u["charge_id"] == charge)
+        .map(|u| {
+            (
+                u["units"].as_str().unwrap_or_default().to_owned(),
+                u["events_count"].as_u64().unwrap_or_default(),
+                u["amount"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+/// The whole usage document of a customer at `at`.
+pub async fn api_usage_body(
+    api: &str,
+    tenant: &str,
+    customer: &str,
+    at: &str,
+) -> Option<serde_json::Value> {
     let resp = reqwest::Client::new()
         .get(format!("{api}/v1/customers/{customer}/usage"))
+        .query(&[("at", at)])
         .header("x-tenant-id", tenant)
         .send()
         .await
@@ -230,17 +256,7 @@ pub async fn api_usage(
     if !resp.status().is_success() {
         return None;
     }
-    let body: serde_json::Value = resp.json().await.ok()?;
-    body["usage"]
-        .as_array()?
-        .iter()
-        .find(|u| u["metric_code"] == metric)
-        .map(|u| {
-            (
-                u["event_count"].as_i64().unwrap_or(-1),
-                u["value_sum"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
+    resp.json().await.ok()
 }
 
 /// The ingest gateway running in this process on a free port: its base URL, its stop token and its task.

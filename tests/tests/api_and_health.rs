@@ -25,7 +25,7 @@ async fn health_ready_and_metrics_answer_on_rating_and_query_api() {
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(
         body["checks"],
-        serde_json::json!({"kafka": "ok", "cassandra": "ok", "clickhouse": "ok"})
+        serde_json::json!({"kafka": "ok", "cassandra": "ok", "clickhouse": "ok", "consumer": "ok"})
     );
     assert_eq!(
         http.get(format!("{rating}/health"))
@@ -80,13 +80,21 @@ async fn bad_requests_get_problem_json_and_floods_get_429() {
 
     let r = http
         .get(&url)
+        .query(&[("at", "yesterday")])
         .header("x-tenant-id", "acme")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
     let p: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(p["detail"], "customer \"nobody\" has no usage");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("at=\"yesterday\" is not an RFC 3339 time"),
+        "{p}"
+    );
 
     // Burst of 3 per tenant: the 2nd and 3rd pass, then 429 with Retry-After. Another tenant is unaffected.
     let mut statuses = Vec::new();
@@ -110,14 +118,16 @@ async fn bad_requests_get_problem_json_and_floods_get_429() {
             assert_eq!(r.headers()["content-type"], "application/problem+json");
         }
     }
-    assert_eq!(statuses, vec![404, 404, 429]);
+    assert_eq!(statuses, vec![200, 200, 429]);
     let r = http
         .get(&url)
         .header("x-tenant-id", "globex")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["charges"], serde_json::json!([]));
     services.shutdown().await;
     env.cleanup().await;
 }
