@@ -1,5 +1,6 @@
 //! `billing`: one binary for every service and tool. See `billing --help`.
 
+mod bench;
 mod demo;
 mod pricing;
 
@@ -35,6 +36,8 @@ enum Command {
     Payments,
     /// Migrate, run rating and the query API, produce a demo workload and show where to look.
     Demo(demo::Args),
+    /// Usage pipeline benchmark: bare Kafka consume vs rating end to end, freshness, memory, gateway.
+    BenchUsage(bench::Args),
     /// Offline pricing: evaluate a charge or preview an invoice from a JSON file.
     #[command(subcommand)]
     Pricing(pricing::Command),
@@ -82,6 +85,7 @@ async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Invoicer => billing_invoicer::run(settings, stop).await,
         Command::Payments => billing_payments::run(settings, stop).await,
         Command::Demo(args) => demo::run(settings, args, stop).await,
+        Command::BenchUsage(args) => bench::run(settings, args, stop).await,
         Command::Pricing(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -1,0 +1,1024 @@
+//! `billing bench-usage`: the usage pipeline's throughput benchmark, with its baseline measured in the same run.
+//!
+//! In its own topics (prefix), keyspace, ClickHouse database and consumer groups, it publishes a catalog and
+//! subscribes the customers, produces N usage events, then measures:
+//! (a) a bare rdkafka consumer reading the N events (the baseline), (b) rating as a separate process until its
+//! committed offsets reach the end of the topic (offsets are committed only after the writes are durable), with a
+//! correctness check, (c) b/a, (d) produce-ack → visible-in-the-API latency, (e) rating's peak memory (VmHWM) and
+//! (f) the ingest gateway's throughput for batches of 1,000. Everything it created is dropped at the end and its
+//! child processes are stopped (SIGTERM, then wait), also on error.
+
+// Rates, latencies and memory figures are measurements, not money: floating point is the right tool here.
+#![allow(clippy::float_arithmetic)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use billing_runtime::kafka::{self, Topics};
+use billing_runtime::{Settings, Shutdown};
+use billing_schemas::catalog::{
+    Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, Interval, Plan,
+};
+use billing_schemas::lifecycle::{
+    BillingTime, CustomerCreated, Lifecycle, LifecycleEvent, SubscriptionCreated,
+};
+use billing_schemas::usage::UsageEvent;
+use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
+use chrono::{DateTime, TimeZone, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// Benchmark options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Customers (all created and subscribed before any usage).
+    #[arg(long, default_value_t = 10_000)]
+    customers: u32,
+    /// Usage events produced before rating starts.
+    #[arg(long, default_value_t = 500_000)]
+    events: u64,
+    /// Partitions of the bench's topics.
+    #[arg(long, default_value_t = 12)]
+    partitions: i32,
+    /// Freshness probe: events per second.
+    #[arg(long, default_value_t = 200)]
+    freshness_rate: u32,
+    /// Freshness probe: seconds of production.
+    #[arg(long, default_value_t = 10)]
+    freshness_secs: u32,
+    /// Gateway: batches of 1,000 events posted in total.
+    #[arg(long, default_value_t = 200)]
+    gateway_batches: u32,
+    /// Gateway: concurrent client tasks.
+    #[arg(long, default_value_t = 4)]
+    gateway_clients: usize,
+    /// Give up on any one phase after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout_secs: u64,
+}
+
+const TENANT: &str = "bench";
+const IN_FLIGHT: usize = 50_000;
+const UNIQUE_USERS: u64 = 50;
+
+/// Targets from the design brief.
+const RATING_TARGET: f64 = 50_000.0;
+const FRESHNESS_P99_TARGET_MS: f64 = 1_000.0;
+const GATEWAY_TARGET: f64 = 20_000.0;
+const MEMORY_TARGET_MIB: f64 = 512.0;
+
+/// Child processes of the bench, stopped with SIGTERM (then waited for) when dropped.
+#[derive(Default)]
+struct Children(Vec<(&'static str, Child)>);
+
+impl Children {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        env: &[(String, String)],
+        id: &str,
+    ) -> anyhow::Result<u32> {
+        let exe = std::env::current_exe().context("own executable")?;
+        let log = std::env::temp_dir().join(format!("bench-{id}-{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(exe)
+            .arg(name)
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        let pid = child.id();
+        println!(
+            "  started `billing {name}` pid {pid}, log {}",
+            log.display()
+        );
+        self.0.push((name, child));
+        Ok(pid)
+    }
+
+    /// SIGTERM one child by name and wait for it (SIGKILL after 20 s).
+    fn stop(&mut self, name: &str) {
+        if let Some(i) = self.0.iter().position(|(n, _)| *n == name) {
+            let (n, child) = self.0.remove(i);
+            terminate(n, child);
+        }
+    }
+
+    fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        self.0
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, c)| c.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (n, child) in self.0.drain(..) {
+            terminate(n, child);
+        }
+    }
+}
+
+fn terminate(name: &str, mut child: Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("  {name} did not stop after SIGTERM; killing it");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+/// Run the benchmark; the bench's data is dropped and its children stopped whatever happens.
+pub async fn run(base: Settings, args: Args, stop: Shutdown) -> anyhow::Result<()> {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut settings = base;
+    settings.kafka.topic_prefix = format!("bench.{id}.");
+    settings.kafka.partitions = args.partitions;
+    settings.cassandra.keyspace = format!("bench_{id}");
+    settings.clickhouse.database = format!("bench_{id}");
+    settings.rating.group_id = format!("bench-{id}-rating");
+    settings.rating.listen = free_addr()?;
+    settings.query_api.listen = free_addr()?;
+    settings.ingest.listen = free_addr()?;
+    println!(
+        "bench-usage {id}: {} customers, {} events, {} partitions (started {})",
+        args.customers,
+        args.events,
+        args.partitions,
+        Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    let mut children = Children::default();
+    let result = tokio::select! {
+        r = phases(&settings, &args, &id, &mut children) => r,
+        _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
+    drop(children);
+    cleanup(&settings, &id).await;
+    result
+}
+
+fn child_env(s: &Settings) -> Vec<(String, String)> {
+    [
+        ("BILLING__KAFKA__TOPIC_PREFIX", s.kafka.topic_prefix.clone()),
+        ("BILLING__KAFKA__PARTITIONS", s.kafka.partitions.to_string()),
+        ("BILLING__CASSANDRA__KEYSPACE", s.cassandra.keyspace.clone()),
+        (
+            "BILLING__CLICKHOUSE__DATABASE",
+            s.clickhouse.database.clone(),
+        ),
+        ("BILLING__RATING__GROUP_ID", s.rating.group_id.clone()),
+        ("BILLING__RATING__LISTEN", s.rating.listen.to_string()),
+        ("BILLING__QUERY_API__LISTEN", s.query_api.listen.to_string()),
+        (
+            "BILLING__QUERY_API__RATE_LIMIT_PER_SECOND",
+            "1000000".into(),
+        ),
+        ("BILLING__QUERY_API__RATE_LIMIT_BURST", "1000000".into()),
+        ("BILLING__INGEST__LISTEN", s.ingest.listen.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn customer_id(c: u64) -> String {
+    format!("cus-{c:06}")
+}
+
+/// Events the bulk workload gives customer `c`.
+fn bulk_events_of(c: u64, n: u64, customers: u64) -> u64 {
+    n / customers + u64::from(c < n % customers)
+}
+
+/// The start of the previous calendar month: bulk usage falls in it (20 days, all in the past whatever today is),
+/// the freshness probe in the current month, so each probe's expected count is independent of the bulk.
+fn month_start() -> DateTime<Utc> {
+    use chrono::Datelike;
+    let now = Utc::now();
+    let (y, m) = if now.month() == 1 {
+        (now.year() - 1, 12)
+    } else {
+        (now.year(), now.month() - 1)
+    };
+    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .expect("valid date")
+}
+
+/// Bulk event `i`: customer `i mod customers`, one of three metrics, event time inside the previous month.
+fn bulk_event(run: &str, i: u64, customers: u64) -> UsageEvent {
+    let c = i % customers;
+    let (metric, props) = match i % 3 {
+        0 => (
+            "api_calls",
+            BTreeMap::from([("value".to_owned(), format!("{}.25", i % 7))]),
+        ),
+        1 => ("requests", BTreeMap::new()),
+        _ => (
+            "active_users",
+            BTreeMap::from([("user".to_owned(), format!("u{}", i % UNIQUE_USERS))]),
+        ),
+    };
+    UsageEvent {
+        tenant_id: TENANT.into(),
+        event_id: format!("{run}-{i}"),
+        customer_id: customer_id(c),
+        metric_code: metric.into(),
+        timestamp: month_start() + chrono::Duration::seconds(((i * 7919) % (20 * 86_400)) as i64),
+        properties: props,
+    }
+}
+
+async fn phases(
+    settings: &Settings,
+    args: &Args,
+    id: &str,
+    children: &mut Children,
+) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let report = billing_runtime::migrate::run(settings)
+        .await
+        .context("migration failed")?;
+    println!("migrated: {report}");
+    let topics = Topics::new(&settings.kafka);
+    let producer = kafka::producer(&settings.kafka)?;
+    let customers = u64::from(args.customers.max(1));
+
+    // Reference data, then wait until it is readable.
+    let t = Instant::now();
+    let (catalog_n, lifecycle_n) = publish_reference(&producer, &topics, customers).await?;
+    wait_for_end(settings, &topics.catalog, catalog_n, timeout).await?;
+    wait_for_end(settings, &topics.lifecycle, lifecycle_n, timeout).await?;
+    println!(
+        "reference data: {catalog_n} catalog + {lifecycle_n} lifecycle events readable in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // The bulk usage.
+    let t = Instant::now();
+    let run_id = id.to_owned();
+    let mut inflight: VecDeque<DeliveryFuture> = VecDeque::with_capacity(IN_FLIGHT);
+    let headers = OwnedHeaders::new().insert(Header {
+        key: CONTENT_TYPE_HEADER,
+        value: Some(Encoding::Avro.content_type()),
+    });
+    for i in 0..args.events {
+        let ev = bulk_event(&run_id, i, customers);
+        let payload = encode(&ev, Encoding::Avro)?;
+        let key = customer_key(&ev.tenant_id, &ev.customer_id);
+        loop {
+            let record = FutureRecord::to(&topics.usage)
+                .key(&key)
+                .payload(&payload)
+                .headers(headers.clone());
+            match producer.send_result(record) {
+                Ok(d) => {
+                    inflight.push_back(d);
+                    break;
+                }
+                Err((e, _)) => {
+                    // Queue full: wait for the oldest delivery, then retry.
+                    let Some(d) = inflight.pop_front() else {
+                        anyhow::bail!("produce failed: {e}");
+                    };
+                    ack(d).await?;
+                }
+            }
+        }
+        if inflight.len() >= IN_FLIGHT {
+            ack(inflight.pop_front().expect("non-empty")).await?;
+        }
+    }
+    for d in inflight {
+        ack(d).await?;
+    }
+    let produce_s = t.elapsed().as_secs_f64();
+    wait_for_end(settings, &topics.usage, args.events, timeout).await?;
+    println!(
+        "produced {} usage events (Avro) in {produce_s:.1} s = {:.0} events/s",
+        args.events,
+        args.events as f64 / produce_s
+    );
+
+    // (a) Baseline: a bare consumer reading the topic from the beginning in a fresh group.
+    let (base_total, base_steady) =
+        bare_consume(settings, &topics.usage, args.events, id, timeout).await?;
+    let base_rate = args.events as f64 / base_steady;
+    println!(
+        "(a) bare rdkafka consume: {} events in {base_steady:.2} s from first message = {base_rate:.0} events/s ({:.2} s including group join)",
+        args.events, base_total
+    );
+
+    // (b) rating as a separate process, started after the events are in the topic.
+    let env = child_env(settings);
+    let t0 = Instant::now();
+    let rating_pid = children.spawn("rating", &env, id)?;
+    let metrics_url = format!("http://{}/metrics", settings.rating.listen);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut first_consumed: Option<Duration> = None;
+    let deadline = t0 + timeout;
+    loop {
+        if let Some(status) = children.exited("rating") {
+            anyhow::bail!("rating exited early: {status}");
+        }
+        if first_consumed.is_none() {
+            if let Ok(m) = scrape(&http, &metrics_url).await {
+                let consumed: f64 = m
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("billing_rating_events_total{"))
+                    .map(|(_, v)| v)
+                    .sum();
+                if consumed > 0.0 {
+                    first_consumed = Some(t0.elapsed());
+                }
+            }
+        }
+        let lag = group_lag(settings, &topics.usage).await?;
+        if lag == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "rating did not catch up: lag {lag}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rating_total = t0.elapsed().as_secs_f64();
+    let first = first_consumed.unwrap_or_default().as_secs_f64();
+    let rating_rate = args.events as f64 / rating_total;
+    let rating_steady = args.events as f64 / (rating_total - first).max(1e-9);
+    let m = scrape(&http, &metrics_url).await.unwrap_or_default();
+    let metric = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    println!(
+        "(b) rating end to end (committed = end offsets): {} events in {rating_total:.2} s from process start = {rating_rate:.0} events/s; \
+         {:.2} s from first consumed (seen at +{first:.2} s) = {rating_steady:.0} events/s",
+        args.events,
+        rating_total - first
+    );
+    let (ck_n, ck_sum) = (
+        metric("billing_rating_checkpoint_seconds_count"),
+        metric("billing_rating_checkpoint_seconds_sum"),
+    );
+    println!(
+        "    checkpoints: {ck_n:.0}, {ck_sum:.2} s in total ({:.0} % of the run), {:.0} ms each on average; outcomes: accepted {:.0}, rejected {:.0}, replayed {:.0}",
+        100.0 * ck_sum / rating_total,
+        1000.0 * ck_sum / ck_n.max(1.0),
+        metric("billing_rating_events_total{outcome=\"accepted\"}"),
+        metric("billing_rating_events_total{outcome=\"rejected\"}"),
+        metric("billing_rating_events_total{outcome=\"replayed\"}"),
+    );
+    println!(
+        "    target ≥ {RATING_TARGET:.0} events/s sustained: {}",
+        met(rating_rate >= RATING_TARGET)
+    );
+    // (c)
+    println!(
+        "(c) rating / bare consume: {:.3} (from process start), {:.3} (from first consumed)",
+        rating_rate / base_rate,
+        rating_steady / base_rate
+    );
+
+    // Correctness.
+    let accepted = metric("billing_rating_events_total{outcome=\"accepted\"}") as u64;
+    let stored = stored_events_count(settings, customers).await?;
+    println!(
+        "    correctness: Σ events_count in usage_aggregates = {stored}, accepted = {accepted}, produced = {}: {}",
+        args.events,
+        if stored == accepted && accepted == args.events { "equal" } else { "MISMATCH" }
+    );
+    children.spawn("query-api", &env, id)?;
+    let api = format!("http://{}", settings.query_api.listen);
+    wait_http_ok(&http, &format!("{api}/health"), timeout).await?;
+    let at = (month_start() + chrono::Duration::days(15)).to_rfc3339();
+    let mut spot_ok = 0;
+    let spot: Vec<u64> = (0..20).map(|k| (k * 7_919) % customers).collect();
+    for &c in &spot {
+        let got = api_events(&http, &api, &customer_id(c), &at).await?;
+        let want = bulk_events_of(c, args.events, customers);
+        if got == want {
+            spot_ok += 1;
+        } else {
+            println!(
+                "    API spot check: {} has {got} events, expected {want}",
+                customer_id(c)
+            );
+        }
+    }
+    println!(
+        "    API spot check: {spot_ok}/{} customers have exactly their events",
+        spot.len()
+    );
+    anyhow::ensure!(
+        stored == args.events && spot_ok == spot.len(),
+        "rated totals do not match the workload"
+    );
+
+    // (d) Freshness.
+    let lat = freshness(args, &topics, &producer, &http, &api, customers).await?;
+    if lat.is_empty() {
+        anyhow::bail!("no freshness sample");
+    }
+    let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    println!(
+        "(d) freshness (produce ack → visible in the API, {} events at {}/s): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; target p99 < {FRESHNESS_P99_TARGET_MS:.0} ms: {}",
+        lat.len(),
+        args.freshness_rate,
+        pct(0.50),
+        pct(0.99),
+        lat[lat.len() - 1],
+        met(pct(0.99) < FRESHNESS_P99_TARGET_MS)
+    );
+
+    // (e) Peak memory of rating.
+    let hwm_mib = vm_hwm_kib(rating_pid)? as f64 / 1024.0;
+    println!(
+        "(e) rating peak memory (VmHWM): {hwm_mib:.0} MiB at {customers} customers; target ≤ {MEMORY_TARGET_MIB:.0} MiB: {}",
+        met(hwm_mib <= MEMORY_TARGET_MIB)
+    );
+    let m = scrape(&http, &metrics_url).await.unwrap_or_default();
+    println!(
+        "    rating totals: {:.0} checkpoints, {:.2} s checkpointing",
+        m.get("billing_rating_checkpoint_seconds_count")
+            .copied()
+            .unwrap_or(0.0),
+        m.get("billing_rating_checkpoint_seconds_sum")
+            .copied()
+            .unwrap_or(0.0)
+    );
+    // The gateway is measured alone on the machine.
+    children.stop("rating");
+    children.stop("query-api");
+
+    // (f) Ingest gateway.
+    children.spawn("ingest", &env, id)?;
+    let ingest = format!("http://{}", settings.ingest.listen);
+    wait_http_ok(&http, &format!("{ingest}/health"), timeout).await?;
+    let (accepted, secs) = gateway(args, &ingest, customers, id).await?;
+    let gw_rate = accepted as f64 / secs;
+    println!(
+        "(f) ingest gateway: {accepted} events accepted in {} batches of 1,000 from {} clients in {secs:.2} s = {gw_rate:.0} events/s; target ≥ {GATEWAY_TARGET:.0}: {}",
+        args.gateway_batches,
+        args.gateway_clients,
+        met(gw_rate >= GATEWAY_TARGET)
+    );
+    children.stop("ingest");
+    Ok(())
+}
+
+async fn ack(d: DeliveryFuture) -> anyhow::Result<()> {
+    match d.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => anyhow::bail!("delivery failed: {e}"),
+        Err(_) => anyhow::bail!("delivery cancelled"),
+    }
+}
+
+/// Publish the catalog (three metrics, one plan) and create and subscribe every customer; returns how many
+/// catalog and lifecycle events were written.
+async fn publish_reference(
+    producer: &FutureProducer,
+    topics: &Topics,
+    customers: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let start = month_start();
+    let metrics = [
+        ("api_calls", Aggregation::Sum, Some("value")),
+        ("requests", Aggregation::Count, None),
+        ("active_users", Aggregation::UniqueCount, Some("user")),
+    ];
+    let mut pending = Vec::new();
+    let json = OwnedHeaders::new().insert(Header {
+        key: CONTENT_TYPE_HEADER,
+        value: Some(Encoding::Json.content_type()),
+    });
+    let avro = OwnedHeaders::new().insert(Header {
+        key: CONTENT_TYPE_HEADER,
+        value: Some(Encoding::Avro.content_type()),
+    });
+    for (code, aggregation, field) in metrics {
+        let ev = CatalogEvent {
+            tenant_id: TENANT.into(),
+            event_id: format!("metric-{code}"),
+            occurred_at: start,
+            payload: Catalog::BillableMetric(BillableMetric {
+                code: code.into(),
+                name: code.into(),
+                aggregation,
+                field_name: field.map(Into::into),
+                filters: vec![],
+            }),
+        };
+        let key = format!("{TENANT}/billable_metric/{code}");
+        let payload = encode(&ev, Encoding::Json)?;
+        pending.push(send(producer, &topics.catalog, &key, &payload, &json)?);
+    }
+    let tiers = r#"{"graduated_ranges":[
+        {"from_value":0,"to_value":100,"per_unit_amount":"0","flat_amount":"0"},
+        {"from_value":100,"to_value":null,"per_unit_amount":"0.05","flat_amount":"1"}]}"#;
+    let charge = |id: &str, model, props: &str| Charge {
+        id: id.into(),
+        metric_code: id.into(),
+        charge_model: model,
+        properties: props.into(),
+        min_amount: None,
+        group_by: None,
+    };
+    let plan = CatalogEvent {
+        tenant_id: TENANT.into(),
+        event_id: "plan-bench".into(),
+        occurred_at: start,
+        payload: Catalog::Plan(Plan {
+            code: "bench".into(),
+            name: "Bench".into(),
+            interval: Interval::Monthly,
+            currency: "EUR".into(),
+            amount: "29.00".into(),
+            pay_in_advance: true,
+            trial_period_days: 0,
+            charges: vec![
+                charge("api_calls", ChargeModel::Graduated, tiers),
+                charge("requests", ChargeModel::Standard, r#"{"amount":"0.002"}"#),
+                charge(
+                    "active_users",
+                    ChargeModel::Standard,
+                    r#"{"amount":"1.50"}"#,
+                ),
+            ],
+        }),
+    };
+    let payload = encode(&plan, Encoding::Json)?;
+    pending.push(send(
+        producer,
+        &topics.catalog,
+        &format!("{TENANT}/plan/bench"),
+        &payload,
+        &json,
+    )?);
+    for d in pending.drain(..) {
+        ack(d).await?;
+    }
+    let catalog_n = 4;
+    let mut inflight = VecDeque::new();
+    for c in 0..customers {
+        let customer = customer_id(c);
+        let key = customer_key(TENANT, &customer);
+        let events = [
+            Lifecycle::CustomerCreated(CustomerCreated {
+                customer_id: customer.clone(),
+                name: customer.clone(),
+                email: None,
+                currency: "EUR".into(),
+                timezone: "UTC".into(),
+                billing_country: None,
+            }),
+            Lifecycle::SubscriptionCreated(SubscriptionCreated {
+                subscription_id: format!("sub-{customer}"),
+                customer_id: customer.clone(),
+                plan_code: "bench".into(),
+                started_at: start,
+                trial_ends_at: None,
+                billing_time: BillingTime::Calendar,
+            }),
+        ];
+        for (i, payload) in events.into_iter().enumerate() {
+            let ev = LifecycleEvent {
+                tenant_id: TENANT.into(),
+                event_id: format!("{customer}-{i}"),
+                occurred_at: start,
+                payload,
+            };
+            let bytes = encode(&ev, Encoding::Avro)?;
+            inflight.push_back(send(producer, &topics.lifecycle, &key, &bytes, &avro)?);
+            if inflight.len() >= 10_000 {
+                ack(inflight.pop_front().expect("non-empty")).await?;
+            }
+        }
+    }
+    for d in inflight {
+        ack(d).await?;
+    }
+    Ok((catalog_n, customers * 2))
+}
+
+fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: &OwnedHeaders,
+) -> anyhow::Result<DeliveryFuture> {
+    producer
+        .send_result(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers.clone()),
+        )
+        .map_err(|(e, _)| anyhow::anyhow!("produce to {topic} failed: {e}"))
+}
+
+/// Σ of the high watermarks of `topic`.
+fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let t = Duration::from_secs(10);
+    let md = consumer.fetch_metadata(Some(topic), t)?;
+    let mut out = Vec::new();
+    for p in md.topics()[0].partitions() {
+        let (_, high) = consumer.fetch_watermarks(topic, p.id(), t)?;
+        out.push((p.id(), high));
+    }
+    Ok(out)
+}
+
+/// Wait until `topic` holds `n` records.
+async fn wait_for_end(
+    settings: &Settings,
+    topic: &str,
+    n: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (b, t) = (settings.kafka.brokers.clone(), topic.to_owned());
+        let ends = tokio::task::spawn_blocking(move || end_offsets(&b, &t)).await??;
+        let total: i64 = ends.iter().map(|(_, h)| h).sum();
+        if total as u64 >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{topic} holds {total} of {n} records"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Read the whole topic with a plain consumer in a fresh group; returns (seconds including the group join,
+/// seconds from the first message).
+async fn bare_consume(
+    settings: &Settings,
+    topic: &str,
+    n: u64,
+    id: &str,
+    timeout: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let brokers = settings.kafka.brokers.clone();
+    let group = format!("bench-{id}-bare");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[&topic])?;
+        let mut first: Option<Instant> = None;
+        let (mut count, mut touched) = (0u64, 0u64);
+        while count < n {
+            anyhow::ensure!(t0.elapsed() < timeout, "bare consumer read {count} of {n}");
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    first.get_or_insert_with(Instant::now);
+                    if let Some(p) = m.payload() {
+                        touched =
+                            touched.wrapping_add(p.iter().map(|&b| u64::from(b)).sum::<u64>());
+                    }
+                    count += 1;
+                }
+                Some(Err(e)) => anyhow::bail!("bare consumer: {e}"),
+                None => {}
+            }
+        }
+        std::hint::black_box(touched);
+        let end = Instant::now();
+        Ok((
+            (end - t0).as_secs_f64(),
+            (end - first.unwrap_or(t0)).as_secs_f64(),
+        ))
+    })
+    .await?
+}
+
+/// Σ (end − committed) over the partitions of `topic` for rating's group.
+async fn group_lag(settings: &Settings, topic: &str) -> anyhow::Result<i64> {
+    let brokers = settings.kafka.brokers.clone();
+    let group = settings.rating.group_id.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let ends = end_offsets(&brokers, &topic)?;
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, _) in &ends {
+            tpl.add_partition(&topic, *p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        let mut lag = 0;
+        for (p, high) in ends {
+            let c = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            lag += (high - c).max(0);
+        }
+        Ok(lag)
+    })
+    .await?
+}
+
+/// Prometheus text → value per series (name with labels).
+async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = http.get(url).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+async fn wait_http_ok(http: &reqwest::Client, url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = http.get(url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{url} did not answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Σ events_count over a customer's charges in the period containing `at`, as the usage API serves it.
+async fn api_events(
+    http: &reqwest::Client,
+    api: &str,
+    customer: &str,
+    at: &str,
+) -> anyhow::Result<u64> {
+    let resp = http
+        .get(format!("{api}/v1/customers/{customer}/usage"))
+        .query(&[("at", at)])
+        .header("x-tenant-id", TENANT)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "usage API answered {}",
+        resp.status()
+    );
+    let doc: serde_json::Value = resp.json().await?;
+    Ok(doc["charges"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["events_count"].as_u64()).sum())
+        .unwrap_or(0))
+}
+
+/// Σ events_count over the usage_aggregates rows of every customer, read partition by partition (a full scan
+/// trips Cassandra's tombstone limit: rating writes unused columns as nulls).
+async fn stored_events_count(settings: &Settings, customers: u64) -> anyhow::Result<u64> {
+    let session = Arc::new(billing_runtime::cql::connect(&settings.cassandra).await?);
+    let select = session
+        .prepare(format!(
+            "SELECT events_count FROM {}.usage_aggregates WHERE tenant_id = ? AND customer_id = ?",
+            settings.cassandra.keyspace
+        ))
+        .await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let workers = 16;
+    for w in 0..workers {
+        let (session, select) = (session.clone(), select.clone());
+        tasks.spawn(async move {
+            let mut sum = 0u64;
+            for c in (w..customers).step_by(workers as usize) {
+                let rows = session
+                    .execute_unpaged(&select, (TENANT, customer_id(c)))
+                    .await?
+                    .into_rows_result()?;
+                for r in rows.rows::<(Option<i64>,)>()? {
+                    sum += u64::try_from(r?.0.unwrap_or(0)).unwrap_or(0);
+                }
+            }
+            Ok::<u64, anyhow::Error>(sum)
+        });
+    }
+    let mut sum = 0;
+    while let Some(r) = tasks.join_next().await {
+        sum += r??;
+    }
+    Ok(sum)
+}
+
+/// Produce single events at the configured rate, each to a distinct customer, and measure ack → visible.
+async fn freshness(
+    args: &Args,
+    topics: &Topics,
+    producer: &FutureProducer,
+    http: &reqwest::Client,
+    api: &str,
+    customers: u64,
+) -> anyhow::Result<Vec<f64>> {
+    let total = u64::from(args.freshness_rate) * u64::from(args.freshness_secs);
+    let pollers = Arc::new(tokio::sync::Semaphore::new(128));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(
+        1.0 / f64::from(args.freshness_rate.max(1)),
+    ));
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    for k in 0..total {
+        tick.tick().await;
+        let c = k % customers;
+        let expect = k / customers + 1;
+        let ev = UsageEvent {
+            tenant_id: TENANT.into(),
+            event_id: format!("fresh-{run}-{k}"),
+            customer_id: customer_id(c),
+            metric_code: "api_calls".into(),
+            timestamp: Utc::now(),
+            properties: BTreeMap::from([("value".to_owned(), "1".to_owned())]),
+        };
+        let payload = encode(&ev, Encoding::Avro)?;
+        let key = customer_key(TENANT, &ev.customer_id);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: CONTENT_TYPE_HEADER,
+            value: Some(Encoding::Avro.content_type()),
+        });
+        let delivery = producer
+            .send_result(
+                FutureRecord::to(&topics.usage)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(headers),
+            )
+            .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))?;
+        let (http, api, pollers) = (http.clone(), api.to_owned(), pollers.clone());
+        let at = ev.timestamp.to_rfc3339();
+        let customer = ev.customer_id.clone();
+        tasks.spawn(async move {
+            ack(delivery).await?;
+            let acked = Instant::now();
+            let _permit = pollers.acquire_owned().await?;
+            let deadline = acked + Duration::from_secs(30);
+            loop {
+                if api_events(&http, &api, &customer, &at).await.unwrap_or(0) >= expect {
+                    return Ok::<f64, anyhow::Error>(acked.elapsed().as_secs_f64() * 1000.0);
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "event of {customer} not visible after 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    let mut lat = Vec::with_capacity(total as usize);
+    while let Some(r) = tasks.join_next().await {
+        lat.push(r??);
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
+fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc status")
+}
+
+/// Post `gateway_batches` batches of 1,000 events from `gateway_clients` tasks; returns (accepted, seconds).
+async fn gateway(
+    args: &Args,
+    ingest: &str,
+    customers: u64,
+    id: &str,
+) -> anyhow::Result<(u64, f64)> {
+    let now = Utc::now();
+    let bodies: Vec<Vec<u8>> = (0..u64::from(args.gateway_batches))
+        .map(|b| {
+            let events: Vec<serde_json::Value> = (0..1000u64)
+                .map(|j| {
+                    let i = b * 1000 + j;
+                    serde_json::json!({
+                        "tenant_id": TENANT,
+                        "event_id": format!("gw-{id}-{i}"),
+                        "customer_id": customer_id(i % customers),
+                        "metric_code": "api_calls",
+                        "timestamp": now.to_rfc3339(),
+                        "properties": {"value": 2},
+                    })
+                })
+                .collect();
+            serde_json::to_vec(&serde_json::json!({ "events": events })).expect("json")
+        })
+        .collect();
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let url = format!("{ingest}/v1/events");
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.gateway_clients.max(1) {
+        let (queue, http, url) = (queue.clone(), http.clone(), url.clone());
+        tasks.spawn(async move {
+            let mut accepted = 0u64;
+            loop {
+                let Some(body) = queue.lock().expect("queue").pop() else {
+                    return Ok::<u64, anyhow::Error>(accepted);
+                };
+                let resp = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let answer: serde_json::Value = resp.json().await?;
+                anyhow::ensure!(status.is_success(), "gateway answered {status}: {answer}");
+                accepted += answer["accepted"].as_u64().unwrap_or(0);
+            }
+        });
+    }
+    let mut accepted = 0;
+    while let Some(r) = tasks.join_next().await {
+        accepted += r??;
+    }
+    Ok((accepted, t.elapsed().as_secs_f64()))
+}
+
+/// Drop the bench's keyspace, ClickHouse database, topics and consumer groups.
+async fn cleanup(settings: &Settings, id: &str) {
+    if let Ok(session) = billing_runtime::cql::connect(&settings.cassandra).await {
+        let _ = session
+            .query_unpaged(
+                format!("DROP KEYSPACE IF EXISTS {}", settings.cassandra.keyspace),
+                (),
+            )
+            .await;
+    }
+    let _ = billing_runtime::clickhouse::server_client(&settings.clickhouse)
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            settings.clickhouse.database
+        ))
+        .execute()
+        .await;
+    let admin: Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, _> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka.brokers)
+            .create();
+    if let Ok(admin) = admin {
+        let topics = Topics::new(&settings.kafka);
+        let names: Vec<&str> = topics.all().iter().map(|(n, _)| *n).collect();
+        let opts = rdkafka::admin::AdminOptions::new();
+        let _ = admin.delete_topics(&names, &opts).await;
+        let bare = format!("bench-{id}-bare");
+        let groups = [settings.rating.group_id.as_str(), bare.as_str()];
+        let _ = admin.delete_groups(&groups, &opts).await;
+    }
+    println!("cleaned up: keyspace, database, topics and groups of bench {id}");
+}
