@@ -36,7 +36,15 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let progress = pipeline::Progress::default();
 
     let kcfg = settings.kafka.clone();
-    let (stall_settings, stall_progress) = (settings.clone(), progress.clone());
+    let reference = reference::SharedReference::default();
+    let pipeline = pipeline::Pipeline::new(
+        &settings,
+        store,
+        metrics.clone(),
+        reference.clone(),
+        progress.clone(),
+    )?;
+    let (probe, stall_progress) = (Arc::new(pipeline.lag_probe()), progress.clone());
     let stall_timeout =
         chrono::Duration::from_std(settings.rating.stall_timeout).unwrap_or(chrono::Duration::MAX);
     let readiness = Readiness::default()
@@ -54,9 +62,9 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
         })
         // A consumer that has stopped while work is waiting is not ready, whatever its connections say.
         .with("consumer", move || {
-            let (s, p) = (stall_settings.clone(), stall_progress.clone());
+            let (probe, p) = (probe.clone(), stall_progress.clone());
             async move {
-                let lag = tokio::task::spawn_blocking(move || pipeline::group_lag(&s))
+                let lag = tokio::task::spawn_blocking(move || probe.lag())
                     .await
                     .map_err(|e| e.to_string())??;
                 match pipeline::since_progress(&p) {
@@ -77,15 +85,12 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     .await?;
     tracing::info!(%addr, "rating health and metrics listening");
 
-    let reference = reference::SharedReference::default();
     let reader = reference.spawn_reader(
         &settings.kafka,
         &Topics::new(&settings.kafka),
         shutdown.clone(),
     )?;
-    let result = pipeline::Pipeline::new(&settings, store, metrics, reference, progress)?
-        .run(shutdown.clone())
-        .await;
+    let result = pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = reader.await;
     let _ = http.await;

@@ -70,7 +70,7 @@ pub struct Progress {
 
 /// The rating consumer.
 pub struct Pipeline {
-    consumer: StreamConsumer<RebalanceCounter>,
+    consumer: Arc<StreamConsumer<RebalanceCounter>>,
     producer: FutureProducer,
     watermarks: Arc<BaseConsumer>,
     settings: Settings,
@@ -107,7 +107,7 @@ impl Pipeline {
             .set("bootstrap.servers", &settings.kafka.brokers)
             .create()?;
         Ok(Pipeline {
-            consumer,
+            consumer: Arc::new(consumer),
             producer: kafka::producer(&settings.kafka)?,
             watermarks: Arc::new(watermarks),
             settings: settings.clone(),
@@ -469,33 +469,50 @@ fn epoch_seconds(s: i64) -> u32 {
     u32::try_from(s).unwrap_or(if s < 0 { 0 } else { u32::MAX })
 }
 
-/// How far behind the group is: Σ (end offset − committed offset) over the usage partitions.
-pub fn group_lag(settings: &Settings) -> Result<i64, String> {
-    let topics = Topics::new(&settings.kafka);
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("group.id", &settings.rating.group_id)
-        .create()
-        .map_err(|e| e.to_string())?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..settings.kafka.partitions {
-        tpl.add_partition(&topics.usage, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(3))
-        .map_err(|e| e.to_string())?;
-    let mut lag = 0;
-    for e in committed.elements() {
-        let (low, high) = consumer
-            .fetch_watermarks(&topics.usage, e.partition(), Duration::from_secs(3))
+/// Measures how far behind rating's group is, through the pipeline's own consumer (a second group-bound client
+/// in the process would stall other consumers while it fetches committed offsets).
+pub struct LagProbe {
+    consumer: Arc<StreamConsumer<RebalanceCounter>>,
+    topic: String,
+    partitions: i32,
+}
+
+impl LagProbe {
+    /// Σ (end offset − committed offset) over the usage partitions (blocking).
+    pub fn lag(&self) -> Result<i64, String> {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(3))
             .map_err(|e| e.to_string())?;
-        let from = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => low,
-        };
-        lag += (high - from).max(0);
+        let mut lag = 0;
+        for e in committed.elements() {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(3))
+                .map_err(|e| e.to_string())?;
+            let from = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            lag += (high - from).max(0);
+        }
+        Ok(lag)
     }
-    Ok(lag)
+}
+
+impl Pipeline {
+    /// A lag probe sharing this pipeline's consumer.
+    pub fn lag_probe(&self) -> LagProbe {
+        LagProbe {
+            consumer: self.consumer.clone(),
+            topic: self.topics.usage.clone(),
+            partitions: self.settings.kafka.partitions,
+        }
+    }
 }
 
 /// The time of the last productive checkpoint, for the stall check.

@@ -17,7 +17,7 @@ use billing_schemas::catalog::{self, Catalog, CatalogEvent};
 use billing_schemas::lifecycle::{self, Lifecycle, LifecycleEvent};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -373,7 +373,9 @@ impl SharedReference {
         topics: &Topics,
         shutdown: Shutdown,
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        // A BaseConsumer polled on a blocking thread: with a StreamConsumer, messages fetched right after
+        // `assign` could sit unnoticed until another message arrived, and reference topics are often quiet.
+        let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &kafka.brokers)
             .set(
                 "group.id",
@@ -381,24 +383,27 @@ impl SharedReference {
             )
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "20")
+            // If resolving "beginning" fails (e.g. a leader moves), fall back to the start too, never the end.
+            .set("auto.offset.reset", "earliest")
             .create()?;
         let mut tpl = TopicPartitionList::new();
         for topic in [&topics.catalog, &topics.lifecycle] {
             for p in 0..kafka.partitions {
-                tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+                // An explicit offset, not Offset::Beginning: the logical offset is resolved asynchronously and a
+                // failed resolution silently falls back to auto.offset.reset.
+                let (low, _) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+                tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
             }
         }
         consumer.assign(&tpl)?;
         let (catalog_topic, this) = (topics.catalog.clone(), self.clone());
-        Ok(tokio::spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    m = consumer.recv() => m,
-                };
-                let m = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
+        Ok(tokio::task::spawn_blocking(move || {
+            while !shutdown.is_cancelled() {
+                let polled = consumer.poll(Duration::from_millis(100));
+                let m = match polled {
+                    None => continue,
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
                         tracing::warn!(error = %e, "reference reader error");
                         continue;
                     }
@@ -462,18 +467,23 @@ impl SharedReference {
             .await??;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let behind = {
+            let behind: Vec<String> = {
                 let pos = self.positions.lock().expect("positions lock");
                 targets
                     .iter()
-                    .any(|(tp, high)| *high > 0 && pos.get(tp).copied().unwrap_or(0) < *high)
+                    .filter_map(|((topic, p), high)| {
+                        let at = pos.get(&(topic.clone(), *p)).copied().unwrap_or(0);
+                        (*high > 0 && at < *high).then(|| format!("{topic}/{p} at {at} of {high}"))
+                    })
+                    .collect()
             };
-            if !behind {
+            if behind.is_empty() {
                 return Ok(());
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "reference topics not caught up in {timeout:?}"
+                "reference topics not caught up in {timeout:?}: {}",
+                behind.join(", ")
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::CqlDecimal;
+use scylla::value::{CqlDecimal, MaybeUnset};
 use serde::Serialize;
 
 /// Identifies one aggregate within a customer.
@@ -140,14 +140,19 @@ struct AggWrite<'a> {
     currency: &'a str,
     events_count: i64,
     sum: CqlDecimal,
-    max: Option<CqlDecimal>,
-    latest_ts: Option<DateTime<Utc>>,
-    latest_event_id: Option<&'a str>,
-    latest_value: Option<CqlDecimal>,
+    // Absent values are left unset, not written as NULL: a NULL is a tombstone, and tombstones make reads slow.
+    max: MaybeUnset<CqlDecimal>,
+    latest_ts: MaybeUnset<DateTime<Utc>>,
+    latest_event_id: MaybeUnset<&'a str>,
+    latest_value: MaybeUnset<CqlDecimal>,
     weighted_integral: CqlDecimal,
     last_partition: i32,
     last_offset: i64,
     write_timestamp: i64,
+}
+
+fn unset_if_none<T>(v: Option<T>) -> MaybeUnset<T> {
+    v.map_or(MaybeUnset::Unset, MaybeUnset::Set)
 }
 
 fn dec(d: Option<CqlDecimal>) -> anyhow::Result<Option<Decimal>> {
@@ -327,10 +332,10 @@ impl Store {
                     currency: &s.currency,
                     events_count: i64::try_from(r.events_count).unwrap_or(i64::MAX),
                     sum: to_cql_decimal(r.sum),
-                    max: r.max.map(to_cql_decimal),
-                    latest_ts: latest.map(|l| l.timestamp),
-                    latest_event_id: latest.map(|l| l.event_id.as_str()),
-                    latest_value: latest.map(|l| to_cql_decimal(l.value)),
+                    max: unset_if_none(r.max.map(to_cql_decimal)),
+                    latest_ts: unset_if_none(latest.map(|l| l.timestamp)),
+                    latest_event_id: unset_if_none(latest.map(|l| l.event_id.as_str())),
+                    latest_value: unset_if_none(latest.map(|l| to_cql_decimal(l.value))),
                     weighted_integral: to_cql_decimal(r.weighted_integral),
                     last_partition: s.last_partition,
                     last_offset: s.last_offset,

@@ -23,6 +23,7 @@ pub struct TestEnv {
     pub topics: Topics,
     /// Unique suffix.
     pub id: String,
+    producer: FutureProducer,
 }
 
 /// A free loopback port (bound then released; good enough for tests).
@@ -36,11 +37,16 @@ pub fn free_addr() -> SocketAddr {
 impl TestEnv {
     /// Settings for a fresh, migrated environment named after the test.
     pub async fn new(name: &str) -> Self {
+        Self::with_partitions(name, 3).await
+    }
+
+    /// As [`TestEnv::new`], with topics of `partitions` partitions.
+    pub async fn with_partitions(name: &str, partitions: i32) -> Self {
         let id = format!("{name}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let mut settings =
             Settings::load_with_env(None, std::iter::empty()).expect("default settings");
         settings.kafka.topic_prefix = format!("it.{id}.");
-        settings.kafka.partitions = 3;
+        settings.kafka.partitions = partitions;
         settings.cassandra.keyspace = format!("it_{id}");
         settings.clickhouse.database = format!("it_{id}");
         settings.rating.group_id = format!("it-{id}-rating");
@@ -56,16 +62,19 @@ impl TestEnv {
             "fresh environment gets all six topics: {report}"
         );
         let topics = Topics::new(&settings.kafka);
+        // One producer for the whole test: creating one per message costs an idempotence handshake each time.
+        let producer = billing_runtime::kafka::producer(&settings.kafka).unwrap();
         TestEnv {
             settings,
             topics,
             id,
+            producer,
         }
     }
 
     /// A producer with the project's delivery settings.
     pub fn producer(&self) -> FutureProducer {
-        billing_runtime::kafka::producer(&self.settings.kafka).unwrap()
+        self.producer.clone()
     }
 
     /// Produce one value with an optional content-type header and wait for the broker's ack.
@@ -142,6 +151,10 @@ impl TestEnv {
             ))
             .execute()
             .await;
+        self.cleanup_topics().await;
+    }
+
+    async fn cleanup_topics(&self) {
         let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
             ClientConfig::new()
                 .set("bootstrap.servers", &self.settings.kafka.brokers)
