@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use billing_core::aggregation::AggregationType;
 use billing_core::charge::Usage;
 use chrono::{DateTime, TimeZone, Utc};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -48,6 +49,13 @@ impl ConsumerContext for RebalanceCounter {
 
 type CustomerId = (String, String);
 
+/// Messages taken from the consumer's buffer in one go.
+const PREFETCH_BATCH: usize = 2_000;
+/// How often usage waits for the reference topics to be read to their end, besides before a rejection.
+const REFERENCE_REFRESH: Duration = Duration::from_secs(1);
+/// Customers loaded from the store at once.
+const PREFETCH_CONCURRENCY: usize = 64;
+
 /// Work applied in memory since the last checkpoint.
 #[derive(Default)]
 struct Pending {
@@ -75,7 +83,7 @@ pub struct Pipeline {
     watermarks: Arc<BaseConsumer>,
     settings: Settings,
     topics: Topics,
-    store: Store,
+    store: Arc<Store>,
     metrics: Metrics,
     reference: SharedReference,
     progress: Progress,
@@ -84,6 +92,7 @@ pub struct Pipeline {
     customers: HashMap<CustomerId, CustomerUsage>,
     pending: Pending,
     reference_checked: Option<Instant>,
+    in_flight: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Pipeline {
@@ -112,7 +121,7 @@ impl Pipeline {
             watermarks: Arc::new(watermarks),
             settings: settings.clone(),
             topics,
-            store,
+            store: Arc::new(store),
             metrics,
             reference,
             progress,
@@ -121,6 +130,7 @@ impl Pipeline {
             customers: HashMap::new(),
             pending: Pending::default(),
             reference_checked: None,
+            in_flight: None,
         })
     }
 
@@ -134,21 +144,53 @@ impl Pipeline {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => self.checkpoint().await?,
                 msg = self.consumer.recv() => {
-                    match msg {
-                        Ok(m) => {
-                            let m = m.detach();
-                            self.on_message(&m).await?;
+                    // Take what is already fetched too, so the customers it names are loaded concurrently
+                    // rather than one round trip at a time.
+                    let mut batch = Vec::new();
+                    let mut next = Some(msg);
+                    while let Some(msg) = next.take() {
+                        match msg {
+                            Ok(m) => batch.push(m.detach()),
+                            Err(e) => tracing::warn!(error = %e, "consumer error"),
                         }
-                        Err(e) => tracing::warn!(error = %e, "consumer error"),
+                        if batch.len() < PREFETCH_BATCH {
+                            next = self.consumer.recv().now_or_never();
+                        }
                     }
-                    if self.pending.messages >= self.settings.rating.checkpoint_events {
-                        self.checkpoint().await?;
+                    self.prefetch(&batch).await?;
+                    for m in &batch {
+                        self.on_message(m).await?;
+                        if self.pending.messages >= self.settings.rating.checkpoint_events {
+                            self.checkpoint().await?;
+                        }
                     }
                 }
             }
         }
-        self.checkpoint().await?;
+        self.checkpoint_now().await?;
         tracing::info!("rating stopped after a final checkpoint");
+        Ok(())
+    }
+
+    /// Load, concurrently, the stored usage of every customer a batch names that is not cached yet. The customer
+    /// is read from the message key (`tenant/customer`); a key that does not parse is simply loaded later.
+    async fn prefetch(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+        let missing: HashSet<CustomerId> = batch
+            .iter()
+            .filter_map(|m| std::str::from_utf8(m.key()?).ok()?.split_once('/'))
+            .map(|(t, c)| (t.to_owned(), c.to_owned()))
+            .filter(|k| !self.customers.contains_key(k))
+            .collect();
+        let store = &self.store;
+        let loaded: Vec<(CustomerId, CustomerUsage)> = futures::stream::iter(missing)
+            .map(|k| async move {
+                let usage = store.load(&k.0, &k.1).await?;
+                anyhow::Ok((k, usage))
+            })
+            .buffer_unordered(PREFETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        self.customers.extend(loaded);
         Ok(())
     }
 
@@ -157,33 +199,49 @@ impl Pipeline {
         // so stale ones lose) and forget cached state, which is reloaded from the store on next use.
         let generation = self.rebalances.load(Ordering::SeqCst);
         if generation != self.seen_rebalances {
-            self.checkpoint().await?;
+            self.checkpoint_now().await?;
             self.customers.clear();
             self.seen_rebalances = generation;
         }
         // Usage may refer to customers and plans published just before it: read the reference topics up to
         // their current end first, once per checkpoint interval.
-        let interval = self.settings.rating.checkpoint_interval;
+        // Usage may refer to customers and plans published just before it. Read the reference topics up to
+        // their current end at least once a second, and again before rejecting an event as unknown.
         if self
             .reference_checked
-            .is_none_or(|t| t.elapsed() >= interval)
+            .is_none_or(|t| t.elapsed() >= REFERENCE_REFRESH)
         {
-            self.reference
-                .catch_up(
-                    &self.watermarks,
-                    self.settings.kafka.partitions,
-                    &self.topics,
-                    self.settings.rating.reference_timeout,
-                )
-                .await?;
-            self.reference_checked = Some(Instant::now());
+            self.catch_up_reference().await?;
         }
         let (partition, offset) = (m.partition(), m.offset());
         self.pending.offsets.insert(partition, offset + 1);
         self.pending.messages += 1;
-        if let Err(reason) = self.rate(m).await? {
+        let mut outcome = self.rate(m).await?;
+        if matches!(
+            outcome,
+            Err(Rejection::UnknownMetric(_) | Rejection::Attribution(_))
+        ) {
+            // These checks run before any state changes, so rating the event again is safe.
+            self.catch_up_reference().await?;
+            outcome = self.rate(m).await?;
+        }
+        if let Err(reason) = outcome {
             self.dead_letter(m, &reason);
         }
+        Ok(())
+    }
+
+    async fn catch_up_reference(&mut self) -> anyhow::Result<()> {
+        let rating = &self.settings.rating;
+        self.reference
+            .catch_up(
+                &self.watermarks,
+                self.settings.kafka.partitions,
+                &self.topics,
+                rating.reference_timeout,
+            )
+            .await?;
+        self.reference_checked = Some(Instant::now());
         Ok(())
     }
 
@@ -401,25 +459,19 @@ impl Pipeline {
         self.metrics.events.with_label_values(&["rejected"]).inc();
     }
 
-    /// Make everything applied so far durable, then commit the offsets it covers. The order matters: ClickHouse
-    /// rows, then aggregates, then the dedup ids, so a crash anywhere leaves a state that replay repairs.
+    /// Hand everything applied so far to a background write that makes it durable and then commits the offsets
+    /// it covers; consuming goes on meanwhile. At most one write is in flight: the previous one is awaited first,
+    /// so checkpoints land in order. The order inside one matters: ClickHouse rows, then aggregates, then the
+    /// dedup ids, so a crash anywhere leaves a state that replay repairs.
     async fn checkpoint(&mut self) -> anyhow::Result<()> {
         if self.pending.messages == 0 {
             return Ok(());
         }
-        let started = Instant::now();
+        self.wait_for_checkpoint().await?;
         let mut pending = std::mem::take(&mut self.pending);
-        for delivery in pending.dead_letters {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => anyhow::bail!("dead-letter delivery failed: {e}"),
-                Err(_) => anyhow::bail!("dead-letter delivery was cancelled"),
-            }
-        }
-        self.store.insert_events(&pending.rows).await?;
-        let rows: Vec<_> = pending
+        let aggregates: Vec<_> = pending
             .dirty
-            .into_iter()
+            .drain()
             .filter_map(|(customer, key)| {
                 let state = self.customers.get(&customer)?.aggregates.get(&key)?.clone();
                 let unique = pending
@@ -429,27 +481,59 @@ impl Pipeline {
                 Some((customer.0, customer.1, key, state, unique))
             })
             .collect();
-        self.store.save_aggregates(rows).await?;
-        self.store
-            .save_seen(pending.new_seen.into_iter().collect())
-            .await?;
         let mut tpl = TopicPartitionList::new();
         for (partition, next) in &pending.offsets {
             tpl.add_partition_offset(&self.topics.usage, *partition, Offset::Offset(*next))?;
         }
-        // Offsets are a resume hint: a failed commit (e.g. for a partition just revoked) only means a replay,
-        // which the per-row offsets and the dedup ids make harmless.
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            tracing::warn!(error = %e, "offset commit failed");
-        }
-        self.progress
-            .last_checkpoint_ms
-            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
-        self.metrics.checkpoints.inc();
-        self.metrics
-            .checkpoint_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let (store, consumer, metrics, progress) = (
+            self.store.clone(),
+            self.consumer.clone(),
+            self.metrics.clone(),
+            self.progress.clone(),
+        );
+        self.in_flight = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            for delivery in pending.dead_letters {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => anyhow::bail!("dead-letter delivery failed: {e}"),
+                    Err(_) => anyhow::bail!("dead-letter delivery was cancelled"),
+                }
+            }
+            store.insert_events(&pending.rows).await?;
+            store.save_aggregates(aggregates).await?;
+            store
+                .save_seen(pending.new_seen.into_iter().collect())
+                .await?;
+            // Offsets are a resume hint: a failed commit (e.g. for a partition just revoked) only means a
+            // replay, which the per-row offsets and the dedup ids make harmless.
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                tracing::warn!(error = %e, "offset commit failed");
+            }
+            progress
+                .last_checkpoint_ms
+                .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+            metrics.checkpoints.inc();
+            metrics
+                .checkpoint_seconds
+                .observe(started.elapsed().as_secs_f64());
+            Ok(())
+        }));
         Ok(())
+    }
+
+    /// Wait until the checkpoint in flight, if any, is durable; its error, if any, stops the pipeline.
+    async fn wait_for_checkpoint(&mut self) -> anyhow::Result<()> {
+        if let Some(handle) = self.in_flight.take() {
+            handle.await??;
+        }
+        Ok(())
+    }
+
+    /// Checkpoint and wait until it is durable.
+    async fn checkpoint_now(&mut self) -> anyhow::Result<()> {
+        self.checkpoint().await?;
+        self.wait_for_checkpoint().await
     }
 }
 

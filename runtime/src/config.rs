@@ -272,7 +272,7 @@ mod tests {
     fn defaults_load() {
         let s = Settings::load_with_env(None, env(&[])).unwrap();
         assert_eq!(s.kafka.partitions, 12);
-        assert_eq!(s.rating.checkpoint_interval, Duration::from_millis(200));
+        assert_eq!(s.rating.checkpoint_interval, Duration::from_millis(500));
         assert_eq!(s.telemetry.format, LogFormat::Text);
     }
 
