@@ -25,9 +25,10 @@ pub enum Rejection {
     /// Not a usage event in any accepted encoding.
     #[error("undecodable: {0}")]
     Decode(#[from] DecodeError),
-    /// A required identifier is empty.
-    #[error("field {0} must not be empty")]
-    EmptyField(&'static str),
+    /// Structurally invalid: the same rules as the ingest gateway's (blank or overlong ids, control characters,
+    /// too many properties, a timestamp before 2000).
+    #[error("invalid event: {0}")]
+    Invalid(#[from] billing_ingest::validate::Invalid),
     /// The key does not route the event to its customer's partition.
     #[error("message key {found:?} must be {expected:?} (tenant_id/customer_id)")]
     WrongKey {
@@ -89,16 +90,7 @@ pub fn decode_event(
         });
     }
     let event: UsageEvent = decode(payload, content_type)?;
-    for (name, v) in [
-        ("tenant_id", &event.tenant_id),
-        ("event_id", &event.event_id),
-        ("customer_id", &event.customer_id),
-        ("metric_code", &event.metric_code),
-    ] {
-        if v.trim().is_empty() {
-            return Err(Rejection::EmptyField(name));
-        }
-    }
+    billing_ingest::validate::validate_event(&event)?;
     let expected = customer_key(&event.tenant_id, &event.customer_id);
     if key != Some(expected.as_bytes()) {
         let found = key
@@ -179,7 +171,7 @@ mod tests {
 
     fn json(value: &str) -> Vec<u8> {
         format!(
-            r#"{{"tenant_id":"t","event_id":"e","customer_id":"c","metric_code":"m","timestamp":1000,"properties":{{"value":{value}}}}}"#
+            r#"{{"tenant_id":"t","event_id":"e","customer_id":"c","metric_code":"m","timestamp":1767225600000,"properties":{{"value":{value}}}}}"#
         )
         .into_bytes()
     }
@@ -204,7 +196,7 @@ mod tests {
         let empty = br#"{"tenant_id":"t","event_id":" ","customer_id":"c","metric_code":"m","timestamp":1}"#;
         assert_eq!(
             decode_event(Some(KEY), empty, None, 1000).unwrap_err(),
-            Rejection::EmptyField("event_id")
+            Rejection::Invalid(billing_ingest::validate::Invalid::Blank { field: "event_id" })
         );
     }
 

@@ -129,14 +129,6 @@ pub struct GroupServiceConfig {
     pub group_id: String,
 }
 
-/// An HTTP service.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpServiceConfig {
-    /// Listen address.
-    pub listen: SocketAddr,
-}
-
 /// The ingest HTTP gateway.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
