@@ -3,17 +3,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use billing_core::aggregation::{AggregationType, Latest, RunningAggregate};
+use billing_core::aggregation::AggregationType;
 use billing_core::charge::{ChargeModel, Usage};
 use billing_core::money::{round_to_minor, RoundingMode};
 use billing_core::Currency;
-use billing_runtime::cql::from_cql_decimal;
+use billing_rating::{AggregateRow, AGGREGATE_COLUMNS};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::CqlDecimal;
 
 /// The usage of one charge (and group) in one billing period, priced.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -42,27 +41,6 @@ pub struct ChargeUsage {
     pub amount: Decimal,
 }
 
-#[derive(scylla::DeserializeRow)]
-struct Row {
-    subscription_id: String,
-    charge_id: String,
-    period_start: DateTime<Utc>,
-    group_key: String,
-    period_end: DateTime<Utc>,
-    metric_code: String,
-    aggregation: String,
-    charge_model: String,
-    charge_properties: String,
-    currency: String,
-    events_count: i64,
-    sum: Option<CqlDecimal>,
-    max: Option<CqlDecimal>,
-    latest_ts: Option<DateTime<Utc>>,
-    latest_event_id: Option<String>,
-    latest_value: Option<CqlDecimal>,
-    weighted_integral: Option<CqlDecimal>,
-}
-
 /// Prepared reads.
 pub struct Store {
     session: Arc<Session>,
@@ -70,19 +48,12 @@ pub struct Store {
     unique_values: PreparedStatement,
 }
 
-fn dec(d: Option<CqlDecimal>) -> anyhow::Result<Option<Decimal>> {
-    d.map(|d| from_cql_decimal(&d).ok_or_else(|| anyhow::anyhow!("decimal out of range")))
-        .transpose()
-}
-
 impl Store {
     /// Prepare every statement once.
     pub async fn new(session: Arc<Session>, ks: &str) -> anyhow::Result<Self> {
         let aggregates = session
             .prepare(format!(
-                "SELECT subscription_id, charge_id, period_start, group_key, period_end, metric_code, aggregation, \
-                 charge_model, charge_properties, currency, events_count, sum, max, latest_ts, latest_event_id, \
-                 latest_value, weighted_integral FROM {ks}.usage_aggregates WHERE tenant_id = ? AND customer_id = ?"
+                "SELECT {AGGREGATE_COLUMNS} FROM {ks}.usage_aggregates WHERE tenant_id = ? AND customer_id = ?"
             ))
             .await?;
         let unique_values = session
@@ -109,15 +80,19 @@ impl Store {
             .session
             .execute_iter(self.aggregates.clone(), (tenant, customer))
             .await?
-            .rows_stream::<Row>()?;
+            .rows_stream::<AggregateRow>()?;
         let mut current = Vec::new();
         while let Some(r) = rows.try_next().await? {
-            if r.period_start <= at && at < r.period_end {
-                current.push(r);
+            let (key, state) = r.into_state()?;
+            if key.period_start <= at && at < state.period_end {
+                current.push((key, state));
             }
         }
         let mut unique: HashMap<(String, String, DateTime<Utc>, String), u64> = HashMap::new();
-        if current.iter().any(|r| r.aggregation == "unique_count_agg") {
+        if current
+            .iter()
+            .any(|(_, s)| s.aggregation == "unique_count_agg")
+        {
             let mut vals = self
                 .session
                 .execute_iter(self.unique_values.clone(), (tenant, customer))
@@ -128,60 +103,45 @@ impl Store {
             }
         }
         let mut out = Vec::with_capacity(current.len());
-        for r in current {
+        for (k, s) in current {
             let agg: AggregationType =
-                serde_json::from_value(serde_json::Value::String(r.aggregation.clone()))?;
-            let latest = match (r.latest_ts, r.latest_event_id, dec(r.latest_value)?) {
-                (Some(timestamp), Some(event_id), Some(value)) => Some(Latest {
-                    timestamp,
-                    event_id,
-                    value,
-                }),
-                _ => None,
-            };
-            let running = RunningAggregate {
-                events_count: u64::try_from(r.events_count).unwrap_or_default(),
-                sum: dec(r.sum)?.unwrap_or_default(),
-                max: dec(r.max)?,
-                latest,
-                unique: Default::default(),
-                weighted_integral: dec(r.weighted_integral)?.unwrap_or_default(),
-            };
+                serde_json::from_value(serde_json::Value::String(s.aggregation.clone()))?;
             // Unique counts need only the size of the stored set, not its values.
             let units = if agg == AggregationType::UniqueCountAgg {
-                let key = (
-                    r.subscription_id.clone(),
-                    r.charge_id.clone(),
-                    r.period_start,
-                    r.group_key.clone(),
+                let id = (
+                    k.subscription_id.clone(),
+                    k.charge_id.clone(),
+                    k.period_start,
+                    k.group_key.clone(),
                 );
-                Decimal::from(unique.get(&key).copied().unwrap_or_default())
+                Decimal::from(unique.get(&id).copied().unwrap_or_default())
             } else {
-                running.units(agg, None, r.period_start, r.period_end)?
+                s.running.units(agg, None, k.period_start, s.period_end)?
             };
             let model = ChargeModel::from_lago(
-                &r.charge_model,
-                &serde_json::from_str(&r.charge_properties)?,
+                &s.charge_model,
+                &serde_json::from_str(&s.charge_properties)?,
             )?;
+            let events_count = s.running.events_count;
             let precise = model
                 .evaluate(&Usage {
                     units,
-                    events_count: Some(running.events_count),
+                    events_count: Some(events_count),
                     event_values: None,
                 })?
                 .amount;
-            let currency = Currency::parse(&r.currency)?;
+            let currency = Currency::parse(&s.currency)?;
             out.push(ChargeUsage {
-                subscription_id: r.subscription_id,
-                charge_id: r.charge_id,
-                metric_code: r.metric_code,
-                aggregation: r.aggregation,
-                group: r.group_key,
-                period_start: r.period_start,
-                period_end: r.period_end,
+                subscription_id: k.subscription_id,
+                charge_id: k.charge_id,
+                metric_code: s.metric_code,
+                aggregation: s.aggregation,
+                group: k.group_key,
+                period_start: k.period_start,
+                period_end: s.period_end,
                 units,
-                events_count: running.events_count,
-                currency: r.currency,
+                events_count,
+                currency: s.currency,
                 amount: round_to_minor(precise, currency, RoundingMode::HalfUp),
             });
         }

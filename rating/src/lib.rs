@@ -24,6 +24,7 @@ use billing_runtime::{clickhouse, cql, kafka, Settings, Shutdown};
 pub use metrics::Metrics;
 pub use pipeline::aggregation_name;
 pub use reference::plan_info;
+pub use store::{AggKey, AggState, AggregateRow, AGGREGATE_COLUMNS};
 pub use validate::Rejection;
 
 /// Run rating until `shutdown`; returns after the final checkpoint.

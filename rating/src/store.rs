@@ -99,27 +99,79 @@ pub struct Store {
 /// How many CQL writes a checkpoint keeps in flight.
 const WRITE_CONCURRENCY: usize = 64;
 
+/// The columns of `usage_aggregates` that [`AggregateRow`] reads, in its order.
+pub const AGGREGATE_COLUMNS: &str = "subscription_id, charge_id, period_start, group_key, period_end, metric_code, \
+    aggregation, charge_model, charge_properties, currency, events_count, sum, max, latest_ts, latest_event_id, \
+    latest_value, weighted_integral, last_partition, last_offset";
+
+/// One row of `usage_aggregates` as stored; readers of the table (rating, query-api) decode it with
+/// [`AggregateRow::into_state`].
 #[derive(scylla::DeserializeRow)]
-struct AggRow {
-    subscription_id: String,
-    charge_id: String,
-    period_start: DateTime<Utc>,
-    group_key: String,
-    period_end: DateTime<Utc>,
-    metric_code: String,
-    aggregation: String,
-    charge_model: String,
-    charge_properties: String,
-    currency: String,
-    events_count: i64,
-    sum: Option<CqlDecimal>,
-    max: Option<CqlDecimal>,
-    latest_ts: Option<DateTime<Utc>>,
-    latest_event_id: Option<String>,
-    latest_value: Option<CqlDecimal>,
-    weighted_integral: Option<CqlDecimal>,
-    last_partition: i32,
-    last_offset: i64,
+#[allow(missing_docs)]
+pub struct AggregateRow {
+    pub subscription_id: String,
+    pub charge_id: String,
+    pub period_start: DateTime<Utc>,
+    pub group_key: String,
+    pub period_end: DateTime<Utc>,
+    pub metric_code: String,
+    pub aggregation: String,
+    pub charge_model: String,
+    pub charge_properties: String,
+    pub currency: String,
+    pub events_count: i64,
+    pub sum: Option<CqlDecimal>,
+    pub max: Option<CqlDecimal>,
+    pub latest_ts: Option<DateTime<Utc>>,
+    pub latest_event_id: Option<String>,
+    pub latest_value: Option<CqlDecimal>,
+    pub weighted_integral: Option<CqlDecimal>,
+    pub last_partition: i32,
+    pub last_offset: i64,
+}
+
+impl AggregateRow {
+    /// The key and state this row stores (unique values are kept in their own table and start empty).
+    pub fn into_state(self) -> anyhow::Result<(AggKey, AggState)> {
+        let latest = match (
+            self.latest_ts,
+            self.latest_event_id,
+            dec(self.latest_value)?,
+        ) {
+            (Some(timestamp), Some(event_id), Some(value)) => Some(Latest {
+                timestamp,
+                event_id,
+                value,
+            }),
+            _ => None,
+        };
+        let running = RunningAggregate {
+            events_count: u64::try_from(self.events_count).unwrap_or_default(),
+            sum: dec(self.sum)?.unwrap_or_default(),
+            max: dec(self.max)?,
+            latest,
+            unique: Default::default(),
+            weighted_integral: dec(self.weighted_integral)?.unwrap_or_default(),
+        };
+        let key = AggKey {
+            subscription_id: self.subscription_id,
+            charge_id: self.charge_id,
+            period_start: self.period_start,
+            group_key: self.group_key,
+        };
+        let state = AggState {
+            period_end: self.period_end,
+            metric_code: self.metric_code,
+            aggregation: self.aggregation,
+            charge_model: self.charge_model,
+            charge_properties: self.charge_properties,
+            currency: self.currency,
+            running,
+            last_partition: self.last_partition,
+            last_offset: self.last_offset,
+        };
+        Ok((key, state))
+    }
 }
 
 /// The bound values of `upsert_aggregate`, in statement order (the last one is the write timestamp).
@@ -225,43 +277,10 @@ impl Store {
             .session
             .execute_iter(self.select_aggregates.clone(), (tenant, customer))
             .await?
-            .rows_stream::<AggRow>()?;
+            .rows_stream::<AggregateRow>()?;
         while let Some(r) = rows.try_next().await? {
-            let latest = match (r.latest_ts, r.latest_event_id, dec(r.latest_value)?) {
-                (Some(timestamp), Some(event_id), Some(value)) => Some(Latest {
-                    timestamp,
-                    event_id,
-                    value,
-                }),
-                _ => None,
-            };
-            let running = RunningAggregate {
-                events_count: u64::try_from(r.events_count).unwrap_or_default(),
-                sum: dec(r.sum)?.unwrap_or_default(),
-                max: dec(r.max)?,
-                latest,
-                unique: Default::default(),
-                weighted_integral: dec(r.weighted_integral)?.unwrap_or_default(),
-            };
-            usage.aggregates.insert(
-                AggKey {
-                    subscription_id: r.subscription_id,
-                    charge_id: r.charge_id,
-                    period_start: r.period_start,
-                    group_key: r.group_key,
-                },
-                AggState {
-                    period_end: r.period_end,
-                    metric_code: r.metric_code,
-                    aggregation: r.aggregation,
-                    charge_model: r.charge_model,
-                    charge_properties: r.charge_properties,
-                    currency: r.currency,
-                    running,
-                    last_partition: r.last_partition,
-                    last_offset: r.last_offset,
-                },
-            );
+            let (key, state) = r.into_state()?;
+            usage.aggregates.insert(key, state);
         }
         let mut rows = self
             .session
