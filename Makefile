@@ -35,5 +35,5 @@ bench: bench-core bench-usage ## Run every benchmark
 bench-core: ## Invoice assembly throughput of the pure billing core, with its baseline
 	cargo bench --locked -p billing-core --bench invoice_assembly
 
-bench-usage: ## Usage pipeline: bare Kafka consume vs rating end to end, freshness, memory, gateway (needs `make up`)
+bench-usage: up ## Usage pipeline: bare Kafka consume vs rating end to end, freshness, memory, gateway
 	cargo build --release --locked --bin billing && $${CARGO_TARGET_DIR:-target}/release/billing bench-usage
