@@ -316,6 +316,36 @@ impl RunningAggregate {
         Ok(())
     }
 
+    /// Whether [`RunningAggregate::apply`] would succeed, without changing anything: the value parses and no sum
+    /// overflows. Lets a caller that updates several aggregates for one event refuse the event whole.
+    pub fn check(
+        &self,
+        aggregation: AggregationType,
+        raw: Option<&str>,
+        timestamp: DateTime<Utc>,
+        event_id: &str,
+        period_end: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut scratch = RunningAggregate {
+            sum: self.sum,
+            weighted_integral: self.weighted_integral,
+            ..Default::default()
+        };
+        // Unique values and the latest event cannot overflow; only their raw value needs to be present.
+        let aggregation = match aggregation {
+            AggregationType::UniqueCountAgg
+            | AggregationType::LatestAgg
+            | AggregationType::MaxAgg => {
+                if aggregation != AggregationType::UniqueCountAgg {
+                    parse_decimal("value", raw.unwrap_or_default())?;
+                }
+                return Ok(());
+            }
+            other => other,
+        };
+        scratch.apply(aggregation, raw, timestamp, event_id, period_end)
+    }
+
     /// The aggregated units over `[from, to)`; `initial` is the running total at `from` (weighted sum only).
     pub fn units(
         &self,
@@ -517,6 +547,39 @@ mod tests {
             )
             .unwrap();
         assert_eq!(r[&None].units, dec!(3.2));
+    }
+
+    #[test]
+    fn check_refuses_what_would_overflow_without_changing_anything() {
+        let t = utc("2026-01-02T00:00:00Z");
+        let end = utc("2026-02-01T00:00:00Z");
+        let max = "79228162514264337593543950335";
+        let mut r = RunningAggregate::default();
+        r.apply(AggregationType::SumAgg, Some(max), t, "a", end)
+            .unwrap();
+        let before = r.clone();
+        assert!(r
+            .check(AggregationType::SumAgg, Some("1"), t, "b", end)
+            .is_err());
+        assert!(r
+            .check(AggregationType::SumAgg, Some("abc"), t, "b", end)
+            .is_err());
+        assert!(r
+            .check(AggregationType::MaxAgg, Some(max), t, "b", end)
+            .is_ok());
+        assert!(r
+            .check(AggregationType::WeightedSumAgg, Some(max), t, "b", end)
+            .is_err());
+        assert!(r
+            .check(
+                AggregationType::UniqueCountAgg,
+                Some("anything"),
+                t,
+                "b",
+                end
+            )
+            .is_ok());
+        assert_eq!(r, before);
     }
 
     proptest! {

@@ -93,6 +93,10 @@ pub struct Pipeline {
     pending: Pending,
     reference_checked: Option<Instant>,
     in_flight: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Partitions owned since the last rebalance (unknown before the first).
+    assigned: Option<HashSet<i32>>,
+    /// Wall-clock millis when the last reference barrier was taken.
+    reference_checked_at_ms: i64,
 }
 
 impl Pipeline {
@@ -131,6 +135,8 @@ impl Pipeline {
             pending: Pending::default(),
             reference_checked: None,
             in_flight: None,
+            assigned: None,
+            reference_checked_at_ms: 0,
         })
     }
 
@@ -202,6 +208,22 @@ impl Pipeline {
             self.checkpoint_now().await?;
             self.customers.clear();
             self.seen_rebalances = generation;
+            let assignment = self.consumer.assignment()?;
+            self.assigned = Some(
+                assignment
+                    .elements()
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect(),
+            );
+        }
+        // Messages of a partition revoked while they sat in this batch belong to the new owner now.
+        if self
+            .assigned
+            .as_ref()
+            .is_some_and(|a| !a.contains(&m.partition()))
+        {
+            return Ok(());
         }
         // Usage may refer to customers and plans published just before it: read the reference topics up to
         // their current end first, once per checkpoint interval.
@@ -217,21 +239,28 @@ impl Pipeline {
         self.pending.offsets.insert(partition, offset + 1);
         self.pending.messages += 1;
         let mut outcome = self.rate(m).await?;
-        if matches!(
-            outcome,
-            Err(Rejection::UnknownMetric(_) | Rejection::Attribution(_))
-        ) {
+        // Re-read only if the last barrier was taken before Kafka received this event: a barrier taken after it
+        // already covers everything produced before it, so a flood of unknown events costs one barrier, not one each.
+        let received = m.timestamp().to_millis().unwrap_or(i64::MAX);
+        let covered = self.reference_checked_at_ms > received;
+        if !covered
+            && matches!(
+                outcome,
+                Err(Rejection::UnknownMetric(_) | Rejection::Attribution(_))
+            )
+        {
             // These checks run before any state changes, so rating the event again is safe.
             self.catch_up_reference().await?;
             outcome = self.rate(m).await?;
         }
         if let Err(reason) = outcome {
-            self.dead_letter(m, &reason);
+            self.dead_letter(m, &reason)?;
         }
         Ok(())
     }
 
     async fn catch_up_reference(&mut self) -> anyhow::Result<()> {
+        let started_ms = Utc::now().timestamp_millis();
         let rating = &self.settings.rating;
         self.reference
             .catch_up(
@@ -242,6 +271,7 @@ impl Pipeline {
             )
             .await?;
         self.reference_checked = Some(Instant::now());
+        self.reference_checked_at_ms = started_ms;
         Ok(())
     }
 
@@ -301,6 +331,39 @@ impl Pipeline {
             self.metrics.events.with_label_values(&["duplicate"]).inc();
             return Ok(Ok(()));
         }
+        let period = attribution.period;
+        let get = |k: &str| ev.properties.get(k).map(String::as_str);
+        let passes = metric.metric.passes_filters(get);
+        let targets: Vec<(&crate::reference::ChargeInfo, AggKey)> = attribution
+            .plan
+            .charges
+            .iter()
+            .filter(|c| passes && c.charge.metric_code == ev.metric_code)
+            .map(|charge| {
+                let group_key = charge
+                    .charge
+                    .group_by
+                    .as_deref()
+                    .and_then(get)
+                    .unwrap_or_default()
+                    .to_owned();
+                let key = AggKey {
+                    subscription_id: attribution.subscription_id.clone(),
+                    charge_id: charge.charge.id.clone(),
+                    period_start: period.start,
+                    group_key,
+                };
+                (charge, key)
+            })
+            .collect();
+        // Refuse the event whole, before any state changes, if one of its aggregates would overflow.
+        for (_, key) in &targets {
+            let empty = Default::default();
+            let running = usage.aggregates.get(key).map_or(&empty, |s| &s.running);
+            if let Err(e) = running.check(agg_type, raw, ev.timestamp, &ev.event_id, period.end) {
+                return Ok(Err(Rejection::Unaggregatable(e.to_string())));
+            }
+        }
         usage.seen.insert(ev.event_id.clone());
         self.pending
             .new_seen
@@ -308,29 +371,9 @@ impl Pipeline {
             .or_default()
             .push(ev.event_id.clone());
 
-        let period = attribution.period;
-        let get = |k: &str| ev.properties.get(k).map(String::as_str);
-        let passes = metric.metric.passes_filters(get);
         let mut amount = Decimal::ZERO;
         let mut skipped_as_replay = false;
-        for charge in attribution
-            .plan
-            .charges
-            .iter()
-            .filter(|c| passes && c.charge.metric_code == ev.metric_code)
-        {
-            let key = AggKey {
-                subscription_id: attribution.subscription_id.clone(),
-                charge_id: charge.charge.id.clone(),
-                period_start: period.start,
-                group_key: charge
-                    .charge
-                    .group_by
-                    .as_deref()
-                    .and_then(get)
-                    .unwrap_or_default()
-                    .to_owned(),
-            };
+        for (charge, key) in targets {
             let state = usage
                 .aggregates
                 .entry(key.clone())
@@ -367,15 +410,10 @@ impl Pipeline {
             };
             let before = price(units(state), state.running.events_count);
             let unique_before = state.running.unique.len();
-            if let Err(e) =
-                state
-                    .running
-                    .apply(agg_type, raw, ev.timestamp, &ev.event_id, period.end)
-            {
-                // Values were checked above; an overflow is the only way here.
-                tracing::warn!(error = %e, event_id = ev.event_id, "aggregation failed; event not counted");
-                continue;
-            }
+            // Checked above, so this cannot fail; an error here is a bug worth stopping for.
+            state
+                .running
+                .apply(agg_type, raw, ev.timestamp, &ev.event_id, period.end)?;
             if state.running.unique.len() > unique_before {
                 if let Some(v) = raw {
                     self.pending
@@ -414,7 +452,7 @@ impl Pipeline {
         Ok(Ok(()))
     }
 
-    fn dead_letter(&mut self, m: &OwnedMessage, reason: &Rejection) {
+    fn dead_letter(&mut self, m: &OwnedMessage, reason: &Rejection) -> anyhow::Result<()> {
         tracing::debug!(partition = m.partition(), offset = m.offset(), %reason, "dead-lettering usage event");
         let reason = reason.to_string();
         let (partition, offset) = (m.partition().to_string(), m.offset().to_string());
@@ -450,13 +488,14 @@ impl Pipeline {
         if let Some(k) = m.key() {
             record = record.key(k);
         }
-        match self.producer.send_result(record) {
-            Ok(delivery) => self.pending.dead_letters.push(delivery),
-            Err((e, _)) => {
-                tracing::error!(error = %e, "dead-letter enqueue failed; the event will be replayed")
-            }
-        }
+        // Failing here stops the pipeline before the offset is committed, so the event is replayed, not lost.
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| anyhow::anyhow!("dead-letter enqueue failed: {e}"))?;
+        self.pending.dead_letters.push(delivery);
         self.metrics.events.with_label_values(&["rejected"]).inc();
+        Ok(())
     }
 
     /// Hand everything applied so far to a background write that makes it durable and then commits the offsets

@@ -452,14 +452,14 @@ impl SharedReference {
         timeout: Duration,
     ) -> anyhow::Result<()> {
         let (client, t) = (client.clone(), topics.clone());
-        let targets: Vec<((String, i32), i64)> =
+        let targets: Vec<((String, i32), (i64, i64))> =
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let mut out = Vec::new();
                 for topic in [&t.catalog, &t.lifecycle] {
                     for p in 0..partitions {
-                        let (_, high) =
+                        let (low, high) =
                             client.fetch_watermarks(topic, p, Duration::from_secs(5))?;
-                        out.push(((topic.clone(), p), high));
+                        out.push(((topic.clone(), p), (low, high)));
                     }
                 }
                 Ok(out)
@@ -471,9 +471,10 @@ impl SharedReference {
                 let pos = self.positions.lock().expect("positions lock");
                 targets
                     .iter()
-                    .filter_map(|((topic, p), high)| {
-                        let at = pos.get(&(topic.clone(), *p)).copied().unwrap_or(0);
-                        (*high > 0 && at < *high).then(|| format!("{topic}/{p} at {at} of {high}"))
+                    .filter_map(|((topic, p), (low, high))| {
+                        // A partition whose records all expired (low = high) has nothing to read.
+                        let at = pos.get(&(topic.clone(), *p)).copied().unwrap_or(*low);
+                        (at < *high).then(|| format!("{topic}/{p} at {at} of {high}"))
                     })
                     .collect()
             };

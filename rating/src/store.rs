@@ -270,9 +270,19 @@ impl Store {
         })
     }
 
-    /// Load everything stored about a customer (paged reads).
+    /// Load everything stored about a customer (paged reads), in the reverse of the order checkpoints write it.
     pub async fn load(&self, tenant: &str, customer: &str) -> anyhow::Result<CustomerUsage> {
         let mut usage = CustomerUsage::default();
+        // Dedup ids first: a checkpoint writes aggregates before ids, so every id read here is already included in
+        // the aggregates read next, even while another instance is still writing this customer's last checkpoint.
+        let mut rows = self
+            .session
+            .execute_iter(self.select_dedup.clone(), (tenant, customer))
+            .await?
+            .rows_stream::<(String,)>()?;
+        while let Some((event_id,)) = rows.try_next().await? {
+            usage.seen.insert(event_id);
+        }
         let mut rows = self
             .session
             .execute_iter(self.select_aggregates.clone(), (tenant, customer))
@@ -299,14 +309,6 @@ impl Store {
             if let Some(state) = usage.aggregates.get_mut(&key) {
                 state.running.unique.insert(value);
             }
-        }
-        let mut rows = self
-            .session
-            .execute_iter(self.select_dedup.clone(), (tenant, customer))
-            .await?
-            .rows_stream::<(String,)>()?;
-        while let Some((event_id,)) = rows.try_next().await? {
-            usage.seen.insert(event_id);
         }
         Ok(usage)
     }

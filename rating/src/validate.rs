@@ -64,6 +64,9 @@ pub enum Rejection {
         /// Its text.
         value: String,
     },
+    /// The value cannot be added to its aggregate (it would overflow 28 significant digits).
+    #[error("value cannot be aggregated: {0}")]
+    Unaggregatable(String),
     /// A negative value where the aggregation forbids it.
     #[error("property {field:?} = {value} must not be negative for {aggregation} metrics")]
     Negative {

@@ -117,6 +117,13 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> anyhow::Result<Vec<String>> {
             );
             if *compacted {
                 t.set("cleanup.policy", "compact")
+            } else if *name == topics.lifecycle {
+                // Customers and subscriptions are read from the start by every rating instance: keep them all.
+                t.set("retention.ms", "-1")
+            } else if *name == topics.usage {
+                // Rating measures "too far in the future" against the time Kafka received the event, not a time
+                // the producer chose.
+                t.set("message.timestamp.type", "LogAppendTime")
             } else {
                 t
             }
