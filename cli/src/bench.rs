@@ -266,7 +266,7 @@ async fn phases(
     children: &mut Children,
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.timeout_secs);
-    let report = billing_runtime::migrate::run(settings)
+    let report = billing_store::migrate::run(settings)
         .await
         .context("migration failed")?;
     println!("migrated: {report}");

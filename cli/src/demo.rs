@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 pub async fn run(settings: Settings, args: Args, stop: Shutdown) -> anyhow::Result<()> {
-    let report = billing_runtime::migrate::run(&settings)
+    let report = billing_store::migrate::run(&settings)
         .await
         .context("migration failed")?;
     println!("migrated: {report}");

@@ -73,7 +73,7 @@ async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
     let stop = shutdown::on_signals();
     match command {
         Command::Migrate => {
-            let report = billing_runtime::migrate::run(&settings)
+            let report = billing_store::migrate::run(&settings)
                 .await
                 .context("migration failed")?;
             println!("migrated: {report}");

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregation;
+pub mod attribution;
 pub mod charge;
 pub mod currency;
 pub mod discount;
@@ -17,6 +18,7 @@ pub mod pricing_api;
 pub mod proration;
 pub mod subscription;
 pub mod tax;
+pub mod usage_pricing;
 
 pub use currency::Currency;
 pub use error::{Error, Result};

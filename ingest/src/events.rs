@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::error::Problem;
-use crate::validate;
+use billing_schemas::validate;
 
 /// The fields of a usage event; anything else in an element is rejected rather than silently dropped.
 pub const FIELDS: [&str; 6] = [

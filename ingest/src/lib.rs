@@ -1,12 +1,11 @@
 //! ingest: the HTTP gateway for producers that do not speak Kafka. `POST /v1/events` validates one event or a
 //! batch, produces the valid ones to `billing.usage` (idempotent producer, `acks=all`) and answers only after the
 //! broker acknowledged every one of them, with a result per event. It also serves `/health`, `/ready` and
-//! `/metrics`. The validation rules live in [`validate`], which rating reuses.
+//! `/metrics`. The validation rules live in `billing_schemas::validate`, which rating calls too.
 
 mod error;
 pub mod events;
 mod metrics;
-pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

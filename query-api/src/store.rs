@@ -1,18 +1,17 @@
-//! Reads of the tables the API serves. query-api writes none of them.
+//! Reads of the tables the API serves (through `billing-store`); query-api writes none of them. Usage is priced by
+//! the core's one pricing function, as rating prices it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use billing_core::aggregation::AggregationType;
-use billing_core::charge::{ChargeModel, Usage};
-use billing_core::money::{round_to_minor, RoundingMode};
+use billing_core::charge::ChargeModel;
+use billing_core::money::RoundingMode;
+use billing_core::period::BillingPeriod;
+use billing_core::usage_pricing::price_running;
 use billing_core::Currency;
-use billing_rating::{AggregateRow, AGGREGATE_COLUMNS};
+use billing_store::usage::UsageStore;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use scylla::client::session::Session;
-use scylla::statement::prepared::PreparedStatement;
 
 /// The usage of one charge (and group) in one billing period, priced.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,29 +42,14 @@ pub struct ChargeUsage {
 
 /// Prepared reads.
 pub struct Store {
-    session: Arc<Session>,
-    aggregates: PreparedStatement,
-    unique_values: PreparedStatement,
+    usage: UsageStore,
 }
 
 impl Store {
     /// Prepare every statement once.
     pub async fn new(session: Arc<Session>, ks: &str) -> anyhow::Result<Self> {
-        let aggregates = session
-            .prepare(format!(
-                "SELECT {AGGREGATE_COLUMNS} FROM {ks}.usage_aggregates WHERE tenant_id = ? AND customer_id = ?"
-            ))
-            .await?;
-        let unique_values = session
-            .prepare(format!(
-                "SELECT subscription_id, charge_id, period_start, group_key FROM {ks}.usage_unique_values \
-                 WHERE tenant_id = ? AND customer_id = ?"
-            ))
-            .await?;
         Ok(Store {
-            session,
-            aggregates,
-            unique_values,
+            usage: UsageStore::new(session, ks).await?,
         })
     }
 
@@ -76,60 +60,23 @@ impl Store {
         customer: &str,
         at: DateTime<Utc>,
     ) -> anyhow::Result<Vec<ChargeUsage>> {
-        let mut rows = self
-            .session
-            .execute_iter(self.aggregates.clone(), (tenant, customer))
-            .await?
-            .rows_stream::<AggregateRow>()?;
-        let mut current = Vec::new();
-        while let Some(r) = rows.try_next().await? {
-            let (key, state) = r.into_state()?;
-            if key.period_start <= at && at < state.period_end {
-                current.push((key, state));
+        let stored = self.usage.aggregates(tenant, customer).await?;
+        let mut out = Vec::new();
+        for (k, s) in stored.aggregates {
+            if !(k.period_start <= at && at < s.period_end) {
+                continue;
             }
-        }
-        let mut unique: HashMap<(String, String, DateTime<Utc>, String), u64> = HashMap::new();
-        if current
-            .iter()
-            .any(|(_, s)| s.aggregation == "unique_count_agg")
-        {
-            let mut vals = self
-                .session
-                .execute_iter(self.unique_values.clone(), (tenant, customer))
-                .await?
-                .rows_stream::<(String, String, DateTime<Utc>, String)>()?;
-            while let Some(k) = vals.try_next().await? {
-                *unique.entry(k).or_default() += 1;
-            }
-        }
-        let mut out = Vec::with_capacity(current.len());
-        for (k, s) in current {
-            let agg: AggregationType =
-                serde_json::from_value(serde_json::Value::String(s.aggregation.clone()))?;
-            // Unique counts need only the size of the stored set, not its values.
-            let units = if agg == AggregationType::UniqueCountAgg {
-                let id = (
-                    k.subscription_id.clone(),
-                    k.charge_id.clone(),
-                    k.period_start,
-                    k.group_key.clone(),
-                );
-                Decimal::from(unique.get(&id).copied().unwrap_or_default())
-            } else {
-                s.running.units(agg, None, k.period_start, s.period_end)?
-            };
             let model = ChargeModel::from_lago(
                 &s.charge_model,
                 &serde_json::from_str(&s.charge_properties)?,
             )?;
-            let events_count = s.running.events_count;
-            let precise = model
-                .evaluate(&Usage {
-                    units,
-                    events_count: Some(events_count),
-                    event_values: None,
-                })?
-                .amount;
+            let period = BillingPeriod {
+                start: k.period_start,
+                end: s.period_end,
+                start_date: k.period_start.date_naive(),
+                end_date: s.period_end.date_naive(),
+            };
+            let priced = price_running(&model, s.aggregation_type()?, &s.running, &period)?;
             let currency = Currency::parse(&s.currency)?;
             out.push(ChargeUsage {
                 subscription_id: k.subscription_id,
@@ -139,10 +86,10 @@ impl Store {
                 group: k.group_key,
                 period_start: k.period_start,
                 period_end: s.period_end,
-                units,
-                events_count,
+                units: priced.units,
+                events_count: priced.events_count,
                 currency: s.currency,
-                amount: round_to_minor(precise, currency, RoundingMode::HalfUp),
+                amount: priced.rounded(currency, RoundingMode::HalfUp),
             });
         }
         out.sort_by(|a, b| {

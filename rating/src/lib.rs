@@ -11,9 +11,10 @@
 
 mod metrics;
 mod pipeline;
+pub mod rate;
 mod reference;
-mod store;
-mod validate;
+pub mod reference_data;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -22,9 +23,6 @@ use billing_runtime::kafka::Topics;
 use billing_runtime::{clickhouse, cql, kafka, Settings, Shutdown};
 
 pub use metrics::Metrics;
-pub use pipeline::aggregation_name;
-pub use reference::plan_info;
-pub use store::{AggKey, AggState, AggregateRow, AGGREGATE_COLUMNS};
 pub use validate::Rejection;
 
 /// Run rating until `shutdown`; returns after the final checkpoint.
@@ -33,7 +31,8 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let session = Arc::new(cql::connect(&settings.cassandra).await?);
     let ch = clickhouse::client(&settings.clickhouse);
     let store =
-        store::Store::new(session.clone(), ch.clone(), &settings.cassandra.keyspace).await?;
+        billing_store::usage::UsageStore::new(session.clone(), &settings.cassandra.keyspace)
+            .await?;
     let progress = pipeline::Progress::default();
 
     let kcfg = settings.kafka.clone();
@@ -41,6 +40,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let pipeline = pipeline::Pipeline::new(
         &settings,
         store,
+        ch.clone(),
         metrics.clone(),
         reference.clone(),
         progress.clone(),

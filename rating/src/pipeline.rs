@@ -5,8 +5,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use billing_core::aggregation::AggregationType;
-use billing_core::charge::Usage;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use rdkafka::client::ClientContext;
@@ -16,16 +14,18 @@ use rdkafka::consumer::{
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use rust_decimal::Decimal;
 
 use billing_runtime::kafka::{self, dlq_headers, Topics};
 use billing_runtime::{Settings, Shutdown};
 use billing_schemas::CONTENT_TYPE_HEADER;
+use billing_store::usage::{CustomerUsage, UsageStore};
+use billing_store::usage_aggregates::AggKey;
+use billing_store::usage_events::{self, UsageEventRow};
 
 use crate::metrics::Metrics;
+use crate::rate::{self, Rated};
 use crate::reference::SharedReference;
-use crate::store::{AggKey, AggState, CustomerUsage, Store, UsageEventRow};
-use crate::validate::{check_time, decode_event, metric_value, numeric, Rejection};
+use crate::validate::Rejection;
 
 /// Counts rebalances, so the loop knows when its cached state may be stale.
 struct RebalanceCounter(Arc<AtomicU64>);
@@ -83,7 +83,8 @@ pub struct Pipeline {
     watermarks: Arc<BaseConsumer>,
     settings: Settings,
     topics: Topics,
-    store: Arc<Store>,
+    store: Arc<UsageStore>,
+    ch: clickhouse::Client,
     metrics: Metrics,
     reference: SharedReference,
     progress: Progress,
@@ -103,7 +104,8 @@ impl Pipeline {
     /// Create the consumer (subscribed to `billing.usage`) and the dead-letter producer.
     pub fn new(
         settings: &Settings,
-        store: Store,
+        store: UsageStore,
+        ch: clickhouse::Client,
         metrics: Metrics,
         reference: SharedReference,
         progress: Progress,
@@ -126,6 +128,7 @@ impl Pipeline {
             settings: settings.clone(),
             topics,
             store: Arc::new(store),
+            ch,
             metrics,
             reference,
             progress,
@@ -275,180 +278,78 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Apply one message; the inner error is a rejection for the dead-letter topic.
+    /// Rate one message (see [`rate`]); the inner error is a rejection for the dead-letter topic.
     async fn rate(&mut self, m: &OwnedMessage) -> anyhow::Result<Result<(), Rejection>> {
-        let (partition, offset) = (m.partition(), m.offset());
-        let content_type = m.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key.eq_ignore_ascii_case(CONTENT_TYPE_HEADER))
-                .and_then(|h| h.value)
-        });
         let rating = &self.settings.rating;
-        let ev = match decode_event(
-            m.key(),
-            m.payload().unwrap_or_default(),
-            content_type,
-            rating.max_event_bytes,
-        ) {
-            Ok(ev) => ev,
+        let limits = rate::Limits {
+            max_event_bytes: rating.max_event_bytes,
+            max_future: chrono::Duration::from_std(rating.max_future)
+                .unwrap_or(chrono::Duration::MAX),
+        };
+        let message = rate::Message {
+            key: m.key(),
+            payload: m.payload().unwrap_or_default(),
+            content_type: m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key.eq_ignore_ascii_case(CONTENT_TYPE_HEADER))
+                    .and_then(|h| h.value)
+            }),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+        };
+        let decoded = match rate::decode(&message, &limits) {
+            Ok(d) => d,
             Err(r) => return Ok(Err(r)),
         };
-        let received = m
-            .timestamp()
-            .to_millis()
-            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-            .unwrap_or(ev.timestamp);
-        let max_future =
-            chrono::Duration::from_std(rating.max_future).unwrap_or(chrono::Duration::MAX);
-        if let Err(r) = check_time(&ev, received, max_future) {
-            return Ok(Err(r));
-        }
-        let (metric, attribution) = {
-            let reference = self.reference.data.read().expect("reference lock");
-            let Some(metric) = reference.metric(&ev.tenant_id, &ev.metric_code) else {
-                return Ok(Err(Rejection::UnknownMetric(ev.metric_code.clone())));
-            };
-            let attribution =
-                match reference.attribute(&ev.tenant_id, &ev.customer_id, ev.timestamp) {
-                    Ok(a) => a,
-                    Err(e) => return Ok(Err(e.into())),
-                };
-            (metric, attribution)
-        };
-        let agg_type = metric.metric.aggregation_type;
-        let raw = match metric_value(&ev, agg_type, metric.metric.field_name.as_deref()) {
-            Ok(v) => v,
-            Err(r) => return Ok(Err(r)),
-        };
-
-        let customer: CustomerId = (ev.tenant_id.clone(), ev.customer_id.clone());
+        let customer: CustomerId = (
+            decoded.event.tenant_id.clone(),
+            decoded.event.customer_id.clone(),
+        );
         if !self.customers.contains_key(&customer) {
             let loaded = self.store.load(&customer.0, &customer.1).await?;
             self.customers.insert(customer.clone(), loaded);
         }
         let usage = self.customers.get_mut(&customer).expect("just loaded");
-        if usage.seen.contains(&ev.event_id) {
-            self.metrics.events.with_label_values(&["duplicate"]).inc();
-            return Ok(Ok(()));
-        }
-        let period = attribution.period;
-        let get = |k: &str| ev.properties.get(k).map(String::as_str);
-        let passes = metric.metric.passes_filters(get);
-        let targets: Vec<(&crate::reference::ChargeInfo, AggKey)> = attribution
-            .plan
-            .charges
-            .iter()
-            .filter(|c| passes && c.charge.metric_code == ev.metric_code)
-            .map(|charge| {
-                let group_key = charge
-                    .charge
-                    .group_by
-                    .as_deref()
-                    .and_then(get)
-                    .unwrap_or_default()
-                    .to_owned();
-                let key = AggKey {
-                    subscription_id: attribution.subscription_id.clone(),
-                    charge_id: charge.charge.id.clone(),
-                    period_start: period.start,
-                    group_key,
-                };
-                (charge, key)
-            })
-            .collect();
-        // Refuse the event whole, before any state changes, if one of its aggregates would overflow.
-        for (_, key) in &targets {
-            let empty = Default::default();
-            let running = usage.aggregates.get(key).map_or(&empty, |s| &s.running);
-            if let Err(e) = running.check(agg_type, raw, ev.timestamp, &ev.event_id, period.end) {
-                return Ok(Err(Rejection::Unaggregatable(e.to_string())));
+        let outcome = {
+            let reference = self.reference.data.read().expect("reference lock");
+            rate::apply(&decoded, &reference, usage, m.partition(), m.offset())
+        };
+        let event_id = decoded.event.event_id;
+        match outcome {
+            Err(r) => return Ok(Err(r)),
+            Ok(Rated::Duplicate) => {
+                self.metrics.events.with_label_values(&["duplicate"]).inc();
+                return Ok(Ok(()));
             }
-        }
-        usage.seen.insert(ev.event_id.clone());
-        self.pending
-            .new_seen
-            .entry(customer.clone())
-            .or_default()
-            .push(ev.event_id.clone());
-
-        let mut amount = Decimal::ZERO;
-        let mut skipped_as_replay = false;
-        for (charge, key) in targets {
-            let state = usage
-                .aggregates
-                .entry(key.clone())
-                .or_insert_with(|| AggState {
-                    period_end: period.end,
-                    metric_code: ev.metric_code.clone(),
-                    aggregation: aggregation_name(agg_type).to_owned(),
-                    charge_model: charge.model.name().to_owned(),
-                    charge_properties: charge.charge.properties.clone(),
-                    currency: attribution.plan.currency.code().to_owned(),
-                    running: Default::default(),
-                    last_partition: partition,
-                    last_offset: -1,
-                });
-            if state.last_partition == partition && offset <= state.last_offset {
-                skipped_as_replay = true;
-                continue;
+            Ok(Rated::Replayed) => {
+                // ClickHouse already has this event from before the crash; its id still needs recording.
+                self.metrics.events.with_label_values(&["replayed"]).inc();
             }
-            let units = |s: &AggState| {
-                s.running
-                    .units(agg_type, None, period.start, period.end)
-                    .unwrap_or_default()
-            };
-            let price = |units: Decimal, events: u64| {
-                charge
-                    .model
-                    .evaluate(&Usage {
-                        units,
-                        events_count: Some(events),
-                        event_values: None,
-                    })
-                    .map(|o| o.amount)
-                    .unwrap_or_default()
-            };
-            let before = price(units(state), state.running.events_count);
-            let unique_before = state.running.unique.len();
-            // Checked above, so this cannot fail; an error here is a bug worth stopping for.
-            state
-                .running
-                .apply(agg_type, raw, ev.timestamp, &ev.event_id, period.end)?;
-            if state.running.unique.len() > unique_before {
-                if let Some(v) = raw {
+            Ok(Rated::Accepted {
+                row,
+                touched,
+                new_unique,
+            }) => {
+                for key in touched {
+                    self.pending.dirty.insert((customer.clone(), key));
+                }
+                for (key, value) in new_unique {
                     self.pending
                         .new_unique
-                        .entry((customer.clone(), key.clone()))
+                        .entry((customer.clone(), key))
                         .or_default()
-                        .push(billing_core::aggregation::unique_key(v));
+                        .push(value);
                 }
+                self.pending.rows.push(*row);
+                self.metrics.events.with_label_values(&["accepted"]).inc();
             }
-            amount += price(units(state), state.running.events_count) - before;
-            state.last_partition = partition;
-            state.last_offset = offset;
-            self.pending.dirty.insert((customer.clone(), key));
         }
-        if skipped_as_replay {
-            // ClickHouse already has this event from before the crash.
-            self.metrics.events.with_label_values(&["replayed"]).inc();
-            return Ok(Ok(()));
-        }
-        self.pending.rows.push(UsageEventRow {
-            tenant_id: ev.tenant_id.clone(),
-            event_id: ev.event_id.clone(),
-            customer_id: ev.customer_id.clone(),
-            subscription_id: attribution.subscription_id.clone(),
-            metric_code: ev.metric_code.clone(),
-            timestamp: epoch_seconds(ev.timestamp.timestamp()),
-            ingested_at: epoch_seconds(received.timestamp()),
-            value: billing_runtime::clickhouse::to_decimal_38_9(numeric(raw)),
-            amount: billing_runtime::clickhouse::to_decimal_38_9(amount),
-            currency: attribution.plan.currency.code().to_owned(),
-            properties: serde_json::to_string(&ev.properties)?,
-            kafka_partition: u16::try_from(partition).unwrap_or(u16::MAX),
-            kafka_offset: u64::try_from(offset).unwrap_or_default(),
-        });
-        self.metrics.events.with_label_values(&["accepted"]).inc();
+        self.pending
+            .new_seen
+            .entry(customer)
+            .or_default()
+            .push(event_id);
         Ok(Ok(()))
     }
 
@@ -524,8 +425,9 @@ impl Pipeline {
         for (partition, next) in &pending.offsets {
             tpl.add_partition_offset(&self.topics.usage, *partition, Offset::Offset(*next))?;
         }
-        let (store, consumer, metrics, progress) = (
+        let (store, ch, consumer, metrics, progress) = (
             self.store.clone(),
+            self.ch.clone(),
             self.consumer.clone(),
             self.metrics.clone(),
             self.progress.clone(),
@@ -539,7 +441,7 @@ impl Pipeline {
                     Err(_) => anyhow::bail!("dead-letter delivery was cancelled"),
                 }
             }
-            store.insert_events(&pending.rows).await?;
+            usage_events::insert(&ch, &pending.rows).await?;
             store.save_aggregates(aggregates).await?;
             store
                 .save_seen(pending.new_seen.into_iter().collect())
@@ -574,22 +476,6 @@ impl Pipeline {
         self.checkpoint().await?;
         self.wait_for_checkpoint().await
     }
-}
-
-/// The stored name of an aggregation.
-pub fn aggregation_name(a: AggregationType) -> &'static str {
-    match a {
-        AggregationType::CountAgg => "count_agg",
-        AggregationType::SumAgg => "sum_agg",
-        AggregationType::MaxAgg => "max_agg",
-        AggregationType::UniqueCountAgg => "unique_count_agg",
-        AggregationType::LatestAgg => "latest_agg",
-        AggregationType::WeightedSumAgg => "weighted_sum_agg",
-    }
-}
-
-fn epoch_seconds(s: i64) -> u32 {
-    u32::try_from(s).unwrap_or(if s < 0 { 0 } else { u32::MAX })
 }
 
 /// Measures how far behind rating's group is, through the pipeline's own consumer (a second group-bound client

@@ -9,7 +9,7 @@ use billing_schemas::{customer_key, decode, DecodeError};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use crate::reference::AttributionError;
+use crate::reference_data::AttributionError;
 
 /// Why an event was dead-lettered.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub enum Rejection {
     /// Structurally invalid: the same rules as the ingest gateway's (blank or overlong ids, control characters,
     /// too many properties, a timestamp before 2000).
     #[error("invalid event: {0}")]
-    Invalid(#[from] billing_ingest::validate::Invalid),
+    Invalid(#[from] billing_schemas::validate::Invalid),
     /// The key does not route the event to its customer's partition.
     #[error("message key {found:?} must be {expected:?} (tenant_id/customer_id)")]
     WrongKey {
@@ -93,7 +93,7 @@ pub fn decode_event(
         });
     }
     let event: UsageEvent = decode(payload, content_type)?;
-    billing_ingest::validate::validate_event(&event)?;
+    billing_schemas::validate::validate_event(&event)?;
     let expected = customer_key(&event.tenant_id, &event.customer_id);
     if key != Some(expected.as_bytes()) {
         let found = key
@@ -199,7 +199,7 @@ mod tests {
         let empty = br#"{"tenant_id":"t","event_id":" ","customer_id":"c","metric_code":"m","timestamp":1}"#;
         assert_eq!(
             decode_event(Some(KEY), empty, None, 1000).unwrap_err(),
-            Rejection::Invalid(billing_ingest::validate::Invalid::Blank { field: "event_id" })
+            Rejection::Invalid(billing_schemas::validate::Invalid::Blank { field: "event_id" })
         );
     }
 

@@ -1,12 +1,11 @@
 //! What every billing service shares: configuration, telemetry, shutdown, Kafka/CQL/ClickHouse clients,
-//! migrations, and the health/readiness/metrics endpoints.
+//! and the health/readiness/metrics endpoints.
 
 pub mod clickhouse;
 pub mod config;
 pub mod cql;
 pub mod health;
 pub mod kafka;
-pub mod migrate;
 pub mod shutdown;
 pub mod telemetry;
 

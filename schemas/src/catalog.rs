@@ -53,6 +53,21 @@ pub enum Aggregation {
 }
 
 /// A property filter: the event matches when `key` has one of `values`.
+impl Aggregation {
+    /// The core aggregation this wire name stands for.
+    pub fn core(self) -> billing_core::aggregation::AggregationType {
+        use billing_core::aggregation::AggregationType as A;
+        match self {
+            Aggregation::Count => A::CountAgg,
+            Aggregation::Sum => A::SumAgg,
+            Aggregation::Max => A::MaxAgg,
+            Aggregation::UniqueCount => A::UniqueCountAgg,
+            Aggregation::Latest => A::LatestAgg,
+            Aggregation::WeightedSum => A::WeightedSumAgg,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricFilter {
     /// Property name.
@@ -78,21 +93,9 @@ pub struct BillableMetric {
     pub filters: Vec<MetricFilter>,
 }
 
-/// Plan billing interval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Interval {
-    /// Monday to Sunday.
-    Weekly,
-    /// One month.
-    Monthly,
-    /// Three months.
-    Quarterly,
-    /// Six months.
-    Semiannual,
-    /// Twelve months.
-    Yearly,
-}
+/// Plan billing interval: the core's own type, so the wire and the billing math cannot drift apart (its serde
+/// names are the Avro enum's symbols).
+pub use billing_core::period::Interval;
 
 /// Lago's charge models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +116,20 @@ pub enum ChargeModel {
 }
 
 /// A usage charge of a plan.
+impl ChargeModel {
+    /// The Lago name of the model, as `billing_core::charge::ChargeModel::from_lago` takes it.
+    pub fn lago_name(self) -> &'static str {
+        match self {
+            ChargeModel::Standard => "standard",
+            ChargeModel::Graduated => "graduated",
+            ChargeModel::Volume => "volume",
+            ChargeModel::Package => "package",
+            ChargeModel::Percentage => "percentage",
+            ChargeModel::GraduatedPercentage => "graduated_percentage",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Charge {
     /// Stable charge id.

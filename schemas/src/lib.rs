@@ -12,6 +12,7 @@ pub mod payment;
 mod registry;
 pub mod time;
 pub mod usage;
+pub mod validate;
 
 pub use codec::{decode, encode, DecodeError, EncodeError, Encoding, CONTENT_TYPE_HEADER};
 pub use registry::{schema_for, Message, SchemaId, SCHEMAS};

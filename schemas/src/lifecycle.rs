@@ -87,15 +87,8 @@ pub struct CustomerUpdated {
     pub billing_country: Option<String>,
 }
 
-/// Calendar periods start on the 1st (or Monday); anniversary periods start on the subscription's start day.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BillingTime {
-    /// Periods aligned to calendar boundaries.
-    Calendar,
-    /// Periods aligned to the start date.
-    Anniversary,
-}
+/// Calendar or anniversary billing periods: the core's own type (its serde names are the Avro symbols).
+pub use billing_core::period::BillingTime;
 
 /// A subscription to a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

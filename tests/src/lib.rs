@@ -53,7 +53,7 @@ impl TestEnv {
         settings.rating.listen = free_addr();
         settings.query_api.listen = free_addr();
         settings.rating.checkpoint_interval = Duration::from_millis(100);
-        let report = billing_runtime::migrate::run(&settings)
+        let report = billing_store::migrate::run(&settings)
             .await
             .expect("migrate");
         assert_eq!(

@@ -135,7 +135,7 @@ async fn bad_requests_get_problem_json_and_floods_get_429() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_idempotent() {
     let env = TestEnv::new("migrate").await;
-    let again = billing_runtime::migrate::run(&env.settings).await.unwrap();
+    let again = billing_store::migrate::run(&env.settings).await.unwrap();
     assert!(
         again.topics_created.is_empty()
             && again.cql_applied.is_empty()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use billing_schemas::usage::UsageEvent;
+use crate::usage::UsageEvent;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 
 /// Longest id (tenant, event, customer, metric), in characters.

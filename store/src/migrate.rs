@@ -5,7 +5,7 @@
 
 use scylla::client::session::Session;
 
-use crate::config::Settings;
+use billing_runtime::config::Settings;
 
 /// A numbered migration: statements separated by `;` at the end of a line.
 struct Migration {
@@ -69,8 +69,8 @@ impl std::fmt::Display for Report {
 
 /// Bring Kafka, CQL and ClickHouse up to the current schema.
 pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
-    let topics_created = crate::kafka::ensure_topics(&settings.kafka).await?;
-    let session = crate::cql::connect(&settings.cassandra).await?;
+    let topics_created = billing_runtime::kafka::ensure_topics(&settings.kafka).await?;
+    let session = billing_runtime::cql::connect(&settings.cassandra).await?;
     let cql_applied = migrate_cql(&session, settings).await?;
     let clickhouse_applied = migrate_clickhouse(settings).await?;
     Ok(Report {
@@ -130,7 +130,7 @@ async fn migrate_cql(session: &Session, settings: &Settings) -> anyhow::Result<V
 
 async fn migrate_clickhouse(settings: &Settings) -> anyhow::Result<Vec<String>> {
     let db = &settings.clickhouse.database;
-    let server = crate::clickhouse::server_client(&settings.clickhouse);
+    let server = billing_runtime::clickhouse::server_client(&settings.clickhouse);
     server
         .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
         .execute()
@@ -185,5 +185,41 @@ mod tests {
         }
         let versions: Vec<i32> = CQL.iter().chain(CLICKHOUSE).map(|m| m.version).collect();
         assert!(versions.iter().all(|v| *v >= 1));
+    }
+
+    /// Every table a migration creates has one entry in `TABLES`, with its one writer, and every entry is created.
+    #[test]
+    fn every_table_is_registered_with_one_writer() {
+        use crate::{Store, TABLES};
+        let created = |ms: &[Migration], store: Store, prefix: &str| -> Vec<(String, Store)> {
+            ms.iter()
+                .flat_map(|m| statements(m.body))
+                .filter_map(|s| {
+                    let rest = s.split_once("CREATE TABLE IF NOT EXISTS ")?.1;
+                    let name = rest.strip_prefix(prefix)?.split([' ', '(']).next()?;
+                    Some((name.to_owned(), store))
+                })
+                .collect()
+        };
+        let mut tables = created(CQL, Store::Cql, "{keyspace}.");
+        tables.extend(created(CLICKHOUSE, Store::ClickHouse, "{database}."));
+        tables.push(("schema_migrations".into(), Store::Cql));
+        tables.push(("schema_migrations".into(), Store::ClickHouse));
+        for (name, store) in &tables {
+            let entries: Vec<_> = TABLES
+                .iter()
+                .filter(|(n, s, _)| n == name && s == store)
+                .collect();
+            assert_eq!(
+                entries.len(),
+                1,
+                "{name} ({store:?}) must be in TABLES once"
+            );
+        }
+        assert_eq!(
+            tables.len(),
+            TABLES.len(),
+            "TABLES lists a table no migration creates"
+        );
     }
 }

@@ -1,0 +1,398 @@
+//! Rating one usage message, as a pure step: decode → validate (the wire rules of `billing_schemas::validate`,
+//! then rating's own) → attribute (the core's attribution over the reference data) → aggregate and price (the
+//! core's `apply_and_price`) → the analytics row. No I/O: the pipeline loads the customer's stored usage first and
+//! makes the result durable later. A rejection changes nothing, so the pipeline may rate a message again after
+//! reading the reference topics further.
+
+use billing_core::usage_pricing::apply_and_price;
+use billing_schemas::usage::UsageEvent;
+use billing_store::usage::CustomerUsage;
+use billing_store::usage_aggregates::{aggregation_name, AggKey, AggState};
+use billing_store::usage_events::UsageEventRow;
+use chrono::{DateTime, TimeZone, Utc};
+use rust_decimal::Decimal;
+
+use crate::reference_data::Reference;
+use crate::validate::{check_time, decode_event, metric_value, numeric, Rejection};
+
+/// A Kafka message as rating sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// Key (`tenant/customer`).
+    pub key: Option<&'a [u8]>,
+    /// Value.
+    pub payload: &'a [u8],
+    /// The `content-type` header, if any.
+    pub content_type: Option<&'a [u8]>,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Kafka's timestamp (append time on `billing.usage`), millis.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest payload accepted.
+    pub max_event_bytes: usize,
+    /// How far an event time may be after its append time.
+    pub max_future: chrono::Duration,
+}
+
+/// A decoded, valid event and when Kafka received it.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The event.
+    pub event: UsageEvent,
+    /// Kafka's append time (the event time when the message has none).
+    pub received: DateTime<Utc>,
+}
+
+/// What rating an event changed.
+#[derive(Debug)]
+pub enum Rated {
+    /// Its id was already counted for the customer: nothing changed.
+    Duplicate,
+    /// Counted before a crash (its aggregates already include its offset); only its id is recorded now.
+    Replayed,
+    /// Counted now.
+    Accepted {
+        /// The row for ClickHouse.
+        row: Box<UsageEventRow>,
+        /// Aggregates changed.
+        touched: Vec<AggKey>,
+        /// Unique values added, with their aggregate.
+        new_unique: Vec<(AggKey, String)>,
+    },
+}
+
+/// Decode and validate what needs no reference data or state.
+pub fn decode(m: &Message<'_>, limits: &Limits) -> Result<Decoded, Rejection> {
+    let event = decode_event(m.key, m.payload, m.content_type, limits.max_event_bytes)?;
+    let received = m
+        .timestamp_ms
+        .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .unwrap_or(event.timestamp);
+    check_time(&event, received, limits.max_future)?;
+    Ok(Decoded { event, received })
+}
+
+/// Attribute, aggregate and price one decoded event against the customer's usage (which must be the loaded
+/// usage of the event's customer). On a rejection nothing has changed.
+pub fn apply(
+    d: &Decoded,
+    reference: &Reference,
+    usage: &mut CustomerUsage,
+    partition: i32,
+    offset: i64,
+) -> Result<Rated, Rejection> {
+    let ev = &d.event;
+    let metric = reference
+        .metric(&ev.tenant_id, &ev.metric_code)
+        .ok_or_else(|| Rejection::UnknownMetric(ev.metric_code.clone()))?;
+    let attribution = reference.attribute(&ev.tenant_id, &ev.customer_id, ev.timestamp)?;
+    let agg_type = metric.aggregation_type;
+    let raw = metric_value(ev, agg_type, metric.field_name.as_deref())?;
+    if usage.seen.contains(&ev.event_id) {
+        return Ok(Rated::Duplicate);
+    }
+    let period = attribution.period;
+    let get = |k: &str| ev.properties.get(k).map(String::as_str);
+    let passes = metric.passes_filters(get);
+    let targets: Vec<_> = attribution
+        .plan
+        .charges
+        .iter()
+        .filter(|c| passes && c.charge.metric_code == ev.metric_code)
+        .map(|charge| {
+            let group_key = charge
+                .charge
+                .group_by
+                .as_deref()
+                .and_then(get)
+                .unwrap_or_default()
+                .to_owned();
+            let key = AggKey {
+                subscription_id: attribution.subscription_id.clone(),
+                charge_id: charge.charge.id.clone(),
+                period_start: period.start,
+                group_key,
+            };
+            (charge, key)
+        })
+        .collect();
+    // Refuse the event whole, before any state changes, if one of its aggregates would overflow.
+    for (_, key) in &targets {
+        let empty = Default::default();
+        let running = usage.aggregates.get(key).map_or(&empty, |s| &s.running);
+        if let Err(e) = running.check(agg_type, raw, ev.timestamp, &ev.event_id, period.end) {
+            return Err(Rejection::Unaggregatable(e.to_string()));
+        }
+    }
+    usage.seen.insert(ev.event_id.clone());
+
+    let mut amount = Decimal::ZERO;
+    let (mut touched, mut new_unique) = (Vec::new(), Vec::new());
+    let mut replayed = false;
+    for (charge, key) in targets {
+        let state = usage
+            .aggregates
+            .entry(key.clone())
+            .or_insert_with(|| AggState {
+                period_end: period.end,
+                metric_code: ev.metric_code.clone(),
+                aggregation: aggregation_name(agg_type).to_owned(),
+                charge_model: charge.model.name().to_owned(),
+                charge_properties: charge.charge.properties.clone(),
+                currency: attribution.plan.currency.code().to_owned(),
+                running: Default::default(),
+                last_partition: partition,
+                last_offset: -1,
+            });
+        if state.last_partition == partition && offset <= state.last_offset {
+            replayed = true;
+            continue;
+        }
+        let unique_before = state.running.unique.len();
+        // Checked above, so this cannot fail.
+        amount += apply_and_price(
+            &charge.model,
+            agg_type,
+            &mut state.running,
+            (raw, ev.timestamp, &ev.event_id),
+            &period,
+        )
+        .map_err(|e| Rejection::Unaggregatable(e.to_string()))?;
+        if state.running.unique.len() > unique_before {
+            if let Some(v) = raw {
+                new_unique.push((key.clone(), billing_core::aggregation::unique_key(v)));
+            }
+        }
+        state.last_partition = partition;
+        state.last_offset = offset;
+        touched.push(key);
+    }
+    if replayed {
+        return Ok(Rated::Replayed);
+    }
+    let row = UsageEventRow {
+        tenant_id: ev.tenant_id.clone(),
+        event_id: ev.event_id.clone(),
+        customer_id: ev.customer_id.clone(),
+        subscription_id: attribution.subscription_id.clone(),
+        metric_code: ev.metric_code.clone(),
+        timestamp: epoch_seconds(ev.timestamp.timestamp()),
+        ingested_at: epoch_seconds(d.received.timestamp()),
+        value: billing_runtime::clickhouse::to_decimal_38_9(numeric(raw)),
+        amount: billing_runtime::clickhouse::to_decimal_38_9(amount),
+        currency: attribution.plan.currency.code().to_owned(),
+        properties: serde_json::to_string(&ev.properties)
+            .map_err(|e| Rejection::Unaggregatable(e.to_string()))?,
+        kafka_partition: u16::try_from(partition).unwrap_or(u16::MAX),
+        kafka_offset: u64::try_from(offset).unwrap_or_default(),
+    };
+    Ok(Rated::Accepted {
+        row: Box::new(row),
+        touched,
+        new_unique,
+    })
+}
+
+fn epoch_seconds(s: i64) -> u32 {
+    u32::try_from(s).unwrap_or(if s < 0 { 0 } else { u32::MAX })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use billing_schemas::catalog::{
+        Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, Interval, Plan,
+    };
+    use billing_schemas::lifecycle::{
+        BillingTime, CustomerCreated, Lifecycle, LifecycleEvent, SubscriptionCreated,
+        SubscriptionEffective,
+    };
+    use rust_decimal_macros::dec;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn reference() -> Reference {
+        let mut r = Reference::default();
+        let catalog = |payload| CatalogEvent {
+            tenant_id: "t".into(),
+            event_id: "x".into(),
+            occurred_at: at("2026-01-01T00:00:00Z"),
+            payload,
+        };
+        r.apply_catalog(catalog(Catalog::BillableMetric(BillableMetric {
+            code: "gb".into(),
+            name: "GB".into(),
+            aggregation: Aggregation::Sum,
+            field_name: Some("value".into()),
+            filters: vec![],
+        })));
+        r.apply_catalog(catalog(Catalog::Plan(Plan {
+            code: "p".into(),
+            name: "P".into(),
+            interval: Interval::Monthly,
+            currency: "EUR".into(),
+            amount: "10".into(),
+            pay_in_advance: false,
+            trial_period_days: 0,
+            charges: vec![Charge {
+                id: "c".into(),
+                metric_code: "gb".into(),
+                charge_model: ChargeModel::Standard,
+                properties: r#"{"amount":"0.5"}"#.into(),
+                min_amount: None,
+                group_by: None,
+            }],
+        })));
+        let lifecycle = |payload| LifecycleEvent {
+            tenant_id: "t".into(),
+            event_id: "x".into(),
+            occurred_at: at("2026-01-01T00:00:00Z"),
+            payload,
+        };
+        r.apply_lifecycle(lifecycle(Lifecycle::CustomerCreated(CustomerCreated {
+            customer_id: "c1".into(),
+            name: "C".into(),
+            email: None,
+            currency: "EUR".into(),
+            timezone: "UTC".into(),
+            billing_country: None,
+        })));
+        r.apply_lifecycle(lifecycle(Lifecycle::SubscriptionCreated(
+            SubscriptionCreated {
+                subscription_id: "s1".into(),
+                customer_id: "c1".into(),
+                plan_code: "p".into(),
+                started_at: at("2026-01-01T00:00:00Z"),
+                trial_ends_at: None,
+                billing_time: BillingTime::Calendar,
+            },
+        )));
+        for (kind, when) in [
+            ("pause", "2026-01-10T00:00:00Z"),
+            ("resume", "2026-01-20T00:00:00Z"),
+        ] {
+            let e = SubscriptionEffective {
+                subscription_id: "s1".into(),
+                customer_id: "c1".into(),
+                effective_at: at(when),
+            };
+            r.apply_lifecycle(lifecycle(if kind == "pause" {
+                Lifecycle::SubscriptionPaused(e)
+            } else {
+                Lifecycle::SubscriptionResumed(e)
+            }));
+        }
+        r
+    }
+
+    const LIMITS: Limits = Limits {
+        max_event_bytes: 10_000,
+        max_future: chrono::Duration::hours(24),
+    };
+
+    fn message(payload: &str, offset: i64) -> (Vec<u8>, i64) {
+        (payload.as_bytes().to_vec(), offset)
+    }
+
+    fn rate_one(
+        r: &Reference,
+        usage: &mut CustomerUsage,
+        id: &str,
+        ts: &str,
+        value: &str,
+        offset: i64,
+    ) -> Result<Rated, Rejection> {
+        let ms = at(ts).timestamp_millis();
+        let (payload, offset) = message(
+            &format!(
+                r#"{{"tenant_id":"t","event_id":"{id}","customer_id":"c1","metric_code":"gb","timestamp":{ms},"properties":{{"value":"{value}"}}}}"#
+            ),
+            offset,
+        );
+        let m = Message {
+            key: Some(b"t/c1"),
+            payload: &payload,
+            content_type: None,
+            partition: 3,
+            offset,
+            timestamp_ms: Some(ms),
+        };
+        let d = decode(&m, &LIMITS)?;
+        apply(&d, r, usage, m.partition, m.offset)
+    }
+
+    #[test]
+    fn an_event_is_aggregated_priced_and_recorded_once() {
+        let r = reference();
+        let mut usage = CustomerUsage::default();
+        let Rated::Accepted { row, touched, .. } =
+            rate_one(&r, &mut usage, "e1", "2026-01-05T00:00:00Z", "4", 7).unwrap()
+        else {
+            panic!("not accepted")
+        };
+        assert_eq!(
+            row.amount,
+            billing_runtime::clickhouse::to_decimal_38_9(dec!(2))
+        );
+        assert_eq!(row.subscription_id, "s1");
+        assert_eq!(touched.len(), 1);
+        let state = &usage.aggregates[&touched[0]];
+        assert_eq!((state.running.sum, state.last_offset), (dec!(4), 7));
+        assert!(matches!(
+            rate_one(&r, &mut usage, "e1", "2026-01-05T00:00:00Z", "4", 8),
+            Ok(Rated::Duplicate)
+        ));
+        // A new id at an offset the aggregate already includes is a replay after a crash: not counted again.
+        assert!(matches!(
+            rate_one(&r, &mut usage, "e0", "2026-01-05T00:00:00Z", "4", 6),
+            Ok(Rated::Replayed)
+        ));
+        assert_eq!(usage.aggregates[&touched[0]].running.sum, dec!(4));
+    }
+
+    #[test]
+    fn usage_during_a_pause_is_metered() {
+        let r = reference();
+        let mut usage = CustomerUsage::default();
+        for (i, ts) in [
+            "2026-01-05T00:00:00Z",
+            "2026-01-15T00:00:00Z",
+            "2026-01-25T00:00:00Z",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let offset = i64::try_from(i).unwrap();
+            assert!(matches!(
+                rate_one(&r, &mut usage, &format!("e{i}"), ts, "1", offset),
+                Ok(Rated::Accepted { .. })
+            ));
+        }
+        let total: Decimal = usage.aggregates.values().map(|s| s.running.sum).sum();
+        assert_eq!(total, dec!(3));
+    }
+
+    #[test]
+    fn rejections_change_nothing() {
+        let r = reference();
+        let mut usage = CustomerUsage::default();
+        assert!(matches!(
+            rate_one(&r, &mut usage, "e1", "2025-12-31T00:00:00Z", "1", 1),
+            Err(Rejection::Attribution(_))
+        ));
+        assert!(matches!(
+            rate_one(&r, &mut usage, "e2", "2026-01-05T00:00:00Z", "-1", 2),
+            Err(Rejection::Negative { .. })
+        ));
+        assert!(usage.seen.is_empty() && usage.aggregates.is_empty());
+    }
+}

@@ -1,0 +1,261 @@
+//! ScyllaDB `usage_aggregates` (migration `cql/0001_usage.cql`): one row per (customer, subscription, charge,
+//! billing period, group) holding the running aggregate as absolute values.
+//!
+//! **Writer: rating.** Readers: rating (on load), query-api (the usage API) and, later, the invoicer. Every write
+//! carries `USING TIMESTAMP last_offset + 1`, so a stale writer (an old owner after a rebalance) never overwrites
+//! newer state. The charge's model, properties and currency are copied in, so a reader prices usage without the
+//! catalog.
+
+use billing_core::aggregation::{AggregationType, Latest, RunningAggregate};
+use billing_runtime::cql::to_cql_decimal;
+use chrono::{DateTime, Utc};
+use scylla::value::{CqlDecimal, MaybeUnset};
+
+use crate::dec;
+
+/// Identifies one aggregate within a customer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AggKey {
+    /// Subscription.
+    pub subscription_id: String,
+    /// Charge.
+    pub charge_id: String,
+    /// Billing period start.
+    pub period_start: DateTime<Utc>,
+    /// Value of the charge's group_by property ("" without grouping).
+    pub group_key: String,
+}
+
+/// One aggregate, its pricing context, and the last event offset it includes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggState {
+    /// Period end.
+    pub period_end: DateTime<Utc>,
+    /// Metric code.
+    pub metric_code: String,
+    /// Core aggregation name (e.g. `sum_agg`).
+    pub aggregation: String,
+    /// Lago charge model name.
+    pub charge_model: String,
+    /// Lago charge properties, JSON.
+    pub charge_properties: String,
+    /// ISO currency.
+    pub currency: String,
+    /// The running aggregate.
+    pub running: RunningAggregate,
+    /// Kafka partition of the customer.
+    pub last_partition: i32,
+    /// Offset of the last event included.
+    pub last_offset: i64,
+}
+
+impl AggState {
+    /// The core aggregation type this row was created with.
+    pub fn aggregation_type(&self) -> anyhow::Result<AggregationType> {
+        Ok(serde_json::from_value(serde_json::Value::String(
+            self.aggregation.clone(),
+        ))?)
+    }
+}
+
+/// The stored name of an aggregation (its serde name, which [`AggState::aggregation_type`] reads back).
+pub fn aggregation_name(a: AggregationType) -> &'static str {
+    match a {
+        AggregationType::CountAgg => "count_agg",
+        AggregationType::SumAgg => "sum_agg",
+        AggregationType::MaxAgg => "max_agg",
+        AggregationType::UniqueCountAgg => "unique_count_agg",
+        AggregationType::LatestAgg => "latest_agg",
+        AggregationType::WeightedSumAgg => "weighted_sum_agg",
+    }
+}
+
+/// The columns [`AggregateRow`] reads, in its order.
+pub const COLUMNS: &str = "subscription_id, charge_id, period_start, group_key, period_end, metric_code, \
+    aggregation, charge_model, charge_properties, currency, events_count, sum, max, latest_ts, latest_event_id, \
+    latest_value, weighted_integral, last_partition, last_offset";
+
+/// Every aggregate of one customer.
+pub fn select_by_customer(ks: &str) -> String {
+    format!("SELECT {COLUMNS} FROM {ks}.usage_aggregates WHERE tenant_id = ? AND customer_id = ?")
+}
+
+/// Write one aggregate, bound with [`AggWrite`].
+pub fn upsert(ks: &str) -> String {
+    format!(
+        "INSERT INTO {ks}.usage_aggregates (tenant_id, customer_id, {COLUMNS}) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+    )
+}
+
+/// One row as stored; decode it with [`AggregateRow::into_state`].
+#[derive(scylla::DeserializeRow)]
+#[allow(missing_docs)]
+pub struct AggregateRow {
+    pub subscription_id: String,
+    pub charge_id: String,
+    pub period_start: DateTime<Utc>,
+    pub group_key: String,
+    pub period_end: DateTime<Utc>,
+    pub metric_code: String,
+    pub aggregation: String,
+    pub charge_model: String,
+    pub charge_properties: String,
+    pub currency: String,
+    pub events_count: i64,
+    pub sum: Option<CqlDecimal>,
+    pub max: Option<CqlDecimal>,
+    pub latest_ts: Option<DateTime<Utc>>,
+    pub latest_event_id: Option<String>,
+    pub latest_value: Option<CqlDecimal>,
+    pub weighted_integral: Option<CqlDecimal>,
+    pub last_partition: i32,
+    pub last_offset: i64,
+}
+
+impl AggregateRow {
+    /// The key and state this row stores (unique values are kept in their own table and start empty).
+    pub fn into_state(self) -> anyhow::Result<(AggKey, AggState)> {
+        let latest = match (
+            self.latest_ts,
+            self.latest_event_id,
+            dec(self.latest_value)?,
+        ) {
+            (Some(timestamp), Some(event_id), Some(value)) => Some(Latest {
+                timestamp,
+                event_id,
+                value,
+            }),
+            _ => None,
+        };
+        let running = RunningAggregate {
+            events_count: u64::try_from(self.events_count).unwrap_or_default(),
+            sum: dec(self.sum)?.unwrap_or_default(),
+            max: dec(self.max)?,
+            latest,
+            unique: Default::default(),
+            weighted_integral: dec(self.weighted_integral)?.unwrap_or_default(),
+        };
+        let key = AggKey {
+            subscription_id: self.subscription_id,
+            charge_id: self.charge_id,
+            period_start: self.period_start,
+            group_key: self.group_key,
+        };
+        let state = AggState {
+            period_end: self.period_end,
+            metric_code: self.metric_code,
+            aggregation: self.aggregation,
+            charge_model: self.charge_model,
+            charge_properties: self.charge_properties,
+            currency: self.currency,
+            running,
+            last_partition: self.last_partition,
+            last_offset: self.last_offset,
+        };
+        Ok((key, state))
+    }
+}
+
+/// The bound values of [`upsert`], in statement order (the last one is the write timestamp).
+#[derive(scylla::SerializeRow)]
+#[scylla(flavor = "enforce_order", skip_name_checks)]
+pub struct AggWrite<'a> {
+    tenant_id: &'a str,
+    customer_id: &'a str,
+    subscription_id: &'a str,
+    charge_id: &'a str,
+    period_start: DateTime<Utc>,
+    group_key: &'a str,
+    period_end: DateTime<Utc>,
+    metric_code: &'a str,
+    aggregation: &'a str,
+    charge_model: &'a str,
+    charge_properties: &'a str,
+    currency: &'a str,
+    events_count: i64,
+    sum: CqlDecimal,
+    // Absent values are left unset, not written as NULL: a NULL is a tombstone, and tombstones make reads slow.
+    max: MaybeUnset<CqlDecimal>,
+    latest_ts: MaybeUnset<DateTime<Utc>>,
+    latest_event_id: MaybeUnset<&'a str>,
+    latest_value: MaybeUnset<CqlDecimal>,
+    weighted_integral: CqlDecimal,
+    last_partition: i32,
+    last_offset: i64,
+    write_timestamp: i64,
+}
+
+fn unset_if_none<T>(v: Option<T>) -> MaybeUnset<T> {
+    v.map_or(MaybeUnset::Unset, MaybeUnset::Set)
+}
+
+impl<'a> AggWrite<'a> {
+    /// The values that store `state` under `key`, stamped with its last offset.
+    pub fn new(tenant: &'a str, customer: &'a str, k: &'a AggKey, s: &'a AggState) -> Self {
+        let r = &s.running;
+        let latest = r.latest.as_ref();
+        AggWrite {
+            tenant_id: tenant,
+            customer_id: customer,
+            subscription_id: &k.subscription_id,
+            charge_id: &k.charge_id,
+            period_start: k.period_start,
+            group_key: &k.group_key,
+            period_end: s.period_end,
+            metric_code: &s.metric_code,
+            aggregation: &s.aggregation,
+            charge_model: &s.charge_model,
+            charge_properties: &s.charge_properties,
+            currency: &s.currency,
+            events_count: i64::try_from(r.events_count).unwrap_or(i64::MAX),
+            sum: to_cql_decimal(r.sum),
+            max: unset_if_none(r.max.map(to_cql_decimal)),
+            latest_ts: unset_if_none(latest.map(|l| l.timestamp)),
+            latest_event_id: unset_if_none(latest.map(|l| l.event_id.as_str())),
+            latest_value: unset_if_none(latest.map(|l| to_cql_decimal(l.value))),
+            weighted_integral: to_cql_decimal(r.weighted_integral),
+            last_partition: s.last_partition,
+            last_offset: s.last_offset,
+            write_timestamp: s.last_offset + 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregation_names_read_back() {
+        use AggregationType::*;
+        for a in [
+            CountAgg,
+            SumAgg,
+            MaxAgg,
+            UniqueCountAgg,
+            LatestAgg,
+            WeightedSumAgg,
+        ] {
+            let state = AggState {
+                period_end: DateTime::<Utc>::MIN_UTC,
+                metric_code: String::new(),
+                aggregation: aggregation_name(a).to_owned(),
+                charge_model: String::new(),
+                charge_properties: String::new(),
+                currency: String::new(),
+                running: Default::default(),
+                last_partition: 0,
+                last_offset: 0,
+            };
+            assert_eq!(state.aggregation_type().unwrap(), a);
+        }
+    }
+
+    #[test]
+    fn the_upsert_binds_every_column_and_the_timestamp() {
+        let q = upsert("ks");
+        let columns = COLUMNS.split(',').count() + 2;
+        assert_eq!(q.matches('?').count(), columns + 1);
+    }
+}

@@ -1,0 +1,20 @@
+//! ScyllaDB `usage_unique_values` (migration `cql/0001_usage.cql`): the distinct values of unique-count
+//! aggregates, one row each. Insert-only, so a replay is harmless.
+//!
+//! **Writer: rating.** Readers: rating (on load), query-api.
+
+/// Every distinct value of one customer: `(subscription_id, charge_id, period_start, group_key, value)`.
+pub fn select_by_customer(ks: &str) -> String {
+    format!(
+        "SELECT subscription_id, charge_id, period_start, group_key, value FROM {ks}.usage_unique_values \
+         WHERE tenant_id = ? AND customer_id = ?"
+    )
+}
+
+/// Record one value.
+pub fn insert(ks: &str) -> String {
+    format!(
+        "INSERT INTO {ks}.usage_unique_values (tenant_id, customer_id, subscription_id, charge_id, \
+         period_start, group_key, value) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    )
+}
