@@ -18,13 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use billing_runtime::kafka::{self, Topics};
+use billing_runtime::publish::{ack, Publisher};
 use billing_runtime::{Settings, Shutdown};
-use billing_schemas::catalog::{
-    Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, Interval, Plan,
-};
-use billing_schemas::lifecycle::{
-    BillingTime, CustomerCreated, Lifecycle, LifecycleEvent, SubscriptionCreated,
-};
+use billing_schemas::catalog::{Aggregation, CatalogEvent, Charge, ChargeModel, Interval, Plan};
+use billing_schemas::lifecycle::{CustomerCreated, LifecycleEvent};
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
 use chrono::{DateTime, TimeZone, Utc};
@@ -276,7 +273,8 @@ async fn phases(
 
     // Reference data, then wait until it is readable.
     let t = Instant::now();
-    let (catalog_n, lifecycle_n) = publish_reference(&producer, &topics, customers).await?;
+    let (catalog_n, lifecycle_n) =
+        publish_reference(&Publisher::new(&settings.kafka)?, customers).await?;
     wait_for_end(settings, &topics.catalog, catalog_n, timeout).await?;
     wait_for_end(settings, &topics.lifecycle, lifecycle_n, timeout).await?;
     println!(
@@ -497,21 +495,9 @@ async fn phases(
     Ok(())
 }
 
-async fn ack(d: DeliveryFuture) -> anyhow::Result<()> {
-    match d.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => anyhow::bail!("delivery failed: {e}"),
-        Err(_) => anyhow::bail!("delivery cancelled"),
-    }
-}
-
 /// Publish the catalog (three metrics, one plan) and create and subscribe every customer; returns how many
 /// catalog and lifecycle events were written.
-async fn publish_reference(
-    producer: &FutureProducer,
-    topics: &Topics,
-    customers: u64,
-) -> anyhow::Result<(u64, u64)> {
+async fn publish_reference(publisher: &Publisher, customers: u64) -> anyhow::Result<(u64, u64)> {
     let start = month_start();
     let metrics = [
         ("api_calls", Aggregation::Sum, Some("value")),
@@ -519,47 +505,18 @@ async fn publish_reference(
         ("active_users", Aggregation::UniqueCount, Some("user")),
     ];
     let mut pending = Vec::new();
-    let json = OwnedHeaders::new().insert(Header {
-        key: CONTENT_TYPE_HEADER,
-        value: Some(Encoding::Json.content_type()),
-    });
-    let avro = OwnedHeaders::new().insert(Header {
-        key: CONTENT_TYPE_HEADER,
-        value: Some(Encoding::Avro.content_type()),
-    });
     for (code, aggregation, field) in metrics {
-        let ev = CatalogEvent {
-            tenant_id: TENANT.into(),
-            event_id: format!("metric-{code}"),
-            occurred_at: start,
-            payload: Catalog::BillableMetric(BillableMetric {
-                code: code.into(),
-                name: code.into(),
-                aggregation,
-                field_name: field.map(Into::into),
-                filters: vec![],
-            }),
-        };
-        let key = format!("{TENANT}/billable_metric/{code}");
-        let payload = encode(&ev, Encoding::Json)?;
-        pending.push(send(producer, &topics.catalog, &key, &payload, &json)?);
+        let ev = CatalogEvent::metric(TENANT, start, code, aggregation, field, vec![]);
+        pending.push(publisher.send_catalog(&ev, Encoding::Json)?);
     }
     let tiers = r#"{"graduated_ranges":[
         {"from_value":0,"to_value":100,"per_unit_amount":"0","flat_amount":"0"},
         {"from_value":100,"to_value":null,"per_unit_amount":"0.05","flat_amount":"1"}]}"#;
-    let charge = |id: &str, model, props: &str| Charge {
-        id: id.into(),
-        metric_code: id.into(),
-        charge_model: model,
-        properties: props.into(),
-        min_amount: None,
-        group_by: None,
-    };
-    let plan = CatalogEvent {
-        tenant_id: TENANT.into(),
-        event_id: "plan-bench".into(),
-        occurred_at: start,
-        payload: Catalog::Plan(Plan {
+    let charge = |id: &str, model, props: &str| Charge::on_metric(id, id, model, props);
+    let plan = CatalogEvent::plan(
+        TENANT,
+        start,
+        Plan {
             code: "bench".into(),
             name: "Bench".into(),
             interval: Interval::Monthly,
@@ -576,16 +533,9 @@ async fn publish_reference(
                     r#"{"amount":"1.50"}"#,
                 ),
             ],
-        }),
-    };
-    let payload = encode(&plan, Encoding::Json)?;
-    pending.push(send(
-        producer,
-        &topics.catalog,
-        &format!("{TENANT}/plan/bench"),
-        &payload,
-        &json,
-    )?);
+        },
+    );
+    pending.push(publisher.send_catalog(&plan, Encoding::Json)?);
     for d in pending.drain(..) {
         ack(d).await?;
     }
@@ -593,34 +543,14 @@ async fn publish_reference(
     let mut inflight = VecDeque::new();
     for c in 0..customers {
         let customer = customer_id(c);
-        let key = customer_key(TENANT, &customer);
-        let events = [
-            Lifecycle::CustomerCreated(CustomerCreated {
-                customer_id: customer.clone(),
-                name: customer.clone(),
-                email: None,
-                currency: "EUR".into(),
-                timezone: "UTC".into(),
-                billing_country: None,
-            }),
-            Lifecycle::SubscriptionCreated(SubscriptionCreated {
-                subscription_id: format!("sub-{customer}"),
-                customer_id: customer.clone(),
-                plan_code: "bench".into(),
-                started_at: start,
-                trial_ends_at: None,
-                billing_time: BillingTime::Calendar,
-            }),
-        ];
-        for (i, payload) in events.into_iter().enumerate() {
-            let ev = LifecycleEvent {
-                tenant_id: TENANT.into(),
-                event_id: format!("{customer}-{i}"),
-                occurred_at: start,
-                payload,
-            };
-            let bytes = encode(&ev, Encoding::Avro)?;
-            inflight.push_back(send(producer, &topics.lifecycle, &key, &bytes, &avro)?);
+        for ev in LifecycleEvent::customer_subscribed(
+            TENANT,
+            CustomerCreated::new(&customer, &customer, "EUR", "UTC"),
+            &format!("sub-{customer}"),
+            "bench",
+            start,
+        ) {
+            inflight.push_back(publisher.send_lifecycle(&ev, Encoding::Avro)?);
             if inflight.len() >= 10_000 {
                 ack(inflight.pop_front().expect("non-empty")).await?;
             }
@@ -630,23 +560,6 @@ async fn publish_reference(
         ack(d).await?;
     }
     Ok((catalog_n, customers * 2))
-}
-
-fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-    headers: &OwnedHeaders,
-) -> anyhow::Result<DeliveryFuture> {
-    producer
-        .send_result(
-            FutureRecord::to(topic)
-                .key(key)
-                .payload(payload)
-                .headers(headers.clone()),
-        )
-        .map_err(|(e, _)| anyhow::anyhow!("produce to {topic} failed: {e}"))
 }
 
 /// Σ of the high watermarks of `topic`.

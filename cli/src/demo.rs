@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use billing_runtime::kafka::{self, Topics};
+use billing_runtime::publish::Publisher;
 use billing_runtime::{Settings, Shutdown};
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
@@ -51,7 +52,7 @@ pub async fn run(settings: Settings, args: Args, stop: Shutdown) -> anyhow::Resu
 
     let topics = Topics::new(&settings.kafka);
     let producer = kafka::producer(&settings.kafka)?;
-    publish_reference(&producer, &topics, &args).await?;
+    publish_reference(&Publisher::new(&settings.kafka)?, &args).await?;
     let mut before = BTreeMap::new();
     for c in 0..args.customers {
         let customer = format!("customer-{c:03}");
@@ -218,43 +219,32 @@ async fn http_get(addr: &str, path: &str, tenant: &str) -> anyhow::Result<String
 
 /// The demo catalog and customers: a metric summing `value`, a plan pricing it in tiers, and one subscription per
 /// customer from November 1st. Published before any usage, as a real integration would.
-async fn publish_reference(
-    producer: &rdkafka::producer::FutureProducer,
-    topics: &Topics,
-    args: &Args,
-) -> anyhow::Result<()> {
+async fn publish_reference(publisher: &Publisher, args: &Args) -> anyhow::Result<()> {
     use billing_schemas::catalog::{
-        Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, Interval, Plan,
+        Aggregation, CatalogEvent, Charge, ChargeModel, Interval, Plan,
     };
-    use billing_schemas::lifecycle::{
-        BillingTime, CustomerCreated, Lifecycle, LifecycleEvent, SubscriptionCreated,
-    };
+    use billing_schemas::lifecycle::{CustomerCreated, LifecycleEvent};
     let start = Utc
         .with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
         .single()
         .expect("valid date");
     let tenant = &args.tenant;
-    let metric = CatalogEvent {
-        tenant_id: tenant.clone(),
-        event_id: "demo-metric-api-calls".into(),
-        occurred_at: start,
-        payload: Catalog::BillableMetric(BillableMetric {
-            code: "api_calls".into(),
-            name: "API calls".into(),
-            aggregation: Aggregation::Sum,
-            field_name: Some("value".into()),
-            filters: vec![],
-        }),
-    };
+    let metric = CatalogEvent::metric(
+        tenant,
+        start,
+        "api_calls",
+        Aggregation::Sum,
+        Some("value"),
+        vec![],
+    );
     // 100 units free, then 1 EUR flat plus 0.05 EUR per unit.
     let tiers = r#"{"graduated_ranges":[
         {"from_value":0,"to_value":100,"per_unit_amount":"0","flat_amount":"0"},
         {"from_value":100,"to_value":null,"per_unit_amount":"0.05","flat_amount":"1"}]}"#;
-    let plan = CatalogEvent {
-        tenant_id: tenant.clone(),
-        event_id: "demo-plan-starter".into(),
-        occurred_at: start,
-        payload: Catalog::Plan(Plan {
+    let plan = CatalogEvent::plan(
+        tenant,
+        start,
+        Plan {
             code: "starter".into(),
             name: "Starter".into(),
             interval: Interval::Monthly,
@@ -262,95 +252,36 @@ async fn publish_reference(
             amount: "29.00".into(),
             pay_in_advance: true,
             trial_period_days: 0,
-            charges: vec![Charge {
-                id: "api_calls".into(),
-                metric_code: "api_calls".into(),
-                charge_model: ChargeModel::Graduated,
-                properties: tiers.into(),
-                min_amount: None,
-                group_by: None,
-            }],
-        }),
-    };
-    let metric_key = format!("{tenant}/billable_metric/api_calls");
-    send(
-        producer,
-        &topics.catalog,
-        &metric_key,
-        &encode(&metric, Encoding::Json)?,
-        Encoding::Json,
-    )
-    .await?;
-    let plan_key = format!("{tenant}/plan/starter");
-    send(
-        producer,
-        &topics.catalog,
-        &plan_key,
-        &encode(&plan, Encoding::Json)?,
-        Encoding::Json,
-    )
-    .await?;
+            charges: vec![Charge::on_metric(
+                "api_calls",
+                "api_calls",
+                ChargeModel::Graduated,
+                tiers,
+            )],
+        },
+    );
+    publisher.catalog(&metric, Encoding::Json).await?;
+    publisher.catalog(&plan, Encoding::Json).await?;
     for c in 0..args.customers {
         let customer_id = format!("customer-{c:03}");
-        let events = [
-            Lifecycle::CustomerCreated(CustomerCreated {
-                customer_id: customer_id.clone(),
-                name: format!("Demo customer {c}"),
-                email: None,
-                currency: "EUR".into(),
-                timezone: "Europe/Paris".into(),
-                billing_country: Some("FR".into()),
-            }),
-            Lifecycle::SubscriptionCreated(SubscriptionCreated {
-                subscription_id: format!("sub-{customer_id}"),
-                customer_id: customer_id.clone(),
-                plan_code: "starter".into(),
-                started_at: start,
-                trial_ends_at: None,
-                billing_time: BillingTime::Calendar,
-            }),
-        ];
-        let key = customer_key(tenant, &customer_id);
-        for (i, payload) in events.into_iter().enumerate() {
-            let ev = LifecycleEvent {
-                tenant_id: tenant.clone(),
-                event_id: format!("demo-{customer_id}-{i}"),
-                occurred_at: start,
-                payload,
-            };
-            send(
-                producer,
-                &topics.lifecycle,
-                &key,
-                &encode(&ev, Encoding::Avro)?,
-                Encoding::Avro,
+        let customer = CustomerCreated {
+            billing_country: Some("FR".into()),
+            ..CustomerCreated::new(
+                &customer_id,
+                &format!("Demo customer {c}"),
+                "EUR",
+                "Europe/Paris",
             )
-            .await?;
+        };
+        for ev in LifecycleEvent::customer_subscribed(
+            tenant,
+            customer,
+            &format!("sub-{customer_id}"),
+            "starter",
+            start,
+        ) {
+            publisher.lifecycle(&ev, Encoding::Avro).await?;
         }
     }
-    Ok(())
-}
-
-async fn send(
-    producer: &rdkafka::producer::FutureProducer,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-    encoding: Encoding,
-) -> anyhow::Result<()> {
-    let headers = OwnedHeaders::new().insert(Header {
-        key: CONTENT_TYPE_HEADER,
-        value: Some(encoding.content_type()),
-    });
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .key(key)
-                .payload(payload)
-                .headers(headers),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| anyhow::anyhow!("produce to {topic} failed: {e}"))?;
     Ok(())
 }

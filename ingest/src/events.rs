@@ -8,7 +8,7 @@ use billing_schemas::{customer_key, encode, Encoding};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::error::Problem;
+use billing_runtime::http::Problem;
 use billing_schemas::validate;
 
 /// The fields of a usage event; anything else in an element is rejected rather than silently dropped.
@@ -69,10 +69,13 @@ pub fn split_body(body: &[u8], max_batch: usize) -> Result<Vec<Value>, Problem> 
         ));
     }
     if events.len() > max_batch {
-        return Err(Problem::too_large(format!(
-            "{} events in one request; at most {max_batch} are allowed",
-            events.len()
-        )));
+        return Err(Problem::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} events in one request; at most {max_batch} are allowed",
+                events.len()
+            ),
+        ));
     }
     Ok(events)
 }

@@ -3,7 +3,6 @@
 //! broker acknowledged every one of them, with a result per event. It also serves `/health`, `/ready` and
 //! `/metrics`. The validation rules live in `billing_schemas::validate`, which rating calls too.
 
-mod error;
 pub mod events;
 mod metrics;
 
@@ -26,7 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
-pub use error::Problem;
+pub use billing_runtime::http::Problem;
 use events::Limits;
 use metrics::Metrics;
 
@@ -142,16 +141,17 @@ async fn handle(
         let ct = ct.to_str().unwrap_or_default();
         let mime = ct.split(';').next().unwrap_or_default().trim();
         if !mime.eq_ignore_ascii_case("application/json") {
-            return Err(Problem::unsupported_media_type(format!(
-                "content-type {ct:?} is not application/json"
-            )));
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content-type {ct:?} is not application/json"),
+            ));
         }
     }
     let body = body.map_err(|e| {
         let too_large = e.status() == StatusCode::PAYLOAD_TOO_LARGE;
-        Problem {
-            status: e.status(),
-            detail: if too_large {
+        Problem::new(
+            e.status(),
+            if too_large {
                 format!(
                     "body is larger than the {} bytes allowed",
                     app.limits
@@ -162,7 +162,7 @@ async fn handle(
             } else {
                 e.body_text()
             },
-        }
+        )
     })?;
     let elements = events::split_body(&body, app.limits.max_batch)?;
     let now = chrono::Utc::now();

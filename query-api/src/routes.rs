@@ -1,7 +1,6 @@
 //! HTTP routes.
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
@@ -9,11 +8,10 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use governor::clock::{Clock, DefaultClock};
 
+use billing_runtime::http::Tenant;
+
 use crate::error::ApiError;
 use crate::AppState;
-
-/// Header naming the tenant of a request.
-pub const TENANT_HEADER: &str = "x-tenant-id";
 
 /// The `/v1` routes, rate-limited per tenant.
 pub fn router(state: AppState) -> Router {
@@ -24,28 +22,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn tenant(headers: &HeaderMap) -> Result<String, ApiError> {
-    let raw = headers
-        .get(TENANT_HEADER)
-        .ok_or_else(|| ApiError::BadRequest(format!("the {TENANT_HEADER} header is required")))?;
-    let t = raw
-        .to_str()
-        .map_err(|_| ApiError::BadRequest(format!("{TENANT_HEADER} must be ASCII")))?
-        .trim();
-    if t.is_empty() || t.len() > 128 {
-        return Err(ApiError::BadRequest(format!(
-            "{TENANT_HEADER} must be 1 to 128 characters"
-        )));
-    }
-    Ok(t.to_owned())
-}
-
 async fn rate_limit(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let key = tenant(req.headers())?;
+    let Tenant(key) = Tenant::from_headers(req.headers())?;
     if let Err(not_until) = state.limiter.check_key(&key) {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         return Err(ApiError::RateLimited(wait.as_secs() + 1));
@@ -61,11 +43,10 @@ struct UsageQuery {
 
 async fn customer_usage(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Tenant(tenant_id): Tenant,
     Path(customer_id): Path<String>,
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let tenant_id = tenant(&headers)?;
     let at = match q.at {
         Some(raw) => DateTime::parse_from_rfc3339(&raw)
             .map_err(|e| ApiError::BadRequest(format!("at={raw:?} is not an RFC 3339 time: {e}")))?

@@ -5,7 +5,9 @@ pub mod clickhouse;
 pub mod config;
 pub mod cql;
 pub mod health;
+pub mod http;
 pub mod kafka;
+pub mod publish;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -179,3 +179,62 @@ pub struct Deleted {
     /// Its code.
     pub code: String,
 }
+
+impl CatalogEvent {
+    /// The Kafka key: `tenant/kind/code`, so compaction keeps the latest version of each metric and plan.
+    pub fn key(&self) -> String {
+        let (kind, code) = match &self.payload {
+            Catalog::BillableMetric(m) => ("billable_metric", m.code.as_str()),
+            Catalog::Plan(p) => ("plan", p.code.as_str()),
+            Catalog::Deleted(d) => (d.kind.as_str(), d.code.as_str()),
+        };
+        format!("{}/{kind}/{code}", self.tenant_id)
+    }
+
+    /// A billable metric definition (event id `billable_metric-<code>`).
+    pub fn metric(
+        tenant: &str,
+        occurred_at: DateTime<Utc>,
+        code: &str,
+        aggregation: Aggregation,
+        field_name: Option<&str>,
+        filters: Vec<MetricFilter>,
+    ) -> Self {
+        CatalogEvent {
+            tenant_id: tenant.into(),
+            event_id: format!("billable_metric-{code}"),
+            occurred_at,
+            payload: Catalog::BillableMetric(BillableMetric {
+                code: code.into(),
+                name: code.into(),
+                aggregation,
+                field_name: field_name.map(Into::into),
+                filters,
+            }),
+        }
+    }
+
+    /// A plan definition (event id `plan-<code>`).
+    pub fn plan(tenant: &str, occurred_at: DateTime<Utc>, plan: Plan) -> Self {
+        CatalogEvent {
+            tenant_id: tenant.into(),
+            event_id: format!("plan-{}", plan.code),
+            occurred_at,
+            payload: Catalog::Plan(plan),
+        }
+    }
+}
+
+impl Charge {
+    /// A charge on a metric without minimum or grouping; `properties` is the Lago properties JSON.
+    pub fn on_metric(id: &str, metric_code: &str, model: ChargeModel, properties: &str) -> Self {
+        Charge {
+            id: id.into(),
+            metric_code: metric_code.into(),
+            charge_model: model,
+            properties: properties.into(),
+            min_amount: None,
+            group_by: None,
+        }
+    }
+}

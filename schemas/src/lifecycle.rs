@@ -159,3 +159,80 @@ pub struct ClockTick {
     #[serde(with = "crate::time")]
     pub now: DateTime<Utc>,
 }
+
+impl Lifecycle {
+    /// The customer the payload is about (`None` for a clock tick).
+    pub fn customer_id(&self) -> Option<&str> {
+        Some(match self {
+            Lifecycle::CustomerCreated(c) => &c.customer_id,
+            Lifecycle::CustomerUpdated(c) => &c.customer_id,
+            Lifecycle::SubscriptionCreated(s) => &s.customer_id,
+            Lifecycle::SubscriptionChanged(s) => &s.customer_id,
+            Lifecycle::SubscriptionPaused(s) | Lifecycle::SubscriptionResumed(s) => &s.customer_id,
+            Lifecycle::SubscriptionCanceled(s) => &s.customer_id,
+            Lifecycle::ClockTick(_) => return None,
+        })
+    }
+}
+
+impl LifecycleEvent {
+    /// The Kafka key: the customer's key (`tenant/customer`), so a customer's lifecycle stays in order with its
+    /// usage; a clock tick is keyed by its clock.
+    pub fn key(&self) -> String {
+        match (&self.payload, self.payload.customer_id()) {
+            (_, Some(customer)) => crate::customer_key(&self.tenant_id, customer),
+            (Lifecycle::ClockTick(t), None) => format!("{}/clock/{}", self.tenant_id, t.clock_id),
+            (_, None) => self.tenant_id.clone(),
+        }
+    }
+
+    /// A customer's creation and its subscription to a plan from `started_at` (calendar billing, no trial): what
+    /// every integration publishes before the customer's usage. Event ids are `customer-<id>` and
+    /// `subscription-<id>`.
+    pub fn customer_subscribed(
+        tenant: &str,
+        customer: CustomerCreated,
+        subscription_id: &str,
+        plan_code: &str,
+        started_at: DateTime<Utc>,
+    ) -> [LifecycleEvent; 2] {
+        let customer_id = customer.customer_id.clone();
+        let event = |event_id: String, payload| LifecycleEvent {
+            tenant_id: tenant.into(),
+            event_id,
+            occurred_at: started_at,
+            payload,
+        };
+        [
+            event(
+                format!("customer-{customer_id}"),
+                Lifecycle::CustomerCreated(customer),
+            ),
+            event(
+                format!("subscription-{subscription_id}"),
+                Lifecycle::SubscriptionCreated(SubscriptionCreated {
+                    subscription_id: subscription_id.into(),
+                    customer_id,
+                    plan_code: plan_code.into(),
+                    started_at,
+                    trial_ends_at: None,
+                    billing_time: BillingTime::Calendar,
+                }),
+            ),
+        ]
+    }
+}
+
+impl CustomerCreated {
+    /// A customer with a name, a currency and a timezone, and nothing else.
+    pub fn new(customer_id: &str, name: &str, currency: &str, timezone: &str) -> Self {
+        CustomerCreated {
+            customer_id: customer_id.into(),
+            name: name.into(),
+            email: None,
+            currency: currency.into(),
+            timezone: timezone.into(),
+            billing_country: None,
+        }
+    }
+}

@@ -581,3 +581,81 @@ async fn replays_duplicates_and_restarts_count_nothing_twice() {
     );
     env.cleanup().await;
 }
+
+/// The pause semantics, decided once in the core and checked here end to end: usage during a pause is still
+/// metered (only the subscription fee stops), and usage after an immediate cancellation has no subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_during_a_pause_is_metered_and_after_a_cancellation_dead_lettered() {
+    use billing_schemas::lifecycle::{
+        Lifecycle, LifecycleEvent, SubscriptionCanceled, SubscriptionEffective,
+    };
+    let env = TestEnv::new("pause").await;
+    basic_catalog(&env, &["cus-p"]).await;
+    let at = |s: &str| s.parse::<chrono::DateTime<Utc>>().unwrap();
+    let lifecycle = |id: &str, payload| LifecycleEvent {
+        tenant_id: TENANT.into(),
+        event_id: id.into(),
+        occurred_at: at("2026-03-10T00:00:00Z"),
+        payload,
+    };
+    env.publish_lifecycle(&lifecycle(
+        "pause-1",
+        Lifecycle::SubscriptionPaused(SubscriptionEffective {
+            subscription_id: "sub-cus-p".into(),
+            customer_id: "cus-p".into(),
+            effective_at: at("2026-03-10T00:00:00Z"),
+        }),
+    ))
+    .await;
+    env.publish_lifecycle(&lifecycle(
+        "cancel-1",
+        Lifecycle::SubscriptionCanceled(SubscriptionCanceled {
+            subscription_id: "sub-cus-p".into(),
+            customer_id: "cus-p".into(),
+            effective_at: at("2026-03-20T00:00:00Z"),
+            at_period_end: false,
+        }),
+    ))
+    .await;
+    let services = Services::start(&env.settings).await;
+    // March 14 is inside the pause.
+    produce_event(
+        &env,
+        &event("cus-p", "paused-1", "api_calls", &[("value", "5")]),
+        Encoding::Json,
+    )
+    .await;
+    let mut late = event("cus-p", "after-cancel", "api_calls", &[("value", "7")]);
+    late.timestamp = at("2026-03-25T00:00:00Z");
+    produce_event(&env, &late, Encoding::Json).await;
+    let usage = eventually(WAIT, "paused usage in the API", || async {
+        api_usage(
+            &services.api,
+            TENANT,
+            "cus-p",
+            "calls",
+            "2026-03-14T00:00:00Z",
+        )
+        .await
+    })
+    .await;
+    assert_eq!(usage, ("5".to_owned(), 1, "0.05".to_owned()));
+    let dead = env.read_topic(&env.topics.usage_dlq, 1, WAIT).await;
+    assert_eq!(dead.len(), 1);
+    let reason = dead[0]
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == dlq_headers::REASON))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("no active subscription"),
+        "unexpected reason {reason:?}"
+    );
+    assert_eq!(
+        clickhouse_totals(&env).await,
+        vec![("cus-p".to_owned(), 1, Decimal::from(5))]
+    );
+    services.shutdown().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,148 @@
+//! What every HTTP service shares: the one `application/problem+json` renderer (RFC 9457) and the [`Tenant`]
+//! extractor, the single place a request's tenant is decided (today from the `X-Tenant-Id` header; API keys will
+//! replace it here, for every endpoint at once).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Header naming the tenant of a request.
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+/// An error answer: status, a short title and a detail that says what the client must fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {detail}")]
+pub struct Problem {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What is wrong, for the client.
+    pub detail: String,
+    /// Seconds after which a retry may succeed (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    /// A problem with this status and detail.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 Bad Request.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    /// 404 Not Found.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    /// 429 Too Many Requests, retry after `secs` (at least 1).
+    pub fn rate_limited(secs: u64) -> Self {
+        let secs = secs.max(1);
+        Problem {
+            retry_after: Some(secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("rate limit exceeded; retry in {secs} s"),
+            )
+        }
+    }
+
+    /// 500 with a generic detail: the cause belongs in the log, not in the answer.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request could not be completed",
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut resp = (self.status, Json(body)).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// The tenant a request acts for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tenant(pub String);
+
+impl Tenant {
+    /// Reads the tenant from request headers: `X-Tenant-Id`, 1 to 128 characters, trimmed.
+    pub fn from_headers(headers: &axum::http::HeaderMap) -> Result<Self, Problem> {
+        let raw = headers.get(TENANT_HEADER).ok_or_else(|| {
+            Problem::bad_request(format!("the {TENANT_HEADER} header is required"))
+        })?;
+        let t = raw
+            .to_str()
+            .map_err(|_| Problem::bad_request(format!("{TENANT_HEADER} must be ASCII")))?
+            .trim();
+        if t.is_empty() || t.chars().count() > 128 {
+            return Err(Problem::bad_request(format!(
+                "{TENANT_HEADER} must be 1 to 128 characters"
+            )));
+        }
+        Ok(Tenant(t.to_owned()))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Tenant::from_headers(&parts.headers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    #[test]
+    fn the_tenant_header_is_required_and_bounded() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            Tenant::from_headers(&h).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        h.insert(TENANT_HEADER, HeaderValue::from_static("  acme "));
+        assert_eq!(Tenant::from_headers(&h).unwrap(), Tenant("acme".into()));
+        h.insert(
+            TENANT_HEADER,
+            HeaderValue::from_str(&"x".repeat(129)).unwrap(),
+        );
+        assert!(Tenant::from_headers(&h).is_err());
+    }
+
+    #[test]
+    fn problems_render_as_problem_json_with_retry_after() {
+        let resp = Problem::rate_limited(0).into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,89 @@
+//! Publishing catalog and lifecycle events, the way the API, the demo, the benchmark and the tests all do it:
+//! keyed by the event's own key (`CatalogEvent::key`, `LifecycleEvent::key`), with the `content-type` header of
+//! the chosen encoding, through the idempotent `acks=all` producer.
+
+use std::time::Duration;
+
+use billing_schemas::catalog::CatalogEvent;
+use billing_schemas::lifecycle::LifecycleEvent;
+use billing_schemas::{encode, Encoding, CONTENT_TYPE_HEADER};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use crate::config::KafkaConfig;
+use crate::kafka::{self, Topics};
+
+/// How long [`ack`] waits for a broker acknowledgement.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A producer bound to the reference topics.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    topics: Topics,
+}
+
+impl Publisher {
+    /// A publisher with its own producer.
+    pub fn new(kafka: &KafkaConfig) -> anyhow::Result<Self> {
+        Ok(Publisher {
+            producer: kafka::producer(kafka)?,
+            topics: Topics::new(kafka),
+        })
+    }
+
+    /// Enqueue a catalog event; the future resolves when the broker acknowledged it.
+    pub fn send_catalog(&self, ev: &CatalogEvent, enc: Encoding) -> anyhow::Result<DeliveryFuture> {
+        self.send(&self.topics.catalog, &ev.key(), &encode(ev, enc)?, enc)
+    }
+
+    /// Enqueue a lifecycle event; the future resolves when the broker acknowledged it.
+    pub fn send_lifecycle(
+        &self,
+        ev: &LifecycleEvent,
+        enc: Encoding,
+    ) -> anyhow::Result<DeliveryFuture> {
+        self.send(&self.topics.lifecycle, &ev.key(), &encode(ev, enc)?, enc)
+    }
+
+    /// Publish a catalog event and wait for the broker's acknowledgement.
+    pub async fn catalog(&self, ev: &CatalogEvent, enc: Encoding) -> anyhow::Result<()> {
+        ack(self.send_catalog(ev, enc)?).await
+    }
+
+    /// Publish a lifecycle event and wait for the broker's acknowledgement.
+    pub async fn lifecycle(&self, ev: &LifecycleEvent, enc: Encoding) -> anyhow::Result<()> {
+        ack(self.send_lifecycle(ev, enc)?).await
+    }
+
+    fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        enc: Encoding,
+    ) -> anyhow::Result<DeliveryFuture> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: CONTENT_TYPE_HEADER,
+            value: Some(enc.content_type()),
+        });
+        self.producer
+            .send_result(
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(payload)
+                    .headers(headers),
+            )
+            .map_err(|(e, _)| anyhow::anyhow!("produce to {topic} failed: {e}"))
+    }
+}
+
+/// Wait for a delivery, at most [`ACK_TIMEOUT`].
+pub async fn ack(delivery: DeliveryFuture) -> anyhow::Result<()> {
+    match tokio::time::timeout(ACK_TIMEOUT, delivery).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err((e, _)))) => anyhow::bail!("delivery failed: {e}"),
+        Ok(Err(_)) => anyhow::bail!("delivery was cancelled"),
+        Err(_) => anyhow::bail!("no acknowledgement within {ACK_TIMEOUT:?}"),
+    }
+}
