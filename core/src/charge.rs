@@ -433,8 +433,10 @@ impl ChargeModel {
     }
 }
 
-/// Lago bills tier 1's flat fee even at zero units (a subscription with a graduated charge always pays
-/// the first flat fee); every later tier's flat fee is billed once units go above its lower bound.
+/// Tier 1's flat fee is billed even at zero units (DESIGN §6: a graduated charge with a flat fee on its
+/// first tier is a minimum platform fee); every later tier's flat fee is billed once units go above its
+/// lower bound. Lago's `RangeGraduatedService` skips flat fees when the total is zero; this is a
+/// deliberate difference, documented in docs/pricing.md.
 fn graduated(ranges: &[Range], units: Decimal) -> Result<ChargeOutcome> {
     let mut total = Decimal::ZERO;
     let mut breakdown = Vec::new();
@@ -464,14 +466,12 @@ fn graduated(ranges: &[Range], units: Decimal) -> Result<ChargeOutcome> {
     })
 }
 
-/// As Lago does, zero units bill nothing in volume (no tier is selected, so no flat fee).
+/// All units at the tier the total falls in, plus that tier's flat fee. Zero units fall in tier 1, so
+/// tier 1's flat fee is billed even without usage, like graduated (DESIGN §6: the first tier's flat fee
+/// is a minimum platform fee). Lago's own code returns 0 at zero units for volume
+/// (`app/services/charges/charge_models/volume_service.rb`, `return 0 if units.zero?`); this is a
+/// deliberate difference, documented in docs/pricing.md.
 fn volume(ranges: &[Range], units: Decimal) -> Result<ChargeOutcome> {
-    if units.is_zero() {
-        return Ok(ChargeOutcome {
-            amount: Decimal::ZERO,
-            breakdown: vec![],
-        });
-    }
     let mut found = None;
     for (i, tier) in tiers(ranges)?.enumerate() {
         let (t, r) = tier?;
@@ -517,13 +517,59 @@ fn package(p: &PackageProperties, units: Decimal) -> Result<ChargeOutcome> {
     })
 }
 
+/// Percentage (Lago): `rate` % of the paid amount plus `fixed_amount` per paid event.
+///
+/// * A free allowance of 0 (`free_units_per_events: 0`, `free_units_per_total_aggregation: "0"`) means
+///   no allowance, exactly like an absent one (Lago reads both with `|| 0` and treats 0 as "none":
+///   `free_units_count` drops zeros with `.excluding(0)`, and the per-transaction loop only frees while
+///   an allowance is `positive?`).
+/// * Zero units bill nothing, not even fixed fees (Lago: `compute_fixed_amount` returns 0 when
+///   `units.zero?`), unless per-event values are given (then per-transaction minimums still apply to
+///   zero-valued paid events, as in Lago's per-transaction loop).
+/// * When the free events cover every event (and no free amount can run out first), nothing is paid, so
+///   per-event values are not needed.
 fn percentage(p: &PercentageProperties, usage: &Usage<'_>) -> Result<ChargeOutcome> {
     let rate = p.rate / HUNDRED;
     let fixed = p.fixed_amount.unwrap_or_default();
-    let needs_events = p.free_units_per_events.is_some()
+    let free_events_allowance = p.free_units_per_events.filter(|n| !n.is_zero());
+    let free_total_allowance = p.free_units_per_total_aggregation.filter(|t| !t.is_zero());
+    let needs_events = free_events_allowance.is_some()
         || p.per_transaction_min_amount.is_some()
         || p.per_transaction_max_amount.is_some()
-        || (p.free_units_per_total_aggregation.is_some() && !fixed.is_zero());
+        || (free_total_allowance.is_some() && !fixed.is_zero());
+    let no_values = usage.event_values.is_none_or(|v| v.is_empty());
+    // Every event is free: the free events cover them all and the free amount (if any) cannot run out.
+    let all_free = free_events_allowance
+        .is_some_and(|n| usage.events_count.is_some_and(|c| Decimal::from(c) <= n))
+        && free_total_allowance.is_none_or(|t| usage.units < t);
+    if (usage.units.is_zero() && no_values) || (all_free && usage.event_values.is_none()) {
+        let mut breakdown = vec![BreakdownLine {
+            label: Cow::Borrowed("rate"),
+            from_value: None,
+            to_value: None,
+            units: Decimal::ZERO,
+            per_unit_amount: None,
+            rate: Some(p.rate),
+            flat_amount: Decimal::ZERO,
+            amount: Decimal::ZERO,
+        }];
+        if !fixed.is_zero() {
+            breakdown.push(BreakdownLine {
+                label: Cow::Borrowed("fixed fees"),
+                from_value: None,
+                to_value: None,
+                units: Decimal::ZERO,
+                per_unit_amount: Some(fixed),
+                rate: None,
+                flat_amount: Decimal::ZERO,
+                amount: Decimal::ZERO,
+            });
+        }
+        return Ok(ChargeOutcome {
+            amount: Decimal::ZERO,
+            breakdown,
+        });
+    }
     let row = |label: &'static str, units, rate: Option<Decimal>, amount| BreakdownLine {
         label: Cow::Borrowed(label),
         from_value: None,
@@ -542,7 +588,7 @@ fn percentage(p: &PercentageProperties, usage: &Usage<'_>) -> Result<ChargeOutco
                     .into(),
             ));
         }
-        let free = p.free_units_per_total_aggregation.unwrap_or_default();
+        let free = free_total_allowance.unwrap_or_default();
         let paid = (usage.units - free).max(Decimal::ZERO);
         let rate_amount = mul(paid, rate)?;
         let mut breakdown = vec![row("rate", paid, Some(p.rate), rate_amount)];
@@ -562,8 +608,8 @@ fn percentage(p: &PercentageProperties, usage: &Usage<'_>) -> Result<ChargeOutco
     };
 
     // Per event, in billing order: free allowances are consumed while neither is exhausted.
-    let mut free_events = p.free_units_per_events;
-    let mut free_total = p.free_units_per_total_aggregation;
+    let mut free_events = free_events_allowance;
+    let mut free_total = free_total_allowance;
     let (mut rate_sum, mut fixed_sum, mut adjust) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
     let (mut paid_units, mut paid_events) = (Decimal::ZERO, 0u64);
     let any_free = free_events.is_some() || free_total.is_some();
@@ -755,10 +801,35 @@ mod tests {
                 {"from_value": 101, "to_value": null, "per_unit_amount": "1", "flat_amount": "50"}
             ]}}),
         );
-        assert_eq!(eval(&m, dec!(0)), dec!(0)); // Lago: no usage, no volume fee
         assert_eq!(eval(&m, dec!(1)), dec!(3));
         assert_eq!(eval(&m, dec!(100)), dec!(201));
         assert_eq!(eval(&m, dec!(101)), dec!(151));
+    }
+
+    // DESIGN §6 and docs/pricing.md: zero units fall in tier 1, whose flat fee is billed (a minimum platform
+    // fee), the same for volume, graduated and graduated_percentage. (Lago's volume_service.rb returns 0 at
+    // zero units and its RangeGraduatedService drops flat fees at zero: we differ on purpose.)
+    #[test]
+    fn zero_units_bill_tier_1_flat_fee_in_every_tiered_model() {
+        let ranges = json!([
+            {"from_value": 0, "to_value": 100, "per_unit_amount": "2", "flat_amount": "1"},
+            {"from_value": 101, "to_value": null, "per_unit_amount": "1", "flat_amount": "50"}]);
+        let volume = model(json!({"charge_model": "volume",
+            "properties": {"volume_ranges": ranges.clone()}}));
+        assert_eq!(eval(&volume, dec!(0)), dec!(1));
+        let out = volume.evaluate(&Usage::default()).unwrap();
+        assert_eq!(out.breakdown.len(), 1);
+        assert_eq!(out.breakdown[0].label, "tier 1");
+        assert_eq!(out.breakdown[0].flat_amount, dec!(1));
+        let graduated = model(json!({"charge_model": "graduated",
+            "properties": {"graduated_ranges": ranges}}));
+        assert_eq!(eval(&graduated, dec!(0)), dec!(1));
+        // Without a flat fee on tier 1, zero units still bill nothing.
+        let free = model(
+            json!({"charge_model": "volume", "properties": {"volume_ranges": [
+            {"from_value": 0, "to_value": null, "per_unit_amount": "2", "flat_amount": "0"}]}}),
+        );
+        assert_eq!(eval(&free, dec!(0)), dec!(0));
     }
 
     #[test]
@@ -831,6 +902,103 @@ mod tests {
                 ..Usage::default()
             })
             .is_err());
+    }
+
+    // Lago's percentage_service.rb reads `free_units_per_events` with `.to_i` and
+    // `free_units_per_total_aggregation` with `|| 0`, and treats 0 as "no allowance" (`free_units_count`
+    // drops zeros with `.excluding(0)`; the per-transaction loop frees only while an allowance is
+    // `positive?`). A zero allowance must not block the other one.
+    #[test]
+    fn percentage_zero_allowances_mean_none() {
+        let values = [dec!(100), dec!(300), dec!(200)];
+        let usage = Usage {
+            units: dec!(600),
+            events_count: Some(3),
+            event_values: Some(&values),
+        };
+        // Free total 0, 2 free events: events 1 and 2 are free, event 3 pays 1 % of 200 + 0.5.
+        let m = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "fixed_amount": "0.5", "free_units_per_events": 2,
+            "free_units_per_total_aggregation": "0"}}));
+        assert_eq!(m.evaluate(&usage).unwrap().amount, dec!(2.5));
+        // Free events 0, free total 350: 100 + 250 of 300 free, then 50 + 200 paid: 2.5 + 2 × 0.5.
+        let m = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "fixed_amount": "0.5", "free_units_per_events": 0,
+            "free_units_per_total_aggregation": "350"}}));
+        assert_eq!(m.evaluate(&usage).unwrap().amount, dec!(3.5));
+        // Both 0: nothing is free, and no per-event values are needed (rate and fixed fee on aggregates).
+        let m = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "fixed_amount": "0.5", "free_units_per_events": 0,
+            "free_units_per_total_aggregation": "0"}}));
+        let aggregated = Usage {
+            event_values: None,
+            ..usage
+        };
+        assert_eq!(m.evaluate(&aggregated).unwrap().amount, dec!(7.5));
+        assert_eq!(m.evaluate(&usage).unwrap().amount, dec!(7.5));
+    }
+
+    // Lago's percentage_service.rb: `compute_fixed_amount` returns 0 when `units.zero?` and the rate part
+    // is 0 on zero units: a percentage charge without usage bills nothing.
+    #[test]
+    fn percentage_without_usage_bills_nothing() {
+        let m = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "2.9", "fixed_amount": "0.30", "free_units_per_events": 2,
+            "per_transaction_min_amount": "0.50"}}));
+        for usage in [
+            Usage::default(),
+            Usage {
+                units: dec!(0),
+                events_count: Some(0),
+                event_values: None,
+            },
+            Usage {
+                units: dec!(0),
+                events_count: Some(0),
+                event_values: Some(&[]),
+            },
+        ] {
+            assert_eq!(m.evaluate(&usage).unwrap().amount, dec!(0));
+        }
+        let fixed_only = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "fixed_amount": "0.10"}}));
+        // No events_count needed when there is no usage.
+        assert_eq!(eval(&fixed_only, dec!(0)), dec!(0));
+    }
+
+    // Lago's example on free events: "the first 3 events are free": with 3 events or fewer nothing is
+    // paid, so nothing depends on the events' values (none are needed).
+    #[test]
+    fn percentage_all_events_free_needs_no_event_values() {
+        let m = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "fixed_amount": "0.5", "free_units_per_events": 3,
+            "per_transaction_min_amount": "1"}}));
+        let out = m
+            .evaluate(&Usage {
+                units: dec!(1600),
+                events_count: Some(3),
+                event_values: None,
+            })
+            .unwrap();
+        assert_eq!(out.amount, dec!(0));
+        // A fourth event is paid: its value is needed.
+        let four = m.evaluate(&Usage {
+            units: dec!(1600),
+            events_count: Some(4),
+            event_values: None,
+        });
+        assert!(matches!(four, Err(Error::MissingInput(_))));
+        // A free amount that could run out first also needs the values...
+        let capped = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "free_units_per_events": 3, "free_units_per_total_aggregation": "500"}}));
+        let usage = |units| Usage {
+            units,
+            events_count: Some(2),
+            event_values: None,
+        };
+        assert!(capped.evaluate(&usage(dec!(600))).is_err());
+        // ...unless the whole usage is below it.
+        assert_eq!(capped.evaluate(&usage(dec!(400))).unwrap().amount, dec!(0));
     }
 
     #[test]
