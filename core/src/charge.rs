@@ -36,10 +36,13 @@ pub enum ChargeModel {
     Percentage(PercentageProperties),
     /// A percentage per tier of the aggregated amount.
     GraduatedPercentage(GraduatedPercentageProperties),
+    /// Graduated tiers priced per started block of units (Kill Bill's tiered block pricing).
+    GraduatedBlock(GraduatedBlockProperties),
 }
 
 /// Lago `standard` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StandardProperties {
     /// Price per unit.
     pub amount: Decimal,
@@ -47,6 +50,7 @@ pub struct StandardProperties {
 
 /// One Lago tier (`graduated_ranges` / `volume_ranges`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Range {
     /// Lower bound as written (0 for the first tier).
     pub from_value: Decimal,
@@ -62,6 +66,7 @@ pub struct Range {
 
 /// Lago `graduated` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GraduatedProperties {
     /// Tiers, in order.
     pub graduated_ranges: Vec<Range>,
@@ -69,6 +74,7 @@ pub struct GraduatedProperties {
 
 /// Lago `volume` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeProperties {
     /// Tiers, in order.
     pub volume_ranges: Vec<Range>,
@@ -76,6 +82,7 @@ pub struct VolumeProperties {
 
 /// Lago `package` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PackageProperties {
     /// Price of one package.
     pub amount: Decimal,
@@ -88,6 +95,7 @@ pub struct PackageProperties {
 
 /// Lago `percentage` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PercentageProperties {
     /// Percentage of the paid amount (1.5 = 1.5 %).
     pub rate: Decimal,
@@ -110,6 +118,7 @@ pub struct PercentageProperties {
 
 /// One Lago `graduated_percentage_ranges` tier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PercentageRange {
     /// Lower bound as written.
     pub from_value: Decimal,
@@ -125,9 +134,36 @@ pub struct PercentageRange {
 
 /// Lago `graduated_percentage` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GraduatedPercentageProperties {
     /// Tiers, in order.
     pub graduated_percentage_ranges: Vec<PercentageRange>,
+}
+
+/// One `graduated_block_ranges` tier: units in the tier are billed per started block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRange {
+    /// Lower bound as written (0 for the first tier).
+    pub from_value: Decimal,
+    /// Upper bound, inclusive; `null` for the last tier.
+    #[serde(default)]
+    pub to_value: Option<Decimal>,
+    /// Units per block (> 0); a bounded tier's width must be a whole number of blocks.
+    pub block_size: Decimal,
+    /// Price of one block; a block partly used is billed whole.
+    pub per_block_amount: Decimal,
+    /// Flat fee of the tier (tier 1's is billed even at zero units, as in graduated).
+    #[serde(default)]
+    pub flat_amount: Decimal,
+}
+
+/// `graduated_block` properties (this project's model, next to Lago's `package`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraduatedBlockProperties {
+    /// Tiers, in order.
+    pub graduated_block_ranges: Vec<BlockRange>,
 }
 
 /// What a charge is evaluated on.
@@ -198,6 +234,12 @@ trait Bounded {
 }
 
 impl Bounded for Range {
+    fn bounds(&self) -> (Decimal, Option<Decimal>) {
+        (self.from_value, self.to_value)
+    }
+}
+
+impl Bounded for BlockRange {
     fn bounds(&self) -> (Decimal, Option<Decimal>) {
         (self.from_value, self.to_value)
     }
@@ -312,6 +354,7 @@ impl ChargeModel {
             "package" => ChargeModel::Package(props(charge_model, p)?),
             "percentage" => ChargeModel::Percentage(props(charge_model, p)?),
             "graduated_percentage" => ChargeModel::GraduatedPercentage(props(charge_model, p)?),
+            "graduated_block" => ChargeModel::GraduatedBlock(props(charge_model, p)?),
             other => {
                 return Err(Error::InvalidProperties(format!(
                     "unknown charge_model {other:?}"
@@ -331,6 +374,7 @@ impl ChargeModel {
             ChargeModel::Package(_) => "package",
             ChargeModel::Percentage(_) => "percentage",
             ChargeModel::GraduatedPercentage(_) => "graduated_percentage",
+            ChargeModel::GraduatedBlock(_) => "graduated_block",
         }
     }
 
@@ -399,6 +443,30 @@ impl ChargeModel {
                 }
                 tiers(&p.graduated_percentage_ranges)?.try_for_each(|t| t.map(drop))
             }
+            ChargeModel::GraduatedBlock(p) => {
+                for (i, tier) in tiers(&p.graduated_block_ranges)?.enumerate() {
+                    let (t, r) = tier?;
+                    check_amount("per_block_amount", r.per_block_amount)?;
+                    check_amount("flat_amount", r.flat_amount)?;
+                    if r.block_size <= Decimal::ZERO {
+                        return Err(Error::InvalidProperties(format!(
+                            "range {}: block_size must be above 0",
+                            i + 1
+                        )));
+                    }
+                    if let Some(u) = t.upper {
+                        let width = u - t.lower;
+                        if !(width % r.block_size).is_zero() {
+                            return Err(Error::InvalidProperties(format!(
+                                "range {}: its {width} units are not a whole number of blocks of {}",
+                                i + 1,
+                                r.block_size
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -428,6 +496,9 @@ impl ChargeModel {
             ChargeModel::Percentage(p) => percentage(p, usage),
             ChargeModel::GraduatedPercentage(p) => {
                 graduated_percentage(&p.graduated_percentage_ranges, usage.units)
+            }
+            ChargeModel::GraduatedBlock(p) => {
+                graduated_block(&p.graduated_block_ranges, usage.units)
             }
         }
     }
@@ -669,6 +740,38 @@ fn percentage(p: &PercentageProperties, usage: &Usage<'_>) -> Result<ChargeOutco
     }
     let amount = add(add(rate_sum, fixed_sum)?, adjust)?;
     Ok(ChargeOutcome { amount, breakdown })
+}
+
+/// Same tier rules as graduated (tier 1's flat fee even at zero), but the units in each tier are billed
+/// per started block: `ceil(units in tier / block_size) × per_block_amount`. Tier widths are whole
+/// numbers of blocks (checked by `validate`), so a block never straddles two tiers. The breakdown row's
+/// `units` is the number of blocks and `per_unit_amount` the block price (as the `package` row does).
+fn graduated_block(ranges: &[BlockRange], units: Decimal) -> Result<ChargeOutcome> {
+    let mut total = Decimal::ZERO;
+    let mut breakdown = Vec::new();
+    for (i, tier) in tiers(ranges)?.enumerate() {
+        let (t, r) = tier?;
+        if i > 0 && units <= t.lower {
+            break;
+        }
+        let blocks = (t.units_in(units) / r.block_size).ceil();
+        let amount = add(mul(blocks, r.per_block_amount)?, r.flat_amount)?;
+        total = add(total, amount)?;
+        breakdown.push(BreakdownLine {
+            label: tier_label(i),
+            from_value: Some(t.lower),
+            to_value: t.upper,
+            units: blocks,
+            per_unit_amount: Some(r.per_block_amount),
+            rate: None,
+            flat_amount: r.flat_amount,
+            amount,
+        });
+    }
+    Ok(ChargeOutcome {
+        amount: total,
+        breakdown,
+    })
 }
 
 /// Same tier rules as graduated (tier 1's flat fee even at zero), with a percentage per tier.
@@ -1012,6 +1115,85 @@ mod tests {
         assert_eq!(eval(&m, dec!(0)), dec!(1));
         assert_eq!(eval(&m, dec!(1000)), dec!(21));
         assert_eq!(eval(&m, dec!(2000)), dec!(36));
+    }
+
+    // Every field a charge can carry is used or rejected: a typo or an unsupported Lago option
+    // (`grouped_by`, `pricing_group_keys`...) must fail instead of being silently ignored.
+    #[test]
+    fn unknown_property_keys_are_errors() {
+        let cases = [
+            ("standard", json!({"amount": "1", "grouped_by": ["region"]})),
+            (
+                "graduated",
+                json!({"graduated_ranges": [
+                {"from_value": 0, "to_value": null, "per_unit_amount": "1", "flat_amount": "0", "flat_fee": "1"}]}),
+            ),
+            (
+                "volume",
+                json!({"volume_ranges": [
+                {"from_value": 0, "to_value": null, "per_unit_amount": "1"}], "extra": 1}),
+            ),
+            (
+                "package",
+                json!({"amount": "1", "package_size": 10, "free_unit": 5}),
+            ),
+            ("percentage", json!({"rate": "1", "fixed_ammount": "0.1"})),
+            (
+                "graduated_percentage",
+                json!({"graduated_percentage_ranges": [
+                {"from_value": 0, "to_value": null, "rate": "1", "per_unit_amount": "1"}]}),
+            ),
+            (
+                "graduated_block",
+                json!({"graduated_block_ranges": [
+                {"from_value": 0, "to_value": null, "block_size": 10, "per_block_amount": "1", "max_blocks": 3}]}),
+            ),
+        ];
+        for (name, props) in cases {
+            assert!(
+                matches!(
+                    ChargeModel::from_lago(name, &props),
+                    Err(Error::InvalidProperties(_))
+                ),
+                "{name} accepted {props}"
+            );
+        }
+        assert!(ChargeModel::from_lago("standard", &json!({"amount": "1"})).is_ok());
+    }
+
+    // Kill Bill's tiered block pricing (Kill Bill catalog, "TieredBlock" usage: each tier is priced per
+    // block of `size` units and a started block is billed whole). Tiers 0–100 in blocks of 10 at 1.00 (flat
+    // 5), then blocks of 50 at 3.00.
+    #[test]
+    fn graduated_block_bills_started_blocks_per_tier() {
+        let m = model(
+            json!({"charge_model": "graduated_block", "properties": {"graduated_block_ranges": [
+            {"from_value": 0, "to_value": 100, "block_size": 10, "per_block_amount": "1", "flat_amount": "5"},
+            {"from_value": 101, "to_value": null, "block_size": 50, "per_block_amount": "3"}]}}),
+        );
+        assert_eq!(m.name(), "graduated_block");
+        assert_eq!(eval(&m, dec!(0)), dec!(5)); // tier 1's flat fee, as in graduated
+        assert_eq!(eval(&m, dec!(1)), dec!(6)); // one started block
+        assert_eq!(eval(&m, dec!(10)), dec!(6));
+        assert_eq!(eval(&m, dec!(10.5)), dec!(7));
+        assert_eq!(eval(&m, dec!(100)), dec!(15)); // 10 blocks + 5
+        assert_eq!(eval(&m, dec!(101)), dec!(18)); // + 1 started block of 50
+        assert_eq!(eval(&m, dec!(151)), dec!(21));
+        let out = m
+            .evaluate(&Usage {
+                units: dec!(95),
+                ..Usage::default()
+            })
+            .unwrap();
+        assert_eq!((out.breakdown[0].units, out.amount), (dec!(10), dec!(15)));
+        // A bounded tier that is not a whole number of blocks, or a zero block, is rejected.
+        let bad = json!({"graduated_block_ranges": [
+            {"from_value": 0, "to_value": 95, "block_size": 10, "per_block_amount": "1"},
+            {"from_value": 95, "to_value": null, "block_size": 10, "per_block_amount": "1"}]});
+        assert!(ChargeModel::from_lago("graduated_block", &bad).is_err());
+        let zero = json!({"graduated_block_ranges": [
+            {"from_value": 0, "to_value": null, "block_size": 0, "per_block_amount": "1"}]});
+        assert!(ChargeModel::from_lago("graduated_block", &zero).is_err());
     }
 
     #[test]

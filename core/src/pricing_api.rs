@@ -675,6 +675,25 @@ mod tests {
     }
 
     #[test]
+    fn example_charge_graduated_block() {
+        let r = charge(include_str!(
+            "../../docs/examples/pricing/charge-graduated-block.json"
+        ));
+        // Tier 1: 1000 units = 10 blocks of 100 × 2.50 = 25. Tier 2: 1001 units → 3 started blocks of 500
+        // × 9.99 = 29.97, + flat 1 = 30.97. Total 55.97.
+        assert_eq!(r.breakdown.len(), 2);
+        assert_eq!(
+            (r.breakdown[0].units, r.breakdown[0].amount),
+            (dec!(10), dec!(25))
+        );
+        assert_eq!(
+            (r.breakdown[1].units, r.breakdown[1].amount),
+            (dec!(3), dec!(30.97))
+        );
+        assert_eq!(r.amount_rounded.to_string(), "55.97");
+    }
+
+    #[test]
     fn example_preview_lago_upgrade() {
         let r = preview(include_str!(
             "../../docs/examples/pricing/preview-lago-upgrade.json"
