@@ -719,6 +719,32 @@ mod tests {
     }
 
     #[test]
+    fn example_preview_thirty_day() {
+        let r = preview(include_str!(
+            "../../docs/examples/pricing/preview-thirty-day.json"
+        ));
+        // January counts 30 days; the upgrade on Jan 15 leaves Jan 15..=30 (the 31st is day 30): 16/30.
+        // Credit 100 × 16/30 = 53.333… → −53.33; Premium 200 × 16/30 = 106.666… → 106.67.
+        assert_eq!(amounts(&r), vec![dec!(100.00), dec!(-53.33), dec!(106.67)]);
+        assert_eq!(
+            r.invoice.lines[1].proration_factor,
+            Some(dec!(16) / dec!(30))
+        );
+        assert_eq!(r.invoice.total.to_string(), "153.34");
+        // The same upgrade on Feb 15 (28-day month) also leaves 16 of 30 days.
+        let mut v: serde_json::Value = serde_json::from_str(include_str!(
+            "../../docs/examples/pricing/preview-thirty-day.json"
+        ))
+        .unwrap();
+        v["subscription"]["changes"][0]["at"] = json!("2026-02-15T10:00:00Z");
+        v["period_containing"] = json!("2026-02-20T00:00:00Z");
+        assert_eq!(
+            amounts(&run(v).unwrap()),
+            vec![dec!(100.00), dec!(-53.33), dec!(106.67)]
+        );
+    }
+
+    #[test]
     fn example_preview_typical() {
         let r = preview(include_str!(
             "../../docs/examples/pricing/preview-typical.json"
