@@ -660,9 +660,9 @@ mod tests {
         ProrationConvention::ThirtyDay,
     ];
 
-    // Stripe (https://docs.stripe.com/billing/subscriptions/trials): a subscription cancelled during its
-    // trial is never charged, and `cancel_at_period_end` on a trialing subscription ends it when the trial
-    // ends; Lago (https://getlago.com/docs/guide/subscriptions/free-trials): the subscription fee is only
+    // Stripe (trials docs, https://docs.stripe.com/billing/subscriptions/trials): a subscription cancelled
+    // during its trial is never charged, and the current period of a trialing subscription ends with the
+    // trial, so cancelling at period end ends it then; Lago (free trial docs): the subscription fee is only
     // billed once the trial is over, so terminating during the trial bills no fee. Both timings, every
     // convention: nothing for the trial days, in January or after.
     #[test]
