@@ -1,6 +1,6 @@
 //! Proration of subscription fees over part of a period.
 //!
-//! Three conventions, selectable per tenant or plan:
+//! Four conventions, selectable per tenant or plan:
 //!
 //! * `days` (default, Lago): the factor is the number of service days over the number of days of the
 //!   actual period, counting the first and the last service day inclusively. Kept at full precision.
