@@ -95,6 +95,7 @@ fn main() {
         proration_factor: None,
         tax_exempt: false,
         breakdown: Vec::new(),
+        subscription: None,
     };
 
     // One invoice: prorated fee + 3 usage charges (graduated, volume, package) + coupon + tax.

@@ -36,10 +36,13 @@ pub enum ChargeModel {
     Percentage(PercentageProperties),
     /// A percentage per tier of the aggregated amount.
     GraduatedPercentage(GraduatedPercentageProperties),
+    /// Graduated tiers priced per started block of units (Kill Bill's tiered block pricing).
+    GraduatedBlock(GraduatedBlockProperties),
 }
 
 /// Lago `standard` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StandardProperties {
     /// Price per unit.
     pub amount: Decimal,
@@ -47,6 +50,7 @@ pub struct StandardProperties {
 
 /// One Lago tier (`graduated_ranges` / `volume_ranges`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Range {
     /// Lower bound as written (0 for the first tier).
     pub from_value: Decimal,
@@ -62,6 +66,7 @@ pub struct Range {
 
 /// Lago `graduated` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GraduatedProperties {
     /// Tiers, in order.
     pub graduated_ranges: Vec<Range>,
@@ -69,6 +74,7 @@ pub struct GraduatedProperties {
 
 /// Lago `volume` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeProperties {
     /// Tiers, in order.
     pub volume_ranges: Vec<Range>,
@@ -76,6 +82,7 @@ pub struct VolumeProperties {
 
 /// Lago `package` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PackageProperties {
     /// Price of one package.
     pub amount: Decimal,
@@ -88,6 +95,7 @@ pub struct PackageProperties {
 
 /// Lago `percentage` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PercentageProperties {
     /// Percentage of the paid amount (1.5 = 1.5 %).
     pub rate: Decimal,
@@ -110,6 +118,7 @@ pub struct PercentageProperties {
 
 /// One Lago `graduated_percentage_ranges` tier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PercentageRange {
     /// Lower bound as written.
     pub from_value: Decimal,
@@ -125,9 +134,36 @@ pub struct PercentageRange {
 
 /// Lago `graduated_percentage` properties.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GraduatedPercentageProperties {
     /// Tiers, in order.
     pub graduated_percentage_ranges: Vec<PercentageRange>,
+}
+
+/// One `graduated_block_ranges` tier: units in the tier are billed per started block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRange {
+    /// Lower bound as written (0 for the first tier).
+    pub from_value: Decimal,
+    /// Upper bound, inclusive; `null` for the last tier.
+    #[serde(default)]
+    pub to_value: Option<Decimal>,
+    /// Units per block (> 0); a bounded tier's width must be a whole number of blocks.
+    pub block_size: Decimal,
+    /// Price of one block; a block partly used is billed whole.
+    pub per_block_amount: Decimal,
+    /// Flat fee of the tier (tier 1's is billed even at zero units, as in graduated).
+    #[serde(default)]
+    pub flat_amount: Decimal,
+}
+
+/// `graduated_block` properties (this project's model, next to Lago's `package`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraduatedBlockProperties {
+    /// Tiers, in order.
+    pub graduated_block_ranges: Vec<BlockRange>,
 }
 
 /// What a charge is evaluated on.
@@ -198,6 +234,12 @@ trait Bounded {
 }
 
 impl Bounded for Range {
+    fn bounds(&self) -> (Decimal, Option<Decimal>) {
+        (self.from_value, self.to_value)
+    }
+}
+
+impl Bounded for BlockRange {
     fn bounds(&self) -> (Decimal, Option<Decimal>) {
         (self.from_value, self.to_value)
     }
@@ -312,6 +354,7 @@ impl ChargeModel {
             "package" => ChargeModel::Package(props(charge_model, p)?),
             "percentage" => ChargeModel::Percentage(props(charge_model, p)?),
             "graduated_percentage" => ChargeModel::GraduatedPercentage(props(charge_model, p)?),
+            "graduated_block" => ChargeModel::GraduatedBlock(props(charge_model, p)?),
             other => {
                 return Err(Error::InvalidProperties(format!(
                     "unknown charge_model {other:?}"
@@ -331,6 +374,7 @@ impl ChargeModel {
             ChargeModel::Package(_) => "package",
             ChargeModel::Percentage(_) => "percentage",
             ChargeModel::GraduatedPercentage(_) => "graduated_percentage",
+            ChargeModel::GraduatedBlock(_) => "graduated_block",
         }
     }
 
@@ -399,6 +443,30 @@ impl ChargeModel {
                 }
                 tiers(&p.graduated_percentage_ranges)?.try_for_each(|t| t.map(drop))
             }
+            ChargeModel::GraduatedBlock(p) => {
+                for (i, tier) in tiers(&p.graduated_block_ranges)?.enumerate() {
+                    let (t, r) = tier?;
+                    check_amount("per_block_amount", r.per_block_amount)?;
+                    check_amount("flat_amount", r.flat_amount)?;
+                    if r.block_size <= Decimal::ZERO {
+                        return Err(Error::InvalidProperties(format!(
+                            "range {}: block_size must be above 0",
+                            i + 1
+                        )));
+                    }
+                    if let Some(u) = t.upper {
+                        let width = u - t.lower;
+                        if !(width % r.block_size).is_zero() {
+                            return Err(Error::InvalidProperties(format!(
+                                "range {}: its {width} units are not a whole number of blocks of {}",
+                                i + 1,
+                                r.block_size
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -429,12 +497,17 @@ impl ChargeModel {
             ChargeModel::GraduatedPercentage(p) => {
                 graduated_percentage(&p.graduated_percentage_ranges, usage.units)
             }
+            ChargeModel::GraduatedBlock(p) => {
+                graduated_block(&p.graduated_block_ranges, usage.units)
+            }
         }
     }
 }
 
-/// Lago bills tier 1's flat fee even at zero units (a subscription with a graduated charge always pays
-/// the first flat fee); every later tier's flat fee is billed once units go above its lower bound.
+/// Tier 1's flat fee is billed even at zero units (DESIGN §6: a graduated charge with a flat fee on its
+/// first tier is a minimum platform fee); every later tier's flat fee is billed once units go above its
+/// lower bound. Lago's `RangeGraduatedService` skips flat fees when the total is zero; this is a
+/// deliberate difference, documented in docs/pricing.md.
 fn graduated(ranges: &[Range], units: Decimal) -> Result<ChargeOutcome> {
     let mut total = Decimal::ZERO;
     let mut breakdown = Vec::new();
@@ -464,14 +537,12 @@ fn graduated(ranges: &[Range], units: Decimal) -> Result<ChargeOutcome> {
     })
 }
 
-/// As Lago does, zero units bill nothing in volume (no tier is selected, so no flat fee).
+/// All units at the tier the total falls in, plus that tier's flat fee. Zero units fall in tier 1, so
+/// tier 1's flat fee is billed even without usage, like graduated (DESIGN §6: the first tier's flat fee
+/// is a minimum platform fee). Lago's own code returns 0 at zero units for volume
+/// (`app/services/charges/charge_models/volume_service.rb`, `return 0 if units.zero?`); this is a
+/// deliberate difference, documented in docs/pricing.md.
 fn volume(ranges: &[Range], units: Decimal) -> Result<ChargeOutcome> {
-    if units.is_zero() {
-        return Ok(ChargeOutcome {
-            amount: Decimal::ZERO,
-            breakdown: vec![],
-        });
-    }
     let mut found = None;
     for (i, tier) in tiers(ranges)?.enumerate() {
         let (t, r) = tier?;
@@ -517,13 +588,59 @@ fn package(p: &PackageProperties, units: Decimal) -> Result<ChargeOutcome> {
     })
 }
 
+/// Percentage (Lago): `rate` % of the paid amount plus `fixed_amount` per paid event.
+///
+/// * A free allowance of 0 (`free_units_per_events: 0`, `free_units_per_total_aggregation: "0"`) means
+///   no allowance, exactly like an absent one (Lago reads both with `|| 0` and treats 0 as "none":
+///   `free_units_count` drops zeros with `.excluding(0)`, and the per-transaction loop only frees while
+///   an allowance is `positive?`).
+/// * Zero units bill nothing, not even fixed fees (Lago: `compute_fixed_amount` returns 0 when
+///   `units.zero?`), unless per-event values are given (then per-transaction minimums still apply to
+///   zero-valued paid events, as in Lago's per-transaction loop).
+/// * When the free events cover every event (and no free amount can run out first), nothing is paid, so
+///   per-event values are not needed.
 fn percentage(p: &PercentageProperties, usage: &Usage<'_>) -> Result<ChargeOutcome> {
     let rate = p.rate / HUNDRED;
     let fixed = p.fixed_amount.unwrap_or_default();
-    let needs_events = p.free_units_per_events.is_some()
+    let free_events_allowance = p.free_units_per_events.filter(|n| !n.is_zero());
+    let free_total_allowance = p.free_units_per_total_aggregation.filter(|t| !t.is_zero());
+    let needs_events = free_events_allowance.is_some()
         || p.per_transaction_min_amount.is_some()
         || p.per_transaction_max_amount.is_some()
-        || (p.free_units_per_total_aggregation.is_some() && !fixed.is_zero());
+        || (free_total_allowance.is_some() && !fixed.is_zero());
+    let no_values = usage.event_values.is_none_or(|v| v.is_empty());
+    // Every event is free: the free events cover them all and the free amount (if any) cannot run out.
+    let all_free = free_events_allowance
+        .is_some_and(|n| usage.events_count.is_some_and(|c| Decimal::from(c) <= n))
+        && free_total_allowance.is_none_or(|t| usage.units < t);
+    if (usage.units.is_zero() && no_values) || (all_free && usage.event_values.is_none()) {
+        let mut breakdown = vec![BreakdownLine {
+            label: Cow::Borrowed("rate"),
+            from_value: None,
+            to_value: None,
+            units: Decimal::ZERO,
+            per_unit_amount: None,
+            rate: Some(p.rate),
+            flat_amount: Decimal::ZERO,
+            amount: Decimal::ZERO,
+        }];
+        if !fixed.is_zero() {
+            breakdown.push(BreakdownLine {
+                label: Cow::Borrowed("fixed fees"),
+                from_value: None,
+                to_value: None,
+                units: Decimal::ZERO,
+                per_unit_amount: Some(fixed),
+                rate: None,
+                flat_amount: Decimal::ZERO,
+                amount: Decimal::ZERO,
+            });
+        }
+        return Ok(ChargeOutcome {
+            amount: Decimal::ZERO,
+            breakdown,
+        });
+    }
     let row = |label: &'static str, units, rate: Option<Decimal>, amount| BreakdownLine {
         label: Cow::Borrowed(label),
         from_value: None,
@@ -542,7 +659,7 @@ fn percentage(p: &PercentageProperties, usage: &Usage<'_>) -> Result<ChargeOutco
                     .into(),
             ));
         }
-        let free = p.free_units_per_total_aggregation.unwrap_or_default();
+        let free = free_total_allowance.unwrap_or_default();
         let paid = (usage.units - free).max(Decimal::ZERO);
         let rate_amount = mul(paid, rate)?;
         let mut breakdown = vec![row("rate", paid, Some(p.rate), rate_amount)];
@@ -562,8 +679,8 @@ fn percentage(p: &PercentageProperties, usage: &Usage<'_>) -> Result<ChargeOutco
     };
 
     // Per event, in billing order: free allowances are consumed while neither is exhausted.
-    let mut free_events = p.free_units_per_events;
-    let mut free_total = p.free_units_per_total_aggregation;
+    let mut free_events = free_events_allowance;
+    let mut free_total = free_total_allowance;
     let (mut rate_sum, mut fixed_sum, mut adjust) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
     let (mut paid_units, mut paid_events) = (Decimal::ZERO, 0u64);
     let any_free = free_events.is_some() || free_total.is_some();
@@ -623,6 +740,38 @@ fn percentage(p: &PercentageProperties, usage: &Usage<'_>) -> Result<ChargeOutco
     }
     let amount = add(add(rate_sum, fixed_sum)?, adjust)?;
     Ok(ChargeOutcome { amount, breakdown })
+}
+
+/// Same tier rules as graduated (tier 1's flat fee even at zero), but the units in each tier are billed
+/// per started block: `ceil(units in tier / block_size) × per_block_amount`. Tier widths are whole
+/// numbers of blocks (checked by `validate`), so a block never straddles two tiers. The breakdown row's
+/// `units` is the number of blocks and `per_unit_amount` the block price (as the `package` row does).
+fn graduated_block(ranges: &[BlockRange], units: Decimal) -> Result<ChargeOutcome> {
+    let mut total = Decimal::ZERO;
+    let mut breakdown = Vec::new();
+    for (i, tier) in tiers(ranges)?.enumerate() {
+        let (t, r) = tier?;
+        if i > 0 && units <= t.lower {
+            break;
+        }
+        let blocks = (t.units_in(units) / r.block_size).ceil();
+        let amount = add(mul(blocks, r.per_block_amount)?, r.flat_amount)?;
+        total = add(total, amount)?;
+        breakdown.push(BreakdownLine {
+            label: tier_label(i),
+            from_value: Some(t.lower),
+            to_value: t.upper,
+            units: blocks,
+            per_unit_amount: Some(r.per_block_amount),
+            rate: None,
+            flat_amount: r.flat_amount,
+            amount,
+        });
+    }
+    Ok(ChargeOutcome {
+        amount: total,
+        breakdown,
+    })
 }
 
 /// Same tier rules as graduated (tier 1's flat fee even at zero), with a percentage per tier.
@@ -755,10 +904,35 @@ mod tests {
                 {"from_value": 101, "to_value": null, "per_unit_amount": "1", "flat_amount": "50"}
             ]}}),
         );
-        assert_eq!(eval(&m, dec!(0)), dec!(0)); // Lago: no usage, no volume fee
         assert_eq!(eval(&m, dec!(1)), dec!(3));
         assert_eq!(eval(&m, dec!(100)), dec!(201));
         assert_eq!(eval(&m, dec!(101)), dec!(151));
+    }
+
+    // DESIGN §6 and docs/pricing.md: zero units fall in tier 1, whose flat fee is billed (a minimum platform
+    // fee), the same for volume, graduated and graduated_percentage. (Lago's volume_service.rb returns 0 at
+    // zero units and its RangeGraduatedService drops flat fees at zero: we differ on purpose.)
+    #[test]
+    fn zero_units_bill_tier_1_flat_fee_in_every_tiered_model() {
+        let ranges = json!([
+            {"from_value": 0, "to_value": 100, "per_unit_amount": "2", "flat_amount": "1"},
+            {"from_value": 101, "to_value": null, "per_unit_amount": "1", "flat_amount": "50"}]);
+        let volume = model(json!({"charge_model": "volume",
+            "properties": {"volume_ranges": ranges.clone()}}));
+        assert_eq!(eval(&volume, dec!(0)), dec!(1));
+        let out = volume.evaluate(&Usage::default()).unwrap();
+        assert_eq!(out.breakdown.len(), 1);
+        assert_eq!(out.breakdown[0].label, "tier 1");
+        assert_eq!(out.breakdown[0].flat_amount, dec!(1));
+        let graduated = model(json!({"charge_model": "graduated",
+            "properties": {"graduated_ranges": ranges}}));
+        assert_eq!(eval(&graduated, dec!(0)), dec!(1));
+        // Without a flat fee on tier 1, zero units still bill nothing.
+        let free = model(
+            json!({"charge_model": "volume", "properties": {"volume_ranges": [
+            {"from_value": 0, "to_value": null, "per_unit_amount": "2", "flat_amount": "0"}]}}),
+        );
+        assert_eq!(eval(&free, dec!(0)), dec!(0));
     }
 
     #[test]
@@ -833,6 +1007,103 @@ mod tests {
             .is_err());
     }
 
+    // Lago's percentage_service.rb reads `free_units_per_events` with `.to_i` and
+    // `free_units_per_total_aggregation` with `|| 0`, and treats 0 as "no allowance" (`free_units_count`
+    // drops zeros with `.excluding(0)`; the per-transaction loop frees only while an allowance is
+    // `positive?`). A zero allowance must not block the other one.
+    #[test]
+    fn percentage_zero_allowances_mean_none() {
+        let values = [dec!(100), dec!(300), dec!(200)];
+        let usage = Usage {
+            units: dec!(600),
+            events_count: Some(3),
+            event_values: Some(&values),
+        };
+        // Free total 0, 2 free events: events 1 and 2 are free, event 3 pays 1 % of 200 + 0.5.
+        let m = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "fixed_amount": "0.5", "free_units_per_events": 2,
+            "free_units_per_total_aggregation": "0"}}));
+        assert_eq!(m.evaluate(&usage).unwrap().amount, dec!(2.5));
+        // Free events 0, free total 350: 100 + 250 of 300 free, then 50 + 200 paid: 2.5 + 2 × 0.5.
+        let m = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "fixed_amount": "0.5", "free_units_per_events": 0,
+            "free_units_per_total_aggregation": "350"}}));
+        assert_eq!(m.evaluate(&usage).unwrap().amount, dec!(3.5));
+        // Both 0: nothing is free, and no per-event values are needed (rate and fixed fee on aggregates).
+        let m = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "fixed_amount": "0.5", "free_units_per_events": 0,
+            "free_units_per_total_aggregation": "0"}}));
+        let aggregated = Usage {
+            event_values: None,
+            ..usage
+        };
+        assert_eq!(m.evaluate(&aggregated).unwrap().amount, dec!(7.5));
+        assert_eq!(m.evaluate(&usage).unwrap().amount, dec!(7.5));
+    }
+
+    // Lago's percentage_service.rb: `compute_fixed_amount` returns 0 when `units.zero?` and the rate part
+    // is 0 on zero units: a percentage charge without usage bills nothing.
+    #[test]
+    fn percentage_without_usage_bills_nothing() {
+        let m = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "2.9", "fixed_amount": "0.30", "free_units_per_events": 2,
+            "per_transaction_min_amount": "0.50"}}));
+        for usage in [
+            Usage::default(),
+            Usage {
+                units: dec!(0),
+                events_count: Some(0),
+                event_values: None,
+            },
+            Usage {
+                units: dec!(0),
+                events_count: Some(0),
+                event_values: Some(&[]),
+            },
+        ] {
+            assert_eq!(m.evaluate(&usage).unwrap().amount, dec!(0));
+        }
+        let fixed_only = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "fixed_amount": "0.10"}}));
+        // No events_count needed when there is no usage.
+        assert_eq!(eval(&fixed_only, dec!(0)), dec!(0));
+    }
+
+    // Lago's example on free events: "the first 3 events are free": with 3 events or fewer nothing is
+    // paid, so nothing depends on the events' values (none are needed).
+    #[test]
+    fn percentage_all_events_free_needs_no_event_values() {
+        let m = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "fixed_amount": "0.5", "free_units_per_events": 3,
+            "per_transaction_min_amount": "1"}}));
+        let out = m
+            .evaluate(&Usage {
+                units: dec!(1600),
+                events_count: Some(3),
+                event_values: None,
+            })
+            .unwrap();
+        assert_eq!(out.amount, dec!(0));
+        // A fourth event is paid: its value is needed.
+        let four = m.evaluate(&Usage {
+            units: dec!(1600),
+            events_count: Some(4),
+            event_values: None,
+        });
+        assert!(matches!(four, Err(Error::MissingInput(_))));
+        // A free amount that could run out first also needs the values...
+        let capped = model(json!({"charge_model": "percentage", "properties": {
+            "rate": "1", "free_units_per_events": 3, "free_units_per_total_aggregation": "500"}}));
+        let usage = |units| Usage {
+            units,
+            events_count: Some(2),
+            event_values: None,
+        };
+        assert!(capped.evaluate(&usage(dec!(600))).is_err());
+        // ...unless the whole usage is below it.
+        assert_eq!(capped.evaluate(&usage(dec!(400))).unwrap().amount, dec!(0));
+    }
+
     #[test]
     fn graduated_percentage_tiers() {
         let m = model(
@@ -844,6 +1115,85 @@ mod tests {
         assert_eq!(eval(&m, dec!(0)), dec!(1));
         assert_eq!(eval(&m, dec!(1000)), dec!(21));
         assert_eq!(eval(&m, dec!(2000)), dec!(36));
+    }
+
+    // Every field a charge can carry is used or rejected: a typo or an unsupported Lago option
+    // (`grouped_by`, `pricing_group_keys`...) must fail instead of being silently ignored.
+    #[test]
+    fn unknown_property_keys_are_errors() {
+        let cases = [
+            ("standard", json!({"amount": "1", "grouped_by": ["region"]})),
+            (
+                "graduated",
+                json!({"graduated_ranges": [
+                {"from_value": 0, "to_value": null, "per_unit_amount": "1", "flat_amount": "0", "flat_fee": "1"}]}),
+            ),
+            (
+                "volume",
+                json!({"volume_ranges": [
+                {"from_value": 0, "to_value": null, "per_unit_amount": "1"}], "extra": 1}),
+            ),
+            (
+                "package",
+                json!({"amount": "1", "package_size": 10, "free_unit": 5}),
+            ),
+            ("percentage", json!({"rate": "1", "fixed_ammount": "0.1"})),
+            (
+                "graduated_percentage",
+                json!({"graduated_percentage_ranges": [
+                {"from_value": 0, "to_value": null, "rate": "1", "per_unit_amount": "1"}]}),
+            ),
+            (
+                "graduated_block",
+                json!({"graduated_block_ranges": [
+                {"from_value": 0, "to_value": null, "block_size": 10, "per_block_amount": "1", "max_blocks": 3}]}),
+            ),
+        ];
+        for (name, props) in cases {
+            assert!(
+                matches!(
+                    ChargeModel::from_lago(name, &props),
+                    Err(Error::InvalidProperties(_))
+                ),
+                "{name} accepted {props}"
+            );
+        }
+        assert!(ChargeModel::from_lago("standard", &json!({"amount": "1"})).is_ok());
+    }
+
+    // Kill Bill's tiered block pricing (Kill Bill catalog, "TieredBlock" usage: each tier is priced per
+    // block of `size` units and a started block is billed whole). Tiers 0–100 in blocks of 10 at 1.00 (flat
+    // 5), then blocks of 50 at 3.00.
+    #[test]
+    fn graduated_block_bills_started_blocks_per_tier() {
+        let m = model(
+            json!({"charge_model": "graduated_block", "properties": {"graduated_block_ranges": [
+            {"from_value": 0, "to_value": 100, "block_size": 10, "per_block_amount": "1", "flat_amount": "5"},
+            {"from_value": 101, "to_value": null, "block_size": 50, "per_block_amount": "3"}]}}),
+        );
+        assert_eq!(m.name(), "graduated_block");
+        assert_eq!(eval(&m, dec!(0)), dec!(5)); // tier 1's flat fee, as in graduated
+        assert_eq!(eval(&m, dec!(1)), dec!(6)); // one started block
+        assert_eq!(eval(&m, dec!(10)), dec!(6));
+        assert_eq!(eval(&m, dec!(10.5)), dec!(7));
+        assert_eq!(eval(&m, dec!(100)), dec!(15)); // 10 blocks + 5
+        assert_eq!(eval(&m, dec!(101)), dec!(18)); // + 1 started block of 50
+        assert_eq!(eval(&m, dec!(151)), dec!(21));
+        let out = m
+            .evaluate(&Usage {
+                units: dec!(95),
+                ..Usage::default()
+            })
+            .unwrap();
+        assert_eq!((out.breakdown[0].units, out.amount), (dec!(10), dec!(15)));
+        // A bounded tier that is not a whole number of blocks, or a zero block, is rejected.
+        let bad = json!({"graduated_block_ranges": [
+            {"from_value": 0, "to_value": 95, "block_size": 10, "per_block_amount": "1"},
+            {"from_value": 95, "to_value": null, "block_size": 10, "per_block_amount": "1"}]});
+        assert!(ChargeModel::from_lago("graduated_block", &bad).is_err());
+        let zero = json!({"graduated_block_ranges": [
+            {"from_value": 0, "to_value": null, "block_size": 0, "per_block_amount": "1"}]});
+        assert!(ChargeModel::from_lago("graduated_block", &zero).is_err());
     }
 
     #[test]

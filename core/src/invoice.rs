@@ -52,6 +52,8 @@ pub struct DraftLine {
     pub tax_exempt: bool,
     /// Per-tier rows of a usage charge.
     pub breakdown: Vec<BreakdownLine>,
+    /// Id of the subscription the line bills, on an invoice over several subscriptions.
+    pub subscription: Option<String>,
 }
 
 /// A prepaid balance applied after tax.
@@ -82,6 +84,9 @@ pub struct Adjustments<'a> {
 /// One line of the final invoice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceLine {
+    /// Id of the subscription the line bills, on an invoice over several subscriptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<String>,
     /// What it bills.
     pub kind: LineKind,
     /// Plan or charge code.
@@ -225,6 +230,7 @@ pub fn assemble(
         };
         let (discount, taxable, tax_amount) = (minor(discount), minor(taxable), minor(tax_amount));
         lines.push(InvoiceLine {
+            subscription: d.subscription,
             kind: d.kind,
             code: d.code,
             description: d.description,
@@ -315,6 +321,7 @@ mod tests {
             proration_factor: None,
             tax_exempt: false,
             breakdown: vec![],
+            subscription: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod currency;
 pub mod discount;
 pub mod error;
 pub mod invoice;
+pub mod invoicing;
 pub mod money;
 pub mod period;
 pub mod pricing_api;
@@ -23,7 +24,7 @@ pub mod usage_pricing;
 pub use currency::Currency;
 pub use error::{Error, Result};
 pub use money::{Money, Quantity, RoundingMode};
-pub use period::{BillingPeriod, BillingTime, Interval, Schedule};
+pub use period::{BillingAnchor, BillingPeriod, BillingTime, Interval, Schedule};
 pub use pricing_api::{
     evaluate_charge, preview_invoice, ChargeRequest, ChargeResponse, PreviewRequest,
     PreviewResponse,

@@ -50,6 +50,29 @@ pub enum BillingTime {
     Anniversary,
 }
 
+/// Where a subscription's billing periods start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingAnchor {
+    /// Calendar boundaries (1st of the month, Monday, Jan 1...).
+    Calendar,
+    /// The subscription's start date (clamped to short months).
+    Anniversary,
+    /// A chosen day of the month, 1–31, clamped to short months (Kill Bill's BCD, Stripe's
+    /// `billing_cycle_anchor`): periods start on that day from the first such date on or after the start;
+    /// the stretch from the start to it is the (prorated) end of the period before.
+    DayOfMonth(u32),
+}
+
+impl From<BillingTime> for BillingAnchor {
+    fn from(t: BillingTime) -> Self {
+        match t {
+            BillingTime::Calendar => BillingAnchor::Calendar,
+            BillingTime::Anniversary => BillingAnchor::Anniversary,
+        }
+    }
+}
+
 /// One billing period, start inclusive and end exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BillingPeriod {
@@ -139,6 +162,8 @@ fn last_day_of_month(year: i32, month: u32) -> Result<u32> {
 pub struct Schedule {
     interval: Interval,
     anchor: NaiveDate,
+    /// Day of the month periods start on (month-based intervals), before clamping to short months.
+    anchor_day: u32,
     tz: Tz,
 }
 
@@ -159,8 +184,67 @@ impl Schedule {
         Ok(Schedule {
             interval,
             anchor,
+            anchor_day: anchor.day(),
             tz,
         })
+    }
+
+    /// Builds the schedule from any [`BillingAnchor`]. With [`BillingAnchor::DayOfMonth`], the first
+    /// period boundary is the first local date on or after `subscription_start` whose day is the anchor
+    /// day (the month's last day when the month is shorter); boundaries then follow every `interval`
+    /// from it, always on the anchor day clamped to the month (31 → Feb 28 → Mar 31). Weekly plans have no
+    /// day of the month: a day anchor on them is an error.
+    pub fn anchored(
+        interval: Interval,
+        anchor: BillingAnchor,
+        subscription_start: DateTime<Utc>,
+        tz: Tz,
+    ) -> Result<Self> {
+        let day = match anchor {
+            BillingAnchor::Calendar => {
+                return Schedule::new(interval, BillingTime::Calendar, subscription_start, tz)
+            }
+            BillingAnchor::Anniversary => {
+                return Schedule::new(interval, BillingTime::Anniversary, subscription_start, tz)
+            }
+            BillingAnchor::DayOfMonth(d) => d,
+        };
+        if !(1..=31).contains(&day) {
+            return Err(Error::InvalidPeriod(format!(
+                "billing anchor day {day} is not between 1 and 31"
+            )));
+        }
+        if interval.months().is_none() {
+            return Err(Error::InvalidPeriod(
+                "a billing anchor day needs a month-based interval, not weekly".into(),
+            ));
+        }
+        let start = local_date(subscription_start, tz);
+        let in_month = |y: i32, m: u32| -> Result<NaiveDate> {
+            let d = day.min(last_day_of_month(y, m)?);
+            NaiveDate::from_ymd_opt(y, m, d)
+                .ok_or_else(|| Error::InvalidPeriod(format!("date out of range: {y}-{m}-{d}")))
+        };
+        let mut first = in_month(start.year(), start.month())?;
+        if first < start {
+            let (y, m) = if start.month() == 12 {
+                (start.year() + 1, 1)
+            } else {
+                (start.year(), start.month() + 1)
+            };
+            first = in_month(y, m)?;
+        }
+        Ok(Schedule {
+            interval,
+            anchor: first,
+            anchor_day: day,
+            tz,
+        })
+    }
+
+    /// The day of the month periods start on (before clamping), for month-based intervals.
+    pub fn anchor_day(&self) -> u32 {
+        self.anchor_day
     }
 
     /// The interval.
@@ -183,7 +267,11 @@ impl Schedule {
             Some(step) => {
                 let months = i32::try_from(k * i64::from(step))
                     .map_err(|_| Error::InvalidPeriod("date out of range".into()))?;
-                add_months_clamped(self.anchor, months)
+                let total = self.anchor.year() * 12 + self.anchor.month0() as i32 + months;
+                let (year, month) = (total.div_euclid(12), total.rem_euclid(12) as u32 + 1);
+                let day = self.anchor_day.min(last_day_of_month(year, month)?);
+                NaiveDate::from_ymd_opt(year, month, day)
+                    .ok_or_else(|| Error::InvalidPeriod("date out of range".into()))
             }
         }
     }
@@ -280,6 +368,67 @@ mod tests {
             (p3.start_date, p3.end_date),
             (d(2024, 3, 31), d(2024, 4, 30))
         );
+    }
+
+    // Kill Bill's billing cycle day (BCD) and Stripe's `billing_cycle_anchor`: a subscription can start on
+    // any day and bill on a chosen day of the month, clamped to short months; the stretch before the first
+    // anchor date is a (prorated) part of the period that ends there.
+    #[test]
+    fn anchor_day_separate_from_the_start() {
+        let s = Schedule::anchored(
+            Interval::Monthly,
+            BillingAnchor::DayOfMonth(15),
+            utc("2026-01-10T12:00:00Z"),
+            Tz::UTC,
+        )
+        .unwrap();
+        let p = s.period_containing(utc("2026-01-10T12:00:00Z")).unwrap();
+        assert_eq!(
+            (p.start_date, p.end_date),
+            (d(2025, 12, 15), d(2026, 1, 15))
+        );
+        let n = s.next(&p).unwrap();
+        assert_eq!((n.start_date, n.end_date), (d(2026, 1, 15), d(2026, 2, 15)));
+        // Day 31, starting Feb 10: first anchor Feb 28, then back to Mar 31, Apr 30.
+        let s = Schedule::anchored(
+            Interval::Monthly,
+            BillingAnchor::DayOfMonth(31),
+            utc("2026-02-10T00:00:00Z"),
+            Tz::UTC,
+        )
+        .unwrap();
+        let p = s.period_containing_date(d(2026, 3, 5)).unwrap();
+        assert_eq!((p.start_date, p.end_date), (d(2026, 2, 28), d(2026, 3, 31)));
+        let n = s.next(&p).unwrap();
+        assert_eq!((n.start_date, n.end_date), (d(2026, 3, 31), d(2026, 4, 30)));
+        let first = s.period_containing_date(d(2026, 2, 10)).unwrap();
+        assert_eq!(first.start_date, d(2026, 1, 31));
+        // Starting on the anchor day itself: the first period starts at the start.
+        let s = Schedule::anchored(
+            Interval::Yearly,
+            BillingAnchor::DayOfMonth(1),
+            utc("2026-05-01T00:00:00Z"),
+            Tz::UTC,
+        )
+        .unwrap();
+        let p = s.period_containing_date(d(2026, 5, 1)).unwrap();
+        assert_eq!((p.start_date, p.end_date), (d(2026, 5, 1), d(2027, 5, 1)));
+        for bad in [0, 32] {
+            assert!(Schedule::anchored(
+                Interval::Monthly,
+                BillingAnchor::DayOfMonth(bad),
+                utc("2026-05-01T00:00:00Z"),
+                Tz::UTC
+            )
+            .is_err());
+        }
+        assert!(Schedule::anchored(
+            Interval::Weekly,
+            BillingAnchor::DayOfMonth(3),
+            utc("2026-05-01T00:00:00Z"),
+            Tz::UTC
+        )
+        .is_err());
     }
 
     #[test]

@@ -1,8 +1,6 @@
 //! Offline pricing API: serde request/response types and two pure functions, used by the
 //! `billing pricing charge|preview` CLI and by the invoicer. See `docs/pricing.md` for the formats.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
@@ -13,13 +11,15 @@ use crate::charge::{BreakdownLine, ChargeModel, Usage};
 use crate::currency::Currency;
 use crate::discount::Coupon;
 use crate::error::{Error, Result};
-use crate::invoice::{assemble, Adjustments, CreditNote, DraftLine, Invoice, LineKind};
-use crate::money::{non_negative, round_to_minor, Money, Quantity, RoundingMode};
-use crate::period::{local_date, parse_timezone, BillingTime, Interval, Schedule};
-use crate::proration::ProrationConvention;
-use crate::subscription::{
-    fee_lines, segments, Change, ChangeKind, FeeKind, Segment, Subscription,
+use crate::invoice::{Adjustments, CreditNote, Invoice};
+use crate::invoicing::{
+    invoice, BillableSubscription, ChargeAggregate, InvoiceInput, PlanTerms, PricedCharge,
+    PricedPlan,
 };
+use crate::money::{non_negative, round_to_minor, Quantity, RoundingMode};
+use crate::period::{parse_timezone, BillingAnchor, BillingPeriod, BillingTime, Interval};
+use crate::proration::ProrationConvention;
+use crate::subscription::{Change, ChangeKind, Subscription};
 use crate::tax::TaxRate;
 
 /// Input of [`evaluate_charge`]: one charge model applied to one period's aggregated usage.
@@ -194,6 +194,9 @@ pub enum ChangeSpec {
         at: DateTime<Utc>,
         /// Code of the new plan (in `plans`).
         plan: String,
+        /// New billing day of the month from this change on (the piece up to it is prorated).
+        #[serde(default)]
+        billing_anchor_day: Option<u32>,
     },
     /// Plan change at the end of the period containing `at`.
     Downgrade {
@@ -201,6 +204,9 @@ pub enum ChangeSpec {
         at: DateTime<Utc>,
         /// Code of the new plan (in `plans`).
         plan: String,
+        /// New billing day of the month from this change on (the piece up to it is prorated).
+        #[serde(default)]
+        billing_anchor_day: Option<u32>,
     },
     /// Cancellation, immediate (with credit) or at period end.
     Cancel {
@@ -226,8 +232,15 @@ pub enum ChangeSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionSpec {
+    /// Id shown on the lines of an invoice over several subscriptions (required then).
+    #[serde(default)]
+    pub id: Option<String>,
     /// Start of the subscription.
     pub started_at: DateTime<Utc>,
+    /// Day of the month (1–31, clamped in short months) the subscription bills on, separate from its
+    /// start (Kill Bill's BCD, Stripe's `billing_cycle_anchor`); replaces calendar billing.
+    #[serde(default)]
+    pub billing_anchor_day: Option<u32>,
     /// End of the trial; overrides the plan's `trial_period_days`.
     #[serde(default)]
     pub trial_ends_at: Option<DateTime<Utc>>,
@@ -253,6 +266,27 @@ pub struct AggregateInput {
     /// Per-event values in billing order.
     #[serde(default)]
     pub event_values: Option<Vec<Decimal>>,
+}
+
+/// Another subscription of the same customer on the same invoice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtherSubscriptionSpec {
+    /// Id shown on its lines.
+    pub id: String,
+    /// The plan it starts on.
+    pub plan: PlanSpec,
+    /// Other plans its changes refer to.
+    #[serde(default)]
+    pub plans: Vec<PlanSpec>,
+    /// Its dates and changes.
+    pub subscription: SubscriptionSpec,
+    /// Its usage events.
+    #[serde(default)]
+    pub events: Vec<Event>,
+    /// Its pre-aggregated usage.
+    #[serde(default)]
+    pub aggregates: Vec<AggregateInput>,
 }
 
 fn default_tz() -> String {
@@ -304,6 +338,9 @@ pub struct PreviewRequest {
     /// Prepaid credits (wallet balance), applied after credit notes.
     #[serde(default)]
     pub prepaid_credits: Decimal,
+    /// Other subscriptions of the customer invoiced together with this one.
+    #[serde(default)]
+    pub other_subscriptions: Vec<OtherSubscriptionSpec>,
 }
 
 /// The invoiced period, in UTC and in local dates.
@@ -321,6 +358,17 @@ pub struct PeriodOut {
     pub days: i64,
 }
 
+/// One subscription's invoiced period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionPeriodOut {
+    /// The subscription's id.
+    pub id: String,
+    /// Convention of its fee.
+    pub proration: ProrationConvention,
+    /// Its period.
+    pub period: PeriodOut,
+}
+
 /// Output of [`preview_invoice`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviewResponse {
@@ -328,82 +376,145 @@ pub struct PreviewResponse {
     pub timezone: String,
     /// Convention used for the subscription fee.
     pub proration: ProrationConvention,
-    /// Invoiced period.
+    /// Invoiced period (of the first subscription).
     pub period: PeriodOut,
+    /// Each subscription's period, with `other_subscriptions` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<SubscriptionPeriodOut>,
     /// Lines and totals.
     #[serde(flatten)]
     pub invoice: Invoice,
 }
 
-/// A resolved plan with its parsed charges.
-struct Plan<'a> {
-    spec: &'a PlanSpec,
-    charges: Vec<ChargeModel>,
-}
-
-impl<'a> Plan<'a> {
-    fn new(spec: &'a PlanSpec) -> Result<Self> {
-        non_negative("plan amount", spec.amount)?;
-        let charges = spec
-            .charges
-            .iter()
-            .map(|c| {
-                c.billable_metric.validate()?;
-                ChargeModel::from_lago(&c.charge_model, &c.properties)
-                    .map_err(|e| Error::InvalidProperties(format!("charge {}: {e}", c.code)))
+fn parse_charges(spec: &PlanSpec) -> Result<Vec<PricedCharge>> {
+    non_negative("plan amount", spec.amount)?;
+    spec.charges
+        .iter()
+        .map(|c| {
+            c.billable_metric.validate()?;
+            let model = ChargeModel::from_lago(&c.charge_model, &c.properties)
+                .map_err(|e| Error::InvalidProperties(format!("charge {}: {e}", c.code)))?;
+            Ok(PricedCharge {
+                code: c.code.clone(),
+                name: c.name.clone(),
+                metric: c.billable_metric.clone(),
+                model,
+                min_amount: c.min_amount,
+                tax_exempt: c.tax_exempt,
             })
-            .collect::<Result<_>>()?;
-        Ok(Plan { spec, charges })
-    }
+        })
+        .collect()
+}
 
-    fn name(&self) -> &str {
-        self.spec.name.as_deref().unwrap_or(&self.spec.code)
+fn priced_plan(spec: &PlanSpec, anchor: BillingAnchor) -> Result<PricedPlan> {
+    Ok(PricedPlan {
+        code: spec.code.clone(),
+        name: spec.name.clone(),
+        terms: PlanTerms {
+            fee: spec.amount,
+            interval: spec.interval,
+            pay_in_advance: spec.pay_in_advance,
+            anchor,
+        },
+        fee_tax_exempt: spec.fee_tax_exempt,
+        charges: parse_charges(spec)?,
+    })
+}
+
+/// The anchor a plan bills on, given the subscription's anchor day (which replaces calendar billing;
+/// an explicit `anniversary` would be contradicted, so it is an error).
+fn anchor_of(spec: &PlanSpec, anchor_day: Option<u32>) -> Result<BillingAnchor> {
+    match (anchor_day, spec.billing_time) {
+        (None, t) => Ok(t.into()),
+        (Some(_), BillingTime::Anniversary) => Err(Error::InvalidRequest(format!(
+            "plan {}: billing_time anniversary contradicts billing_anchor_day",
+            spec.code
+        ))),
+        (Some(d), BillingTime::Calendar) => Ok(BillingAnchor::DayOfMonth(d)),
     }
 }
 
-/// Previews the invoice of one period of a subscription.
-///
-/// The subscription fee follows the plan's timing (in advance or in arrears) and the proration
-/// convention; usage charges are always for the period's own usage. Lines carry their service range so
-/// an invoicer can split in-advance fees and in-arrears usage into separate documents if it wants.
-pub fn preview_invoice(req: PreviewRequest) -> Result<PreviewResponse> {
-    let tz: Tz = parse_timezone(&req.timezone)?;
-    let mut plans = vec![Plan::new(&req.plan)?];
-    for p in &req.plans {
-        if p.interval != req.plan.interval || p.pay_in_advance != req.plan.pay_in_advance {
+/// Turns one subscription of a preview request into the domain's input.
+#[allow(clippy::too_many_arguments)]
+fn billable_subscription(
+    id: Option<String>,
+    plan: &PlanSpec,
+    others: &[PlanSpec],
+    sub: &SubscriptionSpec,
+    events: &[Event],
+    aggregates: &[AggregateInput],
+    tenant_proration: ProrationConvention,
+) -> Result<BillableSubscription> {
+    let convention = plan.proration.unwrap_or(tenant_proration);
+    let anchor_day = sub.billing_anchor_day;
+    let mut plans = vec![priced_plan(plan, anchor_of(plan, anchor_day)?)?];
+    for p in others {
+        // Every field is used or rejected: a trial only exists at the subscription's start, and one
+        // subscription is prorated under one convention.
+        if p.trial_period_days.is_some() {
             return Err(Error::InvalidRequest(format!(
-                "plan {} must have the same interval and pay_in_advance as {}",
-                p.code, req.plan.code
+                "plan {}: trial_period_days only applies to the plan the subscription starts on",
+                p.code
             )));
         }
-        plans.push(Plan::new(p)?);
+        if p.proration.is_some_and(|c| c != convention) {
+            return Err(Error::InvalidRequest(format!(
+                "plan {}: proration {:?} differs from the subscription's {convention:?}",
+                p.code,
+                p.proration.unwrap_or_default()
+            )));
+        }
+        if plans.iter().any(|q| q.code == p.code) {
+            return Err(Error::InvalidRequest(format!(
+                "two plans with code {:?}",
+                p.code
+            )));
+        }
+        plans.push(priced_plan(p, anchor_of(p, anchor_day)?)?);
     }
-    let plan_index = |code: &str| {
-        plans
+    let plan_count = plans.len();
+    // A change's own billing_anchor_day re-anchors the plan it switches to (a derived plan entry).
+    let mut target = |code: &str, anchor: Option<u32>| -> Result<usize> {
+        let i = plans[..plan_count]
             .iter()
-            .position(|p| p.spec.code == code)
-            .ok_or_else(|| Error::InvalidRequest(format!("unknown plan {code:?}")))
+            .position(|p| p.code == code)
+            .ok_or_else(|| Error::InvalidRequest(format!("unknown plan {code:?}")))?;
+        let Some(d) = anchor else {
+            return Ok(i);
+        };
+        let spec = if i == 0 { plan } else { &others[i - 1] };
+        if spec.billing_time == BillingTime::Anniversary {
+            return Err(Error::InvalidRequest(format!(
+                "plan {}: billing_time anniversary contradicts billing_anchor_day",
+                spec.code
+            )));
+        }
+        let mut derived = plans[i].clone();
+        derived.terms.anchor = BillingAnchor::DayOfMonth(d);
+        plans.push(derived);
+        Ok(plans.len() - 1)
     };
-    let convention = req.plan.proration.unwrap_or(req.proration);
-    let sub = &req.subscription;
-    let trial_ends_at = sub.trial_ends_at.or(req
-        .plan
-        .trial_period_days
-        .filter(|d| *d > 0)
-        .map(|d| sub.started_at + Duration::days(i64::from(d))));
     let mut changes = Vec::with_capacity(sub.changes.len());
     for c in &sub.changes {
         changes.push(match c {
-            ChangeSpec::Upgrade { at, plan } => Change {
+            ChangeSpec::Upgrade {
+                at,
+                plan,
+                billing_anchor_day,
+            } => Change {
                 at: *at,
                 kind: ChangeKind::Upgrade {
-                    plan: plan_index(plan)?,
+                    plan: target(plan, *billing_anchor_day)?,
                 },
             },
-            ChangeSpec::Downgrade { at, plan } => Change {
+            ChangeSpec::Downgrade {
+                at,
+                plan,
+                billing_anchor_day,
+            } => Change {
                 at: *at,
                 kind: ChangeKind::Downgrade {
-                    plan: plan_index(plan)?,
+                    plan: target(plan, *billing_anchor_day)?,
                 },
             },
             ChangeSpec::Cancel { at, immediate } => Change {
@@ -422,190 +533,126 @@ pub fn preview_invoice(req: PreviewRequest) -> Result<PreviewResponse> {
             },
         });
     }
-    let subscription = Subscription {
-        started_at: sub.started_at,
-        trial_ends_at,
-        plan: 0,
-        changes,
-    };
-    let schedule = Schedule::new(req.plan.interval, req.plan.billing_time, sub.started_at, tz)?;
-    let period = schedule.period_containing(req.period_containing)?;
-    let segs = segments(&subscription, &schedule, convention, &period)?;
-    let currency = req.currency;
-    let fmt_date = |t: DateTime<Utc>| local_date(t, tz);
-
-    let mut drafts = Vec::new();
-    let fees: Vec<Decimal> = plans.iter().map(|p| p.spec.amount).collect();
-    for f in fee_lines(
-        &segs,
-        &fees,
-        req.plan.pay_in_advance,
-        &period,
+    let trial_ends_at = sub.trial_ends_at.or(plan
+        .trial_period_days
+        .filter(|d| *d > 0)
+        .map(|d| sub.started_at + Duration::days(i64::from(d))));
+    Ok(BillableSubscription {
+        id,
+        plans,
+        subscription: Subscription {
+            started_at: sub.started_at,
+            trial_ends_at,
+            plan: 0,
+            changes,
+        },
         convention,
-        &schedule,
-    )? {
-        let plan = &plans[f.plan];
-        let last_day = fmt_date(f.to - Duration::seconds(1));
-        let (kind, what) = match f.kind {
-            FeeKind::Charge => (LineKind::Subscription, "fee"),
-            FeeKind::Credit => (LineKind::SubscriptionCredit, "credit for unused days"),
-        };
-        drafts.push(DraftLine {
-            kind,
-            code: plan.spec.code.clone(),
-            description: format!("{} {what}, {} to {last_day}", plan.name(), fmt_date(f.from)),
-            amount: Money::new(f.amount, currency),
-            from: Some(f.from),
-            to: Some(f.to),
-            units: None,
-            proration_factor: Some(f.factor),
-            tax_exempt: plan.spec.fee_tax_exempt,
-            breakdown: Vec::new(),
-        });
-    }
+        events: events.to_vec(),
+        aggregates: aggregates
+            .iter()
+            .map(|a| {
+                let values = a.event_values.clone().unwrap_or_default();
+                let count = a.events_count.unwrap_or(values.len() as u64);
+                ChargeAggregate {
+                    charge: a.charge.clone(),
+                    group: a.group.clone(),
+                    aggregate: Aggregate {
+                        units: a.units.value(),
+                        events_count: count,
+                        event_values: values,
+                    },
+                }
+            })
+            .collect(),
+    })
+}
 
-    // Usage windows: runs of live segments on the same plan.
-    let mut windows: Vec<Segment> = Vec::new();
-    for s in segs.iter().filter(|s| s.state.live()) {
-        match windows.last_mut() {
-            Some(w) if w.to == s.from && w.state.plan == s.state.plan => w.to = s.to,
-            _ => windows.push(*s),
-        }
+fn period_out(p: &BillingPeriod) -> PeriodOut {
+    PeriodOut {
+        from: p.start,
+        to: p.end,
+        from_date: p.start_date,
+        to_date: p.end_date.pred_opt().unwrap_or(p.end_date),
+        days: p.days(),
     }
-    for a in &req.aggregates {
-        let known = windows.iter().any(|w| {
-            plans[w.state.plan]
-                .spec
-                .charges
-                .iter()
-                .any(|c| c.code == a.charge)
-        });
-        if !known {
+}
+
+/// Previews the invoice of one period: the JSON adapter over [`crate::invoicing::invoice`].
+///
+/// The subscription fee follows the plan's timing (in advance or in arrears) and the proration
+/// convention; usage charges are always for the period's own usage. Lines carry their service range so
+/// an invoicer can split in-advance fees and in-arrears usage into separate documents if it wants. With
+/// `other_subscriptions`, the invoice covers several subscriptions of the customer sharing the billing
+/// date, with coupons, taxes and credits applied once over all their lines.
+pub fn preview_invoice(req: PreviewRequest) -> Result<PreviewResponse> {
+    let tz: Tz = parse_timezone(&req.timezone)?;
+    let mut subs = vec![billable_subscription(
+        req.subscription.id.clone(),
+        &req.plan,
+        &req.plans,
+        &req.subscription,
+        &req.events,
+        &req.aggregates,
+        req.proration,
+    )?];
+    for o in &req.other_subscriptions {
+        if o.subscription.id.as_ref().is_some_and(|i| *i != o.id) {
             return Err(Error::InvalidRequest(format!(
-                "aggregate for charge {:?}, which no active plan of the period has",
-                a.charge
+                "other subscription {:?}: subscription.id {:?} differs from its id",
+                o.id, o.subscription.id
             )));
         }
+        subs.push(billable_subscription(
+            Some(o.id.clone()),
+            &o.plan,
+            &o.plans,
+            &o.subscription,
+            &o.events,
+            &o.aggregates,
+            req.proration,
+        )?);
     }
-    for (wi, w) in windows.iter().enumerate() {
-        let plan = &plans[w.state.plan];
-        for (charge, model) in plan.spec.charges.iter().zip(&plan.charges) {
-            // Aggregates go to the last window whose plan has the charge.
-            let last_for_charge = windows[wi + 1..].iter().all(|later| {
-                !plans[later.state.plan]
-                    .spec
-                    .charges
-                    .iter()
-                    .any(|c| c.code == charge.code)
-            });
-            let given: Vec<&AggregateInput> = req
-                .aggregates
-                .iter()
-                .filter(|a| a.charge == charge.code)
-                .collect();
-            for (i, a) in given.iter().enumerate() {
-                if given[..i].iter().any(|b| b.group == a.group) {
-                    return Err(Error::InvalidRequest(format!(
-                        "two aggregates for charge {:?} and group {:?}",
-                        a.charge, a.group
-                    )));
-                }
-            }
-            let usage: BTreeMap<Option<String>, Aggregate> = if given.is_empty() {
-                charge
-                    .billable_metric
-                    .aggregate(&req.events, w.from, w.to)?
-            } else if last_for_charge {
-                given
-                    .iter()
-                    .map(|a| {
-                        let values = a.event_values.clone().unwrap_or_default();
-                        let count = a.events_count.unwrap_or(values.len() as u64);
-                        (
-                            a.group.clone(),
-                            Aggregate {
-                                units: a.units.value(),
-                                events_count: count,
-                                event_values: values,
-                            },
-                        )
-                    })
-                    .collect()
-            } else {
-                BTreeMap::new()
-            };
-            let mut charge_total = Decimal::ZERO;
-            for (group, agg) in usage {
-                let has_values = !agg.event_values.is_empty() || agg.events_count == 0;
-                let out = model.evaluate(&Usage {
-                    units: agg.units,
-                    events_count: Some(agg.events_count),
-                    event_values: has_values.then_some(agg.event_values.as_slice()),
-                })?;
-                charge_total += out.amount;
-                let name = charge.name.as_deref().unwrap_or(&charge.code);
-                let label = match (&group, &charge.billable_metric.group_by) {
-                    (Some(g), Some(key)) => format!("{name} ({key}={g})"),
-                    _ => name.to_string(),
-                };
-                drafts.push(DraftLine {
-                    kind: LineKind::Charge,
-                    code: charge.code.clone(),
-                    description: format!(
-                        "{label}, {} to {}",
-                        fmt_date(w.from),
-                        fmt_date(w.to - Duration::seconds(1))
-                    ),
-                    amount: Money::new(out.amount, currency),
-                    from: Some(w.from),
-                    to: Some(w.to),
-                    units: Some(agg.units),
-                    proration_factor: None,
-                    tax_exempt: charge.tax_exempt,
-                    breakdown: out.breakdown,
-                });
-            }
-            if let Some(t) = true_up(charge.min_amount, charge_total)? {
-                let name = charge.name.as_deref().unwrap_or(&charge.code);
-                drafts.push(DraftLine {
-                    kind: LineKind::TrueUp,
-                    code: charge.code.clone(),
-                    description: format!("{name} minimum commitment true-up"),
-                    amount: Money::new(t, currency),
-                    from: Some(w.from),
-                    to: Some(w.to),
-                    units: None,
-                    proration_factor: None,
-                    tax_exempt: charge.tax_exempt,
-                    breakdown: Vec::new(),
-                });
-            }
-        }
+    if !req.other_subscriptions.is_empty() && req.subscription.id.is_none() {
+        return Err(Error::InvalidRequest(
+            "subscription.id is required with other_subscriptions".into(),
+        ));
     }
-
-    let invoice = assemble(
-        currency,
-        req.rounding,
-        drafts,
-        &Adjustments {
+    let out = invoice(&InvoiceInput {
+        currency: req.currency,
+        rounding: req.rounding,
+        timezone: tz,
+        period_containing: req.period_containing,
+        subscriptions: &subs,
+        adjustments: Adjustments {
             coupons: &req.coupons,
             taxes: &req.taxes,
             customer_tax_exempt: req.customer_tax_exempt,
             credit_notes: &req.credit_notes,
             prepaid_credits: req.prepaid_credits,
         },
-    )?;
+    })?;
+    let main = out
+        .periods
+        .first()
+        .ok_or(Error::InvalidRequest("no subscription".into()))?;
+    let subscriptions = if req.other_subscriptions.is_empty() {
+        Vec::new()
+    } else {
+        out.periods
+            .iter()
+            .map(|p| SubscriptionPeriodOut {
+                id: p.subscription.clone().unwrap_or_default(),
+                proration: p.convention,
+                period: period_out(&p.period),
+            })
+            .collect()
+    };
     Ok(PreviewResponse {
         timezone: tz.name().to_string(),
-        proration: convention,
-        period: PeriodOut {
-            from: period.start,
-            to: period.end,
-            from_date: period.start_date,
-            to_date: period.end_date.pred_opt().unwrap_or(period.end_date),
-            days: period.days(),
-        },
-        invoice,
+        proration: main.convention,
+        period: period_out(&main.period),
+        subscriptions,
+        invoice: out.invoice,
     })
 }
 
@@ -675,6 +722,25 @@ mod tests {
     }
 
     #[test]
+    fn example_charge_graduated_block() {
+        let r = charge(include_str!(
+            "../../docs/examples/pricing/charge-graduated-block.json"
+        ));
+        // Tier 1: 1000 units = 10 blocks of 100 × 2.50 = 25. Tier 2: 1001 units → 3 started blocks of 500
+        // × 9.99 = 29.97, + flat 1 = 30.97. Total 55.97.
+        assert_eq!(r.breakdown.len(), 2);
+        assert_eq!(
+            (r.breakdown[0].units, r.breakdown[0].amount),
+            (dec!(10), dec!(25))
+        );
+        assert_eq!(
+            (r.breakdown[1].units, r.breakdown[1].amount),
+            (dec!(3), dec!(30.97))
+        );
+        assert_eq!(r.amount_rounded.to_string(), "55.97");
+    }
+
+    #[test]
     fn example_preview_lago_upgrade() {
         let r = preview(include_str!(
             "../../docs/examples/pricing/preview-lago-upgrade.json"
@@ -697,6 +763,32 @@ mod tests {
         );
         assert_eq!(r.invoice.total.to_string(), "154.84");
         assert_eq!(r.invoice.amount_due.to_string(), "154.84");
+    }
+
+    #[test]
+    fn example_preview_thirty_day() {
+        let r = preview(include_str!(
+            "../../docs/examples/pricing/preview-thirty-day.json"
+        ));
+        // January counts 30 days; the upgrade on Jan 15 leaves Jan 15..=30 (the 31st is day 30): 16/30.
+        // Credit 100 × 16/30 = 53.333… → −53.33; Premium 200 × 16/30 = 106.666… → 106.67.
+        assert_eq!(amounts(&r), vec![dec!(100.00), dec!(-53.33), dec!(106.67)]);
+        assert_eq!(
+            r.invoice.lines[1].proration_factor,
+            Some(dec!(16) / dec!(30))
+        );
+        assert_eq!(r.invoice.total.to_string(), "153.34");
+        // The same upgrade on Feb 15 (28-day month) also leaves 16 of 30 days.
+        let mut v: serde_json::Value = serde_json::from_str(include_str!(
+            "../../docs/examples/pricing/preview-thirty-day.json"
+        ))
+        .unwrap();
+        v["subscription"]["changes"][0]["at"] = json!("2026-02-15T10:00:00Z");
+        v["period_containing"] = json!("2026-02-20T00:00:00Z");
+        assert_eq!(
+            amounts(&run(v).unwrap()),
+            vec![dec!(100.00), dec!(-53.33), dec!(106.67)]
+        );
     }
 
     #[test]
@@ -847,15 +939,257 @@ mod tests {
         let mut v = base_request();
         v["currency"] = json!("XYZ");
         assert!(run(v).is_err());
-        let mut v = base_request();
-        v["plans"][0]["interval"] = json!("yearly");
-        assert!(run(v).is_err());
         let missing =
             json!({"currency": "USD", "charge_model": "standard", "properties": {"amount": "1"}});
         assert!(matches!(
             evaluate_charge(serde_json::from_value(missing).unwrap()),
             Err(Error::MissingInput(_))
         ));
+    }
+
+    // Every field a request can carry is used or rejected, at every level.
+    #[test]
+    fn unknown_or_unused_fields_are_errors_at_every_level() {
+        let charge = json!({"code": "c", "billable_metric": {"code": "m", "aggregation_type": "count_agg"},
+            "charge_model": "standard", "properties": {"amount": "1"}});
+        let mut ok = base_request();
+        ok["plan"]["charges"] = json!([charge]);
+        ok["events"] =
+            json!([{"transaction_id": "e1", "code": "m", "timestamp": "2026-04-02T00:00:00Z"}]);
+        ok["coupons"] =
+            json!([{"code": "p", "coupon_type": "percentage", "percentage_rate": "10"}]);
+        ok["taxes"] = json!([{"code": "t", "rate": "5"}]);
+        ok["credit_notes"] = json!([{"code": "cn", "amount": "1"}]);
+        ok["subscription"]["changes"] = json!([{"type": "pause", "at": "2026-04-20T00:00:00Z"}]);
+        assert!(run(ok.clone()).is_ok());
+        let typos: [(&str, serde_json::Value); 12] = [
+            ("/plan/charges/0/billable_metric", json!({"field": "x"})),
+            ("/plan/charges/0", json!({"charge_modle": "standard"})),
+            ("/plan/charges/0/properties", json!({"grouped_by": ["x"]})),
+            ("/events/0", json!({"external_subscription_id": "s"})),
+            ("/coupons/0", json!({"expiration": "never"})),
+            ("/taxes/0", json!({"applied_to": "fees"})),
+            ("/credit_notes/0", json!({"currency": "USD"})),
+            ("/subscription/changes/0", json!({"plan": "b"})),
+            (
+                "/subscription",
+                json!({"ending_at": "2027-01-01T00:00:00Z"}),
+            ),
+            ("/plan", json!({"amount_currency": "USD"})),
+            // Fields of `plans` entries that would be silently unused are errors.
+            ("/plans/0", json!({"trial_period_days": 7})),
+            ("/plans/0", json!({"proration": "seconds"})),
+        ];
+        for (path, extra) in typos {
+            let mut v = ok.clone();
+            let target = v.pointer_mut(path).unwrap();
+            for (k, x) in extra.as_object().unwrap() {
+                target[k] = x.clone();
+            }
+            assert!(run(v).is_err(), "{path} {extra} was accepted");
+        }
+        // The same proration as the subscription's is consistent, hence accepted.
+        let mut v = ok.clone();
+        v["plans"][0]["proration"] = json!("days");
+        assert!(run(v).is_ok());
+        let mut v = ok;
+        v["aggregates"] = json!([{"charge": "c", "units": "1", "unit": "x"}]);
+        assert!(run(v).is_err());
+    }
+
+    #[test]
+    fn example_preview_anchor_day() {
+        let r = preview(include_str!(
+            "../../docs/examples/pricing/preview-anchor-day.json"
+        ));
+        // Started Jan 10, bills on the 15th: the first period is Dec 15 → Jan 14 (31 days) and Jan 10..=14
+        // are 5 of its days: 30 × 5/31 = 4.8387… → 4.84 (leading proration, paid in advance).
+        assert_eq!(r.period.from_date.to_string(), "2025-12-15");
+        assert_eq!(r.period.to_date.to_string(), "2026-01-14");
+        assert_eq!(amounts(&r), vec![dec!(4.84)]);
+        let mut v: serde_json::Value = serde_json::from_str(include_str!(
+            "../../docs/examples/pricing/preview-anchor-day.json"
+        ))
+        .unwrap();
+        // Each convention: days_exclusive_end 0.161290323 × 30 = 4.84; seconds 5 × 86400 / 31 × 86400
+        // = 4.84; thirty_day: Dec 15 → Jan 15 is 30 days, Jan 10 is day 25, so 5/30 → 5.00.
+        for (conv, expected) in [
+            ("days_exclusive_end", dec!(4.84)),
+            ("seconds", dec!(4.84)),
+            ("thirty_day", dec!(5.00)),
+        ] {
+            v["proration"] = json!(conv);
+            assert_eq!(amounts(&run(v.clone()).unwrap()), vec![expected], "{conv}");
+        }
+        v["proration"] = json!("days");
+        // The next period is a whole one, Jan 15 → Feb 14.
+        v["period_containing"] = json!("2026-01-20T00:00:00Z");
+        let next = run(v.clone()).unwrap();
+        assert_eq!(next.period.from_date.to_string(), "2026-01-15");
+        assert_eq!(amounts(&next), vec![dec!(30.00)]);
+        // In arrears the same 4.84 is billed at the end of the first period.
+        v["plan"]["pay_in_advance"] = json!(false);
+        v["period_containing"] = json!("2026-01-10T00:00:00Z");
+        assert_eq!(amounts(&run(v.clone()).unwrap()), vec![dec!(4.84)]);
+        // Day 31 bills on the last day of short months; an anniversary plan contradicts the anchor.
+        v["subscription"]["billing_anchor_day"] = json!(31);
+        v["period_containing"] = json!("2026-02-10T00:00:00Z");
+        let feb = run(v.clone()).unwrap();
+        assert_eq!(feb.period.from_date.to_string(), "2026-01-31");
+        assert_eq!(feb.period.to_date.to_string(), "2026-02-27");
+        v["plan"]["billing_time"] = json!("anniversary");
+        assert!(run(v.clone()).is_err());
+        v["plan"]["billing_time"] = json!("calendar");
+        v["subscription"]["billing_anchor_day"] = json!(32);
+        assert!(run(v).is_err());
+    }
+
+    // Kill Bill's BCD change / Stripe's `billing_cycle_anchor` reset on a plan change: the old plan is
+    // credited from the change, and the new plan is charged for the piece up to its new anchor date.
+    #[test]
+    fn anchor_change_on_a_plan_change_prorates_up_to_the_new_anchor() {
+        let mut v: serde_json::Value = serde_json::from_str(include_str!(
+            "../../docs/examples/pricing/preview-anchor-day.json"
+        ))
+        .unwrap();
+        v["plans"] =
+            json!([{"code": "pro", "amount": "60", "interval": "monthly", "pay_in_advance": true}]);
+        v["subscription"]["changes"] = json!([{"type": "upgrade", "at": "2026-01-20T08:00:00Z", "plan": "pro", "billing_anchor_day": 1}]);
+        // The period Jan 15 → Feb 14 (31 days): 30 charged at its start, Jan 20 → Feb 14 (26 days)
+        // credited: 30 × 26/31 = 25.16.
+        v["period_containing"] = json!("2026-01-16T00:00:00Z");
+        let old = run(v.clone()).unwrap();
+        assert_eq!(amounts(&old), vec![dec!(30.00), dec!(-25.16)]);
+        // The new plan bills on the 1st: its period Jan 1 → Jan 31 is served from Jan 20, 12 of 31 days:
+        // 60 × 12/31 = 23.23; then whole months from Feb 1.
+        v["period_containing"] = json!("2026-01-25T00:00:00Z");
+        let new = run(v.clone()).unwrap();
+        assert_eq!(new.period.from_date.to_string(), "2026-01-01");
+        assert_eq!(amounts(&new), vec![dec!(23.23)]);
+        v["period_containing"] = json!("2026-02-25T00:00:00Z");
+        let feb = run(v).unwrap();
+        assert_eq!(feb.period.from_date.to_string(), "2026-02-01");
+        assert_eq!(amounts(&feb), vec![dec!(60.00)]);
+    }
+
+    // Stripe (billing cycle docs, https://docs.stripe.com/billing/subscriptions/billing-cycle): changing to
+    // a price with a different interval resets the billing cycle anchor to the change, credits the unused
+    // time on the old price and starts a full period of the new one; Lago terminates the old
+    // subscription (credit of the unused advance fee) and starts the new plan at the change.
+    #[test]
+    fn example_preview_monthly_to_yearly_and_back() {
+        let r = preview(include_str!(
+            "../../docs/examples/pricing/preview-monthly-to-yearly.json"
+        ));
+        // The yearly plan's first period starts at the change: Jan 15 2026 → Jan 14 2027, billed whole.
+        assert_eq!(r.period.from_date.to_string(), "2026-01-15");
+        assert_eq!(r.period.to_date.to_string(), "2027-01-14");
+        assert_eq!(amounts(&r), vec![dec!(1000.00)]);
+        let mut v: serde_json::Value = serde_json::from_str(include_str!(
+            "../../docs/examples/pricing/preview-monthly-to-yearly.json"
+        ))
+        .unwrap();
+        // January's monthly period: 100 in advance, Jan 15..=31 credited (17/31 × 100 = 54.84).
+        v["period_containing"] = json!("2026-01-10T00:00:00Z");
+        assert_eq!(
+            amounts(&run(v.clone()).unwrap()),
+            vec![dec!(100.00), dec!(-54.84)]
+        );
+        // And back to monthly on Jul 15 2026: 184 of the yearly period's 365 days unused → −504.11; the
+        // monthly plan's period starts on Jul 15 and is billed whole.
+        v["subscription"]["changes"] = json!([
+            {"type": "upgrade", "at": "2026-01-15T09:30:00Z", "plan": "yearly"},
+            {"type": "upgrade", "at": "2026-07-15T09:30:00Z", "plan": "monthly"}
+        ]);
+        v["period_containing"] = json!("2026-03-01T00:00:00Z");
+        assert_eq!(
+            amounts(&run(v.clone()).unwrap()),
+            vec![dec!(1000.00), dec!(-504.11)]
+        );
+        v["period_containing"] = json!("2026-07-20T00:00:00Z");
+        let back = run(v.clone()).unwrap();
+        assert_eq!(back.period.from_date.to_string(), "2026-07-15");
+        assert_eq!(amounts(&back), vec![dec!(100.00)]);
+        // In arrears: Jan 1..=14 of monthly (45.16), Jan 15..=Jul 14 of yearly (181/365 → 495.89).
+        v["plan"]["pay_in_advance"] = json!(false);
+        v["plans"][0]["pay_in_advance"] = json!(false);
+        v["period_containing"] = json!("2026-01-10T00:00:00Z");
+        assert_eq!(amounts(&run(v.clone()).unwrap()), vec![dec!(45.16)]);
+        v["period_containing"] = json!("2026-03-01T00:00:00Z");
+        assert_eq!(amounts(&run(v.clone()).unwrap()), vec![dec!(495.89)]);
+        // Every convention: a change at midnight starts the yearly period exactly at it (factor 1), and the
+        // monthly credit follows the convention (thirty_day: Jan 15..=30 is 16 of 30 days).
+        for (conv, credit) in [
+            ("days", dec!(-54.84)),
+            ("days_exclusive_end", dec!(-54.84)),
+            ("seconds", dec!(-54.84)),
+            ("thirty_day", dec!(-53.33)),
+        ] {
+            let mut v: serde_json::Value = serde_json::from_str(include_str!(
+                "../../docs/examples/pricing/preview-monthly-to-yearly.json"
+            ))
+            .unwrap();
+            v["proration"] = json!(conv);
+            v["subscription"]["changes"][0]["at"] = json!("2026-01-15T00:00:00Z");
+            assert_eq!(
+                amounts(&run(v.clone()).unwrap()),
+                vec![dec!(1000.00)],
+                "{conv}"
+            );
+            v["period_containing"] = json!("2026-01-10T00:00:00Z");
+            assert_eq!(
+                amounts(&run(v).unwrap()),
+                vec![dec!(100.00), credit],
+                "{conv}"
+            );
+        }
+    }
+
+    // Lago groups a customer's subscriptions billed on the same day into one invoice (Lago docs,
+    // invoicing overview), so coupons, taxes and credits apply once over the whole.
+    #[test]
+    fn example_preview_two_subscriptions() {
+        let r = preview(include_str!(
+            "../../docs/examples/pricing/preview-two-subscriptions.json"
+        ));
+        // sub_main: 49.00 (arrears) + 100 × 0.10 = 10.00; sub_addon: started Mar 10, in advance, 22 of 31
+        // days: 20 × 22/31 = 14.19.
+        assert_eq!(amounts(&r), vec![dec!(49.00), dec!(10.00), dec!(14.19)]);
+        let subs: Vec<Option<&str>> = r
+            .invoice
+            .lines
+            .iter()
+            .map(|l| l.subscription.as_deref())
+            .collect();
+        assert_eq!(
+            subs,
+            vec![Some("sub_main"), Some("sub_main"), Some("sub_addon")]
+        );
+        assert_eq!(r.subscriptions.len(), 2);
+        assert_eq!(
+            r.subscriptions[1].period.from_date.to_string(),
+            "2026-03-01"
+        );
+        // One coupon of 10.00 over 73.19, split 6.69 / 1.37 / 1.94 (largest remainders); 10 % tax on
+        // 42.31, 8.63, 12.25 = 4.23 + 0.86 + 1.23 = 6.32; total 69.51; credit note 5 → due 64.51.
+        assert_eq!(r.invoice.subtotal, dec!(73.19));
+        let discounts: Vec<Decimal> = r.invoice.lines.iter().map(|l| l.discount).collect();
+        assert_eq!(discounts, vec![dec!(6.69), dec!(1.37), dec!(1.94)]);
+        assert_eq!(r.invoice.coupons.len(), 1);
+        assert_eq!(r.invoice.tax_total, dec!(6.32));
+        assert_eq!(r.invoice.total, dec!(69.51));
+        assert_eq!(r.invoice.credits.len(), 1);
+        assert_eq!(r.invoice.amount_due, dec!(64.51));
+        // Ids are required and unique.
+        let mut v: serde_json::Value = serde_json::from_str(include_str!(
+            "../../docs/examples/pricing/preview-two-subscriptions.json"
+        ))
+        .unwrap();
+        v["other_subscriptions"][0]["id"] = json!("sub_main");
+        v["other_subscriptions"][0]["subscription"]["id"] = json!("sub_main");
+        assert!(run(v.clone()).is_err());
+        v["subscription"]["id"] = serde_json::Value::Null;
+        assert!(run(v).is_err());
     }
 
     #[test]

@@ -104,15 +104,39 @@ enum Action {
 }
 
 /// Cuts `period` into segments of constant state, applying every change with its billing semantics.
+///
+/// Cancelling during a free trial (immediately, or at period end while the trial runs) ends the
+/// subscription no later than the trial's end, so nothing is billed for the trial, as Stripe and Lago do
+/// (Stripe: a trialing subscription cancelled at period end ends when its trial ends; Lago: terminating a
+/// subscription in trial issues no subscription fee).
 pub fn segments(
     sub: &Subscription,
     schedule: &Schedule,
     convention: ProrationConvention,
     period: &BillingPeriod,
 ) -> Result<Vec<Segment>> {
-    let tz = schedule.timezone();
+    segments_with(
+        sub,
+        &|t| schedule.period_containing(t).map(|p| p.end),
+        convention,
+        schedule.timezone(),
+        period,
+    )
+}
+
+/// [`segments`] where the end of the billing period containing an instant (for downgrades and
+/// cancellations at period end) comes from `period_end_at`, so that it can follow a schedule that
+/// changes over the subscription's life.
+pub fn segments_with(
+    sub: &Subscription,
+    period_end_at: &dyn Fn(DateTime<Utc>) -> Result<DateTime<Utc>>,
+    convention: ProrationConvention,
+    tz: chrono_tz::Tz,
+    period: &BillingPeriod,
+) -> Result<Vec<Segment>> {
     let begin = |t| convention.effective_instant(t, ChangeEdge::Begin, tz);
     let mut actions = vec![(begin(sub.started_at), Action::Start)];
+    let trial_end = sub.trial_ends_at.filter(|e| *e > sub.started_at);
     if let Some(trial_end) = sub.trial_ends_at {
         if trial_end < sub.started_at {
             return Err(Error::InvalidRequest(
@@ -121,6 +145,7 @@ pub fn segments(
         }
         actions.push((begin(trial_end), Action::TrialEnd));
     }
+    let in_trial = |t: DateTime<Utc>| trial_end.is_some_and(|e| t < e);
     let mut changes = sub.changes.clone();
     changes.sort_by_key(|c| c.at);
     for c in &changes {
@@ -130,15 +155,22 @@ pub fn segments(
                 c.at
             )));
         }
-        let at_period_end = || schedule.period_containing(c.at).map(|p| p.end);
+        let at_period_end = || period_end_at(c.at);
         actions.push(match c.kind {
             ChangeKind::Upgrade { plan } => (begin(c.at), Action::SetPlan(plan)),
             ChangeKind::Downgrade { plan } => (at_period_end()?, Action::SetPlan(plan)),
-            ChangeKind::Cancel { immediate: true } => (
-                convention.effective_instant(c.at, ChangeEdge::Cancel, tz),
-                Action::End,
-            ),
-            ChangeKind::Cancel { immediate: false } => (at_period_end()?, Action::End),
+            ChangeKind::Cancel { immediate } => {
+                let mut end = if immediate {
+                    convention.effective_instant(c.at, ChangeEdge::Cancel, tz)
+                } else {
+                    at_period_end()?
+                };
+                // A cancellation made during the trial never reaches past the trial's end.
+                if let Some(e) = trial_end.filter(|_| in_trial(c.at)) {
+                    end = end.min(begin(e));
+                }
+                (end, Action::End)
+            }
             ChangeKind::Pause => (begin(c.at), Action::Pause),
             ChangeKind::Resume => (begin(c.at), Action::Resume),
         });
@@ -155,6 +187,10 @@ pub fn segments(
     };
     let mut timeline: Vec<(DateTime<Utc>, State)> = Vec::with_capacity(actions.len());
     for (t, action) in actions {
+        if state.ended && matches!(action, Action::TrialEnd) {
+            // The trial was cut short by a cancellation: it has nothing left to end.
+            continue;
+        }
         if state.ended {
             return Err(Error::InvalidRequest(format!(
                 "change at {t} comes after the subscription ended"
@@ -615,6 +651,110 @@ mod tests {
             "2026-02-05T00:00:00Z",
         );
         assert_eq!(feb, vec![(FeeKind::Charge, 0, dec!(31.00))]);
+    }
+
+    const ALL_CONVENTIONS: [ProrationConvention; 4] = [
+        ProrationConvention::Days,
+        ProrationConvention::DaysExclusiveEnd,
+        ProrationConvention::Seconds,
+        ProrationConvention::ThirtyDay,
+    ];
+
+    // Stripe (trials docs, https://docs.stripe.com/billing/subscriptions/trials): a subscription cancelled
+    // during its trial is never charged, and the current period of a trialing subscription ends with the
+    // trial, so cancelling at period end ends it then; Lago (free trial docs): the subscription fee is only
+    // billed once the trial is over, so terminating during the trial bills no fee. Both timings, every
+    // convention: nothing for the trial days, in January or after.
+    #[test]
+    fn cancelling_during_the_trial_bills_nothing() {
+        let cancels = [
+            ("2026-01-10T09:00:00Z", true),
+            ("2026-01-15T10:00:00Z", true), // trial's last (partial) day
+            ("2026-01-10T09:00:00Z", false),
+        ];
+        for conv in ALL_CONVENTIONS {
+            for (at, immediate) in cancels {
+                let mut s = sub(
+                    "2026-01-01T00:00:00Z",
+                    vec![Change {
+                        at: utc(at),
+                        kind: ChangeKind::Cancel { immediate },
+                    }],
+                );
+                s.trial_ends_at = Some(utc("2026-01-15T12:00:00Z"));
+                for advance in [true, false] {
+                    for month in ["2026-01-05T00:00:00Z", "2026-02-05T00:00:00Z"] {
+                        let lines = run(&s, &[dec!(31)], advance, conv, month);
+                        assert!(
+                            lines.is_empty(),
+                            "{conv:?} cancel {at} immediate={immediate} advance={advance} {month}: {lines:?}"
+                        );
+                    }
+                }
+            }
+        }
+        // A trial that ends exactly at a period start, cancelled inside it: the next period (whose fee
+        // would be charged in advance at its start) bills nothing either.
+        let mut s = sub(
+            "2025-12-18T00:00:00Z",
+            vec![Change {
+                at: utc("2025-12-25T00:00:00Z"),
+                kind: ChangeKind::Cancel { immediate: true },
+            }],
+        );
+        s.trial_ends_at = Some(utc("2026-01-01T00:00:00Z"));
+        for conv in ALL_CONVENTIONS {
+            assert!(run(&s, &[dec!(31)], true, conv, "2026-01-05T00:00:00Z").is_empty());
+            assert!(run(&s, &[dec!(31)], true, conv, "2025-12-20T00:00:00Z").is_empty());
+        }
+    }
+
+    // Once the trial is over, the fee charged in advance from the trial's end is credited for the days the
+    // cancellation leaves unused (Lago's and Stripe's credit of unused time), so only the days served are
+    // paid, exactly as in arrears.
+    #[test]
+    fn cancelling_after_the_trial_credits_the_unused_advance_fee() {
+        let mut s = sub(
+            "2025-12-20T00:00:00Z",
+            vec![Change {
+                at: utc("2026-01-25T08:00:00Z"),
+                kind: ChangeKind::Cancel { immediate: true },
+            }],
+        );
+        s.trial_ends_at = Some(utc("2026-01-19T00:00:00Z"));
+        let adv = run(
+            &s,
+            &[dec!(31)],
+            true,
+            ProrationConvention::Days,
+            "2026-01-05T00:00:00Z",
+        );
+        // Charged Jan 19..=31 (13 days) at the trial's end; the cancellation on Jan 25 (billed, Lago)
+        // credits Jan 26..=31 (6 days): 7 days paid.
+        assert_eq!(
+            adv,
+            vec![
+                (FeeKind::Charge, 0, dec!(13.00)),
+                (FeeKind::Credit, 0, dec!(-6.00))
+            ]
+        );
+        let arr = run(
+            &s,
+            &[dec!(31)],
+            false,
+            ProrationConvention::Days,
+            "2026-01-05T00:00:00Z",
+        );
+        assert_eq!(arr, vec![(FeeKind::Charge, 0, dec!(7.00))]);
+        // December is entirely trial: nothing.
+        assert!(run(
+            &s,
+            &[dec!(31)],
+            true,
+            ProrationConvention::Days,
+            "2025-12-25T00:00:00Z"
+        )
+        .is_empty());
     }
 
     #[test]

@@ -1,0 +1,627 @@
+//! The invoicing domain: one customer's subscriptions, their plans, usage and adjustments for one billing
+//! date → one invoice. Works on parsed core types only; `pricing_api::preview_invoice` is a thin JSON
+//! adapter over [`invoice`], and an invoicer service calls [`invoice`] directly.
+//!
+//! A subscription's life is cut into **phases**: stretches billed on one schedule (interval and
+//! anchor) and one timing (in advance or in arrears). A plan change to a plan with another interval or
+//! another billing anchor starts a new phase at the change: the old phase's period is cut there (its
+//! unused part credited when paid in advance) and the new plan's periods start at the change (or, with a
+//! day-of-month anchor, the piece up to the next anchor date is prorated). Stripe does the same when a
+//! price's interval changes (the billing cycle anchor is reset to the change, with a credit for unused
+//! time); Lago terminates the old subscription and starts a new one.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+
+use crate::aggregation::{Aggregate, Event, Metric};
+use crate::charge::{ChargeModel, Usage};
+use crate::currency::Currency;
+use crate::error::{Error, Result};
+use crate::invoice::{assemble, Adjustments, DraftLine, Invoice, LineKind};
+use crate::money::{non_negative, Money, RoundingMode};
+use crate::period::{local_date, BillingAnchor, BillingPeriod, Interval, Schedule};
+use crate::proration::{ChangeEdge, ProrationConvention};
+use crate::subscription::{fee_lines, segments_with, ChangeKind, FeeKind, Segment, Subscription};
+
+/// How a plan's subscription fee is billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanTerms {
+    /// Fee of one full period.
+    pub fee: Decimal,
+    /// Billing interval.
+    pub interval: Interval,
+    /// Fee billed at the start of the period (true) or at its end.
+    pub pay_in_advance: bool,
+    /// Where periods start.
+    pub anchor: BillingAnchor,
+}
+
+/// A stretch of a subscription billed on one schedule and one timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phase {
+    /// First instant of the phase.
+    pub from: DateTime<Utc>,
+    /// First instant after it (`None` for the last phase).
+    pub to: Option<DateTime<Utc>>,
+    /// Periods of the phase.
+    pub schedule: Schedule,
+    /// Timing of the fee in this phase.
+    pub pay_in_advance: bool,
+}
+
+fn phase_at(phases: &[Phase], t: DateTime<Utc>) -> Result<&Phase> {
+    phases
+        .iter()
+        .rev()
+        .find(|p| p.from <= t)
+        .or_else(|| phases.first())
+        .ok_or(Error::InvalidRequest("subscription without a phase".into()))
+}
+
+/// Cuts a subscription's life into phases. A plan change starts a new phase when the new plan's
+/// interval or anchor differs (new schedule: periods start at the change, or at the new anchor day) or
+/// only its timing differs (same schedule, new timing).
+pub fn phases(
+    sub: &Subscription,
+    plans: &[PlanTerms],
+    convention: ProrationConvention,
+    tz: Tz,
+) -> Result<Vec<Phase>> {
+    let terms = |i: usize| {
+        plans
+            .get(i)
+            .copied()
+            .ok_or_else(|| Error::InvalidRequest(format!("unknown plan index {i}")))
+    };
+    let begin = |t| convention.effective_instant(t, ChangeEdge::Begin, tz);
+    let first = terms(sub.plan)?;
+    let mut out = vec![Phase {
+        from: begin(sub.started_at),
+        to: None,
+        schedule: Schedule::anchored(first.interval, first.anchor, sub.started_at, tz)?,
+        pay_in_advance: first.pay_in_advance,
+    }];
+    let mut current = sub.plan;
+    let mut changes = sub.changes.clone();
+    changes.sort_by_key(|c| c.at);
+    for c in &changes {
+        let (plan, at) = match c.kind {
+            ChangeKind::Upgrade { plan } => (plan, begin(c.at)),
+            ChangeKind::Downgrade { plan } => (
+                plan,
+                phase_at(&out, c.at)?.schedule.period_containing(c.at)?.end,
+            ),
+            _ => continue,
+        };
+        let (old, new) = (terms(current)?, terms(plan)?);
+        current = plan;
+        let reanchor = (old.interval, old.anchor) != (new.interval, new.anchor);
+        if !reanchor && old.pay_in_advance == new.pay_in_advance {
+            continue;
+        }
+        let last = out
+            .last_mut()
+            .ok_or(Error::InvalidRequest("no phase".into()))?;
+        let schedule = if reanchor {
+            let anchor = match new.anchor {
+                BillingAnchor::DayOfMonth(d) => BillingAnchor::DayOfMonth(d),
+                // The new plan's periods start at the change.
+                _ => BillingAnchor::Anniversary,
+            };
+            Schedule::anchored(new.interval, anchor, at, tz)?
+        } else {
+            last.schedule
+        };
+        let phase = Phase {
+            from: at,
+            to: None,
+            schedule,
+            pay_in_advance: new.pay_in_advance,
+        };
+        if at < last.from {
+            return Err(Error::InvalidRequest(format!(
+                "plan change taking effect at {at} precedes the one at {}",
+                last.from
+            )));
+        }
+        if at == last.from {
+            *last = Phase {
+                to: last.to,
+                ..phase
+            };
+        } else {
+            last.to = Some(at);
+            out.push(phase);
+        }
+    }
+    Ok(out)
+}
+
+/// Keeps only what falls inside `phase`: before it the subscription counts as not started, after it
+/// as ended (so the fee paid in advance is credited from the phase's end).
+fn clip_to_phase(segs: Vec<Segment>, phase: &Phase) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::with_capacity(segs.len() + 2);
+    for s in segs {
+        let mut cuts = vec![s.from];
+        if s.from < phase.from && phase.from < s.to {
+            cuts.push(phase.from);
+        }
+        if let Some(to) = phase.to.filter(|to| s.from < *to && *to < s.to) {
+            cuts.push(to);
+        }
+        cuts.push(s.to);
+        for w in cuts.windows(2) {
+            let mut state = s.state;
+            if w[0] < phase.from {
+                state.started = false;
+            }
+            if phase.to.is_some_and(|to| w[0] >= to) {
+                state.ended = true;
+            }
+            match out.last_mut() {
+                Some(last) if last.state == state && last.to == w[0] => last.to = w[1],
+                _ => out.push(Segment {
+                    from: w[0],
+                    to: w[1],
+                    state,
+                }),
+            }
+        }
+    }
+    out
+}
+
+/// A usage charge of a plan, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PricedCharge {
+    /// Code of the charge, unique in the plan.
+    pub code: String,
+    /// Name shown on the invoice; defaults to the code.
+    pub name: Option<String>,
+    /// What is metered and how it is aggregated.
+    pub metric: Metric,
+    /// The charge model.
+    pub model: ChargeModel,
+    /// Minimum commitment per period (not prorated).
+    pub min_amount: Option<Decimal>,
+    /// No tax on this charge.
+    pub tax_exempt: bool,
+}
+
+/// A plan, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PricedPlan {
+    /// Plan code.
+    pub code: String,
+    /// Name shown on the invoice; defaults to the code.
+    pub name: Option<String>,
+    /// How the fee is billed.
+    pub terms: PlanTerms,
+    /// No tax on the subscription fee.
+    pub fee_tax_exempt: bool,
+    /// Usage charges.
+    pub charges: Vec<PricedCharge>,
+}
+
+impl PricedPlan {
+    fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.code)
+    }
+}
+
+/// Pre-aggregated usage of one charge (and group) over the invoiced period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeAggregate {
+    /// Code of the plan charge.
+    pub charge: String,
+    /// Value of the charge's `group_by` property, if grouped.
+    pub group: Option<String>,
+    /// The usage.
+    pub aggregate: Aggregate,
+}
+
+/// One subscription to invoice, with its plans and usage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BillableSubscription {
+    /// Id put on the subscription's lines (needed to tell subscriptions apart on a shared invoice).
+    pub id: Option<String>,
+    /// Plans; `subscription.plan` and its changes index into them.
+    pub plans: Vec<PricedPlan>,
+    /// Dates and changes.
+    pub subscription: Subscription,
+    /// Proration convention of the subscription fee.
+    pub convention: ProrationConvention,
+    /// Raw usage events (aggregated per usage window).
+    pub events: Vec<Event>,
+    /// Pre-aggregated usage; for the charges it names, events are ignored. It goes to the last usage
+    /// window of the period whose plan has the charge.
+    pub aggregates: Vec<ChargeAggregate>,
+}
+
+/// Everything one invoice is computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct InvoiceInput<'a> {
+    /// Invoice currency.
+    pub currency: Currency,
+    /// Rounding of each line.
+    pub rounding: RoundingMode,
+    /// Customer timezone (period boundaries are its local midnights).
+    pub timezone: Tz,
+    /// Any instant of the period to invoice (for each subscription, of the phase in force then).
+    pub period_containing: DateTime<Utc>,
+    /// The customer's subscriptions sharing this billing date.
+    pub subscriptions: &'a [BillableSubscription],
+    /// Coupons, taxes and credits, applied once over all the lines.
+    pub adjustments: Adjustments<'a>,
+}
+
+/// The period invoiced for one subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoicedPeriod {
+    /// The subscription's id.
+    pub subscription: Option<String>,
+    /// The period.
+    pub period: BillingPeriod,
+    /// Convention used for its fee.
+    pub convention: ProrationConvention,
+}
+
+/// An invoice and the period it covers for each subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceOutcome {
+    /// Lines and totals.
+    pub invoice: Invoice,
+    /// One entry per subscription, in input order.
+    pub periods: Vec<InvoicedPeriod>,
+}
+
+/// Invoices one customer's subscriptions for one billing date: every subscription's fee and usage lines
+/// for its period containing `period_containing`, then coupons, taxes and credits applied once over
+/// all of them (Lago invoices a customer's subscriptions that share a billing date together).
+pub fn invoice(input: &InvoiceInput<'_>) -> Result<InvoiceOutcome> {
+    if input.subscriptions.is_empty() {
+        return Err(Error::InvalidRequest("no subscription to invoice".into()));
+    }
+    for (i, a) in input.subscriptions.iter().enumerate() {
+        if input.subscriptions[..i].iter().any(|b| b.id == a.id) {
+            return Err(Error::InvalidRequest(format!(
+                "two subscriptions with id {:?} on one invoice",
+                a.id
+            )));
+        }
+    }
+    let mut drafts = Vec::new();
+    let mut periods = Vec::with_capacity(input.subscriptions.len());
+    for s in input.subscriptions {
+        let period = subscription_lines(input, s, &mut drafts)?;
+        periods.push(InvoicedPeriod {
+            subscription: s.id.clone(),
+            period,
+            convention: s.convention,
+        });
+    }
+    let invoice = assemble(input.currency, input.rounding, drafts, &input.adjustments)?;
+    Ok(InvoiceOutcome { invoice, periods })
+}
+
+fn true_up(min_amount: Option<Decimal>, amount: Decimal) -> Result<Option<Decimal>> {
+    let Some(min) = min_amount else {
+        return Ok(None);
+    };
+    non_negative("min_amount", min)?;
+    Ok((amount < min).then_some(min - amount))
+}
+
+/// Appends one subscription's lines and returns its invoiced period.
+fn subscription_lines(
+    input: &InvoiceInput<'_>,
+    s: &BillableSubscription,
+    drafts: &mut Vec<DraftLine>,
+) -> Result<BillingPeriod> {
+    let tz = input.timezone;
+    let currency = input.currency;
+    let convention = s.convention;
+    let plans = &s.plans;
+    for p in plans {
+        non_negative("plan amount", p.terms.fee)?;
+    }
+    let terms: Vec<PlanTerms> = plans.iter().map(|p| p.terms).collect();
+    let phases = phases(&s.subscription, &terms, convention, tz)?;
+    let phase = *phase_at(&phases, input.period_containing)?;
+    let period = phase.schedule.period_containing(input.period_containing)?;
+    let period_end_at = |t: DateTime<Utc>| -> Result<DateTime<Utc>> {
+        phase_at(&phases, t)?
+            .schedule
+            .period_containing(t)
+            .map(|p| p.end)
+    };
+    let segs = clip_to_phase(
+        segments_with(&s.subscription, &period_end_at, convention, tz, &period)?,
+        &phase,
+    );
+    let fmt_date = |t: DateTime<Utc>| local_date(t, tz);
+
+    let fees: Vec<Decimal> = plans.iter().map(|p| p.terms.fee).collect();
+    for f in fee_lines(
+        &segs,
+        &fees,
+        phase.pay_in_advance,
+        &period,
+        convention,
+        &phase.schedule,
+    )? {
+        let plan = &plans[f.plan];
+        let last_day = fmt_date(f.to - Duration::seconds(1));
+        let (kind, what) = match f.kind {
+            FeeKind::Charge => (LineKind::Subscription, "fee"),
+            FeeKind::Credit => (LineKind::SubscriptionCredit, "credit for unused days"),
+        };
+        drafts.push(DraftLine {
+            kind,
+            code: plan.code.clone(),
+            description: format!(
+                "{} {what}, {} to {last_day}",
+                plan.display_name(),
+                fmt_date(f.from)
+            ),
+            amount: Money::new(f.amount, currency),
+            from: Some(f.from),
+            to: Some(f.to),
+            units: None,
+            proration_factor: Some(f.factor),
+            tax_exempt: plan.fee_tax_exempt,
+            breakdown: Vec::new(),
+            subscription: s.id.clone(),
+        });
+    }
+
+    // Usage windows: runs of live segments on the same plan.
+    let mut windows: Vec<Segment> = Vec::new();
+    for seg in segs.iter().filter(|x| x.state.live()) {
+        match windows.last_mut() {
+            Some(w) if w.to == seg.from && w.state.plan == seg.state.plan => w.to = seg.to,
+            _ => windows.push(*seg),
+        }
+    }
+    let has_charge = |plan: usize, code: &str| {
+        plans
+            .get(plan)
+            .is_some_and(|p| p.charges.iter().any(|c| c.code == code))
+    };
+    for a in &s.aggregates {
+        if !windows.iter().any(|w| has_charge(w.state.plan, &a.charge)) {
+            return Err(Error::InvalidRequest(format!(
+                "aggregate for charge {:?}, which no active plan of the period has",
+                a.charge
+            )));
+        }
+    }
+    for (wi, w) in windows.iter().enumerate() {
+        let plan = plans
+            .get(w.state.plan)
+            .ok_or_else(|| Error::InvalidRequest(format!("unknown plan index {}", w.state.plan)))?;
+        for charge in &plan.charges {
+            // Aggregates go to the last window whose plan has the charge.
+            let last_for_charge = windows[wi + 1..]
+                .iter()
+                .all(|later| !has_charge(later.state.plan, &charge.code));
+            let given: Vec<&ChargeAggregate> = s
+                .aggregates
+                .iter()
+                .filter(|a| a.charge == charge.code)
+                .collect();
+            for (i, a) in given.iter().enumerate() {
+                if given[..i].iter().any(|b| b.group == a.group) {
+                    return Err(Error::InvalidRequest(format!(
+                        "two aggregates for charge {:?} and group {:?}",
+                        a.charge, a.group
+                    )));
+                }
+            }
+            let usage: BTreeMap<Option<String>, Aggregate> = if given.is_empty() {
+                charge.metric.aggregate(&s.events, w.from, w.to)?
+            } else if last_for_charge {
+                given
+                    .iter()
+                    .map(|a| (a.group.clone(), a.aggregate.clone()))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+            let name = charge.name.as_deref().unwrap_or(&charge.code);
+            let mut charge_total = Decimal::ZERO;
+            for (group, agg) in usage {
+                let has_values = !agg.event_values.is_empty() || agg.events_count == 0;
+                let out = charge.model.evaluate(&Usage {
+                    units: agg.units,
+                    events_count: Some(agg.events_count),
+                    event_values: has_values.then_some(agg.event_values.as_slice()),
+                })?;
+                charge_total += out.amount;
+                let label = match (&group, &charge.metric.group_by) {
+                    (Some(g), Some(key)) => format!("{name} ({key}={g})"),
+                    _ => name.to_string(),
+                };
+                drafts.push(DraftLine {
+                    kind: LineKind::Charge,
+                    code: charge.code.clone(),
+                    description: format!(
+                        "{label}, {} to {}",
+                        fmt_date(w.from),
+                        fmt_date(w.to - Duration::seconds(1))
+                    ),
+                    amount: Money::new(out.amount, currency),
+                    from: Some(w.from),
+                    to: Some(w.to),
+                    units: Some(agg.units),
+                    proration_factor: None,
+                    tax_exempt: charge.tax_exempt,
+                    breakdown: out.breakdown,
+                    subscription: s.id.clone(),
+                });
+            }
+            if let Some(t) = true_up(charge.min_amount, charge_total)? {
+                drafts.push(DraftLine {
+                    kind: LineKind::TrueUp,
+                    code: charge.code.clone(),
+                    description: format!("{name} minimum commitment true-up"),
+                    amount: Money::new(t, currency),
+                    from: Some(w.from),
+                    to: Some(w.to),
+                    units: None,
+                    proration_factor: None,
+                    tax_exempt: charge.tax_exempt,
+                    breakdown: Vec::new(),
+                    subscription: s.id.clone(),
+                });
+            }
+        }
+    }
+    Ok(period)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subscription::Change;
+    use rust_decimal_macros::dec;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn plan(
+        code: &str,
+        fee: Decimal,
+        interval: Interval,
+        charges: Vec<PricedCharge>,
+    ) -> PricedPlan {
+        PricedPlan {
+            code: code.into(),
+            name: None,
+            terms: PlanTerms {
+                fee,
+                interval,
+                pay_in_advance: true,
+                anchor: BillingAnchor::Calendar,
+            },
+            fee_tax_exempt: false,
+            charges,
+        }
+    }
+
+    // The invoicer's entry point, on core types only: parsed plans, a Subscription history, usage
+    // aggregates per charge and group, adjustments → one Invoice over two subscriptions.
+    #[test]
+    fn domain_invoice_over_core_types() {
+        let api = PricedCharge {
+            code: "api".into(),
+            name: None,
+            metric: serde_json::from_value(
+                serde_json::json!({"code": "call", "aggregation_type": "count_agg", "group_by": "region"}),
+            )
+            .unwrap(),
+            model: ChargeModel::from_lago("standard", &serde_json::json!({"amount": "0.5"})).unwrap(),
+            min_amount: None,
+            tax_exempt: false,
+        };
+        let agg = |group: &str, units: Decimal| ChargeAggregate {
+            charge: "api".into(),
+            group: Some(group.into()),
+            aggregate: Aggregate {
+                units,
+                events_count: 1,
+                event_values: vec![],
+            },
+        };
+        let a = BillableSubscription {
+            id: Some("a".into()),
+            plans: vec![
+                plan("m", dec!(100), Interval::Monthly, vec![api]),
+                plan("y", dec!(1000), Interval::Yearly, vec![]),
+            ],
+            subscription: Subscription {
+                started_at: utc("2026-01-01T00:00:00Z"),
+                trial_ends_at: None,
+                plan: 0,
+                changes: vec![Change {
+                    at: utc("2026-01-15T00:00:00Z"),
+                    kind: ChangeKind::Upgrade { plan: 1 },
+                }],
+            },
+            convention: ProrationConvention::Days,
+            events: vec![],
+            aggregates: vec![agg("eu", dec!(10)), agg("us", dec!(4))],
+        };
+        let b = BillableSubscription {
+            id: Some("b".into()),
+            plans: vec![plan("s", dec!(31), Interval::Monthly, vec![])],
+            subscription: Subscription {
+                started_at: utc("2026-01-22T00:00:00Z"),
+                trial_ends_at: None,
+                plan: 0,
+                changes: vec![],
+            },
+            ..a.clone()
+        };
+        let b = BillableSubscription {
+            aggregates: vec![],
+            ..b
+        };
+        let subs = [a, b];
+        let out = invoice(&InvoiceInput {
+            currency: Currency::parse("USD").unwrap(),
+            rounding: RoundingMode::HalfUp,
+            timezone: Tz::UTC,
+            period_containing: utc("2026-01-10T00:00:00Z"),
+            subscriptions: &subs,
+            adjustments: Adjustments {
+                coupons: &[],
+                taxes: &[],
+                customer_tax_exempt: false,
+                credit_notes: &[],
+                prepaid_credits: Decimal::ZERO,
+            },
+        })
+        .unwrap();
+        let lines: Vec<(Option<&str>, LineKind, Decimal)> = out
+            .invoice
+            .lines
+            .iter()
+            .map(|l| (l.subscription.as_deref(), l.kind, l.amount))
+            .collect();
+        // a: monthly 100 in advance, Jan 15..=31 credited (17/31 → 54.84); usage per group at 0.5.
+        // b: Jan 22..=31, 10 of 31 days of 31 = 10.00.
+        assert_eq!(
+            lines,
+            vec![
+                (Some("a"), LineKind::Subscription, dec!(100.00)),
+                (Some("a"), LineKind::SubscriptionCredit, dec!(-54.84)),
+                (Some("a"), LineKind::Charge, dec!(5.00)),
+                (Some("a"), LineKind::Charge, dec!(2.00)),
+                (Some("b"), LineKind::Subscription, dec!(10.00)),
+            ]
+        );
+        assert_eq!(out.invoice.total, dec!(62.16));
+        assert_eq!(out.periods.len(), 2);
+        // The phases of `a`: monthly until Jan 15, then yearly periods from Jan 15.
+        let terms: Vec<PlanTerms> = subs[0].plans.iter().map(|p| p.terms).collect();
+        let ph = phases(
+            &subs[0].subscription,
+            &terms,
+            ProrationConvention::Days,
+            Tz::UTC,
+        )
+        .unwrap();
+        assert_eq!(ph.len(), 2);
+        assert_eq!(ph[0].to, Some(utc("2026-01-15T00:00:00Z")));
+        let p = ph[1]
+            .schedule
+            .period_containing(utc("2026-02-01T00:00:00Z"))
+            .unwrap();
+        assert_eq!(p.start, utc("2026-01-15T00:00:00Z"));
+    }
+}
