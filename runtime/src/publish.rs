@@ -32,6 +32,11 @@ impl Publisher {
         })
     }
 
+    /// A publisher over an existing producer (cheap: a producer is shared, not copied).
+    pub fn with_producer(producer: FutureProducer, topics: Topics) -> Self {
+        Publisher { producer, topics }
+    }
+
     /// Enqueue a catalog event; the future resolves when the broker acknowledged it.
     pub fn send_catalog(&self, ev: &CatalogEvent, enc: Encoding) -> anyhow::Result<DeliveryFuture> {
         self.send(&self.topics.catalog, &ev.key(), &encode(ev, enc)?, enc)

@@ -16,9 +16,9 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 impl TestEnv {
-    /// A publisher on this test's topics.
+    /// A publisher on this test's topics, over the test's one producer.
     pub fn publisher(&self) -> Publisher {
-        Publisher::new(&self.settings.kafka).unwrap()
+        Publisher::with_producer(self.producer(), self.topics.clone())
     }
 
     /// Publish a billable metric.
