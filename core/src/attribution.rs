@@ -15,20 +15,19 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 
 use crate::error::Result;
-use crate::period::{local_date, BillingPeriod, BillingTime, Interval, Schedule};
+use crate::invoicing::{phase_at, phases, Phase, PlanTerms};
+use crate::period::{local_date, BillingPeriod};
 use crate::proration::ProrationConvention;
-use crate::subscription::{segments, State, Subscription};
+use crate::subscription::{segments_with, State, Subscription};
 
 /// One subscription as attribution sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Attributable<'a> {
-    /// Its history; plan indices point into `intervals`.
+    /// Its history; plan indices point into `plans`.
     pub subscription: &'a Subscription,
-    /// The billing interval of each plan the history names, or `None` for a plan the caller does not know (a
-    /// subscription is passed over while such a plan is in force).
-    pub intervals: &'a [Option<Interval>],
-    /// Calendar or anniversary periods.
-    pub billing_time: BillingTime,
+    /// The terms of each plan the history names, or `None` for a plan the caller does not know: a subscription
+    /// with an unknown plan is passed over.
+    pub plans: &'a [Option<PlanTerms>],
 }
 
 /// Where an event belongs.
@@ -36,23 +35,38 @@ pub struct Attributable<'a> {
 pub struct Attribution {
     /// Index of the subscription in the slice given to [`attribute`].
     pub subscription: usize,
-    /// Index of the plan in force (into that subscription's `intervals`).
+    /// Index of the plan in force.
     pub plan: usize,
     /// The billing period containing the event.
     pub period: BillingPeriod,
 }
 
+/// The phases (schedules) of a subscription at exact instants: the same phases the invoice bills, so usage and
+/// fees fall in the same periods, also after a change of interval or anchor.
+fn exact_phases(sub: &Subscription, plans: &[PlanTerms], tz: Tz) -> Result<Vec<Phase>> {
+    phases(sub, plans, ProrationConvention::Seconds, tz)
+}
+
 /// The state of a subscription at an exact instant. Changes take effect at their own instant; those that wait
-/// for a period end (downgrade, cancellation at period end) use `schedule`'s periods.
-pub fn state_at(sub: &Subscription, schedule: &Schedule, at: DateTime<Utc>) -> Result<State> {
-    let date = local_date(at, schedule.timezone());
+/// for a period end (downgrade, cancellation at period end) use the periods of the phase they fall in.
+pub fn state_at(sub: &Subscription, phases: &[Phase], tz: Tz, at: DateTime<Utc>) -> Result<State> {
+    let date = local_date(at, tz);
     let instant = BillingPeriod {
         start: at,
         end: at + Duration::nanoseconds(1),
         start_date: date,
         end_date: date,
     };
-    let segs = segments(sub, schedule, ProrationConvention::Seconds, &instant)?;
+    let period_end_at = |t| -> Result<DateTime<Utc>> {
+        Ok(phase_at(phases, t)?.schedule.period_containing(t)?.end)
+    };
+    let segs = segments_with(
+        sub,
+        &period_end_at,
+        ProrationConvention::Seconds,
+        tz,
+        &instant,
+    )?;
     Ok(segs.first().map_or(
         State {
             plan: sub.plan,
@@ -66,68 +80,54 @@ pub fn state_at(sub: &Subscription, schedule: &Schedule, at: DateTime<Utc>) -> R
 }
 
 /// Checks that a history is consistent (no resume without a pause, no change before the start or after the
-/// end, …); a lifecycle event that would make it inconsistent should be refused, not applied.
-pub fn check_history(sub: &Subscription, schedule: &Schedule) -> Result<()> {
-    state_at(sub, schedule, sub.started_at).map(drop)
+/// end, plan changes in order, …): a lifecycle event that would make it inconsistent should be refused.
+pub fn check_history(sub: &Subscription, plans: &[PlanTerms], tz: Tz) -> Result<()> {
+    let phases = exact_phases(sub, plans, tz)?;
+    state_at(sub, &phases, tz, sub.started_at).map(drop)
+}
+
+/// Where a subscription stands at `at`: its state and the period of its phase, or `None` when it is not live,
+/// names an unknown plan or has an inconsistent history (a caller that refuses inconsistent changes with
+/// [`check_history`] never has one).
+fn locate(s: &Attributable<'_>, tz: Tz, at: DateTime<Utc>) -> Option<(State, BillingPeriod)> {
+    let plans: Vec<PlanTerms> = s.plans.iter().copied().collect::<Option<_>>()?;
+    let phases = exact_phases(s.subscription, &plans, tz).ok()?;
+    let state = state_at(s.subscription, &phases, tz, at).ok()?;
+    if !state.live() {
+        return None;
+    }
+    let period = phase_at(&phases, at)
+        .ok()?
+        .schedule
+        .period_containing(at)
+        .ok()?;
+    Some((state, period))
 }
 
 /// Attributes an event time to the subscription, plan and period in force, or `None` when no subscription is
-/// live at `at`. An inconsistent history is an error.
-pub fn attribute(
-    subs: &[Attributable<'_>],
-    tz: Tz,
-    at: DateTime<Utc>,
-) -> Result<Option<Attribution>> {
+/// live at `at`. Of several live subscriptions the most recently started wins; on a tie, the one listed first.
+pub fn attribute(subs: &[Attributable<'_>], tz: Tz, at: DateTime<Utc>) -> Option<Attribution> {
     let mut order: Vec<usize> = (0..subs.len())
         .filter(|&i| subs[i].subscription.started_at <= at)
         .collect();
-    order.sort_by_key(|&i| std::cmp::Reverse((subs[i].subscription.started_at, i)));
-    for i in order {
-        let s = &subs[i];
-        let sub = s.subscription;
-        let schedule_of = |plan: usize| -> Result<Option<Schedule>> {
-            match s.intervals.get(plan).copied().flatten() {
-                Some(interval) => {
-                    Schedule::new(interval, s.billing_time, sub.started_at, tz).map(Some)
-                }
-                None => Ok(None),
-            }
-        };
-        let Some(first) = schedule_of(sub.plan)? else {
-            continue;
-        };
-        let mut state = state_at(sub, &first, at)?;
-        // Period ends of later changes follow the plan in force, which may bill on another interval.
-        let mut schedule = first;
-        if state.plan != sub.plan {
-            let Some(current) = schedule_of(state.plan)? else {
-                continue;
-            };
-            schedule = current;
-            if current.interval() != first.interval() {
-                state = state_at(sub, &current, at)?;
-                let Some(again) = schedule_of(state.plan)? else {
-                    continue;
-                };
-                schedule = again;
-            }
-        }
-        if !state.live() {
-            continue;
-        }
-        return Ok(Some(Attribution {
+    // Stable: among equal start times the first listed stays first.
+    order.sort_by_key(|&i| std::cmp::Reverse(subs[i].subscription.started_at));
+    order.into_iter().find_map(|i| {
+        let (state, period) = locate(&subs[i], tz, at)?;
+        Some(Attribution {
             subscription: i,
             plan: state.plan,
-            period: schedule.period_containing(at)?,
-        }));
-    }
-    Ok(None)
+            period,
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::period::{BillingAnchor, Interval};
     use crate::subscription::{Change, ChangeKind};
+    use rust_decimal::Decimal;
 
     fn utc(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
@@ -148,19 +148,28 @@ mod tests {
         }
     }
 
-    const MONTHLY: &[Option<Interval>] = &[Some(Interval::Monthly), Some(Interval::Monthly)];
+    fn terms(interval: Interval, anchor: BillingAnchor) -> Option<PlanTerms> {
+        Some(PlanTerms {
+            fee: Decimal::TEN,
+            interval,
+            pay_in_advance: false,
+            anchor,
+        })
+    }
 
-    fn one(s: &Subscription, intervals: &[Option<Interval>], at: &str) -> Option<Attribution> {
+    fn monthly() -> Vec<Option<PlanTerms>> {
+        vec![terms(Interval::Monthly, BillingAnchor::Calendar); 2]
+    }
+
+    fn one(s: &Subscription, plans: &[Option<PlanTerms>], at: &str) -> Option<Attribution> {
         attribute(
             &[Attributable {
                 subscription: s,
-                intervals,
-                billing_time: BillingTime::Calendar,
+                plans,
             }],
             Tz::UTC,
             utc(at),
         )
-        .unwrap()
     }
 
     #[test]
@@ -178,10 +187,10 @@ mod tests {
             "2026-01-15T00:00:00Z",
             "2026-01-25T00:00:00Z",
         ] {
-            let a = one(&s, MONTHLY, at).expect(at);
+            let a = one(&s, &monthly(), at).expect(at);
             assert_eq!(a.period.start, utc("2026-01-01T00:00:00Z"));
         }
-        assert_eq!(one(&s, MONTHLY, "2025-12-31T23:59:59Z"), None);
+        assert_eq!(one(&s, &monthly(), "2025-12-31T23:59:59Z"), None);
     }
 
     #[test]
@@ -190,8 +199,8 @@ mod tests {
             "2026-01-01T00:00:00Z",
             &[("2026-01-15T15:00:00Z", ChangeKind::Upgrade { plan: 1 })],
         );
-        assert_eq!(one(&s, MONTHLY, "2026-01-15T10:00:00Z").unwrap().plan, 0);
-        assert_eq!(one(&s, MONTHLY, "2026-01-15T15:00:00Z").unwrap().plan, 1);
+        assert_eq!(one(&s, &monthly(), "2026-01-15T10:00:00Z").unwrap().plan, 0);
+        assert_eq!(one(&s, &monthly(), "2026-01-15T15:00:00Z").unwrap().plan, 1);
     }
 
     #[test]
@@ -203,8 +212,8 @@ mod tests {
                 ChangeKind::Cancel { immediate: true },
             )],
         );
-        assert!(one(&now, MONTHLY, "2026-01-15T11:59:59Z").is_some());
-        assert!(one(&now, MONTHLY, "2026-01-15T12:00:00Z").is_none());
+        assert!(one(&now, &monthly(), "2026-01-15T11:59:59Z").is_some());
+        assert!(one(&now, &monthly(), "2026-01-15T12:00:00Z").is_none());
         let later = sub(
             "2026-01-01T00:00:00Z",
             &[(
@@ -212,8 +221,8 @@ mod tests {
                 ChangeKind::Cancel { immediate: false },
             )],
         );
-        assert!(one(&later, MONTHLY, "2026-01-31T23:59:59Z").is_some());
-        assert!(one(&later, MONTHLY, "2026-02-01T00:00:00Z").is_none());
+        assert!(one(&later, &monthly(), "2026-01-31T23:59:59Z").is_some());
+        assert!(one(&later, &monthly(), "2026-02-01T00:00:00Z").is_none());
     }
 
     #[test]
@@ -226,65 +235,85 @@ mod tests {
                 ChangeKind::Cancel { immediate: true },
             )],
         );
+        let anniversary = vec![terms(Interval::Monthly, BillingAnchor::Anniversary)];
+        let a_plans = monthly();
         let subs = [
             Attributable {
                 subscription: &a,
-                intervals: MONTHLY,
-                billing_time: BillingTime::Calendar,
+                plans: &a_plans,
             },
             Attributable {
                 subscription: &b,
-                intervals: MONTHLY,
-                billing_time: BillingTime::Anniversary,
+                plans: &anniversary,
             },
         ];
-        let at = |t| attribute(&subs, Tz::UTC, utc(t)).unwrap().unwrap();
+        let at = |t| attribute(&subs, Tz::UTC, utc(t)).unwrap();
         assert_eq!(at("2026-01-05T00:00:00Z").subscription, 0);
         let b_time = at("2026-01-15T00:00:00Z");
         assert_eq!(b_time.subscription, 1);
         assert_eq!(b_time.period.start, utc("2026-01-10T00:00:00Z"));
         assert_eq!(at("2026-01-25T00:00:00Z").subscription, 0);
-        let unknown = [None, None];
-        assert_eq!(one(&a, &unknown, "2026-01-05T00:00:00Z"), None);
+        assert_eq!(one(&a, &[None], "2026-01-05T00:00:00Z"), None);
+        // Two subscriptions started at the same instant: the first listed takes the usage.
+        let twin = [
+            subs[0],
+            Attributable {
+                subscription: &a,
+                plans: &a_plans,
+            },
+        ];
+        assert_eq!(
+            attribute(&twin, Tz::UTC, utc("2026-01-05T00:00:00Z"))
+                .unwrap()
+                .subscription,
+            0
+        );
     }
 
     #[test]
-    fn the_period_follows_the_plan_in_force() {
+    fn the_period_follows_the_phase_the_invoice_bills() {
+        // Monthly (calendar) until Feb 15, then yearly: the yearly periods start at the change, as on the invoice.
         let s = sub(
             "2026-01-01T00:00:00Z",
-            &[("2026-02-01T00:00:00Z", ChangeKind::Upgrade { plan: 1 })],
+            &[("2026-02-15T00:00:00Z", ChangeKind::Upgrade { plan: 1 })],
         );
-        let intervals = [Some(Interval::Monthly), Some(Interval::Yearly)];
-        let jan = one(&s, &intervals, "2026-01-20T00:00:00Z").unwrap();
+        let plans = [
+            terms(Interval::Monthly, BillingAnchor::Calendar),
+            terms(Interval::Yearly, BillingAnchor::Calendar),
+        ];
+        let jan = one(&s, &plans, "2026-01-20T00:00:00Z").unwrap();
         assert_eq!(jan.period.end, utc("2026-02-01T00:00:00Z"));
-        let later = one(&s, &intervals, "2026-03-20T00:00:00Z").unwrap();
+        let later = one(&s, &plans, "2026-03-20T00:00:00Z").unwrap();
         assert_eq!(later.plan, 1);
-        assert_eq!(later.period.end, utc("2027-01-01T00:00:00Z"));
+        assert_eq!(later.period.start, utc("2026-02-15T00:00:00Z"));
+        assert_eq!(later.period.end, utc("2027-02-15T00:00:00Z"));
     }
 
     #[test]
-    fn inconsistent_histories_are_errors() {
-        let s = sub(
+    fn inconsistent_histories_are_refused_and_never_block_another_subscription() {
+        let bad = sub(
             "2026-01-01T00:00:00Z",
             &[("2026-01-10T00:00:00Z", ChangeKind::Resume)],
         );
-        let schedule = Schedule::new(
-            Interval::Monthly,
-            BillingTime::Calendar,
-            s.started_at,
+        let plans: Vec<PlanTerms> = monthly().into_iter().flatten().collect();
+        assert!(check_history(&bad, &plans, Tz::UTC).is_err());
+        let good = sub("2025-12-01T00:00:00Z", &[]);
+        let (m1, m2) = (monthly(), monthly());
+        let found = attribute(
+            &[
+                Attributable {
+                    subscription: &bad,
+                    plans: &m1,
+                },
+                Attributable {
+                    subscription: &good,
+                    plans: &m2,
+                },
+            ],
             Tz::UTC,
+            utc("2026-01-20T00:00:00Z"),
         )
         .unwrap();
-        assert!(check_history(&s, &schedule).is_err());
-        assert!(attribute(
-            &[Attributable {
-                subscription: &s,
-                intervals: MONTHLY,
-                billing_time: BillingTime::Calendar
-            }],
-            Tz::UTC,
-            utc("2026-01-20T00:00:00Z")
-        )
-        .is_err());
+        assert_eq!(found.subscription, 1);
     }
 }

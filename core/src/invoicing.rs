@@ -52,7 +52,8 @@ pub struct Phase {
     pub pay_in_advance: bool,
 }
 
-fn phase_at(phases: &[Phase], t: DateTime<Utc>) -> Result<&Phase> {
+/// The phase in force at `t` (the first one before the subscription starts).
+pub fn phase_at(phases: &[Phase], t: DateTime<Utc>) -> Result<&Phase> {
     phases
         .iter()
         .rev()

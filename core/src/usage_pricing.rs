@@ -75,12 +75,15 @@ pub fn apply_and_price(
         Err(e) => Err(e),
     };
     let before = price(running)?;
-    running.apply(aggregation, raw, timestamp, event_id, period.end)?;
-    let after = price(running)?;
-    Ok(match (before, after) {
-        (Some(b), Some(a)) => a - b,
+    let mut next = running.clone();
+    next.apply(aggregation, raw, timestamp, event_id, period.end)?;
+    let after = price(&next)?;
+    let marginal = match (before, after) {
+        (Some(b), Some(a)) => a.checked_sub(b).ok_or(Error::Overflow("marginal amount"))?,
         _ => Decimal::ZERO,
-    })
+    };
+    *running = next;
+    Ok(marginal)
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ async fn customer_usage(
     let usage = state.store.usage(&tenant_id, &customer_id, at).await?;
     let mut totals: std::collections::BTreeMap<&str, rust_decimal::Decimal> = Default::default();
     for u in &usage {
-        *totals.entry(u.currency.as_str()).or_default() += u.amount;
+        *totals.entry(u.currency.as_str()).or_default() += u.amount.unwrap_or_default();
     }
     Ok(Json(serde_json::json!({
         "tenant_id": tenant_id,

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use billing_core::aggregation::AggregationType;
 use billing_core::charge::ChargeModel;
 use billing_core::money::RoundingMode;
 use billing_core::period::BillingPeriod;
-use billing_core::usage_pricing::price_running;
+use billing_core::usage_pricing::{price_running, PricedUsage};
 use billing_core::Currency;
 use billing_store::usage::UsageStore;
+use billing_store::usage_aggregates::AggState;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use scylla::client::session::Session;
@@ -36,8 +38,29 @@ pub struct ChargeUsage {
     pub events_count: u64,
     /// ISO currency.
     pub currency: String,
-    /// Amount so far, rounded half-up to the currency's minor unit.
-    pub amount: Decimal,
+    /// Amount so far, rounded half-up to the currency's minor unit; `null` when the charge cannot be priced from
+    /// running usage (see `pricing_error`).
+    pub amount: Option<Decimal>,
+    /// Why the amount is missing, when it is: one charge that cannot be priced never hides the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pricing_error: Option<String>,
+}
+
+/// Prices a stored aggregate with the charge model stored beside it.
+fn price(
+    s: &AggState,
+    aggregation: AggregationType,
+    period: &BillingPeriod,
+) -> anyhow::Result<(PricedUsage, Currency)> {
+    let model = ChargeModel::from_lago(
+        &s.charge_model,
+        &serde_json::from_str(&s.charge_properties)?,
+    )?;
+    let currency = Currency::parse(&s.currency)?;
+    Ok((
+        price_running(&model, aggregation, &s.running, period)?,
+        currency,
+    ))
 }
 
 /// Prepared reads.
@@ -66,18 +89,27 @@ impl Store {
             if !(k.period_start <= at && at < s.period_end) {
                 continue;
             }
-            let model = ChargeModel::from_lago(
-                &s.charge_model,
-                &serde_json::from_str(&s.charge_properties)?,
-            )?;
             let period = BillingPeriod {
                 start: k.period_start,
                 end: s.period_end,
                 start_date: k.period_start.date_naive(),
                 end_date: s.period_end.date_naive(),
             };
-            let priced = price_running(&model, s.aggregation_type()?, &s.running, &period)?;
-            let currency = Currency::parse(&s.currency)?;
+            let aggregation = s.aggregation_type()?;
+            let priced = price(&s, aggregation, &period);
+            let units = match &priced {
+                Ok((p, _)) => p.units,
+                Err(_) => s
+                    .running
+                    .units(aggregation, None, period.start, period.end)?,
+            };
+            let (amount, pricing_error) = match priced {
+                Ok((p, currency)) => (Some(p.rounded(currency, RoundingMode::HalfUp)), None),
+                Err(e) => {
+                    tracing::warn!(tenant, customer, charge = k.charge_id, error = %e, "usage not priced");
+                    (None, Some(e.to_string()))
+                }
+            };
             out.push(ChargeUsage {
                 subscription_id: k.subscription_id,
                 charge_id: k.charge_id,
@@ -86,10 +118,11 @@ impl Store {
                 group: k.group_key,
                 period_start: k.period_start,
                 period_end: s.period_end,
-                units: priced.units,
-                events_count: priced.events_count,
+                units,
+                events_count: s.running.events_count,
                 currency: s.currency,
-                amount: priced.rounded(currency, RoundingMode::HalfUp),
+                amount,
+                pricing_error,
             });
         }
         out.sort_by(|a, b| {

@@ -69,6 +69,26 @@ struct Pending {
     messages: usize,
 }
 
+impl Pending {
+    /// Remember aggregates to write and their new unique values.
+    fn mark(
+        &mut self,
+        customer: &CustomerId,
+        touched: Vec<AggKey>,
+        new_unique: Vec<(AggKey, String)>,
+    ) {
+        for key in touched {
+            self.dirty.insert((customer.clone(), key));
+        }
+        for (key, value) in new_unique {
+            self.new_unique
+                .entry((customer.clone(), key))
+                .or_default()
+                .push(value);
+        }
+    }
+}
+
 /// Progress shared with the readiness check.
 #[derive(Clone, Default)]
 pub struct Progress {
@@ -322,8 +342,13 @@ impl Pipeline {
                 self.metrics.events.with_label_values(&["duplicate"]).inc();
                 return Ok(Ok(()));
             }
-            Ok(Rated::Replayed) => {
-                // ClickHouse already has this event from before the crash; its id still needs recording.
+            Ok(Rated::Replayed {
+                touched,
+                new_unique,
+            }) => {
+                // ClickHouse already has this event from before the crash; aggregates it had not reached yet
+                // were brought up to date and are written with the next checkpoint.
+                self.pending.mark(&customer, touched, new_unique);
                 self.metrics.events.with_label_values(&["replayed"]).inc();
             }
             Ok(Rated::Accepted {
@@ -331,16 +356,7 @@ impl Pipeline {
                 touched,
                 new_unique,
             }) => {
-                for key in touched {
-                    self.pending.dirty.insert((customer.clone(), key));
-                }
-                for (key, value) in new_unique {
-                    self.pending
-                        .new_unique
-                        .entry((customer.clone(), key))
-                        .or_default()
-                        .push(value);
-                }
+                self.pending.mark(&customer, touched, new_unique);
                 self.pending.rows.push(*row);
                 self.metrics.events.with_label_values(&["accepted"]).inc();
             }

@@ -55,8 +55,14 @@ pub struct Decoded {
 pub enum Rated {
     /// Its id was already counted for the customer: nothing changed.
     Duplicate,
-    /// Counted before a crash (its aggregates already include its offset); only its id is recorded now.
-    Replayed,
+    /// Counted before a crash in at least one of its aggregates (which already include its offset): no new
+    /// ClickHouse row. Aggregates the crash left behind are brought up to date and must be written.
+    Replayed {
+        /// Aggregates changed.
+        touched: Vec<AggKey>,
+        /// Unique values added, with their aggregate.
+        new_unique: Vec<(AggKey, String)>,
+    },
     /// Counted now.
     Accepted {
         /// The row for ClickHouse.
@@ -131,16 +137,16 @@ pub fn apply(
             return Err(Rejection::Unaggregatable(e.to_string()));
         }
     }
-    usage.seen.insert(ev.event_id.clone());
-
+    // Every aggregate is computed on a copy first, so a failure (an overflow while pricing) changes nothing.
     let mut amount = Decimal::ZERO;
-    let (mut touched, mut new_unique) = (Vec::new(), Vec::new());
+    let mut updates = Vec::with_capacity(targets.len());
     let mut replayed = false;
     for (charge, key) in targets {
-        let state = usage
+        let mut state = usage
             .aggregates
-            .entry(key.clone())
-            .or_insert_with(|| AggState {
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| AggState {
                 period_end: period.end,
                 metric_code: ev.metric_code.clone(),
                 aggregation: aggregation_name(agg_type).to_owned(),
@@ -156,7 +162,6 @@ pub fn apply(
             continue;
         }
         let unique_before = state.running.unique.len();
-        // Checked above, so this cannot fail.
         amount += apply_and_price(
             &charge.model,
             agg_type,
@@ -165,17 +170,27 @@ pub fn apply(
             &period,
         )
         .map_err(|e| Rejection::Unaggregatable(e.to_string()))?;
-        if state.running.unique.len() > unique_before {
-            if let Some(v) = raw {
-                new_unique.push((key.clone(), billing_core::aggregation::unique_key(v)));
-            }
-        }
+        let added = (state.running.unique.len() > unique_before)
+            .then(|| raw.map(billing_core::aggregation::unique_key))
+            .flatten();
         state.last_partition = partition;
         state.last_offset = offset;
+        updates.push((key, state, added));
+    }
+    usage.seen.insert(ev.event_id.clone());
+    let (mut touched, mut new_unique) = (Vec::new(), Vec::new());
+    for (key, state, added) in updates {
+        if let Some(value) = added {
+            new_unique.push((key.clone(), value));
+        }
+        usage.aggregates.insert(key.clone(), state);
         touched.push(key);
     }
     if replayed {
-        return Ok(Rated::Replayed);
+        return Ok(Rated::Replayed {
+            touched,
+            new_unique,
+        });
     }
     let row = UsageEventRow {
         tenant_id: ev.tenant_id.clone(),
@@ -243,14 +258,10 @@ mod tests {
             amount: "10".into(),
             pay_in_advance: false,
             trial_period_days: 0,
-            charges: vec![Charge {
-                id: "c".into(),
-                metric_code: "gb".into(),
-                charge_model: ChargeModel::Standard,
-                properties: r#"{"amount":"0.5"}"#.into(),
-                min_amount: None,
-                group_by: None,
-            }],
+            charges: vec![
+                Charge::on_metric("c", "gb", ChargeModel::Standard, r#"{"amount":"0.5"}"#),
+                Charge::on_metric("c2", "gb", ChargeModel::Standard, r#"{"amount":"0"}"#),
+            ],
         })));
         let lifecycle = |payload| LifecycleEvent {
             tenant_id: "t".into(),
@@ -344,7 +355,7 @@ mod tests {
             billing_runtime::clickhouse::to_decimal_38_9(dec!(2))
         );
         assert_eq!(row.subscription_id, "s1");
-        assert_eq!(touched.len(), 1);
+        assert_eq!(touched.len(), 2);
         let state = &usage.aggregates[&touched[0]];
         assert_eq!((state.running.sum, state.last_offset), (dec!(4), 7));
         assert!(matches!(
@@ -354,9 +365,36 @@ mod tests {
         // A new id at an offset the aggregate already includes is a replay after a crash: not counted again.
         assert!(matches!(
             rate_one(&r, &mut usage, "e0", "2026-01-05T00:00:00Z", "4", 6),
-            Ok(Rated::Replayed)
+            Ok(Rated::Replayed { .. })
         ));
         assert_eq!(usage.aggregates[&touched[0]].running.sum, dec!(4));
+    }
+
+    #[test]
+    fn a_replay_brings_up_to_date_the_aggregates_a_crash_left_behind() {
+        let r = reference();
+        let mut usage = CustomerUsage::default();
+        let Ok(Rated::Accepted { touched, .. }) =
+            rate_one(&r, &mut usage, "e1", "2026-01-05T00:00:00Z", "4", 7)
+        else {
+            panic!("not accepted")
+        };
+        // A crash wrote one aggregate (and no dedup id) but not the other: reload that state.
+        let (written, lost) = (&touched[0], &touched[1]);
+        let mut reloaded = CustomerUsage::default();
+        reloaded
+            .aggregates
+            .insert(written.clone(), usage.aggregates[written].clone());
+        let Ok(Rated::Replayed {
+            touched: repaired, ..
+        }) = rate_one(&r, &mut reloaded, "e1", "2026-01-05T00:00:00Z", "4", 7)
+        else {
+            panic!("not a replay")
+        };
+        assert_eq!(repaired, vec![lost.clone()]);
+        assert_eq!(reloaded.aggregates[lost].running.sum, dec!(4));
+        assert_eq!(reloaded.aggregates[written].running.sum, dec!(4));
+        assert!(reloaded.seen.contains("e1"));
     }
 
     #[test]
@@ -377,7 +415,12 @@ mod tests {
                 Ok(Rated::Accepted { .. })
             ));
         }
-        let total: Decimal = usage.aggregates.values().map(|s| s.running.sum).sum();
+        let total: Decimal = usage
+            .aggregates
+            .iter()
+            .filter(|(k, _)| k.charge_id == "c")
+            .map(|(_, s)| s.running.sum)
+            .sum();
         assert_eq!(total, dec!(3));
     }
 

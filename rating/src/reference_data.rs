@@ -8,7 +8,8 @@ use std::sync::Arc;
 use billing_core::aggregation::Metric;
 use billing_core::attribution::{self, Attributable};
 use billing_core::charge::ChargeModel;
-use billing_core::period::{BillingPeriod, Interval, Schedule};
+use billing_core::invoicing::PlanTerms;
+use billing_core::period::{BillingAnchor, BillingPeriod};
 use billing_core::subscription::{Change, ChangeKind, Subscription as History};
 use billing_core::Currency;
 use billing_schemas::catalog::{self, Catalog, CatalogEvent};
@@ -32,13 +33,29 @@ pub struct PlanInfo {
     pub plan: catalog::Plan,
     /// Currency.
     pub currency: Currency,
+    /// Subscription fee per period.
+    pub fee: rust_decimal::Decimal,
     /// Charges, parsed.
     pub charges: Vec<ChargeInfo>,
+}
+
+impl PlanInfo {
+    /// The plan's fee terms for a subscription billed on `anchor`.
+    pub fn terms(&self, anchor: BillingAnchor) -> PlanTerms {
+        PlanTerms {
+            fee: self.fee,
+            interval: self.plan.interval,
+            pay_in_advance: self.plan.pay_in_advance,
+            anchor,
+        }
+    }
 }
 
 /// Parse a plan's charges; a plan with an invalid charge is refused whole.
 pub fn plan_info(plan: catalog::Plan) -> Result<PlanInfo, String> {
     let currency = Currency::parse(&plan.currency).map_err(|e| e.to_string())?;
+    let fee =
+        billing_core::money::parse_decimal("amount", &plan.amount).map_err(|e| e.to_string())?;
     let mut charges = Vec::with_capacity(plan.charges.len());
     for c in &plan.charges {
         let props: serde_json::Value = serde_json::from_str(&c.properties)
@@ -53,6 +70,7 @@ pub fn plan_info(plan: catalog::Plan) -> Result<PlanInfo, String> {
     Ok(PlanInfo {
         plan,
         currency,
+        fee,
         charges,
     })
 }
@@ -187,7 +205,18 @@ impl Reference {
             }
             Lifecycle::SubscriptionCreated(s) => {
                 let entry = self.customers.entry((tenant, s.customer_id)).or_default();
-                entry.subscriptions.retain(|x| x.id != s.subscription_id);
+                if let Some(existing) = entry
+                    .subscriptions
+                    .iter_mut()
+                    .find(|x| x.id == s.subscription_id)
+                {
+                    // A repeated creation (a producer retry, a replayed topic) keeps the changes made since.
+                    existing.billing_time = s.billing_time;
+                    existing.plans[existing.history.plan] = s.plan_code;
+                    existing.history.started_at = s.started_at;
+                    existing.history.trial_ends_at = s.trial_ends_at;
+                    return;
+                }
                 entry.subscriptions.push(Subscription {
                     id: s.subscription_id,
                     plans: vec![s.plan_code],
@@ -230,11 +259,17 @@ impl Reference {
             ),
         };
         let plans = &self.plans;
-        let Some(sub) = self
-            .customers
-            .get_mut(&(tenant.clone(), customer.clone()))
-            .and_then(|c| c.subscriptions.iter_mut().find(|s| s.id == id))
-        else {
+        let Some(c) = self.customers.get_mut(&(tenant.clone(), customer.clone())) else {
+            tracing::warn!(
+                tenant,
+                customer,
+                subscription = id,
+                "change for an unknown customer ignored"
+            );
+            return;
+        };
+        let tz = c.timezone.unwrap_or(Tz::UTC);
+        let Some(sub) = c.subscriptions.iter_mut().find(|s| s.id == id) else {
             tracing::warn!(
                 tenant,
                 customer,
@@ -248,12 +283,28 @@ impl Reference {
             plan: sub.plan_index(&plan_code),
         });
         let mut history = sub.history.clone();
+        if matches!(kind, ChangeKind::Cancel { .. }) {
+            // The last cancellation wins: an immediate one replaces one scheduled at period end.
+            history
+                .changes
+                .retain(|c| !matches!(c.kind, ChangeKind::Cancel { .. }));
+        }
         history.changes.push(Change { at, kind });
-        let interval = plans
-            .get(&(tenant.clone(), sub.plans[history.plan].clone()))
-            .map_or(Interval::Monthly, |p| p.plan.interval);
-        let valid = Schedule::new(interval, sub.billing_time, history.started_at, Tz::UTC)
-            .and_then(|schedule| attribution::check_history(&history, &schedule));
+        // Checked with the phases and the timezone attribution uses, when every plan is known.
+        let anchor = BillingAnchor::from(sub.billing_time);
+        let terms: Option<Vec<PlanTerms>> = sub
+            .plans
+            .iter()
+            .map(|code| {
+                plans
+                    .get(&(tenant.clone(), code.clone()))
+                    .map(|p| p.terms(anchor))
+            })
+            .collect();
+        let valid = match terms {
+            Some(terms) => attribution::check_history(&history, &terms, tz),
+            None => Ok(()),
+        };
         match valid {
             Ok(()) => sub.history = history,
             Err(e) => {
@@ -296,27 +347,28 @@ impl Reference {
                     .collect()
             })
             .collect();
-        let intervals: Vec<Vec<Option<Interval>>> = plans
+        let terms: Vec<Vec<Option<PlanTerms>>> = c
+            .subscriptions
             .iter()
-            .map(|ps| {
+            .zip(&plans)
+            .map(|(s, ps)| {
+                let anchor = BillingAnchor::from(s.billing_time);
                 ps.iter()
-                    .map(|p| p.as_ref().map(|p| p.plan.interval))
+                    .map(|p| p.as_ref().map(|p| p.terms(anchor)))
                     .collect()
             })
             .collect();
         let subs: Vec<Attributable<'_>> = c
             .subscriptions
             .iter()
-            .zip(&intervals)
-            .map(|(s, intervals)| Attributable {
+            .zip(&terms)
+            .map(|(s, plans)| Attributable {
                 subscription: &s.history,
-                intervals,
-                billing_time: s.billing_time,
+                plans,
             })
             .collect();
-        let found = attribution::attribute(&subs, c.timezone.unwrap_or(Tz::UTC), at)
-            .map_err(|_| none())?
-            .ok_or_else(none)?;
+        let found =
+            attribution::attribute(&subs, c.timezone.unwrap_or(Tz::UTC), at).ok_or_else(none)?;
         let plan = plans[found.subscription][found.plan]
             .clone()
             .ok_or_else(none)?;
