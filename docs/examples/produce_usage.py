@@ -62,6 +62,8 @@ def main():
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
+        # Keys must land where the Java client's murmur2 puts them (docs/producing.md, "Partitioner").
+        "partitioner": "murmur2_random",
     })
     failures = []
 

@@ -305,6 +305,7 @@ impl Pipeline {
             max_event_bytes: rating.max_event_bytes,
             max_future: chrono::Duration::from_std(rating.max_future)
                 .unwrap_or(chrono::Duration::MAX),
+            partitions: self.settings.kafka.partitions,
         };
         let message = rate::Message {
             key: m.key(),

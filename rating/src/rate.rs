@@ -39,6 +39,8 @@ pub struct Limits {
     pub max_event_bytes: usize,
     /// How far an event time may be after its append time.
     pub max_future: chrono::Duration,
+    /// Partitions of `billing.usage` (`kafka.partitions`), to check each record is on its key's partition.
+    pub partitions: i32,
 }
 
 /// A decoded, valid event and when Kafka received it.
@@ -77,6 +79,16 @@ pub enum Rated {
 /// Decode and validate what needs no reference data or state.
 pub fn decode(m: &Message<'_>, limits: &Limits) -> Result<Decoded, Rejection> {
     let event = decode_event(m.key, m.payload, m.content_type, limits.max_event_bytes)?;
+    // decode_event checked the key is the customer's.
+    let key = m.key.unwrap_or_default();
+    let expected = billing_runtime::kafka::partition_for_key(key, limits.partitions);
+    if m.partition != expected {
+        return Err(Rejection::WrongPartition {
+            key: String::from_utf8_lossy(key).into_owned(),
+            expected,
+            found: m.partition,
+        });
+    }
     let received = m
         .timestamp_ms
         .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
@@ -308,6 +320,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_event_bytes: 10_000,
         max_future: chrono::Duration::hours(24),
+        partitions: 12,
     };
 
     fn message(payload: &str, offset: i64) -> (Vec<u8>, i64) {
@@ -333,12 +346,30 @@ mod tests {
             key: Some(b"t/c1"),
             payload: &payload,
             content_type: None,
-            partition: 3,
+            partition: billing_runtime::kafka::partition_for_key(b"t/c1", 12),
             offset,
             timestamp_ms: Some(ms),
         };
         let d = decode(&m, &LIMITS)?;
         apply(&d, r, usage, m.partition, m.offset)
+    }
+
+    #[test]
+    fn a_record_on_another_partition_than_its_key_is_refused() {
+        let payload = br#"{"tenant_id":"t","event_id":"e","customer_id":"c1","metric_code":"gb","timestamp":1767225600000,"properties":{"value":"1"}}"#;
+        let home = billing_runtime::kafka::partition_for_key(b"t/c1", 12);
+        let m = |partition| Message {
+            key: Some(b"t/c1"),
+            payload,
+            content_type: None,
+            partition,
+            offset: 0,
+            timestamp_ms: Some(1_767_225_600_000),
+        };
+        assert!(decode(&m(home), &LIMITS).is_ok());
+        let err = decode(&m((home + 1) % 12), &LIMITS).unwrap_err();
+        assert!(matches!(err, Rejection::WrongPartition { expected, .. } if expected == home));
+        assert!(err.to_string().starts_with("wrong_partition"));
     }
 
     #[test]

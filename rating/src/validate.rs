@@ -37,6 +37,17 @@ pub enum Rejection {
         /// What the message had.
         found: String,
     },
+    /// The record is not on the partition its key belongs to (a producer with another partitioner): its customer's
+    /// state lives elsewhere, so counting it here would split the customer.
+    #[error("wrong_partition: key {key:?} belongs to partition {expected} (murmur2, as the Java client), found on {found}")]
+    WrongPartition {
+        /// The key.
+        key: String,
+        /// Its partition under `billing_runtime::kafka::PARTITIONER`.
+        expected: i32,
+        /// Where it was found.
+        found: i32,
+    },
     /// Event time too far after the time Kafka appended it.
     #[error("timestamp {timestamp} is more than {max_future_secs} s after the event was received ({received})")]
     FromTheFuture {

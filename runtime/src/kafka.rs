@@ -73,9 +73,48 @@ fn base(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// A producer that waits for all in-sync replicas and never duplicates on retry.
+/// The partitioner every producer of per-customer topics must use: murmur2 of the key, as the Java client's
+/// default partitioner (librdkafka's `murmur2_random`, kcat `-X partitioner=murmur2_random`). Rating
+/// dead-letters a record found on another partition than [`partition_for_key`] gives (`wrong_partition`).
+pub const PARTITIONER: &str = "murmur2_random";
+
+/// Kafka's murmur2 hash of a key (the Java client's `Utils.murmur2`, seed `0x9747b28c`).
+pub fn murmur2(key: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ (key.len() as u32);
+    let mut chunks = key.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, b) in rest.iter().enumerate().rev() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition a keyed record belongs to under [`PARTITIONER`]: `(murmur2(key) & 0x7fffffff) % partitions`.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// A producer that waits for all in-sync replicas, never duplicates on retry and partitions keys like the Java
+/// client ([`PARTITIONER`]).
 pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
     base(cfg)
+        .set("partitioner", PARTITIONER)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
@@ -154,4 +193,24 @@ pub async fn ping(cfg: &KafkaConfig) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Values of the Java client's Utils.murmur2 (Kafka's UtilsTest); the stack test
+    // `producers_partition_keys_like_the_java_client` checks the same function against librdkafka.
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        assert_eq!(murmur2(b"21"), -973932308);
+        assert_eq!(murmur2(b"foobar"), -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc"), 479470107);
+    }
 }
