@@ -53,6 +53,11 @@ type CustomerId = (String, String);
 const PREFETCH_BATCH: usize = 2_000;
 /// How often usage waits for the reference topics to be read to their end, besides before a rejection.
 const REFERENCE_REFRESH: Duration = Duration::from_secs(1);
+/// The most of a payload a dead letter carries: a larger one (a poison record that a producer compressed past
+/// the broker's message limit) is cut to this, with its size and hash in headers, so that the dead letter always
+/// fits and the partition moves on.
+const DLQ_MAX_PAYLOAD: usize = 256 * 1024;
+
 /// Customers loaded from the store at once.
 const PREFETCH_CONCURRENCY: usize = 64;
 
@@ -399,9 +404,27 @@ impl Pipeline {
                 });
             }
         }
+        let payload = m.payload().unwrap_or_default();
+        if payload.len() > DLQ_MAX_PAYLOAD {
+            use sha2::Digest;
+            let size = payload.len().to_string();
+            let digest = sha2::Sha256::digest(payload)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
+            headers = headers
+                .insert(Header {
+                    key: dlq_headers::ORIGINAL_SIZE,
+                    value: Some(size.as_str()),
+                })
+                .insert(Header {
+                    key: dlq_headers::ORIGINAL_SHA256,
+                    value: Some(digest.as_str()),
+                });
+        }
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topics.usage_dlq).headers(headers);
-        if let Some(p) = m.payload() {
-            record = record.payload(p);
+        if m.payload().is_some() {
+            record = record.payload(&payload[..payload.len().min(DLQ_MAX_PAYLOAD)]);
         }
         if let Some(k) = m.key() {
             record = record.key(k);

@@ -65,6 +65,10 @@ pub mod dlq_headers {
     pub const SOURCE_PARTITION: &str = "dlq.source.partition";
     /// Source offset.
     pub const SOURCE_OFFSET: &str = "dlq.source.offset";
+    /// Size in bytes of the original payload, when the dead letter carries only its beginning.
+    pub const ORIGINAL_SIZE: &str = "dlq.original.size";
+    /// Hex SHA-256 of the original payload, when the dead letter carries only its beginning.
+    pub const ORIGINAL_SHA256: &str = "dlq.original.sha256";
 }
 
 fn base(cfg: &KafkaConfig) -> ClientConfig {

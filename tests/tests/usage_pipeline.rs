@@ -745,3 +745,81 @@ async fn records_on_the_wrong_partition_are_dead_lettered_and_keys_partition_lik
     services.shutdown().await;
     env.cleanup().await;
 }
+
+/// A 1.5 MB event that its producer compressed under the broker's limit cannot be dead-lettered whole (it is over
+/// the producer's message limit once decompressed): rating dead-letters its beginning with its size and hash, and
+/// the partition moves on instead of stopping on it at every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_too_large_to_dead_letter_whole_does_not_stop_the_partition() {
+    let env = TestEnv::new("poison").await;
+    basic_catalog(&env, &["cus-x"]).await;
+    let services = Services::start(&env.settings).await;
+    let big = format!(
+        r#"{{"tenant_id":"acme","event_id":"big","customer_id":"cus-x","metric_code":"api_calls","timestamp":"2026-03-14T15:09:26Z","properties":{{"value":1,"pad":"{}"}}}}"#,
+        "a".repeat(1_500_000)
+    );
+    let mut child = std::process::Command::new("kcat")
+        .args([
+            "-P",
+            "-b",
+            &env.settings.kafka.brokers,
+            "-X",
+            "partitioner=murmur2_random",
+            "-X",
+            "message.max.bytes=5000000",
+            "-z",
+            "lz4",
+            "-t",
+            &env.topics.usage,
+            "-k",
+            "acme/cus-x",
+            "-H",
+            "content-type=application/json",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat is installed by deploy/local/stack install");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(big.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "kcat failed");
+    produce_event(
+        &env,
+        &event("cus-x", "after-the-poison", "api_calls", &[("value", "2")]),
+        Encoding::Json,
+    )
+    .await;
+    let usage = eventually(WAIT, "the event after the poison in the API", || async {
+        api_usage(&services.api, TENANT, "cus-x", "calls", AT).await
+    })
+    .await;
+    assert_eq!(usage, ("2".to_owned(), 1, "0.02".to_owned()));
+    let dead = env.read_topic(&env.topics.usage_dlq, 1, WAIT).await;
+    assert_eq!(dead.len(), 1);
+    let header = |name: &str| {
+        dead[0]
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == name))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert!(header(dlq_headers::REASON)
+        .unwrap()
+        .contains("exceeds the limit"));
+    assert_eq!(
+        header(dlq_headers::ORIGINAL_SIZE),
+        Some(big.len().to_string())
+    );
+    assert_eq!(
+        header(dlq_headers::ORIGINAL_SHA256).map(|h| h.len()),
+        Some(64)
+    );
+    assert_eq!(dead[0].payload().map(<[u8]>::len), Some(256 * 1024));
+    assert!(big.as_bytes().starts_with(dead[0].payload().unwrap()));
+    services.shutdown().await;
+    env.cleanup().await;
+}
