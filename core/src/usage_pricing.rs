@@ -4,8 +4,8 @@
 //!
 //! A running aggregate keeps no per-event values, so the percentage options that need them (per-transaction
 //! minimum and maximum, free units per events) cannot be priced from it: [`price_running`] then returns
-//! [`Error::MissingInput`](crate::Error::MissingInput), and [`apply_and_price`] records the event at a marginal
-//! amount of zero. The invoice prices such charges from the events themselves.
+//! [`Error::MissingInput`](crate::Error::MissingInput), and [`apply_and_price`] returns no marginal amount. The
+//! invoice prices such charges from the events themselves.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::aggregation::{AggregationType, RunningAggregate};
 use crate::charge::{ChargeModel, Usage};
 use crate::currency::Currency;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::money::{round_to_minor, RoundingMode};
 use crate::period::BillingPeriod;
 
@@ -59,31 +59,27 @@ pub fn price_running(
 }
 
 /// Applies one event to a running aggregate and returns its marginal amount: the charge's price after the event
-/// minus its price before. The marginal amount is zero for a charge that needs per-event values (see the module
-/// documentation). An error means the event cannot be aggregated (no value, overflow) and nothing changed.
+/// minus its price before, or `None` when the charge cannot be priced from a running aggregate (it needs per-event
+/// values, or pricing overflows); the aggregate is updated either way, as it is the record of usage and the
+/// amount only its analytics view. An error means the event cannot be aggregated (no value, overflow; see
+/// [`RunningAggregate::check`]) and nothing changed. The aggregate is updated in place, never copied, so a large
+/// unique-count set costs nothing per event.
 pub fn apply_and_price(
     model: &ChargeModel,
     aggregation: AggregationType,
     running: &mut RunningAggregate,
     event: (Option<&str>, DateTime<Utc>, &str),
     period: &BillingPeriod,
-) -> Result<Decimal> {
+) -> Result<Option<Decimal>> {
     let (raw, timestamp, event_id) = event;
-    let price = |r: &RunningAggregate| match price_running(model, aggregation, r, period) {
-        Ok(p) => Ok(Some(p.amount)),
-        Err(Error::MissingInput(_)) => Ok(None),
-        Err(e) => Err(e),
-    };
-    let before = price(running)?;
-    let mut next = running.clone();
-    next.apply(aggregation, raw, timestamp, event_id, period.end)?;
-    let after = price(&next)?;
-    let marginal = match (before, after) {
-        (Some(b), Some(a)) => a.checked_sub(b).ok_or(Error::Overflow("marginal amount"))?,
-        _ => Decimal::ZERO,
-    };
-    *running = next;
-    Ok(marginal)
+    running.check(aggregation, raw, timestamp, event_id, period.end)?;
+    let price = |r: &RunningAggregate| price_running(model, aggregation, r, period).ok();
+    let before = price(running);
+    running.apply(aggregation, raw, timestamp, event_id, period.end)?;
+    let after = price(running);
+    Ok(before
+        .zip(after)
+        .and_then(|(b, a)| a.amount.checked_sub(b.amount)))
 }
 
 #[cfg(test)]
@@ -124,6 +120,7 @@ mod tests {
                 (Some(v), ts, &format!("e{i}")),
                 &period,
             )
+            .unwrap()
             .unwrap();
         }
         // 16 units: 6 above the free tier → 3.00.
@@ -135,6 +132,28 @@ mod tests {
         );
         let eur = Currency::parse("EUR").unwrap();
         assert_eq!(whole.rounded(eur, RoundingMode::HalfUp).to_string(), "3.00");
+    }
+
+    #[test]
+    fn a_charge_that_needs_per_event_values_counts_usage_without_a_marginal_amount() {
+        // Lago's per-transaction minimum needs each event's value, which a running aggregate does not keep.
+        let model = ChargeModel::from_lago(
+            "percentage",
+            &json!({"rate": "1", "per_transaction_min_amount": "0.5"}),
+        )
+        .unwrap();
+        let mut running = RunningAggregate::default();
+        let ts: DateTime<Utc> = "2026-01-11T00:00:00Z".parse().unwrap();
+        let marginal = apply_and_price(
+            &model,
+            AggregationType::SumAgg,
+            &mut running,
+            (Some("10"), ts, "e"),
+            &january(),
+        )
+        .unwrap();
+        assert_eq!(marginal, None);
+        assert_eq!((running.sum, running.events_count), (dec!(10), 1));
     }
 
     #[test]

@@ -149,16 +149,16 @@ pub fn apply(
             return Err(Rejection::Unaggregatable(e.to_string()));
         }
     }
-    // Every aggregate is computed on a copy first, so a failure (an overflow while pricing) changes nothing.
+    // Each aggregate was checked above, so applying cannot fail half-way: the event counts whole or not at all.
+    usage.seen.insert(ev.event_id.clone());
     let mut amount = Decimal::ZERO;
-    let mut updates = Vec::with_capacity(targets.len());
+    let (mut touched, mut new_unique) = (Vec::new(), Vec::new());
     let mut replayed = false;
     for (charge, key) in targets {
-        let mut state = usage
+        let state = usage
             .aggregates
-            .get(&key)
-            .cloned()
-            .unwrap_or_else(|| AggState {
+            .entry(key.clone())
+            .or_insert_with(|| AggState {
                 period_end: period.end,
                 metric_code: ev.metric_code.clone(),
                 aggregation: aggregation_name(agg_type).to_owned(),
@@ -174,7 +174,7 @@ pub fn apply(
             continue;
         }
         let unique_before = state.running.unique.len();
-        amount += apply_and_price(
+        let marginal = apply_and_price(
             &charge.model,
             agg_type,
             &mut state.running,
@@ -182,20 +182,15 @@ pub fn apply(
             &period,
         )
         .map_err(|e| Rejection::Unaggregatable(e.to_string()))?;
-        let added = (state.running.unique.len() > unique_before)
-            .then(|| raw.map(billing_core::aggregation::unique_key))
-            .flatten();
+        // A charge that cannot be priced from running usage (per-event options) adds 0 to the analytics amount.
+        amount += marginal.unwrap_or_default();
+        if state.running.unique.len() > unique_before {
+            if let Some(v) = raw {
+                new_unique.push((key.clone(), billing_core::aggregation::unique_key(v)));
+            }
+        }
         state.last_partition = partition;
         state.last_offset = offset;
-        updates.push((key, state, added));
-    }
-    usage.seen.insert(ev.event_id.clone());
-    let (mut touched, mut new_unique) = (Vec::new(), Vec::new());
-    for (key, state, added) in updates {
-        if let Some(value) = added {
-            new_unique.push((key.clone(), value));
-        }
-        usage.aggregates.insert(key.clone(), state);
         touched.push(key);
     }
     if replayed {
