@@ -13,6 +13,8 @@ pub struct Metrics {
     pub checkpoints: IntCounter,
     /// Time to make one checkpoint durable.
     pub checkpoint_seconds: Histogram,
+    /// Reference barriers that failed and were retried.
+    pub reference_retries: IntCounter,
 }
 
 impl Metrics {
@@ -28,6 +30,11 @@ impl Metrics {
             "checkpoint_seconds",
             "Time to write a checkpoint to ClickHouse and ScyllaDB and commit offsets",
         ))?;
+        let reference_retries = IntCounter::new(
+            "reference_retries_total",
+            "Reads of the reference topics to their end that failed and were retried",
+        )?;
+        registry.register(Box::new(reference_retries.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(checkpoints.clone()))?;
         registry.register(Box::new(checkpoint_seconds.clone()))?;
@@ -36,6 +43,7 @@ impl Metrics {
             events,
             checkpoints,
             checkpoint_seconds,
+            reference_retries,
         })
     }
 }

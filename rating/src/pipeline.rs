@@ -121,8 +121,11 @@ pub struct Pipeline {
     in_flight: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// Partitions owned since the last rebalance (unknown before the first).
     assigned: Option<HashSet<i32>>,
-    /// Wall-clock millis when the last reference barrier was taken.
-    reference_checked_at_ms: i64,
+    /// Per usage partition, its end offset when the last reference barrier started: a message below it was
+    /// appended before the barrier read the reference topics' ends, so the barrier covers what preceded it.
+    reference_covers: HashMap<i32, i64>,
+    /// Stops the reference barrier's retries.
+    shutdown: Shutdown,
 }
 
 impl Pipeline {
@@ -164,12 +167,14 @@ impl Pipeline {
             reference_checked: None,
             in_flight: None,
             assigned: None,
-            reference_checked_at_ms: 0,
+            reference_covers: HashMap::new(),
+            shutdown: Shutdown::new(),
         })
     }
 
     /// Consume until shutdown, then checkpoint what is pending.
     pub async fn run(mut self, shutdown: Shutdown) -> anyhow::Result<()> {
+        self.shutdown = shutdown.clone();
         let mut ticker = tokio::time::interval(self.settings.rating.checkpoint_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -267,11 +272,10 @@ impl Pipeline {
         self.pending.offsets.insert(partition, offset + 1);
         self.pending.messages += 1;
         let mut outcome = self.rate(m).await?;
-        // Re-read only if the last barrier was taken before Kafka received this event: a barrier taken after it
-        // already covers everything produced before it, so a flood of unknown events costs one barrier, not one each.
-        let received = m.timestamp().to_millis().unwrap_or(i64::MAX);
-        let covered = self.reference_checked_at_ms > received;
-        if !covered
+        // Re-read only if the last barrier does not cover this event (broker offsets, no clock): a barrier that
+        // started after the event was appended covers everything produced before it, so a flood of unknown events
+        // costs one barrier, not one each.
+        if !covered(&self.reference_covers, partition, offset)
             && matches!(
                 outcome,
                 Err(Rejection::UnknownMetric(_) | Rejection::Attribution(_))
@@ -287,20 +291,62 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Read the reference topics up to their current ends. If they cannot be read (a broker away, a partition
+    /// without leader), retry with backoff rather than stop: rating waits for its reference data, it never rates
+    /// without it.
     async fn catch_up_reference(&mut self) -> anyhow::Result<()> {
-        let started_ms = Utc::now().timestamp_millis();
-        let rating = &self.settings.rating;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.try_catch_up_reference().await {
+                Ok(covers) => {
+                    self.reference_checked = Some(Instant::now());
+                    self.reference_covers = covers;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.metrics.reference_retries.inc();
+                    tracing::warn!(error = %e, retry_in = ?backoff, "reference topics not read to their end; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => anyhow::bail!("stopped while waiting for reference data: {e}"),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One barrier: first the usage partitions' end offsets (what the barrier will cover), then the reference
+    /// topics read up to the ends they have after that.
+    async fn try_catch_up_reference(&self) -> anyhow::Result<HashMap<i32, i64>> {
+        let partitions: Vec<i32> = match &self.assigned {
+            Some(a) => a.iter().copied().collect(),
+            None => (0..self.settings.kafka.partitions).collect(),
+        };
+        let (client, topic) = (self.watermarks.clone(), self.topics.usage.clone());
+        let covers = tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<i32, i64>> {
+            partitions
+                .into_iter()
+                .map(|p| {
+                    Ok((
+                        p,
+                        client
+                            .fetch_watermarks(&topic, p, Duration::from_secs(5))?
+                            .1,
+                    ))
+                })
+                .collect()
+        })
+        .await??;
         self.reference
             .catch_up(
                 &self.watermarks,
                 self.settings.kafka.partitions,
                 &self.topics,
-                rating.reference_timeout,
+                self.settings.rating.reference_timeout,
             )
             .await?;
-        self.reference_checked = Some(Instant::now());
-        self.reference_checked_at_ms = started_ms;
-        Ok(())
+        Ok(covers)
     }
 
     /// Rate one message (see [`rate`]); the inner error is a rejection for the dead-letter topic.
@@ -564,9 +610,34 @@ impl Pipeline {
     }
 }
 
+/// Whether the last reference barrier covers a message: it started after the message was appended.
+fn covered(covers: &HashMap<i32, i64>, partition: i32, offset: i64) -> bool {
+    covers.get(&partition).is_some_and(|end| offset < *end)
+}
+
 /// The time of the last productive checkpoint, for the stall check.
 pub fn since_progress(progress: &Progress) -> Option<chrono::Duration> {
     let ms = progress.last_checkpoint_ms.load(Ordering::Relaxed);
     let last: DateTime<Utc> = Utc.timestamp_millis_opt(ms).single()?;
     (ms > 0).then(|| Utc::now() - last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_barrier_covers_only_what_was_appended_before_it_started() {
+        let covers = HashMap::from([(0, 10), (1, 0)]);
+        assert!(covered(&covers, 0, 9));
+        assert!(
+            !covered(&covers, 0, 10),
+            "appended after the barrier started"
+        );
+        assert!(!covered(&covers, 1, 0));
+        assert!(
+            !covered(&covers, 2, 0),
+            "a partition the barrier did not look at"
+        );
+    }
 }

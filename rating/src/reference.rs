@@ -61,7 +61,12 @@ impl SharedReference {
             while !shutdown.is_cancelled() {
                 let polled = consumer.poll(Duration::from_millis(100));
                 let m = match polled {
-                    None => continue,
+                    None => {
+                        // Caught up for now: take the consumer's own positions, which move past what is not a
+                        // message (a transaction's commit marker, aborted records), so the barrier can see the end.
+                        this.refresh_positions(&consumer);
+                        continue;
+                    }
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "reference reader error");
@@ -101,6 +106,21 @@ impl SharedReference {
                     .insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
             }
         }))
+    }
+
+    fn refresh_positions(&self, consumer: &BaseConsumer) {
+        let Ok(tpl) = consumer.position() else {
+            return;
+        };
+        let mut positions = self.positions.lock().expect("positions lock");
+        for e in tpl.elements() {
+            if let Offset::Offset(next) = e.offset() {
+                let at = positions
+                    .entry((e.topic().to_owned(), e.partition()))
+                    .or_insert(next);
+                *at = (*at).max(next);
+            }
+        }
     }
 
     /// Wait until everything produced to the reference topics before this call has been applied.

@@ -823,3 +823,80 @@ async fn a_poison_record_too_large_to_dead_letter_whole_does_not_stop_the_partit
     services.shutdown().await;
     env.cleanup().await;
 }
+
+/// Reference data published in a Kafka transaction ends its partitions with a transaction marker, which takes an
+/// offset but is no message: rating's barrier must compare consumer positions with the end offsets, not the last
+/// message read, or it would wait for a message that never comes (and give up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_data_published_in_a_transaction_is_read_to_its_end() {
+    use billing_runtime::publish::Publisher;
+    use billing_schemas::catalog::{CatalogEvent, Charge, Interval, Plan};
+    use billing_schemas::lifecycle::{CustomerCreated, LifecycleEvent};
+    use rdkafka::producer::{FutureProducer, Producer};
+    let env = TestEnv::new("txn").await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka.brokers)
+        .set("partitioner", billing_runtime::kafka::PARTITIONER)
+        .set("transactional.id", format!("txn-{}", env.id))
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    let publisher = Publisher::with_producer(producer.clone(), env.topics.clone());
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+    let metric = CatalogEvent::metric(
+        TENANT,
+        at,
+        "api_calls",
+        Aggregation::Sum,
+        Some("value"),
+        vec![],
+    );
+    let plan = CatalogEvent::plan(
+        TENANT,
+        at,
+        Plan {
+            code: "basic".into(),
+            name: "Basic".into(),
+            interval: Interval::Monthly,
+            currency: "EUR".into(),
+            amount: "10".into(),
+            pay_in_advance: false,
+            trial_period_days: 0,
+            charges: vec![Charge::on_metric(
+                "calls",
+                "api_calls",
+                ChargeModel::Standard,
+                r#"{"amount":"0.01"}"#,
+            )],
+        },
+    );
+    publisher.catalog(&metric, Encoding::Json).await.unwrap();
+    publisher.catalog(&plan, Encoding::Json).await.unwrap();
+    for ev in LifecycleEvent::customer_subscribed(
+        TENANT,
+        CustomerCreated::new("cus-t", "T", "EUR", "UTC"),
+        "sub-cus-t",
+        "basic",
+        at,
+    ) {
+        publisher.lifecycle(&ev, Encoding::Avro).await.unwrap();
+    }
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
+    let services = Services::start(&env.settings).await;
+    produce_event(
+        &env,
+        &event("cus-t", "after-txn", "api_calls", &[("value", "3")]),
+        Encoding::Json,
+    )
+    .await;
+    let usage = eventually(WAIT, "usage after transactional reference data", || async {
+        api_usage(&services.api, TENANT, "cus-t", "calls", AT).await
+    })
+    .await;
+    assert_eq!(usage, ("3".to_owned(), 1, "0.03".to_owned()));
+    services.shutdown().await;
+    env.cleanup().await;
+}
