@@ -571,7 +571,10 @@ fn volume(ranges: &[Range], units: Decimal) -> Result<ChargeOutcome> {
 
 fn package(p: &PackageProperties, units: Decimal) -> Result<ChargeOutcome> {
     let paid = (units - p.free_units).max(Decimal::ZERO);
-    let packages = (paid / p.package_size).ceil();
+    let packages = paid
+        .checked_div(p.package_size)
+        .ok_or(Error::Overflow("package count"))?
+        .ceil();
     let amount = mul(packages, p.amount)?;
     Ok(ChargeOutcome {
         amount,
@@ -933,6 +936,18 @@ mod tests {
             {"from_value": 0, "to_value": null, "per_unit_amount": "2", "flat_amount": "0"}]}}),
         );
         assert_eq!(eval(&free, dec!(0)), dec!(0));
+    }
+
+    #[test]
+    fn huge_units_with_small_packages_are_an_error_not_a_panic() {
+        let m = model(json!({"charge_model": "package",
+            "properties": {"amount": "1", "package_size": "0.5", "free_units": "0"}}));
+        let out = m.evaluate(&Usage {
+            units: Decimal::MAX,
+            events_count: None,
+            event_values: None,
+        });
+        assert!(matches!(out, Err(Error::Overflow(_))), "{out:?}");
     }
 
     #[test]

@@ -52,6 +52,29 @@ pub fn parse_decimal(field: &str, s: &str) -> Result<Decimal> {
         })
 }
 
+/// Parses a quantity exactly as written on the wire: an optional sign, digits, and optionally a point followed by at
+/// most `max_scale` digits. Nothing else: no exponent (`1e3`), no digit separators (`1_000`), no spaces, no
+/// `NaN`; a value beyond what a decimal holds (about 7.9 × 10²⁸) is an error, never rounded or truncated.
+pub fn parse_exact_decimal(field: &str, s: &str, max_scale: u32) -> Result<Decimal> {
+    let invalid = |reason: String| Error::InvalidNumber {
+        field: field.to_string(),
+        reason: format!("{s:?}: {reason}"),
+    };
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !all_digits(int) || !all_digits(frac) || digits.ends_with('.') {
+        return Err(invalid(
+            "not a plain decimal number (digits, an optional point and decimals)".into(),
+        ));
+    }
+    if frac.len() > max_scale as usize {
+        return Err(invalid(format!("more than {max_scale} decimals")));
+    }
+    s.parse::<Decimal>()
+        .map_err(|_| invalid("out of range (at most about 7.9e28)".into()))
+}
+
 /// Checks that a decimal is zero or positive, naming the field in the error.
 pub fn non_negative(field: &str, d: Decimal) -> Result<Decimal> {
     if d.is_sign_negative() && !d.is_zero() {
@@ -179,6 +202,37 @@ impl<'de> Deserialize<'de> for Quantity {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let v = <Decimal as Deserialize>::deserialize(d)?;
         Quantity::new(v).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod exact_tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    #[test]
+    fn exact_decimals_refuse_what_they_would_have_to_guess() {
+        let p = |s| parse_exact_decimal("v", s, 9);
+        assert_eq!(p("3.5").unwrap(), dec!(3.5));
+        assert_eq!(p("-0.000000001").unwrap(), dec!(-0.000000001));
+        assert_eq!(p("+12").unwrap(), dec!(12));
+        for bad in [
+            "1_000",
+            "1e3",
+            "1E3",
+            " 3",
+            "3 ",
+            "",
+            "-",
+            ".5",
+            "5.",
+            "0x10",
+            "NaN",
+            "1.1234567891",
+            "100000000000000000000000000000",
+        ] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
     }
 }
 

@@ -68,7 +68,7 @@ pub enum Rejection {
     #[error("property {0:?} is missing")]
     MissingProperty(String),
     /// The metric's field is not a decimal.
-    #[error("property {field:?} = {value:?} is not a decimal number with at most 9 decimals")]
+    #[error("property {field:?} = {value:?} is not a plain decimal number (digits, an optional point and at most 9 decimals, no exponent or separators, at most about 7.9e28)")]
     NotANumber {
         /// Field.
         field: String,
@@ -133,7 +133,7 @@ pub fn check_time(
 }
 
 /// The text of the metric's field, checked for the aggregation: numeric aggregations need an exact decimal with
-/// at most 9 decimals (ClickHouse keeps 9), and sum and max refuse negatives. Count needs no field.
+/// at most 9 decimals (ClickHouse keeps 9), and sum, max and latest refuse negatives. Count needs no field.
 pub fn metric_value<'a>(
     event: &'a UsageEvent,
     aggregation: AggregationType,
@@ -149,16 +149,18 @@ pub fn metric_value<'a>(
     if aggregation == AggregationType::UniqueCountAgg {
         return Ok(Some(raw));
     }
-    let value = Decimal::from_str(raw.trim())
-        .ok()
-        .filter(|d| d.scale() <= 9)
-        .ok_or_else(|| Rejection::NotANumber {
+    // Exact parsing: `1_000`, `1e3`, ` 3` and more than 9 decimals (what ClickHouse keeps) are refused, not read.
+    let value = billing_core::money::parse_exact_decimal(field, raw, 9).map_err(|_| {
+        Rejection::NotANumber {
             field: field.to_owned(),
             value: raw.clone(),
-        })?;
+        }
+    })?;
     let name = match aggregation {
         AggregationType::SumAgg => Some("sum"),
         AggregationType::MaxAgg => Some("max"),
+        // The latest value is the period's units, and a charge cannot price negative units.
+        AggregationType::LatestAgg => Some("latest"),
         _ => None,
     };
     if let (Some(aggregation), true) = (name, value.is_sign_negative() && !value.is_zero()) {
@@ -222,10 +224,16 @@ mod tests {
             metric_value(&e, AggregationType::WeightedSumAgg, Some("value")).unwrap(),
             Some("-2.5")
         );
-        assert!(matches!(
-            metric_value(&e, AggregationType::SumAgg, Some("value")),
-            Err(Rejection::Negative { .. })
-        ));
+        for refused in [
+            AggregationType::SumAgg,
+            AggregationType::MaxAgg,
+            AggregationType::LatestAgg,
+        ] {
+            assert!(matches!(
+                metric_value(&e, refused, Some("value")),
+                Err(Rejection::Negative { .. })
+            ));
+        }
         let e = ev("\"abc\"");
         assert!(matches!(
             metric_value(&e, AggregationType::MaxAgg, Some("value")),
@@ -243,11 +251,27 @@ mod tests {
             metric_value(&e, AggregationType::SumAgg, Some("gb")).unwrap_err(),
             Rejection::MissingProperty("gb".into())
         );
-        let e = ev("\"0.0000000001\"");
-        assert!(matches!(
-            metric_value(&e, AggregationType::SumAgg, Some("value")),
-            Err(Rejection::NotANumber { .. })
-        ));
+        // Decimal edges: each is refused with a reason, never read approximately.
+        for bad in [
+            "\"0.0000000001\"",
+            "\"1_000\"",
+            "\"1.1234567891\"",
+            "1e400",
+            "\"1e3\"",
+            "\" 3\"",
+            "\"100000000000000000000000000000\"",
+        ] {
+            let e = ev(bad);
+            assert!(
+                matches!(
+                    metric_value(&e, AggregationType::SumAgg, Some("value")),
+                    Err(Rejection::NotANumber { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let e = ev("\"79228162514264337593543950335\"");
+        assert!(metric_value(&e, AggregationType::SumAgg, Some("value")).is_ok());
     }
 
     #[test]

@@ -284,7 +284,24 @@ async fn every_rejection_reason_is_dead_lettered_and_consumption_continues() {
             json(&event("cus-d", "p2", "api_calls", &[("value", "lots")])),
             key.as_str(),
             None,
-            "\"lots\" is not a decimal number",
+            "\"lots\" is not a plain decimal number",
+        ),
+        (
+            json(&event("cus-d", "p4", "api_calls", &[("value", "1_000")])),
+            key.as_str(),
+            None,
+            "\"1_000\" is not a plain decimal number",
+        ),
+        (
+            json(&event(
+                "cus-d",
+                "p5",
+                "api_calls",
+                &[("value", "1.1234567891")],
+            )),
+            key.as_str(),
+            None,
+            "\"1.1234567891\" is not a plain decimal number",
         ),
         (
             json(&event("cus-d", "p3", "peak_gb", &[("gb", "-4")])),
