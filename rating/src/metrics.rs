@@ -15,6 +15,8 @@ pub struct Metrics {
     pub checkpoint_seconds: Histogram,
     /// Reference barriers that failed and were retried.
     pub reference_retries: IntCounter,
+    /// Checkpoint writes that failed (or hung) and were retried.
+    pub store_retries: IntCounter,
 }
 
 impl Metrics {
@@ -35,6 +37,11 @@ impl Metrics {
             "Reads of the reference topics to their end that failed and were retried",
         )?;
         registry.register(Box::new(reference_retries.clone()))?;
+        let store_retries = IntCounter::new(
+            "store_retries_total",
+            "Checkpoint writes to ScyllaDB or ClickHouse that failed or timed out and were retried",
+        )?;
+        registry.register(Box::new(store_retries.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(checkpoints.clone()))?;
         registry.register(Box::new(checkpoint_seconds.clone()))?;
@@ -44,6 +51,7 @@ impl Metrics {
             checkpoints,
             checkpoint_seconds,
             reference_retries,
+            store_retries,
         })
     }
 }

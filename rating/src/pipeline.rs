@@ -511,12 +511,13 @@ impl Pipeline {
         for (partition, next) in &pending.offsets {
             tpl.add_partition_offset(&self.topics.usage, *partition, Offset::Offset(*next))?;
         }
-        let (store, ch, consumer, metrics, progress) = (
+        let (store, ch, consumer, metrics, progress, shutdown) = (
             self.store.clone(),
             self.ch.clone(),
             self.consumer.clone(),
             self.metrics.clone(),
             self.progress.clone(),
+            self.shutdown.clone(),
         );
         self.in_flight = Some(tokio::spawn(async move {
             let started = Instant::now();
@@ -527,11 +528,19 @@ impl Pipeline {
                     Err(_) => anyhow::bail!("dead-letter delivery was cancelled"),
                 }
             }
-            usage_events::insert(&ch, &pending.rows).await?;
-            store.save_aggregates(aggregates).await?;
-            store
-                .save_seen(pending.new_seen.into_iter().collect())
-                .await?;
+            // A store that is down or hangs is waited for, with a timeout per attempt and backoff: every write is
+            // idempotent (absolute values, stamped; ClickHouse collapses duplicates), so a retry is harmless, and
+            // the offsets are committed only after all of them.
+            let seen: Vec<_> = pending.new_seen.into_iter().collect();
+            retry_store("clickhouse insert", &shutdown, &metrics, || {
+                usage_events::insert(&ch, &pending.rows)
+            })
+            .await?;
+            retry_store("aggregates", &shutdown, &metrics, || {
+                store.save_aggregates(&aggregates)
+            })
+            .await?;
+            retry_store("dedup ids", &shutdown, &metrics, || store.save_seen(&seen)).await?;
             // Offsets are a resume hint: a failed commit (e.g. for a partition just revoked) only means a
             // replay, which the per-row offsets and the dedup ids make harmless.
             if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
@@ -607,6 +616,39 @@ impl Pipeline {
             topic: self.topics.usage.clone(),
             partitions: self.settings.kafka.partitions,
         }
+    }
+}
+
+/// How long one attempt of a checkpoint write may take.
+const STORE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Run an idempotent store write until it succeeds: each attempt bounded by [`STORE_ATTEMPT_TIMEOUT`], then a
+/// backoff from 200 ms to 10 s. Gives up only when the process is asked to stop (the offsets are then not
+/// committed, so a restart replays what this checkpoint covered).
+async fn retry_store<F, Fut>(
+    what: &str,
+    shutdown: &Shutdown,
+    metrics: &Metrics,
+    mut attempt: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let error = match tokio::time::timeout(STORE_ATTEMPT_TIMEOUT, attempt()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {STORE_ATTEMPT_TIMEOUT:?}"),
+        };
+        metrics.store_retries.inc();
+        tracing::warn!(what, error, retry_in = ?backoff, "checkpoint write failed; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("{what} failed and the process is stopping: {error}"),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 

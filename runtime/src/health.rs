@@ -12,6 +12,10 @@ use axum::{Json, Router};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// How long `/ready` waits for one check: a dependency that hangs (a stopped process) makes the check fail, it
+/// never makes `/ready` hang.
+pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 type CheckFn = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
 
 /// Named readiness checks, each an async probe of one dependency.
@@ -34,7 +38,12 @@ impl Readiness {
 
     /// Run every check; `Ok` when all pass. The map names each check's outcome.
     pub async fn run(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
-        let results = futures::future::join_all(self.checks.iter().map(|(_, c)| c())).await;
+        let results = futures::future::join_all(self.checks.iter().map(|(_, c)| async move {
+            tokio::time::timeout(CHECK_TIMEOUT, c())
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())))
+        }))
+        .await;
         let mut ok = true;
         let mut out = serde_json::Map::new();
         for ((name, _), r) in self.checks.iter().zip(results) {

@@ -114,60 +114,72 @@ impl UsageStore {
     }
 
     /// Write aggregates as absolute values, stamped with their last offset, after their new unique values.
-    pub async fn save_aggregates(&self, rows: Vec<AggregateWrite>) -> anyhow::Result<()> {
-        futures::stream::iter(rows)
-            .map(|(tenant, customer, k, s, new_unique)| async move {
-                for value in &new_unique {
-                    self.session
-                        .execute_unpaged(
-                            &self.insert_unique,
-                            (
-                                &tenant,
-                                &customer,
-                                &k.subscription_id,
-                                &k.charge_id,
-                                k.period_start,
-                                &k.group_key,
-                                value,
-                            ),
-                        )
-                        .await?;
-                }
-                self.session
-                    .execute_unpaged(
-                        &self.upsert_aggregate,
-                        AggWrite::new(&tenant, &customer, &k, &s),
-                    )
-                    .await?;
-                anyhow::Ok(())
-            })
+    pub async fn save_aggregates(&self, rows: &[AggregateWrite]) -> anyhow::Result<()> {
+        // The futures are made first: a lazy `map` over borrowed rows is not `Send` for every lifetime, which a
+        // spawned checkpoint needs.
+        let writes: Vec<_> = rows.iter().map(|row| self.save_aggregate(row)).collect();
+        futures::stream::iter(writes)
             .buffer_unordered(WRITE_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
     }
 
+    async fn save_aggregate(&self, row: &AggregateWrite) -> anyhow::Result<()> {
+        let (tenant, customer, k, s, new_unique) = row;
+        for value in new_unique {
+            self.session
+                .execute_unpaged(
+                    &self.insert_unique,
+                    (
+                        tenant,
+                        customer,
+                        &k.subscription_id,
+                        &k.charge_id,
+                        k.period_start,
+                        &k.group_key,
+                        value,
+                    ),
+                )
+                .await?;
+        }
+        self.session
+            .execute_unpaged(
+                &self.upsert_aggregate,
+                AggWrite::new(tenant, customer, k, s),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Record counted event ids, one unlogged batch per customer (one partition each).
-    pub async fn save_seen(
-        &self,
-        seen: Vec<((String, String), Vec<String>)>,
-    ) -> anyhow::Result<()> {
-        futures::stream::iter(seen)
-            .map(|((tenant, customer), ids)| async move {
-                for chunk in ids.chunks(200) {
-                    let mut batch = Batch::new(BatchType::Unlogged);
-                    let mut values = Vec::with_capacity(chunk.len());
-                    for id in chunk {
-                        batch.append_statement(self.insert_dedup.clone());
-                        values.push((tenant.as_str(), customer.as_str(), id.as_str()));
-                    }
-                    self.session.batch(&batch, values).await?;
-                }
-                anyhow::Ok(())
-            })
+    pub async fn save_seen(&self, seen: &[((String, String), Vec<String>)]) -> anyhow::Result<()> {
+        let writes: Vec<_> = seen
+            .iter()
+            .map(|(c, ids)| self.save_seen_of(&c.0, &c.1, ids))
+            .collect();
+        futures::stream::iter(writes)
             .buffer_unordered(WRITE_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
+        Ok(())
+    }
+
+    async fn save_seen_of(
+        &self,
+        tenant: &str,
+        customer: &str,
+        ids: &[String],
+    ) -> anyhow::Result<()> {
+        for chunk in ids.chunks(200) {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            let mut values = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                batch.append_statement(self.insert_dedup.clone());
+                values.push((tenant, customer, id.as_str()));
+            }
+            self.session.batch(&batch, values).await?;
+        }
         Ok(())
     }
 }

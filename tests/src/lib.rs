@@ -197,6 +197,11 @@ pub struct Services {
 }
 
 impl Services {
+    /// Whether rating has stopped (it should only stop when asked to).
+    pub fn rating_stopped(&self) -> bool {
+        self.rating.is_finished()
+    }
+
     /// Start rating and the query API.
     pub async fn start(settings: &Settings) -> Self {
         let stop = billing_runtime::Shutdown::new();

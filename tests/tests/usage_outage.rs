@@ -1,0 +1,145 @@
+//! A store outage does not stop rating: with Cassandra stopped (SIGSTOP) for longer than the driver's 30 s request
+//! timeout, rating retries its checkpoint instead of exiting, `/ready` keeps answering (red), and once Cassandra
+//! is back every event is counted exactly once. Its own test binary, so that stopping the shared Cassandra does not
+//! disturb other tests.
+
+use std::time::{Duration, Instant};
+
+use billing_schemas::catalog::{Aggregation, ChargeModel};
+use billing_schemas::usage::UsageEvent;
+use billing_schemas::{customer_key, encode, Encoding};
+use billing_tests::{api_usage, eventually, Services, TestEnv};
+use chrono::{TimeZone, Utc};
+
+const TENANT: &str = "acme";
+const AT: &str = "2026-03-20T00:00:00Z";
+
+/// Stops a process with SIGSTOP and resumes it when dropped, also when the test panics.
+struct Stopped(String);
+
+impl Stopped {
+    fn new(pid: &str) -> Self {
+        signal("-STOP", pid);
+        Stopped(pid.to_owned())
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+fn signal(sig: &str, pid: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+fn cassandra_pid() -> String {
+    let dir =
+        std::env::var("BILLING_STACK_DIR").unwrap_or_else(|_| "/var/tmp/billing-stack".into());
+    std::fs::read_to_string(format!("{dir}/cassandra/cassandra.pid"))
+        .expect("the local stack's Cassandra pidfile (deploy/local/stack up)")
+        .trim()
+        .to_owned()
+}
+
+async fn produce(env: &TestEnv, from: usize, to: usize) {
+    for i in from..to {
+        let ev = UsageEvent {
+            tenant_id: TENANT.into(),
+            event_id: format!("e{i}"),
+            customer_id: "cus-o".into(),
+            metric_code: "api_calls".into(),
+            timestamp: Utc.with_ymd_and_hms(2026, 3, 14, 15, 0, 0).unwrap(),
+            properties: [("value".to_owned(), "1".to_owned())].into(),
+        };
+        env.produce(
+            &env.topics.usage,
+            &customer_key(TENANT, "cus-o"),
+            &encode(&ev, Encoding::Json).unwrap(),
+            Some(Encoding::Json.content_type()),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rating_waits_for_a_stopped_cassandra_and_loses_nothing() {
+    let env = TestEnv::new("outage").await;
+    env.publish_metric(TENANT, "api_calls", Aggregation::Sum, Some("value"), &[])
+        .await;
+    env.publish_plan(
+        TENANT,
+        "basic",
+        "EUR",
+        &[(
+            "calls",
+            "api_calls",
+            ChargeModel::Standard,
+            r#"{"amount":"0.01"}"#,
+            None,
+        )],
+    )
+    .await;
+    env.subscribe(TENANT, "cus-o", "basic", "2026-03-01T00:00:00Z")
+        .await;
+    let services = Services::start(&env.settings).await;
+    produce(&env, 0, 100).await;
+    let wait = Duration::from_secs(60);
+    eventually(wait, "the first 100 events", || async {
+        api_usage(&services.api, TENANT, "cus-o", "calls", AT)
+            .await
+            .filter(|u| u.1 == 100)
+    })
+    .await;
+
+    let ready = format!("http://{}/ready", env.settings.rating.listen);
+    let http = reqwest::Client::new();
+    {
+        let _stopped = Stopped::new(&cassandra_pid());
+        produce(&env, 100, 200).await;
+        // Longer than the driver's 30 s request timeout, which used to end the process.
+        let until = Instant::now() + Duration::from_secs(40);
+        let mut red = false;
+        while Instant::now() < until {
+            let asked = Instant::now();
+            let answer = http
+                .get(&ready)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .expect("/ready answers while Cassandra is stopped");
+            assert!(
+                asked.elapsed() < Duration::from_secs(8),
+                "/ready took {:?}",
+                asked.elapsed()
+            );
+            red |= answer.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE;
+            assert!(
+                !services.rating_stopped(),
+                "rating stopped during the outage"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        assert!(red, "/ready never reported the stopped Cassandra");
+    }
+    let usage = eventually(
+        Duration::from_secs(120),
+        "all 200 events after the outage",
+        || async {
+            api_usage(&services.api, TENANT, "cus-o", "calls", AT)
+                .await
+                .filter(|u| u.1 >= 200)
+        },
+    )
+    .await;
+    assert_eq!(usage, ("200".to_owned(), 200, "2.00".to_owned()));
+    assert!(!services.rating_stopped());
+    services.shutdown().await;
+    env.cleanup().await;
+}
