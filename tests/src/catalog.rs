@@ -91,6 +91,30 @@ impl TestEnv {
         }
     }
 
+    /// The catalog most tests need: a metric `api_calls` (sum of `value`) charged 0.01 per unit on the monthly
+    /// plan `basic` (EUR), and each customer subscribed to it (`sub-<customer>`) from 2026-03-01.
+    pub async fn publish_basic_catalog(&self, tenant: &str, customers: &[&str]) {
+        self.publish_metric(tenant, "api_calls", Aggregation::Sum, Some("value"), &[])
+            .await;
+        self.publish_plan(
+            tenant,
+            "basic",
+            "EUR",
+            &[(
+                "calls",
+                "api_calls",
+                ChargeModel::Standard,
+                r#"{"amount":"0.01"}"#,
+                None,
+            )],
+        )
+        .await;
+        for c in customers {
+            self.subscribe(tenant, c, "basic", "2026-03-01T00:00:00Z")
+                .await;
+        }
+    }
+
     /// Publish one lifecycle event (a pause, a cancellation, …).
     pub async fn publish_lifecycle(&self, ev: &LifecycleEvent) {
         self.publisher()

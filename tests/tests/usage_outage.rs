@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use billing_schemas::catalog::{Aggregation, ChargeModel};
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding};
 use billing_tests::{api_usage, eventually, Services, TestEnv};
@@ -71,23 +70,7 @@ async fn produce(env: &TestEnv, from: usize, to: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rating_waits_for_a_stopped_cassandra_and_loses_nothing() {
     let env = TestEnv::new("outage").await;
-    env.publish_metric(TENANT, "api_calls", Aggregation::Sum, Some("value"), &[])
-        .await;
-    env.publish_plan(
-        TENANT,
-        "basic",
-        "EUR",
-        &[(
-            "calls",
-            "api_calls",
-            ChargeModel::Standard,
-            r#"{"amount":"0.01"}"#,
-            None,
-        )],
-    )
-    .await;
-    env.subscribe(TENANT, "cus-o", "basic", "2026-03-01T00:00:00Z")
-        .await;
+    env.publish_basic_catalog(TENANT, &["cus-o"]).await;
     let services = Services::start(&env.settings).await;
     produce(&env, 0, 100).await;
     let wait = Duration::from_secs(60);

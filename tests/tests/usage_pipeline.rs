@@ -43,27 +43,30 @@ async fn produce_event(env: &TestEnv, ev: &UsageEvent, encoding: Encoding) -> (i
     .await
 }
 
+/// Produce one message with kcat (as a producer outside the project would), with `args` after the brokers.
+fn kcat_produce(env: &TestEnv, args: &[&str], payload: &[u8]) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("kcat")
+        .args(["-P", "-b", &env.settings.kafka.brokers])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat is installed by deploy/local/stack install");
+    child.stdin.take().unwrap().write_all(payload).unwrap();
+    assert!(child.wait().unwrap().success(), "kcat failed");
+}
+
+/// The text of a header of a consumed message.
+fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    m.headers()
+        .and_then(|h| h.iter().find(|h| h.key == name))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// A metric `api_calls` (sum of `value`) charged 0.01 per unit on plan `basic`, and customers subscribed.
 async fn basic_catalog(env: &TestEnv, customers: &[&str]) {
-    env.publish_metric(TENANT, "api_calls", Aggregation::Sum, Some("value"), &[])
-        .await;
-    env.publish_plan(
-        TENANT,
-        "basic",
-        "EUR",
-        &[(
-            "calls",
-            "api_calls",
-            ChargeModel::Standard,
-            r#"{"amount":"0.01"}"#,
-            None,
-        )],
-    )
-    .await;
-    for c in customers {
-        env.subscribe(TENANT, c, "basic", "2026-03-01T00:00:00Z")
-            .await;
-    }
+    env.publish_basic_catalog(TENANT, customers).await;
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -168,11 +171,9 @@ async fn event_produced_by_kcat_is_rated() {
     basic_catalog(&env, &["cus-k"]).await;
     let services = Services::start(&env.settings).await;
     let json = r#"{"tenant_id":"acme","event_id":"kcat-1","customer_id":"cus-k","metric_code":"api_calls","timestamp":"2026-03-14T15:09:26Z","properties":{"value":7.25}}"#;
-    let mut child = std::process::Command::new("kcat")
-        .args([
-            "-P",
-            "-b",
-            &env.settings.kafka.brokers,
+    kcat_produce(
+        &env,
+        &[
             "-X",
             "partitioner=murmur2_random",
             "-t",
@@ -181,18 +182,9 @@ async fn event_produced_by_kcat_is_rated() {
             "acme/cus-k",
             "-H",
             "content-type=application/json",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("kcat is installed by deploy/local/stack install");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(json.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "kcat failed");
+        ],
+        json.as_bytes(),
+    );
     let usage = eventually(WAIT, "kcat event in the API", || async {
         api_usage(&services.api, TENANT, "cus-k", "calls", AT).await
     })
@@ -669,12 +661,7 @@ async fn usage_during_a_pause_is_metered_and_after_a_cancellation_dead_lettered(
     assert_eq!(usage, ("5".to_owned(), 1, "0.05".to_owned()));
     let dead = env.read_topic(&env.topics.usage_dlq, 1, WAIT).await;
     assert_eq!(dead.len(), 1);
-    let reason = dead[0]
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == dlq_headers::REASON))
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default();
+    let reason = header(&dead[0], dlq_headers::REASON).unwrap_or_default();
     assert!(
         reason.contains("no active subscription"),
         "unexpected reason {reason:?}"
@@ -710,11 +697,9 @@ async fn records_on_the_wrong_partition_are_dead_lettered_and_keys_partition_lik
     let home = partition_for_key(b"acme/cus-w", partitions);
     let wrong = ((home + 1) % partitions).to_string();
     let json = r#"{"tenant_id":"acme","event_id":"astray","customer_id":"cus-w","metric_code":"api_calls","timestamp":"2026-03-14T15:09:26Z","properties":{"value":10}}"#;
-    let mut child = std::process::Command::new("kcat")
-        .args([
-            "-P",
-            "-b",
-            &env.settings.kafka.brokers,
+    kcat_produce(
+        &env,
+        &[
             "-t",
             &env.topics.usage,
             "-p",
@@ -723,18 +708,9 @@ async fn records_on_the_wrong_partition_are_dead_lettered_and_keys_partition_lik
             "acme/cus-w",
             "-H",
             "content-type=application/json",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("kcat is installed by deploy/local/stack install");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(json.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "kcat failed");
+        ],
+        json.as_bytes(),
+    );
     produce_event(
         &env,
         &event("cus-w", "at-home", "api_calls", &[("value", "1")]),
@@ -748,12 +724,7 @@ async fn records_on_the_wrong_partition_are_dead_lettered_and_keys_partition_lik
     assert_eq!(usage, ("1".to_owned(), 1, "0.01".to_owned()));
     let dead = env.read_topic(&env.topics.usage_dlq, 1, WAIT).await;
     assert_eq!(dead.len(), 1);
-    let reason = dead[0]
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == dlq_headers::REASON))
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default();
+    let reason = header(&dead[0], dlq_headers::REASON).unwrap_or_default();
     assert!(reason.starts_with("wrong_partition"), "{reason}");
     assert_eq!(
         clickhouse_totals(&env).await,
@@ -775,11 +746,9 @@ async fn a_poison_record_too_large_to_dead_letter_whole_does_not_stop_the_partit
         r#"{{"tenant_id":"acme","event_id":"big","customer_id":"cus-x","metric_code":"api_calls","timestamp":"2026-03-14T15:09:26Z","properties":{{"value":1,"pad":"{}"}}}}"#,
         "a".repeat(1_500_000)
     );
-    let mut child = std::process::Command::new("kcat")
-        .args([
-            "-P",
-            "-b",
-            &env.settings.kafka.brokers,
+    kcat_produce(
+        &env,
+        &[
             "-X",
             "partitioner=murmur2_random",
             "-X",
@@ -792,18 +761,9 @@ async fn a_poison_record_too_large_to_dead_letter_whole_does_not_stop_the_partit
             "acme/cus-x",
             "-H",
             "content-type=application/json",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("kcat is installed by deploy/local/stack install");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(big.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "kcat failed");
+        ],
+        big.as_bytes(),
+    );
     produce_event(
         &env,
         &event("cus-x", "after-the-poison", "api_calls", &[("value", "2")]),
@@ -817,13 +777,7 @@ async fn a_poison_record_too_large_to_dead_letter_whole_does_not_stop_the_partit
     assert_eq!(usage, ("2".to_owned(), 1, "0.02".to_owned()));
     let dead = env.read_topic(&env.topics.usage_dlq, 1, WAIT).await;
     assert_eq!(dead.len(), 1);
-    let header = |name: &str| {
-        dead[0]
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == name))
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    };
+    let header = |name: &str| header(&dead[0], name);
     assert!(header(dlq_headers::REASON)
         .unwrap()
         .contains("exceeds the limit"));
