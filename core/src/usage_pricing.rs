@@ -16,7 +16,6 @@ use crate::charge::{ChargeModel, Usage};
 use crate::currency::Currency;
 use crate::error::Result;
 use crate::money::{round_to_minor, RoundingMode};
-use crate::period::BillingPeriod;
 
 /// A charge's usage so far, priced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,14 +35,17 @@ impl PricedUsage {
     }
 }
 
-/// Prices the usage a running aggregate holds for `period` under a charge model.
+/// The billing period a running aggregate covers, as instants: `[start, end)`.
+pub type Span = (DateTime<Utc>, DateTime<Utc>);
+
+/// Prices the usage a running aggregate holds for its period under a charge model.
 pub fn price_running(
     model: &ChargeModel,
     aggregation: AggregationType,
     running: &RunningAggregate,
-    period: &BillingPeriod,
+    (start, end): Span,
 ) -> Result<PricedUsage> {
-    let units = running.units(aggregation, None, period.start, period.end)?;
+    let units = running.units(aggregation, None, start, end)?;
     let amount = model
         .evaluate(&Usage {
             units,
@@ -61,21 +63,20 @@ pub fn price_running(
 /// Applies one event to a running aggregate and returns its marginal amount: the charge's price after the event
 /// minus its price before, or `None` when the charge cannot be priced from a running aggregate (it needs per-event
 /// values, or pricing overflows); the aggregate is updated either way, as it is the record of usage and the
-/// amount only its analytics view. An error means the event cannot be aggregated (no value, overflow; see
-/// [`RunningAggregate::check`]) and nothing changed. The aggregate is updated in place, never copied, so a large
-/// unique-count set costs nothing per event.
+/// amount only its analytics view. An error means the event cannot be aggregated (no value, overflow) and nothing
+/// changed: [`RunningAggregate::apply`] fails before it changes anything. The aggregate is updated in place, never
+/// copied, so a large unique-count set costs nothing per event.
 pub fn apply_and_price(
     model: &ChargeModel,
     aggregation: AggregationType,
     running: &mut RunningAggregate,
     event: (Option<&str>, DateTime<Utc>, &str),
-    period: &BillingPeriod,
+    period: Span,
 ) -> Result<Option<Decimal>> {
     let (raw, timestamp, event_id) = event;
-    running.check(aggregation, raw, timestamp, event_id, period.end)?;
     let price = |r: &RunningAggregate| price_running(model, aggregation, r, period).ok();
     let before = price(running);
-    running.apply(aggregation, raw, timestamp, event_id, period.end)?;
+    running.apply(aggregation, raw, timestamp, event_id, period.1)?;
     let after = price(running);
     Ok(before
         .zip(after)
@@ -90,12 +91,13 @@ mod tests {
     use rust_decimal_macros::dec;
     use serde_json::json;
 
-    fn january() -> BillingPeriod {
+    fn january() -> Span {
         let t: DateTime<Utc> = "2026-01-10T00:00:00Z".parse().unwrap();
-        Schedule::new(Interval::Monthly, BillingTime::Calendar, t, Tz::UTC)
+        let p = Schedule::new(Interval::Monthly, BillingTime::Calendar, t, Tz::UTC)
             .unwrap()
             .period_containing(t)
-            .unwrap()
+            .unwrap();
+        (p.start, p.end)
     }
 
     #[test]
@@ -118,14 +120,14 @@ mod tests {
                 AggregationType::SumAgg,
                 &mut running,
                 (Some(v), ts, &format!("e{i}")),
-                &period,
+                period,
             )
             .unwrap()
             .unwrap();
         }
         // 16 units: 6 above the free tier → 3.00.
         assert_eq!(total, dec!(3.0));
-        let whole = price_running(&model, AggregationType::SumAgg, &running, &period).unwrap();
+        let whole = price_running(&model, AggregationType::SumAgg, &running, period).unwrap();
         assert_eq!(
             (whole.units, whole.events_count, whole.amount),
             (dec!(16), 4, total)
@@ -149,7 +151,7 @@ mod tests {
             AggregationType::SumAgg,
             &mut running,
             (Some("10"), ts, "e"),
-            &january(),
+            january(),
         )
         .unwrap();
         assert_eq!(marginal, None);
@@ -166,7 +168,7 @@ mod tests {
             AggregationType::SumAgg,
             &mut running,
             (None, ts, "e"),
-            &january()
+            january()
         )
         .is_err());
         assert_eq!(running, RunningAggregate::default());

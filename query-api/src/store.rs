@@ -6,8 +6,7 @@ use std::sync::Arc;
 use billing_core::aggregation::AggregationType;
 use billing_core::charge::ChargeModel;
 use billing_core::money::RoundingMode;
-use billing_core::period::BillingPeriod;
-use billing_core::usage_pricing::{price_running, PricedUsage};
+use billing_core::usage_pricing::{price_running, PricedUsage, Span};
 use billing_core::Currency;
 use billing_store::usage::UsageStore;
 use billing_store::usage_aggregates::AggState;
@@ -50,7 +49,7 @@ pub struct ChargeUsage {
 fn price(
     s: &AggState,
     aggregation: AggregationType,
-    period: &BillingPeriod,
+    period: Span,
 ) -> anyhow::Result<(PricedUsage, Currency)> {
     let model = ChargeModel::from_lago(
         &s.charge_model,
@@ -89,19 +88,12 @@ impl Store {
             if !(k.period_start <= at && at < s.period_end) {
                 continue;
             }
-            let period = BillingPeriod {
-                start: k.period_start,
-                end: s.period_end,
-                start_date: k.period_start.date_naive(),
-                end_date: s.period_end.date_naive(),
-            };
+            let period = (k.period_start, s.period_end);
             let aggregation = s.aggregation_type()?;
-            let priced = price(&s, aggregation, &period);
+            let priced = price(&s, aggregation, period);
             let units = match &priced {
                 Ok((p, _)) => p.units,
-                Err(_) => s
-                    .running
-                    .units(aggregation, None, period.start, period.end)?,
+                Err(_) => s.running.units(aggregation, None, period.0, period.1)?,
             };
             let (amount, pricing_error) = match priced {
                 Ok((p, currency)) => (Some(p.rounded(currency, RoundingMode::HalfUp)), None),

@@ -17,7 +17,6 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use billing_runtime::kafka::{self, dlq_headers, Topics};
 use billing_runtime::{Settings, Shutdown};
-use billing_schemas::CONTENT_TYPE_HEADER;
 use billing_store::usage::{CustomerUsage, UsageStore};
 use billing_store::usage_aggregates::AggKey;
 use billing_store::usage_events::{self, UsageEventRow};
@@ -126,6 +125,8 @@ pub struct Pipeline {
     reference_covers: HashMap<i32, i64>,
     /// Stops the reference barrier's retries.
     shutdown: Shutdown,
+    /// What [`rate::decode`] checks, from the configuration.
+    limits: rate::Limits,
 }
 
 impl Pipeline {
@@ -169,6 +170,12 @@ impl Pipeline {
             assigned: None,
             reference_covers: HashMap::new(),
             shutdown: Shutdown::new(),
+            limits: rate::Limits {
+                max_event_bytes: settings.rating.max_event_bytes,
+                max_future: chrono::Duration::from_std(settings.rating.max_future)
+                    .unwrap_or(chrono::Duration::MAX),
+                partitions: settings.kafka.partitions,
+            },
         })
     }
 
@@ -351,26 +358,15 @@ impl Pipeline {
 
     /// Rate one message (see [`rate`]); the inner error is a rejection for the dead-letter topic.
     async fn rate(&mut self, m: &OwnedMessage) -> anyhow::Result<Result<(), Rejection>> {
-        let rating = &self.settings.rating;
-        let limits = rate::Limits {
-            max_event_bytes: rating.max_event_bytes,
-            max_future: chrono::Duration::from_std(rating.max_future)
-                .unwrap_or(chrono::Duration::MAX),
-            partitions: self.settings.kafka.partitions,
-        };
         let message = rate::Message {
             key: m.key(),
             payload: m.payload().unwrap_or_default(),
-            content_type: m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key.eq_ignore_ascii_case(CONTENT_TYPE_HEADER))
-                    .and_then(|h| h.value)
-            }),
+            content_type: kafka::content_type(m),
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
         };
-        let decoded = match rate::decode(&message, &limits) {
+        let decoded = match rate::decode(&message, &self.limits) {
             Ok(d) => d,
             Err(r) => return Ok(Err(r)),
         };

@@ -179,7 +179,7 @@ pub fn apply(
             agg_type,
             &mut state.running,
             (raw, ev.timestamp, &ev.event_id),
-            &period,
+            (period.start, period.end),
         )
         .map_err(|e| Rejection::Unaggregatable(e.to_string()))?;
         // A charge that cannot be priced from running usage (per-event options) adds 0 to the analytics amount.
@@ -230,11 +230,10 @@ fn epoch_seconds(s: i64) -> u32 {
 mod tests {
     use super::*;
     use billing_schemas::catalog::{
-        Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, Interval, Plan,
+        Aggregation, CatalogEvent, Charge, ChargeModel, Interval, Plan,
     };
     use billing_schemas::lifecycle::{
-        BillingTime, CustomerCreated, Lifecycle, LifecycleEvent, SubscriptionCreated,
-        SubscriptionEffective,
+        CustomerCreated, Lifecycle, LifecycleEvent, SubscriptionEffective,
     };
     use rust_decimal_macros::dec;
 
@@ -244,70 +243,60 @@ mod tests {
 
     fn reference() -> Reference {
         let mut r = Reference::default();
-        let catalog = |payload| CatalogEvent {
-            tenant_id: "t".into(),
-            event_id: "x".into(),
-            occurred_at: at("2026-01-01T00:00:00Z"),
-            payload,
-        };
-        r.apply_catalog(catalog(Catalog::BillableMetric(BillableMetric {
-            code: "gb".into(),
-            name: "GB".into(),
-            aggregation: Aggregation::Sum,
-            field_name: Some("value".into()),
-            filters: vec![],
-        })));
-        r.apply_catalog(catalog(Catalog::Plan(Plan {
-            code: "p".into(),
-            name: "P".into(),
-            interval: Interval::Monthly,
-            currency: "EUR".into(),
-            amount: "10".into(),
-            pay_in_advance: false,
-            trial_period_days: 0,
-            charges: vec![
-                Charge::on_metric("c", "gb", ChargeModel::Standard, r#"{"amount":"0.5"}"#),
-                Charge::on_metric("c2", "gb", ChargeModel::Standard, r#"{"amount":"0"}"#),
-            ],
-        })));
-        let lifecycle = |payload| LifecycleEvent {
-            tenant_id: "t".into(),
-            event_id: "x".into(),
-            occurred_at: at("2026-01-01T00:00:00Z"),
-            payload,
-        };
-        r.apply_lifecycle(lifecycle(Lifecycle::CustomerCreated(CustomerCreated {
-            customer_id: "c1".into(),
-            name: "C".into(),
-            email: None,
-            currency: "EUR".into(),
-            timezone: "UTC".into(),
-            billing_country: None,
-        })));
-        r.apply_lifecycle(lifecycle(Lifecycle::SubscriptionCreated(
-            SubscriptionCreated {
-                subscription_id: "s1".into(),
-                customer_id: "c1".into(),
-                plan_code: "p".into(),
-                started_at: at("2026-01-01T00:00:00Z"),
-                trial_ends_at: None,
-                billing_time: BillingTime::Calendar,
+        let start = at("2026-01-01T00:00:00Z");
+        r.apply_catalog(CatalogEvent::metric(
+            "t",
+            start,
+            "gb",
+            Aggregation::Sum,
+            Some("value"),
+            vec![],
+        ));
+        r.apply_catalog(CatalogEvent::plan(
+            "t",
+            start,
+            Plan {
+                code: "p".into(),
+                name: "P".into(),
+                interval: Interval::Monthly,
+                currency: "EUR".into(),
+                amount: "10".into(),
+                pay_in_advance: false,
+                trial_period_days: 0,
+                charges: vec![
+                    Charge::on_metric("c", "gb", ChargeModel::Standard, r#"{"amount":"0.5"}"#),
+                    Charge::on_metric("c2", "gb", ChargeModel::Standard, r#"{"amount":"0"}"#),
+                ],
             },
-        )));
-        for (kind, when) in [
-            ("pause", "2026-01-10T00:00:00Z"),
-            ("resume", "2026-01-20T00:00:00Z"),
+        ));
+        for ev in LifecycleEvent::customer_subscribed(
+            "t",
+            CustomerCreated::new("c1", "C", "EUR", "UTC"),
+            "s1",
+            "p",
+            start,
+        ) {
+            r.apply_lifecycle(ev);
+        }
+        for (pause, when) in [
+            (true, "2026-01-10T00:00:00Z"),
+            (false, "2026-01-20T00:00:00Z"),
         ] {
             let e = SubscriptionEffective {
                 subscription_id: "s1".into(),
                 customer_id: "c1".into(),
                 effective_at: at(when),
             };
-            r.apply_lifecycle(lifecycle(if kind == "pause" {
-                Lifecycle::SubscriptionPaused(e)
-            } else {
-                Lifecycle::SubscriptionResumed(e)
-            }));
+            r.apply_lifecycle(LifecycleEvent {
+                tenant_id: "t".into(),
+                event_id: format!("change-{when}"),
+                occurred_at: at(when),
+                payload: if pause {
+                    Lifecycle::SubscriptionPaused(e)
+                } else {
+                    Lifecycle::SubscriptionResumed(e)
+                },
+            });
         }
         r
     }

@@ -11,7 +11,7 @@ use billing_runtime::Shutdown;
 use billing_schemas::catalog::CatalogEvent;
 use billing_schemas::lifecycle::LifecycleEvent;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::reference_data::Reference;
@@ -73,14 +73,7 @@ impl SharedReference {
                         continue;
                     }
                 };
-                let content_type = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| {
-                            h.key
-                                .eq_ignore_ascii_case(billing_schemas::CONTENT_TYPE_HEADER)
-                        })
-                        .and_then(|h| h.value)
-                });
+                let content_type = billing_runtime::kafka::content_type(&m);
                 let payload = m.payload().unwrap_or_default();
                 {
                     let mut data = this.data.write().expect("reference lock");

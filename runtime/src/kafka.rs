@@ -77,6 +77,19 @@ fn base(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The value of a message's `content-type` header (any case), which chooses its decoding.
+pub fn content_type<M: rdkafka::message::Message>(m: &M) -> Option<&[u8]> {
+    use rdkafka::message::Headers;
+    m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| {
+                h.key
+                    .eq_ignore_ascii_case(billing_schemas::CONTENT_TYPE_HEADER)
+            })
+            .and_then(|h| h.value)
+    })
+}
+
 /// The partitioner every producer of per-customer topics must use: murmur2 of the key, as the Java client's
 /// default partitioner (librdkafka's `murmur2_random`, kcat `-X partitioner=murmur2_random`). Rating
 /// dead-letters a record found on another partition than [`partition_for_key`] gives (`wrong_partition`).
