@@ -13,7 +13,6 @@ mod metrics;
 mod pipeline;
 pub mod rate;
 mod reference;
-pub mod reference_data;
 pub mod validate;
 
 use std::sync::Arc;

@@ -12,8 +12,8 @@ use billing_store::usage_events::UsageEventRow;
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 
-use crate::reference_data::Reference;
 use crate::validate::{check_time, decode_event, metric_value, numeric, Rejection};
+use billing_schemas::reference::Reference;
 
 /// A Kafka message as rating sees it.
 #[derive(Debug, Clone, Copy)]
@@ -251,7 +251,8 @@ mod tests {
             Aggregation::Sum,
             Some("value"),
             vec![],
-        ));
+        ))
+        .unwrap();
         r.apply_catalog(CatalogEvent::plan(
             "t",
             start,
@@ -268,7 +269,8 @@ mod tests {
                     Charge::on_metric("c2", "gb", ChargeModel::Standard, r#"{"amount":"0"}"#),
                 ],
             },
-        ));
+        ))
+        .unwrap();
         for ev in LifecycleEvent::customer_subscribed(
             "t",
             CustomerCreated::new("c1", "C", "EUR", "UTC"),
@@ -276,7 +278,7 @@ mod tests {
             "p",
             start,
         ) {
-            r.apply_lifecycle(ev);
+            r.apply_lifecycle(ev).unwrap();
         }
         for (pause, when) in [
             (true, "2026-01-10T00:00:00Z"),
@@ -296,7 +298,8 @@ mod tests {
                 } else {
                     Lifecycle::SubscriptionResumed(e)
                 },
-            });
+            })
+            .unwrap();
         }
         r
     }

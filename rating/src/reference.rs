@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::reference_data::Reference;
+use billing_schemas::reference::Reference;
 
 /// Shared reference data plus how far the reader has read each partition.
 #[derive(Clone, Default)]
@@ -79,14 +79,22 @@ impl SharedReference {
                     let mut data = this.data.write().expect("reference lock");
                     if m.topic() == catalog_topic {
                         match billing_schemas::decode::<CatalogEvent>(payload, content_type) {
-                            Ok(ev) => data.apply_catalog(ev),
+                            Ok(ev) => {
+                                if let Err(e) = data.apply_catalog(ev) {
+                                    tracing::warn!(offset = m.offset(), error = %e, "catalog event refused");
+                                }
+                            }
                             Err(e) => {
                                 tracing::warn!(offset = m.offset(), error = %e, "undecodable catalog event skipped")
                             }
                         }
                     } else {
                         match billing_schemas::decode::<LifecycleEvent>(payload, content_type) {
-                            Ok(ev) => data.apply_lifecycle(ev),
+                            Ok(ev) => {
+                                if let Err(e) = data.apply_lifecycle(ev) {
+                                    tracing::warn!(offset = m.offset(), error = %e, "lifecycle event refused");
+                                }
+                            }
                             Err(e) => {
                                 tracing::warn!(offset = m.offset(), error = %e, "undecodable lifecycle event skipped")
                             }

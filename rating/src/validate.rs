@@ -9,7 +9,7 @@ use billing_schemas::{customer_key, decode, DecodeError};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use crate::reference_data::AttributionError;
+use billing_schemas::reference::AttributionError;
 
 /// Why an event was dead-lettered.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Value codecs. Avro values use the Confluent wire format: magic byte `0x00`, the schema id as a 4-byte
 //! big-endian integer, then the Avro binary datum. JSON values are the same records as JSON objects; a union of
-//! records is written `{"RecordName": {...}}` (the Avro JSON encoding, with short names), and a nullable field
-//! is the value or `null`.
+//! records is written `{"RecordName": {...}}` (the Avro JSON encoding, with short names), and a nullable field (a
+//! nullable record too) is the value or `null`.
 //!
 //! Avro datums are converted through `serde_json::Value` guided by the schema, so the Rust types, the JSON form
 //! and the Avro form cannot drift apart: a field the schema lacks, or a required field the value lacks, is an
@@ -100,13 +100,17 @@ pub fn decode<T: Message>(payload: &[u8], content_type: Option<&[u8]>) -> Result
         }
         Encoding::Avro => {
             let (id, datum) = split_frame(payload)?;
-            if id != T::SCHEMA as u32 {
-                return Err(DecodeError::WrongSchemaId {
+            // The current id, or an older version of the same schema, read with its own (writer's) schema and
+            // resolved to the current one.
+            let writer = SchemaId::from_u32(id)
+                .filter(|w| w.current() == T::SCHEMA)
+                .ok_or(DecodeError::WrongSchemaId {
                     expected: T::SCHEMA as u32,
                     found: id,
-                });
-            }
-            let schema = schema_for(T::SCHEMA);
+                })?;
+            // Resolution goes through JSON by field and record names (apache-avro's own union resolution
+            // matches records by shape, not by name), and the Rust types default what a newer version added.
+            let schema = schema_for(writer);
             let mut cursor = Cursor::new(datum);
             let value = apache_avro::from_avro_datum(schema, &mut cursor, None)
                 .map_err(|e| DecodeError::Avro(e.to_string()))?;
@@ -164,6 +168,16 @@ fn split_frame(payload: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
     }
 }
 
+/// A union with more than one non-null branch is written tagged (`{"Record": {...}}`); a nullable value
+/// (`["null", T]`, T a record too) is written as the value or `null`.
+fn is_tagged(u: &UnionSchema) -> bool {
+    u.variants()
+        .iter()
+        .filter(|s| !matches!(s, Schema::Null))
+        .count()
+        > 1
+}
+
 fn union_branch_name(s: &Schema) -> Option<String> {
     match s {
         Schema::Record(r) => Some(r.name.name.clone()),
@@ -181,7 +195,7 @@ fn avro_to_json(schema: &Schema, value: &Avro) -> Json {
         (Schema::Union(u), Avro::Union(idx, inner)) => {
             let branch = &u.variants()[*idx as usize];
             let v = avro_to_json(branch, inner);
-            match union_branch_name(branch) {
+            match union_branch_name(branch).filter(|_| is_tagged(u)) {
                 Some(name) => Json::Object(Map::from_iter([(name, v)])),
                 None => v,
             }
@@ -309,7 +323,7 @@ fn json_to_union(u: &UnionSchema, json: &Json, path: &str) -> Result<Avro, Strin
     }
     let mut errors = Vec::new();
     for (i, s) in variants.iter().enumerate() {
-        if matches!(s, Schema::Null) || union_branch_name(s).is_some() {
+        if matches!(s, Schema::Null) || (union_branch_name(s).is_some() && is_tagged(u)) {
             continue;
         }
         match json_to_avro(s, json, path) {

@@ -55,9 +55,18 @@ pub struct InvoiceLine {
     pub kind: LineKind,
     /// Human description.
     pub description: String,
+    /// Subscription the line bills.
+    #[serde(default)]
+    pub subscription_id: Option<String>,
     /// Charge billed, for usage lines.
     #[serde(default)]
     pub charge_id: Option<String>,
+    /// First instant the line covers.
+    #[serde(default, with = "crate::time::option")]
+    pub period_start: Option<DateTime<Utc>>,
+    /// First instant after it.
+    #[serde(default, with = "crate::time::option")]
+    pub period_end: Option<DateTime<Utc>>,
     /// Units billed.
     pub units: String,
     /// Amount before discount and tax.
@@ -70,23 +79,33 @@ pub struct InvoiceLine {
     pub total: String,
 }
 
-/// A finalized invoice.
+/// A finalized invoice: one per customer and billing date, over every subscription billed on that date.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceFinalized {
     /// Invoice id.
     pub invoice_id: String,
-    /// Gap-free per-tenant number.
+    /// Gap-free number (per tenant, or per customer).
     pub number: String,
     /// Billed customer.
     pub customer_id: String,
-    /// Billed subscription.
-    pub subscription_id: String,
     /// ISO 4217 currency.
     pub currency: String,
-    /// Period start.
+    /// Subscriptions billed.
+    #[serde(default)]
+    pub subscription_ids: Vec<String>,
+    /// The billing date: the end of the periods billed in arrears, the start of those billed in advance.
+    #[serde(default, with = "crate::time")]
+    pub billing_date: DateTime<Utc>,
+    /// Billing time of finalization.
+    #[serde(default, with = "crate::time")]
+    pub issued_at: DateTime<Utc>,
+    /// Payment due (issued_at + net payment terms).
+    #[serde(default, with = "crate::time")]
+    pub due_date: DateTime<Utc>,
+    /// Earliest instant any line covers.
     #[serde(with = "crate::time")]
     pub period_start: DateTime<Utc>,
-    /// Period end (exclusive).
+    /// Latest instant any line covers (exclusive).
     #[serde(with = "crate::time")]
     pub period_end: DateTime<Utc>,
     /// Lines.

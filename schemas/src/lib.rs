@@ -9,6 +9,7 @@ pub mod codec;
 pub mod invoice;
 pub mod lifecycle;
 pub mod payment;
+pub mod reference;
 mod registry;
 pub mod time;
 pub mod usage;

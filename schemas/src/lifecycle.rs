@@ -1,5 +1,7 @@
 //! `billing.lifecycle`: customers, subscriptions and billing clock ticks (schema `lifecycle_event.avsc`).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +44,31 @@ pub enum Lifecycle {
     SubscriptionCanceled(SubscriptionCanceled),
     /// Billing time advanced.
     ClockTick(ClockTick),
+    /// End a draft invoice's grace period now.
+    InvoiceFinalizeRequested(InvoiceFinalizeRequested),
+}
+
+/// A postal address; every part is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    /// First line.
+    #[serde(default)]
+    pub line1: Option<String>,
+    /// Second line.
+    #[serde(default)]
+    pub line2: Option<String>,
+    /// City.
+    #[serde(default)]
+    pub city: Option<String>,
+    /// Postal code.
+    #[serde(default)]
+    pub postal_code: Option<String>,
+    /// State or region.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// ISO 3166-1 alpha-2 country.
+    #[serde(default)]
+    pub country: Option<String>,
 }
 
 /// A new customer.
@@ -62,6 +89,24 @@ pub struct CustomerCreated {
     /// ISO 3166 country, for tax.
     #[serde(default)]
     pub billing_country: Option<String>,
+    /// Billing address.
+    #[serde(default)]
+    pub address: Option<Address>,
+    /// Tax identifiers (VAT numbers...).
+    #[serde(default)]
+    pub tax_ids: Vec<String>,
+    /// Days an invoice stays a draft after its billing date (0: finalized at once).
+    #[serde(default)]
+    pub invoice_grace_period_days: i32,
+    /// Days from finalization to the due date.
+    #[serde(default)]
+    pub net_payment_term_days: i32,
+    /// Free-form key/values of the tenant.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// The test clock the customer lives on (`None`: the wall clock).
+    #[serde(default)]
+    pub test_clock_id: Option<String>,
 }
 
 fn utc() -> String {
@@ -85,6 +130,21 @@ pub struct CustomerUpdated {
     /// New country.
     #[serde(default)]
     pub billing_country: Option<String>,
+    /// New address.
+    #[serde(default)]
+    pub address: Option<Address>,
+    /// New tax ids.
+    #[serde(default)]
+    pub tax_ids: Option<Vec<String>>,
+    /// New grace period.
+    #[serde(default)]
+    pub invoice_grace_period_days: Option<i32>,
+    /// New net payment terms.
+    #[serde(default)]
+    pub net_payment_term_days: Option<i32>,
+    /// New metadata (replaces the old map whole).
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
 }
 
 /// Calendar or anniversary billing periods: the core's own type (its serde names are the Avro symbols).
@@ -107,7 +167,17 @@ pub struct SubscriptionCreated {
     pub trial_ends_at: Option<DateTime<Utc>>,
     /// Calendar or anniversary periods.
     pub billing_time: BillingTime,
+    /// Periods start on this day of the month (1–31, clamped to short months) instead; the stretch before the
+    /// first one is prorated.
+    #[serde(default)]
+    pub billing_anchor_day: Option<i32>,
+    /// How partial periods of the subscription fee are prorated.
+    #[serde(default)]
+    pub proration: ProrationConvention,
 }
+
+/// Proration conventions: the core's own type (its serde names are the Avro symbols).
+pub use billing_core::proration::ProrationConvention;
 
 /// A plan change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +191,9 @@ pub struct SubscriptionChanged {
     /// When the new plan takes effect.
     #[serde(with = "crate::time")]
     pub effective_at: DateTime<Utc>,
+    /// Take effect at the end of the period containing `effective_at` (a downgrade) instead of at once.
+    #[serde(default)]
+    pub at_period_end: bool,
 }
 
 /// A pause or a resume.
@@ -160,6 +233,15 @@ pub struct ClockTick {
     pub now: DateTime<Utc>,
 }
 
+/// A request to finalize a draft invoice now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceFinalizeRequested {
+    /// The invoice's customer (the event's key).
+    pub customer_id: String,
+    /// The draft invoice.
+    pub invoice_id: String,
+}
+
 impl Lifecycle {
     /// The customer the payload is about (`None` for a clock tick).
     pub fn customer_id(&self) -> Option<&str> {
@@ -170,6 +252,7 @@ impl Lifecycle {
             Lifecycle::SubscriptionChanged(s) => &s.customer_id,
             Lifecycle::SubscriptionPaused(s) | Lifecycle::SubscriptionResumed(s) => &s.customer_id,
             Lifecycle::SubscriptionCanceled(s) => &s.customer_id,
+            Lifecycle::InvoiceFinalizeRequested(r) => &r.customer_id,
             Lifecycle::ClockTick(_) => return None,
         })
     }
@@ -217,6 +300,8 @@ impl LifecycleEvent {
                     started_at,
                     trial_ends_at: None,
                     billing_time: BillingTime::Calendar,
+                    billing_anchor_day: None,
+                    proration: ProrationConvention::Days,
                 }),
             ),
         ]
@@ -233,6 +318,12 @@ impl CustomerCreated {
             currency: currency.into(),
             timezone: timezone.into(),
             billing_country: None,
+            address: None,
+            tax_ids: Vec::new(),
+            invoice_grace_period_days: 0,
+            net_payment_term_days: 0,
+            metadata: BTreeMap::new(),
+            test_clock_id: None,
         }
     }
 }

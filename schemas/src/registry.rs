@@ -1,7 +1,9 @@
 //! The schemas known to this build, each with the id it carries in the Confluent wire format.
 //!
 //! There is no schema registry server in the local stack: ids are fixed here and never reused. A new version of a
-//! schema gets a new id.
+//! schema gets a new id, and the file of the version it replaces stays (as `<name>.v<N>.avsc`) so that datums
+//! written with it keep decoding: they are read with their writer's schema and resolved to the current one (Avro
+//! schema resolution: a field the new version added takes its default).
 
 use std::sync::LazyLock;
 
@@ -14,27 +16,58 @@ use serde::{de::DeserializeOwned, Serialize};
 pub enum SchemaId {
     /// `usage_event.avsc`, v1.
     Usage = 1,
-    /// `lifecycle_event.avsc`, v1.
-    Lifecycle = 2,
+    /// `lifecycle_event.v1.avsc`: read only (resolved to [`SchemaId::Lifecycle`]).
+    LifecycleV1 = 2,
     /// `catalog_event.avsc`, v1.
     Catalog = 3,
-    /// `invoice_event.avsc`, v1.
-    Invoice = 4,
+    /// `invoice_event.v1.avsc`: read only (resolved to [`SchemaId::Invoice`]).
+    InvoiceV1 = 4,
     /// `payment_event.avsc`, v1.
     Payment = 5,
+    /// `lifecycle_event.avsc`, v2.
+    Lifecycle = 6,
+    /// `invoice_event.avsc`, v2.
+    Invoice = 7,
+}
+
+impl SchemaId {
+    /// Every id, in id order.
+    pub const ALL: [SchemaId; 7] = [
+        SchemaId::Usage,
+        SchemaId::LifecycleV1,
+        SchemaId::Catalog,
+        SchemaId::InvoiceV1,
+        SchemaId::Payment,
+        SchemaId::Lifecycle,
+        SchemaId::Invoice,
+    ];
+
+    /// The id of a number read from the wire.
+    pub fn from_u32(id: u32) -> Option<SchemaId> {
+        SchemaId::ALL.into_iter().find(|s| *s as u32 == id)
+    }
+
+    /// The current schema whose older version this is (itself when it is current).
+    pub fn current(self) -> SchemaId {
+        match self {
+            SchemaId::LifecycleV1 => SchemaId::Lifecycle,
+            SchemaId::InvoiceV1 => SchemaId::Invoice,
+            other => other,
+        }
+    }
 }
 
 /// (id, file name, schema text) of every schema, in id order.
-pub const SCHEMAS: [(SchemaId, &str, &str); 5] = [
+pub const SCHEMAS: [(SchemaId, &str, &str); 7] = [
     (
         SchemaId::Usage,
         "usage_event.avsc",
         include_str!("../avro/usage_event.avsc"),
     ),
     (
-        SchemaId::Lifecycle,
-        "lifecycle_event.avsc",
-        include_str!("../avro/lifecycle_event.avsc"),
+        SchemaId::LifecycleV1,
+        "lifecycle_event.v1.avsc",
+        include_str!("../avro/lifecycle_event.v1.avsc"),
     ),
     (
         SchemaId::Catalog,
@@ -42,14 +75,24 @@ pub const SCHEMAS: [(SchemaId, &str, &str); 5] = [
         include_str!("../avro/catalog_event.avsc"),
     ),
     (
-        SchemaId::Invoice,
-        "invoice_event.avsc",
-        include_str!("../avro/invoice_event.avsc"),
+        SchemaId::InvoiceV1,
+        "invoice_event.v1.avsc",
+        include_str!("../avro/invoice_event.v1.avsc"),
     ),
     (
         SchemaId::Payment,
         "payment_event.avsc",
         include_str!("../avro/payment_event.avsc"),
+    ),
+    (
+        SchemaId::Lifecycle,
+        "lifecycle_event.avsc",
+        include_str!("../avro/lifecycle_event.avsc"),
+    ),
+    (
+        SchemaId::Invoice,
+        "invoice_event.avsc",
+        include_str!("../avro/invoice_event.avsc"),
     ),
 ];
 

@@ -1,6 +1,12 @@
-//! What rating knows from the reference topics: metrics and plans from `billing.catalog`, customers and
-//! subscription histories from `billing.lifecycle`. Lifecycle events become the core's one subscription model
-//! ([`billing_core::subscription::Subscription`]); attribution itself is [`billing_core::attribution::attribute`].
+//! The reference state the services fold from the reference topics: metrics and plans from `billing.catalog`,
+//! customers and subscription histories from `billing.lifecycle`. Rating and the invoicer fold the same events
+//! with this one code, so they cannot disagree on what a subscription is. Lifecycle events become the core's one
+//! subscription model ([`billing_core::subscription::Subscription`]); attribution itself is
+//! [`billing_core::attribution::attribute`].
+//!
+//! Applying an event never fails half-way: an event that cannot be applied (an invalid plan, a change that would
+//! make a history inconsistent, a change for an unknown subscription) leaves the state as it was and returns
+//! why, for the caller to log or dead-letter.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,12 +16,14 @@ use billing_core::attribution::{self, Attributable};
 use billing_core::charge::ChargeModel;
 use billing_core::invoicing::PlanTerms;
 use billing_core::period::{BillingAnchor, BillingPeriod};
+use billing_core::proration::ProrationConvention;
 use billing_core::subscription::{Change, ChangeKind, Subscription as History};
 use billing_core::Currency;
-use billing_schemas::catalog::{self, Catalog, CatalogEvent};
-use billing_schemas::lifecycle::{BillingTime, Lifecycle, LifecycleEvent};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+
+use crate::catalog::{self, Catalog, CatalogEvent};
+use crate::lifecycle::{BillingTime, CustomerCreated, Lifecycle, LifecycleEvent};
 
 /// A charge ready to aggregate and price.
 #[derive(Debug)]
@@ -75,13 +83,23 @@ pub fn plan_info(plan: catalog::Plan) -> Result<PlanInfo, String> {
     })
 }
 
-#[derive(Debug, Clone)]
-struct Subscription {
-    id: String,
+/// A subscription as the lifecycle topic describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// External id.
+    pub id: String,
     /// Plan codes the history's plan indices point to.
-    plans: Vec<String>,
-    billing_time: BillingTime,
-    history: History,
+    pub plans: Vec<String>,
+    /// Calendar or anniversary periods.
+    pub billing_time: BillingTime,
+    /// Day-of-month anchor, overriding `billing_time`.
+    pub anchor_day: Option<u32>,
+    /// Proration convention of the fee.
+    pub proration: ProrationConvention,
+    /// Billing time of the creation event.
+    pub created_at: DateTime<Utc>,
+    /// Start, trial, plan and changes.
+    pub history: History,
 }
 
 impl Subscription {
@@ -94,13 +112,39 @@ impl Subscription {
             }
         }
     }
+
+    /// Where the subscription's periods start.
+    pub fn anchor(&self) -> BillingAnchor {
+        match self.anchor_day {
+            Some(d) => BillingAnchor::DayOfMonth(d),
+            None => BillingAnchor::from(self.billing_time),
+        }
+    }
 }
 
-#[derive(Debug, Default)]
-struct Customer {
-    known: bool,
-    timezone: Option<Tz>,
-    subscriptions: Vec<Subscription>,
+/// A customer and its subscriptions.
+#[derive(Debug, Default, Clone)]
+pub struct Customer {
+    /// The customer as created, with every update applied (`None` while only subscriptions were seen).
+    pub record: Option<CustomerCreated>,
+    /// Billing time of the creation event.
+    pub created_at: Option<DateTime<Utc>>,
+    /// Parsed timezone (`None`: unknown or invalid; periods then use UTC).
+    pub timezone: Option<Tz>,
+    /// Subscriptions in creation order.
+    pub subscriptions: Vec<Subscription>,
+}
+
+impl Customer {
+    /// Whether the customer itself was created (not only its subscriptions seen).
+    pub fn known(&self) -> bool {
+        self.record.is_some()
+    }
+
+    /// The timezone periods are cut in.
+    pub fn tz(&self) -> Tz {
+        self.timezone.unwrap_or(Tz::UTC)
+    }
 }
 
 /// The subscription, plan and billing period an event falls in.
@@ -139,8 +183,8 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// Apply a catalog event.
-    pub fn apply_catalog(&mut self, ev: CatalogEvent) {
+    /// Apply a catalog event; an invalid entry is refused whole and the previous version kept.
+    pub fn apply_catalog(&mut self, ev: CatalogEvent) -> Result<(), String> {
         let tenant = ev.tenant_id;
         match ev.payload {
             Catalog::BillableMetric(m) => {
@@ -156,20 +200,15 @@ impl Reference {
                     group_by: None,
                     initial_value: None,
                 };
-                if let Err(e) = metric.validate() {
-                    tracing::warn!(tenant, code = m.code, error = %e, "ignoring invalid billable metric");
-                    return;
-                }
+                metric
+                    .validate()
+                    .map_err(|e| format!("invalid billable metric {:?}: {e}", m.code))?;
                 self.metrics.insert((tenant, m.code), Arc::new(metric));
             }
             Catalog::Plan(p) => {
                 let code = p.code.clone();
-                match plan_info(p) {
-                    Ok(info) => {
-                        self.plans.insert((tenant, code), Arc::new(info));
-                    }
-                    Err(e) => tracing::warn!(tenant, code, error = %e, "ignoring invalid plan"),
-                }
+                let info = plan_info(p).map_err(|e| format!("invalid plan {code:?}: {e}"))?;
+                self.plans.insert((tenant, code), Arc::new(info));
             }
             Catalog::Deleted(d) => match d.kind.as_str() {
                 "billable_metric" => {
@@ -178,33 +217,73 @@ impl Reference {
                 "plan" => {
                     self.plans.remove(&(tenant, d.code));
                 }
-                other => tracing::warn!(kind = other, "unknown catalog kind deleted"),
+                other => return Err(format!("unknown catalog kind {other:?} deleted")),
             },
         }
+        Ok(())
     }
 
     /// Apply a lifecycle event. A change that would make a subscription's history inconsistent (a resume without
-    /// a pause, a change after the end or before the start) is refused and logged; the history stays as it was.
-    pub fn apply_lifecycle(&mut self, ev: LifecycleEvent) {
+    /// a pause, a change after the end or before the start) is refused; the history stays as it was.
+    pub fn apply_lifecycle(&mut self, ev: LifecycleEvent) -> Result<(), String> {
         let tenant = ev.tenant_id;
         let (customer, id, change) = match ev.payload {
             Lifecycle::CustomerCreated(c) => {
-                let entry = self.customers.entry((tenant, c.customer_id)).or_default();
-                entry.known = true;
+                let entry = self
+                    .customers
+                    .entry((tenant, c.customer_id.clone()))
+                    .or_default();
                 entry.timezone = c.timezone.parse().ok();
-                return;
+                entry.created_at.get_or_insert(ev.occurred_at);
+                entry.record = Some(c);
+                return Ok(());
             }
-            Lifecycle::CustomerUpdated(c) => {
-                if let Some(tz) = c.timezone {
-                    self.customers
-                        .entry((tenant, c.customer_id))
-                        .or_default()
-                        .timezone = tz.parse().ok();
+            Lifecycle::CustomerUpdated(u) => {
+                let entry = self
+                    .customers
+                    .entry((tenant, u.customer_id.clone()))
+                    .or_default();
+                let Some(c) = entry.record.as_mut() else {
+                    return Err(format!("update of unknown customer {:?}", u.customer_id));
+                };
+                if let Some(tz) = u.timezone {
+                    entry.timezone = tz.parse().ok();
+                    c.timezone = tz;
                 }
-                return;
+                let keep = |old: &mut Option<String>, new: Option<String>| {
+                    if new.is_some() {
+                        *old = new;
+                    }
+                };
+                if let Some(name) = u.name {
+                    c.name = name;
+                }
+                keep(&mut c.email, u.email);
+                keep(&mut c.billing_country, u.billing_country);
+                if u.address.is_some() {
+                    c.address = u.address;
+                }
+                if let Some(v) = u.tax_ids {
+                    c.tax_ids = v;
+                }
+                if let Some(v) = u.invoice_grace_period_days {
+                    c.invoice_grace_period_days = v;
+                }
+                if let Some(v) = u.net_payment_term_days {
+                    c.net_payment_term_days = v;
+                }
+                if let Some(v) = u.metadata {
+                    c.metadata = v;
+                }
+                return Ok(());
             }
             Lifecycle::SubscriptionCreated(s) => {
                 let entry = self.customers.entry((tenant, s.customer_id)).or_default();
+                let anchor_day = match s.billing_anchor_day {
+                    None => None,
+                    Some(d @ 1..=31) => Some(d as u32),
+                    Some(d) => return Err(format!("billing_anchor_day {d} is not in 1..=31")),
+                };
                 if let Some(existing) = entry
                     .subscriptions
                     .iter_mut()
@@ -212,15 +291,20 @@ impl Reference {
                 {
                     // A repeated creation (a producer retry, a replayed topic) keeps the changes made since.
                     existing.billing_time = s.billing_time;
+                    existing.anchor_day = anchor_day;
+                    existing.proration = s.proration;
                     existing.plans[existing.history.plan] = s.plan_code;
                     existing.history.started_at = s.started_at;
                     existing.history.trial_ends_at = s.trial_ends_at;
-                    return;
+                    return Ok(());
                 }
                 entry.subscriptions.push(Subscription {
                     id: s.subscription_id,
                     plans: vec![s.plan_code],
                     billing_time: s.billing_time,
+                    anchor_day,
+                    proration: s.proration,
+                    created_at: ev.occurred_at,
                     history: History {
                         started_at: s.started_at,
                         trial_ends_at: s.trial_ends_at,
@@ -228,14 +312,15 @@ impl Reference {
                         changes: Vec::new(),
                     },
                 });
-                return;
+                return Ok(());
             }
-            Lifecycle::ClockTick(_) => return,
-            // The event says when the new plan takes effect, so the core applies it at that instant.
+            Lifecycle::ClockTick(_) | Lifecycle::InvoiceFinalizeRequested(_) => return Ok(()),
+            // The event says when the new plan takes effect, so the core applies it at that instant (or, for a
+            // change at period end, at the end of the period containing that instant).
             Lifecycle::SubscriptionChanged(s) => (
                 s.customer_id,
                 s.subscription_id,
-                (s.effective_at, Err(s.new_plan_code)),
+                (s.effective_at, Err((s.new_plan_code, s.at_period_end))),
             ),
             Lifecycle::SubscriptionPaused(s) => (
                 s.customer_id,
@@ -260,27 +345,22 @@ impl Reference {
         };
         let plans = &self.plans;
         let Some(c) = self.customers.get_mut(&(tenant.clone(), customer.clone())) else {
-            tracing::warn!(
-                tenant,
-                customer,
-                subscription = id,
-                "change for an unknown customer ignored"
-            );
-            return;
+            return Err(format!(
+                "change of subscription {id:?} for unknown customer {customer:?}"
+            ));
         };
-        let tz = c.timezone.unwrap_or(Tz::UTC);
+        let tz = c.tz();
         let Some(sub) = c.subscriptions.iter_mut().find(|s| s.id == id) else {
-            tracing::warn!(
-                tenant,
-                customer,
-                subscription = id,
-                "change of an unknown subscription ignored"
-            );
-            return;
+            return Err(format!("change of unknown subscription {id:?}"));
         };
         let (at, kind) = change;
-        let kind = kind.unwrap_or_else(|plan_code| ChangeKind::Upgrade {
-            plan: sub.plan_index(&plan_code),
+        let kind = kind.unwrap_or_else(|(plan_code, at_period_end)| {
+            let plan = sub.plan_index(&plan_code);
+            if at_period_end {
+                ChangeKind::Downgrade { plan }
+            } else {
+                ChangeKind::Upgrade { plan }
+            }
         });
         let mut history = sub.history.clone();
         if matches!(kind, ChangeKind::Cancel { .. }) {
@@ -291,7 +371,7 @@ impl Reference {
         }
         history.changes.push(Change { at, kind });
         // Checked with the phases and the timezone attribution uses, when every plan is known.
-        let anchor = BillingAnchor::from(sub.billing_time);
+        let anchor = sub.anchor();
         let terms: Option<Vec<PlanTerms>> = sub
             .plans
             .iter()
@@ -301,16 +381,25 @@ impl Reference {
                     .map(|p| p.terms(anchor))
             })
             .collect();
-        let valid = match terms {
-            Some(terms) => attribution::check_history(&history, &terms, tz),
-            None => Ok(()),
-        };
-        match valid {
-            Ok(()) => sub.history = history,
-            Err(e) => {
-                tracing::warn!(tenant, customer, subscription = id, error = %e, "inconsistent subscription change refused")
-            }
+        if let Some(terms) = terms {
+            attribution::check_history(&history, &terms, tz)
+                .map_err(|e| format!("inconsistent change of subscription {id:?}: {e}"))?;
         }
+        sub.history = history;
+        Ok(())
+    }
+
+    /// The customer, if anything is known about it.
+    pub fn customer(&self, tenant: &str, customer: &str) -> Option<&Customer> {
+        self.customers
+            .get(&(tenant.to_owned(), customer.to_owned()))
+    }
+
+    /// The plan with this code, if the tenant defined it.
+    pub fn plan(&self, tenant: &str, code: &str) -> Option<Arc<PlanInfo>> {
+        self.plans
+            .get(&(tenant.to_owned(), code.to_owned()))
+            .cloned()
     }
 
     /// The metric with this code, if the tenant defined it.
@@ -331,7 +420,7 @@ impl Reference {
         let c = self
             .customers
             .get(&(tenant.to_owned(), customer.to_owned()))
-            .filter(|c| c.known)
+            .filter(|c| c.known())
             .ok_or_else(|| AttributionError::UnknownCustomer(customer.to_owned()))?;
         let none = || AttributionError::NoActiveSubscription {
             customer: customer.to_owned(),
@@ -352,7 +441,7 @@ impl Reference {
             .iter()
             .zip(&plans)
             .map(|(s, ps)| {
-                let anchor = BillingAnchor::from(s.billing_time);
+                let anchor = s.anchor();
                 ps.iter()
                     .map(|p| p.as_ref().map(|p| p.terms(anchor)))
                     .collect()
@@ -367,8 +456,7 @@ impl Reference {
                 plans,
             })
             .collect();
-        let found =
-            attribution::attribute(&subs, c.timezone.unwrap_or(Tz::UTC), at).ok_or_else(none)?;
+        let found = attribution::attribute(&subs, c.tz(), at).ok_or_else(none)?;
         let plan = plans[found.subscription][found.plan]
             .clone()
             .ok_or_else(none)?;
