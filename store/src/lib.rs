@@ -2,10 +2,21 @@
 //! migrations under `store/migrations/`, applied by [`migrate`]), its row types and its statements. Each table
 //! has exactly one writer service, named in its module's documentation and in [`TABLES`]; any service may read.
 //!
-//! Services use this crate instead of one another: rating writes the usage tables, query-api reads them, and the
-//! invoicer and payments will add theirs here.
+//! Services use this crate instead of one another: rating writes the usage tables; the invoicer writes the billing
+//! read models (customers, subscriptions, catalog, test clocks, invoices and their numbers); query-api reads both
+//! and writes only its idempotency keys.
 
+pub mod api_idempotency;
+pub mod billing;
+pub mod catalog_entries;
+pub mod customers;
+pub mod invoice_facts;
+pub mod invoice_numbers;
+pub mod invoices;
+pub mod materialized_offsets;
 pub mod migrate;
+pub mod subscriptions;
+pub mod test_clocks;
 pub mod usage;
 pub mod usage_aggregates;
 pub mod usage_dedup;
@@ -31,8 +42,21 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("usage_aggregates", Store::Cql, "rating"),
     ("usage_unique_values", Store::Cql, "rating"),
     ("usage_dedup", Store::Cql, "rating"),
+    ("customers", Store::Cql, "invoicer"),
+    ("customers_by_created", Store::Cql, "invoicer"),
+    ("subscriptions", Store::Cql, "invoicer"),
+    ("subscriptions_by_customer", Store::Cql, "invoicer"),
+    ("catalog_entries", Store::Cql, "invoicer"),
+    ("test_clocks", Store::Cql, "invoicer"),
+    ("invoices", Store::Cql, "invoicer"),
+    ("invoices_by_customer", Store::Cql, "invoicer"),
+    ("invoice_number_blocks", Store::Cql, "invoicer"),
+    ("materialized_offsets", Store::Cql, "invoicer"),
+    ("api_idempotency", Store::Cql, "query-api"),
     ("schema_migrations", Store::ClickHouse, "migrate"),
     ("usage_events", Store::ClickHouse, "rating"),
+    ("invoices", Store::ClickHouse, "invoicer"),
+    ("invoice_lines", Store::ClickHouse, "invoicer"),
 ];
 
 fn dec(d: Option<CqlDecimal>) -> anyhow::Result<Option<Decimal>> {

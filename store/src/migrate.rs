@@ -14,17 +14,31 @@ struct Migration {
     body: &'static str,
 }
 
-const CQL: &[Migration] = &[Migration {
-    version: 1,
-    name: "usage",
-    body: include_str!("../migrations/cql/0001_usage.cql"),
-}];
+const CQL: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "usage",
+        body: include_str!("../migrations/cql/0001_usage.cql"),
+    },
+    Migration {
+        version: 2,
+        name: "billing",
+        body: include_str!("../migrations/cql/0002_billing.cql"),
+    },
+];
 
-const CLICKHOUSE: &[Migration] = &[Migration {
-    version: 1,
-    name: "usage_events",
-    body: include_str!("../migrations/clickhouse/0001_usage_events.sql"),
-}];
+const CLICKHOUSE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "usage_events",
+        body: include_str!("../migrations/clickhouse/0001_usage_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "invoices",
+        body: include_str!("../migrations/clickhouse/0002_invoices.sql"),
+    },
+];
 
 fn statements(body: &str) -> impl Iterator<Item = String> + '_ {
     body.split(";\n")

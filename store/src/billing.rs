@@ -1,0 +1,612 @@
+//! The billing tables together, as their writer (the invoicer) and their readers (query-api, the invoicer) use
+//! them: every statement prepared once, each call bounded by the session's request timeout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::SerialConsistency;
+
+use crate::customers::{self, CustomerView};
+use crate::invoices::{self, InvoiceView};
+use crate::subscriptions::{self, SubscriptionView};
+use crate::{api_idempotency, catalog_entries, invoice_numbers, materialized_offsets, test_clocks};
+
+/// A stored catalog entry: when it was first published and its JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogEntry {
+    /// Code.
+    pub code: String,
+    /// Billing time of its first version.
+    pub created_at: DateTime<Utc>,
+    /// The catalog payload as JSON (a `BillableMetric` or a `Plan` of `billing-schemas`).
+    pub body: String,
+}
+
+/// What an `Idempotency-Key` already holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key was free and is now this request's.
+    Claimed,
+    /// Another request with this key is still running.
+    InFlight {
+        /// Hash of that request.
+        request_hash: String,
+    },
+    /// A request with this key was answered.
+    Answered {
+        /// Hash of that request.
+        request_hash: String,
+        /// Its HTTP status.
+        status: u16,
+        /// Its body.
+        body: String,
+    },
+}
+
+/// The `[applied]` flag a lightweight transaction answers with (its first column; the others, present when it
+/// did not apply, are the current values).
+fn lwt_applied(result: &scylla::response::query_result::QueryRowsResult) -> anyhow::Result<bool> {
+    let row = result
+        .rows::<scylla::value::Row>()?
+        .next()
+        .transpose()?
+        .ok_or_else(|| anyhow::anyhow!("a lightweight transaction answered no row"))?;
+    match row.columns.first() {
+        Some(Some(scylla::value::CqlValue::Boolean(b))) => Ok(*b),
+        other => anyhow::bail!("unexpected [applied] column {other:?}"),
+    }
+}
+
+/// Prepared statements over the billing tables.
+pub struct BillingStore {
+    session: Arc<Session>,
+    upsert_customer: PreparedStatement,
+    upsert_customer_index: PreparedStatement,
+    select_customer: PreparedStatement,
+    customers_first: PreparedStatement,
+    customers_after: PreparedStatement,
+    upsert_subscription: PreparedStatement,
+    upsert_subscription_index: PreparedStatement,
+    select_subscription: PreparedStatement,
+    subscriptions_of: PreparedStatement,
+    upsert_catalog: PreparedStatement,
+    delete_catalog: PreparedStatement,
+    select_catalog: PreparedStatement,
+    select_catalog_kind: PreparedStatement,
+    upsert_clock: PreparedStatement,
+    select_clock: PreparedStatement,
+    upsert_invoice: PreparedStatement,
+    upsert_invoice_index: PreparedStatement,
+    select_invoice: PreparedStatement,
+    invoices_first: PreparedStatement,
+    invoices_after: PreparedStatement,
+    invoices_of: PreparedStatement,
+    select_next_number: PreparedStatement,
+    claim_numbers: PreparedStatement,
+    select_number_blocks: PreparedStatement,
+    upsert_materialized: PreparedStatement,
+    select_materialized: PreparedStatement,
+    claim_key: PreparedStatement,
+    complete_key: PreparedStatement,
+    release_key: PreparedStatement,
+    select_key: PreparedStatement,
+}
+
+impl BillingStore {
+    /// Prepare every statement once.
+    pub async fn new(session: Arc<Session>, ks: &str) -> anyhow::Result<Self> {
+        let prepare = |q: String, idempotent: bool| {
+            let session = session.clone();
+            async move {
+                let mut p = session.prepare(q).await?;
+                p.set_is_idempotent(idempotent);
+                p.set_serial_consistency(Some(SerialConsistency::Serial));
+                anyhow::Ok(p)
+            }
+        };
+        Ok(BillingStore {
+            upsert_customer: prepare(customers::upsert(ks), true).await?,
+            upsert_customer_index: prepare(customers::upsert_index(ks), true).await?,
+            select_customer: prepare(customers::select_one(ks), true).await?,
+            customers_first: prepare(customers::select_page_first(ks), true).await?,
+            customers_after: prepare(customers::select_page_after(ks), true).await?,
+            upsert_subscription: prepare(subscriptions::upsert(ks), true).await?,
+            upsert_subscription_index: prepare(subscriptions::upsert_index(ks), true).await?,
+            select_subscription: prepare(subscriptions::select_one(ks), true).await?,
+            subscriptions_of: prepare(subscriptions::select_of_customer(ks), true).await?,
+            upsert_catalog: prepare(catalog_entries::upsert(ks), true).await?,
+            delete_catalog: prepare(catalog_entries::delete(ks), true).await?,
+            select_catalog: prepare(catalog_entries::select_one(ks), true).await?,
+            select_catalog_kind: prepare(catalog_entries::select_kind(ks), true).await?,
+            upsert_clock: prepare(test_clocks::upsert(ks), true).await?,
+            select_clock: prepare(test_clocks::select_clock(ks), true).await?,
+            upsert_invoice: prepare(invoices::upsert(ks), true).await?,
+            upsert_invoice_index: prepare(invoices::upsert_index(ks), true).await?,
+            select_invoice: prepare(invoices::select_one(ks), true).await?,
+            invoices_first: prepare(invoices::select_page_first(ks), true).await?,
+            invoices_after: prepare(invoices::select_page_after(ks), true).await?,
+            invoices_of: prepare(invoices::select_customer_ids(ks), true).await?,
+            select_next_number: prepare(invoice_numbers::select_next(ks), true).await?,
+            // Not idempotent: a retried claim whose first attempt applied would claim a second block.
+            claim_numbers: prepare(invoice_numbers::claim_batch(ks), false).await?,
+            select_number_blocks: prepare(invoice_numbers::select_blocks(ks), true).await?,
+            upsert_materialized: prepare(materialized_offsets::upsert(ks), true).await?,
+            select_materialized: prepare(materialized_offsets::select_one(ks), true).await?,
+            claim_key: prepare(api_idempotency::claim(ks), false).await?,
+            complete_key: prepare(api_idempotency::complete(ks), true).await?,
+            release_key: prepare(api_idempotency::release(ks), true).await?,
+            select_key: prepare(api_idempotency::select_one(ks), true).await?,
+            session,
+        })
+    }
+
+    // ---- customers ----
+
+    /// Write a customer and its list entry.
+    pub async fn put_customer(&self, tenant: &str, c: &CustomerView) -> anyhow::Result<()> {
+        let body = serde_json::to_string(c)?;
+        let clock = c.test_clock_id.clone().unwrap_or_default();
+        self.session
+            .execute_unpaged(
+                &self.upsert_customer,
+                (tenant, &c.customer_id, c.created_at, clock, body),
+            )
+            .await?;
+        self.session
+            .execute_unpaged(
+                &self.upsert_customer_index,
+                (tenant, c.created_at, &c.customer_id),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// One customer.
+    pub async fn customer(&self, tenant: &str, id: &str) -> anyhow::Result<Option<CustomerView>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.select_customer, (tenant, id))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(DateTime<Utc>, String)>()?;
+        row.map(|(_, body)| Ok(serde_json::from_str(&body)?))
+            .transpose()
+    }
+
+    /// Customers newest first, after the customer `starting_after` (a customer id) when given.
+    pub async fn customers(
+        &self,
+        tenant: &str,
+        limit: i32,
+        starting_after: Option<&str>,
+    ) -> anyhow::Result<Vec<CustomerView>> {
+        let ids: Vec<(String,)> = match starting_after {
+            None => self.collect(&self.customers_first, (tenant, limit)).await?,
+            Some(after) => {
+                let Some(c) = self.customer(tenant, after).await? else {
+                    return Ok(Vec::new());
+                };
+                self.collect(&self.customers_after, (tenant, c.created_at, after, limit))
+                    .await?
+            }
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            if let Some(c) = self.customer(tenant, &id).await? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- subscriptions ----
+
+    /// Write a subscription and its list entry.
+    pub async fn put_subscription(&self, tenant: &str, s: &SubscriptionView) -> anyhow::Result<()> {
+        let body = serde_json::to_string(s)?;
+        self.session
+            .execute_unpaged(
+                &self.upsert_subscription,
+                (
+                    tenant,
+                    &s.subscription_id,
+                    &s.customer_id,
+                    s.created_at,
+                    body,
+                ),
+            )
+            .await?;
+        self.session
+            .execute_unpaged(
+                &self.upsert_subscription_index,
+                (tenant, &s.customer_id, s.created_at, &s.subscription_id),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// One subscription.
+    pub async fn subscription(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> anyhow::Result<Option<SubscriptionView>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.select_subscription, (tenant, id))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(String,)>()?;
+        row.map(|(body,)| Ok(serde_json::from_str(&body)?))
+            .transpose()
+    }
+
+    /// A customer's subscriptions, newest first.
+    pub async fn subscriptions_of(
+        &self,
+        tenant: &str,
+        customer: &str,
+    ) -> anyhow::Result<Vec<SubscriptionView>> {
+        let ids: Vec<(String,)> = self
+            .collect(&self.subscriptions_of, (tenant, customer))
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            if let Some(s) = self.subscription(tenant, &id).await? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- catalog ----
+
+    /// Write the latest version of a catalog entry.
+    pub async fn put_catalog_entry(
+        &self,
+        tenant: &str,
+        kind: &str,
+        entry: &CatalogEntry,
+    ) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(
+                &self.upsert_catalog,
+                (tenant, kind, &entry.code, entry.created_at, &entry.body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Remove a retired catalog entry.
+    pub async fn delete_catalog_entry(
+        &self,
+        tenant: &str,
+        kind: &str,
+        code: &str,
+    ) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(&self.delete_catalog, (tenant, kind, code))
+            .await?;
+        Ok(())
+    }
+
+    /// One catalog entry.
+    pub async fn catalog_entry(
+        &self,
+        tenant: &str,
+        kind: &str,
+        code: &str,
+    ) -> anyhow::Result<Option<CatalogEntry>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.select_catalog, (tenant, kind, code))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(DateTime<Utc>, String)>()?;
+        Ok(row.map(|(created_at, body)| CatalogEntry {
+            code: code.into(),
+            created_at,
+            body,
+        }))
+    }
+
+    /// Every entry of a kind, newest first (then by code).
+    pub async fn catalog_entries(
+        &self,
+        tenant: &str,
+        kind: &str,
+    ) -> anyhow::Result<Vec<CatalogEntry>> {
+        let rows: Vec<(String, DateTime<Utc>, String)> = self
+            .collect(&self.select_catalog_kind, (tenant, kind))
+            .await?;
+        let mut out: Vec<CatalogEntry> = rows
+            .into_iter()
+            .map(|(code, created_at, body)| CatalogEntry {
+                code,
+                created_at,
+                body,
+            })
+            .collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.code.cmp(&a.code)));
+        Ok(out)
+    }
+
+    // ---- test clocks ----
+
+    /// Record that the partition has finished processing the clock up to `now`.
+    pub async fn put_test_clock(
+        &self,
+        tenant: &str,
+        clock: &str,
+        partition: i32,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(&self.upsert_clock, (tenant, clock, partition, now))
+            .await?;
+        Ok(())
+    }
+
+    /// Per partition, how far the clock has been processed.
+    pub async fn test_clock(
+        &self,
+        tenant: &str,
+        clock: &str,
+    ) -> anyhow::Result<HashMap<i32, DateTime<Utc>>> {
+        let rows: Vec<(i32, DateTime<Utc>)> =
+            self.collect(&self.select_clock, (tenant, clock)).await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    // ---- invoices ----
+
+    /// Write an invoice and its list entry.
+    pub async fn put_invoice(&self, tenant: &str, inv: &InvoiceView) -> anyhow::Result<()> {
+        let body = serde_json::to_string(inv)?;
+        self.session
+            .execute_unpaged(
+                &self.upsert_invoice,
+                (
+                    tenant,
+                    &inv.invoice_id,
+                    &inv.customer_id,
+                    inv.status.as_str(),
+                    inv.number.clone().unwrap_or_default(),
+                    inv.billing_date,
+                    body,
+                ),
+            )
+            .await?;
+        self.session
+            .execute_unpaged(
+                &self.upsert_invoice_index,
+                (tenant, &inv.customer_id, &inv.invoice_id),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// One invoice.
+    pub async fn invoice(&self, tenant: &str, id: &str) -> anyhow::Result<Option<InvoiceView>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.select_invoice, (tenant, id))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(String,)>()?;
+        row.map(|(body,)| Ok(serde_json::from_str(&body)?))
+            .transpose()
+    }
+
+    /// The tenant's invoices newest first, after `starting_after` (an invoice id) when given, keeping those
+    /// `keep` accepts, at most `limit`. Pages through the tenant's invoices until `limit` are kept.
+    pub async fn invoices(
+        &self,
+        tenant: &str,
+        limit: usize,
+        starting_after: Option<&str>,
+        keep: impl Fn(&InvoiceView) -> bool,
+    ) -> anyhow::Result<Vec<InvoiceView>> {
+        let mut out = Vec::new();
+        let rows = match starting_after {
+            None => {
+                self.session
+                    .execute_iter(self.invoices_first.clone(), (tenant,))
+                    .await?
+            }
+            Some(after) => {
+                self.session
+                    .execute_iter(self.invoices_after.clone(), (tenant, after))
+                    .await?
+            }
+        };
+        let mut rows = rows.rows_stream::<(String,)>()?;
+        while let Some((body,)) = rows.try_next().await? {
+            let inv: InvoiceView = serde_json::from_str(&body)?;
+            if keep(&inv) {
+                out.push(inv);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of a customer's invoices, newest first.
+    pub async fn invoice_ids_of(
+        &self,
+        tenant: &str,
+        customer: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let rows: Vec<(String,)> = self.collect(&self.invoices_of, (tenant, customer)).await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    // ---- numbering ----
+
+    /// Claim consecutive numbers for `ids`, in order, in the scope: returns the first number. Gap-free under
+    /// concurrency (see [`crate::invoice_numbers`]); a lost race is retried.
+    pub async fn claim_numbers(
+        &self,
+        tenant: &str,
+        scope: &str,
+        ids: &[String],
+    ) -> anyhow::Result<i64> {
+        anyhow::ensure!(!ids.is_empty(), "nothing to number");
+        loop {
+            let next = self
+                .session
+                .execute_unpaged(&self.select_next_number, (tenant, scope))
+                .await?
+                .into_rows_result()?
+                .maybe_first_row::<(Option<i64>,)>()?
+                .and_then(|(n,)| n);
+            let first = next.unwrap_or(1);
+            let new_next = first + ids.len() as i64;
+            let result = self
+                .session
+                .execute_unpaged(
+                    &self.claim_numbers,
+                    (new_next, tenant, scope, next, tenant, scope, first, ids),
+                )
+                .await?
+                .into_rows_result()?;
+            if lwt_applied(&result)? {
+                return Ok(first);
+            }
+        }
+    }
+
+    /// The numbers already claimed for any of `ids` in the scope (a scan of the scope's blocks: used only to
+    /// recover invoices left unnumbered by a crash).
+    pub async fn claimed_numbers(
+        &self,
+        tenant: &str,
+        scope: &str,
+        ids: &[String],
+    ) -> anyhow::Result<HashMap<String, i64>> {
+        let mut found = HashMap::new();
+        let mut rows = self
+            .session
+            .execute_iter(self.select_number_blocks.clone(), (tenant, scope))
+            .await?
+            .rows_stream::<(i64, Vec<String>)>()?;
+        while let Some((first, block)) = rows.try_next().await? {
+            for (i, id) in block.iter().enumerate() {
+                if ids.contains(id) {
+                    found.insert(id.clone(), first + i as i64);
+                }
+            }
+            if found.len() == ids.len() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    // ---- materialization progress ----
+
+    /// Record that everything below `next_offset` of the partition is materialized.
+    pub async fn put_materialized(
+        &self,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+    ) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(&self.upsert_materialized, (topic, partition, next_offset))
+            .await?;
+        Ok(())
+    }
+
+    /// The first offset of the partition not yet materialized (0 when nothing was).
+    pub async fn materialized(&self, topic: &str, partition: i32) -> anyhow::Result<i64> {
+        Ok(self
+            .session
+            .execute_unpaged(&self.select_materialized, (topic, partition))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(i64,)>()?
+            .map(|(n,)| n)
+            .unwrap_or(0))
+    }
+
+    // ---- idempotency keys ----
+
+    /// Claim an `Idempotency-Key` for a request, or say what the key already holds.
+    pub async fn claim_idempotency_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        request_hash: &str,
+    ) -> anyhow::Result<IdempotencyClaim> {
+        let result = self
+            .session
+            .execute_unpaged(&self.claim_key, (tenant, key, request_hash))
+            .await?
+            .into_rows_result()?;
+        if lwt_applied(&result)? {
+            return Ok(IdempotencyClaim::Claimed);
+        }
+        let (hash, status, body) = self
+            .session
+            .execute_unpaged(&self.select_key, (tenant, key))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(String, i32, String)>()?
+            .ok_or_else(|| anyhow::anyhow!("idempotency key vanished"))?;
+        Ok(if status == 0 {
+            IdempotencyClaim::InFlight { request_hash: hash }
+        } else {
+            IdempotencyClaim::Answered {
+                request_hash: hash,
+                status: status as u16,
+                body,
+            }
+        })
+    }
+
+    /// Store the answer given for a claimed key.
+    pub async fn complete_idempotency_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(&self.complete_key, (i32::from(status), body, tenant, key))
+            .await?;
+        Ok(())
+    }
+
+    /// Free a claimed key whose request failed before publishing anything (the client may retry with it).
+    pub async fn release_idempotency_key(&self, tenant: &str, key: &str) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(&self.release_key, (tenant, key))
+            .await?;
+        Ok(())
+    }
+
+    async fn collect<T>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> anyhow::Result<Vec<T>>
+    where
+        T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+    {
+        Ok(self
+            .session
+            .execute_iter(statement.clone(), values)
+            .await?
+            .rows_stream::<T>()?
+            .try_collect()
+            .await?)
+    }
+}

@@ -1,0 +1,86 @@
+//! ScyllaDB `customers` and `customers_by_created` (migration `cql/0002_billing.cql`): every customer as the API
+//! shows it, and the newest-first index used for cursor pagination.
+//!
+//! **Writer: invoicer** (from `billing.lifecycle`). Readers: query-api, invoicer.
+
+use std::collections::BTreeMap;
+
+use billing_schemas::lifecycle::{Address, CustomerCreated};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A customer as the API serves it (stored as JSON in `customers.body`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerView {
+    /// External id chosen by the tenant.
+    pub customer_id: String,
+    /// Display name.
+    pub name: String,
+    /// Contact email.
+    pub email: Option<String>,
+    /// ISO 4217 currency the customer is billed in.
+    pub currency: String,
+    /// IANA timezone of its billing periods.
+    pub timezone: String,
+    /// ISO 3166 country, for tax.
+    pub billing_country: Option<String>,
+    /// Billing address.
+    pub address: Option<Address>,
+    /// Tax identifiers.
+    pub tax_ids: Vec<String>,
+    /// Days an invoice stays a draft after its billing date.
+    pub invoice_grace_period_days: i32,
+    /// Days from finalization to the due date.
+    pub net_payment_term_days: i32,
+    /// Tenant's key/values.
+    pub metadata: BTreeMap<String, String>,
+    /// Test clock the customer lives on (`null`: the wall clock).
+    pub test_clock_id: Option<String>,
+    /// Billing time of creation.
+    pub created_at: DateTime<Utc>,
+}
+
+impl CustomerView {
+    /// The view of a customer record created at `created_at`.
+    pub fn new(c: &CustomerCreated, created_at: DateTime<Utc>) -> Self {
+        CustomerView {
+            customer_id: c.customer_id.clone(),
+            name: c.name.clone(),
+            email: c.email.clone(),
+            currency: c.currency.clone(),
+            timezone: c.timezone.clone(),
+            billing_country: c.billing_country.clone(),
+            address: c.address.clone(),
+            tax_ids: c.tax_ids.clone(),
+            invoice_grace_period_days: c.invoice_grace_period_days,
+            net_payment_term_days: c.net_payment_term_days,
+            metadata: c.metadata.clone(),
+            test_clock_id: c.test_clock_id.clone(),
+            created_at,
+        }
+    }
+}
+
+pub(crate) fn upsert(ks: &str) -> String {
+    format!(
+        "INSERT INTO {ks}.customers (tenant_id, customer_id, created_at, clock_id, body) VALUES (?, ?, ?, ?, ?)"
+    )
+}
+
+pub(crate) fn upsert_index(ks: &str) -> String {
+    format!("INSERT INTO {ks}.customers_by_created (tenant_id, created_at, customer_id) VALUES (?, ?, ?)")
+}
+
+pub(crate) fn select_one(ks: &str) -> String {
+    format!("SELECT created_at, body FROM {ks}.customers WHERE tenant_id = ? AND customer_id = ?")
+}
+
+pub(crate) fn select_page_first(ks: &str) -> String {
+    format!("SELECT customer_id FROM {ks}.customers_by_created WHERE tenant_id = ? LIMIT ?")
+}
+
+pub(crate) fn select_page_after(ks: &str) -> String {
+    format!(
+        "SELECT customer_id FROM {ks}.customers_by_created WHERE tenant_id = ? AND (created_at, customer_id) < (?, ?) LIMIT ?"
+    )
+}
