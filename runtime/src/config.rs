@@ -28,7 +28,7 @@ pub struct Settings {
     /// The ingest gateway.
     pub ingest: IngestConfig,
     /// The invoicer.
-    pub invoicer: GroupServiceConfig,
+    pub invoicer: InvoicerConfig,
     /// The payments service.
     pub payments: GroupServiceConfig,
 }
@@ -129,6 +129,37 @@ pub struct GroupServiceConfig {
     pub group_id: String,
 }
 
+/// How invoices are numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberingScope {
+    /// One sequence per tenant: `<prefix>-000123`.
+    Tenant,
+    /// One sequence per customer: `<prefix>-<customer>-001`.
+    Customer,
+}
+
+/// The invoicer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoicerConfig {
+    /// Health/metrics listen address.
+    pub listen: SocketAddr,
+    /// Consumer group.
+    pub group_id: String,
+    /// Sequence invoices are numbered in.
+    pub numbering: NumberingScope,
+    /// Number prefix; empty means the tenant id in upper case.
+    pub number_prefix: String,
+    /// Digits of the sequence part, zero-padded.
+    pub number_width: usize,
+    /// Issue invoices whose total is zero (Lago users ask for them; Stripe issues them too).
+    pub issue_zero_invoices: bool,
+    /// How long a bill run waits for rating to checkpoint a customer's usage partition before it retries later.
+    #[serde(with = "humantime_serde")]
+    pub usage_wait: Duration,
+}
+
 /// The ingest HTTP gateway.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -154,6 +185,9 @@ pub struct QueryApiConfig {
     pub rate_limit_per_second: u32,
     /// Burst allowed above the rate.
     pub rate_limit_burst: u32,
+    /// How long a write waits for its effect to be materialized before answering 202 with the event id.
+    #[serde(with = "humantime_serde")]
+    pub write_wait: Duration,
 }
 
 /// Bad configuration: every problem found, so the operator fixes them in one go.

@@ -51,6 +51,58 @@ impl Publisher {
         self.send(&self.topics.lifecycle, &ev.key(), &encode(ev, enc)?, enc)
     }
 
+    /// Enqueue a lifecycle event to one partition (clock ticks go to every partition, whatever their key).
+    pub fn send_lifecycle_to(
+        &self,
+        ev: &LifecycleEvent,
+        enc: Encoding,
+        partition: i32,
+    ) -> anyhow::Result<DeliveryFuture> {
+        self.send_to(
+            &self.topics.lifecycle,
+            &ev.key(),
+            &encode(ev, enc)?,
+            enc,
+            Some(partition),
+        )
+    }
+
+    /// Publish a lifecycle event and return where it landed (partition, offset), once acknowledged.
+    pub async fn lifecycle_at(
+        &self,
+        ev: &LifecycleEvent,
+        enc: Encoding,
+    ) -> anyhow::Result<(i32, i64)> {
+        ack_at(self.send_lifecycle(ev, enc)?).await
+    }
+
+    /// Publish a catalog event and return where it landed (partition, offset), once acknowledged.
+    pub async fn catalog_at(&self, ev: &CatalogEvent, enc: Encoding) -> anyhow::Result<(i32, i64)> {
+        ack_at(self.send_catalog(ev, enc)?).await
+    }
+
+    /// Publish a clock tick to every partition of the lifecycle topic; returns where each landed.
+    pub async fn tick_everywhere(
+        &self,
+        ev: &LifecycleEvent,
+        enc: Encoding,
+        partitions: i32,
+    ) -> anyhow::Result<Vec<(i32, i64)>> {
+        let sends: Vec<DeliveryFuture> = (0..partitions)
+            .map(|p| self.send_lifecycle_to(ev, enc, p))
+            .collect::<anyhow::Result<_>>()?;
+        let mut out = Vec::with_capacity(sends.len());
+        for d in sends {
+            out.push(ack_at(d).await?);
+        }
+        Ok(out)
+    }
+
+    /// The topics this publisher writes to.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
     /// Publish a catalog event and wait for the broker's acknowledgement.
     pub async fn catalog(&self, ev: &CatalogEvent, enc: Encoding) -> anyhow::Result<()> {
         ack(self.send_catalog(ev, enc)?).await
@@ -68,25 +120,43 @@ impl Publisher {
         payload: &[u8],
         enc: Encoding,
     ) -> anyhow::Result<DeliveryFuture> {
+        self.send_to(topic, key, payload, enc, None)
+    }
+
+    fn send_to(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        enc: Encoding,
+        partition: Option<i32>,
+    ) -> anyhow::Result<DeliveryFuture> {
         let headers = OwnedHeaders::new().insert(Header {
             key: CONTENT_TYPE_HEADER,
             value: Some(enc.content_type()),
         });
+        let mut record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         self.producer
-            .send_result(
-                FutureRecord::to(topic)
-                    .key(key)
-                    .payload(payload)
-                    .headers(headers),
-            )
+            .send_result(record)
             .map_err(|(e, _)| anyhow::anyhow!("produce to {topic} failed: {e}"))
     }
 }
 
 /// Wait for a delivery, at most [`ACK_TIMEOUT`].
 pub async fn ack(delivery: DeliveryFuture) -> anyhow::Result<()> {
+    ack_at(delivery).await.map(|_| ())
+}
+
+/// Wait for a delivery, at most [`ACK_TIMEOUT`], and return its (partition, offset).
+pub async fn ack_at(delivery: DeliveryFuture) -> anyhow::Result<(i32, i64)> {
     match tokio::time::timeout(ACK_TIMEOUT, delivery).await {
-        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Ok(d))) => Ok((d.partition, d.offset)),
         Ok(Ok(Err((e, _)))) => anyhow::bail!("delivery failed: {e}"),
         Ok(Err(_)) => anyhow::bail!("delivery was cancelled"),
         Err(_) => anyhow::bail!("no acknowledgement within {ACK_TIMEOUT:?}"),
