@@ -308,6 +308,168 @@ pub fn invoice(input: &InvoiceInput<'_>) -> Result<InvoiceOutcome> {
     Ok(InvoiceOutcome { invoice, periods })
 }
 
+/// The phases of a subscription under its own convention.
+fn phases_of(s: &BillableSubscription, tz: Tz) -> Result<Vec<Phase>> {
+    let terms: Vec<PlanTerms> = s.plans.iter().map(|p| p.terms).collect();
+    phases(&s.subscription, &terms, s.convention, tz)
+}
+
+/// The **billing dates** of a subscription up to `until` (inclusive), in order: the day it starts, the start of
+/// every later phase (a plan change to another interval or anchor), and the end of every period it lives in. On
+/// a billing date the customer's invoice bills, for this subscription, the period that closes then (usage,
+/// fees in arrears, and the prorations of changes made during it) and the subscription fee paid in advance for
+/// the period that opens then. A fee charged in advance from an instant that is not a billing date (after an
+/// upgrade, a resume or the end of a trial) is a proration: it waits for the end of its period, as Stripe's
+/// default `create_prorations` leaves prorations for the next invoice.
+pub fn billing_dates(
+    s: &BillableSubscription,
+    tz: Tz,
+    until: DateTime<Utc>,
+) -> Result<Vec<DateTime<Utc>>> {
+    let phases = phases_of(s, tz)?;
+    let mut out: Vec<DateTime<Utc>> = Vec::new();
+    let mut push = |t: DateTime<Utc>| {
+        if t <= until && out.last().is_none_or(|l| *l < t) {
+            out.push(t);
+        }
+    };
+    'phases: for ph in &phases {
+        push(ph.from);
+        let mut period = ph.schedule.period_containing(ph.from)?;
+        loop {
+            if period.start > until {
+                break 'phases;
+            }
+            // Stop after the period in which the subscription ends.
+            let state = crate::attribution::state_at(
+                &s.subscription,
+                &phases,
+                tz,
+                period.start.max(ph.from),
+            )?;
+            if state.ended {
+                break 'phases;
+            }
+            let end = match ph.to {
+                Some(to) if to <= period.end => {
+                    push(to);
+                    break;
+                }
+                _ => period.end,
+            };
+            push(end);
+            period = ph.schedule.next(&period)?;
+        }
+    }
+    Ok(out)
+}
+
+/// The period of a subscription that closes at `billing_date` (whose usage is invoiced then), if one does.
+pub fn closing_period(
+    s: &BillableSubscription,
+    tz: Tz,
+    billing_date: DateTime<Utc>,
+) -> Result<Option<BillingPeriod>> {
+    if billing_date <= s.subscription.started_at {
+        return Ok(None);
+    }
+    let phases = phases_of(s, tz)?;
+    let before = billing_date - Duration::nanoseconds(1);
+    let phase = phase_at(&phases, before)?;
+    let period = phase.schedule.period_containing(before)?;
+    let closes = period.end == billing_date || phase.to == Some(billing_date);
+    Ok(closes.then_some(period))
+}
+
+/// Everything the invoice of one billing date is computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct BillingDateInput<'a> {
+    /// Invoice currency.
+    pub currency: Currency,
+    /// Rounding of each line.
+    pub rounding: RoundingMode,
+    /// Customer timezone.
+    pub timezone: Tz,
+    /// The billing date.
+    pub billing_date: DateTime<Utc>,
+    /// The customer's subscriptions; those without this billing date are left out. Their `aggregates` are the
+    /// usage of the period that closes on the billing date ([`closing_period`]).
+    pub subscriptions: &'a [BillableSubscription],
+    /// Coupons, taxes and credits, applied once over all the lines.
+    pub adjustments: Adjustments<'a>,
+}
+
+/// The invoice of one customer for one billing date: for each subscription with that billing date (see
+/// [`billing_dates`]), the lines of the period closing then, without the fees already billed in advance on an
+/// earlier billing date, and the fee in advance of the period opening then; then coupons, taxes and credits once
+/// over all lines. `None` when no subscription has this billing date.
+pub fn invoice_billing_date(input: &BillingDateInput<'_>) -> Result<Option<InvoiceOutcome>> {
+    let tz = input.timezone;
+    let d = input.billing_date;
+    let mut drafts = Vec::new();
+    let mut periods = Vec::new();
+    for s in input.subscriptions {
+        let dates = billing_dates(s, tz, d)?;
+        if dates.last() != Some(&d) {
+            continue;
+        }
+        let phases = phases_of(s, tz)?;
+        let as_of = |t: DateTime<Utc>, subs| InvoiceInput {
+            currency: input.currency,
+            rounding: input.rounding,
+            timezone: tz,
+            period_containing: t,
+            subscriptions: subs,
+            adjustments: input.adjustments,
+        };
+        if let Some(closing) = closing_period(s, tz, d)? {
+            let before = d - Duration::nanoseconds(1);
+            let advance = phase_at(&phases, before)?.pay_in_advance;
+            let mut lines = Vec::new();
+            subscription_lines(&as_of(before, &[]), s, &mut lines)?;
+            drafts.extend(lines.into_iter().filter(|l| {
+                let billed_at_its_start = advance
+                    && l.kind == LineKind::Subscription
+                    && l.from.is_some_and(|f| dates.binary_search(&f).is_ok());
+                !billed_at_its_start
+            }));
+            periods.push(InvoicedPeriod {
+                subscription: s.id.clone(),
+                period: closing,
+                convention: s.convention,
+            });
+        }
+        let opening = phase_at(&phases, d)?;
+        if opening.pay_in_advance && opening.from <= d {
+            let fees_only = BillableSubscription {
+                events: Vec::new(),
+                aggregates: Vec::new(),
+                ..s.clone()
+            };
+            let mut lines = Vec::new();
+            let period = subscription_lines(&as_of(d, &[]), &fees_only, &mut lines)?;
+            let before = drafts.len();
+            drafts.extend(
+                lines
+                    .into_iter()
+                    .filter(|l| l.kind == LineKind::Subscription && l.from == Some(d)),
+            );
+            if drafts.len() > before {
+                periods.push(InvoicedPeriod {
+                    subscription: s.id.clone(),
+                    period,
+                    convention: s.convention,
+                });
+            }
+        }
+    }
+    if periods.is_empty() {
+        return Ok(None);
+    }
+    let invoice = assemble(input.currency, input.rounding, drafts, &input.adjustments)?;
+    Ok(Some(InvoiceOutcome { invoice, periods }))
+}
+
 fn true_up(min_amount: Option<Decimal>, amount: Decimal) -> Result<Option<Decimal>> {
     let Some(min) = min_amount else {
         return Ok(None);
@@ -624,5 +786,113 @@ mod tests {
             .period_containing(utc("2026-02-01T00:00:00Z"))
             .unwrap();
         assert_eq!(p.start, utc("2026-01-15T00:00:00Z"));
+    }
+    // A subscription's billing dates and the invoice of each: the advance fee on the day it starts, then at each
+    // period end the usage and prorations of the closing period with the advance fee of the opening one.
+    #[test]
+    fn invoices_per_billing_date() {
+        let api = || PricedCharge {
+            code: "api".into(),
+            name: None,
+            metric: serde_json::from_value(
+                serde_json::json!({"code": "call", "aggregation_type": "count_agg"}),
+            )
+            .unwrap(),
+            model: ChargeModel::from_lago("standard", &serde_json::json!({"amount": "0.5"}))
+                .unwrap(),
+            min_amount: None,
+            tax_exempt: false,
+        };
+        let agg = |units: Decimal| ChargeAggregate {
+            charge: "api".into(),
+            group: None,
+            aggregate: Aggregate {
+                units,
+                events_count: 1,
+                event_values: vec![],
+            },
+        };
+        let sub = BillableSubscription {
+            id: Some("s".into()),
+            plans: vec![
+                plan("m", dec!(100), Interval::Monthly, vec![api()]),
+                plan("big", dec!(200), Interval::Monthly, vec![api()]),
+            ],
+            subscription: Subscription {
+                started_at: utc("2026-01-15T00:00:00Z"),
+                trial_ends_at: None,
+                plan: 0,
+                changes: vec![Change {
+                    at: utc("2026-02-15T00:00:00Z"),
+                    kind: ChangeKind::Upgrade { plan: 1 },
+                }],
+            },
+            convention: ProrationConvention::Days,
+            events: vec![],
+            aggregates: vec![],
+        };
+        let dates = billing_dates(&sub, Tz::UTC, utc("2026-03-01T00:00:00Z")).unwrap();
+        assert_eq!(
+            dates,
+            vec![
+                utc("2026-01-15T00:00:00Z"),
+                utc("2026-02-01T00:00:00Z"),
+                utc("2026-03-01T00:00:00Z")
+            ]
+        );
+        let at = |d: &str, units: Option<Decimal>| {
+            let s = BillableSubscription {
+                aggregates: units.map(agg).into_iter().collect(),
+                ..sub.clone()
+            };
+            invoice_billing_date(&BillingDateInput {
+                currency: Currency::parse("EUR").unwrap(),
+                rounding: RoundingMode::HalfUp,
+                timezone: Tz::UTC,
+                billing_date: utc(d),
+                subscriptions: &[s],
+                adjustments: Adjustments {
+                    coupons: &[],
+                    taxes: &[],
+                    customer_tax_exempt: false,
+                    credit_notes: &[],
+                    prepaid_credits: Decimal::ZERO,
+                },
+            })
+            .unwrap()
+            .map(|o| {
+                o.invoice
+                    .lines
+                    .iter()
+                    .map(|l| (l.kind, l.amount))
+                    .collect::<Vec<_>>()
+            })
+        };
+        // Jan 15: 100 × 17/31 (Jan 15..=31) = 54.838… → 54.84; nothing closes yet.
+        assert_eq!(
+            at("2026-01-15T00:00:00Z", None),
+            Some(vec![(LineKind::Subscription, dec!(54.84))])
+        );
+        // Feb 1: January's usage, 10 × 0.5 = 5.00 (its fee was billed on Jan 15), and February's 100 in advance.
+        assert_eq!(
+            at("2026-02-01T00:00:00Z", Some(dec!(10))),
+            Some(vec![
+                (LineKind::Charge, dec!(5.00)),
+                (LineKind::Subscription, dec!(100.00))
+            ])
+        );
+        // Mar 1: February's prorations of the Feb 15 upgrade (credit 100 × 14/28 = 50, big 200 × 14/28 = 100),
+        // February's usage 4 × 0.5 = 2.00 (on the plan in force at the end), and March's 200 in advance.
+        assert_eq!(
+            at("2026-03-01T00:00:00Z", Some(dec!(4))),
+            Some(vec![
+                (LineKind::SubscriptionCredit, dec!(-50.00)),
+                (LineKind::Subscription, dec!(100.00)),
+                (LineKind::Charge, dec!(2.00)),
+                (LineKind::Subscription, dec!(200.00))
+            ])
+        );
+        // Not a billing date of this subscription.
+        assert_eq!(at("2026-02-10T00:00:00Z", None), None);
     }
 }
