@@ -11,11 +11,11 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
-use billing_runtime::kafka::{self, dlq_headers, Topics};
+use billing_runtime::kafka::{self, Topics};
 use billing_runtime::{Settings, Shutdown};
 use billing_store::usage::{CustomerUsage, UsageStore};
 use billing_store::usage_aggregates::AggKey;
@@ -55,7 +55,6 @@ const REFERENCE_REFRESH: Duration = Duration::from_secs(1);
 /// The most of a payload a dead letter carries: a larger one (a poison record that a producer compressed past
 /// the broker's message limit) is cut to this, with its size and hash in headers, so that the dead letter always
 /// fits and the partition moves on.
-const DLQ_MAX_PAYLOAD: usize = 256 * 1024;
 
 /// Customers loaded from the store at once.
 const PREFETCH_CONCURRENCY: usize = 64;
@@ -419,58 +418,7 @@ impl Pipeline {
 
     fn dead_letter(&mut self, m: &OwnedMessage, reason: &Rejection) -> anyhow::Result<()> {
         tracing::debug!(partition = m.partition(), offset = m.offset(), %reason, "dead-lettering usage event");
-        let reason = reason.to_string();
-        let (partition, offset) = (m.partition().to_string(), m.offset().to_string());
-        let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: dlq_headers::REASON,
-                value: Some(reason.as_str()),
-            })
-            .insert(Header {
-                key: dlq_headers::SOURCE_TOPIC,
-                value: Some(m.topic()),
-            })
-            .insert(Header {
-                key: dlq_headers::SOURCE_PARTITION,
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: dlq_headers::SOURCE_OFFSET,
-                value: Some(offset.as_str()),
-            });
-        if let Some(original) = m.headers() {
-            for h in original.iter() {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
-        let payload = m.payload().unwrap_or_default();
-        if payload.len() > DLQ_MAX_PAYLOAD {
-            use sha2::Digest;
-            let size = payload.len().to_string();
-            let digest = sha2::Sha256::digest(payload)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>();
-            headers = headers
-                .insert(Header {
-                    key: dlq_headers::ORIGINAL_SIZE,
-                    value: Some(size.as_str()),
-                })
-                .insert(Header {
-                    key: dlq_headers::ORIGINAL_SHA256,
-                    value: Some(digest.as_str()),
-                });
-        }
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topics.usage_dlq).headers(headers);
-        if m.payload().is_some() {
-            record = record.payload(&payload[..payload.len().min(DLQ_MAX_PAYLOAD)]);
-        }
-        if let Some(k) = m.key() {
-            record = record.key(k);
-        }
+        let record = kafka::dead_letter_record(m, &self.topics.usage_dlq, &reason.to_string());
         // Failing here stops the pipeline before the offset is committed, so the event is replayed, not lost.
         let delivery = self
             .producer

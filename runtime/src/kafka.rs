@@ -18,6 +18,8 @@ pub struct Topics {
     pub usage: String,
     /// Rejected usage events, with the reason in headers.
     pub usage_dlq: String,
+    /// Lifecycle events the invoicer could not apply, with the reason in headers.
+    pub lifecycle_dlq: String,
     /// Customer and subscription lifecycle, clock ticks.
     pub lifecycle: String,
     /// Metrics and plans (compacted).
@@ -35,6 +37,7 @@ impl Topics {
         Topics {
             usage: format!("{p}billing.usage"),
             usage_dlq: format!("{p}billing.usage.dlq"),
+            lifecycle_dlq: format!("{p}billing.lifecycle.dlq"),
             lifecycle: format!("{p}billing.lifecycle"),
             catalog: format!("{p}billing.catalog"),
             invoices: format!("{p}billing.invoices"),
@@ -43,10 +46,11 @@ impl Topics {
     }
 
     /// (name, compacted) for every topic.
-    pub fn all(&self) -> [(&str, bool); 6] {
+    pub fn all(&self) -> [(&str, bool); 7] {
         [
             (&self.usage, false),
             (&self.usage_dlq, false),
+            (&self.lifecycle_dlq, false),
             (&self.lifecycle, false),
             (&self.catalog, true),
             (&self.invoices, false),
@@ -125,6 +129,72 @@ pub fn murmur2(key: &[u8]) -> i32 {
 /// The partition a keyed record belongs to under [`PARTITIONER`]: `(murmur2(key) & 0x7fffffff) % partitions`.
 pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
     (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// Largest payload copied to a dead-letter topic: a bigger one is cut there, and its full size and SHA-256 go in
+/// headers, so a record too large for the producer never stops a partition.
+pub const DLQ_MAX_PAYLOAD: usize = 256 * 1024;
+
+/// The dead-letter record of a message: its key, its payload (cut at [`DLQ_MAX_PAYLOAD`]), its headers, and
+/// headers naming the reason and where it came from.
+pub fn dead_letter_record<'a, M: rdkafka::message::Message>(
+    m: &'a M,
+    dlq_topic: &'a str,
+    reason: &str,
+) -> rdkafka::producer::FutureRecord<'a, [u8], [u8]> {
+    use rdkafka::message::{Header, Headers, OwnedHeaders};
+    let (partition, offset) = (m.partition().to_string(), m.offset().to_string());
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: dlq_headers::REASON,
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: dlq_headers::SOURCE_TOPIC,
+            value: Some(m.topic()),
+        })
+        .insert(Header {
+            key: dlq_headers::SOURCE_PARTITION,
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: dlq_headers::SOURCE_OFFSET,
+            value: Some(offset.as_str()),
+        });
+    if let Some(original) = m.headers() {
+        for h in original.iter() {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let payload = m.payload().unwrap_or_default();
+    if payload.len() > DLQ_MAX_PAYLOAD {
+        use sha2::Digest;
+        let size = payload.len().to_string();
+        let digest = sha2::Sha256::digest(payload)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        headers = headers
+            .insert(Header {
+                key: dlq_headers::ORIGINAL_SIZE,
+                value: Some(size.as_str()),
+            })
+            .insert(Header {
+                key: dlq_headers::ORIGINAL_SHA256,
+                value: Some(digest.as_str()),
+            });
+    }
+    let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(dlq_topic).headers(headers);
+    if m.payload().is_some() {
+        record = record.payload(&payload[..payload.len().min(DLQ_MAX_PAYLOAD)]);
+    }
+    if let Some(k) = m.key() {
+        record = record.key(k);
+    }
+    record
 }
 
 /// A producer that waits for all in-sync replicas, never duplicates on retry and partitions keys like the Java
