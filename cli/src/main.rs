@@ -1,6 +1,7 @@
 //! `billing`: one binary for every service and tool. See `billing --help`.
 
 mod bench;
+mod clock;
 mod demo;
 mod pricing;
 
@@ -38,6 +39,11 @@ enum Command {
     Demo(demo::Args),
     /// Usage pipeline benchmark: bare Kafka consume vs rating end to end, freshness, memory, gateway.
     BenchUsage(bench::Args),
+    /// Publish the wall clock to every lifecycle partition (default every minute): what bills wall-clock customers.
+    Ticker(clock::TickerArgs),
+    /// Test clocks.
+    #[command(subcommand)]
+    Clock(clock::ClockCommand),
     /// Offline pricing: evaluate a charge or preview an invoice from a JSON file.
     #[command(subcommand)]
     Pricing(pricing::Command),
@@ -84,6 +90,8 @@ async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Ingest => billing_ingest::run(settings, stop, |_| {}).await,
         Command::Invoicer => billing_invoicer::run(settings, stop).await,
         Command::Payments => billing_payments::run(settings, stop).await,
+        Command::Ticker(args) => clock::ticker(settings, args, stop).await,
+        Command::Clock(clock::ClockCommand::Advance(args)) => clock::advance(settings, args).await,
         Command::Demo(args) => demo::run(settings, args, stop).await,
         Command::BenchUsage(args) => bench::run(settings, args, stop).await,
         Command::Pricing(_) => unreachable!("handled before the runtime starts"),

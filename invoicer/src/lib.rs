@@ -1,14 +1,55 @@
-//! invoicer: owns subscriptions and the billing clock and finalizes invoices. This foundation serves health, readiness and metrics; invoicing arrives with its own issue.
+//! invoicer: consumes `billing.lifecycle` (customers, subscriptions, clock ticks) and `billing.catalog`, owns the
+//! billing read models (customers, subscriptions, catalog, test clocks) and the invoices. When a clock passes a
+//! customer's billing date, and rating has checkpointed the customer's usage partition, it assembles one invoice
+//! per customer and billing date with the core, keeps it a draft during the customer's grace period, then
+//! numbers it gap-free, stores it, publishes `invoice.finalized` on `billing.invoices` and writes it to
+//! ClickHouse. See [`service`] for how it stays exact across crashes.
 
-use billing_runtime::{health, Settings, Shutdown};
+mod bill;
+mod metrics;
+pub mod service;
+mod views;
 
-/// Run until `shutdown`.
+use std::sync::Arc;
+
+use billing_runtime::health::{self, Readiness};
+use billing_runtime::{clickhouse, cql, kafka, Settings, Shutdown};
+
+pub use metrics::Metrics;
+
+/// Run the invoicer until `shutdown`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    health::serve_kafka_service(
-        "invoicer",
+    let metrics = Metrics::new()?;
+    let session = Arc::new(cql::connect(&settings.cassandra).await?);
+    let ks = settings.cassandra.keyspace.clone();
+    let store = Arc::new(billing_store::billing::BillingStore::new(session.clone(), &ks).await?);
+    let usage = billing_store::usage::UsageStore::new(session.clone(), &ks).await?;
+    let ch = clickhouse::client(&settings.clickhouse);
+    let kcfg = settings.kafka.clone();
+    let ch_ping = ch.clone();
+    let readiness = Readiness::default()
+        .with("kafka", move || {
+            let k = kcfg.clone();
+            async move { kafka::ping(&k).await }
+        })
+        .with("cassandra", move || {
+            let s = session.clone();
+            async move { cql::ping(&s).await }
+        })
+        .with("clickhouse", move || {
+            let c = ch_ping.clone();
+            async move { clickhouse::ping(&c).await }
+        });
+    let (addr, http) = health::serve(
         settings.invoicer.listen,
-        settings.kafka,
-        shutdown,
+        health::router(readiness, metrics.registry.clone()),
+        shutdown.clone(),
     )
-    .await
+    .await?;
+    tracing::info!(%addr, "invoicer health and metrics listening");
+    let invoicer = service::Invoicer::new(settings, store, usage, ch, metrics).await?;
+    let result = invoicer.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = http.await;
+    result
 }

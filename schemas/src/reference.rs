@@ -14,7 +14,7 @@ use std::sync::Arc;
 use billing_core::aggregation::Metric;
 use billing_core::attribution::{self, Attributable};
 use billing_core::charge::ChargeModel;
-use billing_core::invoicing::PlanTerms;
+use billing_core::invoicing::{BillableSubscription, PlanTerms, PricedCharge, PricedPlan};
 use billing_core::period::{BillingAnchor, BillingPeriod};
 use billing_core::proration::ProrationConvention;
 use billing_core::subscription::{Change, ChangeKind, Subscription as History};
@@ -400,6 +400,79 @@ impl Reference {
         self.plans
             .get(&(tenant.to_owned(), code.to_owned()))
             .cloned()
+    }
+
+    /// Every customer known, with its (tenant, customer id).
+    pub fn customers(&self) -> impl Iterator<Item = (&(String, String), &Customer)> {
+        self.customers.iter()
+    }
+
+    /// A subscription as the core bills it: its history over its plans, parsed (charges with their metrics),
+    /// under its proration convention, without usage yet. Refused when a plan or a metric is unknown or a plan
+    /// is in another currency than `currency`.
+    pub fn billable(
+        &self,
+        tenant: &str,
+        sub: &Subscription,
+        currency: Currency,
+    ) -> Result<BillableSubscription, String> {
+        let mut plans = Vec::with_capacity(sub.plans.len());
+        for code in &sub.plans {
+            let p = self
+                .plan(tenant, code)
+                .ok_or_else(|| format!("unknown plan {code:?}"))?;
+            if p.currency != currency {
+                return Err(format!(
+                    "plan {code:?} is in {}, the customer is billed in {}",
+                    p.currency.code(),
+                    currency.code()
+                ));
+            }
+            let mut charges = Vec::with_capacity(p.charges.len());
+            for c in &p.charges {
+                let metric = self
+                    .metric(tenant, &c.charge.metric_code)
+                    .ok_or_else(|| format!("unknown billable metric {:?}", c.charge.metric_code))?;
+                let min_amount = c
+                    .charge
+                    .min_amount
+                    .as_deref()
+                    .map(|m| billing_core::money::parse_decimal("min_amount", m))
+                    .transpose()
+                    .map_err(|e| e.to_string())?;
+                charges.push(PricedCharge {
+                    code: c.charge.id.clone(),
+                    name: None,
+                    metric: Metric {
+                        group_by: c.charge.group_by.clone(),
+                        ..(*metric).clone()
+                    },
+                    model: c.model.clone(),
+                    min_amount,
+                    tax_exempt: false,
+                });
+            }
+            plans.push(PricedPlan {
+                code: p.plan.code.clone(),
+                name: Some(p.plan.name.clone()),
+                terms: p.terms(sub.anchor()),
+                fee_tax_exempt: false,
+                charges,
+            });
+        }
+        Ok(BillableSubscription {
+            id: Some(sub.id.clone()),
+            plans,
+            subscription: sub.history.clone(),
+            convention: sub.proration,
+            events: Vec::new(),
+            aggregates: Vec::new(),
+        })
+    }
+
+    /// Forget the customers `keep` refuses (e.g. those of partitions no longer owned).
+    pub fn retain_customers(&mut self, keep: impl Fn(&str, &str) -> bool) {
+        self.customers.retain(|(t, c), _| keep(t, c));
     }
 
     /// The metric with this code, if the tenant defined it.

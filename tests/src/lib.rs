@@ -53,13 +53,15 @@ impl TestEnv {
         settings.rating.listen = free_addr();
         settings.query_api.listen = free_addr();
         settings.rating.checkpoint_interval = Duration::from_millis(100);
+        settings.invoicer.group_id = format!("it-{id}-invoicer");
+        settings.invoicer.listen = free_addr();
         let report = billing_store::migrate::run(&settings)
             .await
             .expect("migrate");
         assert_eq!(
             report.topics_created.len(),
-            6,
-            "fresh environment gets all six topics: {report}"
+            7,
+            "fresh environment gets all seven topics: {report}"
         );
         let topics = Topics::new(&settings.kafka);
         // One producer for the whole test: creating one per message costs an idempotence handshake each time.
@@ -186,13 +188,14 @@ where
     }
 }
 
-/// rating and query-api running in this process against a [`TestEnv`].
+/// rating, the invoicer and query-api running in this process against a [`TestEnv`].
 pub struct Services {
-    /// Cancel to stop both.
+    /// Cancel to stop them all.
     pub stop: billing_runtime::Shutdown,
     /// The query API's base URL.
     pub api: String,
     rating: tokio::task::JoinHandle<anyhow::Result<()>>,
+    invoicer: tokio::task::JoinHandle<anyhow::Result<()>>,
     query_api: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -202,10 +205,16 @@ impl Services {
         self.rating.is_finished()
     }
 
-    /// Start rating and the query API.
+    /// Whether the invoicer has stopped.
+    pub fn invoicer_stopped(&self) -> bool {
+        self.invoicer.is_finished()
+    }
+
+    /// Start rating, the invoicer and the query API.
     pub async fn start(settings: &Settings) -> Self {
         let stop = billing_runtime::Shutdown::new();
         let rating = tokio::spawn(billing_rating::run(settings.clone(), stop.clone()));
+        let invoicer = tokio::spawn(billing_invoicer::run(settings.clone(), stop.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let query_api = tokio::spawn(billing_query_api::run(
             settings.clone(),
@@ -219,6 +228,7 @@ impl Services {
             stop,
             api: format!("http://{addr}"),
             rating,
+            invoicer,
             query_api,
         }
     }
@@ -227,6 +237,10 @@ impl Services {
     pub async fn shutdown(self) {
         self.stop.cancel();
         self.rating.await.unwrap().expect("rating ended cleanly");
+        self.invoicer
+            .await
+            .unwrap()
+            .expect("invoicer ended cleanly");
         self.query_api
             .await
             .unwrap()

@@ -1,0 +1,39 @@
+//! The invoicer's Prometheus metrics, each defined once here.
+
+use prometheus::{IntCounterVec, Opts, Registry};
+
+/// The service's metrics and the registry that exports them.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Exported by `/metrics`.
+    pub registry: Registry,
+    /// Lifecycle events by outcome: `applied` or `refused` (dead-lettered).
+    pub lifecycle: IntCounterVec,
+    /// Invoices written by status: `draft` (written or refreshed) or `finalized`.
+    pub invoices: IntCounterVec,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new_custom(Some("billing_invoicer".into()), None)?;
+        let lifecycle = IntCounterVec::new(
+            Opts::new(
+                "lifecycle_events_total",
+                "Lifecycle events applied, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(lifecycle.clone()))?;
+        let invoices = IntCounterVec::new(
+            Opts::new("invoices_total", "Invoices written, by status"),
+            &["status"],
+        )?;
+        registry.register(Box::new(invoices.clone()))?;
+        Ok(Metrics {
+            registry,
+            lifecycle,
+            invoices,
+        })
+    }
+}
