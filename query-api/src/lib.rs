@@ -1,25 +1,44 @@
-//! query-api: the REST API over usage (and, as they land, invoices and subscriptions). Every request names its
-//! tenant in the `X-Tenant-Id` header (API keys will replace it) and is rate-limited per tenant; errors are
-//! `application/problem+json`.
+//! query-api: the REST API. Reads usage, customers, subscriptions, the catalog, test clocks and invoices; its
+//! writes publish lifecycle and catalog events and wait until the invoicer has materialized them
+//! (read-your-writes, see `wait`). Every request names its tenant in the `X-Tenant-Id` header (API keys will
+//! replace it) and is rate-limited per tenant; POSTs take an `Idempotency-Key`; errors are
+//! `application/problem+json`. The endpoints are described in `docs/api.md`.
 
+mod catalog;
+mod clocks;
+mod customers;
 mod error;
+mod idempotency;
+mod invoices;
+mod request;
 mod routes;
 mod store;
+mod subscriptions;
+mod wait;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use billing_runtime::health::{self, Readiness};
+use billing_runtime::publish::Publisher;
 use billing_runtime::{cql, Settings, Shutdown};
+use billing_store::billing::BillingStore;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-pub use error::ApiError;
+pub use error::{ApiError, InvalidParam};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
     store: Arc<store::Store>,
+    billing: Arc<BillingStore>,
+    publisher: Publisher,
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// How long a write waits for its effect by default.
+    write_wait: Duration,
+    /// Partitions of the lifecycle topic (test clocks are ticked on each).
+    partitions: i32,
 }
 
 /// Serve the API until `shutdown`. `on_bound` receives the bound address (useful with port 0 in tests).
@@ -29,14 +48,21 @@ pub async fn run(
     on_bound: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
     let session = Arc::new(cql::connect(&settings.cassandra).await?);
-    let store = Arc::new(store::Store::new(session.clone(), &settings.cassandra.keyspace).await?);
+    let ks = &settings.cassandra.keyspace;
+    let store = Arc::new(store::Store::new(session.clone(), ks).await?);
+    let billing = Arc::new(BillingStore::new(session.clone(), ks).await?);
+    let publisher = Publisher::new(&settings.kafka)?;
     let cfg = &settings.query_api;
     let quota =
         Quota::per_second(NonZeroU32::new(cfg.rate_limit_per_second).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(cfg.rate_limit_burst).unwrap_or(NonZeroU32::MIN));
     let state = AppState {
         store,
+        billing,
+        publisher,
         limiter: Arc::new(RateLimiter::keyed(quota)),
+        write_wait: cfg.write_wait,
+        partitions: settings.kafka.partitions,
     };
     let registry = prometheus::Registry::new_custom(Some("billing_query_api".into()), None)?;
     let readiness = Readiness::default().with("cassandra", move || {

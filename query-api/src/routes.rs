@@ -3,7 +3,7 @@
 use axum::extract::{Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use governor::clock::{Clock, DefaultClock};
@@ -11,12 +11,78 @@ use governor::clock::{Clock, DefaultClock};
 use billing_runtime::http::Tenant;
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{catalog, clocks, customers, idempotency, invoices, subscriptions, AppState};
 
-/// The `/v1` routes, rate-limited per tenant.
+/// The `/v1` routes, rate-limited per tenant; POSTs honour `Idempotency-Key` (after the rate limit).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/customers/{customer_id}/usage", get(customer_usage))
+        .route(
+            "/v1/customers",
+            post(customers::create).get(customers::list),
+        )
+        .route(
+            "/v1/customers/{customer_id}",
+            post(customers::update).get(customers::get),
+        )
+        .route(
+            "/v1/customers/{customer_id}/subscriptions",
+            get(subscriptions::list_of_customer),
+        )
+        .route(
+            "/v1/customers/{customer_id}/invoices",
+            get(invoices::list_of_customer),
+        )
+        .route(
+            "/v1/billable_metrics",
+            post(catalog::create_metric).get(catalog::list_metrics),
+        )
+        .route(
+            "/v1/billable_metrics/{code}",
+            post(catalog::update_metric).get(catalog::get_metric),
+        )
+        .route(
+            "/v1/plans",
+            post(catalog::create_plan).get(catalog::list_plans),
+        )
+        .route(
+            "/v1/plans/{code}",
+            post(catalog::update_plan).get(catalog::get_plan),
+        )
+        .route("/v1/subscriptions", post(subscriptions::create))
+        .route(
+            "/v1/subscriptions/{subscription_id}",
+            get(subscriptions::get),
+        )
+        .route(
+            "/v1/subscriptions/{subscription_id}/change",
+            post(subscriptions::change),
+        )
+        .route(
+            "/v1/subscriptions/{subscription_id}/pause",
+            post(subscriptions::pause),
+        )
+        .route(
+            "/v1/subscriptions/{subscription_id}/resume",
+            post(subscriptions::resume),
+        )
+        .route(
+            "/v1/subscriptions/{subscription_id}/cancel",
+            post(subscriptions::cancel),
+        )
+        .route("/v1/test_clocks", post(clocks::create))
+        .route("/v1/test_clocks/{clock_id}", get(clocks::get))
+        .route("/v1/test_clocks/{clock_id}/advance", post(clocks::advance))
+        .route("/v1/invoices", get(invoices::list))
+        .route("/v1/invoices/{invoice_id}", get(invoices::get))
+        .route(
+            "/v1/invoices/{invoice_id}/finalize",
+            post(invoices::finalize),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::middleware,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)

@@ -1,0 +1,757 @@
+//! `/v1/billable_metrics` and `/v1/plans`: create, update (publishes the new version of the entry on
+//! `billing.catalog`; the latest version is the one in force), read, list. Charge properties are Lago's, checked
+//! with the core's own parser (`ChargeModel::from_lago`) before anything is published.
+
+use std::collections::BTreeSet;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use billing_core::period::Interval;
+use billing_runtime::http::Tenant;
+use billing_schemas::catalog::{
+    Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, MetricFilter, Plan,
+};
+use billing_store::billing::CatalogEntry;
+use billing_store::catalog_entries::{METRIC, PLAN};
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::request::{
+    after_cursor, page, page_limit, ApiJson, ApiQuery, Check, PageQuery, WriteQuery,
+};
+use crate::wait::{answer, event_id, pending, Answer};
+use crate::AppState;
+
+/// An aggregation, by the schema's name or Lago's (`sum_agg`...).
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregationBody {
+    /// Number of events.
+    #[serde(alias = "count_agg")]
+    Count,
+    /// Sum.
+    #[serde(alias = "sum_agg")]
+    Sum,
+    /// Largest value.
+    #[serde(alias = "max_agg")]
+    Max,
+    /// Distinct values.
+    #[serde(alias = "unique_count_agg")]
+    UniqueCount,
+    /// Latest value.
+    #[serde(alias = "latest_agg")]
+    Latest,
+    /// Time-weighted sum.
+    #[serde(alias = "weighted_sum_agg")]
+    WeightedSum,
+}
+
+impl From<AggregationBody> for Aggregation {
+    fn from(a: AggregationBody) -> Self {
+        match a {
+            AggregationBody::Count => Aggregation::Count,
+            AggregationBody::Sum => Aggregation::Sum,
+            AggregationBody::Max => Aggregation::Max,
+            AggregationBody::UniqueCount => Aggregation::UniqueCount,
+            AggregationBody::Latest => Aggregation::Latest,
+            AggregationBody::WeightedSum => Aggregation::WeightedSum,
+        }
+    }
+}
+
+/// A metric filter.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterBody {
+    key: String,
+    values: Vec<String>,
+}
+
+/// `POST /v1/billable_metrics`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMetric {
+    code: String,
+    #[serde(default)]
+    name: Option<String>,
+    aggregation: AggregationBody,
+    #[serde(default)]
+    field_name: Option<String>,
+    #[serde(default)]
+    filters: Option<Vec<FilterBody>>,
+}
+
+/// `POST /v1/billable_metrics/{code}`: the fields given replace the stored ones.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMetric {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    aggregation: Option<AggregationBody>,
+    #[serde(default)]
+    field_name: Option<String>,
+    #[serde(default)]
+    filters: Option<Vec<FilterBody>>,
+}
+
+/// A usage charge of a plan (Lago's shape: `properties` is a JSON object).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChargeBody {
+    /// Stable id (default: the metric's code); usage aggregates are kept per charge id.
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(alias = "metric_code")]
+    billable_metric_code: String,
+    charge_model: ChargeModel,
+    #[serde(default)]
+    properties: Option<Value>,
+    #[serde(default)]
+    min_amount: Option<Value>,
+    #[serde(default)]
+    group_by: Option<String>,
+}
+
+/// `POST /v1/plans`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePlan {
+    code: String,
+    #[serde(default)]
+    name: Option<String>,
+    interval: Interval,
+    currency: String,
+    amount: Value,
+    #[serde(default)]
+    pay_in_advance: Option<bool>,
+    #[serde(default)]
+    trial_period_days: Option<i32>,
+    #[serde(default)]
+    charges: Option<Vec<ChargeBody>>,
+}
+
+/// `POST /v1/plans/{code}`: the fields given replace the stored ones (`charges` as a whole).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePlan {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    interval: Option<Interval>,
+    /// Accepted only when equal to the plan's: subscriptions are billed in their customer's currency.
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    amount: Option<Value>,
+    #[serde(default)]
+    pay_in_advance: Option<bool>,
+    #[serde(default)]
+    trial_period_days: Option<i32>,
+    #[serde(default)]
+    charges: Option<Vec<ChargeBody>>,
+}
+
+const MAX_NAME: usize = 255;
+
+fn check_name(c: &mut Check, name: &str) {
+    if name.chars().count() > MAX_NAME {
+        c.fail("name", format!("longer than {MAX_NAME} characters"));
+    }
+}
+
+/// A metric as it will be published.
+pub fn check_metric(c: &mut Check, m: &BillableMetric) {
+    check_name(c, &m.name);
+    match (&m.aggregation, &m.field_name) {
+        (Aggregation::Count, _) => {}
+        (_, None) => c.fail("field_name", "required by every aggregation but count"),
+        (_, Some(f)) => c.text("field_name", f, MAX_NAME),
+    }
+    let mut keys = BTreeSet::new();
+    for (i, f) in m.filters.iter().enumerate() {
+        c.text(&format!("filters[{i}].key"), &f.key, MAX_NAME);
+        if !keys.insert(&f.key) {
+            c.fail(
+                format!("filters[{i}].key"),
+                format!("{:?} is filtered twice", f.key),
+            );
+        }
+        if f.values.is_empty() {
+            c.fail(format!("filters[{i}].values"), "at least one value");
+        }
+    }
+}
+
+fn filters(f: Vec<FilterBody>) -> Vec<MetricFilter> {
+    f.into_iter()
+        .map(|f| MetricFilter {
+            key: f.key,
+            values: f.values,
+        })
+        .collect()
+}
+
+impl CreateMetric {
+    /// The metric, or every refused field.
+    pub fn validate(self) -> Result<BillableMetric, ApiError> {
+        let mut c = Check::new();
+        c.id("code", &self.code);
+        let m = BillableMetric {
+            name: self.name.unwrap_or_else(|| self.code.clone()),
+            code: self.code,
+            aggregation: self.aggregation.into(),
+            field_name: self.field_name,
+            filters: filters(self.filters.unwrap_or_default()),
+        };
+        check_metric(&mut c, &m);
+        c.finish()?;
+        Ok(m)
+    }
+}
+
+impl UpdateMetric {
+    /// `old` with the given fields replaced, or every refused field.
+    pub fn validate(self, mut m: BillableMetric) -> Result<BillableMetric, ApiError> {
+        if let Some(n) = self.name {
+            m.name = n;
+        }
+        if let Some(a) = self.aggregation {
+            m.aggregation = a.into();
+        }
+        if self.field_name.is_some() {
+            m.field_name = self.field_name;
+        }
+        if let Some(f) = self.filters {
+            m.filters = filters(f);
+        }
+        let mut c = Check::new();
+        check_metric(&mut c, &m);
+        c.finish()?;
+        Ok(m)
+    }
+}
+
+/// Check charges (all but the existence of their metrics); returns them as published.
+pub fn check_charges(c: &mut Check, charges: Vec<ChargeBody>) -> Vec<Charge> {
+    let mut ids = BTreeSet::new();
+    let mut out = Vec::with_capacity(charges.len());
+    for (i, ch) in charges.into_iter().enumerate() {
+        let at = |f: &str| format!("charges[{i}].{f}");
+        c.id(&at("billable_metric_code"), &ch.billable_metric_code);
+        let id = ch
+            .id
+            .clone()
+            .unwrap_or_else(|| ch.billable_metric_code.clone());
+        if ch.id.is_some() {
+            c.id(&at("id"), &id);
+        }
+        if !ids.insert(id.clone()) {
+            c.fail(
+                at("id"),
+                format!(
+                    "{id:?} is used by another charge of the plan; give each charge its own id"
+                ),
+            );
+        }
+        let properties = ch
+            .properties
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        if !properties.is_object() {
+            c.fail(at("properties"), "must be a JSON object");
+        } else if let Err(e) =
+            billing_core::charge::ChargeModel::from_lago(ch.charge_model.lago_name(), &properties)
+        {
+            c.fail(at("properties"), e.to_string());
+        }
+        let min_amount = ch
+            .min_amount
+            .as_ref()
+            .and_then(|v| c.amount(&at("min_amount"), v))
+            .map(|d| d.to_string());
+        if let Some(g) = &ch.group_by {
+            c.text(&at("group_by"), g, MAX_NAME);
+        }
+        out.push(Charge {
+            id,
+            metric_code: ch.billable_metric_code,
+            charge_model: ch.charge_model,
+            properties: properties.to_string(),
+            min_amount,
+            group_by: ch.group_by,
+        });
+    }
+    out
+}
+
+/// The plan's own fields.
+fn check_plan_fields(c: &mut Check, p: &Plan, amount: &Value) -> Option<String> {
+    check_name(c, &p.name);
+    c.currency("currency", &p.currency);
+    c.days("trial_period_days", p.trial_period_days);
+    c.amount("amount", amount).map(|d| d.to_string())
+}
+
+impl CreatePlan {
+    /// The plan (whose charges' metrics are still to be found), or every refused field so far.
+    pub fn validate(self, c: &mut Check) -> Plan {
+        c.id("code", &self.code);
+        let mut p = Plan {
+            name: self.name.unwrap_or_else(|| self.code.clone()),
+            code: self.code,
+            interval: self.interval,
+            currency: self.currency.to_ascii_uppercase(),
+            amount: String::new(),
+            pay_in_advance: self.pay_in_advance.unwrap_or(false),
+            trial_period_days: self.trial_period_days.unwrap_or(0),
+            charges: Vec::new(),
+        };
+        if let Some(a) = check_plan_fields(c, &p, &self.amount) {
+            p.amount = a;
+        }
+        p.charges = check_charges(c, self.charges.unwrap_or_default());
+        p
+    }
+}
+
+impl UpdatePlan {
+    /// `old` with the given fields replaced (charges to be found still), checked so far.
+    pub fn validate(self, c: &mut Check, mut p: Plan) -> Plan {
+        if let Some(cur) = &self.currency {
+            if cur.to_ascii_uppercase() != p.currency {
+                c.fail(
+                    "currency",
+                    format!("a plan's currency cannot change (it is {})", p.currency),
+                );
+            }
+        }
+        if let Some(n) = self.name {
+            p.name = n;
+        }
+        if let Some(i) = self.interval {
+            p.interval = i;
+        }
+        if let Some(b) = self.pay_in_advance {
+            p.pay_in_advance = b;
+        }
+        if let Some(d) = self.trial_period_days {
+            p.trial_period_days = d;
+        }
+        let amount = self
+            .amount
+            .unwrap_or_else(|| Value::String(p.amount.clone()));
+        if let Some(a) = check_plan_fields(c, &p, &amount) {
+            p.amount = a;
+        }
+        if let Some(charges) = self.charges {
+            p.charges = check_charges(c, charges);
+        }
+        p
+    }
+}
+
+/// Refuse charges whose metric the tenant does not have.
+async fn check_metrics_exist(
+    state: &AppState,
+    tenant: &str,
+    c: &mut Check,
+    charges: &[Charge],
+) -> Result<(), ApiError> {
+    for (i, ch) in charges.iter().enumerate() {
+        if ch.metric_code.is_empty() {
+            continue;
+        }
+        if state
+            .billing
+            .catalog_entry(tenant, METRIC, &ch.metric_code)
+            .await?
+            .is_none()
+        {
+            c.fail(
+                format!("charges[{i}].billable_metric_code"),
+                format!("no billable metric {:?}", ch.metric_code),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// How a stored entry is shown.
+type View = fn(&CatalogEntry) -> Result<Value, ApiError>;
+
+/// A stored metric as the API shows it.
+pub fn metric_view(e: &CatalogEntry) -> Result<Value, ApiError> {
+    let m: BillableMetric = serde_json::from_str(&e.body).map_err(anyhow::Error::from)?;
+    Ok(serde_json::json!({
+        "object": "billable_metric",
+        "code": m.code,
+        "name": m.name,
+        "aggregation": m.aggregation,
+        "field_name": m.field_name,
+        "filters": m.filters,
+        "created_at": e.created_at,
+    }))
+}
+
+/// A stored plan as the API shows it (charge properties as JSON objects, as they were sent).
+pub fn plan_view(e: &CatalogEntry) -> Result<Value, ApiError> {
+    let p: Plan = serde_json::from_str(&e.body).map_err(anyhow::Error::from)?;
+    let charges: Vec<Value> = p
+        .charges
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "id": c.id,
+                "billable_metric_code": c.metric_code,
+                "charge_model": c.charge_model,
+                "properties": serde_json::from_str::<Value>(&c.properties)
+                    .unwrap_or_else(|_| Value::String(c.properties.clone())),
+                "min_amount": c.min_amount,
+                "group_by": c.group_by,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "object": "plan",
+        "code": p.code,
+        "name": p.name,
+        "interval": p.interval,
+        "currency": p.currency,
+        "amount": p.amount,
+        "pay_in_advance": p.pay_in_advance,
+        "trial_period_days": p.trial_period_days,
+        "charges": charges,
+        "created_at": e.created_at,
+    }))
+}
+
+/// The stored entry, or 404.
+async fn entry(
+    state: &AppState,
+    tenant: &str,
+    kind: &str,
+    code: &str,
+) -> Result<CatalogEntry, ApiError> {
+    state
+        .billing
+        .catalog_entry(tenant, kind, code)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no {} {code:?}", kind.replace('_', " "))))
+}
+
+/// The stored plan, if any.
+pub async fn plan(state: &AppState, tenant: &str, code: &str) -> Result<Option<Plan>, ApiError> {
+    match state.billing.catalog_entry(tenant, PLAN, code).await? {
+        None => Ok(None),
+        Some(e) => Ok(Some(
+            serde_json::from_str(&e.body).map_err(anyhow::Error::from)?,
+        )),
+    }
+}
+
+/// Publish an entry and answer with what is stored once the invoicer has materialized it.
+async fn publish(
+    state: &AppState,
+    tenant: &str,
+    q: &WriteQuery,
+    payload: Catalog,
+    status: StatusCode,
+) -> Result<Answer, ApiError> {
+    let deadline = state.deadline(q)?;
+    let (kind, code, view): (&str, String, View) = match &payload {
+        Catalog::BillableMetric(m) => (METRIC, m.code.clone(), metric_view),
+        Catalog::Plan(p) => (PLAN, p.code.clone(), plan_view),
+        Catalog::Deleted(_) => {
+            return Err(anyhow::anyhow!("deletions are not published here").into())
+        }
+    };
+    let ev = CatalogEvent {
+        tenant_id: tenant.to_owned(),
+        event_id: event_id(),
+        occurred_at: Utc::now(),
+        payload,
+    };
+    let at = state.publish_catalog(&ev).await?;
+    if state.catalog_visible(at, deadline).await {
+        if let Ok(Some(e)) = state.billing.catalog_entry(tenant, kind, &code).await {
+            if let Ok(v) = view(&e) {
+                return answer(status, v);
+            }
+        }
+    }
+    Ok(pending(&ev.event_id, kind, &code))
+}
+
+/// `POST /v1/billable_metrics`.
+pub async fn create_metric(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<CreateMetric>,
+) -> Result<Answer, ApiError> {
+    state.deadline(&q)?;
+    let m = body.validate()?;
+    if state
+        .billing
+        .catalog_entry(&tenant, METRIC, &m.code)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::conflict_field(
+            "code",
+            format!("a billable metric {:?} already exists", m.code),
+        ));
+    }
+    publish(
+        &state,
+        &tenant,
+        &q,
+        Catalog::BillableMetric(m),
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+/// `POST /v1/billable_metrics/{code}`.
+pub async fn update_metric(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(code): Path<String>,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<UpdateMetric>,
+) -> Result<Answer, ApiError> {
+    state.deadline(&q)?;
+    let old = entry(&state, &tenant, METRIC, &code).await?;
+    let old: BillableMetric = serde_json::from_str(&old.body).map_err(anyhow::Error::from)?;
+    let m = body.validate(old)?;
+    publish(
+        &state,
+        &tenant,
+        &q,
+        Catalog::BillableMetric(m),
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// `GET /v1/billable_metrics/{code}`.
+pub async fn get_metric(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(code): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(metric_view(
+        &entry(&state, &tenant, METRIC, &code).await?,
+    )?))
+}
+
+/// `GET /v1/billable_metrics`: newest first, cursor = code.
+pub async fn list_metrics(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    list(&state, &tenant, METRIC, q, metric_view).await
+}
+
+/// `POST /v1/plans`.
+pub async fn create_plan(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<CreatePlan>,
+) -> Result<Answer, ApiError> {
+    state.deadline(&q)?;
+    let mut c = Check::new();
+    let p = body.validate(&mut c);
+    check_metrics_exist(&state, &tenant, &mut c, &p.charges).await?;
+    c.finish()?;
+    if state
+        .billing
+        .catalog_entry(&tenant, PLAN, &p.code)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::conflict_field(
+            "code",
+            format!("a plan {:?} already exists", p.code),
+        ));
+    }
+    publish(&state, &tenant, &q, Catalog::Plan(p), StatusCode::CREATED).await
+}
+
+/// `POST /v1/plans/{code}`: the new version replaces the plan for every subscription on it.
+pub async fn update_plan(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(code): Path<String>,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<UpdatePlan>,
+) -> Result<Answer, ApiError> {
+    state.deadline(&q)?;
+    let old = entry(&state, &tenant, PLAN, &code).await?;
+    let old: Plan = serde_json::from_str(&old.body).map_err(anyhow::Error::from)?;
+    let mut c = Check::new();
+    let p = body.validate(&mut c, old);
+    check_metrics_exist(&state, &tenant, &mut c, &p.charges).await?;
+    c.finish()?;
+    publish(&state, &tenant, &q, Catalog::Plan(p), StatusCode::OK).await
+}
+
+/// `GET /v1/plans/{code}`.
+pub async fn get_plan(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(code): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(plan_view(
+        &entry(&state, &tenant, PLAN, &code).await?,
+    )?))
+}
+
+/// `GET /v1/plans`: newest first, cursor = code.
+pub async fn list_plans(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    list(&state, &tenant, PLAN, q, plan_view).await
+}
+
+async fn list(
+    state: &AppState,
+    tenant: &str,
+    kind: &str,
+    q: PageQuery,
+    view: View,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    let entries = state.billing.catalog_entries(tenant, kind).await?;
+    let entries = after_cursor(entries, q.starting_after.as_deref(), |e| &e.code)?;
+    let items = entries
+        .iter()
+        .take(limit + 1)
+        .map(view)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(page(items, limit)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::parse_json;
+
+    fn names(c: Check) -> Vec<String> {
+        match c.finish().unwrap_err() {
+            ApiError::Fields { params, .. } => params.into_iter().map(|p| p.name).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn metrics_take_lago_aggregation_names_and_need_a_field() {
+        let m: CreateMetric =
+            parse_json(br#"{"code": "gb", "aggregation": "sum_agg", "field_name": "gb"}"#).unwrap();
+        let m = m.validate().unwrap();
+        assert_eq!(m.aggregation, Aggregation::Sum);
+        assert_eq!(m.name, "gb");
+        let m: CreateMetric = parse_json(br#"{"code": "calls", "aggregation": "count"}"#).unwrap();
+        assert!(m.validate().is_ok());
+        let m: CreateMetric = parse_json(br#"{"code": "gb", "aggregation": "max"}"#).unwrap();
+        assert!(
+            matches!(m.validate(), Err(ApiError::Fields { params, .. }) if params[0].name == "field_name")
+        );
+        assert!(parse_json::<CreateMetric>(br#"{"code": "x", "aggregation": "median"}"#).is_err());
+    }
+
+    fn plan_body(charges: &str) -> CreatePlan {
+        parse_json(
+            format!(
+                r#"{{"code": "pro", "interval": "monthly", "currency": "eur", "amount": "49.90",
+                     "pay_in_advance": true, "charges": {charges}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_plan_publishes_properties_as_json_text() {
+        let mut c = Check::new();
+        let p = plan_body(
+            r#"[{"billable_metric_code": "calls", "charge_model": "standard", "properties": {"amount": "0.01"}},
+                {"id": "gb-tiers", "metric_code": "gb", "charge_model": "graduated", "min_amount": "5",
+                 "properties": {"graduated_ranges": [{"from_value": 0, "to_value": 10, "per_unit_amount": "1", "flat_amount": "0"},
+                                                     {"from_value": 11, "to_value": null, "per_unit_amount": "0.5", "flat_amount": "0"}]}}]"#,
+        )
+        .validate(&mut c);
+        assert!(c.is_ok(), "{:?}", c.finish());
+        assert_eq!(p.currency, "EUR");
+        assert_eq!(p.amount, "49.90");
+        assert_eq!(p.charges[0].id, "calls");
+        assert_eq!(p.charges[1].id, "gb-tiers");
+        assert_eq!(p.charges[1].min_amount.as_deref(), Some("5"));
+        let props: Value = serde_json::from_str(&p.charges[0].properties).unwrap();
+        assert_eq!(props["amount"], "0.01");
+    }
+
+    #[test]
+    fn bad_charges_are_named_by_index() {
+        let mut c = Check::new();
+        plan_body(
+            r#"[{"billable_metric_code": "calls", "charge_model": "standard", "properties": {"amount": "x"}},
+                {"billable_metric_code": "calls", "charge_model": "package", "properties": []},
+                {"id": "m", "billable_metric_code": "gb", "charge_model": "standard", "properties": {"amount": "1"}, "min_amount": "-1"}]"#,
+        )
+        .validate(&mut c);
+        assert_eq!(
+            names(c),
+            [
+                "charges[0].properties",
+                "charges[1].id",
+                "charges[1].properties",
+                "charges[2].min_amount"
+            ]
+        );
+        let bad: Result<CreatePlan, _> = parse_json(
+            br#"{"code": "p", "interval": "monthly", "currency": "EUR", "amount": "1",
+                 "charges": [{"billable_metric_code": "c", "charge_model": "standard", "price": 1}]}"#,
+        );
+        assert!(
+            matches!(bad, Err(ApiError::Fields { params, .. }) if params[0].name == "charges[0].price")
+        );
+    }
+
+    #[test]
+    fn plan_fields_are_checked() {
+        let mut c = Check::new();
+        let p: CreatePlan = parse_json(
+            br#"{"code": "p", "interval": "monthly", "currency": "EURO", "amount": "-5", "trial_period_days": -1}"#,
+        )
+        .unwrap();
+        p.validate(&mut c);
+        assert_eq!(names(c), ["currency", "trial_period_days", "amount"]);
+        assert!(parse_json::<CreatePlan>(
+            br#"{"code": "p", "interval": "daily", "currency": "EUR", "amount": "1"}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_plan_update_keeps_its_currency() {
+        let mut c = Check::new();
+        let old = plan_body("[]").validate(&mut c);
+        let u: UpdatePlan = parse_json(br#"{"currency": "USD", "amount": "59"}"#).unwrap();
+        let mut c = Check::new();
+        u.validate(&mut c, old.clone());
+        assert_eq!(names(c), ["currency"]);
+        let u: UpdatePlan = parse_json(br#"{"amount": "59", "interval": "yearly"}"#).unwrap();
+        let mut c = Check::new();
+        let p = u.validate(&mut c, old);
+        assert!(c.is_ok());
+        assert_eq!((p.amount.as_str(), p.interval), ("59", Interval::Yearly));
+        assert!(p.pay_in_advance);
+    }
+}

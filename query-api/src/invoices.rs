@@ -1,0 +1,318 @@
+//! `/v1/invoices` (read side; the invoicer writes them): list with filters, read, a customer's invoices, and
+//! early finalization of a draft (publishes `InvoiceFinalizeRequested`).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use billing_runtime::http::Tenant;
+use billing_schemas::lifecycle::{InvoiceFinalizeRequested, Lifecycle, LifecycleEvent};
+use billing_store::invoices::{InvoiceStatus, InvoiceView};
+use chrono::{DateTime, Utc};
+
+use crate::customers;
+use crate::error::ApiError;
+use crate::request::{page, page_limit, parse_instant, ApiJson, ApiQuery, WriteQuery};
+use crate::wait::{answer, event_id, pending, Answer};
+use crate::AppState;
+
+/// Query of `GET /v1/invoices`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceQuery {
+    customer_id: Option<String>,
+    status: Option<String>,
+    period_from: Option<String>,
+    period_to: Option<String>,
+    limit: Option<i64>,
+    starting_after: Option<String>,
+}
+
+/// Query of `GET /v1/customers/{id}/invoices`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerInvoiceQuery {
+    status: Option<String>,
+    period_from: Option<String>,
+    period_to: Option<String>,
+    limit: Option<i64>,
+    starting_after: Option<String>,
+}
+
+/// Body of `POST /v1/invoices/{id}/finalize`: nothing (an empty body or `{}`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finalize {}
+
+/// Which invoices a list keeps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// Only this customer's.
+    pub customer_id: Option<String>,
+    /// Only in this status.
+    pub status: Option<InvoiceStatus>,
+    /// Billing date on or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Billing date on or before.
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    /// Parse the query's filters.
+    pub fn parse(
+        customer_id: Option<String>,
+        status: Option<&str>,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        let status = match status {
+            None => None,
+            Some("draft") => Some(InvoiceStatus::Draft),
+            Some("finalized") => Some(InvoiceStatus::Finalized),
+            Some(other) => {
+                return Err(ApiError::malformed(
+                    "status",
+                    format!("{other:?} is not draft or finalized"),
+                ))
+            }
+        };
+        let from = from
+            .map(|s| parse_instant("period_from", s, false))
+            .transpose()?;
+        let to = to
+            .map(|s| parse_instant("period_to", s, true))
+            .transpose()?;
+        if let (Some(f), Some(t)) = (from, to) {
+            if f > t {
+                return Err(ApiError::malformed(
+                    "period_from",
+                    "is after period_to".to_owned(),
+                ));
+            }
+        }
+        Ok(Filter {
+            customer_id,
+            status,
+            from,
+            to,
+        })
+    }
+
+    /// Whether the list keeps the invoice.
+    pub fn keep(&self, inv: &InvoiceView) -> bool {
+        self.keeps(&inv.customer_id, inv.status, inv.billing_date)
+    }
+
+    /// Whether the list keeps an invoice of this customer, status and billing date.
+    pub fn keeps(
+        &self,
+        customer: &str,
+        status: InvoiceStatus,
+        billing_date: DateTime<Utc>,
+    ) -> bool {
+        self.customer_id.as_ref().is_none_or(|c| c == customer)
+            && self.status.is_none_or(|s| s == status)
+            && self.from.is_none_or(|f| billing_date >= f)
+            && self.to.is_none_or(|t| billing_date <= t)
+    }
+}
+
+/// Up to `limit + 1` invoices newest first after the cursor.
+async fn fetch(
+    state: &AppState,
+    tenant: &str,
+    filter: &Filter,
+    limit: usize,
+    after: Option<&str>,
+) -> Result<Vec<InvoiceView>, ApiError> {
+    if let Some(a) = after {
+        if state.billing.invoice(tenant, a).await?.is_none() {
+            return Err(crate::request::unknown_cursor(a));
+        }
+    }
+    let Some(customer) = &filter.customer_id else {
+        return Ok(state
+            .billing
+            .invoices(tenant, limit + 1, after, |i| filter.keep(i))
+            .await?);
+    };
+    // A customer's invoices: its index, newest first (ids sort by billing date).
+    let ids = state.billing.invoice_ids_of(tenant, customer).await?;
+    let mut out = Vec::new();
+    for id in ids {
+        if after.is_some_and(|a| id.as_str() >= a) {
+            continue;
+        }
+        if let Some(inv) = state.billing.invoice(tenant, &id).await? {
+            if filter.keep(&inv) {
+                out.push(inv);
+                if out.len() > limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /v1/invoices?customer_id=&status=&period_from=&period_to=&limit=&starting_after=`.
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<InvoiceQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    let filter = Filter::parse(
+        q.customer_id,
+        q.status.as_deref(),
+        q.period_from.as_deref(),
+        q.period_to.as_deref(),
+    )?;
+    let items = fetch(&state, &tenant, &filter, limit, q.starting_after.as_deref()).await?;
+    Ok(Json(page(items, limit)?))
+}
+
+/// `GET /v1/customers/{id}/invoices`.
+pub async fn list_of_customer(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(customer): Path<String>,
+    ApiQuery(q): ApiQuery<CustomerInvoiceQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    customers::existing(&state, &tenant, &customer).await?;
+    let filter = Filter::parse(
+        Some(customer),
+        q.status.as_deref(),
+        q.period_from.as_deref(),
+        q.period_to.as_deref(),
+    )?;
+    let items = fetch(&state, &tenant, &filter, limit, q.starting_after.as_deref()).await?;
+    Ok(Json(page(items, limit)?))
+}
+
+async fn existing(state: &AppState, tenant: &str, id: &str) -> Result<InvoiceView, ApiError> {
+    state
+        .billing
+        .invoice(tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no invoice {id:?}")))
+}
+
+/// `GET /v1/invoices/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<InvoiceView>, ApiError> {
+    Ok(Json(existing(&state, &tenant, &id).await?))
+}
+
+/// `POST /v1/invoices/{id}/finalize`: ends a draft's grace period now. 409 for an invoice already finalized.
+pub async fn finalize(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(_): ApiJson<Finalize>,
+) -> Result<Answer, ApiError> {
+    let deadline = state.deadline(&q)?;
+    let inv = existing(&state, &tenant, &id).await?;
+    if inv.status == InvoiceStatus::Finalized {
+        return Err(ApiError::Conflict(format!(
+            "invoice {id:?} is already finalized (number {})",
+            inv.number.as_deref().unwrap_or("?")
+        )));
+    }
+    let customer = customers::existing(&state, &tenant, &inv.customer_id).await?;
+    let now = state.customer_now(&tenant, &customer).await?;
+    let ev = LifecycleEvent {
+        tenant_id: tenant.clone(),
+        event_id: event_id(),
+        occurred_at: now,
+        payload: Lifecycle::InvoiceFinalizeRequested(InvoiceFinalizeRequested {
+            customer_id: inv.customer_id.clone(),
+            invoice_id: id.clone(),
+        }),
+    };
+    let at = state.publish_lifecycle(&ev).await?;
+    if state.lifecycle_visible(at, deadline).await {
+        let finalized = state
+            .poll(deadline, || async {
+                Ok(state
+                    .billing
+                    .invoice(&tenant, &id)
+                    .await?
+                    .filter(|i| i.status == InvoiceStatus::Finalized))
+            })
+            .await;
+        if let Some(inv) = finalized {
+            return answer(StatusCode::OK, inv);
+        }
+    }
+    Ok(pending(&ev.event_id, "invoice", &id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keeps(f: &Filter, customer: &str, status: InvoiceStatus, date: &str) -> bool {
+        f.keeps(customer, status, date.parse().unwrap())
+    }
+
+    #[test]
+    fn filters_on_customer_status_and_billing_date() {
+        let f = Filter::parse(
+            Some("c1".into()),
+            Some("draft"),
+            Some("2026-02-01"),
+            Some("2026-02-28"),
+        )
+        .unwrap();
+        assert!(keeps(
+            &f,
+            "c1",
+            InvoiceStatus::Draft,
+            "2026-02-01T00:00:00Z"
+        ));
+        assert!(keeps(
+            &f,
+            "c1",
+            InvoiceStatus::Draft,
+            "2026-02-28T23:00:00Z"
+        ));
+        assert!(!keeps(
+            &f,
+            "c2",
+            InvoiceStatus::Draft,
+            "2026-02-01T00:00:00Z"
+        ));
+        assert!(!keeps(
+            &f,
+            "c1",
+            InvoiceStatus::Finalized,
+            "2026-02-01T00:00:00Z"
+        ));
+        assert!(!keeps(
+            &f,
+            "c1",
+            InvoiceStatus::Draft,
+            "2026-03-01T00:00:00Z"
+        ));
+        assert!(!keeps(
+            &f,
+            "c1",
+            InvoiceStatus::Draft,
+            "2026-01-31T23:59:59Z"
+        ));
+        assert!(keeps(
+            &Filter::default(),
+            "c9",
+            InvoiceStatus::Finalized,
+            "2020-01-01T00:00:00Z"
+        ));
+        assert!(Filter::parse(None, Some("paid"), None, None).is_err());
+        assert!(Filter::parse(None, None, Some("2026-03-01"), Some("2026-02-01")).is_err());
+        assert!(Filter::parse(None, None, Some("soon"), None).is_err());
+    }
+}
