@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use billing_runtime::http::Tenant;
 use billing_schemas::lifecycle::{ClockTick, Lifecycle, LifecycleEvent};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::error::ApiError;
 use crate::request::{ApiJson, ApiQuery, Check, WriteQuery};
@@ -36,6 +36,11 @@ pub struct Advance {
 /// A new clock id.
 pub fn clock_id() -> String {
     format!("clock_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Times travel as epoch milliseconds: a clock is at the millisecond its tick carries.
+fn on_the_wire(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(3)
 }
 
 /// A clock as the API shows it.
@@ -115,11 +120,12 @@ pub async fn create(
     }
     c.finish()?;
     let id = clock_id();
+    let frozen_time = on_the_wire(body.frozen_time);
     let mut answer = tick(
         &state,
         &tenant,
         &id,
-        body.frozen_time,
+        frozen_time,
         deadline,
         StatusCode::CREATED,
     )
@@ -157,24 +163,17 @@ pub async fn advance(
     let Some(current) = state.clock(&tenant, &id).await? else {
         return Err(ApiError::NotFound(format!("no test clock {id:?}")));
     };
-    if body.frozen_time <= current.frozen_time {
+    let frozen_time = on_the_wire(body.frozen_time);
+    if frozen_time <= current.frozen_time {
         return Err(ApiError::invalid(
             "frozen_time",
             format!(
                 "{} is not later than the clock's time {}",
-                body.frozen_time, current.frozen_time
+                frozen_time, current.frozen_time
             ),
         ));
     }
-    tick(
-        &state,
-        &tenant,
-        &id,
-        body.frozen_time,
-        deadline,
-        StatusCode::OK,
-    )
-    .await
+    tick(&state, &tenant, &id, frozen_time, deadline, StatusCode::OK).await
 }
 
 #[cfg(test)]

@@ -71,12 +71,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let message = inner.to_string();
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        // serde names an unknown or a missing field in its message; the path is the object holding it.
-        let named = ["unknown field `", "missing field `"]
-            .iter()
-            .find_map(|p| message.split_once(p))
-            .and_then(|(_, rest)| rest.split_once('`'))
-            .map(|(field, _)| field.to_owned());
+        let named = named_field(&message);
         let name = match named {
             Some(field) if !path.ends_with(&field) => {
                 if path.is_empty() {
@@ -90,6 +85,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::malformed(name, strip_position(&message))
     })
+}
+
+/// serde names an unknown or a missing field in its message (the path is the object holding it).
+fn named_field(message: &str) -> Option<String> {
+    ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|p| message.split_once(p))
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(field, _)| field.to_owned())
 }
 
 /// `... at line 1 column 12` says little to a client that sent one line.
@@ -114,7 +118,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
                 let text = text
                     .strip_prefix("Failed to deserialize query string: ")
                     .unwrap_or(&text);
-                ApiError::malformed("query", text.to_owned())
+                let name = named_field(text).unwrap_or_else(|| "query".to_owned());
+                ApiError::malformed(name, text.to_owned())
             })
     }
 }
