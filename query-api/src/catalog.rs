@@ -18,6 +18,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::idempotency;
 use crate::request::{
     after_cursor, page, page_limit, ApiJson, ApiQuery, Check, PageQuery, WriteQuery,
 };
@@ -484,6 +485,28 @@ async fn publish(
     Ok(pending(&ev.event_id, kind, &code))
 }
 
+/// Publish a new entry, its code reserved meanwhile.
+async fn create(
+    state: &AppState,
+    tenant: &str,
+    q: &WriteQuery,
+    payload: Catalog,
+) -> Result<Answer, ApiError> {
+    let (kind, code) = match &payload {
+        Catalog::BillableMetric(m) => (METRIC, m.code.clone()),
+        Catalog::Plan(p) => (PLAN, p.code.clone()),
+        Catalog::Deleted(_) => {
+            return Err(anyhow::anyhow!("deletions are not published here").into())
+        }
+    };
+    idempotency::reserve(state, tenant, kind, &code, "code").await?;
+    let answer = publish(state, tenant, q, payload, StatusCode::CREATED).await;
+    if answer.is_err() {
+        idempotency::unreserve(state, tenant, kind, &code).await;
+    }
+    answer
+}
+
 /// `POST /v1/billable_metrics`.
 pub async fn create_metric(
     State(state): State<AppState>,
@@ -504,14 +527,7 @@ pub async fn create_metric(
             format!("a billable metric {:?} already exists", m.code),
         ));
     }
-    publish(
-        &state,
-        &tenant,
-        &q,
-        Catalog::BillableMetric(m),
-        StatusCode::CREATED,
-    )
-    .await
+    create(&state, &tenant, &q, Catalog::BillableMetric(m)).await
 }
 
 /// `POST /v1/billable_metrics/{code}`.
@@ -579,7 +595,7 @@ pub async fn create_plan(
             format!("a plan {:?} already exists", p.code),
         ));
     }
-    publish(&state, &tenant, &q, Catalog::Plan(p), StatusCode::CREATED).await
+    create(&state, &tenant, &q, Catalog::Plan(p)).await
 }
 
 /// `POST /v1/plans/{code}`: the new version replaces the plan for every subscription on it.

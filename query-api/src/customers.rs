@@ -14,6 +14,7 @@ use billing_store::customers::CustomerView;
 use chrono::Utc;
 
 use crate::error::ApiError;
+use crate::idempotency;
 use crate::request::{
     page, page_limit, unknown_cursor, ApiJson, ApiQuery, Check, PageQuery, WriteQuery,
 };
@@ -344,7 +345,14 @@ pub async fn create(
         occurred_at,
         payload: Lifecycle::CustomerCreated(customer),
     };
-    let at = state.publish_lifecycle(&ev).await?;
+    idempotency::reserve(&state, &tenant, "customer", &id, "customer_id").await?;
+    let at = match state.publish_lifecycle(&ev).await {
+        Ok(at) => at,
+        Err(e) => {
+            idempotency::unreserve(&state, &tenant, "customer", &id).await;
+            return Err(e);
+        }
+    };
     if state.lifecycle_visible(at, deadline).await {
         if let Ok(Some(view)) = state.billing.customer(&tenant, &id).await {
             return answer(StatusCode::CREATED, view);

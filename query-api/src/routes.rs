@@ -8,7 +8,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use governor::clock::{Clock, DefaultClock};
 
-use billing_runtime::http::Tenant;
+use axum::http::StatusCode;
+use billing_runtime::http::{Problem, Tenant};
 
 use crate::error::ApiError;
 use crate::{catalog, clocks, customers, idempotency, invoices, subscriptions, AppState};
@@ -79,6 +80,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/invoices/{invoice_id}/finalize",
             post(invoices::finalize),
         )
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not allowed on this path",
+            )
+        })
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::middleware,

@@ -21,6 +21,7 @@ use rust_decimal::Decimal;
 use crate::catalog;
 use crate::customers;
 use crate::error::ApiError;
+use crate::idempotency;
 use crate::request::{
     after_cursor, page, page_limit, ApiJson, ApiQuery, Check, PageQuery, WriteQuery,
 };
@@ -292,7 +293,12 @@ pub async fn create(
     }
     let id = created.subscription_id.clone();
     let ev = event(&tenant, now, Lifecycle::SubscriptionCreated(created));
-    publish(&state, &q, ev, &id, StatusCode::CREATED, |_| true).await
+    idempotency::reserve(&state, &tenant, "subscription", &id, "subscription_id").await?;
+    let answer = publish(&state, &q, ev, &id, StatusCode::CREATED, |_| true).await;
+    if answer.is_err() {
+        idempotency::unreserve(&state, &tenant, "subscription", &id).await;
+    }
+    answer
 }
 
 /// `POST /v1/subscriptions/{id}/change`.

@@ -492,6 +492,10 @@ async fn bad_requests_name_the_field_and_publish_nothing() {
         .await
         .problem(400, "limit");
 
+    let r = api.get("/v1/subscriptions").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+
     let after = ends(&env).await;
     assert_eq!(before, after, "a refused request published nothing");
     services.shutdown().await;
@@ -551,6 +555,15 @@ async fn idempotency_keys_replay_answers_and_refuse_other_requests() {
         .unwrap();
     assert_eq!(other.status(), 201);
     assert!(other.headers().get("idempotent-replayed").is_none());
+
+    // Two concurrent creations of one id: one publishes, the other is refused.
+    let (a, b) = tokio::join!(
+        api.post("/v1/customers", customer("race", "EUR")),
+        api.post("/v1/customers", customer("race", "EUR")),
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "{} {}", a.body, b.body);
 
     services.shutdown().await;
     env.cleanup().await;
