@@ -269,6 +269,7 @@ fn strip_field(message: &str, name: &str) -> String {
 /// Cursor pagination of a list: `limit` (default 10, 1 to 100) and `starting_after` (the id of the last item
 /// of the previous page).
 #[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Page size.
     pub limit: Option<i64>,

@@ -1,6 +1,6 @@
 //! HTTP routes.
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use billing_runtime::http::{Problem, Tenant};
 
 use crate::error::ApiError;
+use crate::request::ApiQuery;
 use crate::{catalog, clocks, customers, idempotency, invoices, subscriptions, AppState};
 
 /// The `/v1` routes, rate-limited per tenant; POSTs honour `Idempotency-Key` (after the rate limit).
@@ -109,6 +110,7 @@ async fn rate_limit(
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UsageQuery {
     /// The instant whose billing periods are shown (RFC 3339); defaults to now.
     at: Option<String>,
@@ -118,7 +120,7 @@ async fn customer_usage(
     State(state): State<AppState>,
     Tenant(tenant_id): Tenant,
     Path(customer_id): Path<String>,
-    Query(q): Query<UsageQuery>,
+    ApiQuery(q): ApiQuery<UsageQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let at = match q.at {
         Some(raw) => DateTime::parse_from_rfc3339(&raw)

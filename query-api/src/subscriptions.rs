@@ -17,6 +17,7 @@ use billing_store::customers::CustomerView;
 use billing_store::subscriptions::{SubscriptionStatus, SubscriptionView};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use serde::Deserialize;
 
 use crate::catalog;
 use crate::customers;
@@ -43,8 +44,18 @@ pub struct CreateSubscription {
     billing_anchor_day: Option<i32>,
     #[serde(default)]
     proration: Option<ProrationConvention>,
-    #[serde(default)]
-    trial_ends_at: Option<DateTime<Utc>>,
+    /// Absent: the plan's trial; `null`: no trial; a time: that trial end.
+    #[serde(default, deserialize_with = "present")]
+    trial_ends_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// When a plan change takes effect.
@@ -152,7 +163,8 @@ impl CreateSubscription {
         }
         let started_at = self.started_at.unwrap_or(now);
         let trial_ends_at = match (self.trial_ends_at, plan) {
-            (Some(t), _) => {
+            (Some(None), _) => None,
+            (Some(Some(t)), _) => {
                 if t < started_at {
                     c.fail(
                         "trial_ends_at",
@@ -552,6 +564,21 @@ mod tests {
         assert_eq!(s.trial_ends_at, None);
         assert_eq!(s.billing_anchor_day, Some(31));
         assert_eq!(s.proration, ProrationConvention::ThirtyDay);
+        let no_trial: CreateSubscription = parse_json(
+            br#"{"subscription_id": "sub-1", "customer_id": "cus-1", "plan_code": "pro", "trial_ends_at": null}"#,
+        )
+        .unwrap();
+        let s = no_trial
+            .validate(
+                Some(&customer("EUR")),
+                Some(&plan("pro", Interval::Monthly, "10", 14)),
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            s.trial_ends_at, None,
+            "null: no trial, whatever the plan says"
+        );
     }
 
     #[test]
