@@ -1,6 +1,6 @@
 //! HTTP routes.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use billing_runtime::http::{Problem, Tenant};
 
 use crate::error::ApiError;
-use crate::request::ApiQuery;
+use crate::request::{ApiQuery, MAX_BODY};
 use crate::{catalog, clocks, customers, idempotency, invoices, subscriptions, AppState};
 
 /// The `/v1` routes, rate-limited per tenant; POSTs honour `Idempotency-Key` (after the rate limit).
@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
             idempotency::middleware,
         ))
         .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use billing_tests::{high_watermarks, Services, TestEnv};
+use billing_tests::{eventually, high_watermarks, Services, TestEnv};
 use serde_json::{json, Value};
 
 const TENANT: &str = "acme";
@@ -209,6 +209,18 @@ async fn writes_are_read_back_at_once() {
     assert_eq!(updated["name"], "Acme SAS");
     assert_eq!(updated["net_payment_term_days"], 45);
     assert_eq!(updated["email"], "billing@acme.test");
+
+    // Without waiting: 202 with the event id, visible a moment later.
+    let later = api
+        .post("/v1/customers?wait_seconds=0", customer("cus-later", "EUR"))
+        .await;
+    assert_eq!(later.status, 202, "{}", later.body);
+    assert_eq!(later.body["status"], "pending");
+    assert!(later.body["event_id"].as_str().unwrap().starts_with("evt_"));
+    eventually(Duration::from_secs(60), "the pending customer", || async {
+        (api.get("/v1/customers/cus-later").await.status == 200).then_some(())
+    })
+    .await;
 
     // The catalog: a metric and plans, Lago-style charge properties served back as objects.
     let m = api.created("/v1/billable_metrics", metric(), 201).await;
@@ -492,6 +504,9 @@ async fn bad_requests_name_the_field_and_publish_nothing() {
         .await
         .problem(400, "limit");
 
+    api.post("/v1/customers?wait_seconds=301", customer("z", "EUR"))
+        .await
+        .problem(400, "wait_seconds");
     let r = api.get("/v1/subscriptions").await;
     assert_eq!(r.status, 405);
     assert_eq!(r.headers["content-type"], "application/problem+json");
