@@ -402,7 +402,7 @@ pub struct BillingDateInput<'a> {
 /// The invoice of one customer for one billing date: for each subscription with that billing date (see
 /// [`billing_dates`]), the lines of the period closing then, without the fees already billed in advance on an
 /// earlier billing date, and the fee in advance of the period opening then; then coupons, taxes and credits once
-/// over all lines. `None` when no subscription has this billing date.
+/// over all lines. `None` when nothing is billed on this date (no subscription has it, or none has a line then).
 pub fn invoice_billing_date(input: &BillingDateInput<'_>) -> Result<Option<InvoiceOutcome>> {
     let tz = input.timezone;
     let d = input.billing_date;
@@ -427,17 +427,22 @@ pub fn invoice_billing_date(input: &BillingDateInput<'_>) -> Result<Option<Invoi
             let advance = phase_at(&phases, before)?.pay_in_advance;
             let mut lines = Vec::new();
             subscription_lines(&as_of(before, &[]), s, &mut lines)?;
+            let before_count = drafts.len();
             drafts.extend(lines.into_iter().filter(|l| {
                 let billed_at_its_start = advance
                     && l.kind == LineKind::Subscription
                     && l.from.is_some_and(|f| dates.binary_search(&f).is_ok());
                 !billed_at_its_start
             }));
-            periods.push(InvoicedPeriod {
-                subscription: s.id.clone(),
-                period: closing,
-                convention: s.convention,
-            });
+            // A period that leaves nothing to bill (its fee was paid in advance, it has no usage charge) does not
+            // make an invoice on its own.
+            if drafts.len() > before_count {
+                periods.push(InvoicedPeriod {
+                    subscription: s.id.clone(),
+                    period: closing,
+                    convention: s.convention,
+                });
+            }
         }
         let opening = phase_at(&phases, d)?;
         if opening.pay_in_advance && opening.from <= d {

@@ -240,7 +240,8 @@ fn view(
         discount_total: inv.discount_total,
         tax_total: inv.tax_total,
         credits_total: inv.credits_total,
-        total: inv.amount_due,
+        total: inv.total,
+        amount_due: inv.amount_due,
     }
 }
 

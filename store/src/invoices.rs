@@ -98,8 +98,11 @@ pub struct InvoiceView {
     pub tax_total: Decimal,
     /// Credits applied after tax.
     pub credits_total: Decimal,
-    /// Amount due.
+    /// Σ line totals; negative when credits for unused time exceed the charges.
     pub total: Decimal,
+    /// What the customer owes: total − credits, never below zero (a negative total is owed to the customer;
+    /// it is not carried to a later invoice yet).
+    pub amount_due: Decimal,
 }
 
 /// The deterministic id of a customer's invoice for one billing date.
