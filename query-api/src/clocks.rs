@@ -148,7 +148,9 @@ pub async fn get(
     }
 }
 
-/// `POST /v1/test_clocks/{id}/advance`: `frozen_time` must be later than where the clock is (or is going).
+/// `POST /v1/test_clocks/{id}/advance`: `frozen_time` must be later than the clock's current time (the time every
+/// partition has processed; ticking a partition to a time it has passed changes nothing there, so an advance that
+/// was cut short can be repeated).
 pub async fn advance(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -164,12 +166,12 @@ pub async fn advance(
         return Err(ApiError::NotFound(format!("no test clock {id:?}")));
     };
     let frozen_time = on_the_wire(body.frozen_time);
-    if frozen_time <= current.frozen_time {
+    if frozen_time <= current.now {
         return Err(ApiError::invalid(
             "frozen_time",
             format!(
                 "{} is not later than the clock's time {}",
-                frozen_time, current.frozen_time
+                frozen_time, current.now
             ),
         ));
     }
