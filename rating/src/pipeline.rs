@@ -52,10 +52,6 @@ type CustomerId = (String, String);
 const PREFETCH_BATCH: usize = 2_000;
 /// How often usage waits for the reference topics to be read to their end, besides before a rejection.
 const REFERENCE_REFRESH: Duration = Duration::from_secs(1);
-/// The most of a payload a dead letter carries: a larger one (a poison record that a producer compressed past
-/// the broker's message limit) is cut to this, with its size and hash in headers, so that the dead letter always
-/// fits and the partition moves on.
-
 /// Customers loaded from the store at once.
 const PREFETCH_CONCURRENCY: usize = 64;
 
