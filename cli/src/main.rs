@@ -1,6 +1,7 @@
 //! `billing`: one binary for every service and tool. See `billing --help`.
 
 mod bench;
+mod bench_billrun;
 mod clock;
 mod demo;
 mod pricing;
@@ -39,6 +40,8 @@ enum Command {
     Demo(demo::Args),
     /// Usage pipeline benchmark: bare Kafka consume vs rating end to end, freshness, memory, gateway.
     BenchUsage(bench::Args),
+    /// Bill run benchmark: invoices/s from a test-clock advance to the last invoice.finalized, with baselines.
+    BenchBillrun(bench_billrun::Args),
     /// Publish the wall clock to every lifecycle partition (default every minute): what bills wall-clock customers.
     Ticker(clock::TickerArgs),
     /// Test clocks.
@@ -94,6 +97,7 @@ async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Clock(clock::ClockCommand::Advance(args)) => clock::advance(settings, args).await,
         Command::Demo(args) => demo::run(settings, args, stop).await,
         Command::BenchUsage(args) => bench::run(settings, args, stop).await,
+        Command::BenchBillrun(args) => bench_billrun::run(settings, args, stop).await,
         Command::Pricing(_) => unreachable!("handled before the runtime starts"),
     }
 }
