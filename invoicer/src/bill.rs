@@ -309,7 +309,8 @@ pub fn finalized_event(tenant: &str, inv: &InvoiceView) -> InvoiceEvent {
     }
 }
 
-/// What the invoicer knows of a customer's invoices: billing date → status, loaded once from the store.
+/// What the invoicer knows of its customers' invoices: billing date → status (read from the store once per
+/// billing date and partition, then kept up to date by the invoicer itself).
 #[derive(Debug, Default)]
 pub struct Issued {
     by_customer: HashMap<(String, String), BTreeMap<DateTime<Utc>, InvoiceStatus>>,
@@ -328,15 +329,9 @@ impl Issued {
             .get(&(tenant.to_owned(), customer.to_owned()))
     }
 
-    /// Record a customer's invoices as loaded.
-    pub fn load(
-        &mut self,
-        tenant: &str,
-        customer: &str,
-        known: BTreeMap<DateTime<Utc>, InvoiceStatus>,
-    ) {
-        self.by_customer
-            .insert((tenant.to_owned(), customer.to_owned()), known);
+    /// Forget the customers `keep` refuses.
+    pub fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
+        self.by_customer.retain(|(t, c), _| keep(t, c));
     }
 
     /// Record one invoice's status.

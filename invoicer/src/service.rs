@@ -7,10 +7,11 @@
 //! and a finalized invoice is never recomputed. While a partition replays its history, clock ticks only move the
 //! clock; once it has caught up, the bill run runs for the latest time of each clock, then at every tick.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use billing_core::invoicing::BillableSubscription;
 use billing_runtime::config::{NumberingScope, Settings};
 use billing_runtime::kafka::{self, Topics};
 use billing_runtime::Shutdown;
@@ -22,9 +23,11 @@ use billing_store::billing::{BillingStore, CatalogEntry};
 use billing_store::catalog_entries;
 use billing_store::invoice_numbers::format_number;
 use billing_store::invoices::{InvoiceStatus, InvoiceView};
-use billing_store::usage::UsageStore;
+use billing_store::usage::{CustomerUsage, UsageStore};
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext, StreamConsumer};
+use futures::{StreamExt, TryStreamExt};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -35,6 +38,24 @@ use crate::views;
 
 /// How often pending read-model progress is recorded at least.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Store requests a bill run keeps in flight.
+const CONCURRENCY: usize = 64;
+
+/// Records the lifecycle partitions taken away by a rebalance; the loop forgets their state before it handles
+/// another message (the callback runs inside `recv`, before messages of the new assignment are returned).
+#[derive(Default, Clone)]
+pub struct Revocations(Arc<std::sync::Mutex<Vec<i32>>>);
+
+impl ClientContext for Revocations {}
+
+impl ConsumerContext for Revocations {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.0.lock().expect("revocations lock");
+            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+        }
+    }
+}
 
 /// Per lifecycle partition.
 #[derive(Debug, Default)]
@@ -50,6 +71,8 @@ struct PartitionState {
     /// Latest time of each (tenant, clock) seen on this partition.
     clocks: BTreeMap<(String, String), DateTime<Utc>>,
     caught_up: bool,
+    /// (tenant, billing date) whose issued invoices were read since the partition was assigned.
+    scanned: HashSet<(String, DateTime<Utc>)>,
 }
 
 /// The invoicer.
@@ -60,7 +83,8 @@ pub struct Invoicer {
     usage: UsageStore,
     ch: clickhouse::Client,
     producer: FutureProducer,
-    lifecycle: StreamConsumer,
+    lifecycle: StreamConsumer<Revocations>,
+    revocations: Revocations,
     catalog: BaseConsumer,
     /// Reads rating's committed offsets (its checkpoints) and the usage topic's end offsets.
     watermarks: BaseConsumer,
@@ -82,10 +106,11 @@ impl Invoicer {
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
         let topics = Topics::new(&settings.kafka);
-        let lifecycle: StreamConsumer = kafka::consumer(
+        let revocations = Revocations::default();
+        let lifecycle = kafka::consumer(
             &settings.kafka,
             &settings.invoicer.group_id,
-            DefaultConsumerContext,
+            revocations.clone(),
         )?;
         lifecycle.subscribe(&[&topics.lifecycle])?;
         let plain = |group: &str| -> anyhow::Result<BaseConsumer> {
@@ -109,6 +134,7 @@ impl Invoicer {
             usage,
             ch,
             lifecycle,
+            revocations,
             catalog,
             watermarks,
             reference: Reference::default(),
@@ -141,11 +167,34 @@ impl Invoicer {
                             continue;
                         }
                     };
+                    self.forget_revoked().await?;
                     self.handle(m).await?;
                 }
             }
         }
         self.flush_progress().await?;
+        Ok(())
+    }
+
+    /// Drop the state of partitions another instance now owns: if one comes back, it is folded again from its
+    /// start (nothing is committed), and what was issued meanwhile is read again.
+    async fn forget_revoked(&mut self) -> anyhow::Result<()> {
+        let revoked: Vec<i32> =
+            std::mem::take(&mut *self.revocations.0.lock().expect("revocations lock"));
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        self.flush_progress().await?;
+        let n = self.settings.kafka.partitions;
+        for p in &revoked {
+            self.partitions.remove(p);
+        }
+        let gone = |t: &str, c: &str| {
+            revoked.contains(&kafka::partition_for_key(customer_key(t, c).as_bytes(), n))
+        };
+        self.reference.retain_customers(|t, c| !gone(t, c));
+        self.issued.retain(|t, c| !gone(t, c));
+        tracing::info!(partitions = ?revoked, "lifecycle partitions revoked");
         Ok(())
     }
 
@@ -513,7 +562,8 @@ impl Invoicer {
 
     // ---- bill runs ----
 
-    /// Bill every customer of partition `p` on the clock up to `now`.
+    /// Bill every customer of partition `p` on the clock up to `now`: in memory first (billing dates, what is
+    /// already issued), then the store reads and writes, many at a time.
     async fn bill_run(
         &mut self,
         p: i32,
@@ -522,44 +572,117 @@ impl Invoicer {
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         let n = self.settings.kafka.partitions;
-        let customers: Vec<(String, String)> = self
-            .reference
-            .customers()
-            .filter(|((t, c), cust)| {
-                (t == tenant || (tenant == "*" && clock == WALL))
-                    && clock_of(cust) == clock
-                    && kafka::partition_for_key(customer_key(t, c).as_bytes(), n) == p
+        let mut work: Vec<(
+            String,
+            String,
+            Vec<BillableSubscription>,
+            Vec<DateTime<Utc>>,
+        )> = Vec::new();
+        for ((t, c), cust) in self.reference.customers() {
+            let ours = (t == tenant || (tenant == "*" && clock == WALL))
+                && clock_of(cust) == clock
+                && kafka::partition_for_key(customer_key(t, c).as_bytes(), n) == p;
+            if !ours {
+                continue;
+            }
+            let (subs, dates) = bill::due_dates(&self.reference, t, c, cust, now);
+            if !dates.is_empty() {
+                work.push((t.clone(), c.clone(), subs, dates));
+            }
+        }
+        // What is already issued: one read per (tenant, billing date) of this partition, once per assignment.
+        let mut to_scan: Vec<(String, DateTime<Utc>)> = Vec::new();
+        {
+            let state = self.partitions.get(&p).expect("present");
+            for (t, _, _, dates) in &work {
+                for d in dates {
+                    let key = (t.clone(), *d);
+                    if !state.scanned.contains(&key) && !to_scan.contains(&key) {
+                        to_scan.push(key);
+                    }
+                }
+            }
+        }
+        let store = self.store.clone();
+        // Futures collected first: a lazy `map` over borrowed items is not `Send` for every lifetime.
+        let scans: Vec<_> = to_scan
+            .into_iter()
+            .map(|(t, d)| {
+                let store = store.clone();
+                async move {
+                    let rows = store.invoices_on(&t, d, p).await?;
+                    anyhow::Ok((t, d, rows))
+                }
             })
-            .map(|(k, _)| k.clone())
             .collect();
-        let mut usage_ready = false;
+        let scans: Vec<_> = futures::stream::iter(scans)
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (t, d, rows) in scans {
+            for (customer, _id, status, number) in rows {
+                let done = status == InvoiceStatus::Finalized.as_str() && !number.is_empty();
+                let st = if done {
+                    InvoiceStatus::Finalized
+                } else {
+                    InvoiceStatus::Draft
+                };
+                self.issued.set(&t, &customer, d, st);
+            }
+            self.partitions
+                .get_mut(&p)
+                .expect("present")
+                .scanned
+                .insert((t, d));
+        }
+        // Due: every billing date not finalized yet.
+        let mut due_work = Vec::new();
+        for (t, c, subs, dates) in work {
+            let issued = self.issued.of(&t, &c);
+            let due: Vec<DateTime<Utc>> = dates
+                .into_iter()
+                .filter(|d| issued.and_then(|m| m.get(d)) != Some(&InvoiceStatus::Finalized))
+                .collect();
+            if !due.is_empty() {
+                due_work.push((t, c, subs, due));
+            }
+        }
+        if due_work.is_empty() {
+            return Ok(());
+        }
+        // Usage: only customers with a usage charge need rating's aggregates, and rating must have checkpointed
+        // the partition first.
+        let metered = |subs: &[BillableSubscription]| {
+            subs.iter()
+                .any(|s| s.plans.iter().any(|p| !p.charges.is_empty()))
+        };
+        if due_work.iter().any(|(_, _, subs, _)| metered(subs)) {
+            self.wait_for_usage(p).await?;
+        }
+        let usage = &self.usage;
+        let reads: Vec<_> = due_work
+            .iter()
+            .map(|(t, c, subs, _)| {
+                let metered = metered(subs);
+                async move {
+                    if metered {
+                        usage.aggregates(t, c).await
+                    } else {
+                        Ok(CustomerUsage::default())
+                    }
+                }
+            })
+            .collect();
+        let usages: Vec<CustomerUsage> = futures::stream::iter(reads)
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut drafts: Vec<(String, InvoiceView)> = Vec::new();
         let mut to_finalize: Vec<(String, InvoiceView)> = Vec::new();
-        for (t, c) in customers {
+        for ((t, c, subs, due), usage) in due_work.into_iter().zip(usages) {
             let Some(cust) = self.reference.customer(&t, &c) else {
                 continue;
             };
-            let (subs, dates) = bill::due_dates(&self.reference, &t, &c, cust, now);
-            if dates.is_empty() {
-                continue;
-            }
-            if self.issued.of(&t, &c).is_none() {
-                let known = self.load_issued(&t, &c).await?;
-                self.issued.load(&t, &c, known);
-            }
-            let issued = self.issued.of(&t, &c).cloned().unwrap_or_default();
-            let due: Vec<DateTime<Utc>> = dates
-                .into_iter()
-                .filter(|d| issued.get(d) != Some(&InvoiceStatus::Finalized))
-                .collect();
-            if due.is_empty() {
-                continue;
-            }
-            if !usage_ready {
-                self.wait_for_usage(p).await?;
-                usage_ready = true;
-            }
-            let usage = self.usage.aggregates(&t, &c).await?;
-            let cust = self.reference.customer(&t, &c).expect("present");
             let grace = chrono::Duration::days(i64::from(
                 cust.record
                     .as_ref()
@@ -568,28 +691,24 @@ impl Invoicer {
             for d in due {
                 let id = billing_store::invoices::invoice_id(&t, &c, d);
                 let early = self.issued.finalize_early.contains(&id);
-                let final_now = now >= d + grace || early;
-                let (status, issued_at) = if final_now {
-                    (
-                        InvoiceStatus::Finalized,
-                        Some(if early && now < d + grace {
-                            now
-                        } else {
-                            d + grace
-                        }),
-                    )
+                let (status, issued_at) = if now >= d + grace {
+                    (InvoiceStatus::Finalized, Some(d + grace))
+                } else if early {
+                    (InvoiceStatus::Finalized, Some(now))
                 } else {
                     (InvoiceStatus::Draft, None)
                 };
-                let Some(inv) =
-                    bill::invoice_for(&t, &c, cust, &subs, &usage, d, status, issued_at)?
-                else {
-                    continue;
+                let computed = bill::invoice_for(&t, &c, cust, &subs, &usage, d, status, issued_at);
+                let inv = match computed {
+                    Ok(Some(inv)) => inv,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(tenant = t, customer = c, billing_date = %d, error = %e, "invoice not computed");
+                        continue;
+                    }
                 };
                 if status == InvoiceStatus::Draft {
-                    self.store.put_invoice(&t, &inv).await?;
-                    self.issued.set(&t, &c, d, InvoiceStatus::Draft);
-                    self.metrics.invoices.with_label_values(&["draft"]).inc();
+                    drafts.push((t.clone(), inv));
                 } else if inv.total.is_zero() && !self.settings.invoicer.issue_zero_invoices {
                     self.issued.set(&t, &c, d, InvoiceStatus::Finalized);
                 } else {
@@ -597,7 +716,21 @@ impl Invoicer {
                 }
             }
         }
-        self.finalize(to_finalize).await
+        let store = &self.store;
+        let writes: Vec<_> = drafts
+            .iter()
+            .map(|(t, inv)| store.put_invoice(t, inv, p))
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        for (t, inv) in &drafts {
+            self.issued
+                .set(t, &inv.customer_id, inv.billing_date, InvoiceStatus::Draft);
+            self.metrics.invoices.with_label_values(&["draft"]).inc();
+        }
+        self.finalize(p, to_finalize).await
     }
 
     async fn bill_customer_now(
@@ -607,36 +740,13 @@ impl Invoicer {
         customer: &str,
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
-        // A bill run limited to the clock of this customer re-evaluates its drafts, early ones included.
+        // A bill run of the customer's clock re-evaluates its drafts, the one asked to finalize early included.
         let Some(c) = self.reference.customer(tenant, customer) else {
             return Ok(());
         };
         let clock = clock_of(c).to_owned();
         let tick_tenant = if clock == WALL { "*" } else { tenant };
         self.bill_run(p, tick_tenant, &clock, now).await
-    }
-
-    async fn load_issued(
-        &self,
-        tenant: &str,
-        customer: &str,
-    ) -> anyhow::Result<BTreeMap<DateTime<Utc>, InvoiceStatus>> {
-        let mut out = BTreeMap::new();
-        for id in self.store.invoice_ids_of(tenant, customer).await? {
-            if let Some(inv) = self.store.invoice(tenant, &id).await? {
-                // A finalized invoice without its number was cut short by a crash: finish it.
-                let done = inv.status == InvoiceStatus::Finalized && inv.number.is_some();
-                out.insert(
-                    inv.billing_date,
-                    if done {
-                        InvoiceStatus::Finalized
-                    } else {
-                        InvoiceStatus::Draft
-                    },
-                );
-            }
-        }
-        Ok(out)
     }
 
     /// Wait until rating has checkpointed every usage event produced to the customer's partition so far: its
@@ -677,7 +787,11 @@ impl Invoicer {
     }
 
     /// Number, store, publish and record finalized invoices, in (billing date, customer) order.
-    async fn finalize(&mut self, mut invoices: Vec<(String, InvoiceView)>) -> anyhow::Result<()> {
+    async fn finalize(
+        &mut self,
+        p: i32,
+        mut invoices: Vec<(String, InvoiceView)>,
+    ) -> anyhow::Result<()> {
         if invoices.is_empty() {
             return Ok(());
         }
@@ -688,67 +802,89 @@ impl Invoicer {
                 &b.1.customer_id,
             ))
         });
-        // The rows first, without numbers: after a crash, such a row says a number may already be claimed.
+        // Known numbers, and the invoices a run cut short may have numbered already.
+        let mut numbers: HashMap<String, String> = HashMap::new();
+        let mut unsure: Vec<usize> = Vec::new();
+        let mut known: HashMap<(String, DateTime<Utc>), HashMap<String, (String, String)>> =
+            HashMap::new();
         for (t, inv) in &invoices {
-            self.store.put_invoice(t, inv).await?;
+            let key = (t.clone(), inv.billing_date);
+            if !known.contains_key(&key) {
+                let rows = self.store.invoices_on(t, inv.billing_date, p).await?;
+                known.insert(
+                    key.clone(),
+                    rows.into_iter()
+                        .map(|(c, _, status, number)| (c, (status, number)))
+                        .collect(),
+                );
+            }
         }
+        for (i, (t, inv)) in invoices.iter().enumerate() {
+            if let Some(n) = self.restored.get(&inv.invoice_id) {
+                numbers.insert(inv.invoice_id.clone(), n.clone());
+                continue;
+            }
+            let row = known
+                .get(&(t.clone(), inv.billing_date))
+                .and_then(|m| m.get(&inv.customer_id));
+            match row {
+                Some((status, number))
+                    if status == InvoiceStatus::Finalized.as_str() && !number.is_empty() =>
+                {
+                    numbers.insert(inv.invoice_id.clone(), number.clone());
+                }
+                Some((status, _)) if status == billing_store::invoices::NUMBERING => unsure.push(i),
+                _ => {}
+            }
+        }
+        // Mark every invoice still to number first: after a crash, the mark says a number may be claimed.
+        let store = &self.store;
+        let marks: Vec<_> = invoices
+            .iter()
+            .filter(|(_, inv)| !numbers.contains_key(&inv.invoice_id))
+            .map(|(t, inv)| store.mark_invoice(t, inv, p, billing_store::invoices::NUMBERING))
+            .collect();
+        futures::stream::iter(marks)
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
         let mut scopes: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
         for (i, (t, inv)) in invoices.iter().enumerate() {
+            if numbers.contains_key(&inv.invoice_id) {
+                continue;
+            }
             let scope = match self.settings.invoicer.numbering {
                 NumberingScope::Tenant => "tenant".to_owned(),
                 NumberingScope::Customer => format!("customer/{}", inv.customer_id),
             };
             scopes.entry((t.clone(), scope)).or_default().push(i);
         }
+        let width = self.settings.invoicer.number_width;
         for ((tenant, scope), idx) in scopes {
             let prefix = self.prefix(&tenant, &scope);
-            let ids: Vec<String> = idx
+            let mut open: Vec<String> = idx
                 .iter()
                 .map(|i| invoices[*i].1.invoice_id.clone())
                 .collect();
-            let mut numbers: HashMap<String, String> = HashMap::new();
-            for id in &ids {
-                if let Some(n) = self.restored.get(id) {
-                    numbers.insert(id.clone(), n.clone());
-                }
-            }
-            let open: Vec<String> = ids
-                .iter()
-                .filter(|id| !numbers.contains_key(*id))
-                .cloned()
-                .collect();
-            if !open.is_empty() {
-                // Claimed before a crash?
+            if idx.iter().any(|i| unsure.contains(i)) {
                 let found = self.store.claimed_numbers(&tenant, &scope, &open).await?;
                 for (id, n) in &found {
-                    numbers.insert(
-                        id.clone(),
-                        format_number(&prefix, self.settings.invoicer.number_width, *n),
-                    );
+                    numbers.insert(id.clone(), format_number(&prefix, width, *n));
                 }
-                let fresh: Vec<String> = open
-                    .into_iter()
-                    .filter(|id| !found.contains_key(id))
-                    .collect();
-                if !fresh.is_empty() {
-                    let first = self.store.claim_numbers(&tenant, &scope, &fresh).await?;
-                    for (i, id) in fresh.iter().enumerate() {
-                        numbers.insert(
-                            id.clone(),
-                            format_number(
-                                &prefix,
-                                self.settings.invoicer.number_width,
-                                first + i as i64,
-                            ),
-                        );
-                    }
-                }
+                open.retain(|id| !found.contains_key(id));
             }
-            for i in idx {
-                invoices[i].1.number = numbers.get(&invoices[i].1.invoice_id).cloned();
+            if !open.is_empty() {
+                let first = self.store.claim_numbers(&tenant, &scope, &open).await?;
+                for (k, id) in open.iter().enumerate() {
+                    numbers.insert(id.clone(), format_number(&prefix, width, first + k as i64));
+                }
             }
         }
-        // Publish, then analytics, then the numbered rows: a crash in between publishes again (same event id).
+        for (_, inv) in invoices.iter_mut() {
+            inv.number = numbers.get(&inv.invoice_id).cloned();
+        }
+        // Publish, then analytics, then the numbered rows: a crash in between publishes again (same event id,
+        // same number).
         let mut deliveries = Vec::with_capacity(invoices.len());
         for (t, inv) in &invoices {
             let ev = bill::finalized_event(t, inv);
@@ -773,8 +909,16 @@ impl Invoicer {
             billing_runtime::publish::ack(d).await?;
         }
         billing_store::invoice_facts::insert(&self.ch, &invoices).await?;
+        let store = &self.store;
+        let writes: Vec<_> = invoices
+            .iter()
+            .map(|(t, inv)| store.put_invoice(t, inv, p))
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
         for (t, inv) in &invoices {
-            self.store.put_invoice(t, inv).await?;
             self.issued.set(
                 t,
                 &inv.customer_id,

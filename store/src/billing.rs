@@ -81,6 +81,8 @@ pub struct BillingStore {
     select_clock: PreparedStatement,
     upsert_invoice: PreparedStatement,
     upsert_invoice_index: PreparedStatement,
+    upsert_invoice_by_date: PreparedStatement,
+    select_invoices_by_date: PreparedStatement,
     select_invoice: PreparedStatement,
     invoices_first: PreparedStatement,
     invoices_after: PreparedStatement,
@@ -126,6 +128,8 @@ impl BillingStore {
             select_clock: prepare(test_clocks::select_clock(ks), true).await?,
             upsert_invoice: prepare(invoices::upsert(ks), true).await?,
             upsert_invoice_index: prepare(invoices::upsert_index(ks), true).await?,
+            upsert_invoice_by_date: prepare(invoices::upsert_by_date(ks), true).await?,
+            select_invoices_by_date: prepare(invoices::select_by_date(ks), true).await?,
             select_invoice: prepare(invoices::select_one(ks), true).await?,
             invoices_first: prepare(invoices::select_page_first(ks), true).await?,
             invoices_after: prepare(invoices::select_page_after(ks), true).await?,
@@ -364,30 +368,75 @@ impl BillingStore {
 
     // ---- invoices ----
 
-    /// Write an invoice and its list entry.
-    pub async fn put_invoice(&self, tenant: &str, inv: &InvoiceView) -> anyhow::Result<()> {
+    /// Write an invoice, its customer's list entry and its billing date's entry (the customer's lifecycle
+    /// partition: the bill run's unit).
+    pub async fn put_invoice(
+        &self,
+        tenant: &str,
+        inv: &InvoiceView,
+        partition: i32,
+    ) -> anyhow::Result<()> {
         let body = serde_json::to_string(inv)?;
+        let number = inv.number.clone().unwrap_or_default();
+        let row = self.session.execute_unpaged(
+            &self.upsert_invoice,
+            (
+                tenant,
+                &inv.invoice_id,
+                &inv.customer_id,
+                inv.status.as_str(),
+                &number,
+                inv.billing_date,
+                body,
+            ),
+        );
+        let index = self.session.execute_unpaged(
+            &self.upsert_invoice_index,
+            (tenant, &inv.customer_id, &inv.invoice_id),
+        );
+        let by_date = self.mark_invoice(tenant, inv, partition, inv.status.as_str());
+        let (a, b, c) = futures::join!(row, index, by_date);
+        a?;
+        b?;
+        c?;
+        Ok(())
+    }
+
+    /// Write only the billing date's entry of an invoice, with this status (e.g. [`invoices::NUMBERING`]).
+    pub async fn mark_invoice(
+        &self,
+        tenant: &str,
+        inv: &InvoiceView,
+        partition: i32,
+        status: &str,
+    ) -> anyhow::Result<()> {
         self.session
             .execute_unpaged(
-                &self.upsert_invoice,
+                &self.upsert_invoice_by_date,
                 (
                     tenant,
-                    &inv.invoice_id,
-                    &inv.customer_id,
-                    inv.status.as_str(),
-                    inv.number.clone().unwrap_or_default(),
                     inv.billing_date,
-                    body,
+                    partition,
+                    &inv.customer_id,
+                    &inv.invoice_id,
+                    status,
+                    inv.number.clone().unwrap_or_default(),
                 ),
             )
             .await?;
-        self.session
-            .execute_unpaged(
-                &self.upsert_invoice_index,
-                (tenant, &inv.customer_id, &inv.invoice_id),
-            )
-            .await?;
         Ok(())
+    }
+
+    /// The invoices of one billing date for the customers of one lifecycle partition: (customer, invoice id,
+    /// status, number).
+    pub async fn invoices_on(
+        &self,
+        tenant: &str,
+        date: DateTime<Utc>,
+        partition: i32,
+    ) -> anyhow::Result<Vec<(String, String, String, String)>> {
+        self.collect(&self.select_invoices_by_date, (tenant, date, partition))
+            .await
     }
 
     /// One invoice.

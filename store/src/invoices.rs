@@ -1,7 +1,8 @@
 //! ScyllaDB `invoices` and `invoices_by_customer` (migration `cql/0002_billing.cql`): every invoice, draft or
 //! finalized, as the API shows it. Invoice ids are deterministic, `inv_<billing date YYYYMMDD>_<16 hex>` (a hash
 //! of tenant, customer and billing date), so a retry or a replay finds the same invoice, and id order is billing
-//! date order (lists are newest first).
+//! date order (lists are newest first). `invoices_by_date` (migration `cql/0003_invoices_by_date.cql`) lists a
+//! billing date's invoices per lifecycle partition, for the bill run.
 //!
 //! **Writer: invoicer.** Readers: query-api, invoicer.
 
@@ -131,6 +132,23 @@ pub(crate) fn upsert_index(ks: &str) -> String {
 pub(crate) fn select_one(ks: &str) -> String {
     format!("SELECT body FROM {ks}.invoices WHERE tenant_id = ? AND invoice_id = ?")
 }
+
+pub(crate) fn upsert_by_date(ks: &str) -> String {
+    format!(
+        "INSERT INTO {ks}.invoices_by_date (tenant_id, billing_date, partition, customer_id, invoice_id, status, number) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)"
+    )
+}
+
+pub(crate) fn select_by_date(ks: &str) -> String {
+    format!(
+        "SELECT customer_id, invoice_id, status, number FROM {ks}.invoices_by_date \
+         WHERE tenant_id = ? AND billing_date = ? AND partition = ?"
+    )
+}
+
+/// Status of an invoice whose number may have been claimed by a bill run cut short (`invoices_by_date` only).
+pub const NUMBERING: &str = "numbering";
 
 pub(crate) fn select_page_first(ks: &str) -> String {
     format!("SELECT body FROM {ks}.invoices WHERE tenant_id = ?")

@@ -50,6 +50,7 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("test_clocks", Store::Cql, "invoicer"),
     ("invoices", Store::Cql, "invoicer"),
     ("invoices_by_customer", Store::Cql, "invoicer"),
+    ("invoices_by_date", Store::Cql, "invoicer"),
     ("invoice_number_blocks", Store::Cql, "invoicer"),
     ("materialized_offsets", Store::Cql, "invoicer"),
     ("api_idempotency", Store::Cql, "query-api"),

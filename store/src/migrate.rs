@@ -25,6 +25,11 @@ const CQL: &[Migration] = &[
         name: "billing",
         body: include_str!("../migrations/cql/0002_billing.cql"),
     },
+    Migration {
+        version: 3,
+        name: "invoices_by_date",
+        body: include_str!("../migrations/cql/0003_invoices_by_date.cql"),
+    },
 ];
 
 const CLICKHOUSE: &[Migration] = &[

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod billing;
 pub mod catalog;
 
 use billing_runtime::kafka::Topics;
@@ -188,26 +189,80 @@ where
     }
 }
 
-/// rating, the invoicer and query-api running in this process against a [`TestEnv`].
+/// The `billing` binary next to the running test executable (`cargo test --workspace` builds it).
+pub fn billing_binary() -> std::path::PathBuf {
+    // target/<profile>/deps/<test>-… → target/<profile>/billing
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("billing");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --bin billing` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// `billing <service>` as a child process on this environment's topics, keyspace and database.
+pub fn spawn_service(
+    settings: &Settings,
+    service: &str,
+    extra_env: &[(&str, String)],
+) -> std::process::Child {
+    let mut cmd = std::process::Command::new(billing_binary());
+    cmd.arg(service)
+        .env("BILLING__KAFKA__TOPIC_PREFIX", &settings.kafka.topic_prefix)
+        .env(
+            "BILLING__KAFKA__PARTITIONS",
+            settings.kafka.partitions.to_string(),
+        )
+        .env("BILLING__CASSANDRA__KEYSPACE", &settings.cassandra.keyspace)
+        .env(
+            "BILLING__CLICKHOUSE__DATABASE",
+            &settings.clickhouse.database,
+        )
+        .env("BILLING__RATING__GROUP_ID", &settings.rating.group_id)
+        .env("BILLING__INVOICER__GROUP_ID", &settings.invoicer.group_id)
+        .env("BILLING__RATING__LISTEN", free_addr().to_string())
+        .env("BILLING__INVOICER__LISTEN", free_addr().to_string())
+        .env("BILLING__TELEMETRY__FILTER", "warn");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("start billing {service}: {e}"))
+}
+
+/// rating, the invoicer and query-api running in this process against a [`TestEnv`]. Dropping it (a test that
+/// panics) cancels them, so the runtime can shut down and the test fails instead of hanging.
 pub struct Services {
     /// Cancel to stop them all.
     pub stop: billing_runtime::Shutdown,
     /// The query API's base URL.
     pub api: String,
+    tasks: Option<ServiceTasks>,
+}
+
+struct ServiceTasks {
     rating: tokio::task::JoinHandle<anyhow::Result<()>>,
     invoicer: tokio::task::JoinHandle<anyhow::Result<()>>,
     query_api: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 impl Services {
     /// Whether rating has stopped (it should only stop when asked to).
     pub fn rating_stopped(&self) -> bool {
-        self.rating.is_finished()
+        self.tasks.as_ref().is_none_or(|t| t.rating.is_finished())
     }
 
     /// Whether the invoicer has stopped.
     pub fn invoicer_stopped(&self) -> bool {
-        self.invoicer.is_finished()
+        self.tasks.as_ref().is_none_or(|t| t.invoicer.is_finished())
     }
 
     /// Start rating, the invoicer and the query API.
@@ -227,24 +282,21 @@ impl Services {
         Services {
             stop,
             api: format!("http://{addr}"),
-            rating,
-            invoicer,
-            query_api,
+            tasks: Some(ServiceTasks {
+                rating,
+                invoicer,
+                query_api,
+            }),
         }
     }
 
-    /// Stop both and surface their errors.
-    pub async fn shutdown(self) {
+    /// Stop them all and surface their errors.
+    pub async fn shutdown(mut self) {
         self.stop.cancel();
-        self.rating.await.unwrap().expect("rating ended cleanly");
-        self.invoicer
-            .await
-            .unwrap()
-            .expect("invoicer ended cleanly");
-        self.query_api
-            .await
-            .unwrap()
-            .expect("query-api ended cleanly");
+        let t = self.tasks.take().expect("running");
+        t.rating.await.unwrap().expect("rating ended cleanly");
+        t.invoicer.await.unwrap().expect("invoicer ended cleanly");
+        t.query_api.await.unwrap().expect("query-api ended cleanly");
     }
 }
 

@@ -344,7 +344,12 @@ fn customer_with(id: &str, edit: impl FnOnce(&mut CustomerCreated)) -> Lifecycle
     ev
 }
 
-fn change(customer: &str, sub: &str, at_: &str, payload: impl FnOnce(String, String, DateTime<Utc>) -> Lifecycle) -> LifecycleEvent {
+fn change(
+    customer: &str,
+    sub: &str,
+    at_: &str,
+    payload: impl FnOnce(String, String, DateTime<Utc>) -> Lifecycle,
+) -> LifecycleEvent {
     LifecycleEvent {
         tenant_id: TENANT.into(),
         event_id: format!("{sub}-change-{at_}"),
@@ -360,19 +365,33 @@ fn usage(customer: &str, id: &str, metric: &str, when: &str, props: &[(&str, &st
         customer_id: customer.into(),
         metric_code: metric.into(),
         timestamp: at(when),
-        properties: props.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+        properties: props
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
     }
 }
 
 async fn produce_usage(env: &TestEnv, events: Vec<UsageEvent>) {
     for e in events {
         let key = billing_schemas::customer_key(TENANT, &e.customer_id);
-        env.produce(&env.topics.usage, &key, &encode(&e, Encoding::Json).unwrap(), Some("application/json"))
-            .await;
+        env.produce(
+            &env.topics.usage,
+            &key,
+            &encode(&e, Encoding::Json).unwrap(),
+            Some("application/json"),
+        )
+        .await;
     }
 }
 
-fn plan_in(code: &str, currency: &str, fee: &str, advance: bool, charges: Vec<Charge>) -> CatalogEvent {
+fn plan_in(
+    code: &str,
+    currency: &str,
+    fee: &str,
+    advance: bool,
+    charges: Vec<Charge>,
+) -> CatalogEvent {
     let mut ev = plan(code, fee, advance, charges);
     if let billing_schemas::catalog::Catalog::Plan(p) = &mut ev.payload {
         p.currency = currency.into();
@@ -388,14 +407,27 @@ async fn a_month_in_the_life() {
     use Lifecycle as L;
     let env = TestEnv::new("month_in_life").await;
     let services = Services::start(&env.settings).await;
-    let session = Arc::new(billing_runtime::cql::connect(&env.settings.cassandra).await.unwrap());
+    let session = Arc::new(
+        billing_runtime::cql::connect(&env.settings.cassandra)
+            .await
+            .unwrap(),
+    );
     let store = BillingStore::new(session, &env.settings.cassandra.keyspace)
         .await
         .unwrap();
     let publisher = env.publisher();
     let t0 = at("2026-01-01T00:00:00Z");
-    let metric = |code: &str, agg, field: Option<&str>| CatalogEvent::metric(TENANT, t0, code, agg, field, vec![]);
-    let std_calls = || Charge::on_metric("calls-std", "calls", ChargeModel::Standard, r#"{"amount":"0.5"}"#);
+    let metric = |code: &str, agg, field: Option<&str>| {
+        CatalogEvent::metric(TENANT, t0, code, agg, field, vec![])
+    };
+    let std_calls = || {
+        Charge::on_metric(
+            "calls-std",
+            "calls",
+            ChargeModel::Standard,
+            r#"{"amount":"0.5"}"#,
+        )
+    };
     let with_min = Charge {
         min_amount: Some("20".into()),
         ..std_calls()
@@ -439,8 +471,18 @@ async fn a_month_in_the_life() {
     let jan15 = "2026-01-15T00:00:00Z";
     let mut lifecycle = Vec::new();
     for c in [
-        "anchor", "up-days", "up-excl", "up-secs", "down", "pause", "cancel-now", "cancel-end", "trial",
-        "metered", "commit", "two",
+        "anchor",
+        "up-days",
+        "up-excl",
+        "up-secs",
+        "down",
+        "pause",
+        "cancel-now",
+        "cancel-end",
+        "trial",
+        "metered",
+        "commit",
+        "two",
     ] {
         lifecycle.push(customer(c));
     }
@@ -453,13 +495,19 @@ async fn a_month_in_the_life() {
             s.billing_anchor_day = Some(1);
         }),
         sub_with("up-days", "up-days-1", "basic", jan1, |_| {}),
-        sub_with("up-excl", "up-excl-1", "basic", jan1, |s| s.proration = ProrationConvention::DaysExclusiveEnd),
-        sub_with("up-secs", "up-secs-1", "basic", jan1, |s| s.proration = ProrationConvention::Seconds),
+        sub_with("up-excl", "up-excl-1", "basic", jan1, |s| {
+            s.proration = ProrationConvention::DaysExclusiveEnd
+        }),
+        sub_with("up-secs", "up-secs-1", "basic", jan1, |s| {
+            s.proration = ProrationConvention::Seconds
+        }),
         sub_with("down", "down-1", "basic", jan1, |_| {}),
         sub_with("pause", "pause-1", "basic", jan1, |_| {}),
         sub_with("cancel-now", "cancel-now-1", "basic", jan1, |_| {}),
         sub_with("cancel-end", "cancel-end-1", "basic", jan1, |_| {}),
-        sub_with("trial", "trial-1", "basic", jan1, |s| s.trial_ends_at = Some(at(jan15))),
+        sub_with("trial", "trial-1", "basic", jan1, |s| {
+            s.trial_ends_at = Some(at(jan15))
+        }),
         sub_with("metered", "metered-1", "metered", jan1, |_| {}),
         sub_with("commit", "commit-1", "commit", jan1, |_| {}),
         sub_with("two", "two-a", "basic", jan1, |_| {}),
@@ -479,11 +527,12 @@ async fn a_month_in_the_life() {
             })
         })
     };
-    let effective = |sub: String, cus: String, t| billing_schemas::lifecycle::SubscriptionEffective {
-        subscription_id: sub,
-        customer_id: cus,
-        effective_at: t,
-    };
+    let effective =
+        |sub: String, cus: String, t| billing_schemas::lifecycle::SubscriptionEffective {
+            subscription_id: sub,
+            customer_id: cus,
+            effective_at: t,
+        };
     let cancel = |c: &str, s: &str, when: &str, at_period_end: bool| {
         change(c, s, when, move |sub, cus, t| {
             L::SubscriptionCanceled(billing_schemas::lifecycle::SubscriptionCanceled {
@@ -507,8 +556,12 @@ async fn a_month_in_the_life() {
                 at_period_end: true,
             })
         }),
-        change("pause", "pause-1", "2026-01-11T00:00:00Z", |s, c, t| L::SubscriptionPaused(effective(s, c, t))),
-        change("pause", "pause-1", "2026-01-21T00:00:00Z", |s, c, t| L::SubscriptionResumed(effective(s, c, t))),
+        change("pause", "pause-1", "2026-01-11T00:00:00Z", |s, c, t| {
+            L::SubscriptionPaused(effective(s, c, t))
+        }),
+        change("pause", "pause-1", "2026-01-21T00:00:00Z", |s, c, t| {
+            L::SubscriptionResumed(effective(s, c, t))
+        }),
         cancel("cancel-now", "cancel-now-1", "2026-01-20T00:00:00Z", false),
         cancel("cancel-end", "cancel-end-1", "2026-01-20T00:00:00Z", true),
     ]);
@@ -517,14 +570,50 @@ async fn a_month_in_the_life() {
     }
     let mut events = Vec::new();
     for i in 0..150 {
-        events.push(usage("metered", &format!("m-call-{i}"), "calls", "2026-01-10T00:00:00Z", &[]));
+        events.push(usage(
+            "metered",
+            &format!("m-call-{i}"),
+            "calls",
+            "2026-01-10T00:00:00Z",
+            &[],
+        ));
     }
-    events.push(usage("metered", "m-gb-1", "gb", "2026-01-10T00:00:00Z", &[("gb", "20")]));
-    events.push(usage("metered", "m-gb-2", "gb", "2026-01-11T00:00:00Z", &[("gb", "5.5")]));
-    events.push(usage("metered", "m-files", "files", "2026-01-12T00:00:00Z", &[("n", "2350")]));
+    events.push(usage(
+        "metered",
+        "m-gb-1",
+        "gb",
+        "2026-01-10T00:00:00Z",
+        &[("gb", "20")],
+    ));
+    events.push(usage(
+        "metered",
+        "m-gb-2",
+        "gb",
+        "2026-01-11T00:00:00Z",
+        &[("gb", "5.5")],
+    ));
+    events.push(usage(
+        "metered",
+        "m-files",
+        "files",
+        "2026-01-12T00:00:00Z",
+        &[("n", "2350")],
+    ));
     for i in 0..10 {
-        events.push(usage("commit", &format!("c-call-{i}"), "calls", "2026-01-10T00:00:00Z", &[]));
-        events.push(usage("grace", &format!("g-call-{i}"), "calls", "2026-01-10T00:00:00Z", &[]));
+        events.push(usage(
+            "commit",
+            &format!("c-call-{i}"),
+            "calls",
+            "2026-01-10T00:00:00Z",
+            &[],
+        ));
+        events.push(usage(
+            "grace",
+            &format!("g-call-{i}"),
+            "calls",
+            "2026-01-10T00:00:00Z",
+            &[],
+        ));
     }
     produce_usage(&env, events).await;
 
@@ -539,17 +628,31 @@ async fn a_month_in_the_life() {
     produce_usage(
         &env,
         (0..4)
-            .map(|i| usage("grace", &format!("g-late-{i}"), "calls", "2026-01-31T23:00:00Z", &[]))
+            .map(|i| {
+                usage(
+                    "grace",
+                    &format!("g-late-{i}"),
+                    "calls",
+                    "2026-01-31T23:00:00Z",
+                    &[],
+                )
+            })
             .collect(),
     )
     .await;
     advance(&env, &store, "2026-02-02T00:00:00Z").await;
     let draft = &invoices_of(&store, "grace").await[&at("2026-02-01T00:00:00Z")];
-    assert_eq!((draft.status, draft.total), (InvoiceStatus::Draft, dec("7.00")));
+    assert_eq!(
+        (draft.status, draft.total),
+        (InvoiceStatus::Draft, dec("7.00"))
+    );
     // The grace period ends on Feb 4: finalized and numbered, with what the draft said.
     advance(&env, &store, "2026-02-04T00:00:00Z").await;
     let fin = &invoices_of(&store, "grace").await[&at("2026-02-01T00:00:00Z")];
-    assert_eq!((fin.status, fin.total), (InvoiceStatus::Finalized, dec("7.00")));
+    assert_eq!(
+        (fin.status, fin.total),
+        (InvoiceStatus::Finalized, dec("7.00"))
+    );
     assert!(fin.number.is_some());
     assert_eq!(fin.issued_at, Some(at("2026-02-04T00:00:00Z")));
 
@@ -560,24 +663,55 @@ async fn a_month_in_the_life() {
             .collect()
     };
     let expect = |c: &str, want: &[(&str, &str)]| {
-        let want: Vec<(String, Decimal)> = want.iter().map(|(d, t)| ((*d).into(), dec(t))).collect();
+        let want: Vec<(String, Decimal)> =
+            want.iter().map(|(d, t)| ((*d).into(), dec(t))).collect();
         (c.to_owned(), want)
     };
     let cases = [
         // Start Jan 15 anchored on the 1st: Jan 15..=31 is 17/31 × 100 = 54.84, then full months.
-        expect("anchor", &[("01-15", "54.84"), ("02-01", "100.00"), ("03-01", "100.00")]),
+        expect(
+            "anchor",
+            &[("01-15", "54.84"), ("02-01", "100.00"), ("03-01", "100.00")],
+        ),
         // Upgrade on Jan 15 at noon, `days`: the day belongs to the new plan. Credit 17/31 × 100 = −54.84, pro
         // 17/31 × 200 = 109.68, February's pro fee 200: 254.84 on Feb 1.
-        expect("up-days", &[("01-01", "100.00"), ("02-01", "254.84"), ("03-01", "200.00")]),
+        expect(
+            "up-days",
+            &[
+                ("01-01", "100.00"),
+                ("02-01", "254.84"),
+                ("03-01", "200.00"),
+            ],
+        ),
         // `days_exclusive_end`: Jan 15 to Feb 1 exclusive, 17/31 = 0.548387097 → the same −54.84 and 109.68.
-        expect("up-excl", &[("01-01", "100.00"), ("02-01", "254.84"), ("03-01", "200.00")]),
+        expect(
+            "up-excl",
+            &[
+                ("01-01", "100.00"),
+                ("02-01", "254.84"),
+                ("03-01", "200.00"),
+            ],
+        ),
         // `seconds`: 16.5 of 31 days left at noon: −53.23 (53.2258…) + 106.45 (106.4516…) + 200 = 253.22.
-        expect("up-secs", &[("01-01", "100.00"), ("02-01", "253.22"), ("03-01", "200.00")]),
+        expect(
+            "up-secs",
+            &[
+                ("01-01", "100.00"),
+                ("02-01", "253.22"),
+                ("03-01", "200.00"),
+            ],
+        ),
         // Downgrade to lite at the end of January: February and March at 50.
-        expect("down", &[("01-01", "100.00"), ("02-01", "50.00"), ("03-01", "50.00")]),
+        expect(
+            "down",
+            &[("01-01", "100.00"), ("02-01", "50.00"), ("03-01", "50.00")],
+        ),
         // Paused Jan 11–20: credit Jan 11..=31 (21/31 × 100 = −67.74), resumed Jan 21..=31 (11/31 × 100 =
         // 35.48), February 100: 67.74.
-        expect("pause", &[("01-01", "100.00"), ("02-01", "67.74"), ("03-01", "100.00")]),
+        expect(
+            "pause",
+            &[("01-01", "100.00"), ("02-01", "67.74"), ("03-01", "100.00")],
+        ),
         // Canceled at once on Jan 20 (`days`: Jan 20 is the last day served): credit Jan 21..=31, 11/31 × 100
         // = −35.48; nothing after.
         expect("cancel-now", &[("01-01", "100.00"), ("02-01", "-35.48")]),
@@ -592,11 +726,24 @@ async fn a_month_in_the_life() {
         // 10 calls × 0.5 = 5.00, lifted to the 20.00 minimum by a 15.00 true-up; February: 0 + 20.00 true-up.
         expect("commit", &[("02-01", "20.00"), ("03-01", "20.00")]),
         // Two subscriptions, one invoice per billing date: 100 + 50.
-        expect("two", &[("01-01", "150.00"), ("02-01", "150.00"), ("03-01", "150.00")]),
+        expect(
+            "two",
+            &[
+                ("01-01", "150.00"),
+                ("02-01", "150.00"),
+                ("03-01", "150.00"),
+            ],
+        ),
         // JPY has no minor unit: 17/31 × 1000 = 548.38… → 548.
-        expect("jpy", &[("01-15", "548"), ("02-01", "1000"), ("03-01", "1000")]),
+        expect(
+            "jpy",
+            &[("01-15", "548"), ("02-01", "1000"), ("03-01", "1000")],
+        ),
         // KWD has three decimals: 17/31 × 10 = 5.4838… → 5.484.
-        expect("kwd", &[("01-15", "5.484"), ("02-01", "10.000"), ("03-01", "10.000")]),
+        expect(
+            "kwd",
+            &[("01-15", "5.484"), ("02-01", "10.000"), ("03-01", "10.000")],
+        ),
     ];
     let mut numbers = Vec::new();
     for (c, want) in &cases {
@@ -610,8 +757,17 @@ async fn a_month_in_the_life() {
     // Line by line where the total could hide a mistake.
     let two = invoices_of(&store, "two").await;
     let jan = &two[&at(jan1)];
-    assert_eq!(jan.subscription_ids, vec!["two-a".to_owned(), "two-b".to_owned()]);
-    assert_eq!(amounts(jan), vec![("subscription_fee", dec("100.00")), ("subscription_fee", dec("50.00"))]);
+    assert_eq!(
+        jan.subscription_ids,
+        vec!["two-a".to_owned(), "two-b".to_owned()]
+    );
+    assert_eq!(
+        amounts(jan),
+        vec![
+            ("subscription_fee", dec("100.00")),
+            ("subscription_fee", dec("50.00"))
+        ]
+    );
     let commit = invoices_of(&store, "commit").await;
     assert_eq!(
         amounts(&commit[&at("2026-02-01T00:00:00Z")]),
@@ -620,16 +776,26 @@ async fn a_month_in_the_life() {
     let metered = invoices_of(&store, "metered").await;
     assert_eq!(
         amounts(&metered[&at("2026-02-01T00:00:00Z")]),
-        vec![("usage", dec("75.00")), ("usage", dec("31.00")), ("usage", dec("30.00"))]
+        vec![
+            ("usage", dec("75.00")),
+            ("usage", dec("31.00")),
+            ("usage", dec("30.00"))
+        ]
     );
     // The grace customer's February invoice is a draft until Mar 4; every finalized invoice has its own number
     // and together they are 1..N.
     let grace = invoices_of(&store, "grace").await;
-    assert_eq!(grace[&at("2026-03-01T00:00:00Z")].status, InvoiceStatus::Draft);
+    assert_eq!(
+        grace[&at("2026-03-01T00:00:00Z")].status,
+        InvoiceStatus::Draft
+    );
     numbers.push(grace[&at("2026-02-01T00:00:00Z")].number.clone().unwrap());
     numbers.sort();
     let n = numbers.len();
-    assert_eq!(numbers, (1..=n).map(|k| format!("ACME-{k:06}")).collect::<Vec<_>>());
+    assert_eq!(
+        numbers,
+        (1..=n).map(|k| format!("ACME-{k:06}")).collect::<Vec<_>>()
+    );
 
     assert!(!services.invoicer_stopped());
     services.shutdown().await;

@@ -45,35 +45,12 @@ struct Expected {
     weighted: Decimal,
 }
 
-fn billing_binary() -> std::path::PathBuf {
-    // target/<profile>/deps/usage_crash-… → target/<profile>/billing
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("billing");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build --bin billing` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
-}
-
 fn spawn_rating(env: &TestEnv) -> Child {
-    let s = &env.settings;
-    Command::new(billing_binary())
-        .arg("rating")
-        .env("BILLING__KAFKA__TOPIC_PREFIX", &s.kafka.topic_prefix)
-        .env("BILLING__KAFKA__PARTITIONS", s.kafka.partitions.to_string())
-        .env("BILLING__CASSANDRA__KEYSPACE", &s.cassandra.keyspace)
-        .env("BILLING__CLICKHOUSE__DATABASE", &s.clickhouse.database)
-        .env("BILLING__RATING__GROUP_ID", &s.rating.group_id)
-        .env(
-            "BILLING__RATING__LISTEN",
-            billing_tests::free_addr().to_string(),
-        )
-        .env("BILLING__RATING__CHECKPOINT_EVENTS", "5000")
-        .env("BILLING__TELEMETRY__FILTER", "warn")
-        .spawn()
-        .expect("start billing rating")
+    billing_tests::spawn_service(
+        &env.settings,
+        "rating",
+        &[("BILLING__RATING__CHECKPOINT_EVENTS", "5000".into())],
+    )
 }
 
 /// Σ (end offset − committed offset) of rating's group over the usage partitions.

@@ -1,0 +1,361 @@
+//! The bill run under faults, on the real stack: an invoicer process killed with SIGKILL three times during a
+//! bill run of 10,000 subscriptions; the invoicer's tables wiped and rebuilt from the topics; malformed and
+//! inconsistent lifecycle events dead-lettered while the invoicer goes on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use billing_runtime::kafka::dlq_headers;
+use billing_schemas::catalog::{CatalogEvent, Interval, Plan};
+use billing_schemas::invoice::{Invoice, InvoiceEvent};
+use billing_schemas::lifecycle::{
+    BillingTime, CustomerCreated, Lifecycle, LifecycleEvent, ProrationConvention,
+    SubscriptionCreated, SubscriptionEffective,
+};
+use billing_schemas::Encoding;
+use billing_store::invoices::InvoiceStatus;
+use billing_tests::billing::{all_invoices, invoices_of};
+use billing_tests::{eventually, high_watermarks, spawn_service, Services, TestEnv};
+use chrono::{DateTime, Duration as Days, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+const TENANT: &str = "acme";
+const CLOCK: &str = "clk";
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn basic_plan() -> CatalogEvent {
+    CatalogEvent::plan(
+        TENANT,
+        at("2026-01-01T00:00:00Z"),
+        Plan {
+            code: "basic".into(),
+            name: "Basic".into(),
+            interval: Interval::Monthly,
+            currency: "EUR".into(),
+            amount: "100".into(),
+            pay_in_advance: true,
+            trial_period_days: 0,
+            charges: vec![],
+        },
+    )
+}
+
+/// A customer on the test clock and its subscription to `basic` from `start`.
+fn customer_and_subscription(id: &str, start: DateTime<Utc>) -> [LifecycleEvent; 2] {
+    let ev = |event_id: String, payload| LifecycleEvent {
+        tenant_id: TENANT.into(),
+        event_id,
+        occurred_at: start,
+        payload,
+    };
+    [
+        ev(
+            format!("customer-{id}"),
+            Lifecycle::CustomerCreated(CustomerCreated {
+                test_clock_id: Some(CLOCK.into()),
+                ..CustomerCreated::new(id, id, "EUR", "UTC")
+            }),
+        ),
+        ev(
+            format!("subscription-{id}"),
+            Lifecycle::SubscriptionCreated(SubscriptionCreated {
+                subscription_id: format!("sub-{id}"),
+                customer_id: id.into(),
+                plan_code: "basic".into(),
+                started_at: start,
+                trial_ends_at: None,
+                billing_time: BillingTime::Calendar,
+                billing_anchor_day: None,
+                proration: ProrationConvention::Days,
+            }),
+        ),
+    ]
+}
+
+async fn invoices_published(env: &TestEnv) -> i64 {
+    high_watermarks(&env.settings, &env.topics.invoices)
+        .await
+        .iter()
+        .map(|(_, h)| h)
+        .sum()
+}
+
+/// 10,000 customers start on January 1 + (i mod 28) days: each gets its start-date invoice, 100 × (32 − day)/31
+/// rounded half-up to the cent, and its February 1 invoice of 100.00: 20,000 invoices. The invoicer is a
+/// `billing invoicer` process killed with SIGKILL three times while it bills them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkilled_invoicer_issues_every_invoice_once_with_gap_free_numbers() {
+    const CUSTOMERS: usize = 10_000;
+    let env = TestEnv::new("bill_crash").await;
+    let store = env.billing_store().await;
+    let publisher = env.publisher();
+    publisher
+        .catalog(&basic_plan(), Encoding::Json)
+        .await
+        .unwrap();
+    let jan1 = at("2026-01-01T00:00:00Z");
+    env.tick(TENANT, CLOCK, jan1).await;
+    let mut sends = Vec::new();
+    let mut expected: BTreeMap<(String, DateTime<Utc>), Decimal> = BTreeMap::new();
+    for i in 0..CUSTOMERS {
+        let id = format!("c{i:05}");
+        let day = (i % 28) as i64 + 1;
+        let start = jan1 + Days::days(day - 1);
+        // Days start..=Jan 31 inclusive, of 31.
+        let jan = (Decimal::from(100 * (32 - day)) / Decimal::from(31))
+            .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+        expected.insert((id.clone(), start), jan);
+        expected.insert((id.clone(), at("2026-02-01T00:00:00Z")), Decimal::from(100));
+        for ev in customer_and_subscription(&id, start) {
+            sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
+        }
+    }
+    for d in sends {
+        billing_runtime::publish::ack(d).await.unwrap();
+    }
+    let spawn = || spawn_service(&env.settings, "invoicer", &[]);
+    let mut child = spawn();
+    env.clock_reached(&store, TENANT, CLOCK, jan1, Duration::from_secs(120))
+        .await;
+    // Advance past February 1: the run bills all 20,000.
+    let feb1 = at("2026-02-01T00:00:00Z");
+    env.tick(TENANT, CLOCK, feb1).await;
+    let mut last = 0;
+    for kill in 0..3 {
+        let target = last + 1_000;
+        eventually(
+            Duration::from_secs(180),
+            "invoices before the kill",
+            || async { (invoices_published(&env).await >= target).then_some(()) },
+        )
+        .await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        last = invoices_published(&env).await;
+        assert!(
+            last < 2 * CUSTOMERS as i64,
+            "kill {} must land during the bill run ({last} published)",
+            kill + 1
+        );
+        child = spawn();
+    }
+    env.clock_reached(&store, TENANT, CLOCK, feb1, Duration::from_secs(300))
+        .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Every billing date invoiced once, finalized, with the amount computed above.
+    let invoices = all_invoices(&store, TENANT).await;
+    assert_eq!(invoices.len(), 2 * CUSTOMERS);
+    let mut numbers = BTreeSet::new();
+    for inv in invoices.values() {
+        assert_eq!(inv.status, InvoiceStatus::Finalized, "{}", inv.invoice_id);
+        let want = expected[&(inv.customer_id.clone(), inv.billing_date)];
+        assert_eq!(inv.total, want, "{} of {}", inv.invoice_id, inv.customer_id);
+        assert!(
+            numbers.insert(inv.number.clone().unwrap()),
+            "duplicate number"
+        );
+    }
+    // Numbers 1..=20,000: no gap, no duplicate.
+    let want: BTreeSet<String> = (1..=2 * CUSTOMERS)
+        .map(|n| format!("ACME-{n:06}"))
+        .collect();
+    assert_eq!(numbers, want);
+    // Published: each invoice at least once (a kill between publishing and recording publishes again), always
+    // with the same number.
+    let published = env
+        .read_topic(&env.topics.invoices, usize::MAX, Duration::from_secs(20))
+        .await;
+    let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for m in &published {
+        let ev: InvoiceEvent = billing_schemas::decode(
+            rdkafka::Message::payload(m).unwrap(),
+            billing_runtime::kafka::content_type(m),
+        )
+        .unwrap();
+        if let Invoice::InvoiceFinalized(f) = ev.payload {
+            by_id.entry(f.invoice_id).or_default().insert(f.number);
+        }
+    }
+    assert_eq!(by_id.len(), 2 * CUSTOMERS);
+    for (id, nums) in &by_id {
+        assert_eq!(nums.len(), 1, "{id} published with numbers {nums:?}");
+        assert_eq!(
+            Some(nums.iter().next().unwrap()),
+            invoices[id].number.as_ref()
+        );
+    }
+    // Analytics: one row per invoice, the same grand total.
+    let (rows, total): (u64, String) = env
+        .clickhouse()
+        .query("SELECT count(), toString(sum(total)) FROM invoices FINAL")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(rows, 2 * CUSTOMERS as u64);
+    assert_eq!(
+        total.parse::<Decimal>().unwrap(),
+        expected.values().sum::<Decimal>()
+    );
+    env.cleanup().await;
+}
+
+/// Wiping every table the invoicer owns and running it again from the topics rebuilds the same invoices, byte for
+/// byte (their JSON), with the same numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replaying_the_topics_rebuilds_the_same_invoices() {
+    let env = TestEnv::new("bill_replay").await;
+    let store = env.billing_store().await;
+    let publisher = env.publisher();
+    publisher
+        .catalog(&basic_plan(), Encoding::Json)
+        .await
+        .unwrap();
+    let services = Services::start(&env.settings).await;
+    env.advance(&store, TENANT, CLOCK, "2026-01-01T00:00:00Z")
+        .await;
+    for i in 0..30 {
+        let start = at("2026-01-01T00:00:00Z") + Days::days(i % 20);
+        for ev in customer_and_subscription(&format!("r{i:02}"), start) {
+            publisher.lifecycle(&ev, Encoding::Avro).await.unwrap();
+        }
+    }
+    // One pause, so the rebuilt invoices have prorations too.
+    publisher
+        .lifecycle(
+            &LifecycleEvent {
+                tenant_id: TENANT.into(),
+                event_id: "pause-r00".into(),
+                occurred_at: at("2026-02-10T00:00:00Z"),
+                payload: Lifecycle::SubscriptionPaused(SubscriptionEffective {
+                    subscription_id: "sub-r00".into(),
+                    customer_id: "r00".into(),
+                    effective_at: at("2026-02-10T00:00:00Z"),
+                }),
+            },
+            Encoding::Avro,
+        )
+        .await
+        .unwrap();
+    env.advance(&store, TENANT, CLOCK, "2026-02-01T00:00:00Z")
+        .await;
+    env.advance(&store, TENANT, CLOCK, "2026-03-01T00:00:00Z")
+        .await;
+    let before = all_invoices(&store, TENANT).await;
+    assert_eq!(
+        before.len(),
+        90,
+        "30 start invoices, 30 on Feb 1, 30 on Mar 1"
+    );
+    services.shutdown().await;
+
+    let session = billing_runtime::cql::connect(&env.settings.cassandra)
+        .await
+        .unwrap();
+    for (table, kind, writer) in billing_store::TABLES {
+        if *writer == "invoicer" && *kind == billing_store::Store::Cql {
+            let _ = session
+                .query_unpaged(
+                    format!("TRUNCATE {}.{table}", env.settings.cassandra.keyspace),
+                    (),
+                )
+                .await;
+        }
+    }
+    assert!(
+        all_invoices(&store, TENANT).await.is_empty(),
+        "tables wiped"
+    );
+    let services = Services::start(&env.settings).await;
+    env.clock_reached(
+        &store,
+        TENANT,
+        CLOCK,
+        at("2026-03-01T00:00:00Z"),
+        Duration::from_secs(120),
+    )
+    .await;
+    let after = all_invoices(&store, TENANT).await;
+    assert_eq!(after.len(), before.len());
+    for (id, inv) in &before {
+        assert_eq!(
+            serde_json::to_string(&after[id]).unwrap(),
+            serde_json::to_string(inv).unwrap(),
+            "{id} rebuilt differently"
+        );
+    }
+    services.shutdown().await;
+    env.cleanup().await;
+}
+
+/// A lifecycle record that is not an event, and an event the subscription's history refuses (a resume of a
+/// subscription that is not paused), go to `billing.lifecycle.dlq` with their reason; the invoicer bills on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_lifecycle_events_are_dead_lettered_and_the_invoicer_goes_on() {
+    let env = TestEnv::new("bill_dlq").await;
+    let store = env.billing_store().await;
+    let services = Services::start(&env.settings).await;
+    env.publisher()
+        .catalog(&basic_plan(), Encoding::Json)
+        .await
+        .unwrap();
+    env.advance(&store, TENANT, CLOCK, "2026-01-01T00:00:00Z")
+        .await;
+    let key = billing_schemas::customer_key(TENANT, "d1");
+    env.produce(
+        &env.topics.lifecycle,
+        &key,
+        b"{not json",
+        Some("application/json"),
+    )
+    .await;
+    for ev in customer_and_subscription("d1", at("2026-01-01T00:00:00Z")) {
+        env.publish_lifecycle(&ev).await;
+    }
+    env.publish_lifecycle(&LifecycleEvent {
+        tenant_id: TENANT.into(),
+        event_id: "resume-d1".into(),
+        occurred_at: at("2026-01-05T00:00:00Z"),
+        payload: Lifecycle::SubscriptionResumed(SubscriptionEffective {
+            subscription_id: "sub-d1".into(),
+            customer_id: "d1".into(),
+            effective_at: at("2026-01-05T00:00:00Z"),
+        }),
+    })
+    .await;
+    let dead = env
+        .read_topic(&env.topics.lifecycle_dlq, 2, Duration::from_secs(60))
+        .await;
+    assert_eq!(dead.len(), 2);
+    let reason = |m: &rdkafka::message::OwnedMessage| {
+        use rdkafka::message::{Headers, Message};
+        m.headers()
+            .and_then(|h| h.iter().find(|h| h.key == dlq_headers::REASON))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason(&dead[0]).contains("undecodable"),
+        "{}",
+        reason(&dead[0])
+    );
+    assert!(
+        reason(&dead[1]).contains("inconsistent change"),
+        "{}",
+        reason(&dead[1])
+    );
+    // The customer is billed as if the bad events had not been sent.
+    env.advance(&store, TENANT, CLOCK, "2026-02-01T00:00:00Z")
+        .await;
+    let invs = invoices_of(&store, TENANT, "d1").await;
+    let totals: Vec<Decimal> = invs.values().map(|i| i.total).collect();
+    assert_eq!(totals, vec![Decimal::from(100), Decimal::from(100)]);
+    assert!(!services.invoicer_stopped());
+    services.shutdown().await;
+    env.cleanup().await;
+}
