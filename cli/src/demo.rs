@@ -1195,7 +1195,7 @@ async fn billing_workload(
             "their lines:  clickhouse-client --query \"SELECT invoice_id, line_no, kind, description, amount FROM {db}.invoice_lines FINAL WHERE tenant_id = '{tenant}' AND customer_id = 'lumen-energy' ORDER BY billing_date, line_no\""
         ),
         format!(
-            "invoice events: kcat -b {} -C -t {} -e -f '%k %s\\n' | grep {tenant}",
+            "invoice.finalized events: kcat -b {} -C -t {} -e -f '%k partition %p offset %o\\n' | grep {tenant}",
             settings.kafka.brokers, topics.invoices
         ),
     ])
