@@ -1,6 +1,6 @@
 //! The invoicer's Prometheus metrics, each defined once here.
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 /// The service's metrics and the registry that exports them.
 #[derive(Clone)]
@@ -11,6 +11,8 @@ pub struct Metrics {
     pub lifecycle: IntCounterVec,
     /// Invoices written by status: `draft` (written or refreshed) or `finalized`.
     pub invoices: IntCounterVec,
+    /// Lifecycle events whose handling failed (a store or the broker unavailable) and was retried.
+    pub retries: IntCounter,
 }
 
 impl Metrics {
@@ -30,10 +32,16 @@ impl Metrics {
             &["status"],
         )?;
         registry.register(Box::new(invoices.clone()))?;
+        let retries = IntCounter::new(
+            "retries_total",
+            "Lifecycle events whose handling failed and was retried",
+        )?;
+        registry.register(Box::new(retries.clone()))?;
         Ok(Metrics {
             registry,
             lifecycle,
             invoices,
+            retries,
         })
     }
 }

@@ -41,6 +41,17 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Store requests a bill run keeps in flight.
 const CONCURRENCY: usize = 64;
 
+/// (tenant, customer, its subscriptions as the core bills them, its billing dates so far).
+type CustomerWork = (
+    String,
+    String,
+    Vec<BillableSubscription>,
+    Vec<DateTime<Utc>>,
+);
+
+/// Invoices of one billing date by customer: (status, number).
+type IssuedOnDate = HashMap<String, (String, String)>;
+
 /// Records the lifecycle partitions taken away by a rebalance; the loop forgets their state before it handles
 /// another message (the callback runs inside `recv`, before messages of the new assignment are returned).
 #[derive(Default, Clone)]
@@ -73,6 +84,10 @@ struct PartitionState {
     caught_up: bool,
     /// (tenant, billing date) whose issued invoices were read since the partition was assigned.
     scanned: HashSet<(String, DateTime<Utc>)>,
+    /// Offsets below this are applied to the fold.
+    applied: i64,
+    /// What applying the last one said (for its effects, when they are retried).
+    last_outcome: Option<Result<(), String>>,
 }
 
 /// The invoicer.
@@ -94,6 +109,16 @@ pub struct Invoicer {
     /// Numbers already given, read back from `billing.invoices` (they survive the tables being wiped).
     restored: HashMap<String, String>,
     metrics: Metrics,
+}
+
+fn state_outcome(
+    partitions: &mut HashMap<i32, PartitionState>,
+    p: i32,
+    outcome: &Result<(), String>,
+) {
+    if let Some(s) = partitions.get_mut(&p) {
+        s.last_outcome = Some(outcome.clone());
+    }
 }
 
 impl Invoicer {
@@ -168,7 +193,21 @@ impl Invoicer {
                         }
                     };
                     self.forget_revoked().await?;
-                    self.handle(m).await?;
+                    // A failure (a store or the broker unavailable) is retried with backoff: every effect of
+                    // handling a message is idempotent, and the messages after it must wait for it.
+                    let mut backoff = Duration::from_millis(200);
+                    while let Err(e) = self.handle(m.clone()).await {
+                        tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "lifecycle event failed; retrying");
+                        self.metrics.retries.inc();
+                        if let Some(s) = self.partitions.get_mut(&m.partition()) {
+                            s.next = s.next.min(m.offset());
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
                 }
             }
         }
@@ -455,7 +494,20 @@ impl Invoicer {
                     Lifecycle::SubscriptionCanceled(s) => Some(s.subscription_id.clone()),
                     _ => None,
                 };
-                match self.reference.apply_lifecycle(ev) {
+                // Applied to the fold once, even when its effects below fail and the message is handled again.
+                let state = self.partitions.get_mut(&p).expect("present");
+                let outcome = if offset >= state.applied {
+                    state.applied = offset + 1;
+                    let outcome = self.reference.apply_lifecycle(ev);
+                    state_outcome(&mut self.partitions, p, &outcome);
+                    outcome
+                } else {
+                    self.partitions
+                        .get(&p)
+                        .and_then(|s| s.last_outcome.clone())
+                        .unwrap_or(Ok(()))
+                };
+                match outcome {
                     Err(reason) => {
                         self.metrics.lifecycle.with_label_values(&["refused"]).inc();
                         if fresh {
@@ -494,7 +546,6 @@ impl Invoicer {
             state.pending = Some(offset + 1);
         }
         if !state.caught_up && offset + 1 >= state.replay_end {
-            state.caught_up = true;
             let clocks: Vec<((String, String), DateTime<Utc>)> =
                 state.clocks.iter().map(|(k, v)| (k.clone(), *v)).collect();
             tracing::info!(
@@ -508,6 +559,8 @@ impl Invoicer {
                     self.store.put_test_clock(&tenant, &clock, p, now).await?;
                 }
             }
+            // Only now: a failed catch-up bill run is run again when the message is retried.
+            self.partitions.get_mut(&p).expect("present").caught_up = true;
             self.flush_progress().await?;
         }
         Ok(())
@@ -572,12 +625,7 @@ impl Invoicer {
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         let n = self.settings.kafka.partitions;
-        let mut work: Vec<(
-            String,
-            String,
-            Vec<BillableSubscription>,
-            Vec<DateTime<Utc>>,
-        )> = Vec::new();
+        let mut work: Vec<CustomerWork> = Vec::new();
         for ((t, c), cust) in self.reference.customers() {
             let ours = (t == tenant || (tenant == "*" && clock == WALL))
                 && clock_of(cust) == clock
@@ -779,7 +827,8 @@ impl Invoicer {
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "rating has checkpointed usage partition {p} up to {at}, not {high}, after {:?}",
+                "rating has checkpointed usage partition {p} up to {at}, not {high}, after {:?}; the bill run \
+                 waits for it",
                 self.settings.invoicer.usage_wait
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -805,8 +854,7 @@ impl Invoicer {
         // Known numbers, and the invoices a run cut short may have numbered already.
         let mut numbers: HashMap<String, String> = HashMap::new();
         let mut unsure: Vec<usize> = Vec::new();
-        let mut known: HashMap<(String, DateTime<Utc>), HashMap<String, (String, String)>> =
-            HashMap::new();
+        let mut known: HashMap<(String, DateTime<Utc>), IssuedOnDate> = HashMap::new();
         for (t, inv) in &invoices {
             let key = (t.clone(), inv.billing_date);
             if !known.contains_key(&key) {

@@ -359,3 +359,87 @@ async fn bad_lifecycle_events_are_dead_lettered_and_the_invoicer_goes_on() {
     services.shutdown().await;
     env.cleanup().await;
 }
+
+/// The bill run waits for rating: with rating down, the usage of a closing period is not checkpointed, so the
+/// invoicer neither bills without it nor stops; once rating is back, the invoice carries the usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bill_run_waits_for_rating_instead_of_billing_without_usage() {
+    use billing_schemas::catalog::{Aggregation, Charge, ChargeModel};
+    let mut env = TestEnv::new("bill_waits").await;
+    env.settings.invoicer.usage_wait = Duration::from_secs(1);
+    let store = env.billing_store().await;
+    let publisher = env.publisher();
+    let jan1 = at("2026-01-01T00:00:00Z");
+    publisher
+        .catalog(
+            &CatalogEvent::metric(TENANT, jan1, "calls", Aggregation::Count, None, vec![]),
+            Encoding::Json,
+        )
+        .await
+        .unwrap();
+    let mut plan = basic_plan();
+    if let billing_schemas::catalog::Catalog::Plan(p) = &mut plan.payload {
+        p.charges = vec![Charge::on_metric(
+            "calls",
+            "calls",
+            ChargeModel::Standard,
+            r#"{"amount":"1"}"#,
+        )];
+    }
+    publisher.catalog(&plan, Encoding::Json).await.unwrap();
+    let stop = billing_runtime::Shutdown::new();
+    let invoicer = tokio::spawn(billing_invoicer::run(env.settings.clone(), stop.clone()));
+    env.advance(&store, TENANT, CLOCK, "2026-01-01T00:00:00Z")
+        .await;
+    for ev in customer_and_subscription("w1", jan1) {
+        env.publish_lifecycle(&ev).await;
+    }
+    for i in 0..3 {
+        let e = billing_schemas::usage::UsageEvent {
+            tenant_id: TENANT.into(),
+            event_id: format!("w1-{i}"),
+            customer_id: "w1".into(),
+            metric_code: "calls".into(),
+            timestamp: at("2026-01-10T00:00:00Z"),
+            properties: Default::default(),
+        };
+        let key = billing_schemas::customer_key(TENANT, "w1");
+        env.produce(
+            &env.topics.usage,
+            &key,
+            &billing_schemas::encode(&e, Encoding::Json).unwrap(),
+            Some("application/json"),
+        )
+        .await;
+    }
+    let feb1 = at("2026-02-01T00:00:00Z");
+    env.tick(TENANT, CLOCK, feb1).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!invoicer.is_finished(), "the invoicer keeps running");
+    let invs = invoices_of(&store, TENANT, "w1").await;
+    assert!(
+        !invs.contains_key(&feb1),
+        "January is not billed before its usage is rated: {invs:?}"
+    );
+    let rating = tokio::spawn(billing_rating::run(env.settings.clone(), stop.clone()));
+    env.clock_reached(&store, TENANT, CLOCK, feb1, Duration::from_secs(120))
+        .await;
+    let invs = invoices_of(&store, TENANT, "w1").await;
+    // 3 calls × 1.00, and February's fee of 100.00.
+    let lines: Vec<(String, Decimal)> = invs[&feb1]
+        .lines
+        .iter()
+        .map(|l| (l.kind.clone(), l.amount))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("usage".into(), Decimal::from(3)),
+            ("subscription_fee".into(), Decimal::from(100))
+        ]
+    );
+    stop.cancel();
+    invoicer.await.unwrap().unwrap();
+    rating.await.unwrap().unwrap();
+    env.cleanup().await;
+}
