@@ -5,17 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use billing_core::aggregation::Aggregate;
-use billing_core::invoice::{Adjustments, Invoice, LineKind};
-use billing_core::invoicing::{
-    billing_dates, closing_period, invoice_billing_date, BillableSubscription, BillingDateInput,
-    ChargeAggregate, InvoiceOutcome,
-};
-use billing_core::money::RoundingMode;
-use billing_core::Currency;
+use billing_core::invoicing::{billing_dates, BillableSubscription};
 use billing_schemas::invoice::{self as wire, InvoiceEvent};
 use billing_schemas::reference::{Customer, Reference};
-use billing_store::invoices::{invoice_id, InvoiceLineView, InvoiceStatus, InvoiceView};
+use billing_store::invoices::{InvoiceHead, InvoiceStatus, InvoiceView};
 use billing_store::usage::CustomerUsage;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
@@ -40,218 +33,83 @@ pub fn due_dates(
     c: &Customer,
     now: DateTime<Utc>,
 ) -> (Vec<BillableSubscription>, Vec<DateTime<Utc>>) {
-    let Some(record) = c.record.as_ref() else {
-        return (Vec::new(), Vec::new());
-    };
-    let Ok(currency) = Currency::parse(&record.currency) else {
+    let (subs, refused) = reference.billable_subscriptions(tenant, customer_id);
+    for (id, reason) in refused {
         tracing::warn!(
             tenant,
             customer = customer_id,
-            currency = record.currency,
-            "customer currency unknown; not billed"
+            subscription = id,
+            reason,
+            "subscription not billed"
         );
-        return (Vec::new(), Vec::new());
-    };
+    }
     let tz = c.tz();
-    let mut subs = Vec::new();
+    let mut billed = Vec::with_capacity(subs.len());
     let mut dates = Vec::new();
-    for s in &c.subscriptions {
-        match reference.billable(tenant, s, currency).and_then(|b| {
-            billing_dates(&b, tz, now)
-                .map(|d| (b, d))
-                .map_err(|e| e.to_string())
-        }) {
-            Ok((b, d)) => {
+    for b in subs {
+        match billing_dates(&b, tz, now) {
+            Ok(d) => {
                 dates.extend(d);
-                subs.push(b);
+                billed.push(b);
             }
             Err(e) => {
-                tracing::warn!(tenant, customer = customer_id, subscription = s.id, error = %e, "subscription not billed")
+                tracing::warn!(tenant, customer = customer_id, subscription = ?b.id, error = %e, "subscription not billed")
             }
         }
     }
     dates.sort();
     dates.dedup();
-    (subs, dates)
+    (billed, dates)
 }
 
-/// Usage of the period closing at `date`, per subscription, from the stored aggregates.
-fn with_usage(
-    subs: &[BillableSubscription],
-    usage: &CustomerUsage,
-    c: &Customer,
-    date: DateTime<Utc>,
-) -> anyhow::Result<Vec<BillableSubscription>> {
-    let tz = c.tz();
-    let mut out = Vec::with_capacity(subs.len());
-    for s in subs {
-        let mut s = s.clone();
-        if let Some(period) = closing_period(&s, tz, date)? {
-            let id = s.id.clone().unwrap_or_default();
-            for (k, st) in &usage.aggregates {
-                if k.subscription_id != id || k.period_start != period.start {
-                    continue;
-                }
-                let known = s
-                    .plans
-                    .iter()
-                    .any(|p| p.charges.iter().any(|ch| ch.code == k.charge_id));
-                if !known {
-                    continue;
-                }
-                let aggregation = st.aggregation_type()?;
-                let units = st
-                    .running
-                    .units(aggregation, None, period.start, st.period_end)?;
-                s.aggregates.push(ChargeAggregate {
-                    charge: k.charge_id.clone(),
-                    group: (!k.group_key.is_empty()).then(|| k.group_key.clone()),
-                    aggregate: Aggregate {
-                        units,
-                        events_count: st.running.events_count,
-                        event_values: Vec::new(),
-                    },
-                });
-            }
-        }
-        out.push(s);
-    }
-    Ok(out)
-}
-
-/// The customer's invoice for one billing date, as a view (number not given yet), or `None` when no
-/// subscription has the date.
+/// The customer's invoice for one billing date, as a view (number not given yet), or `None` when nothing is
+/// billed on it. Usage comes from rating's checkpointed aggregates.
 #[allow(clippy::too_many_arguments)]
 pub fn invoice_for(
+    reference: &Reference,
     tenant: &str,
     customer_id: &str,
-    c: &Customer,
     subs: &[BillableSubscription],
     usage: &CustomerUsage,
     date: DateTime<Utc>,
     status: InvoiceStatus,
     issued_at: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Option<InvoiceView>> {
-    let record = c
-        .record
-        .as_ref()
+    let record = reference
+        .customer(tenant, customer_id)
+        .and_then(|c| c.record.as_ref())
         .ok_or_else(|| anyhow::anyhow!("customer {customer_id} not created"))?;
-    let currency = Currency::parse(&record.currency)?;
-    let subs = with_usage(subs, usage, c, date)?;
-    let outcome = invoice_billing_date(&BillingDateInput {
-        currency,
-        rounding: RoundingMode::HalfUp,
-        timezone: c.tz(),
-        billing_date: date,
-        subscriptions: &subs,
-        adjustments: Adjustments {
-            coupons: &[],
-            taxes: &[],
-            customer_tax_exempt: false,
-            credit_notes: &[],
-            prepaid_credits: Decimal::ZERO,
-        },
-    })?;
+    let outcome = reference
+        .invoice_on(tenant, customer_id, subs, date, |s, period| {
+            let id = s.id.clone().unwrap_or_default();
+            let has = |code: &str| {
+                s.plans
+                    .iter()
+                    .any(|p| p.charges.iter().any(|c| c.code == code))
+            };
+            usage
+                .charge_aggregates(&id, period, has)
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| anyhow::anyhow!(e))?;
     let Some(outcome) = outcome else {
         return Ok(None);
     };
     let grace = Duration::days(i64::from(record.invoice_grace_period_days.max(0)));
-    let net = Duration::days(i64::from(record.net_payment_term_days.max(0)));
-    Ok(Some(view(
-        tenant,
-        customer_id,
-        record.test_clock_id.clone(),
-        &record.currency,
-        date,
-        date + grace,
-        status,
-        issued_at,
-        net,
+    Ok(Some(InvoiceView::from_outcome(
+        InvoiceHead {
+            tenant,
+            customer_id,
+            test_clock_id: record.test_clock_id.clone(),
+            currency: &record.currency,
+            billing_date: date,
+            finalizes_at: date + grace,
+            status,
+            issued_at,
+            net_terms: Duration::days(i64::from(record.net_payment_term_days.max(0))),
+        },
         &outcome,
     )))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn view(
-    tenant: &str,
-    customer_id: &str,
-    clock: Option<String>,
-    currency: &str,
-    date: DateTime<Utc>,
-    finalizes_at: DateTime<Utc>,
-    status: InvoiceStatus,
-    issued_at: Option<DateTime<Utc>>,
-    net: Duration,
-    outcome: &InvoiceOutcome,
-) -> InvoiceView {
-    let inv: &Invoice = &outcome.invoice;
-    let lines: Vec<InvoiceLineView> = inv
-        .lines
-        .iter()
-        .map(|l| InvoiceLineView {
-            kind: line_kind(l.kind).into(),
-            description: l.description.clone(),
-            subscription_id: l.subscription.clone(),
-            code: l.code.clone(),
-            period_start: l.from,
-            period_end: l.to,
-            units: l.units,
-            proration_factor: l.proration_factor,
-            amount: l.amount,
-            discount: l.discount,
-            tax: l.tax_amount,
-            total: l.total,
-        })
-        .collect();
-    let period_start = outcome
-        .periods
-        .iter()
-        .map(|p| p.period.start)
-        .min()
-        .unwrap_or(date);
-    let period_end = outcome
-        .periods
-        .iter()
-        .map(|p| p.period.end)
-        .max()
-        .unwrap_or(date);
-    let mut subscription_ids: Vec<String> = outcome
-        .periods
-        .iter()
-        .filter_map(|p| p.subscription.clone())
-        .collect();
-    subscription_ids.dedup();
-    InvoiceView {
-        invoice_id: invoice_id(tenant, customer_id, date),
-        number: None,
-        status,
-        customer_id: customer_id.into(),
-        currency: currency.into(),
-        test_clock_id: clock,
-        billing_date: date,
-        finalizes_at,
-        issued_at,
-        due_date: issued_at.map(|t| t + net),
-        period_start,
-        period_end,
-        subscription_ids,
-        lines,
-        subtotal: inv.subtotal,
-        discount_total: inv.discount_total,
-        tax_total: inv.tax_total,
-        credits_total: inv.credits_total,
-        total: inv.total,
-        amount_due: inv.amount_due,
-    }
-}
-
-fn line_kind(k: LineKind) -> &'static str {
-    match k {
-        LineKind::Subscription => "subscription_fee",
-        LineKind::SubscriptionCredit => "proration_credit",
-        LineKind::Charge => "usage",
-        LineKind::TrueUp => "true_up",
-    }
 }
 
 fn wire_kind(k: &str) -> wire::LineKind {

@@ -746,7 +746,8 @@ impl Invoicer {
                 } else {
                     (InvoiceStatus::Draft, None)
                 };
-                let computed = bill::invoice_for(&t, &c, cust, &subs, &usage, d, status, issued_at);
+                let computed =
+                    bill::invoice_for(&self.reference, &t, &c, &subs, &usage, d, status, issued_at);
                 let inv = match computed {
                     Ok(Some(inv)) => inv,
                     Ok(None) => continue,

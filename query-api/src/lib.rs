@@ -10,6 +10,7 @@ mod customers;
 mod error;
 mod idempotency;
 mod invoices;
+mod preview;
 mod request;
 mod routes;
 mod store;

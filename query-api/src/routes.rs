@@ -36,6 +36,10 @@ pub fn router(state: AppState) -> Router {
             get(invoices::list_of_customer),
         )
         .route(
+            "/v1/customers/{customer_id}/invoices/preview",
+            post(crate::preview::preview),
+        )
+        .route(
             "/v1/billable_metrics",
             post(catalog::create_metric).get(catalog::list_metrics),
         )

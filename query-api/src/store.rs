@@ -75,6 +75,15 @@ impl Store {
         })
     }
 
+    /// Every stored aggregate of a customer.
+    pub async fn aggregates(
+        &self,
+        tenant: &str,
+        customer: &str,
+    ) -> anyhow::Result<billing_store::usage::CustomerUsage> {
+        self.usage.aggregates(tenant, customer).await
+    }
+
     /// A customer's usage in the billing periods that contain `at`, priced with the core.
     pub async fn usage(
         &self,

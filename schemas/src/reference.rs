@@ -14,7 +14,12 @@ use std::sync::Arc;
 use billing_core::aggregation::Metric;
 use billing_core::attribution::{self, Attributable};
 use billing_core::charge::ChargeModel;
-use billing_core::invoicing::{BillableSubscription, PlanTerms, PricedCharge, PricedPlan};
+use billing_core::invoice::Adjustments;
+use billing_core::invoicing::{
+    closing_period, invoice_billing_date, BillableSubscription, BillingDateInput, ChargeAggregate,
+    InvoiceOutcome, PlanTerms, PricedCharge, PricedPlan,
+};
+use billing_core::money::RoundingMode;
 use billing_core::period::{BillingAnchor, BillingPeriod};
 use billing_core::proration::ProrationConvention;
 use billing_core::subscription::{Change, ChangeKind, Subscription as History};
@@ -468,6 +473,86 @@ impl Reference {
             events: Vec::new(),
             aggregates: Vec::new(),
         })
+    }
+
+    /// A customer's subscriptions as the core bills them, and those it cannot bill with the reason (an unknown
+    /// plan or metric, a plan in another currency).
+    pub fn billable_subscriptions(
+        &self,
+        tenant: &str,
+        customer: &str,
+    ) -> (Vec<BillableSubscription>, Vec<(String, String)>) {
+        let Some(c) = self.customer(tenant, customer) else {
+            return (Vec::new(), Vec::new());
+        };
+        let Some(currency) = c
+            .record
+            .as_ref()
+            .and_then(|r| Currency::parse(&r.currency).ok())
+        else {
+            let refused = c
+                .subscriptions
+                .iter()
+                .map(|s| {
+                    (
+                        s.id.clone(),
+                        "the customer's currency is unknown".to_owned(),
+                    )
+                })
+                .collect();
+            return (Vec::new(), refused);
+        };
+        let mut subs = Vec::new();
+        let mut refused = Vec::new();
+        for s in &c.subscriptions {
+            match self.billable(tenant, s, currency) {
+                Ok(b) => subs.push(b),
+                Err(e) => refused.push((s.id.clone(), e)),
+            }
+        }
+        (subs, refused)
+    }
+
+    /// The customer's invoice for one billing date, assembled by the core: `usage` gives each subscription's
+    /// usage of the period that closes on that date. `None` when nothing is billed on it.
+    pub fn invoice_on(
+        &self,
+        tenant: &str,
+        customer: &str,
+        subs: &[BillableSubscription],
+        date: DateTime<Utc>,
+        usage: impl Fn(&BillableSubscription, &BillingPeriod) -> Result<Vec<ChargeAggregate>, String>,
+    ) -> Result<Option<InvoiceOutcome>, String> {
+        let c = self
+            .customer(tenant, customer)
+            .filter(|c| c.known())
+            .ok_or_else(|| format!("unknown customer {customer:?}"))?;
+        let record = c.record.as_ref().expect("known");
+        let currency = Currency::parse(&record.currency).map_err(|e| e.to_string())?;
+        let tz = c.tz();
+        let mut with_usage = Vec::with_capacity(subs.len());
+        for s in subs {
+            let mut s = s.clone();
+            if let Some(period) = closing_period(&s, tz, date).map_err(|e| e.to_string())? {
+                s.aggregates = usage(&s, &period)?;
+            }
+            with_usage.push(s);
+        }
+        invoice_billing_date(&BillingDateInput {
+            currency,
+            rounding: RoundingMode::HalfUp,
+            timezone: tz,
+            billing_date: date,
+            subscriptions: &with_usage,
+            adjustments: Adjustments {
+                coupons: &[],
+                taxes: &[],
+                customer_tax_exempt: false,
+                credit_notes: &[],
+                prepaid_credits: rust_decimal::Decimal::ZERO,
+            },
+        })
+        .map_err(|e| e.to_string())
     }
 
     /// Forget the customers `keep` refuses (e.g. those of partitions no longer owned).

@@ -106,6 +106,97 @@ pub struct InvoiceView {
     pub amount_due: Decimal,
 }
 
+/// What an invoice is about besides its lines: who, when, in which state.
+#[derive(Debug, Clone)]
+pub struct InvoiceHead<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Customer.
+    pub customer_id: &'a str,
+    /// The customer's test clock.
+    pub test_clock_id: Option<String>,
+    /// ISO currency.
+    pub currency: &'a str,
+    /// Billing date.
+    pub billing_date: DateTime<Utc>,
+    /// End of the grace period.
+    pub finalizes_at: DateTime<Utc>,
+    /// Draft or finalized.
+    pub status: InvoiceStatus,
+    /// Finalization time, when finalized.
+    pub issued_at: Option<DateTime<Utc>>,
+    /// Net payment terms.
+    pub net_terms: chrono::Duration,
+}
+
+impl InvoiceView {
+    /// The view of an invoice the core assembled (no number yet).
+    pub fn from_outcome(
+        head: InvoiceHead<'_>,
+        outcome: &billing_core::invoicing::InvoiceOutcome,
+    ) -> Self {
+        let inv = &outcome.invoice;
+        let kind = |k: billing_core::invoice::LineKind| {
+            use billing_core::invoice::LineKind as K;
+            match k {
+                K::Subscription => "subscription_fee",
+                K::SubscriptionCredit => "proration_credit",
+                K::Charge => "usage",
+                K::TrueUp => "true_up",
+            }
+        };
+        let lines = inv
+            .lines
+            .iter()
+            .map(|l| InvoiceLineView {
+                kind: kind(l.kind).into(),
+                description: l.description.clone(),
+                subscription_id: l.subscription.clone(),
+                code: l.code.clone(),
+                period_start: l.from,
+                period_end: l.to,
+                units: l.units,
+                proration_factor: l.proration_factor,
+                amount: l.amount,
+                discount: l.discount,
+                tax: l.tax_amount,
+                total: l.total,
+            })
+            .collect();
+        let date = head.billing_date;
+        let starts = outcome.periods.iter().map(|p| p.period.start);
+        let ends = outcome.periods.iter().map(|p| p.period.end);
+        let mut subscription_ids: Vec<String> = outcome
+            .periods
+            .iter()
+            .filter_map(|p| p.subscription.clone())
+            .collect();
+        subscription_ids.dedup();
+        InvoiceView {
+            invoice_id: invoice_id(head.tenant, head.customer_id, date),
+            number: None,
+            status: head.status,
+            customer_id: head.customer_id.into(),
+            currency: head.currency.into(),
+            test_clock_id: head.test_clock_id,
+            billing_date: date,
+            finalizes_at: head.finalizes_at,
+            issued_at: head.issued_at,
+            due_date: head.issued_at.map(|t| t + head.net_terms),
+            period_start: starts.min().unwrap_or(date),
+            period_end: ends.max().unwrap_or(date),
+            subscription_ids,
+            lines,
+            subtotal: inv.subtotal,
+            discount_total: inv.discount_total,
+            tax_total: inv.tax_total,
+            credits_total: inv.credits_total,
+            total: inv.total,
+            amount_due: inv.amount_due,
+        }
+    }
+}
+
 /// The deterministic id of a customer's invoice for one billing date.
 pub fn invoice_id(tenant: &str, customer: &str, billing_date: DateTime<Utc>) -> String {
     let mut h = Sha256::new();

@@ -23,6 +23,41 @@ pub struct CustomerUsage {
     pub seen: HashSet<String>,
 }
 
+impl CustomerUsage {
+    /// The usage of one subscription's billing period as the core's pre-aggregated input, for the charges
+    /// `has_charge` knows (rows of charges no longer on the plan are left out).
+    pub fn charge_aggregates(
+        &self,
+        subscription_id: &str,
+        period: &billing_core::period::BillingPeriod,
+        has_charge: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Vec<billing_core::invoicing::ChargeAggregate>> {
+        let mut out = Vec::new();
+        for (k, st) in &self.aggregates {
+            if k.subscription_id != subscription_id
+                || k.period_start != period.start
+                || !has_charge(&k.charge_id)
+            {
+                continue;
+            }
+            let aggregation = st.aggregation_type()?;
+            let units = st
+                .running
+                .units(aggregation, None, period.start, st.period_end)?;
+            out.push(billing_core::invoicing::ChargeAggregate {
+                charge: k.charge_id.clone(),
+                group: (!k.group_key.is_empty()).then(|| k.group_key.clone()),
+                aggregate: billing_core::aggregation::Aggregate {
+                    units,
+                    events_count: st.running.events_count,
+                    event_values: Vec::new(),
+                },
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// One aggregate to write: tenant, customer, key, state and the unique values added since the last write.
 pub type AggregateWrite = (String, String, AggKey, AggState, Vec<String>);
 

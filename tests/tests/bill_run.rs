@@ -232,6 +232,39 @@ async fn billing_dates_become_numbered_invoices() {
     // The anniversary customer in arrears has nothing to pay before its first period closes on Feb 10.
     assert!(invoices_of(&store, "anniv").await.is_empty());
 
+    // The upcoming invoice, now (clock at Feb 1): March 1 will bill February's usage so far (the 4 calls of Feb 20
+    // are rated: 2.00) and March's fee in advance (100.00). Nothing is stored.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let preview: InvoiceView = http
+        .post(format!(
+            "{}/v1/customers/cal/invoices/preview",
+            services.api
+        ))
+        .header("x-tenant-id", TENANT)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(preview.billing_date, at("2026-03-01T00:00:00Z"));
+    assert_eq!(preview.status, InvoiceStatus::Draft);
+    assert_eq!(preview.number, None);
+    assert_eq!(
+        amounts(&preview),
+        vec![("usage", dec("2.00")), ("subscription_fee", dec("100.00"))]
+    );
+    assert!(store
+        .invoice(TENANT, &preview.invoice_id)
+        .await
+        .unwrap()
+        .is_none());
+
     // An upgrade to `pro` on Feb 15, billed in advance: February's invoice on Mar 1 carries its prorations.
     publisher
         .lifecycle(
