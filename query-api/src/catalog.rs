@@ -262,10 +262,28 @@ pub fn check_charges(c: &mut Check, charges: Vec<ChargeBody>) -> Vec<Charge> {
             .unwrap_or_else(|| Value::Object(Default::default()));
         if !properties.is_object() {
             c.fail(at("properties"), "must be a JSON object");
-        } else if let Err(e) =
-            billing_core::charge::ChargeModel::from_lago(ch.charge_model.lago_name(), &properties)
-        {
-            c.fail(at("properties"), e.to_string());
+        } else {
+            match billing_core::charge::ChargeModel::from_lago(
+                ch.charge_model.lago_name(),
+                &properties,
+            ) {
+                Err(e) => c.fail(at("properties"), e.to_string()),
+                // Invoices are priced from rated aggregates, which keep no per-event values: options that need
+                // them cannot be billed, so they are refused rather than ignored.
+                Ok(model) => {
+                    let probe = model.evaluate(&billing_core::charge::Usage {
+                        units: rust_decimal::Decimal::ONE,
+                        events_count: Some(1),
+                        event_values: None,
+                    });
+                    if let Err(billing_core::Error::MissingInput(what)) = probe {
+                        c.fail(
+                            at("properties"),
+                            format!("not supported: the invoice is priced from aggregated usage ({what})"),
+                        );
+                    }
+                }
+            }
         }
         let min_amount = ch
             .min_amount
@@ -738,6 +756,20 @@ mod tests {
         assert!(
             matches!(bad, Err(ApiError::Fields { params, .. }) if params[0].name == "charges[0].price")
         );
+    }
+
+    #[test]
+    fn charges_the_invoice_cannot_price_from_aggregates_are_refused() {
+        // A percentage charge with a per-transaction minimum needs every event's value.
+        let mut c = Check::new();
+        plan_body(
+            r#"[{"billable_metric_code": "amount", "charge_model": "percentage",
+                 "properties": {"rate": "1", "per_transaction_min_amount": "0.5"}},
+                {"billable_metric_code": "amount", "charge_model": "percentage", "id": "plain",
+                 "properties": {"rate": "1"}}]"#,
+        )
+        .validate(&mut c);
+        assert_eq!(names(c), ["charges[0].properties"]);
     }
 
     #[test]
