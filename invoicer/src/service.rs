@@ -111,6 +111,24 @@ pub struct Invoicer {
     metrics: Metrics,
 }
 
+/// Write invoices, many at a time.
+async fn put_invoices(
+    store: &BillingStore,
+    invoices: &[(String, InvoiceView)],
+    p: i32,
+) -> anyhow::Result<()> {
+    // Futures collected first: a lazy `map` over borrowed items is not `Send` for every lifetime.
+    let writes: Vec<_> = invoices
+        .iter()
+        .map(|(t, inv)| store.put_invoice(t, inv, p))
+        .collect();
+    futures::stream::iter(writes)
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
 fn state_outcome(
     partitions: &mut HashMap<i32, PartitionState>,
     p: i32,
@@ -765,15 +783,7 @@ impl Invoicer {
                 }
             }
         }
-        let store = &self.store;
-        let writes: Vec<_> = drafts
-            .iter()
-            .map(|(t, inv)| store.put_invoice(t, inv, p))
-            .collect();
-        futures::stream::iter(writes)
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
+        put_invoices(&self.store, &drafts, p).await?;
         for (t, inv) in &drafts {
             self.issued
                 .set(t, &inv.customer_id, inv.billing_date, InvoiceStatus::Draft);
@@ -958,15 +968,7 @@ impl Invoicer {
             billing_runtime::publish::ack(d).await?;
         }
         billing_store::invoice_facts::insert(&self.ch, &invoices).await?;
-        let store = &self.store;
-        let writes: Vec<_> = invoices
-            .iter()
-            .map(|(t, inv)| store.put_invoice(t, inv, p))
-            .collect();
-        futures::stream::iter(writes)
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
+        put_invoices(&self.store, &invoices, p).await?;
         for (t, inv) in &invoices {
             self.issued.set(
                 t,

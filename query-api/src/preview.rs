@@ -9,8 +9,8 @@ use billing_core::invoicing::billing_dates;
 use billing_runtime::http::Tenant;
 use billing_schemas::catalog::{BillableMetric, Catalog, CatalogEvent, Plan};
 use billing_schemas::lifecycle::{
-    CustomerCreated, Lifecycle, LifecycleEvent, SubscriptionCanceled, SubscriptionChanged,
-    SubscriptionCreated, SubscriptionEffective,
+    Lifecycle, LifecycleEvent, SubscriptionCanceled, SubscriptionChanged, SubscriptionCreated,
+    SubscriptionEffective,
 };
 use billing_schemas::reference::Reference;
 use billing_store::catalog_entries::{METRIC, PLAN};
@@ -126,20 +126,7 @@ async fn fold(
         payload,
     };
     let c = customer;
-    let created = CustomerCreated {
-        customer_id: c.customer_id.clone(),
-        name: c.name.clone(),
-        email: c.email.clone(),
-        currency: c.currency.clone(),
-        timezone: c.timezone.clone(),
-        billing_country: c.billing_country.clone(),
-        address: c.address.clone(),
-        tax_ids: c.tax_ids.clone(),
-        invoice_grace_period_days: c.invoice_grace_period_days,
-        net_payment_term_days: c.net_payment_term_days,
-        metadata: c.metadata.clone(),
-        test_clock_id: c.test_clock_id.clone(),
-    };
+    let created = c.record();
     let mut events = vec![event(c.created_at, Lifecycle::CustomerCreated(created))];
     for s in subscriptions {
         let (sub, cus) = (s.subscription_id.clone(), s.customer_id.clone());

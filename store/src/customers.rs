@@ -61,6 +61,26 @@ impl CustomerView {
     }
 }
 
+impl CustomerView {
+    /// The customer record this view shows (what `CustomerCreated` would carry to create it as it is now).
+    pub fn record(&self) -> CustomerCreated {
+        CustomerCreated {
+            customer_id: self.customer_id.clone(),
+            name: self.name.clone(),
+            email: self.email.clone(),
+            currency: self.currency.clone(),
+            timezone: self.timezone.clone(),
+            billing_country: self.billing_country.clone(),
+            address: self.address.clone(),
+            tax_ids: self.tax_ids.clone(),
+            invoice_grace_period_days: self.invoice_grace_period_days,
+            net_payment_term_days: self.net_payment_term_days,
+            metadata: self.metadata.clone(),
+            test_clock_id: self.test_clock_id.clone(),
+        }
+    }
+}
+
 pub(crate) fn upsert(ks: &str) -> String {
     format!(
         "INSERT INTO {ks}.customers (tenant_id, customer_id, created_at, clock_id, body) VALUES (?, ?, ?, ?, ?)"

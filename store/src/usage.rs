@@ -24,6 +24,23 @@ pub struct CustomerUsage {
 }
 
 impl CustomerUsage {
+    /// The usage of a subscription's billing period for the charges of its plans, as the core's input (what
+    /// `Reference::invoice_on` asks for).
+    pub fn for_subscription(
+        &self,
+        s: &billing_core::invoicing::BillableSubscription,
+        period: &billing_core::period::BillingPeriod,
+    ) -> Result<Vec<billing_core::invoicing::ChargeAggregate>, String> {
+        let id = s.id.clone().unwrap_or_default();
+        let has = |code: &str| {
+            s.plans
+                .iter()
+                .any(|p| p.charges.iter().any(|c| c.code == code))
+        };
+        self.charge_aggregates(&id, period, has)
+            .map_err(|e| e.to_string())
+    }
+
     /// The usage of one subscription's billing period as the core's pre-aggregated input, for the charges
     /// `has_charge` knows (rows of charges no longer on the plan are left out).
     pub fn charge_aggregates(

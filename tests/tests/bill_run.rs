@@ -3,21 +3,20 @@
 //! comments), with gap-free numbers, `invoice.finalized` on `billing.invoices` and the rows in ClickHouse.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use billing_runtime::publish::Publisher;
 use billing_schemas::catalog::{Aggregation, CatalogEvent, Charge, ChargeModel, Interval, Plan};
 use billing_schemas::invoice::{Invoice, InvoiceEvent};
 use billing_schemas::lifecycle::{
-    BillingTime, ClockTick, CustomerCreated, Lifecycle, LifecycleEvent, ProrationConvention,
+    BillingTime, CustomerCreated, Lifecycle, LifecycleEvent, ProrationConvention,
     SubscriptionChanged, SubscriptionCreated,
 };
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{encode, Encoding};
 use billing_store::billing::BillingStore;
 use billing_store::invoices::{InvoiceStatus, InvoiceView};
-use billing_tests::{eventually, Services, TestEnv};
+use billing_tests::{Services, TestEnv};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -98,42 +97,12 @@ fn calls(customer: &str, n: usize, when: &str) -> Vec<UsageEvent> {
         .collect()
 }
 
-/// Move the test clock to `to` on every partition and wait until every partition's invoicer has billed up to it.
 async fn advance(env: &TestEnv, store: &BillingStore, to: &str) {
-    let tick = LifecycleEvent {
-        tenant_id: TENANT.into(),
-        event_id: format!("tick-{to}"),
-        occurred_at: at(to),
-        payload: Lifecycle::ClockTick(ClockTick {
-            clock_id: CLOCK.into(),
-            now: at(to),
-        }),
-    };
-    env.publisher()
-        .tick_everywhere(&tick, Encoding::Avro, env.settings.kafka.partitions)
-        .await
-        .unwrap();
-    let partitions = env.settings.kafka.partitions;
-    eventually(
-        Duration::from_secs(90),
-        &format!("clock at {to} everywhere"),
-        || async {
-            let clock = store.test_clock(TENANT, CLOCK).await.unwrap();
-            (0..partitions)
-                .all(|p| clock.get(&p).is_some_and(|t| *t >= at(to)))
-                .then_some(())
-        },
-    )
-    .await;
+    env.advance(store, TENANT, CLOCK, to).await;
 }
 
 async fn invoices_of(store: &BillingStore, customer: &str) -> BTreeMap<DateTime<Utc>, InvoiceView> {
-    let mut out = BTreeMap::new();
-    for id in store.invoice_ids_of(TENANT, customer).await.unwrap() {
-        let inv = store.invoice(TENANT, &id).await.unwrap().unwrap();
-        out.insert(inv.billing_date, inv);
-    }
-    out
+    billing_tests::billing::invoices_of(store, TENANT, customer).await
 }
 
 fn amounts(inv: &InvoiceView) -> Vec<(&str, Decimal)> {
@@ -147,14 +116,7 @@ fn amounts(inv: &InvoiceView) -> Vec<(&str, Decimal)> {
 async fn billing_dates_become_numbered_invoices() {
     let env = TestEnv::new("bill_run").await;
     let services = Services::start(&env.settings).await;
-    let session = Arc::new(
-        billing_runtime::cql::connect(&env.settings.cassandra)
-            .await
-            .unwrap(),
-    );
-    let store = BillingStore::new(session, &env.settings.cassandra.keyspace)
-        .await
-        .unwrap();
+    let store = env.billing_store().await;
     let publisher: Publisher = env.publisher();
     let std_calls = || {
         Charge::on_metric(
@@ -440,14 +402,7 @@ async fn a_month_in_the_life() {
     use Lifecycle as L;
     let env = TestEnv::new("month_in_life").await;
     let services = Services::start(&env.settings).await;
-    let session = Arc::new(
-        billing_runtime::cql::connect(&env.settings.cassandra)
-            .await
-            .unwrap(),
-    );
-    let store = BillingStore::new(session, &env.settings.cassandra.keyspace)
-        .await
-        .unwrap();
+    let store = env.billing_store().await;
     let publisher = env.publisher();
     let t0 = at("2026-01-01T00:00:00Z");
     let metric = |code: &str, agg, field: Option<&str>| {
