@@ -517,6 +517,8 @@ async fn publish_reference(publisher: &Publisher, customers: u64) -> anyhow::Res
         TENANT,
         start,
         Plan {
+            version: 1,
+            effective_from: None,
             code: "bench".into(),
             name: "Bench".into(),
             interval: Interval::Monthly,

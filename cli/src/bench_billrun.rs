@@ -313,6 +313,8 @@ impl Workload {
                 TENANT,
                 t0,
                 Plan {
+                    version: 1,
+                    effective_from: None,
                     code: code.into(),
                     name: code.into(),
                     interval: Interval::Monthly,

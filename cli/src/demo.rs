@@ -329,6 +329,8 @@ async fn publish_reference(publisher: &Publisher, args: &Args) -> anyhow::Result
         tenant,
         start,
         Plan {
+            version: 1,
+            effective_from: None,
             code: "starter".into(),
             name: "Starter".into(),
             interval: Interval::Monthly,

@@ -395,22 +395,32 @@ impl Invoicer {
             if let Err(e) = self.reference.apply_catalog(ev) {
                 tracing::warn!(offset = m.offset(), error = %e, "catalog event refused");
             } else if let Some((kind, code, body)) = entry {
-                let created_at = self
-                    .store
-                    .catalog_entry(&tenant, kind, &code)
-                    .await?
-                    .map_or(at, |e| e.created_at);
-                self.store
-                    .put_catalog_entry(
-                        &tenant,
-                        kind,
-                        &CatalogEntry {
-                            code,
-                            created_at,
-                            body,
-                        },
-                    )
-                    .await?;
+                let stored = self.store.catalog_entry(&tenant, kind, &code).await?;
+                let created_at = stored.as_ref().map_or(at, |e| e.created_at);
+                // The entry shows a plan's latest version; versions are keyed apart (and may sit on different
+                // partitions), so an older one read later does not replace it.
+                let version = |b: &str| {
+                    serde_json::from_str::<serde_json::Value>(b)
+                        .ok()
+                        .and_then(|v| v.get("version").and_then(|n| n.as_i64()))
+                        .unwrap_or(1)
+                };
+                let older = stored
+                    .as_ref()
+                    .is_some_and(|e| version(&e.body) > version(&body));
+                if !older {
+                    self.store
+                        .put_catalog_entry(
+                            &tenant,
+                            kind,
+                            &CatalogEntry {
+                                code,
+                                created_at,
+                                body,
+                            },
+                        )
+                        .await?;
+                }
             } else if let Some((kind, code)) = deleted {
                 self.store
                     .delete_catalog_entry(&tenant, &kind, &code)

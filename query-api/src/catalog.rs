@@ -153,6 +153,10 @@ pub struct UpdatePlan {
     trial_period_days: Option<i32>,
     #[serde(default)]
     charges: Option<Vec<ChargeBody>>,
+    /// The new version applies to subscriptions that start (or change to the plan) from this instant (RFC 3339
+    /// or `YYYY-MM-DD`); running ones keep their version. Without it, the update applies to every subscription.
+    #[serde(default)]
+    effective_from: Option<String>,
 }
 
 const MAX_NAME: usize = 255;
@@ -318,6 +322,8 @@ impl CreatePlan {
     pub fn validate(self, c: &mut Check) -> Plan {
         c.id("code", &self.code);
         let mut p = Plan {
+            version: 1,
+            effective_from: None,
             name: self.name.unwrap_or_else(|| self.code.clone()),
             code: self.code,
             interval: self.interval,
@@ -338,6 +344,17 @@ impl CreatePlan {
 impl UpdatePlan {
     /// `old` with the given fields replaced (charges to be found still), checked so far.
     pub fn validate(self, c: &mut Check, mut p: Plan) -> Plan {
+        p.version += 1;
+        p.effective_from = None;
+        if let Some(raw) = &self.effective_from {
+            match crate::request::parse_instant("effective_from", raw, false) {
+                Ok(t) => p.effective_from = Some(t),
+                Err(_) => c.fail(
+                    "effective_from",
+                    "must be an RFC 3339 time or a YYYY-MM-DD date",
+                ),
+            }
+        }
         if let Some(cur) = &self.currency {
             if cur.to_ascii_uppercase() != p.currency {
                 c.fail(
@@ -441,6 +458,8 @@ pub fn plan_view(e: &CatalogEntry) -> Result<Value, ApiError> {
         "amount": p.amount,
         "pay_in_advance": p.pay_in_advance,
         "trial_period_days": p.trial_period_days,
+        "version": p.version,
+        "effective_from": p.effective_from,
         "charges": charges,
         "created_at": e.created_at,
     }))

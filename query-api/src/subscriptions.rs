@@ -512,6 +512,8 @@ mod tests {
 
     fn plan(code: &str, interval: Interval, amount: &str, trial: i32) -> Plan {
         Plan {
+            version: 1,
+            effective_from: None,
             code: code.into(),
             name: code.into(),
             interval,

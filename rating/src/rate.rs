@@ -257,6 +257,8 @@ mod tests {
             "t",
             start,
             Plan {
+                version: 1,
+                effective_from: None,
                 code: "p".into(),
                 name: "P".into(),
                 interval: Interval::Monthly,

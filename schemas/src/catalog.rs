@@ -169,6 +169,17 @@ pub struct Plan {
     /// Usage charges.
     #[serde(default)]
     pub charges: Vec<Charge>,
+    /// 1, 2, …: each update of the plan is a new version.
+    #[serde(default = "first_version")]
+    pub version: i32,
+    /// Subscriptions starting (or changing to the plan) at or after this instant use this version; `None`: every
+    /// subscription, whenever it started (an edit of the plan, as Lago applies plan edits).
+    #[serde(default, with = "crate::time::option")]
+    pub effective_from: Option<DateTime<Utc>>,
+}
+
+fn first_version() -> i32 {
+    1
 }
 
 /// A retired catalog entry.
@@ -181,10 +192,14 @@ pub struct Deleted {
 }
 
 impl CatalogEvent {
-    /// The Kafka key: `tenant/kind/code`, so compaction keeps the latest version of each metric and plan.
+    /// The Kafka key: `tenant/kind/code`, so compaction keeps the latest value of each metric and plan; a plan's
+    /// versions after the first are keyed `tenant/plan/code/v<N>`, so compaction keeps every version.
     pub fn key(&self) -> String {
         let (kind, code) = match &self.payload {
             Catalog::BillableMetric(m) => ("billable_metric", m.code.as_str()),
+            Catalog::Plan(p) if p.version > 1 => {
+                return format!("{}/plan/{}/v{}", self.tenant_id, p.code, p.version)
+            }
             Catalog::Plan(p) => ("plan", p.code.as_str()),
             Catalog::Deleted(d) => (d.kind.as_str(), d.code.as_str()),
         };

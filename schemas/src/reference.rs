@@ -88,6 +88,25 @@ pub fn plan_info(plan: catalog::Plan) -> Result<PlanInfo, String> {
     })
 }
 
+/// The version of a plan that a subscription starting on it (or changing to it) at `since` uses: the highest
+/// version effective then (`effective_from` at or before `since`, or none: an edit for everyone). Running
+/// subscriptions keep that version until they change plan; a version effective from a later date applies to the
+/// subscriptions that start or change after it.
+pub fn version_at(
+    plans: &HashMap<(String, String), Vec<Arc<PlanInfo>>>,
+    tenant: &str,
+    code: &str,
+    since: DateTime<Utc>,
+) -> Option<Arc<PlanInfo>> {
+    let versions = plans.get(&(tenant.to_owned(), code.to_owned()))?;
+    versions
+        .iter()
+        .rev()
+        .find(|v| v.plan.effective_from.is_none_or(|f| f <= since))
+        .or_else(|| versions.first())
+        .cloned()
+}
+
 /// A subscription as the lifecycle topic describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
@@ -116,6 +135,23 @@ impl Subscription {
                 self.plans.len() - 1
             }
         }
+    }
+
+    /// When the subscription began to use its plan number `i`: its start for the first, else the first change to
+    /// it. The plan's version in force then is the one it keeps (see [`version_at`]).
+    pub fn plan_since(&self, i: usize) -> DateTime<Utc> {
+        if i == self.history.plan {
+            return self.history.started_at;
+        }
+        self.history
+            .changes
+            .iter()
+            .filter(|c| {
+                matches!(c.kind, ChangeKind::Upgrade { plan } | ChangeKind::Downgrade { plan } if plan == i)
+            })
+            .map(|c| c.at)
+            .min()
+            .unwrap_or(self.history.started_at)
     }
 
     /// Where the subscription's periods start.
@@ -183,7 +219,8 @@ pub enum AttributionError {
 #[derive(Debug, Default)]
 pub struct Reference {
     metrics: HashMap<(String, String), Arc<Metric>>,
-    plans: HashMap<(String, String), Arc<PlanInfo>>,
+    /// Every version of each plan, in version order.
+    plans: HashMap<(String, String), Vec<Arc<PlanInfo>>>,
     customers: HashMap<(String, String), Customer>,
 }
 
@@ -213,7 +250,11 @@ impl Reference {
             Catalog::Plan(p) => {
                 let code = p.code.clone();
                 let info = plan_info(p).map_err(|e| format!("invalid plan {code:?}: {e}"))?;
-                self.plans.insert((tenant, code), Arc::new(info));
+                let versions = self.plans.entry((tenant, code)).or_default();
+                // A repeated version (a retry, a replay) replaces itself.
+                versions.retain(|v| v.plan.version != info.plan.version);
+                versions.push(Arc::new(info));
+                versions.sort_by_key(|v| v.plan.version);
             }
             Catalog::Deleted(d) => match d.kind.as_str() {
                 "billable_metric" => {
@@ -377,12 +418,13 @@ impl Reference {
         history.changes.push(Change { at, kind });
         // Checked with the phases and the timezone attribution uses, when every plan is known.
         let anchor = sub.anchor();
-        let terms: Option<Vec<PlanTerms>> = sub
-            .plans
-            .iter()
-            .map(|code| {
-                plans
-                    .get(&(tenant.clone(), code.clone()))
+        let probe = Subscription {
+            history: history.clone(),
+            ..sub.clone()
+        };
+        let terms: Option<Vec<PlanTerms>> = (0..sub.plans.len())
+            .map(|i| {
+                version_at(plans, &tenant, &sub.plans[i], probe.plan_since(i))
                     .map(|p| p.terms(anchor))
             })
             .collect();
@@ -404,7 +446,13 @@ impl Reference {
     pub fn plan(&self, tenant: &str, code: &str) -> Option<Arc<PlanInfo>> {
         self.plans
             .get(&(tenant.to_owned(), code.to_owned()))
+            .and_then(|v| v.last())
             .cloned()
+    }
+
+    /// The version of a plan a subscription uses from `since` (see [`version_at`]).
+    pub fn plan_at(&self, tenant: &str, code: &str, since: DateTime<Utc>) -> Option<Arc<PlanInfo>> {
+        version_at(&self.plans, tenant, code, since)
     }
 
     /// Every customer known, with its (tenant, customer id).
@@ -422,9 +470,9 @@ impl Reference {
         currency: Currency,
     ) -> Result<BillableSubscription, String> {
         let mut plans = Vec::with_capacity(sub.plans.len());
-        for code in &sub.plans {
+        for (i, code) in sub.plans.iter().enumerate() {
             let p = self
-                .plan(tenant, code)
+                .plan_at(tenant, code, sub.plan_since(i))
                 .ok_or_else(|| format!("unknown plan {code:?}"))?;
             if p.currency != currency {
                 return Err(format!(
@@ -588,9 +636,8 @@ impl Reference {
             .subscriptions
             .iter()
             .map(|s| {
-                s.plans
-                    .iter()
-                    .map(|code| self.plans.get(&(tenant.to_owned(), code.clone())).cloned())
+                (0..s.plans.len())
+                    .map(|i| self.plan_at(tenant, &s.plans[i], s.plan_since(i)))
                     .collect()
             })
             .collect();
@@ -623,5 +670,71 @@ impl Reference {
             plan,
             period: found.period,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Interval, Plan};
+    use crate::lifecycle::CustomerCreated;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn plan(version: i32, amount: &str, effective_from: Option<&str>) -> CatalogEvent {
+        CatalogEvent::plan(
+            "t",
+            at("2026-01-01T00:00:00Z"),
+            Plan {
+                code: "p".into(),
+                name: "P".into(),
+                interval: Interval::Monthly,
+                currency: "EUR".into(),
+                amount: amount.into(),
+                pay_in_advance: true,
+                trial_period_days: 0,
+                charges: vec![],
+                version,
+                effective_from: effective_from.map(at),
+            },
+        )
+    }
+
+    // A version effective from Feb 1 applies to subscriptions starting from then; one started before keeps the
+    // first version. A version without a date (an edit) applies to every subscription.
+    #[test]
+    fn subscriptions_keep_the_plan_version_in_force_when_they_started() {
+        let mut r = Reference::default();
+        // Versions read out of order (they are keyed apart) end up in order.
+        r.apply_catalog(plan(2, "200", Some("2026-02-01T00:00:00Z")))
+            .unwrap();
+        r.apply_catalog(plan(1, "100", None)).unwrap();
+        for (c, sub, start) in [
+            ("a", "sa", "2026-01-01T00:00:00Z"),
+            ("b", "sb", "2026-02-05T00:00:00Z"),
+        ] {
+            for ev in LifecycleEvent::customer_subscribed(
+                "t",
+                CustomerCreated::new(c, c, "EUR", "UTC"),
+                sub,
+                "p",
+                at(start),
+            ) {
+                r.apply_lifecycle(ev).unwrap();
+            }
+        }
+        let fee = |r: &Reference, c: &str| {
+            let (subs, refused) = r.billable_subscriptions("t", c);
+            assert!(refused.is_empty());
+            subs[0].plans[0].terms.fee
+        };
+        assert_eq!(fee(&r, "a"), rust_decimal::Decimal::from(100));
+        assert_eq!(fee(&r, "b"), rust_decimal::Decimal::from(200));
+        assert_eq!(r.plan("t", "p").unwrap().plan.version, 2);
+        r.apply_catalog(plan(3, "300", None)).unwrap();
+        assert_eq!(fee(&r, "a"), rust_decimal::Decimal::from(300));
+        assert_eq!(fee(&r, "b"), rust_decimal::Decimal::from(300));
     }
 }

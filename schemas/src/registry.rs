@@ -18,8 +18,8 @@ pub enum SchemaId {
     Usage = 1,
     /// `lifecycle_event.v1.avsc`: read only (resolved to [`SchemaId::Lifecycle`]).
     LifecycleV1 = 2,
-    /// `catalog_event.avsc`, v1.
-    Catalog = 3,
+    /// `catalog_event.v1.avsc`: read only (resolved to [`SchemaId::Catalog`]).
+    CatalogV1 = 3,
     /// `invoice_event.v1.avsc`: read only (resolved to [`SchemaId::Invoice`]).
     InvoiceV1 = 4,
     /// `payment_event.avsc`, v1.
@@ -28,18 +28,21 @@ pub enum SchemaId {
     Lifecycle = 6,
     /// `invoice_event.avsc`, v2.
     Invoice = 7,
+    /// `catalog_event.avsc`, v2.
+    Catalog = 8,
 }
 
 impl SchemaId {
     /// Every id, in id order.
-    pub const ALL: [SchemaId; 7] = [
+    pub const ALL: [SchemaId; 8] = [
         SchemaId::Usage,
         SchemaId::LifecycleV1,
-        SchemaId::Catalog,
+        SchemaId::CatalogV1,
         SchemaId::InvoiceV1,
         SchemaId::Payment,
         SchemaId::Lifecycle,
         SchemaId::Invoice,
+        SchemaId::Catalog,
     ];
 
     /// The id of a number read from the wire.
@@ -52,13 +55,14 @@ impl SchemaId {
         match self {
             SchemaId::LifecycleV1 => SchemaId::Lifecycle,
             SchemaId::InvoiceV1 => SchemaId::Invoice,
+            SchemaId::CatalogV1 => SchemaId::Catalog,
             other => other,
         }
     }
 }
 
 /// (id, file name, schema text) of every schema, in id order.
-pub const SCHEMAS: [(SchemaId, &str, &str); 7] = [
+pub const SCHEMAS: [(SchemaId, &str, &str); 8] = [
     (
         SchemaId::Usage,
         "usage_event.avsc",
@@ -70,9 +74,9 @@ pub const SCHEMAS: [(SchemaId, &str, &str); 7] = [
         include_str!("../avro/lifecycle_event.v1.avsc"),
     ),
     (
-        SchemaId::Catalog,
-        "catalog_event.avsc",
-        include_str!("../avro/catalog_event.avsc"),
+        SchemaId::CatalogV1,
+        "catalog_event.v1.avsc",
+        include_str!("../avro/catalog_event.v1.avsc"),
     ),
     (
         SchemaId::InvoiceV1,
@@ -93,6 +97,11 @@ pub const SCHEMAS: [(SchemaId, &str, &str); 7] = [
         SchemaId::Invoice,
         "invoice_event.avsc",
         include_str!("../avro/invoice_event.avsc"),
+    ),
+    (
+        SchemaId::Catalog,
+        "catalog_event.avsc",
+        include_str!("../avro/catalog_event.avsc"),
     ),
 ];
 

@@ -156,6 +156,11 @@ fn lifecycle_events_of_v1_still_decode() {
 }
 
 #[test]
+fn catalog_events_of_v1_still_decode() {
+    check_older_version::<CatalogEvent>("catalog_event.v1");
+}
+
+#[test]
 fn invoice_events_of_v1_still_decode() {
     check_older_version::<InvoiceEvent>("invoice_event.v1");
 }

@@ -57,6 +57,8 @@ impl TestEnv {
         charges: &[(&str, &str, ChargeModel, &str, Option<&str>)],
     ) {
         let plan = Plan {
+            version: 1,
+            effective_from: None,
             code: code.into(),
             name: code.into(),
             interval: Interval::Monthly,

@@ -36,6 +36,8 @@ fn plan(code: &str, fee: &str, advance: bool, charges: Vec<Charge>) -> CatalogEv
         TENANT,
         at("2026-01-01T00:00:00Z"),
         Plan {
+            version: 1,
+            effective_from: None,
             code: code.into(),
             name: code.into(),
             interval: Interval::Monthly,
@@ -786,6 +788,73 @@ async fn a_month_in_the_life() {
     );
 
     assert!(!services.invoicer_stopped());
+    services.shutdown().await;
+    env.cleanup().await;
+}
+
+/// A plan updated through the API with a date: subscriptions started before keep the old version, those started
+/// after bill the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_versions_apply_from_their_date() {
+    let env = TestEnv::new("plan_versions").await;
+    let services = Services::start(&env.settings).await;
+    let store = env.billing_store().await;
+    env.publisher()
+        .catalog(&plan("p", "100", true, vec![]), Encoding::Json)
+        .await
+        .unwrap();
+    advance(&env, &store, "2026-01-01T00:00:00Z").await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let updated: serde_json::Value = http
+        .post(format!("{}/v1/plans/p", services.api))
+        .header("x-tenant-id", TENANT)
+        .json(&serde_json::json!({"amount": "200", "effective_from": "2026-02-01"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(updated["version"], 2);
+    for ev in [
+        customer("old"),
+        subscription(
+            "old",
+            "old-1",
+            "p",
+            "2026-01-01T00:00:00Z",
+            BillingTime::Calendar,
+        ),
+        customer("new"),
+        subscription(
+            "new",
+            "new-1",
+            "p",
+            "2026-02-05T00:00:00Z",
+            BillingTime::Calendar,
+        ),
+    ] {
+        env.publish_lifecycle(&ev).await;
+    }
+    advance(&env, &store, "2026-03-01T00:00:00Z").await;
+    let totals = |invs: BTreeMap<DateTime<Utc>, InvoiceView>| -> Vec<Decimal> {
+        invs.values().map(|i| i.total).collect()
+    };
+    // Started on January 1 under version 1: 100 every month.
+    assert_eq!(
+        totals(invoices_of(&store, "old").await),
+        vec![dec("100.00"), dec("100.00"), dec("100.00")]
+    );
+    // Started on February 5 under version 2: Feb 5..=28 is 24/28 × 200 = 171.43, then 200.
+    assert_eq!(
+        totals(invoices_of(&store, "new").await),
+        vec![dec("171.43"), dec("200.00")]
+    );
     services.shutdown().await;
     env.cleanup().await;
 }

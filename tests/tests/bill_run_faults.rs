@@ -31,6 +31,8 @@ fn basic_plan() -> CatalogEvent {
         TENANT,
         at("2026-01-01T00:00:00Z"),
         Plan {
+            version: 1,
+            effective_from: None,
             code: "basic".into(),
             name: "Basic".into(),
             interval: Interval::Monthly,

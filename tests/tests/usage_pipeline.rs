@@ -827,6 +827,8 @@ async fn reference_data_published_in_a_transaction_is_read_to_its_end() {
         TENANT,
         at,
         Plan {
+            version: 1,
+            effective_from: None,
             code: "basic".into(),
             name: "Basic".into(),
             interval: Interval::Monthly,
