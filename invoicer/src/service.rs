@@ -117,16 +117,7 @@ async fn put_invoices(
     invoices: &[(String, InvoiceView)],
     p: i32,
 ) -> anyhow::Result<()> {
-    // Futures collected first: a lazy `map` over borrowed items is not `Send` for every lifetime.
-    let writes: Vec<_> = invoices
-        .iter()
-        .map(|(t, inv)| store.put_invoice(t, inv, p))
-        .collect();
-    futures::stream::iter(writes)
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
+    store.put_invoices(invoices, p).await
 }
 
 fn state_outcome(
@@ -907,15 +898,13 @@ impl Invoicer {
             }
         }
         // Mark every invoice still to number first: after a crash, the mark says a number may be claimed.
-        let store = &self.store;
-        let marks: Vec<_> = invoices
+        let unnumbered: Vec<(String, InvoiceView)> = invoices
             .iter()
             .filter(|(_, inv)| !numbers.contains_key(&inv.invoice_id))
-            .map(|(t, inv)| store.mark_invoice(t, inv, p, billing_store::invoices::NUMBERING))
+            .cloned()
             .collect();
-        futures::stream::iter(marks)
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<Vec<()>>()
+        self.store
+            .mark_invoices(&unnumbered, p, billing_store::invoices::NUMBERING)
             .await?;
         let mut scopes: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
         for (i, (t, inv)) in invoices.iter().enumerate() {

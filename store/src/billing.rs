@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::SerialConsistency;
@@ -25,6 +26,18 @@ pub struct CatalogEntry {
     /// The catalog payload as JSON (a `BillableMetric` or a `Plan` of `billing-schemas`).
     pub body: String,
 }
+
+/// (tenant, invoice, its JSON body) of a batched row write.
+type RowWrite = (String, InvoiceView, String);
+/// An invoice and the status its billing-date entry gets.
+type StatusWrite<'a> = (&'a InvoiceView, &'a str);
+
+/// Requests a bulk write keeps in flight.
+const WRITE_CONCURRENCY: usize = 64;
+/// Rows in one unlogged batch (all of one partition).
+const BATCH_ROWS: usize = 100;
+/// JSON bytes in one batch of invoice rows, well below Cassandra's default `batch_size_fail_threshold` (50 KiB).
+const BATCH_BYTES: usize = 24 * 1024;
 
 /// What an `Idempotency-Key` already holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -399,6 +412,129 @@ impl BillingStore {
         a?;
         b?;
         c?;
+        Ok(())
+    }
+
+    /// Write many invoices: the rows of one tenant in unlogged batches (one partition each, at most
+    /// [`BATCH_BYTES`] of JSON), the billing-date entries of one (tenant, date, partition) likewise, the customers'
+    /// list entries one by one; [`WRITE_CONCURRENCY`] requests in flight.
+    pub async fn put_invoices(&self, invoices: &[(String, InvoiceView)], partition: i32) -> anyhow::Result<()> {
+        // Batches of (tenant, invoice, its JSON), with their JSON bytes.
+        let mut rows: Vec<(Vec<RowWrite>, usize)> = Vec::new();
+        let mut by_tenant: HashMap<&str, Vec<&(String, InvoiceView)>> = HashMap::new();
+        for item in invoices {
+            by_tenant.entry(item.0.as_str()).or_default().push(item);
+        }
+        for items in by_tenant.values() {
+            for (t, inv) in items {
+                let body = serde_json::to_string(inv)?;
+                match rows.last_mut() {
+                    Some((batch, bytes))
+                        if batch[0].0 == *t && *bytes + body.len() <= BATCH_BYTES && batch.len() < BATCH_ROWS =>
+                    {
+                        *bytes += body.len();
+                        batch.push((t.clone(), inv.clone(), body));
+                    }
+                    _ => {
+                        let n = body.len();
+                        rows.push((vec![(t.clone(), inv.clone(), body)], n));
+                    }
+                }
+            }
+        }
+        let row_batches = rows.into_iter().map(|(batch, _)| {
+            let mut b = Batch::new(BatchType::Unlogged);
+            let mut values = Vec::with_capacity(batch.len());
+            for (t, inv, body) in batch {
+                b.append_statement(self.upsert_invoice.clone());
+                let number = inv.number.clone().unwrap_or_default();
+                values.push((
+                    t,
+                    inv.invoice_id.clone(),
+                    inv.customer_id.clone(),
+                    inv.status.as_str().to_owned(),
+                    number,
+                    inv.billing_date,
+                    body,
+                ));
+            }
+            async move { self.session.batch(&b, values).await.map(|_| ()) }
+        });
+        let status: Vec<(&(String, InvoiceView), &str)> =
+            invoices.iter().map(|i| (i, i.1.status.as_str())).collect();
+        let (a, b, c) = futures::join!(
+            futures::stream::iter(row_batches.collect::<Vec<_>>())
+                .buffer_unordered(WRITE_CONCURRENCY)
+                .try_collect::<Vec<()>>(),
+            self.mark_many(&status, partition),
+            futures::stream::iter(
+                invoices
+                    .iter()
+                    .map(|(t, inv)| {
+                        self.session.execute_unpaged(
+                            &self.upsert_invoice_index,
+                            (t.as_str(), inv.customer_id.as_str(), inv.invoice_id.as_str()),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            )
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .try_collect::<Vec<_>>(),
+        );
+        a?;
+        b?;
+        c?;
+        Ok(())
+    }
+
+    /// Write the billing-date entries of many invoices with this status (e.g. [`invoices::NUMBERING`]), one
+    /// unlogged batch per (tenant, date, partition) and [`BATCH_ROWS`] rows.
+    pub async fn mark_invoices(
+        &self,
+        invoices: &[(String, InvoiceView)],
+        partition: i32,
+        status: &str,
+    ) -> anyhow::Result<()> {
+        let items: Vec<(&(String, InvoiceView), &str)> = invoices.iter().map(|i| (i, status)).collect();
+        self.mark_many(&items, partition).await
+    }
+
+    async fn mark_many(
+        &self,
+        items: &[(&(String, InvoiceView), &str)],
+        partition: i32,
+    ) -> anyhow::Result<()> {
+        let mut groups: HashMap<(&str, DateTime<Utc>), Vec<StatusWrite<'_>>> = HashMap::new();
+        for ((t, inv), status) in items {
+            groups
+                .entry((t.as_str(), inv.billing_date))
+                .or_default()
+                .push((inv, status));
+        }
+        let mut batches = Vec::new();
+        for ((t, date), rows) in groups {
+            for chunk in rows.chunks(BATCH_ROWS) {
+                let mut b = Batch::new(BatchType::Unlogged);
+                let mut values = Vec::with_capacity(chunk.len());
+                for (inv, status) in chunk {
+                    b.append_statement(self.upsert_invoice_by_date.clone());
+                    values.push((
+                        t,
+                        date,
+                        partition,
+                        inv.customer_id.as_str(),
+                        inv.invoice_id.as_str(),
+                        *status,
+                        inv.number.clone().unwrap_or_default(),
+                    ));
+                }
+                batches.push(async move { self.session.batch(&b, values).await.map(|_| ()) });
+            }
+        }
+        futures::stream::iter(batches)
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 
