@@ -427,6 +427,8 @@ struct Figures {
     core_s: f64,
     cql_s: f64,
     cql_serial: Option<(usize, f64)>,
+    /// Cassandra CPU milliseconds per invoice: measured run, bare writes.
+    cassandra_ms: (f64, f64),
     hwm_mib: f64,
     cpu: Vec<(String, f64)>,
     busy: f64,
@@ -609,6 +611,9 @@ async fn phases(
     fig.busy = after.machine_busy_share(&before);
     let mut accounted = 0.0;
     for (name, s) in after.process_seconds(&before) {
+        if name == "cassandra" {
+            fig.cassandra_ms.0 = 1000.0 * s / n as f64;
+        }
         accounted += s / wall;
         fig.cpu.push((name, s / wall));
     }
@@ -670,13 +675,22 @@ async fn phases(
     );
 
     // (b) The bare Cassandra writes of the same rows.
+    let before = cpu_snapshot(invoicer_pid);
     let (cql_n, cql_s) =
         cql_writes(settings, CQL_TENANT, &views, args.cql_concurrency.max(1)).await?;
+    let after = cpu_snapshot(invoicer_pid);
     fig.cql_s = cql_s;
+    fig.cassandra_ms.1 = after
+        .process_seconds(&before)
+        .iter()
+        .find(|(name, _)| name == "cassandra")
+        .map_or(0.0, |(_, s)| 1000.0 * s / cql_n.max(1) as f64);
     println!(
-        "(b) Cassandra: {cql_n} invoice rows (invoices + invoices_by_customer) with {} in flight in {cql_s:.2} s = {:.0} invoices/s",
+        "(b) Cassandra: {cql_n} invoice rows (invoices + invoices_by_customer) with {} in flight in {cql_s:.2} s = {:.0} invoices/s; Cassandra CPU {:.3} ms per invoice (measured run: {:.3} ms)",
         args.cql_concurrency.max(1),
-        cql_n as f64 / cql_s
+        cql_n as f64 / cql_s,
+        fig.cassandra_ms.1,
+        fig.cassandra_ms.0
     );
     if args.serial_writes > 0 {
         let sample = &views[..args.serial_writes.min(views.len())];
@@ -755,6 +769,10 @@ fn print_table(args: &Args, w: &Workload, upgrades: u64, f: &Figures) {
     println!(
         "| Invoicer peak memory (VmHWM) | {:.0} MiB | | |",
         f.hwm_mib
+    );
+    println!(
+        "| Cassandra CPU per invoice: measured run / bare writes (b) | {:.3} / {:.3} ms | | |",
+        f.cassandra_ms.0, f.cassandra_ms.1
     );
     let cpu: Vec<String> = f
         .cpu
