@@ -105,6 +105,8 @@ pub struct Invoicer {
     watermarks: BaseConsumer,
     reference: Reference,
     partitions: HashMap<i32, PartitionState>,
+    /// (tenant, customer, subscription) whose read models changed since the last flush.
+    dirty: HashSet<(String, String, Option<String>)>,
     issued: Issued,
     /// Numbers already given, read back from `billing.invoices` (they survive the tables being wiped).
     restored: HashMap<String, String>,
@@ -173,6 +175,7 @@ impl Invoicer {
             watermarks,
             reference: Reference::default(),
             partitions: HashMap::new(),
+            dirty: HashSet::new(),
             issued: Issued::default(),
             restored: HashMap::new(),
             metrics,
@@ -536,8 +539,8 @@ impl Invoicer {
                     Ok(()) => {
                         self.metrics.lifecycle.with_label_values(&["applied"]).inc();
                         if fresh {
-                            self.materialize(&tenant, &customer, subscription.as_deref())
-                                .await?;
+                            // Written, many at a time, before the partition's progress is recorded.
+                            self.dirty.insert((tenant, customer, subscription));
                         }
                     }
                 }
@@ -586,6 +589,22 @@ impl Invoicer {
     }
 
     async fn flush_progress(&mut self) -> anyhow::Result<()> {
+        let dirty: Vec<(String, String, Option<String>)> = self.dirty.drain().collect();
+        if !dirty.is_empty() {
+            let writes: Vec<_> = dirty
+                .iter()
+                .map(|(t, c, s)| self.materialize(t, c, s.as_deref()))
+                .collect();
+            let written = futures::stream::iter(writes)
+                .buffer_unordered(CONCURRENCY)
+                .try_collect::<Vec<()>>()
+                .await;
+            if let Err(e) = written {
+                // Written again at the next flush; progress is not recorded before.
+                self.dirty.extend(dirty);
+                return Err(e);
+            }
+        }
         for (p, s) in self.partitions.iter_mut() {
             if let Some(next) = s.pending.take() {
                 self.store
@@ -606,14 +625,26 @@ impl Invoicer {
         let Some(c) = self.reference.customer(tenant, customer) else {
             return Ok(());
         };
-        if let Some(v) = views::customer(c) {
-            self.store.put_customer(tenant, &v).await?;
-        }
-        if let Some(s) = subscription.and_then(|id| c.subscriptions.iter().find(|s| s.id == id)) {
-            self.store
-                .put_subscription(tenant, &views::subscription(customer, s))
-                .await?;
-        }
+        let view = views::customer(c);
+        let sub = subscription
+            .and_then(|id| c.subscriptions.iter().find(|s| s.id == id))
+            .map(|s| views::subscription(customer, s));
+        let (a, b) = futures::join!(
+            async {
+                match &view {
+                    Some(v) => self.store.put_customer(tenant, v).await,
+                    None => Ok(()),
+                }
+            },
+            async {
+                match &sub {
+                    Some(s) => self.store.put_subscription(tenant, s).await,
+                    None => Ok(()),
+                }
+            }
+        );
+        a?;
+        b?;
         Ok(())
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use scylla::statement::batch::{Batch, BatchType};
 use scylla::client::session::Session;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::SerialConsistency;
 
@@ -167,18 +167,18 @@ impl BillingStore {
     pub async fn put_customer(&self, tenant: &str, c: &CustomerView) -> anyhow::Result<()> {
         let body = serde_json::to_string(c)?;
         let clock = c.test_clock_id.clone().unwrap_or_default();
-        self.session
-            .execute_unpaged(
+        let (a, b) = futures::join!(
+            self.session.execute_unpaged(
                 &self.upsert_customer,
                 (tenant, &c.customer_id, c.created_at, clock, body),
-            )
-            .await?;
-        self.session
-            .execute_unpaged(
+            ),
+            self.session.execute_unpaged(
                 &self.upsert_customer_index,
                 (tenant, c.created_at, &c.customer_id),
             )
-            .await?;
+        );
+        a?;
+        b?;
         Ok(())
     }
 
@@ -225,24 +225,24 @@ impl BillingStore {
     /// Write a subscription and its list entry.
     pub async fn put_subscription(&self, tenant: &str, s: &SubscriptionView) -> anyhow::Result<()> {
         let body = serde_json::to_string(s)?;
-        self.session
-            .execute_unpaged(
+        let (a, b) = futures::join!(
+            self.session.execute_unpaged(
                 &self.upsert_subscription,
                 (
                     tenant,
                     &s.subscription_id,
                     &s.customer_id,
                     s.created_at,
-                    body,
+                    body
                 ),
-            )
-            .await?;
-        self.session
-            .execute_unpaged(
+            ),
+            self.session.execute_unpaged(
                 &self.upsert_subscription_index,
                 (tenant, &s.customer_id, s.created_at, &s.subscription_id),
             )
-            .await?;
+        );
+        a?;
+        b?;
         Ok(())
     }
 
@@ -418,7 +418,11 @@ impl BillingStore {
     /// Write many invoices: the rows of one tenant in unlogged batches (one partition each, at most
     /// [`BATCH_BYTES`] of JSON), the billing-date entries of one (tenant, date, partition) likewise, the customers'
     /// list entries one by one; [`WRITE_CONCURRENCY`] requests in flight.
-    pub async fn put_invoices(&self, invoices: &[(String, InvoiceView)], partition: i32) -> anyhow::Result<()> {
+    pub async fn put_invoices(
+        &self,
+        invoices: &[(String, InvoiceView)],
+        partition: i32,
+    ) -> anyhow::Result<()> {
         // Batches of (tenant, invoice, its JSON), with their JSON bytes.
         let mut rows: Vec<(Vec<RowWrite>, usize)> = Vec::new();
         let mut by_tenant: HashMap<&str, Vec<&(String, InvoiceView)>> = HashMap::new();
@@ -430,7 +434,9 @@ impl BillingStore {
                 let body = serde_json::to_string(inv)?;
                 match rows.last_mut() {
                     Some((batch, bytes))
-                        if batch[0].0 == *t && *bytes + body.len() <= BATCH_BYTES && batch.len() < BATCH_ROWS =>
+                        if batch[0].0 == *t
+                            && *bytes + body.len() <= BATCH_BYTES
+                            && batch.len() < BATCH_ROWS =>
                     {
                         *bytes += body.len();
                         batch.push((t.clone(), inv.clone(), body));
@@ -473,7 +479,11 @@ impl BillingStore {
                     .map(|(t, inv)| {
                         self.session.execute_unpaged(
                             &self.upsert_invoice_index,
-                            (t.as_str(), inv.customer_id.as_str(), inv.invoice_id.as_str()),
+                            (
+                                t.as_str(),
+                                inv.customer_id.as_str(),
+                                inv.invoice_id.as_str(),
+                            ),
                         )
                     })
                     .collect::<Vec<_>>()
@@ -495,7 +505,8 @@ impl BillingStore {
         partition: i32,
         status: &str,
     ) -> anyhow::Result<()> {
-        let items: Vec<(&(String, InvoiceView), &str)> = invoices.iter().map(|i| (i, status)).collect();
+        let items: Vec<(&(String, InvoiceView), &str)> =
+            invoices.iter().map(|i| (i, status)).collect();
         self.mark_many(&items, partition).await
     }
 
