@@ -762,9 +762,17 @@ impl Invoicer {
             .iter()
             .map(|(t, c, subs, _)| {
                 let metered = metered(subs);
+                let unique = subs.iter().any(|s| {
+                    s.plans.iter().any(|p| {
+                        p.charges.iter().any(|ch| {
+                            ch.metric.aggregation_type
+                                == billing_core::aggregation::AggregationType::UniqueCountAgg
+                        })
+                    })
+                });
                 async move {
                     if metered {
-                        usage.aggregates(t, c).await
+                        usage.aggregates_with(t, c, unique).await
                     } else {
                         Ok(CustomerUsage::default())
                     }

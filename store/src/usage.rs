@@ -134,6 +134,17 @@ impl UsageStore {
 
     /// A customer's aggregates with their unique values (no dedup ids): what a reader needs to price usage.
     pub async fn aggregates(&self, tenant: &str, customer: &str) -> anyhow::Result<CustomerUsage> {
+        self.aggregates_with(tenant, customer, true).await
+    }
+
+    /// A customer's aggregates, with their unique values only when `unique` (a reader whose charges count no
+    /// unique values saves that read).
+    pub async fn aggregates_with(
+        &self,
+        tenant: &str,
+        customer: &str,
+        unique: bool,
+    ) -> anyhow::Result<CustomerUsage> {
         let mut usage = CustomerUsage::default();
         let mut rows = self
             .session
@@ -143,6 +154,9 @@ impl UsageStore {
         while let Some(r) = rows.try_next().await? {
             let (key, state) = r.into_state()?;
             usage.aggregates.insert(key, state);
+        }
+        if !unique {
+            return Ok(usage);
         }
         let mut rows = self
             .session
