@@ -86,8 +86,9 @@ async fn invoices_published(env: &TestEnv) -> i64 {
 }
 
 /// 10,000 customers start on January 1 + (i mod 28) days: each gets its start-date invoice, 100 × (32 − day)/31
-/// rounded half-up to the cent, and its February 1 invoice of 100.00: 20,000 invoices. The invoicer is a
-/// `billing invoicer` process killed with SIGKILL three times while it bills them.
+/// rounded half-up to the cent, and its February 1 invoice of 100.00: 20,000 invoices. Two `billing invoicer`
+/// processes share the partitions (and so claim numbers of the one tenant sequence at the same time); one of them
+/// is killed with SIGKILL three times while they bill, and started again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkilled_invoicer_issues_every_invoice_once_with_gap_free_numbers() {
     const CUSTOMERS: usize = 10_000;
@@ -119,7 +120,7 @@ async fn sigkilled_invoicer_issues_every_invoice_once_with_gap_free_numbers() {
         billing_runtime::publish::ack(d).await.unwrap();
     }
     let spawn = || spawn_service(&env.settings, "invoicer", &[]);
-    let mut child = spawn();
+    let mut children = [spawn(), spawn()];
     env.clock_reached(&store, TENANT, CLOCK, jan1, Duration::from_secs(120))
         .await;
     // Advance past February 1: the run bills all 20,000.
@@ -134,6 +135,7 @@ async fn sigkilled_invoicer_issues_every_invoice_once_with_gap_free_numbers() {
             || async { (invoices_published(&env).await >= target).then_some(()) },
         )
         .await;
+        let child = &mut children[kill % 2];
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         last = invoices_published(&env).await;
@@ -142,12 +144,14 @@ async fn sigkilled_invoicer_issues_every_invoice_once_with_gap_free_numbers() {
             "kill {} must land during the bill run ({last} published)",
             kill + 1
         );
-        child = spawn();
+        *child = spawn();
     }
     env.clock_reached(&store, TENANT, CLOCK, feb1, Duration::from_secs(300))
         .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    for child in &mut children {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 
     // Every billing date invoiced once, finalized, with the amount computed above.
     let invoices = all_invoices(&store, TENANT).await;
