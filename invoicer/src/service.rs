@@ -193,8 +193,15 @@ impl Invoicer {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = flush.tick() => {
-                    self.drain_catalog().await?;
-                    self.flush_progress().await?;
+                    // A failed write is retried at the next tick (nothing is lost: the views stay dirty and the
+                    // progress pending until they are written).
+                    if let Err(e) = self.drain_catalog().await {
+                        tracing::warn!(error = %e, "catalog read failed; retrying");
+                    }
+                    if let Err(e) = self.flush_progress().await {
+                        tracing::warn!(error = %e, "read model flush failed; retrying");
+                        self.metrics.retries.inc();
+                    }
                 }
                 m = self.lifecycle.recv() => {
                     let m = match m {
@@ -204,7 +211,9 @@ impl Invoicer {
                             continue;
                         }
                     };
-                    self.forget_revoked().await?;
+                    if let Err(e) = self.forget_revoked().await {
+                        tracing::warn!(error = %e, "forgetting revoked partitions failed");
+                    }
                     // A failure (a store or the broker unavailable) is retried with backoff: every effect of
                     // handling a message is idempotent, and the messages after it must wait for it.
                     let mut backoff = Duration::from_millis(200);
@@ -235,7 +244,11 @@ impl Invoicer {
         if revoked.is_empty() {
             return Ok(());
         }
-        self.flush_progress().await?;
+        // What is not flushed is not lost: the partitions' progress stays where it was, so their next owner writes
+        // those views again.
+        if let Err(e) = self.flush_progress().await {
+            tracing::warn!(error = %e, "flush before a revocation failed");
+        }
         let n = self.settings.kafka.partitions;
         for p in &revoked {
             self.partitions.remove(p);
@@ -386,43 +399,78 @@ impl Invoicer {
                 _ => None,
             };
             let at = ev.occurred_at;
-            if let Err(e) = self.reference.apply_catalog(ev) {
-                tracing::warn!(offset = m.offset(), error = %e, "catalog event refused");
-            } else if let Some((kind, code, body)) = entry {
-                let stored = self.store.catalog_entry(&tenant, kind, &code).await?;
-                let created_at = stored.as_ref().map_or(at, |e| e.created_at);
-                // The entry shows a plan's latest version; versions are keyed apart (and may sit on different
-                // partitions), so an older one read later does not replace it.
-                let version = |b: &str| {
-                    serde_json::from_str::<serde_json::Value>(b)
-                        .ok()
-                        .and_then(|v| v.get("version").and_then(|n| n.as_i64()))
-                        .unwrap_or(1)
-                };
-                let older = stored
-                    .as_ref()
-                    .is_some_and(|e| version(&e.body) > version(&body));
-                if !older {
-                    self.store
-                        .put_catalog_entry(
-                            &tenant,
-                            kind,
-                            &CatalogEntry {
-                                code,
-                                created_at,
-                                body,
-                            },
-                        )
-                        .await?;
+            let applied = match self.reference.apply_catalog(ev) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(offset = m.offset(), error = %e, "catalog event refused");
+                    false
                 }
-            } else if let Some((kind, code)) = deleted {
-                self.store
-                    .delete_catalog_entry(&tenant, &kind, &code)
-                    .await?;
+            };
+            // Applied to the fold once; its writes are retried until they succeed (the catalog is not read again).
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let written = self
+                    .write_catalog(
+                        &tenant,
+                        applied.then_some(&entry).and_then(|e| e.as_ref()),
+                        &deleted,
+                        at,
+                    )
+                    .await;
+                let progress = match written {
+                    Ok(()) => {
+                        self.store
+                            .put_materialized(&self.topics.catalog, m.partition(), m.offset() + 1)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match progress {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(offset = m.offset(), error = %e, "catalog read model write failed; retrying");
+                        self.metrics.retries.inc();
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
             }
-            self.store
-                .put_materialized(&self.topics.catalog, m.partition(), m.offset() + 1)
-                .await?;
+        }
+        Ok(())
+    }
+
+    /// Write one catalog event's read model: the entry (unless an older version of a plan), or its removal.
+    async fn write_catalog(
+        &self,
+        tenant: &str,
+        entry: Option<&(&'static str, String, String)>,
+        deleted: &Option<(String, String)>,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        if let Some((kind, code, body)) = entry {
+            let stored = self.store.catalog_entry(tenant, kind, code).await?;
+            let created_at = stored.as_ref().map_or(at, |e| e.created_at);
+            // The entry shows a plan's latest version; versions are keyed apart (and may sit on different
+            // partitions), so an older one read later does not replace it.
+            let version = |b: &str| {
+                serde_json::from_str::<serde_json::Value>(b)
+                    .ok()
+                    .and_then(|v| v.get("version").and_then(|n| n.as_i64()))
+                    .unwrap_or(1)
+            };
+            let older = stored
+                .as_ref()
+                .is_some_and(|e| version(&e.body) > version(body));
+            if !older {
+                let entry = CatalogEntry {
+                    code: code.clone(),
+                    created_at,
+                    body: body.clone(),
+                };
+                self.store.put_catalog_entry(tenant, kind, &entry).await?;
+            }
+        } else if let Some((kind, code)) = deleted {
+            self.store.delete_catalog_entry(tenant, kind, code).await?;
         }
         Ok(())
     }
@@ -606,10 +654,12 @@ impl Invoicer {
             }
         }
         for (p, s) in self.partitions.iter_mut() {
-            if let Some(next) = s.pending.take() {
+            if let Some(next) = s.pending {
+                // On failure the progress stays pending, for the next flush.
                 self.store
                     .put_materialized(&self.topics.lifecycle, *p, next)
                     .await?;
+                s.pending = None;
                 s.materialized = s.materialized.max(next);
             }
         }
