@@ -189,6 +189,42 @@ where
     }
 }
 
+/// A process stopped with SIGSTOP, resumed (SIGCONT) when dropped, also when the test panics.
+pub struct Stopped(String);
+
+impl Stopped {
+    /// Stop the process.
+    pub fn new(pid: &str) -> Self {
+        signal("-STOP", pid);
+        Stopped(pid.to_owned())
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+fn signal(sig: &str, pid: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// The local stack's Cassandra process id.
+pub fn cassandra_pid() -> String {
+    let dir =
+        std::env::var("BILLING_STACK_DIR").unwrap_or_else(|_| "/var/tmp/billing-stack".into());
+    std::fs::read_to_string(format!("{dir}/cassandra/cassandra.pid"))
+        .expect("the local stack's Cassandra pidfile (deploy/local/stack up)")
+        .trim()
+        .to_owned()
+}
+
 /// The `billing` binary next to the running test executable (`cargo test --workspace` builds it).
 pub fn billing_binary() -> std::path::PathBuf {
     // target/<profile>/deps/<test>-… → target/<profile>/billing

@@ -7,46 +7,13 @@ use std::time::{Duration, Instant};
 
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding};
-use billing_tests::{api_usage, eventually, Services, TestEnv};
+use billing_tests::{api_usage, cassandra_pid, eventually, Services, Stopped, TestEnv};
 use chrono::{TimeZone, Utc};
 
 const TENANT: &str = "acme";
 const AT: &str = "2026-03-20T00:00:00Z";
 
 /// Stops a process with SIGSTOP and resumes it when dropped, also when the test panics.
-struct Stopped(String);
-
-impl Stopped {
-    fn new(pid: &str) -> Self {
-        signal("-STOP", pid);
-        Stopped(pid.to_owned())
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        signal("-CONT", &self.0);
-    }
-}
-
-fn signal(sig: &str, pid: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
-
-fn cassandra_pid() -> String {
-    let dir =
-        std::env::var("BILLING_STACK_DIR").unwrap_or_else(|_| "/var/tmp/billing-stack".into());
-    std::fs::read_to_string(format!("{dir}/cassandra/cassandra.pid"))
-        .expect("the local stack's Cassandra pidfile (deploy/local/stack up)")
-        .trim()
-        .to_owned()
-}
-
 async fn produce(env: &TestEnv, from: usize, to: usize) {
     for i in from..to {
         let ev = UsageEvent {
