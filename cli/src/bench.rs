@@ -12,11 +12,12 @@
 #![allow(clippy::float_arithmetic)]
 
 use std::collections::{BTreeMap, VecDeque};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use crate::children::{free_addr, met, Children};
 use billing_runtime::kafka::{self, Topics};
 use billing_runtime::publish::{ack, Publisher};
 use billing_runtime::{Settings, Shutdown};
@@ -68,92 +69,6 @@ const RATING_TARGET: f64 = 50_000.0;
 const FRESHNESS_P99_TARGET_MS: f64 = 1_000.0;
 const GATEWAY_TARGET: f64 = 20_000.0;
 const MEMORY_TARGET_MIB: f64 = 512.0;
-
-/// Child processes of the bench, stopped with SIGTERM (then waited for) when dropped.
-#[derive(Default)]
-struct Children(Vec<(&'static str, Child)>);
-
-impl Children {
-    fn spawn(
-        &mut self,
-        name: &'static str,
-        env: &[(String, String)],
-        id: &str,
-    ) -> anyhow::Result<u32> {
-        let exe = std::env::current_exe().context("own executable")?;
-        let log = std::env::temp_dir().join(format!("bench-{id}-{name}.log"));
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(exe)
-            .arg(name)
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("spawn {name}"))?;
-        let pid = child.id();
-        println!(
-            "  started `billing {name}` pid {pid}, log {}",
-            log.display()
-        );
-        self.0.push((name, child));
-        Ok(pid)
-    }
-
-    /// SIGTERM one child by name and wait for it (SIGKILL after 20 s).
-    fn stop(&mut self, name: &str) {
-        if let Some(i) = self.0.iter().position(|(n, _)| *n == name) {
-            let (n, child) = self.0.remove(i);
-            terminate(n, child);
-        }
-    }
-
-    fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
-        self.0
-            .iter_mut()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, c)| c.try_wait().ok().flatten())
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (n, child) in self.0.drain(..) {
-            terminate(n, child);
-        }
-    }
-}
-
-fn terminate(name: &str, mut child: Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!("  {name} did not stop after SIGTERM; killing it");
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "NOT met"
-    }
-}
 
 /// Run the benchmark; the bench's data is dropped and its children stopped whatever happens.
 pub async fn run(base: Settings, args: Args, stop: Shutdown) -> anyhow::Result<()> {

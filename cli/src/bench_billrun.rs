@@ -21,14 +21,15 @@
 #![allow(clippy::float_arithmetic)]
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use crate::children::{free_addr, met, Children};
 use billing_core::aggregation::Aggregate;
-use billing_core::invoice::{Adjustments, LineKind};
+use billing_core::invoice::Adjustments;
 use billing_core::invoicing::{
     billing_dates, invoice_billing_date, BillingDateInput, ChargeAggregate, InvoiceOutcome,
 };
@@ -46,7 +47,7 @@ use billing_schemas::reference::Reference;
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
 use billing_store::billing::BillingStore;
-use billing_store::invoices::{invoice_id, InvoiceLineView, InvoiceStatus, InvoiceView};
+use billing_store::invoices::{InvoiceStatus, InvoiceView};
 use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -117,95 +118,6 @@ fn billing_date() -> DateTime<Utc> {
 }
 fn measured_to() -> DateTime<Utc> {
     at(2026, 2, 1, 1)
-}
-
-/// Child processes of the bench, stopped with SIGTERM (then waited for) when dropped.
-#[derive(Default)]
-struct Children(Vec<(&'static str, Child)>);
-
-impl Children {
-    fn spawn(
-        &mut self,
-        name: &'static str,
-        env: &[(String, String)],
-        id: &str,
-    ) -> anyhow::Result<u32> {
-        let exe = std::env::current_exe().context("own executable")?;
-        let log = std::env::temp_dir().join(format!("bench-billrun-{id}-{name}.log"));
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(exe)
-            .arg(name)
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("spawn {name}"))?;
-        let pid = child.id();
-        println!(
-            "  started `billing {name}` pid {pid}, log {}",
-            log.display()
-        );
-        self.0.push((name, child));
-        Ok(pid)
-    }
-
-    /// SIGTERM one child by name and wait for it (SIGKILL after 20 s).
-    fn stop(&mut self, name: &str) {
-        if let Some(i) = self.0.iter().position(|(n, _)| *n == name) {
-            let (n, child) = self.0.remove(i);
-            terminate(n, child);
-        }
-    }
-
-    /// Fails when a child has exited (none of them should before it is stopped).
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        for (n, c) in &mut self.0 {
-            if let Ok(Some(status)) = c.try_wait() {
-                anyhow::bail!("`billing {n}` exited early: {status} (see its log)");
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (n, child) in self.0.drain(..) {
-            terminate(n, child);
-        }
-    }
-}
-
-fn terminate(name: &str, mut child: Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!("  {name} did not stop after SIGTERM; killing it");
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "NOT met"
-    }
 }
 
 /// Thousands separators, for the table.
@@ -471,7 +383,7 @@ async fn phases(
     publisher
         .tick_everywhere(&tick(period_start()), Encoding::Avro, args.partitions)
         .await?;
-    let invoicer_pid = children.spawn("invoicer", &env, id)?;
+    let invoicer_pid = children.spawn("invoicer", &env, &format!("billrun-{id}"))?;
     wait_clock(&store, args.partitions, period_start(), timeout, children).await?;
     println!(
         "invoicer running; the test clock is at {} on every partition",
@@ -567,7 +479,7 @@ async fn phases(
     }
     let produced_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    children.spawn("rating", &env, id)?;
+    children.spawn("rating", &env, &format!("billrun-{id}"))?;
     let rating_metrics = format!("http://{}/metrics", settings.rating.listen);
     loop {
         children.check_alive()?;
@@ -1086,65 +998,26 @@ fn core_baseline(w: &Workload) -> anyhow::Result<(Vec<InvoiceView>, f64, Decimal
 /// The stored row of a finalized invoice, as the invoicer writes it.
 fn view(customer: &str, number: u64, o: &InvoiceOutcome) -> InvoiceView {
     let date = billing_date();
-    let inv = &o.invoice;
-    InvoiceView {
-        invoice_id: invoice_id(TENANT, customer, date),
-        number: Some(billing_store::invoice_numbers::format_number(
-            "BENCH",
-            6,
-            number as i64,
-        )),
-        status: InvoiceStatus::Finalized,
-        customer_id: customer.into(),
-        currency: "EUR".into(),
-        test_clock_id: Some(CLOCK.into()),
-        billing_date: date,
-        finalizes_at: date,
-        issued_at: Some(date),
-        due_date: Some(date),
-        period_start: o
-            .periods
-            .iter()
-            .map(|p| p.period.start)
-            .min()
-            .unwrap_or(date),
-        period_end: o.periods.iter().map(|p| p.period.end).max().unwrap_or(date),
-        subscription_ids: o
-            .periods
-            .iter()
-            .filter_map(|p| p.subscription.clone())
-            .collect(),
-        lines: inv
-            .lines
-            .iter()
-            .map(|l| InvoiceLineView {
-                kind: match l.kind {
-                    LineKind::Subscription => "subscription_fee",
-                    LineKind::SubscriptionCredit => "proration_credit",
-                    LineKind::Charge => "usage",
-                    LineKind::TrueUp => "true_up",
-                }
-                .into(),
-                description: l.description.clone(),
-                subscription_id: l.subscription.clone(),
-                code: l.code.clone(),
-                period_start: l.from,
-                period_end: l.to,
-                units: l.units,
-                proration_factor: l.proration_factor,
-                amount: l.amount,
-                discount: l.discount,
-                tax: l.tax_amount,
-                total: l.total,
-            })
-            .collect(),
-        subtotal: inv.subtotal,
-        discount_total: inv.discount_total,
-        tax_total: inv.tax_total,
-        credits_total: inv.credits_total,
-        total: inv.total,
-        amount_due: inv.amount_due,
-    }
+    let mut v = InvoiceView::from_outcome(
+        billing_store::invoices::InvoiceHead {
+            tenant: TENANT,
+            customer_id: customer,
+            test_clock_id: Some(CLOCK.into()),
+            currency: "EUR",
+            billing_date: date,
+            finalizes_at: date,
+            status: InvoiceStatus::Finalized,
+            issued_at: Some(date),
+            net_terms: chrono::Duration::zero(),
+        },
+        o,
+    );
+    v.number = Some(billing_store::invoice_numbers::format_number(
+        "BENCH",
+        6,
+        number as i64,
+    ));
+    v
 }
 
 /// Baseline (b): write each invoice's row and its customer's list entry (the two rows every stored invoice has)

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_billrun;
+mod children;
 mod clock;
 mod demo;
 mod pricing;
