@@ -9,7 +9,6 @@ use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::SerialConsistency;
 
 use crate::customers::{self, CustomerView};
 use crate::invoices::{self, InvoiceView};
@@ -114,15 +113,7 @@ pub struct BillingStore {
 impl BillingStore {
     /// Prepare every statement once.
     pub async fn new(session: Arc<Session>, ks: &str) -> anyhow::Result<Self> {
-        let prepare = |q: String, idempotent: bool| {
-            let session = session.clone();
-            async move {
-                let mut p = session.prepare(q).await?;
-                p.set_is_idempotent(idempotent);
-                p.set_serial_consistency(Some(SerialConsistency::Serial));
-                anyhow::Ok(p)
-            }
-        };
+        let prepare = |q: String, idempotent: bool| crate::prepare(&session, q, idempotent);
         Ok(BillingStore {
             upsert_customer: prepare(customers::upsert(ks), true).await?,
             upsert_customer_index: prepare(customers::upsert_index(ks), true).await?,

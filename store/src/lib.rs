@@ -60,6 +60,19 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("invoice_lines", Store::ClickHouse, "invoicer"),
 ];
 
+/// Prepare a statement once, marked idempotent (safe for the driver to retry) or not. The serial consistency is
+/// the one lightweight transactions of this crate use; it does not affect other statements.
+pub(crate) async fn prepare(
+    session: &scylla::client::session::Session,
+    query: String,
+    idempotent: bool,
+) -> anyhow::Result<scylla::statement::prepared::PreparedStatement> {
+    let mut p = session.prepare(query).await?;
+    p.set_is_idempotent(idempotent);
+    p.set_serial_consistency(Some(scylla::statement::SerialConsistency::Serial));
+    Ok(p)
+}
+
 fn dec(d: Option<CqlDecimal>) -> anyhow::Result<Option<Decimal>> {
     d.map(|d| from_cql_decimal(&d).ok_or_else(|| anyhow::anyhow!("decimal out of range")))
         .transpose()

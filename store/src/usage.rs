@@ -95,14 +95,7 @@ pub struct UsageStore {
 impl UsageStore {
     /// Prepare every statement once.
     pub async fn new(session: Arc<Session>, ks: &str) -> anyhow::Result<Self> {
-        let prepare = |q: String, idempotent: bool| {
-            let session = session.clone();
-            async move {
-                let mut p = session.prepare(q).await?;
-                p.set_is_idempotent(idempotent);
-                anyhow::Ok(p)
-            }
-        };
+        let prepare = |q: String, idempotent: bool| crate::prepare(&session, q, idempotent);
         Ok(UsageStore {
             select_aggregates: prepare(usage_aggregates::select_by_customer(ks), true).await?,
             select_unique: prepare(usage_unique_values::select_by_customer(ks), true).await?,
