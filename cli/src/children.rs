@@ -82,9 +82,9 @@ fn terminate(name: &str, mut child: Child) {
     let _ = child.wait();
 }
 
-/// A free loopback address.
+/// A free loopback address for a child's listener ([`billing_runtime::health::free_loopback_addr`]).
 pub fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(billing_runtime::health::free_loopback_addr()?)
 }
 
 /// "met" or "NOT met", for a target.

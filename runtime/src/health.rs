@@ -141,3 +141,44 @@ pub async fn serve_kafka_service(
     handle.await?;
     Ok(())
 }
+
+/// The first port [`free_loopback_addr`] may hand out, and how many it cycles through: below Linux's ephemeral
+/// range (32768–60999) and clear of the local stack's fixed ports (7000–9093).
+const FREE_PORTS_FROM: u32 = 20_000;
+const FREE_PORTS_COUNT: u32 = 12_000;
+
+/// A loopback address that is free now, for tests and benchmarks that must name a service's listen address before
+/// starting it. A port asked of the kernel (`:0`) is from the ephemeral range, so an outgoing connection (to Kafka,
+/// Cassandra, ...) may take it before the service binds it (CI saw `Address already in use`); these ports are below
+/// that range, and each is handed out once per process.
+pub fn free_loopback_addr() -> std::io::Result<std::net::SocketAddr> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Start where another process (a benchmark and the services it spawns) is unlikely to be.
+    let offset = (std::process::id() % 1_000) * 12;
+    for _ in 0..FREE_PORTS_COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FREE_PORTS_FROM + (offset + n) % FREE_PORTS_COUNT;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener.local_addr();
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+#[cfg(test)]
+mod free_port_tests {
+    use super::*;
+
+    #[test]
+    fn free_loopback_addrs_are_distinct_and_outside_the_ephemeral_range() {
+        let a = free_loopback_addr().unwrap();
+        let b = free_loopback_addr().unwrap();
+        assert_ne!(a.port(), b.port());
+        for addr in [a, b] {
+            assert!(addr.ip().is_loopback());
+            assert!((20_000..32_000).contains(&addr.port()), "{addr}");
+            std::net::TcpListener::bind(addr).expect("still free");
+        }
+    }
+}

@@ -27,12 +27,9 @@ pub struct TestEnv {
     producer: FutureProducer,
 }
 
-/// A free loopback port (bound then released; good enough for tests).
+/// A free loopback address for a service's listener ([`billing_runtime::health::free_loopback_addr`]).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    billing_runtime::health::free_loopback_addr().expect("a free loopback port")
 }
 
 impl TestEnv {
