@@ -22,27 +22,30 @@ pub enum SchemaId {
     CatalogV1 = 3,
     /// `invoice_event.v1.avsc`: read only (resolved to [`SchemaId::Invoice`]).
     InvoiceV1 = 4,
-    /// `payment_event.avsc`, v1.
-    Payment = 5,
+    /// `payment_event.v1.avsc`: read only (resolved to [`SchemaId::Payment`]).
+    PaymentV1 = 5,
     /// `lifecycle_event.avsc`, v2.
     Lifecycle = 6,
     /// `invoice_event.avsc`, v2.
     Invoice = 7,
     /// `catalog_event.avsc`, v2.
     Catalog = 8,
+    /// `payment_event.avsc`, v2.
+    Payment = 9,
 }
 
 impl SchemaId {
     /// Every id, in id order.
-    pub const ALL: [SchemaId; 8] = [
+    pub const ALL: [SchemaId; 9] = [
         SchemaId::Usage,
         SchemaId::LifecycleV1,
         SchemaId::CatalogV1,
         SchemaId::InvoiceV1,
-        SchemaId::Payment,
+        SchemaId::PaymentV1,
         SchemaId::Lifecycle,
         SchemaId::Invoice,
         SchemaId::Catalog,
+        SchemaId::Payment,
     ];
 
     /// The id of a number read from the wire.
@@ -56,13 +59,14 @@ impl SchemaId {
             SchemaId::LifecycleV1 => SchemaId::Lifecycle,
             SchemaId::InvoiceV1 => SchemaId::Invoice,
             SchemaId::CatalogV1 => SchemaId::Catalog,
+            SchemaId::PaymentV1 => SchemaId::Payment,
             other => other,
         }
     }
 }
 
 /// (id, file name, schema text) of every schema, in id order.
-pub const SCHEMAS: [(SchemaId, &str, &str); 8] = [
+pub const SCHEMAS: [(SchemaId, &str, &str); 9] = [
     (
         SchemaId::Usage,
         "usage_event.avsc",
@@ -84,9 +88,9 @@ pub const SCHEMAS: [(SchemaId, &str, &str); 8] = [
         include_str!("../avro/invoice_event.v1.avsc"),
     ),
     (
-        SchemaId::Payment,
-        "payment_event.avsc",
-        include_str!("../avro/payment_event.avsc"),
+        SchemaId::PaymentV1,
+        "payment_event.v1.avsc",
+        include_str!("../avro/payment_event.v1.avsc"),
     ),
     (
         SchemaId::Lifecycle,
@@ -102,6 +106,11 @@ pub const SCHEMAS: [(SchemaId, &str, &str); 8] = [
         SchemaId::Catalog,
         "catalog_event.avsc",
         include_str!("../avro/catalog_event.avsc"),
+    ),
+    (
+        SchemaId::Payment,
+        "payment_event.avsc",
+        include_str!("../avro/payment_event.avsc"),
     ),
 ];
 

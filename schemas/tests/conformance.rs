@@ -166,6 +166,11 @@ fn invoice_events_of_v1_still_decode() {
 }
 
 #[test]
+fn payment_events_of_v1_still_decode() {
+    check_older_version::<PaymentEvent>("payment_event.v1");
+}
+
+#[test]
 fn catalog_events_match_schema() {
     check::<CatalogEvent>("catalog_event");
 }
