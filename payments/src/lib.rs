@@ -1,5 +1,7 @@
 //! payments: charges finalized invoices through a provider, with retries and dunning. This foundation serves health, readiness and metrics; payment processing arrives with its own issue.
 
+pub mod provider;
+
 use billing_runtime::{health, Settings, Shutdown};
 
 /// Run until `shutdown`.

@@ -30,7 +30,7 @@ pub struct Settings {
     /// The invoicer.
     pub invoicer: InvoicerConfig,
     /// The payments service.
-    pub payments: GroupServiceConfig,
+    pub payments: PaymentsConfig,
 }
 
 /// Kafka settings.
@@ -127,6 +127,77 @@ pub struct GroupServiceConfig {
     pub listen: SocketAddr,
     /// Consumer group.
     pub group_id: String,
+}
+
+/// The payments service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// Health/metrics listen address.
+    pub listen: SocketAddr,
+    /// Consumer group.
+    pub group_id: String,
+    /// The payment provider charged.
+    #[serde(default)]
+    pub provider: ProviderConfig,
+}
+
+/// Which payment provider the payments service charges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// The deterministic in-process sandbox (test tokens; its ledger in Cassandra).
+    Sandbox,
+    /// Stripe's HTTP API.
+    Stripe,
+}
+
+/// The payment provider (`[payments.provider]`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// `sandbox` or `stripe`.
+    pub kind: ProviderKind,
+    /// Stripe's API base URL (stripe-mock locally).
+    pub stripe_base_url: String,
+    /// Stripe secret key; set it with `BILLING__PAYMENTS__PROVIDER__STRIPE_SECRET_KEY`, never in a file.
+    pub stripe_secret_key: String,
+    /// Timeout of one provider HTTP call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long the sandbox's `pm_card_slow` waits after charging before it answers.
+    #[serde(with = "humantime_serde")]
+    pub sandbox_slow_delay: Duration,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            kind: ProviderKind::Sandbox,
+            stripe_base_url: "https://api.stripe.com".to_owned(),
+            stripe_secret_key: String::new(),
+            timeout: Duration::from_secs(10),
+            sandbox_slow_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+// Written by hand so that the secret key never reaches a log line.
+impl std::fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = if self.stripe_secret_key.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("ProviderConfig")
+            .field("kind", &self.kind)
+            .field("stripe_base_url", &self.stripe_base_url)
+            .field("stripe_secret_key", &key)
+            .field("timeout", &self.timeout)
+            .field("sandbox_slow_delay", &self.sandbox_slow_delay)
+            .finish()
+    }
 }
 
 /// How invoices are numbered.
@@ -275,6 +346,16 @@ impl Settings {
                     .to_owned(),
             );
         }
+        let provider = &self.payments.provider;
+        if provider.kind == ProviderKind::Stripe && provider.stripe_secret_key.is_empty() {
+            errors.push(
+                "payments.provider.kind = \"stripe\" needs BILLING__PAYMENTS__PROVIDER__STRIPE_SECRET_KEY"
+                    .to_owned(),
+            );
+        }
+        if provider.timeout.is_zero() {
+            errors.push("payments.provider.timeout must be above zero".to_owned());
+        }
         if errors.is_empty() {
             Ok(self)
         } else {
@@ -315,6 +396,51 @@ mod tests {
         .unwrap();
         assert_eq!(s.kafka.partitions, 3);
         assert_eq!(s.telemetry.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn payment_provider_defaults_match_the_file_and_the_key_comes_from_the_environment() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        let (file, code) = (&s.payments.provider, ProviderConfig::default());
+        assert_eq!(file.kind, ProviderKind::Sandbox);
+        assert_eq!(
+            (
+                file.kind,
+                &file.stripe_base_url,
+                file.timeout,
+                file.sandbox_slow_delay
+            ),
+            (
+                code.kind,
+                &code.stripe_base_url,
+                code.timeout,
+                code.sandbox_slow_delay
+            )
+        );
+        assert_eq!(file.timeout, Duration::from_secs(10));
+        assert_eq!(file.sandbox_slow_delay, Duration::from_secs(5));
+        let err = Settings::load_with_env(
+            None,
+            env(&[("BILLING__PAYMENTS__PROVIDER__KIND", "stripe")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("STRIPE_SECRET_KEY"), "{err}");
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("BILLING__PAYMENTS__PROVIDER__KIND", "stripe"),
+                (
+                    "BILLING__PAYMENTS__PROVIDER__STRIPE_SECRET_KEY",
+                    "sk_test_123",
+                ),
+                ("BILLING__PAYMENTS__PROVIDER__TIMEOUT", "2s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.payments.provider.kind, ProviderKind::Stripe);
+        assert_eq!(s.payments.provider.stripe_secret_key, "sk_test_123");
+        assert_eq!(s.payments.provider.timeout, Duration::from_secs(2));
+        assert!(!format!("{:?}", s.payments.provider).contains("sk_test_123"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod invoice_numbers;
 pub mod invoices;
 pub mod materialized_offsets;
 pub mod migrate;
+pub mod sandbox_ledger;
 pub mod subscriptions;
 pub mod test_clocks;
 pub mod usage;
@@ -54,6 +55,8 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("invoice_number_blocks", Store::Cql, "invoicer"),
     ("materialized_offsets", Store::Cql, "invoicer"),
     ("api_idempotency", Store::Cql, "query-api"),
+    ("sandbox_provider_charges", Store::Cql, "payments"),
+    ("sandbox_provider_calls", Store::Cql, "payments"),
     ("schema_migrations", Store::ClickHouse, "migrate"),
     ("usage_events", Store::ClickHouse, "rating"),
     ("invoices", Store::ClickHouse, "invoicer"),

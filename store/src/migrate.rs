@@ -30,6 +30,11 @@ const CQL: &[Migration] = &[
         name: "invoices_by_date",
         body: include_str!("../migrations/cql/0003_invoices_by_date.cql"),
     },
+    Migration {
+        version: 5,
+        name: "sandbox_provider",
+        body: include_str!("../migrations/cql/0005_sandbox_provider.cql"),
+    },
 ];
 
 const CLICKHOUSE: &[Migration] = &[
