@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
-use scylla::value::CqlDecimal;
+use scylla::value::{Counter, CqlDecimal};
 
 use billing_runtime::cql::to_cql_decimal;
 use rust_decimal::Decimal;
@@ -242,9 +242,9 @@ impl SandboxLedgerStore {
             .execute_unpaged(&self.select_calls, (tenant, key))
             .await?
             .into_rows_result()?
-            .maybe_first_row::<(Option<i64>,)>()?
+            .maybe_first_row::<(Option<Counter>,)>()?
             .and_then(|(n,)| n)
-            .unwrap_or(0))
+            .map_or(0, |c| c.0))
     }
 
     /// Every charge and refund of a tenant, by idempotency key (paged).
