@@ -37,6 +37,8 @@ enum Command {
     Invoicer,
     /// Run the payments service.
     Payments,
+    /// Run the webhooks dispatcher: signed webhook events to each tenant's endpoints, with retries.
+    Webhooks,
     /// Migrate, run rating and the query API, produce a demo workload and show where to look.
     Demo(demo::Args),
     /// Usage pipeline benchmark: bare Kafka consume vs rating end to end, freshness, memory, gateway.
@@ -94,6 +96,7 @@ async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Ingest => billing_ingest::run(settings, stop, |_| {}).await,
         Command::Invoicer => billing_invoicer::run(settings, stop).await,
         Command::Payments => billing_payments::run(settings, stop).await,
+        Command::Webhooks => billing_webhooks::run(settings, stop).await,
         Command::Ticker(args) => clock::ticker(settings, args, stop).await,
         Command::Clock(clock::ClockCommand::Advance(args)) => clock::advance(settings, args).await,
         Command::Demo(args) => demo::run(settings, args, stop).await,

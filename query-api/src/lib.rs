@@ -16,6 +16,7 @@ mod routes;
 mod store;
 mod subscriptions;
 mod wait;
+mod webhooks;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct AppState {
     write_wait: Duration,
     /// Partitions of the lifecycle topic (test clocks are ticked on each).
     partitions: i32,
+    /// Webhook endpoints, their delivery logs and redeliver requests.
+    webhooks: Arc<webhooks::Stores>,
 }
 
 /// Serve the API until `shutdown`. `on_bound` receives the bound address (useful with port 0 in tests).
@@ -64,6 +67,10 @@ pub async fn run(
         limiter: Arc::new(RateLimiter::keyed(quota)),
         write_wait: cfg.write_wait,
         partitions: settings.kafka.partitions,
+        webhooks: Arc::new(
+            webhooks::Stores::new(session.clone(), ks, settings.webhooks.secret_rotation_overlap)
+                .await?,
+        ),
     };
     let registry = prometheus::Registry::new_custom(Some("billing_query_api".into()), None)?;
     let readiness = Readiness::default().with("cassandra", move || {

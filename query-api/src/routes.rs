@@ -85,6 +85,28 @@ pub fn router(state: AppState) -> Router {
             "/v1/invoices/{invoice_id}/finalize",
             post(invoices::finalize),
         )
+        .route(
+            "/v1/webhook_endpoints",
+            post(crate::webhooks::create).get(crate::webhooks::list),
+        )
+        .route(
+            "/v1/webhook_endpoints/{endpoint_id}",
+            post(crate::webhooks::update)
+                .get(crate::webhooks::get)
+                .delete(crate::webhooks::delete),
+        )
+        .route(
+            "/v1/webhook_endpoints/{endpoint_id}/rotate_secret",
+            post(crate::webhooks::rotate_secret),
+        )
+        .route(
+            "/v1/webhook_endpoints/{endpoint_id}/deliveries",
+            get(crate::webhooks::deliveries),
+        )
+        .route(
+            "/v1/webhook_endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver",
+            post(crate::webhooks::redeliver),
+        )
         .method_not_allowed_fallback(|| async {
             Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -31,6 +31,8 @@ pub struct Settings {
     pub invoicer: InvoicerConfig,
     /// The payments service.
     pub payments: PaymentsConfig,
+    /// The webhooks dispatcher (and the API's webhook endpoints).
+    pub webhooks: WebhooksConfig,
 }
 
 /// Kafka settings.
@@ -200,6 +202,36 @@ impl std::fmt::Debug for ProviderConfig {
     }
 }
 
+/// The webhooks dispatcher. Its retry timing runs on the wall clock: it is delivery mechanics, not billing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Health/metrics listen address.
+    pub listen: SocketAddr,
+    /// Consumer group.
+    pub group_id: String,
+    /// Longest wait for an endpoint's answer, per attempt.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Wait before the first retry; each retry waits twice as long as the one before…
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// …at most this long.
+    #[serde(with = "humantime_serde")]
+    pub retry_cap: Duration,
+    /// A delivery not delivered this long after its first attempt is marked `failed`.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+    /// Requests in flight to one endpoint at most.
+    pub max_in_flight_per_endpoint: usize,
+    /// After a secret rotation, the old secret keeps signing (a second `v1`) this long.
+    #[serde(with = "humantime_serde")]
+    pub secret_rotation_overlap: Duration,
+    /// How often redeliver requests are looked for.
+    #[serde(with = "humantime_serde")]
+    pub redeliver_poll: Duration,
+}
+
 /// How invoices are numbered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -355,6 +387,15 @@ impl Settings {
         }
         if provider.timeout.is_zero() {
             errors.push("payments.provider.timeout must be above zero".to_owned());
+        }
+        if self.webhooks.max_in_flight_per_endpoint == 0
+            || self.webhooks.retry_base.is_zero()
+            || self.webhooks.request_timeout.is_zero()
+        {
+            errors.push(
+                "webhooks.max_in_flight_per_endpoint, retry_base and request_timeout must be above zero"
+                    .to_owned(),
+            );
         }
         if errors.is_empty() {
             Ok(self)

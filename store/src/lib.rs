@@ -4,7 +4,8 @@
 //!
 //! Services use this crate instead of one another: rating writes the usage tables; the invoicer writes the billing
 //! read models (customers, subscriptions, catalog, test clocks, invoices and their numbers); query-api reads both
-//! and writes only its idempotency keys.
+//! and writes only its idempotency keys, the webhook endpoints and redeliver requests; the webhooks service writes
+//! the webhook deliveries.
 
 pub mod api_idempotency;
 pub mod billing;
@@ -23,6 +24,9 @@ pub mod usage_aggregates;
 pub mod usage_dedup;
 pub mod usage_events;
 pub mod usage_unique_values;
+pub mod webhook_deliveries;
+pub mod webhook_endpoints;
+pub mod webhook_redeliveries;
 
 use billing_runtime::cql::from_cql_decimal;
 use rust_decimal::Decimal;
@@ -55,6 +59,11 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("invoice_number_blocks", Store::Cql, "invoicer"),
     ("materialized_offsets", Store::Cql, "invoicer"),
     ("api_idempotency", Store::Cql, "query-api"),
+    ("webhook_endpoints", Store::Cql, "query-api"),
+    ("webhook_redeliveries", Store::Cql, "query-api"),
+    ("webhook_deliveries", Store::Cql, "webhooks"),
+    ("webhook_deliveries_by_created", Store::Cql, "webhooks"),
+    ("webhook_pending", Store::Cql, "webhooks"),
     ("sandbox_provider_charges", Store::Cql, "payments"),
     ("sandbox_provider_calls", Store::Cql, "payments"),
     ("schema_migrations", Store::ClickHouse, "migrate"),

@@ -35,6 +35,11 @@ const CQL: &[Migration] = &[
         name: "sandbox_provider",
         body: include_str!("../migrations/cql/0005_sandbox_provider.cql"),
     },
+    Migration {
+        version: 6,
+        name: "webhooks",
+        body: include_str!("../migrations/cql/0006_webhooks.cql"),
+    },
 ];
 
 const CLICKHOUSE: &[Migration] = &[

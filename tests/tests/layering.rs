@@ -3,7 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-const SERVICES: &[&str] = &["ingest", "rating", "invoicer", "payments", "query-api"];
+const SERVICES: &[&str] = &[
+    "ingest",
+    "rating",
+    "invoicer",
+    "payments",
+    "query-api",
+    "webhooks",
+];
 const SHARED: &[&str] = &["core", "schemas", "store", "runtime"];
 
 fn root() -> PathBuf {
