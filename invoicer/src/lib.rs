@@ -7,6 +7,7 @@
 
 mod bill;
 mod metrics;
+pub mod payments;
 pub mod service;
 mod views;
 
@@ -24,6 +25,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let ks = settings.cassandra.keyspace.clone();
     let store = Arc::new(billing_store::billing::BillingStore::new(session.clone(), &ks).await?);
     let usage = billing_store::usage::UsageStore::new(session.clone(), &ks).await?;
+    let session_for_payments = session.clone();
     let ch = clickhouse::client(&settings.clickhouse);
     let kcfg = settings.kafka.clone();
     let ch_ping = ch.clone();
@@ -47,8 +49,16 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(%addr, "invoicer health and metrics listening");
+    let payment_store =
+        Arc::new(billing_store::payments::PaymentStore::new(session_for_payments, &ks).await?);
+    let views =
+        payments::PaymentViews::new(&settings, store.clone(), payment_store, metrics.clone())?;
+    let views = tokio::spawn(views.run(shutdown.clone()));
     let invoicer = service::Invoicer::new(settings, store, usage, ch, metrics).await?;
     let result = invoicer.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let views = views.await.map_err(anyhow::Error::from).and_then(|r| r);
+    let result = result.and(views);
     shutdown.cancel();
     let _ = http.await;
     result

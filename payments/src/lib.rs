@@ -1,16 +1,52 @@
-//! payments: charges finalized invoices through a provider, with retries and dunning. This foundation serves health, readiness and metrics; payment processing arrives with its own issue.
+//! payments: charges finalized invoices through a payment provider, retries them on the billing clock, and runs
+//! dunning when the retries are exhausted. It consumes `billing.invoices`, `billing.payments` (the API's payment
+//! methods and requests, and its own outcomes) and `billing.lifecycle` (customers' clocks, subscriptions, ticks),
+//! and publishes attempts, outcomes, reminders and uncollectible invoices on `billing.payments`, and dunning's
+//! pauses and cancellations on `billing.lifecycle`. See [`service`] for how a crash never charges twice, and
+//! `docs/payments.md` for the flows.
 
+pub mod book;
+mod metrics;
 pub mod provider;
+pub mod service;
 
-use billing_runtime::{health, Settings, Shutdown};
+use std::sync::Arc;
+
+use billing_runtime::health::{self, Readiness};
+use billing_runtime::{cql, kafka, Settings, Shutdown};
+use billing_store::payments::PaymentStore;
+use billing_store::sandbox_ledger::SandboxLedgerStore;
+
+pub use metrics::Metrics;
 
 /// Run until `shutdown`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    health::serve_kafka_service(
-        "payments",
+    let metrics = Metrics::new()?;
+    let session = Arc::new(cql::connect(&settings.cassandra).await?);
+    let ks = settings.cassandra.keyspace.clone();
+    let store = Arc::new(PaymentStore::new(session.clone(), &ks).await?);
+    let ledger = Arc::new(SandboxLedgerStore::new(session.clone(), &ks).await?);
+    let provider = provider::from_config(&settings.payments.provider, ledger)?;
+    let kcfg = settings.kafka.clone();
+    let readiness = Readiness::default()
+        .with("kafka", move || {
+            let k = kcfg.clone();
+            async move { kafka::ping(&k).await }
+        })
+        .with("cassandra", move || {
+            let s = session.clone();
+            async move { cql::ping(&s).await }
+        });
+    let (addr, http) = health::serve(
         settings.payments.listen,
-        settings.kafka,
-        shutdown,
+        health::router(readiness, metrics.registry.clone()),
+        shutdown.clone(),
     )
-    .await
+    .await?;
+    tracing::info!(%addr, provider = provider.name(), "payments health and metrics listening");
+    let service = service::Payments::new(&settings, store, provider, metrics)?;
+    let result = service.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = http.await;
+    result
 }

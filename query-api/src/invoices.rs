@@ -168,7 +168,7 @@ pub async fn list(
         q.period_to.as_deref(),
     )?;
     let items = fetch(&state, &tenant, &filter, limit, q.starting_after.as_deref()).await?;
-    Ok(Json(page(items, limit)?))
+    Ok(Json(page(shown(&state, &tenant, items).await?, limit)?))
 }
 
 /// `GET /v1/customers/{id}/invoices`.
@@ -187,10 +187,11 @@ pub async fn list_of_customer(
         q.period_to.as_deref(),
     )?;
     let items = fetch(&state, &tenant, &filter, limit, q.starting_after.as_deref()).await?;
-    Ok(Json(page(items, limit)?))
+    Ok(Json(page(shown(&state, &tenant, items).await?, limit)?))
 }
 
-async fn existing(state: &AppState, tenant: &str, id: &str) -> Result<InvoiceView, ApiError> {
+/// An invoice of the tenant, or 404.
+pub async fn existing(state: &AppState, tenant: &str, id: &str) -> Result<InvoiceView, ApiError> {
     state
         .billing
         .invoice(tenant, id)
@@ -203,8 +204,24 @@ pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> Result<Json<InvoiceView>, ApiError> {
-    Ok(Json(existing(&state, &tenant, &id).await?))
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let inv = existing(&state, &tenant, &id).await?;
+    Ok(Json(
+        crate::payments::invoice_json(&state, &tenant, inv).await?,
+    ))
+}
+
+/// The invoices of a page as the API shows them (with their payment).
+async fn shown(
+    state: &AppState,
+    tenant: &str,
+    items: Vec<InvoiceView>,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let mut out = Vec::with_capacity(items.len());
+    for inv in items {
+        out.push(crate::payments::invoice_json(state, tenant, inv).await?);
+    }
+    Ok(out)
 }
 
 /// `POST /v1/invoices/{id}/finalize`: ends a draft's grace period now. 409 for an invoice already finalized.

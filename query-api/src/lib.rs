@@ -10,6 +10,7 @@ mod customers;
 mod error;
 mod idempotency;
 mod invoices;
+mod payments;
 mod preview;
 mod request;
 mod routes;
@@ -26,6 +27,7 @@ use billing_runtime::health::{self, Readiness};
 use billing_runtime::publish::Publisher;
 use billing_runtime::{cql, Settings, Shutdown};
 use billing_store::billing::BillingStore;
+use billing_store::payments::PaymentStore;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 pub use error::{ApiError, InvalidParam};
@@ -35,6 +37,7 @@ pub use error::{ApiError, InvalidParam};
 pub struct AppState {
     store: Arc<store::Store>,
     billing: Arc<BillingStore>,
+    payments: Arc<PaymentStore>,
     publisher: Publisher,
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
     /// How long a write waits for its effect by default.
@@ -55,6 +58,7 @@ pub async fn run(
     let ks = &settings.cassandra.keyspace;
     let store = Arc::new(store::Store::new(session.clone(), ks).await?);
     let billing = Arc::new(BillingStore::new(session.clone(), ks).await?);
+    let payments = Arc::new(PaymentStore::new(session.clone(), ks).await?);
     let publisher = Publisher::new(&settings.kafka)?;
     let cfg = &settings.query_api;
     let quota =
@@ -63,13 +67,18 @@ pub async fn run(
     let state = AppState {
         store,
         billing,
+        payments,
         publisher,
         limiter: Arc::new(RateLimiter::keyed(quota)),
         write_wait: cfg.write_wait,
         partitions: settings.kafka.partitions,
         webhooks: Arc::new(
-            webhooks::Stores::new(session.clone(), ks, settings.webhooks.secret_rotation_overlap)
-                .await?,
+            webhooks::Stores::new(
+                session.clone(),
+                ks,
+                settings.webhooks.secret_rotation_overlap,
+            )
+            .await?,
         ),
     };
     let registry = prometheus::Registry::new_custom(Some("billing_query_api".into()), None)?;

@@ -3,7 +3,7 @@
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use governor::clock::{Clock, DefaultClock};
@@ -13,7 +13,7 @@ use billing_runtime::http::{Problem, Tenant};
 
 use crate::error::ApiError;
 use crate::request::{ApiQuery, MAX_BODY};
-use crate::{catalog, clocks, customers, idempotency, invoices, subscriptions, AppState};
+use crate::{catalog, clocks, customers, idempotency, invoices, payments, subscriptions, AppState};
 
 /// The `/v1` routes, rate-limited per tenant; POSTs honour `Idempotency-Key` (after the rate limit).
 pub fn router(state: AppState) -> Router {
@@ -81,6 +81,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/test_clocks/{clock_id}/advance", post(clocks::advance))
         .route("/v1/invoices", get(invoices::list))
         .route("/v1/invoices/{invoice_id}", get(invoices::get))
+        .route("/v1/invoices/{invoice_id}/pay", post(payments::pay))
+        .route(
+            "/v1/invoices/{invoice_id}/payments",
+            get(payments::attempts),
+        )
+        .route(
+            "/v1/customers/{customer_id}/payment_methods",
+            post(payments::add_method).get(payments::list_methods),
+        )
+        .route(
+            "/v1/customers/{customer_id}/payment_methods/{payment_method_id}",
+            delete(payments::remove_method),
+        )
+        .route(
+            "/v1/customers/{customer_id}/payment_methods/{payment_method_id}/default",
+            post(payments::set_default),
+        )
         .route(
             "/v1/invoices/{invoice_id}/finalize",
             post(invoices::finalize),

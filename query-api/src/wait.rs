@@ -137,6 +137,12 @@ impl AppState {
         self.materialized(&topic, at, deadline).await
     }
 
+    /// Wait until the payments partition is materialized past `offset`; `false` at the deadline.
+    pub async fn payments_visible(&self, at: (i32, i64), deadline: Instant) -> bool {
+        let topic = self.publisher.topics().payments.clone();
+        self.materialized(&topic, at, deadline).await
+    }
+
     async fn materialized(
         &self,
         topic: &str,

@@ -131,6 +131,36 @@ pub struct GroupServiceConfig {
     pub group_id: String,
 }
 
+/// The webhooks dispatcher. Its retry timing runs on the wall clock: it is delivery mechanics, not billing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Health/metrics listen address.
+    pub listen: SocketAddr,
+    /// Consumer group.
+    pub group_id: String,
+    /// Longest wait for an endpoint's answer, per attempt.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Wait before the first retry; each retry waits twice as long as the one before…
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// …at most this long.
+    #[serde(with = "humantime_serde")]
+    pub retry_cap: Duration,
+    /// A delivery not delivered this long after its first attempt is marked `failed`.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+    /// Requests in flight to one endpoint at most.
+    pub max_in_flight_per_endpoint: usize,
+    /// After a secret rotation, the old secret keeps signing (a second `v1`) this long.
+    #[serde(with = "humantime_serde")]
+    pub secret_rotation_overlap: Duration,
+    /// How often redeliver requests are looked for.
+    #[serde(with = "humantime_serde")]
+    pub redeliver_poll: Duration,
+}
+
 /// The payments service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +172,66 @@ pub struct PaymentsConfig {
     /// The payment provider charged.
     #[serde(default)]
     pub provider: ProviderConfig,
+    /// Waits after each failed attempt before the next one, in billing time (test clocks drive them too). Preset
+    /// `stripe` (8 tries within 2 weeks) or `killbill` (8, 8 and 8 days), or `custom` with `retry_delays`.
+    pub retry_schedule: RetryPreset,
+    /// The waits of a `custom` schedule (`"36h"`, `"3d"`).
+    #[serde(default)]
+    pub retry_delays: Vec<humantime_serde::Serde<Duration>>,
+    /// What dunning does to an invoice's subscriptions after its last attempt failed (the invoice is marked
+    /// uncollectible in every case).
+    pub dunning_action: DunningAction,
+    /// Days relative to an unpaid invoice's due date (negative: before it) when a `dunning.reminder` is sent.
+    pub reminder_days: Vec<i32>,
+    /// Provider calls in flight at once.
+    pub concurrency: usize,
+}
+
+/// A retry schedule preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryPreset {
+    /// Stripe's recommendation: 8 tries within 2 weeks (retries after 1, 2, 2, 2, 2, 2 and 3 days).
+    Stripe,
+    /// Kill Bill's default `paymentRetryDays`: retries after 8, 8 and 8 days.
+    Killbill,
+    /// `retry_delays` as given.
+    Custom,
+}
+
+impl PaymentsConfig {
+    /// The waits after each failed attempt: the number of retries is its length.
+    pub fn retry_delays(&self) -> Vec<Duration> {
+        let days = |d: &[u64]| d.iter().map(|d| Duration::from_secs(d * 86_400)).collect();
+        match self.retry_schedule {
+            RetryPreset::Stripe => days(&[1, 2, 2, 2, 2, 2, 3]),
+            RetryPreset::Killbill => days(&[8, 8, 8]),
+            RetryPreset::Custom => self.retry_delays.iter().map(|d| **d).collect(),
+        }
+    }
+}
+
+/// What dunning does to the subscriptions of an invoice it gives up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DunningAction {
+    /// Nothing: the subscriptions go on.
+    None,
+    /// Pause them (their fees stop; usage is still metered).
+    Pause,
+    /// Cancel them at once.
+    Cancel,
+}
+
+impl DunningAction {
+    /// The name used in events and docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DunningAction::None => "none",
+            DunningAction::Pause => "pause",
+            DunningAction::Cancel => "cancel",
+        }
+    }
 }
 
 /// Which payment provider the payments service charges.
@@ -200,36 +290,6 @@ impl std::fmt::Debug for ProviderConfig {
             .field("sandbox_slow_delay", &self.sandbox_slow_delay)
             .finish()
     }
-}
-
-/// The webhooks dispatcher. Its retry timing runs on the wall clock: it is delivery mechanics, not billing.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhooksConfig {
-    /// Health/metrics listen address.
-    pub listen: SocketAddr,
-    /// Consumer group.
-    pub group_id: String,
-    /// Longest wait for an endpoint's answer, per attempt.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Wait before the first retry; each retry waits twice as long as the one before…
-    #[serde(with = "humantime_serde")]
-    pub retry_base: Duration,
-    /// …at most this long.
-    #[serde(with = "humantime_serde")]
-    pub retry_cap: Duration,
-    /// A delivery not delivered this long after its first attempt is marked `failed`.
-    #[serde(with = "humantime_serde")]
-    pub give_up_after: Duration,
-    /// Requests in flight to one endpoint at most.
-    pub max_in_flight_per_endpoint: usize,
-    /// After a secret rotation, the old secret keeps signing (a second `v1`) this long.
-    #[serde(with = "humantime_serde")]
-    pub secret_rotation_overlap: Duration,
-    /// How often redeliver requests are looked for.
-    #[serde(with = "humantime_serde")]
-    pub redeliver_poll: Duration,
 }
 
 /// How invoices are numbered.
@@ -378,6 +438,15 @@ impl Settings {
                     .to_owned(),
             );
         }
+        if self.webhooks.max_in_flight_per_endpoint == 0
+            || self.webhooks.retry_base.is_zero()
+            || self.webhooks.request_timeout.is_zero()
+        {
+            errors.push(
+                "webhooks.max_in_flight_per_endpoint, retry_base and request_timeout must be above zero"
+                    .to_owned(),
+            );
+        }
         let provider = &self.payments.provider;
         if provider.kind == ProviderKind::Stripe && provider.stripe_secret_key.is_empty() {
             errors.push(
@@ -387,15 +456,6 @@ impl Settings {
         }
         if provider.timeout.is_zero() {
             errors.push("payments.provider.timeout must be above zero".to_owned());
-        }
-        if self.webhooks.max_in_flight_per_endpoint == 0
-            || self.webhooks.retry_base.is_zero()
-            || self.webhooks.request_timeout.is_zero()
-        {
-            errors.push(
-                "webhooks.max_in_flight_per_endpoint, retry_base and request_timeout must be above zero"
-                    .to_owned(),
-            );
         }
         if errors.is_empty() {
             Ok(self)

@@ -228,6 +228,26 @@ pub fn consumer<C: ConsumerContext + 'static>(
         .create_with_context(context)
 }
 
+/// A group consumer whose members own the same partition number of every topic they subscribe to (the range
+/// assignor: all per-customer topics have the same partition count and key, so a member owns whole customers
+/// across topics). Otherwise as [`consumer`].
+pub fn co_partitioned_consumer<C: ConsumerContext + 'static>(
+    cfg: &KafkaConfig,
+    group_id: &str,
+    context: C,
+) -> Result<StreamConsumer<C>, rdkafka::error::KafkaError> {
+    base(cfg)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("partition.assignment.strategy", "range")
+        .set("fetch.wait.max.ms", "50")
+        .create_with_context(context)
+}
+
 /// Create every topic that is missing. Existing topics are left as they are, so this is idempotent.
 pub async fn ensure_topics(cfg: &KafkaConfig) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> = base(cfg).create()?;

@@ -1,12 +1,14 @@
-//! Publishing catalog and lifecycle events, the way the API, the demo, the benchmark and the tests all do it:
-//! keyed by the event's own key (`CatalogEvent::key`, `LifecycleEvent::key`), with the `content-type` header of
-//! the chosen encoding, through the idempotent `acks=all` producer.
+//! Publishing catalog, lifecycle and payment events, the way the API, the services, the demo, the benchmarks and
+//! the tests all do it: keyed by the event's own key (`CatalogEvent::key`, `LifecycleEvent::key`,
+//! tenant/customer for payments), with the `content-type` header of the chosen encoding, through the idempotent
+//! `acks=all` producer.
 
 use std::time::Duration;
 
 use billing_schemas::catalog::CatalogEvent;
 use billing_schemas::lifecycle::LifecycleEvent;
-use billing_schemas::{encode, Encoding, CONTENT_TYPE_HEADER};
+use billing_schemas::payment::PaymentEvent;
+use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
@@ -96,6 +98,17 @@ impl Publisher {
             out.push(ack_at(d).await?);
         }
         Ok(out)
+    }
+
+    /// Enqueue a payment event (keyed by tenant/customer); the future resolves when the broker acknowledged it.
+    pub fn send_payment(&self, ev: &PaymentEvent, enc: Encoding) -> anyhow::Result<DeliveryFuture> {
+        let key = customer_key(&ev.tenant_id, ev.customer_id());
+        self.send(&self.topics.payments, &key, &encode(ev, enc)?, enc)
+    }
+
+    /// Publish a payment event and return where it landed (partition, offset), once acknowledged.
+    pub async fn payment_at(&self, ev: &PaymentEvent, enc: Encoding) -> anyhow::Result<(i32, i64)> {
+        ack_at(self.send_payment(ev, enc)?).await
     }
 
     /// The topics this publisher writes to.

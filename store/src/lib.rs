@@ -16,6 +16,7 @@ pub mod invoice_numbers;
 pub mod invoices;
 pub mod materialized_offsets;
 pub mod migrate;
+pub mod payments;
 pub mod sandbox_ledger;
 pub mod subscriptions;
 pub mod test_clocks;
@@ -59,13 +60,16 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("invoice_number_blocks", Store::Cql, "invoicer"),
     ("materialized_offsets", Store::Cql, "invoicer"),
     ("api_idempotency", Store::Cql, "query-api"),
+    ("payment_methods", Store::Cql, "invoicer"),
+    ("invoice_payments", Store::Cql, "invoicer"),
+    ("payment_attempts", Store::Cql, "payments"),
+    ("sandbox_provider_charges", Store::Cql, "payments"),
+    ("sandbox_provider_calls", Store::Cql, "payments"),
     ("webhook_endpoints", Store::Cql, "query-api"),
     ("webhook_redeliveries", Store::Cql, "query-api"),
     ("webhook_deliveries", Store::Cql, "webhooks"),
     ("webhook_deliveries_by_created", Store::Cql, "webhooks"),
     ("webhook_pending", Store::Cql, "webhooks"),
-    ("sandbox_provider_charges", Store::Cql, "payments"),
-    ("sandbox_provider_calls", Store::Cql, "payments"),
     ("schema_migrations", Store::ClickHouse, "migrate"),
     ("usage_events", Store::ClickHouse, "rating"),
     ("invoices", Store::ClickHouse, "invoicer"),

@@ -31,6 +31,11 @@ const CQL: &[Migration] = &[
         body: include_str!("../migrations/cql/0003_invoices_by_date.cql"),
     },
     Migration {
+        version: 4,
+        name: "payments",
+        body: include_str!("../migrations/cql/0004_payments.cql"),
+    },
+    Migration {
         version: 5,
         name: "sandbox_provider",
         body: include_str!("../migrations/cql/0005_sandbox_provider.cql"),

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod api;
 pub mod billing;
 pub mod catalog;
 
@@ -43,6 +44,12 @@ impl TestEnv {
         let id = format!("{name}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let mut settings =
             Settings::load_with_env(None, std::iter::empty()).expect("default settings");
+        // `BILLING_TEST_LOG=info` (a `tracing` filter) shows the in-process services' logs on stderr; run with
+        // `--nocapture`. Each test's topics, keyspace and groups carry its id, which tells the logs apart.
+        if let Ok(filter) = std::env::var("BILLING_TEST_LOG") {
+            settings.telemetry.filter = filter;
+            billing_runtime::telemetry::init(&settings.telemetry);
+        }
         settings.kafka.topic_prefix = format!("it.{id}.");
         settings.kafka.partitions = partitions;
         settings.cassandra.keyspace = format!("it_{id}");
@@ -53,6 +60,8 @@ impl TestEnv {
         settings.rating.checkpoint_interval = Duration::from_millis(100);
         settings.invoicer.group_id = format!("it-{id}-invoicer");
         settings.invoicer.listen = free_addr();
+        settings.payments.group_id = format!("it-{id}-payments");
+        settings.payments.listen = free_addr();
         let report = billing_store::migrate::run(&settings)
             .await
             .expect("migrate");
@@ -257,7 +266,10 @@ pub fn spawn_service(
         .env("BILLING__INVOICER__GROUP_ID", &settings.invoicer.group_id)
         .env("BILLING__RATING__LISTEN", free_addr().to_string())
         .env("BILLING__INVOICER__LISTEN", free_addr().to_string())
-        .env("BILLING__TELEMETRY__FILTER", "warn");
+        .env(
+            "BILLING__TELEMETRY__FILTER",
+            std::env::var("BILLING_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     for (k, v) in extra_env {
         cmd.env(k, v);
     }

@@ -5,112 +5,11 @@
 
 use std::time::Duration;
 
+use billing_tests::api::Api;
 use billing_tests::{eventually, high_watermarks, Services, TestEnv};
 use serde_json::{json, Value};
 
 const TENANT: &str = "acme";
-
-/// A client of the API for one tenant.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-/// Status, headers and JSON body of an answer.
-struct Reply {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Reply {
-    /// Assert a problem+json with this status whose detail and `invalid_params` (when given) name `field`.
-    #[track_caller]
-    fn problem(&self, status: u16, field: &str) {
-        assert_eq!(self.status, status, "{}", self.body);
-        assert_eq!(
-            self.headers["content-type"], "application/problem+json",
-            "{}",
-            self.body
-        );
-        assert_eq!(self.body["status"], status);
-        let detail = self.body["detail"].as_str().unwrap_or_default();
-        assert!(
-            detail.contains(field),
-            "detail should name {field}: {}",
-            self.body
-        );
-        if let Some(params) = self.body["invalid_params"].as_array() {
-            assert!(
-                params.iter().any(|p| p["name"] == field),
-                "invalid_params should name {field}: {}",
-                self.body
-            );
-        }
-    }
-}
-
-impl Api {
-    fn new(base: &str) -> Self {
-        Api {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(90))
-                .build()
-                .unwrap(),
-            base: base.to_owned(),
-        }
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
-        let resp = req.header("x-tenant-id", TENANT).send().await.unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Reply {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
-            .await
-    }
-
-    async fn post_raw(&self, path: &str, body: &str) -> Reply {
-        self.send(
-            self.http
-                .post(format!("{}{path}", self.base))
-                .header("content-type", "application/json")
-                .body(body.to_owned()),
-        )
-        .await
-    }
-
-    async fn post_keyed(&self, path: &str, key: &str, body: Value) -> Reply {
-        self.send(
-            self.http
-                .post(format!("{}{path}", self.base))
-                .header("idempotency-key", key)
-                .json(&body),
-        )
-        .await
-    }
-
-    /// POST that must succeed with `status` (read-your-writes: the answer is the materialized resource).
-    async fn created(&self, path: &str, body: Value, status: u16) -> Value {
-        let r = self.post(path, body).await;
-        assert_eq!(r.status, status, "POST {path}: {}", r.body);
-        r.body
-    }
-}
 
 /// Test settings: writes may wait for the invoicer's first group join.
 async fn env(name: &str) -> TestEnv {
@@ -158,7 +57,7 @@ async fn ends(env: &TestEnv) -> (Vec<(i32, i64)>, Vec<(i32, i64)>) {
 async fn writes_are_read_back_at_once() {
     let env = env("mgmt_ryw").await;
     let services = Services::start(&env.settings).await;
-    let api = Api::new(&services.api);
+    let api = Api::new(&services.api, TENANT);
 
     // Customers: created, read back, listed newest first with a cursor.
     let c = api
@@ -374,7 +273,7 @@ async fn writes_are_read_back_at_once() {
 async fn bad_requests_name_the_field_and_publish_nothing() {
     let env = env("mgmt_bad").await;
     let services = Services::start(&env.settings).await;
-    let api = Api::new(&services.api);
+    let api = Api::new(&services.api, TENANT);
     api.created("/v1/customers", customer("eur-1", "EUR"), 201)
         .await;
     api.created("/v1/billable_metrics", metric(), 201).await;
@@ -521,7 +420,7 @@ async fn bad_requests_name_the_field_and_publish_nothing() {
 async fn idempotency_keys_replay_answers_and_refuse_other_requests() {
     let env = env("mgmt_idem").await;
     let services = Services::start(&env.settings).await;
-    let api = Api::new(&services.api);
+    let api = Api::new(&services.api, TENANT);
 
     let first = api
         .post_keyed("/v1/customers", "key-1", customer("cus-1", "EUR"))

@@ -1,0 +1,237 @@
+//! The invoicer's read models of `billing.payments`: a customer's payment methods (`payment_methods`) and where
+//! each invoice's payment stands (`invoice_payments`: pending, paid, partially paid, uncollectible).
+//!
+//! A group consumer of its own (`<invoicer group>.payments`) applies each event in log order, records
+//! `materialized_offsets` for the API's read-your-writes, then commits. Every write is idempotent: amounts are
+//! added once per event id (`invoice_payments.applied`), everything else is an upsert, so a replay after a crash
+//! changes nothing. A store failure is retried with backoff; the events after it wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use billing_runtime::config::Settings;
+use billing_runtime::kafka::{self, Topics};
+use billing_runtime::Shutdown;
+use billing_schemas::decode;
+use billing_schemas::payment::{Payment, PaymentEvent};
+use billing_store::billing::BillingStore;
+use billing_store::payments::{InvoicePaymentView, PaymentMethodView, PaymentStore};
+use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rust_decimal::Decimal;
+
+use crate::metrics::Metrics;
+
+/// Materializes `billing.payments`.
+pub struct PaymentViews {
+    topics: Topics,
+    consumer: StreamConsumer<DefaultConsumerContext>,
+    billing: Arc<BillingStore>,
+    payments: Arc<PaymentStore>,
+    metrics: Metrics,
+}
+
+impl PaymentViews {
+    /// Subscribe.
+    pub fn new(
+        settings: &Settings,
+        billing: Arc<BillingStore>,
+        payments: Arc<PaymentStore>,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        let topics = Topics::new(&settings.kafka);
+        let consumer = kafka::consumer(
+            &settings.kafka,
+            &format!("{}.payments", settings.invoicer.group_id),
+            DefaultConsumerContext,
+        )?;
+        consumer.subscribe(&[&topics.payments])?;
+        Ok(PaymentViews {
+            topics,
+            consumer,
+            billing,
+            payments,
+            metrics,
+        })
+    }
+
+    /// Run until shutdown.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        loop {
+            let m = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                m = self.consumer.recv() => m,
+            };
+            let m = match m {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "payments consumer error");
+                    continue;
+                }
+            };
+            let mut backoff = Duration::from_millis(200);
+            while let Err(e) = self.handle(&m).await {
+                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "payment event failed; retrying");
+                self.metrics.retries.inc();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+
+    async fn handle(&self, m: &OwnedMessage) -> anyhow::Result<()> {
+        match decode::<PaymentEvent>(m.payload().unwrap_or_default(), kafka::content_type(m)) {
+            Ok(ev) => self.apply(&ev).await?,
+            Err(e) => {
+                // Nothing in it can be shown; the payments service skips it too.
+                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "undecodable payment event skipped");
+                self.metrics.lifecycle.with_label_values(&["refused"]).inc();
+            }
+        }
+        self.billing
+            .put_materialized(&self.topics.payments, m.partition(), m.offset() + 1)
+            .await?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &self.topics.payments,
+            m.partition(),
+            rdkafka::Offset::Offset(m.offset() + 1),
+        )?;
+        self.consumer.commit(&tpl, CommitMode::Async)?;
+        Ok(())
+    }
+
+    async fn apply(&self, ev: &PaymentEvent) -> anyhow::Result<()> {
+        let t = ev.tenant_id.as_str();
+        match &ev.payload {
+            Payment::PaymentMethodAdded(a) => {
+                let (_, default) = self.payments.payment_methods(t, &a.customer_id).await?;
+                let view = PaymentMethodView {
+                    payment_method_id: a.payment_method_id.clone(),
+                    kind: a.kind.clone(),
+                    token: a.token.clone(),
+                    created_at: ev.occurred_at,
+                    is_default: a.set_default || default.is_none(),
+                };
+                self.payments
+                    .put_payment_method(t, &a.customer_id, &view)
+                    .await
+            }
+            Payment::PaymentMethodRemoved(r) => {
+                self.payments
+                    .remove_payment_method(t, &r.customer_id, &r.payment_method_id)
+                    .await
+            }
+            Payment::DefaultPaymentMethodSet(d) => {
+                let (methods, _) = self.payments.payment_methods(t, &d.customer_id).await?;
+                if methods
+                    .iter()
+                    .any(|m| m.payment_method_id == d.payment_method_id)
+                {
+                    self.payments
+                        .set_default_method(t, &d.customer_id, Some(&d.payment_method_id))
+                        .await?;
+                }
+                Ok(())
+            }
+            Payment::PaymentAttempted(a) => {
+                self.update(ev, &a.invoice_id, &a.customer_id, |p, _| {
+                    p.attempts = p.attempts.max(a.attempt_number);
+                })
+                .await
+            }
+            Payment::PaymentFailed(f) => {
+                self.update(ev, &f.invoice_id, &f.customer_id, |p, _| {
+                    p.attempts = p.attempts.max(f.attempt_number);
+                    p.last_code = Some(f.code.clone());
+                    p.last_reason = Some(f.reason.clone());
+                    p.next_retry_at = f.next_retry_at;
+                })
+                .await
+            }
+            Payment::PaymentSucceeded(s) => {
+                let amount = s.amount.parse::<Decimal>()?;
+                // The payments service charges what remains: a success pays the invoice in full.
+                self.update(ev, &s.invoice_id, &s.customer_id, |p, _| {
+                    p.attempts = p.attempts.max(s.attempt_number);
+                    p.amount_paid += amount;
+                    p.reference = Some(s.provider_reference.clone());
+                    p.next_retry_at = None;
+                    p.status = "paid".into();
+                    p.paid_at = Some(ev.occurred_at);
+                })
+                .await
+            }
+            Payment::InvoicePaidOutOfBand(o) => {
+                let amount = o.amount.parse::<Decimal>()?;
+                self.update(ev, &o.invoice_id, &o.customer_id, |p, due| {
+                    p.amount_paid += amount;
+                    p.reference = Some(o.reference.clone());
+                    if p.amount_paid >= due {
+                        p.status = "paid".into();
+                        p.paid_at = Some(ev.occurred_at);
+                        p.next_retry_at = None;
+                    }
+                })
+                .await
+            }
+            Payment::InvoiceUncollectible(u) => {
+                self.update(ev, &u.invoice_id, &u.customer_id, |p, _| {
+                    if p.status != "paid" {
+                        p.status = "uncollectible".into();
+                        p.next_retry_at = None;
+                    }
+                })
+                .await
+            }
+            Payment::PaymentRetryRequested(_)
+            | Payment::DunningReminder(_)
+            | Payment::RefundSucceeded(_)
+            | Payment::RefundFailed(_) => Ok(()),
+        }
+    }
+
+    /// Read, change and write an invoice's payment row, once per event.
+    async fn update(
+        &self,
+        ev: &PaymentEvent,
+        invoice_id: &str,
+        customer_id: &str,
+        change: impl FnOnce(&mut InvoicePaymentView, Decimal),
+    ) -> anyhow::Result<()> {
+        let t = ev.tenant_id.as_str();
+        let mut p = match self.payments.invoice_payment(t, invoice_id).await? {
+            Some(p) => p,
+            None => InvoicePaymentView {
+                invoice_id: invoice_id.to_owned(),
+                customer_id: customer_id.to_owned(),
+                status: "pending".into(),
+                currency: String::new(),
+                amount_paid: Decimal::ZERO,
+                attempts: 0,
+                last_code: None,
+                last_reason: None,
+                next_retry_at: None,
+                paid_at: None,
+                reference: None,
+                applied: Default::default(),
+            },
+        };
+        if p.applied.contains(&ev.event_id) {
+            return Ok(());
+        }
+        // The numbered invoice row is written right after `invoice.finalized` is published, so a payment may be
+        // read first: wait for the row (retried with backoff).
+        let invoice =
+            self.billing.invoice(t, invoice_id).await?.ok_or_else(|| {
+                anyhow::anyhow!("invoice {t}/{invoice_id} is not materialized yet")
+            })?;
+        p.currency = invoice.currency.clone();
+        change(&mut p, invoice.amount_due);
+        p.applied.insert(ev.event_id.clone());
+        self.payments.put_invoice_payment(t, &p).await
+    }
+}

@@ -1,0 +1,683 @@
+//! The payments ledger of one partition: the pure fold of its `billing.invoices`, `billing.payments` and
+//! `billing.lifecycle` events, and the decisions taken from it. No I/O and no clock: "now" is the billing time of
+//! the customer's clock, as its ticks tell.
+//!
+//! An invoice's attempts are numbered 1, 2, …; attempt `n` has the deterministic id `{tenant}.{invoice}.{n}`, the
+//! provider's idempotency key, so an attempt resumed after a crash is the same attempt. Attempt 1 is due at the
+//! invoice's `issued_at`, attempt `n + 1` at the time attempt `n` was due plus the `n`-th wait of the schedule (or at
+//! a manual retry's time). After the last attempt of the schedule fails, the invoice is given up (dunning).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use billing_schemas::invoice::{Invoice, InvoiceEvent};
+use billing_schemas::lifecycle::{Lifecycle, LifecycleEvent};
+use billing_schemas::payment::{Payment, PaymentEvent};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+/// The clock of customers without a test clock.
+pub const WALL: &str = "wall";
+
+/// The provider's idempotency key of attempt `n` on an invoice.
+pub fn attempt_id(tenant: &str, invoice: &str, n: i32) -> String {
+    format!("{tenant}.{invoice}.{n}")
+}
+
+/// Where collecting an invoice stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    /// Not paid yet.
+    Open,
+    /// Paid in full.
+    Paid,
+    /// Dunning gave up.
+    Uncollectible,
+    /// Voided: nothing to collect.
+    Void,
+}
+
+/// An invoice being collected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// Customer.
+    pub customer_id: String,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// What the invoice asks for.
+    pub amount_due: Decimal,
+    /// Received so far.
+    pub paid: Decimal,
+    /// Billing time of finalization: attempt 1 is due then.
+    pub issued_at: DateTime<Utc>,
+    /// Payment due date (reminders count from it).
+    pub due_date: DateTime<Utc>,
+    /// Subscriptions billed (dunning acts on them).
+    pub subscription_ids: Vec<String>,
+    /// Highest attempt number started.
+    pub attempts: i32,
+    /// An attempt started whose outcome is not known yet.
+    pub pending: Option<i32>,
+    /// When the next attempt is due (billing time); `None` when nothing is scheduled.
+    pub next_at: Option<DateTime<Utc>>,
+    /// The schedule is exhausted: the last attempt failed.
+    pub exhausted: bool,
+    /// The last failure's message.
+    pub last_reason: String,
+    /// Billing time of the last failed attempt (dunning's decision takes its time).
+    pub last_failed_at: Option<DateTime<Utc>>,
+    /// Reminders already sent (days after due).
+    pub reminded: BTreeSet<i32>,
+    /// Status.
+    pub status: Collection,
+}
+
+impl Due {
+    /// Still to collect.
+    pub fn remaining(&self) -> Decimal {
+        (self.amount_due - self.paid).max(Decimal::ZERO)
+    }
+}
+
+/// A payer: its clock, payment methods and live subscriptions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Payer {
+    /// `wall` or a test clock id.
+    pub clock: String,
+    /// Email and name, for the provider's customer.
+    pub email: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Payment methods: id → (kind, token).
+    pub methods: BTreeMap<String, (String, String)>,
+    /// The method charged.
+    pub default_method: Option<String>,
+    /// Subscriptions created and not canceled, with whether they are paused.
+    pub subscriptions: BTreeMap<String, bool>,
+}
+
+/// Something the service must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Charge attempt `number`, due at `at` (billing time), with this method.
+    Charge {
+        /// Tenant.
+        tenant: String,
+        /// Invoice.
+        invoice_id: String,
+        /// Attempt number.
+        number: i32,
+        /// Billing time of the attempt.
+        at: DateTime<Utc>,
+        /// Method id, kind and token.
+        method: (String, String, String),
+    },
+    /// Give up on the invoice: mark it uncollectible and apply the dunning action.
+    GiveUp {
+        /// Tenant.
+        tenant: String,
+        /// Invoice.
+        invoice_id: String,
+        /// Billing time of the decision (the last attempt's).
+        at: DateTime<Utc>,
+    },
+    /// Send a reminder.
+    Remind {
+        /// Tenant.
+        tenant: String,
+        /// Invoice.
+        invoice_id: String,
+        /// Days after the due date.
+        days: i32,
+        /// Billing time of the reminder.
+        at: DateTime<Utc>,
+    },
+}
+
+/// The fold of one partition.
+#[derive(Debug, Default)]
+pub struct Book {
+    /// (tenant, customer) → payer.
+    pub payers: HashMap<(String, String), Payer>,
+    /// (tenant, invoice) → invoice being collected.
+    pub invoices: BTreeMap<(String, String), Due>,
+    /// (tenant, clock) → latest billing time (`("*", "wall")` for wall ticks).
+    pub clocks: HashMap<(String, String), DateTime<Utc>>,
+    /// Payment events already applied (a retried publish can deliver one twice).
+    seen: std::collections::HashSet<String>,
+}
+
+/// The policy the decisions follow.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Waits after each failed attempt.
+    pub retry_delays: Vec<Duration>,
+    /// Reminder days relative to the due date.
+    pub reminder_days: Vec<i32>,
+}
+
+impl Book {
+    /// Billing time of a (tenant, clock) on this partition.
+    pub fn now(&self, tenant: &str, clock: &str) -> Option<DateTime<Utc>> {
+        let own = self
+            .clocks
+            .get(&(tenant.to_owned(), clock.to_owned()))
+            .copied();
+        let wall = (clock == WALL)
+            .then(|| self.clocks.get(&("*".to_owned(), WALL.to_owned())).copied())
+            .flatten();
+        own.max(wall)
+    }
+
+    /// Apply a lifecycle event; returns the (tenant, clock) a tick moved.
+    pub fn apply_lifecycle(&mut self, ev: &LifecycleEvent) -> Option<(String, String)> {
+        let t = ev.tenant_id.clone();
+        match &ev.payload {
+            Lifecycle::CustomerCreated(c) => {
+                let p = self.payers.entry((t, c.customer_id.clone())).or_default();
+                p.clock = c.test_clock_id.clone().unwrap_or_else(|| WALL.to_owned());
+                p.email = c.email.clone();
+                p.name = Some(c.name.clone());
+            }
+            Lifecycle::SubscriptionCreated(s) => {
+                self.payer(&t, &s.customer_id)
+                    .subscriptions
+                    .insert(s.subscription_id.clone(), false);
+            }
+            Lifecycle::SubscriptionPaused(s) => {
+                if let Some(p) = self
+                    .payer(&t, &s.customer_id)
+                    .subscriptions
+                    .get_mut(&s.subscription_id)
+                {
+                    *p = true;
+                }
+            }
+            Lifecycle::SubscriptionResumed(s) => {
+                if let Some(p) = self
+                    .payer(&t, &s.customer_id)
+                    .subscriptions
+                    .get_mut(&s.subscription_id)
+                {
+                    *p = false;
+                }
+            }
+            Lifecycle::SubscriptionCanceled(s) => {
+                self.payer(&t, &s.customer_id)
+                    .subscriptions
+                    .remove(&s.subscription_id);
+            }
+            Lifecycle::ClockTick(tick) => {
+                let key = (t, tick.clock_id.clone());
+                let now = self.clocks.entry(key.clone()).or_insert(tick.now);
+                *now = (*now).max(tick.now);
+                return Some(key);
+            }
+            Lifecycle::CustomerUpdated(_)
+            | Lifecycle::SubscriptionChanged(_)
+            | Lifecycle::InvoiceFinalizeRequested(_) => {}
+        }
+        None
+    }
+
+    fn payer(&mut self, tenant: &str, customer: &str) -> &mut Payer {
+        self.payers
+            .entry((tenant.to_owned(), customer.to_owned()))
+            .or_insert_with(|| Payer {
+                clock: WALL.to_owned(),
+                ..Payer::default()
+            })
+    }
+
+    /// Apply an invoice event; returns the invoice it opened or closed.
+    pub fn apply_invoice(&mut self, ev: &InvoiceEvent) -> Option<(String, String)> {
+        let key = |id: &str| (ev.tenant_id.clone(), id.to_owned());
+        match &ev.payload {
+            Invoice::InvoiceFinalized(inv) => {
+                let amount_due = inv
+                    .total
+                    .parse::<Decimal>()
+                    .unwrap_or_default()
+                    .max(Decimal::ZERO);
+                let k = key(&inv.invoice_id);
+                self.invoices.entry(k.clone()).or_insert_with(|| Due {
+                    customer_id: inv.customer_id.clone(),
+                    currency: inv.currency.clone(),
+                    amount_due,
+                    paid: Decimal::ZERO,
+                    issued_at: inv.issued_at,
+                    due_date: inv.due_date,
+                    subscription_ids: inv.subscription_ids.clone(),
+                    attempts: 0,
+                    pending: None,
+                    next_at: Some(inv.issued_at),
+                    exhausted: false,
+                    last_reason: String::new(),
+                    last_failed_at: None,
+                    reminded: BTreeSet::new(),
+                    status: if amount_due.is_zero() {
+                        Collection::Paid
+                    } else {
+                        Collection::Open
+                    },
+                });
+                Some(k)
+            }
+            Invoice::InvoiceVoided(v) => {
+                let k = key(&v.invoice_id);
+                if let Some(d) = self.invoices.get_mut(&k) {
+                    if d.status == Collection::Open {
+                        d.status = Collection::Void;
+                    }
+                }
+                Some(k)
+            }
+        }
+    }
+
+    /// Apply a payment event; returns the customer it concerns.
+    pub fn apply_payment(&mut self, ev: &PaymentEvent, policy: &Policy) -> (String, String) {
+        let t = ev.tenant_id.clone();
+        let customer = (t.clone(), ev.customer_id().to_owned());
+        if !self.seen.insert(ev.event_id.clone()) {
+            return customer;
+        }
+        fn inv<'a>(book: &'a mut Book, t: &str, id: &str) -> Option<&'a mut Due> {
+            book.invoices.get_mut(&(t.to_owned(), id.to_owned()))
+        }
+        match &ev.payload {
+            Payment::PaymentMethodAdded(m) => {
+                let p = self.payer(&t, &m.customer_id);
+                p.methods.insert(
+                    m.payment_method_id.clone(),
+                    (m.kind.clone(), m.token.clone()),
+                );
+                if m.set_default || p.default_method.is_none() {
+                    p.default_method = Some(m.payment_method_id.clone());
+                }
+            }
+            Payment::PaymentMethodRemoved(m) => {
+                let p = self.payer(&t, &m.customer_id);
+                p.methods.remove(&m.payment_method_id);
+                if p.default_method.as_deref() == Some(m.payment_method_id.as_str()) {
+                    p.default_method = None;
+                }
+            }
+            Payment::DefaultPaymentMethodSet(m) => {
+                let p = self.payer(&t, &m.customer_id);
+                if p.methods.contains_key(&m.payment_method_id) {
+                    p.default_method = Some(m.payment_method_id.clone());
+                }
+            }
+            Payment::PaymentAttempted(a) => {
+                if let Some(d) = inv(self, &t, &a.invoice_id) {
+                    d.attempts = d.attempts.max(a.attempt_number);
+                    d.pending = Some(a.attempt_number);
+                }
+            }
+            Payment::PaymentSucceeded(s) => {
+                if let Some(d) = inv(self, &t, &s.invoice_id) {
+                    d.pending = None;
+                    d.paid += s.amount.parse::<Decimal>().unwrap_or_default();
+                    d.next_at = None;
+                    if d.remaining().is_zero() {
+                        d.status = Collection::Paid;
+                    }
+                }
+            }
+            Payment::PaymentFailed(f) => {
+                if let Some(d) = inv(self, &t, &f.invoice_id) {
+                    d.pending = None;
+                    d.last_reason = f.reason.clone();
+                    d.last_failed_at = Some(ev.occurred_at);
+                    d.next_at = f.next_retry_at;
+                    d.exhausted = f.next_retry_at.is_none()
+                        && f.attempt_number as usize > policy.retry_delays.len();
+                }
+            }
+            Payment::PaymentRetryRequested(r) => {
+                let at = ev.occurred_at;
+                if let Some(d) = inv(self, &t, &r.invoice_id) {
+                    if d.status == Collection::Open {
+                        d.next_at = Some(at);
+                        d.exhausted = false;
+                    }
+                }
+            }
+            Payment::InvoicePaidOutOfBand(p) => {
+                if let Some(d) = inv(self, &t, &p.invoice_id) {
+                    d.paid += p.amount.parse::<Decimal>().unwrap_or_default();
+                    if d.remaining().is_zero() {
+                        d.status = Collection::Paid;
+                        d.next_at = None;
+                    }
+                }
+            }
+            Payment::InvoiceUncollectible(u) => {
+                if let Some(d) = inv(self, &t, &u.invoice_id) {
+                    if d.status == Collection::Open {
+                        d.status = Collection::Uncollectible;
+                    }
+                    d.next_at = None;
+                }
+            }
+            Payment::DunningReminder(r) => {
+                if let Some(d) = inv(self, &t, &r.invoice_id) {
+                    d.reminded.insert(r.days_after_due);
+                }
+            }
+            Payment::RefundSucceeded(_) | Payment::RefundFailed(_) => {}
+        }
+        customer
+    }
+
+    /// What is due for one invoice now (`None` when its customer's clock has not started).
+    pub fn actions_for(&self, key: &(String, String), policy: &Policy) -> Vec<Action> {
+        let Some(d) = self.invoices.get(key) else {
+            return Vec::new();
+        };
+        if d.status != Collection::Open {
+            return Vec::new();
+        }
+        let (tenant, invoice_id) = key;
+        let payer = self.payers.get(&(tenant.clone(), d.customer_id.clone()));
+        let clock = payer.map(|p| p.clock.as_str()).unwrap_or(WALL);
+        let now = self.now(tenant, clock);
+        let mut out = Vec::new();
+        if d.exhausted {
+            out.push(Action::GiveUp {
+                tenant: tenant.clone(),
+                invoice_id: invoice_id.clone(),
+                at: d.last_failed_at.unwrap_or(d.issued_at),
+            });
+            return out;
+        }
+        let method = payer.and_then(|p| {
+            let id = p.default_method.as_ref()?;
+            let (kind, token) = p.methods.get(id)?;
+            Some((id.clone(), kind.clone(), token.clone()))
+        });
+        // The first attempt does not wait for a tick: finalization is its time.
+        let due_at = d.next_at;
+        let due = match (d.pending, due_at) {
+            (Some(_), _) => true,
+            (None, Some(at)) => d.attempts == 0 || now.is_some_and(|n| n >= at),
+            (None, None) => false,
+        };
+        if due {
+            if let Some(method) = method {
+                let number = d.pending.unwrap_or(d.attempts + 1);
+                out.push(Action::Charge {
+                    tenant: tenant.clone(),
+                    invoice_id: invoice_id.clone(),
+                    number,
+                    at: due_at.unwrap_or(d.issued_at),
+                    method,
+                });
+            }
+        }
+        if let Some(now) = now {
+            for days in &policy.reminder_days {
+                let at = d.due_date + chrono::Duration::days(i64::from(*days));
+                if at <= now && !d.reminded.contains(days) {
+                    out.push(Action::Remind {
+                        tenant: tenant.clone(),
+                        invoice_id: invoice_id.clone(),
+                        days: *days,
+                        at,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// When attempt `number` (due at `at`) failed, when the next one is due; `None` after the last.
+    pub fn next_attempt_at(
+        policy: &Policy,
+        number: i32,
+        at: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let wait = policy.retry_delays.get(usize::try_from(number).ok()? - 1)?;
+        Some(at + chrono::Duration::from_std(*wait).ok()?)
+    }
+
+    /// Open invoices of a customer.
+    pub fn open_invoices_of(&self, tenant: &str, customer: &str) -> Vec<(String, String)> {
+        self.invoices
+            .iter()
+            .filter(|((t, _), d)| t == tenant && d.customer_id == customer)
+            .filter(|(_, d)| d.status == Collection::Open)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Open invoices whose customer lives on this clock (`tenant` `*` and clock `wall`: every wall customer).
+    pub fn open_invoices_on(&self, tenant: &str, clock: &str) -> Vec<(String, String)> {
+        self.invoices
+            .iter()
+            .filter(|(_, d)| d.status == Collection::Open)
+            .filter(|((t, _), d)| {
+                let c = self
+                    .payers
+                    .get(&(t.clone(), d.customer_id.clone()))
+                    .map(|p| p.clock.as_str())
+                    .unwrap_or(WALL);
+                c == clock && (tenant == "*" || t == tenant)
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use billing_schemas::invoice::InvoiceFinalized;
+    use billing_schemas::lifecycle::{ClockTick, CustomerCreated};
+    use billing_schemas::payment::{PaymentAttempted, PaymentFailed, PaymentMethodAdded};
+    use chrono::TimeZone;
+
+    fn t(d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, d, 0, 0, 0).unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            retry_delays: vec![Duration::from_secs(86_400), Duration::from_secs(2 * 86_400)],
+            reminder_days: vec![3],
+        }
+    }
+
+    fn lifecycle(payload: Lifecycle) -> LifecycleEvent {
+        LifecycleEvent {
+            tenant_id: "acme".into(),
+            event_id: uuid_like(),
+            occurred_at: t(1),
+            payload,
+        }
+    }
+
+    fn uuid_like() -> String {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        format!("ev{}", N.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn pay(payload: Payment, at: DateTime<Utc>) -> PaymentEvent {
+        PaymentEvent {
+            tenant_id: "acme".into(),
+            event_id: uuid_like(),
+            occurred_at: at,
+            payload,
+        }
+    }
+
+    fn book_with_invoice(total: &str) -> (Book, (String, String)) {
+        let mut b = Book::default();
+        let mut c: CustomerCreated = serde_json::from_value(serde_json::json!({
+            "customer_id": "c1", "name": "C", "email": null, "currency": "EUR", "timezone": "UTC",
+            "billing_country": null, "address": null, "tax_ids": [], "invoice_grace_period_days": 0,
+            "net_payment_term_days": 0, "metadata": {}, "test_clock_id": "clk"
+        }))
+        .unwrap();
+        c.test_clock_id = Some("clk".into());
+        b.apply_lifecycle(&lifecycle(Lifecycle::CustomerCreated(c)));
+        let inv: InvoiceFinalized = serde_json::from_value(serde_json::json!({
+            "invoice_id": "inv1", "number": "1", "customer_id": "c1", "currency": "EUR",
+            "subscription_ids": ["s1"], "billing_date": 1767225600000i64, "issued_at": 1767225600000i64,
+            "due_date": 1767225600000i64, "period_start": 1767225600000i64, "period_end": 1767225600000i64,
+            "lines": [], "subtotal": total, "discount_total": "0", "tax_total": "0", "credits_total": "0",
+            "total": total
+        }))
+        .unwrap();
+        let key = b
+            .apply_invoice(&InvoiceEvent {
+                tenant_id: "acme".into(),
+                event_id: "i1".into(),
+                occurred_at: t(1),
+                payload: Invoice::InvoiceFinalized(Box::new(inv)),
+            })
+            .unwrap();
+        (b, key)
+    }
+
+    fn add_card(b: &mut Book) {
+        b.apply_payment(
+            &pay(
+                Payment::PaymentMethodAdded(PaymentMethodAdded {
+                    customer_id: "c1".into(),
+                    payment_method_id: "pm1".into(),
+                    kind: "card".into(),
+                    token: "pm_card_visa".into(),
+                    set_default: true,
+                }),
+                t(1),
+            ),
+            &policy(),
+        );
+    }
+
+    #[test]
+    fn an_invoice_waits_for_a_method_then_is_charged_at_its_issue_time() {
+        let (mut b, key) = book_with_invoice("12.00");
+        assert!(b.actions_for(&key, &policy()).is_empty(), "no method yet");
+        add_card(&mut b);
+        let a = b.actions_for(&key, &policy());
+        assert_eq!(
+            a,
+            vec![Action::Charge {
+                tenant: "acme".into(),
+                invoice_id: "inv1".into(),
+                number: 1,
+                at: t(1),
+                method: ("pm1".into(), "card".into(), "pm_card_visa".into()),
+            }]
+        );
+    }
+
+    #[test]
+    fn retries_follow_the_schedule_on_the_customers_clock_and_end_in_giving_up() {
+        let p = policy();
+        let (mut b, key) = book_with_invoice("12.00");
+        add_card(&mut b);
+        let fail = |b: &mut Book, n: i32, at: DateTime<Utc>| {
+            b.apply_payment(
+                &pay(
+                    Payment::PaymentAttempted(PaymentAttempted {
+                        attempt_id: attempt_id("acme", "inv1", n),
+                        invoice_id: "inv1".into(),
+                        customer_id: "c1".into(),
+                        currency: "EUR".into(),
+                        amount: "12.00".into(),
+                        attempt_number: n,
+                        payment_method_id: "pm1".into(),
+                    }),
+                    at,
+                ),
+                &p,
+            );
+            // An attempt in flight is resumed, never replaced by the next one.
+            let charges: Vec<i32> = b
+                .actions_for(&key, &p)
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Charge { number, .. } => Some(*number),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(charges, [n]);
+            b.apply_payment(
+                &pay(
+                    Payment::PaymentFailed(PaymentFailed {
+                        attempt_id: attempt_id("acme", "inv1", n),
+                        invoice_id: "inv1".into(),
+                        customer_id: "c1".into(),
+                        reason: "declined".into(),
+                        next_retry_at: Book::next_attempt_at(&p, n, at),
+                        code: "insufficient_funds".into(),
+                        attempt_number: n,
+                        currency: "EUR".into(),
+                        amount: "12.00".into(),
+                    }),
+                    at,
+                ),
+                &p,
+            );
+        };
+        fail(&mut b, 1, t(1));
+        assert_eq!(b.invoices[&key].next_at, Some(t(2)));
+        let tick = |b: &mut Book, d: u32| {
+            b.apply_lifecycle(&lifecycle(Lifecycle::ClockTick(ClockTick {
+                clock_id: "clk".into(),
+                now: t(d),
+            })));
+        };
+        tick(&mut b, 1);
+        assert!(
+            b.actions_for(&key, &p).is_empty(),
+            "retry not due before day 2"
+        );
+        tick(&mut b, 2);
+        assert!(matches!(
+            b.actions_for(&key, &p)[..],
+            [Action::Charge { number: 2, at, .. }] if at == t(2)
+        ));
+        fail(&mut b, 2, t(2));
+        assert_eq!(b.invoices[&key].next_at, Some(t(4)));
+        tick(&mut b, 4);
+        fail(&mut b, 3, t(4));
+        assert!(b.invoices[&key].exhausted, "three attempts, two waits");
+        assert!(matches!(
+            b.actions_for(&key, &p)[..],
+            [Action::GiveUp { at, .. }] if at == t(4)
+        ));
+    }
+
+    #[test]
+    fn reminders_are_due_once_from_the_due_date() {
+        let p = policy();
+        let (mut b, key) = book_with_invoice("12.00");
+        b.apply_lifecycle(&lifecycle(Lifecycle::ClockTick(ClockTick {
+            clock_id: "clk".into(),
+            now: t(4),
+        })));
+        assert_eq!(
+            b.actions_for(&key, &p),
+            vec![Action::Remind {
+                tenant: "acme".into(),
+                invoice_id: "inv1".into(),
+                days: 3,
+                at: t(4),
+            }]
+        );
+    }
+
+    #[test]
+    fn zero_invoices_are_paid_and_never_charged() {
+        let (mut b, key) = book_with_invoice("0.00");
+        add_card(&mut b);
+        assert_eq!(b.invoices[&key].status, Collection::Paid);
+        assert!(b.actions_for(&key, &policy()).is_empty());
+    }
+}
