@@ -65,6 +65,8 @@ pub async fn run(settings: Settings, args: Args, stop: Shutdown) -> anyhow::Resu
 
     let mut rating = tokio::spawn(billing_rating::run(settings.clone(), stop.clone()));
     let mut invoicer = tokio::spawn(billing_invoicer::run(settings.clone(), stop.clone()));
+    let mut payments = tokio::spawn(billing_payments::run(settings.clone(), stop.clone()));
+    let mut webhooks = tokio::spawn(billing_webhooks::run(settings.clone(), stop.clone()));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut api = tokio::spawn(billing_query_api::run(
         settings.clone(),
@@ -108,6 +110,8 @@ pub async fn run(settings: Settings, args: Args, stop: Shutdown) -> anyhow::Resu
         },
         r = &mut rating => { stop.cancel(); return Err(ended("rating", r)) },
         r = &mut invoicer => { stop.cancel(); return Err(ended("the invoicer", r)) },
+        r = &mut payments => { stop.cancel(); return Err(ended("payments", r)) },
+        r = &mut webhooks => { stop.cancel(); return Err(ended("webhooks", r)) },
         r = &mut api => { stop.cancel(); return Err(ended("query-api", r)) },
     };
 
@@ -117,8 +121,8 @@ pub async fn run(settings: Settings, args: Args, stop: Shutdown) -> anyhow::Resu
         println!("  {l}");
     }
     println!(
-        "  health/metrics: http://{0}/ready http://{0}/metrics (rating), http://{1}/ready http://{1}/metrics (invoicer)",
-        settings.rating.listen, settings.invoicer.listen
+        "  health/metrics: http://{0}/ready http://{0}/metrics (rating), http://{1}/ready http://{1}/metrics (invoicer), http://{2}/metrics (payments), http://{3}/metrics (webhooks)",
+        settings.rating.listen, settings.invoicer.listen, settings.payments.listen, settings.webhooks.listen
     );
     if args.exit_when_done {
         stop.cancel();
@@ -126,6 +130,8 @@ pub async fn run(settings: Settings, args: Args, stop: Shutdown) -> anyhow::Resu
         println!("Serving until Ctrl-C.");
     }
     api.await??;
+    webhooks.await??;
+    payments.await??;
     invoicer.await??;
     rating.await??;
     Ok(())
@@ -976,6 +982,35 @@ async fn billing_workload(
         "  2026-01-01  test clock {clock}; metric api_calls, plans starter, growth, payg (in arrears), starter-usd; {} customers",
         customers.len()
     );
+    // Payment methods on the sandbox provider: a card that pays for everyone, except a card that is always
+    // declined (dunning) and a customer who pays by bank transfer.
+    for c in &customers {
+        let token = match c.id {
+            DECLINED => "pm_card_chargeDeclinedInsufficientFunds",
+            BANK_TRANSFER => continue,
+            _ => "pm_card_visa",
+        };
+        api.write(
+            &format!("/v1/customers/{}/payment_methods", c.id),
+            json!({"kind": "card", "token": token}),
+        )
+        .await?;
+    }
+    let receiver = WebhookReceiver::start().await?;
+    // (Endpoints are stored by the API itself: nothing to wait for.)
+    let body = json!({"url": receiver.url, "event_types": ["invoice.finalized", "payment.succeeded", "payment.failed",
+                      "invoice.marked_uncollectible", "invoice.paid_out_of_band", "subscription.canceled"],
+                      "description": "the demo's receiver"});
+    let path = "/v1/webhook_endpoints";
+    let (status, doc) = api
+        .request(Method::POST, path, Some(&body), REQUEST_TIMEOUT)
+        .await?;
+    let endpoint = expect(&Method::POST, path, status, doc, &[StatusCode::CREATED])?;
+    let endpoint_id = endpoint["id"].as_str().unwrap_or_default().to_owned();
+    println!(
+        "  2026-01-01  sandbox cards for every customer ({DECLINED}: always declined; {BANK_TRANSFER}: no card, pays by bank transfer); webhook endpoint {endpoint_id} -> {}",
+        receiver.url
+    );
     // Usage for January and February, produced to billing.usage as time passes: before the clock moves to a day,
     // the usage of the days before it is produced and rated, as a live producer would have sent it.
     let topics = Topics::new(&settings.kafka);
@@ -1097,6 +1132,7 @@ async fn billing_workload(
     }
     anyhow::ensure!(usage.next().is_none(), "usage left after March 1");
     println!("  usage: {events} events, {calls} API calls in all");
+    let payment_lines = payments_summary(&api, &receiver, &endpoint_id).await?;
 
     // The summary.
     let invoices = api.list("/v1/invoices").await?;
@@ -1184,7 +1220,12 @@ async fn billing_workload(
     let h = format!("curl -s -H 'X-Tenant-Id: {tenant}'");
     let db = &settings.clickhouse.database;
     let example = example.unwrap_or_else(|| "INVOICE_ID".to_owned());
-    Ok(vec![
+    let mut lines = payment_lines;
+    lines.extend([
+        format!("webhooks:     {h} '{base}/v1/webhook_endpoints/{endpoint_id}/deliveries?limit=5'"),
+        format!("methods:      {h} {base}/v1/customers/alpine-bakery/payment_methods"),
+    ]);
+    lines.extend(vec![
         format!("invoices:     {h} '{base}/v1/invoices?status=finalized&limit=100'"),
         format!("one invoice:  {h} {base}/v1/invoices/{example}"),
         format!("a customer's: {h} {base}/v1/customers/lumen-energy/invoices"),
@@ -1200,7 +1241,183 @@ async fn billing_workload(
             "invoice.finalized events: kcat -b {} -C -t {} -e -f '%k partition %p offset %o\\n' | grep {tenant}",
             settings.kafka.brokers, topics.invoices
         ),
-    ])
+    ]);
+    Ok(lines)
+}
+
+/// The customer whose card is always declined: dunning gives its first invoice up and cancels it.
+const DECLINED: &str = "delta-dental";
+/// The customer without a card: its first invoice is paid by bank transfer.
+const BANK_TRANSFER: &str = "baltic-freight";
+
+/// Record the bank transfer, then show where payments stand, the dunning story and the webhook log.
+async fn payments_summary(
+    api: &Api,
+    receiver: &WebhookReceiver,
+    endpoint_id: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mine = |c: &str| format!("/v1/customers/{c}/invoices?status=finalized");
+    let bank = api.list(&mine(BANK_TRANSFER)).await?;
+    let first = bank
+        .last()
+        .and_then(|i| i["invoice_id"].as_str())
+        .context("the bank-transfer customer has no invoice")?
+        .to_owned();
+    let paid = api
+        .write(
+            &format!("/v1/invoices/{first}/pay"),
+            json!({"paid_out_of_band": true, "reference": "SEPA-TRANSFER-0001"}),
+        )
+        .await?;
+    println!(
+        "  {BANK_TRANSFER} pays {first} by bank transfer: payment {}",
+        paid["payment_status"]
+    );
+    // Payments follow the invoices asynchronously: wait until every charged invoice has an outcome.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let invoices = loop {
+        let all = api.list("/v1/invoices?status=finalized").await?;
+        let waiting = all
+            .iter()
+            .filter(|i| {
+                i["payment_status"] == "pending"
+                    && i["customer_id"] != BANK_TRANSFER
+                    && i["payment"]["next_payment_attempt"].is_null()
+                    && i["payment"]["attempt_count"] == 0
+            })
+            .count();
+        if waiting == 0 || Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+    for i in &invoices {
+        *by_status
+            .entry(i["payment_status"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    let counts: Vec<String> = by_status.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    println!();
+    println!(
+        "Payments on the sandbox provider: {} of {} finalized invoices",
+        counts.join(", "),
+        invoices.len()
+    );
+    let declined = api.list(&mine(DECLINED)).await?;
+    if let Some(inv) = declined.last() {
+        let id = inv["invoice_id"].as_str().unwrap_or_default();
+        let attempts = api.get(&format!("/v1/invoices/{id}/payments")).await?;
+        println!(
+            "  dunning of {id} ({DECLINED}): payment {}, {} attempts:",
+            inv["payment_status"],
+            attempts["attempts"].as_array().map_or(0, Vec::len)
+        );
+        for a in attempts["attempts"].as_array().into_iter().flatten() {
+            println!(
+                "    #{} {}  {:<9} {}",
+                a["attempt_number"],
+                a["started_at"].as_str().unwrap_or("?"),
+                a["status"].as_str().unwrap_or("?"),
+                a["code"].as_str().unwrap_or("")
+            );
+        }
+        let sub = api
+            .get(&format!("/v1/subscriptions/{}", sub_id(DECLINED)))
+            .await?;
+        println!(
+            "    then its subscription: {} (canceled at {})",
+            sub["status"], sub["canceled_at"]
+        );
+    }
+    let log = api
+        .get(&format!(
+            "/v1/webhook_endpoints/{endpoint_id}/deliveries?limit=5"
+        ))
+        .await?;
+    println!(
+        "Webhooks: {} signed requests received by {} so far; the delivery log's latest:",
+        receiver.received(),
+        receiver.url
+    );
+    for d in log["data"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<30} {:<10} attempts {}",
+            d["event_type"].as_str().unwrap_or("?"),
+            d["status"].as_str().unwrap_or("?"),
+            d["attempts"].as_array().map_or(0, Vec::len)
+        );
+    }
+    let h = format!("curl -s -H 'X-Tenant-Id: {}'", api.tenant);
+    let declined_id = declined
+        .last()
+        .and_then(|i| i["invoice_id"].as_str())
+        .unwrap_or("INVOICE_ID");
+    Ok(vec![format!(
+        "dunning:      {h} {}/v1/invoices/{declined_id}/payments",
+        api.base
+    )])
+}
+
+/// A webhook receiver on a loopback port: answers every request 200 and counts them.
+struct WebhookReceiver {
+    url: String,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl WebhookReceiver {
+    async fn start() -> anyhow::Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/webhooks", listener.local_addr()?);
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    // One request per connection is enough: read the head and the body, answer 200, close.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf);
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())
+                                        .flatten()
+                                })
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        Ok(WebhookReceiver { url, count })
+    }
+
+    fn received(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Wait until rating has checkpointed everything produced to `billing.usage` so far: its committed offsets (written
@@ -1323,6 +1540,9 @@ mod tests {
             assert!(codes.contains(c.plan), "{}", c.plan);
             let plan = plans.iter().find(|p| p["code"] == c.plan).unwrap();
             assert_eq!(plan["currency"], c.currency, "{}", c.id);
+        }
+        for who in [DECLINED, BANK_TRANSFER] {
+            assert!(customers.iter().any(|c| c.id == who), "{who}");
         }
         for (_, who, act) in demo_acts() {
             assert!(customers.iter().any(|c| c.id == who), "{who}");

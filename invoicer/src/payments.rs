@@ -187,8 +187,15 @@ impl PaymentViews {
                 })
                 .await
             }
-            Payment::PaymentRetryRequested(_)
-            | Payment::DunningReminder(_)
+            Payment::PaymentRetryRequested(r) => {
+                self.update(ev, &r.invoice_id, &r.customer_id, |p, _| {
+                    if p.status == "uncollectible" {
+                        p.status = "pending".into();
+                    }
+                })
+                .await
+            }
+            Payment::DunningReminder(_)
             | Payment::RefundSucceeded(_)
             | Payment::RefundFailed(_) => Ok(()),
         }

@@ -338,7 +338,9 @@ impl Book {
             Payment::PaymentRetryRequested(r) => {
                 let at = ev.occurred_at;
                 if let Some(d) = inv(self, &t, &r.invoice_id) {
-                    if d.status == Collection::Open {
+                    // A manual retry also reopens an invoice dunning gave up.
+                    if matches!(d.status, Collection::Open | Collection::Uncollectible) {
+                        d.status = Collection::Open;
                         d.next_at = Some(at);
                         d.exhausted = false;
                     }

@@ -780,7 +780,7 @@ async fn give_up(
         };
         let ev = LifecycleEvent {
             tenant_id: tenant.to_owned(),
-            event_id: format!("dunning.{tenant}.{invoice_id}.{sub}"),
+            event_id: format!("dunning.{tenant}.{invoice_id}.{}.{sub}", due.attempts),
             occurred_at: at,
             payload,
         };
@@ -794,7 +794,8 @@ async fn give_up(
         ctx,
         PaymentEvent {
             tenant_id: tenant.to_owned(),
-            event_id: format!("giveup.{tenant}.{invoice_id}"),
+            // With the attempt count: an invoice reopened by a manual retry can be given up again.
+            event_id: format!("giveup.{tenant}.{invoice_id}.{}", due.attempts),
             occurred_at: at,
             payload: Payment::InvoiceUncollectible(InvoiceUncollectible {
                 invoice_id: invoice_id.to_owned(),

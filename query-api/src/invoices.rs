@@ -263,7 +263,10 @@ pub async fn finalize(
             })
             .await;
         if let Some(inv) = finalized {
-            return answer(StatusCode::OK, inv);
+            return answer(
+                StatusCode::OK,
+                crate::payments::invoice_json(&state, &tenant, inv).await?,
+            );
         }
     }
     Ok(pending(&ev.event_id, "invoice", &id))

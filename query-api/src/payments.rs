@@ -355,6 +355,19 @@ pub async fn pay(
     }
     c.finish()?;
     let customer = customers::existing(&state, &tenant, &inv.customer_id).await?;
+    if !body.paid_out_of_band {
+        let (_, default) = state
+            .payments
+            .payment_methods(&tenant, &inv.customer_id)
+            .await?;
+        if default.is_none() {
+            return Err(ApiError::Conflict(format!(
+                "customer {:?} has no default payment method to charge: add one, or record a payment with \
+                 paid_out_of_band",
+                inv.customer_id
+            )));
+        }
+    }
     let now = state.customer_now(&tenant, &customer).await?;
     let payload = if body.paid_out_of_band {
         Payment::InvoicePaidOutOfBand(InvoicePaidOutOfBand {
