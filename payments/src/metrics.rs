@@ -17,6 +17,8 @@ pub struct Metrics {
     pub failures: IntCounter,
     /// Events that could not be decoded and were skipped.
     pub skipped: IntCounter,
+    /// Store writes and publishes that failed or timed out and were tried again.
+    pub io_retries: IntCounter,
 }
 
 impl Metrics {
@@ -38,6 +40,10 @@ impl Metrics {
             uncollectible: counter("uncollectible_total", "Invoices given up by dunning")?,
             failures: counter("action_failures_total", "Actions that failed and run again")?,
             skipped: counter("skipped_events_total", "Undecodable events skipped")?,
+            io_retries: counter(
+                "io_retries_total",
+                "Store writes and publishes that failed or timed out",
+            )?,
             attempts,
             registry,
         })

@@ -54,6 +54,8 @@ const SWEEP: Duration = Duration::from_secs(1);
 const PROVIDER_TRIES: u32 = 3;
 /// Tries of a store write or a publish inside one action.
 const IO_TRIES: u32 = 3;
+/// The longest wait for one store write or publish (the store's own request timeout is longer).
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Records the partitions a rebalance takes away; the loop forgets them before its next message.
 #[derive(Default, Clone)]
@@ -440,8 +442,8 @@ fn ends_action(ev: &PaymentEvent) -> Option<String> {
     }
 }
 
-/// Retry an I/O step a few times with backoff.
-async fn retrying<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+/// Retry an I/O step (a store write, a publish) a few times with backoff, each try bounded by [`IO_TIMEOUT`].
+async fn retrying<T, F, Fut>(ctx: &Ctx, what: &str, mut f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
@@ -450,10 +452,17 @@ where
     let mut tries = 0;
     loop {
         tries += 1;
-        match f().await {
+        let result = match tokio::time::timeout(IO_TIMEOUT, f()).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("no answer within {IO_TIMEOUT:?}")),
+        };
+        match result {
             Ok(v) => return Ok(v),
-            Err(e) if tries >= IO_TRIES => return Err(e.context(format!("{what} failed"))),
             Err(e) => {
+                ctx.metrics.io_retries.inc();
+                if tries >= IO_TRIES {
+                    return Err(e.context(format!("{what} failed")));
+                }
                 tracing::debug!(error = %e, what, "retrying");
                 tokio::time::sleep(wait).await;
                 wait *= 4;
@@ -463,7 +472,7 @@ where
 }
 
 async fn publish_payment(ctx: &Ctx, ev: PaymentEvent) -> anyhow::Result<()> {
-    retrying("publishing a payment event", || {
+    retrying(ctx, "publishing a payment event", || {
         ctx.publisher.payment_at(&ev, Encoding::Avro)
     })
     .await
@@ -596,7 +605,7 @@ async fn charge(
         started_at: at,
         finished_at: None,
     };
-    retrying("writing the attempt", || {
+    retrying(ctx, "writing the attempt", || {
         ctx.store.put_attempt(tenant, &row)
     })
     .await?;
@@ -662,7 +671,7 @@ async fn charge(
             // this service does not receive yet: the attempt stays pending and is never tried again.
             row.provider_reference = Some(provider_reference);
             row.status = "pending".into();
-            retrying("writing the attempt", || {
+            retrying(ctx, "writing the attempt", || {
                 ctx.store.put_attempt(tenant, &row)
             })
             .await?;
@@ -707,7 +716,7 @@ async fn charge(
     }
     row.status = status.into();
     row.finished_at = Some(at);
-    retrying("writing the attempt", || {
+    retrying(ctx, "writing the attempt", || {
         ctx.store.put_attempt(tenant, &row)
     })
     .await?;
@@ -784,7 +793,7 @@ async fn give_up(
             occurred_at: at,
             payload,
         };
-        retrying("publishing a dunning lifecycle event", || {
+        retrying(ctx, "publishing a dunning lifecycle event", || {
             ctx.publisher.lifecycle_at(&ev, Encoding::Avro)
         })
         .await?;
