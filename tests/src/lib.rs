@@ -277,6 +277,23 @@ pub fn spawn_service(
         .unwrap_or_else(|e| panic!("start billing {service}: {e}"))
 }
 
+/// Run a service and say on stderr when it ends before it was asked to (a test waiting on it then times out, and
+/// this line says why).
+async fn reported(
+    name: &'static str,
+    stop: billing_runtime::Shutdown,
+    service: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let result = service.await;
+    if !stop.is_cancelled() {
+        match &result {
+            Ok(()) => eprintln!("[test services] {name} ended before it was stopped"),
+            Err(e) => eprintln!("[test services] {name} failed: {e:#}"),
+        }
+    }
+    result
+}
+
 /// rating, the invoicer and query-api running in this process against a [`TestEnv`]. Dropping it (a test that
 /// panics) cancels them, so the runtime can shut down and the test fails instead of hanging.
 pub struct Services {
@@ -313,15 +330,23 @@ impl Services {
     /// Start rating, the invoicer and the query API.
     pub async fn start(settings: &Settings) -> Self {
         let stop = billing_runtime::Shutdown::new();
-        let rating = tokio::spawn(billing_rating::run(settings.clone(), stop.clone()));
-        let invoicer = tokio::spawn(billing_invoicer::run(settings.clone(), stop.clone()));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let query_api = tokio::spawn(billing_query_api::run(
-            settings.clone(),
+        let rating = tokio::spawn(reported(
+            "rating",
             stop.clone(),
-            move |a| {
+            billing_rating::run(settings.clone(), stop.clone()),
+        ));
+        let invoicer = tokio::spawn(reported(
+            "invoicer",
+            stop.clone(),
+            billing_invoicer::run(settings.clone(), stop.clone()),
+        ));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let query_api = tokio::spawn(reported(
+            "query-api",
+            stop.clone(),
+            billing_query_api::run(settings.clone(), stop.clone(), move |a| {
                 let _ = tx.send(a);
-            },
+            }),
         ));
         let addr = rx.await.expect("query-api bound");
         Services {
