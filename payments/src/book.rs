@@ -143,6 +143,8 @@ pub struct Book {
     pub invoices: BTreeMap<(String, String), Due>,
     /// (tenant, clock) → latest billing time (`("*", "wall")` for wall ticks).
     pub clocks: HashMap<(String, String), DateTime<Utc>>,
+    /// (tenant, customer) → its invoices' ids.
+    by_customer: HashMap<(String, String), BTreeSet<String>>,
     /// Payment events already applied (a retried publish can deliver one twice).
     seen: std::collections::HashSet<String>,
 }
@@ -240,6 +242,10 @@ impl Book {
                     .unwrap_or_default()
                     .max(Decimal::ZERO);
                 let k = key(&inv.invoice_id);
+                self.by_customer
+                    .entry((ev.tenant_id.clone(), inv.customer_id.clone()))
+                    .or_default()
+                    .insert(inv.invoice_id.clone());
                 self.invoices.entry(k.clone()).or_insert_with(|| Due {
                     customer_id: inv.customer_id.clone(),
                     currency: inv.currency.clone(),
@@ -446,12 +452,39 @@ impl Book {
 
     /// Open invoices of a customer.
     pub fn open_invoices_of(&self, tenant: &str, customer: &str) -> Vec<(String, String)> {
-        self.invoices
-            .iter()
-            .filter(|((t, _), d)| t == tenant && d.customer_id == customer)
-            .filter(|(_, d)| d.status == Collection::Open)
-            .map(|(k, _)| k.clone())
+        let Some(ids) = self
+            .by_customer
+            .get(&(tenant.to_owned(), customer.to_owned()))
+        else {
+            return Vec::new();
+        };
+        ids.iter()
+            .map(|id| (tenant.to_owned(), id.clone()))
+            .filter(|k| {
+                self.invoices
+                    .get(k)
+                    .is_some_and(|d| d.status == Collection::Open)
+            })
             .collect()
+    }
+
+    /// The invoice a payment event is about, if it names one.
+    pub fn invoice_of(ev: &PaymentEvent) -> Option<(String, String)> {
+        let id = match &ev.payload {
+            Payment::PaymentAttempted(p) => &p.invoice_id,
+            Payment::PaymentSucceeded(p) => &p.invoice_id,
+            Payment::PaymentFailed(p) => &p.invoice_id,
+            Payment::PaymentRetryRequested(p) => &p.invoice_id,
+            Payment::InvoicePaidOutOfBand(p) => &p.invoice_id,
+            Payment::InvoiceUncollectible(p) => &p.invoice_id,
+            Payment::DunningReminder(p) => &p.invoice_id,
+            Payment::RefundSucceeded(p) => &p.invoice_id,
+            Payment::RefundFailed(p) => &p.invoice_id,
+            Payment::PaymentMethodAdded(_)
+            | Payment::PaymentMethodRemoved(_)
+            | Payment::DefaultPaymentMethodSet(_) => return None,
+        };
+        Some((ev.tenant_id.clone(), id.clone()))
     }
 
     /// Open invoices whose customer lives on this clock (`tenant` `*` and clock `wall`: every wall customer).

@@ -218,8 +218,9 @@ impl Payments {
                     .consumer
                     .fetch_watermarks(topic, p, Duration::from_secs(10))
                 {
-                    Ok((_, high)) => {
-                        ends.insert(topic.clone(), high);
+                    // A partition whose messages are all gone (retention) has nothing to read.
+                    Ok((low, high)) => {
+                        ends.insert(topic.clone(), if high > low { high } else { 0 });
                     }
                     Err(e) => {
                         // Without the ends the partition cannot know when history ends; start it again.
@@ -260,9 +261,10 @@ impl Payments {
                         self.inflight.remove(&action);
                     }
                     let (tenant, customer) = part.book.apply_payment(&ev, &policy);
-                    match &ev.payload {
-                        Payment::PaymentRetryRequested(r) => vec![(tenant, r.invoice_id.clone())],
-                        _ => part.book.open_invoices_of(&tenant, &customer),
+                    // An event about an invoice touches that invoice; a payment method, the customer's open ones.
+                    match Book::invoice_of(&ev) {
+                        Some(key) => vec![key],
+                        None => part.book.open_invoices_of(&tenant, &customer),
                     }
                 }
                 Err(e) => {
