@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_billrun;
+mod bench_payments;
 mod children;
 mod clock;
 mod demo;
@@ -45,6 +46,8 @@ enum Command {
     BenchUsage(bench::Args),
     /// Bill run benchmark: invoices/s from a test-clock advance to the last invoice.finalized, with baselines.
     BenchBillrun(bench_billrun::Args),
+    /// Payments benchmark: payments/s from invoice.finalized to PaymentSucceeded (sandbox), webhook deliveries/s.
+    BenchPayments(bench_payments::Args),
     /// Publish the wall clock to every lifecycle partition (default every minute): what bills wall-clock customers.
     Ticker(clock::TickerArgs),
     /// Test clocks.
@@ -102,6 +105,7 @@ async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(settings, args, stop).await,
         Command::BenchUsage(args) => bench::run(settings, args, stop).await,
         Command::BenchBillrun(args) => bench_billrun::run(settings, args, stop).await,
+        Command::BenchPayments(args) => bench_payments::run(settings, args, stop).await,
         Command::Pricing(_) => unreachable!("handled before the runtime starts"),
     }
 }
