@@ -14,7 +14,7 @@ mod views;
 use std::sync::Arc;
 
 use billing_runtime::health::{self, Readiness};
-use billing_runtime::{clickhouse, cql, kafka, Settings, Shutdown};
+use billing_runtime::{clickhouse, cql, Settings, Shutdown};
 
 pub use metrics::Metrics;
 
@@ -25,23 +25,11 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let ks = settings.cassandra.keyspace.clone();
     let store = Arc::new(billing_store::billing::BillingStore::new(session.clone(), &ks).await?);
     let usage = billing_store::usage::UsageStore::new(session.clone(), &ks).await?;
-    let session_for_payments = session.clone();
     let ch = clickhouse::client(&settings.clickhouse);
-    let kcfg = settings.kafka.clone();
-    let ch_ping = ch.clone();
     let readiness = Readiness::default()
-        .with("kafka", move || {
-            let k = kcfg.clone();
-            async move { kafka::ping(&k).await }
-        })
-        .with("cassandra", move || {
-            let s = session.clone();
-            async move { cql::ping(&s).await }
-        })
-        .with("clickhouse", move || {
-            let c = ch_ping.clone();
-            async move { clickhouse::ping(&c).await }
-        });
+        .with_kafka(&settings.kafka)
+        .with_cassandra(session.clone())
+        .with_clickhouse(ch.clone());
     let (addr, http) = health::serve(
         settings.invoicer.listen,
         health::router(readiness, metrics.registry.clone()),
@@ -49,8 +37,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(%addr, "invoicer health and metrics listening");
-    let payment_store =
-        Arc::new(billing_store::payments::PaymentStore::new(session_for_payments, &ks).await?);
+    let payment_store = Arc::new(billing_store::payments::PaymentStore::new(session, &ks).await?);
     let views =
         payments::PaymentViews::new(&settings, store.clone(), payment_store, metrics.clone())?;
     let views = tokio::spawn(views.run(shutdown.clone()));

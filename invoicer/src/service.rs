@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use billing_core::invoicing::BillableSubscription;
 use billing_runtime::config::{NumberingScope, Settings};
-use billing_runtime::kafka::{self, Topics};
+use billing_runtime::kafka::{self, Revocations, Topics};
 use billing_runtime::Shutdown;
 use billing_schemas::catalog::{Catalog, CatalogEvent};
 use billing_schemas::lifecycle::{Lifecycle, LifecycleEvent};
@@ -26,8 +26,7 @@ use billing_store::invoices::{InvoiceStatus, InvoiceView};
 use billing_store::usage::{CustomerUsage, UsageStore};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -51,22 +50,6 @@ type CustomerWork = (
 
 /// Invoices of one billing date by customer: (status, number).
 type IssuedOnDate = HashMap<String, (String, String)>;
-
-/// Records the lifecycle partitions taken away by a rebalance; the loop forgets their state before it handles
-/// another message (the callback runs inside `recv`, before messages of the new assignment are returned).
-#[derive(Default, Clone)]
-pub struct Revocations(Arc<std::sync::Mutex<Vec<i32>>>);
-
-impl ClientContext for Revocations {}
-
-impl ConsumerContext for Revocations {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut revoked = self.0.lock().expect("revocations lock");
-            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
-        }
-    }
-}
 
 /// Per lifecycle partition.
 #[derive(Debug, Default)]
@@ -239,8 +222,7 @@ impl Invoicer {
     /// Drop the state of partitions another instance now owns: if one comes back, it is folded again from its
     /// start (nothing is committed), and what was issued meanwhile is read again.
     async fn forget_revoked(&mut self) -> anyhow::Result<()> {
-        let revoked: Vec<i32> =
-            std::mem::take(&mut *self.revocations.0.lock().expect("revocations lock"));
+        let revoked = self.revocations.take();
         if revoked.is_empty() {
             return Ok(());
         }

@@ -13,7 +13,7 @@ pub mod service;
 use std::sync::Arc;
 
 use billing_runtime::health::{self, Readiness};
-use billing_runtime::{cql, kafka, Settings, Shutdown};
+use billing_runtime::{cql, Settings, Shutdown};
 use billing_store::payments::PaymentStore;
 use billing_store::sandbox_ledger::SandboxLedgerStore;
 
@@ -27,16 +27,9 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let store = Arc::new(PaymentStore::new(session.clone(), &ks).await?);
     let ledger = Arc::new(SandboxLedgerStore::new(session.clone(), &ks).await?);
     let provider = provider::from_config(&settings.payments.provider, ledger)?;
-    let kcfg = settings.kafka.clone();
     let readiness = Readiness::default()
-        .with("kafka", move || {
-            let k = kcfg.clone();
-            async move { kafka::ping(&k).await }
-        })
-        .with("cassandra", move || {
-            let s = session.clone();
-            async move { cql::ping(&s).await }
-        });
+        .with_kafka(&settings.kafka)
+        .with_cassandra(session);
     let (addr, http) = health::serve(
         settings.payments.listen,
         health::router(readiness, metrics.registry.clone()),

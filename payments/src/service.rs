@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use billing_core::currency::Currency;
 use billing_runtime::config::{DunningAction, Settings};
-use billing_runtime::kafka::{self, Topics};
+use billing_runtime::kafka::{self, Revocations, Topics};
 use billing_runtime::publish::Publisher;
 use billing_runtime::Shutdown;
 use billing_schemas::invoice::InvoiceEvent;
@@ -34,8 +34,7 @@ use billing_schemas::payment::{
 use billing_schemas::{decode, Encoding};
 use billing_store::payments::{PaymentAttemptRow, PaymentStore};
 use chrono::{DateTime, Utc};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::Offset;
 use rust_decimal::Decimal;
@@ -56,21 +55,6 @@ const PROVIDER_TRIES: u32 = 3;
 const IO_TRIES: u32 = 3;
 /// The longest wait for one store write or publish (the store's own request timeout is longer).
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Records the partitions a rebalance takes away; the loop forgets them before its next message.
-#[derive(Default, Clone)]
-pub struct Revocations(Arc<Mutex<Vec<i32>>>);
-
-impl ClientContext for Revocations {}
-
-impl ConsumerContext for Revocations {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut revoked = self.0.lock().expect("revocations lock");
-            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
-        }
-    }
-}
 
 /// One owned partition (of all three topics).
 struct Part {
@@ -195,8 +179,7 @@ impl Payments {
     }
 
     fn forget_revoked(&mut self) {
-        let revoked: Vec<i32> = std::mem::take(&mut *self.revocations.0.lock().expect("lock"));
-        for p in revoked {
+        for p in self.revocations.take() {
             if self.parts.remove(&p).is_some() {
                 tracing::info!(partition = p, "payments partition revoked");
             }

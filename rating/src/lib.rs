@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use billing_runtime::health::{self, Readiness};
 use billing_runtime::kafka::Topics;
-use billing_runtime::{clickhouse, cql, kafka, Settings, Shutdown};
+use billing_runtime::{clickhouse, cql, Settings, Shutdown};
 
 pub use metrics::Metrics;
 pub use validate::Rejection;
@@ -34,7 +34,6 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
             .await?;
     let progress = pipeline::Progress::default();
 
-    let kcfg = settings.kafka.clone();
     let reference = reference::SharedReference::default();
     let pipeline = pipeline::Pipeline::new(
         &settings,
@@ -48,18 +47,9 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let stall_timeout =
         chrono::Duration::from_std(settings.rating.stall_timeout).unwrap_or(chrono::Duration::MAX);
     let readiness = Readiness::default()
-        .with("kafka", move || {
-            let k = kcfg.clone();
-            async move { kafka::ping(&k).await }
-        })
-        .with("cassandra", move || {
-            let s = session.clone();
-            async move { cql::ping(&s).await }
-        })
-        .with("clickhouse", move || {
-            let c = ch.clone();
-            async move { clickhouse::ping(&c).await }
-        })
+        .with_kafka(&settings.kafka)
+        .with_cassandra(session)
+        .with_clickhouse(ch.clone())
         // A consumer that has stopped while work is waiting is not ready, whatever its connections say.
         .with("consumer", move || {
             let (probe, p) = (probe.clone(), stall_progress.clone());

@@ -36,6 +36,31 @@ impl Readiness {
         self
     }
 
+    /// Add the check that the Kafka cluster answers (`kafka`).
+    pub fn with_kafka(self, cfg: &crate::config::KafkaConfig) -> Self {
+        let cfg = cfg.clone();
+        self.with("kafka", move || {
+            let k = cfg.clone();
+            async move { crate::kafka::ping(&k).await }
+        })
+    }
+
+    /// Add the check that Cassandra/ScyllaDB serves CQL (`cassandra`).
+    pub fn with_cassandra(self, session: Arc<scylla::client::session::Session>) -> Self {
+        self.with("cassandra", move || {
+            let s = session.clone();
+            async move { crate::cql::ping(&s).await }
+        })
+    }
+
+    /// Add the check that ClickHouse answers (`clickhouse`).
+    pub fn with_clickhouse(self, client: clickhouse::Client) -> Self {
+        self.with("clickhouse", move || {
+            let c = client.clone();
+            async move { crate::clickhouse::ping(&c).await }
+        })
+    }
+
     /// Run every check; `Ok` when all pass. The map names each check's outcome.
     pub async fn run(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
         let results = futures::future::join_all(self.checks.iter().map(|(_, c)| async move {

@@ -216,16 +216,7 @@ pub fn consumer<C: ConsumerContext + 'static>(
     group_id: &str,
     context: C,
 ) -> Result<StreamConsumer<C>, rdkafka::error::KafkaError> {
-    base(cfg)
-        .set("group.id", group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("fetch.wait.max.ms", "50")
-        .create_with_context(context)
+    group_consumer(cfg, group_id, "cooperative-sticky", context)
 }
 
 /// A group consumer whose members own the same partition number of every topic they subscribe to (the range
@@ -236,6 +227,15 @@ pub fn co_partitioned_consumer<C: ConsumerContext + 'static>(
     group_id: &str,
     context: C,
 ) -> Result<StreamConsumer<C>, rdkafka::error::KafkaError> {
+    group_consumer(cfg, group_id, "range", context)
+}
+
+fn group_consumer<C: ConsumerContext + 'static>(
+    cfg: &KafkaConfig,
+    group_id: &str,
+    assignment: &str,
+    context: C,
+) -> Result<StreamConsumer<C>, rdkafka::error::KafkaError> {
     base(cfg)
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
@@ -243,9 +243,37 @@ pub fn co_partitioned_consumer<C: ConsumerContext + 'static>(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("partition.assignment.strategy", "range")
+        .set("partition.assignment.strategy", assignment)
         .set("fetch.wait.max.ms", "50")
         .create_with_context(context)
+}
+
+/// Records the partitions a rebalance takes away, for a loop that keeps per-partition state: it forgets them
+/// before it handles another message (the callback runs inside `recv`, before messages of the new assignment are
+/// returned). Use it as the consumer's context.
+#[derive(Default, Clone)]
+pub struct Revocations(std::sync::Arc<std::sync::Mutex<Vec<i32>>>);
+
+impl Revocations {
+    /// The partitions revoked since the last call.
+    pub fn take(&self) -> Vec<i32> {
+        std::mem::take(&mut *self.0.lock().expect("revocations lock"))
+    }
+}
+
+impl rdkafka::client::ClientContext for Revocations {}
+
+impl ConsumerContext for Revocations {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.0.lock().expect("revocations lock");
+            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+        }
+    }
 }
 
 /// Create every topic that is missing. Existing topics are left as they are, so this is idempotent.

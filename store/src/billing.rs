@@ -59,20 +59,6 @@ pub enum IdempotencyClaim {
     },
 }
 
-/// The `[applied]` flag a lightweight transaction answers with (its first column; the others, present when it
-/// did not apply, are the current values).
-fn lwt_applied(result: &scylla::response::query_result::QueryRowsResult) -> anyhow::Result<bool> {
-    let row = result
-        .rows::<scylla::value::Row>()?
-        .next()
-        .transpose()?
-        .ok_or_else(|| anyhow::anyhow!("a lightweight transaction answered no row"))?;
-    match row.columns.first() {
-        Some(Some(scylla::value::CqlValue::Boolean(b))) => Ok(*b),
-        other => anyhow::bail!("unexpected [applied] column {other:?}"),
-    }
-}
-
 /// Prepared statements over the billing tables.
 pub struct BillingStore {
     session: Arc<Session>,
@@ -663,7 +649,7 @@ impl BillingStore {
                 )
                 .await?
                 .into_rows_result()?;
-            if lwt_applied(&result)? {
+            if crate::lwt_applied(&result)? {
                 return Ok(first);
             }
         }
@@ -737,7 +723,7 @@ impl BillingStore {
             .execute_unpaged(&self.claim_key, (tenant, key, request_hash))
             .await?
             .into_rows_result()?;
-        if lwt_applied(&result)? {
+        if crate::lwt_applied(&result)? {
             return Ok(IdempotencyClaim::Claimed);
         }
         let (hash, status, body) = self

@@ -89,6 +89,22 @@ pub(crate) async fn prepare(
     Ok(p)
 }
 
+/// The `[applied]` flag a lightweight transaction answers with (its first column; the others, present when it
+/// did not apply, are the current values).
+pub(crate) fn lwt_applied(
+    result: &scylla::response::query_result::QueryRowsResult,
+) -> anyhow::Result<bool> {
+    let row = result
+        .rows::<scylla::value::Row>()?
+        .next()
+        .transpose()?
+        .ok_or_else(|| anyhow::anyhow!("a lightweight transaction answered no row"))?;
+    match row.columns.first() {
+        Some(Some(scylla::value::CqlValue::Boolean(b))) => Ok(*b),
+        other => anyhow::bail!("unexpected [applied] column {other:?}"),
+    }
+}
+
 fn dec(d: Option<CqlDecimal>) -> anyhow::Result<Option<Decimal>> {
     d.map(|d| from_cql_decimal(&d).ok_or_else(|| anyhow::anyhow!("decimal out of range")))
         .transpose()

@@ -119,19 +119,6 @@ pub(crate) fn select_calls(ks: &str) -> String {
     )
 }
 
-/// The `[applied]` flag of a lightweight transaction's answer (its first column).
-fn lwt_applied(result: &scylla::response::query_result::QueryRowsResult) -> anyhow::Result<bool> {
-    let row = result
-        .rows::<scylla::value::Row>()?
-        .next()
-        .transpose()?
-        .ok_or_else(|| anyhow::anyhow!("a lightweight transaction answered no row"))?;
-    match row.columns.first() {
-        Some(Some(scylla::value::CqlValue::Boolean(b))) => Ok(*b),
-        other => anyhow::bail!("unexpected [applied] column {other:?}"),
-    }
-}
-
 /// Prepared statements over the sandbox ledger.
 pub struct SandboxLedgerStore {
     session: Arc<Session>,
@@ -188,7 +175,7 @@ impl SandboxLedgerStore {
             )
             .await?
             .into_rows_result()?;
-        if lwt_applied(&result)? {
+        if crate::lwt_applied(&result)? {
             return Ok((true, charge.clone()));
         }
         let stored = self

@@ -14,7 +14,7 @@ pub mod signing;
 use std::sync::Arc;
 
 use billing_runtime::health::{self, Readiness};
-use billing_runtime::{cql, kafka, Settings, Shutdown};
+use billing_runtime::{cql, Settings, Shutdown};
 use billing_store::webhook_deliveries::WebhookDeliveries;
 use billing_store::webhook_endpoints::WebhookEndpoints;
 use billing_store::webhook_redeliveries::WebhookRedeliveries;
@@ -29,16 +29,9 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let endpoints = Arc::new(WebhookEndpoints::new(session.clone(), ks).await?);
     let deliveries = Arc::new(WebhookDeliveries::new(session.clone(), ks).await?);
     let redeliveries = Arc::new(WebhookRedeliveries::new(session.clone(), ks).await?);
-    let kcfg = settings.kafka.clone();
     let readiness = Readiness::default()
-        .with("kafka", move || {
-            let k = kcfg.clone();
-            async move { kafka::ping(&k).await }
-        })
-        .with("cassandra", move || {
-            let s = session.clone();
-            async move { cql::ping(&s).await }
-        });
+        .with_kafka(&settings.kafka)
+        .with_cassandra(session);
     let (addr, http) = health::serve(
         settings.webhooks.listen,
         health::router(readiness, metrics.registry.clone()),
