@@ -890,8 +890,9 @@ struct Watched {
     failed: BTreeMap<String, usize>,
 }
 
-/// Reads `billing.payments` (a plain consumer, assigned, no group) and counts the invoices of some tenants that
-/// ended: paid (`PaymentSucceeded`) or failed (`PaymentFailed`; nothing retries them, their clock never ticks).
+/// Reads `billing.payments` (a plain consumer, assigned, never joining its group) and counts the invoices of some
+/// tenants that ended: paid (`PaymentSucceeded`) or failed (`PaymentFailed`; nothing retries them, their clock never
+/// ticks).
 struct Watcher {
     task: tokio::task::JoinHandle<anyhow::Result<Watched>>,
     stop: Arc<AtomicBool>,
@@ -989,8 +990,9 @@ impl Watcher {
     }
 }
 
-/// Baseline: read `n` messages of `topic` from the earliest offsets with a plain consumer (assigned, no group),
-/// touching every byte, or decoding each as the payments service does. Returns the seconds from the first message.
+/// Baseline: read `n` messages of `topic` from the earliest offsets with a plain consumer (assigned, never joining its
+/// group), touching every byte, or decoding each as the payments service does. Returns the seconds from the first
+/// message.
 async fn bare_consume(
     settings: &Settings,
     topic: &str,
