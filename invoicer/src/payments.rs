@@ -22,6 +22,19 @@ use rust_decimal::Decimal;
 
 use crate::metrics::Metrics;
 
+/// Why an event's amount cannot be read, if it cannot.
+fn bad_amount(ev: &PaymentEvent) -> Option<String> {
+    let amount = match &ev.payload {
+        Payment::PaymentSucceeded(s) => &s.amount,
+        Payment::InvoicePaidOutOfBand(o) => &o.amount,
+        _ => return None,
+    };
+    amount
+        .parse::<Decimal>()
+        .err()
+        .map(|e| format!("amount {amount:?}: {e}"))
+}
+
 /// Materializes `billing.payments`.
 pub struct PaymentViews {
     topics: Topics,
@@ -84,7 +97,19 @@ impl PaymentViews {
 
     async fn handle(&self, m: &OwnedMessage) -> anyhow::Result<()> {
         match decode::<PaymentEvent>(m.payload().unwrap_or_default(), kafka::content_type(m)) {
-            Ok(ev) => self.apply(&ev).await?,
+            // An event that can never apply (an amount that is not a decimal) is skipped, not retried forever.
+            Ok(ev) => match bad_amount(&ev) {
+                Some(why) => {
+                    tracing::warn!(
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        why,
+                        "payment event refused"
+                    );
+                    self.metrics.lifecycle.with_label_values(&["refused"]).inc();
+                }
+                None => self.apply(&ev).await?,
+            },
             Err(e) => {
                 // Nothing in it can be shown; the payments service skips it too.
                 tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "undecodable payment event skipped");
@@ -146,6 +171,10 @@ impl PaymentViews {
             Payment::PaymentFailed(f) => {
                 self.update(ev, &f.invoice_id, &f.customer_id, |p, _| {
                     p.attempts = p.attempts.max(f.attempt_number);
+                    if p.status == "paid" {
+                        // Paid meanwhile (outside the provider): no retry is coming.
+                        return;
+                    }
                     p.last_code = Some(f.code.clone());
                     p.last_reason = Some(f.reason.clone());
                     p.next_retry_at = f.next_retry_at;

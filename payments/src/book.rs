@@ -56,8 +56,9 @@ pub struct Due {
     pub subscription_ids: Vec<String>,
     /// Highest attempt number started.
     pub attempts: i32,
-    /// An attempt started whose outcome is not known yet.
-    pub pending: Option<i32>,
+    /// An attempt started whose outcome is not known yet: its number, amount and method. It is resumed with
+    /// exactly these (the provider's idempotency key binds them), whatever changed since.
+    pub pending: Option<(i32, Decimal, String)>,
     /// When the next attempt is due (billing time); `None` when nothing is scheduled.
     pub next_at: Option<DateTime<Utc>>,
     /// The schedule is exhausted: the last attempt failed.
@@ -88,8 +89,10 @@ pub struct Payer {
     pub email: Option<String>,
     /// Display name.
     pub name: Option<String>,
-    /// Payment methods: id → (kind, token).
+    /// Payment methods: id → (kind, token); removed ones stay (an attempt in flight may still use one).
     pub methods: BTreeMap<String, (String, String)>,
+    /// Methods removed: never chosen again.
+    pub removed: BTreeSet<String>,
     /// The method charged.
     pub default_method: Option<String>,
     /// Subscriptions created and not canceled, with whether they are paused.
@@ -109,6 +112,8 @@ pub enum Action {
         number: i32,
         /// Billing time of the attempt.
         at: DateTime<Utc>,
+        /// Amount charged.
+        amount: Decimal,
         /// Method id, kind and token.
         method: (String, String, String),
     },
@@ -304,21 +309,27 @@ impl Book {
             }
             Payment::PaymentMethodRemoved(m) => {
                 let p = self.payer(&t, &m.customer_id);
-                p.methods.remove(&m.payment_method_id);
+                p.removed.insert(m.payment_method_id.clone());
                 if p.default_method.as_deref() == Some(m.payment_method_id.as_str()) {
                     p.default_method = None;
                 }
             }
             Payment::DefaultPaymentMethodSet(m) => {
                 let p = self.payer(&t, &m.customer_id);
-                if p.methods.contains_key(&m.payment_method_id) {
+                if p.methods.contains_key(&m.payment_method_id)
+                    && !p.removed.contains(&m.payment_method_id)
+                {
                     p.default_method = Some(m.payment_method_id.clone());
                 }
             }
             Payment::PaymentAttempted(a) => {
                 if let Some(d) = inv(self, &t, &a.invoice_id) {
                     d.attempts = d.attempts.max(a.attempt_number);
-                    d.pending = Some(a.attempt_number);
+                    d.pending = Some((
+                        a.attempt_number,
+                        a.amount.parse().unwrap_or_default(),
+                        a.payment_method_id.clone(),
+                    ));
                 }
             }
             Payment::PaymentSucceeded(s) => {
@@ -400,29 +411,34 @@ impl Book {
             });
             return out;
         }
-        let method = payer.and_then(|p| {
-            let id = p.default_method.as_ref()?;
-            let (kind, token) = p.methods.get(id)?;
-            Some((id.clone(), kind.clone(), token.clone()))
-        });
+        let method_by_id = |id: &str| {
+            let (kind, token) = payer?.methods.get(id)?;
+            Some((id.to_owned(), kind.clone(), token.clone()))
+        };
+        let default_method = payer
+            .and_then(|p| p.default_method.as_deref())
+            .and_then(method_by_id);
         // The first attempt does not wait for a tick: finalization is its time.
         let due_at = d.next_at;
-        let due = match (d.pending, due_at) {
-            (Some(_), _) => true,
-            (None, Some(at)) => d.attempts == 0 || now.is_some_and(|n| n >= at),
-            (None, None) => false,
-        };
-        if due {
-            if let Some(method) = method {
-                let number = d.pending.unwrap_or(d.attempts + 1);
-                out.push(Action::Charge {
-                    tenant: tenant.clone(),
-                    invoice_id: invoice_id.clone(),
-                    number,
-                    at: due_at.unwrap_or(d.issued_at),
-                    method,
-                });
+        let charge = match (&d.pending, due_at) {
+            // An attempt started and not finished: resumed as it was started.
+            (Some((number, amount, method)), _) => {
+                method_by_id(method).map(|m| (*number, *amount, m))
             }
+            (None, Some(at)) if d.attempts == 0 || now.is_some_and(|n| n >= at) => {
+                default_method.map(|m| (d.attempts + 1, d.remaining(), m))
+            }
+            (None, _) => None,
+        };
+        if let Some((number, amount, method)) = charge {
+            out.push(Action::Charge {
+                tenant: tenant.clone(),
+                invoice_id: invoice_id.clone(),
+                number,
+                at: due_at.unwrap_or(d.issued_at),
+                amount,
+                method,
+            });
         }
         if let Some(now) = now {
             for days in &policy.reminder_days {
@@ -606,6 +622,7 @@ mod tests {
                 invoice_id: "inv1".into(),
                 number: 1,
                 at: t(1),
+                amount: Decimal::new(1200, 2),
                 method: ("pm1".into(), "card".into(), "pm_card_visa".into()),
             }]
         );
@@ -687,6 +704,79 @@ mod tests {
             b.actions_for(&key, &p)[..],
             [Action::GiveUp { at, .. }] if at == t(4)
         ));
+    }
+
+    #[test]
+    fn an_attempt_in_flight_is_resumed_as_it_started_whatever_changed_since() {
+        use billing_schemas::payment::{InvoicePaidOutOfBand, PaymentMethodRef};
+        let p = policy();
+        let (mut b, key) = book_with_invoice("12.00");
+        add_card(&mut b);
+        let started = |n: i32| {
+            pay(
+                Payment::PaymentAttempted(PaymentAttempted {
+                    attempt_id: attempt_id("acme", "inv1", n),
+                    invoice_id: "inv1".into(),
+                    customer_id: "c1".into(),
+                    currency: "EUR".into(),
+                    amount: "12.00".into(),
+                    attempt_number: n,
+                    payment_method_id: "pm1".into(),
+                }),
+                t(1),
+            )
+        };
+        b.apply_payment(&started(1), &p);
+        // Meanwhile (the process died): part paid by transfer, the card removed.
+        b.apply_payment(
+            &pay(
+                Payment::InvoicePaidOutOfBand(InvoicePaidOutOfBand {
+                    invoice_id: "inv1".into(),
+                    customer_id: "c1".into(),
+                    currency: "EUR".into(),
+                    amount: "5.00".into(),
+                    reference: "r".into(),
+                }),
+                t(1),
+            ),
+            &p,
+        );
+        b.apply_payment(
+            &pay(
+                Payment::PaymentMethodRemoved(PaymentMethodRef {
+                    customer_id: "c1".into(),
+                    payment_method_id: "pm1".into(),
+                }),
+                t(1),
+            ),
+            &p,
+        );
+        // The same key with the same amount and card: the provider answers the first outcome.
+        assert!(matches!(
+            &b.actions_for(&key, &p)[..],
+            [Action::Charge { number: 1, amount, method, .. }]
+                if *amount == Decimal::new(1200, 2) && method.0 == "pm1"
+        ));
+        // Once it failed, nothing new starts without a method.
+        b.apply_payment(
+            &pay(
+                Payment::PaymentFailed(PaymentFailed {
+                    attempt_id: attempt_id("acme", "inv1", 1),
+                    invoice_id: "inv1".into(),
+                    customer_id: "c1".into(),
+                    reason: "declined".into(),
+                    next_retry_at: Book::next_attempt_at(&p, 1, t(1)),
+                    code: "insufficient_funds".into(),
+                    attempt_number: 1,
+                    currency: "EUR".into(),
+                    amount: "12.00".into(),
+                }),
+                t(1),
+            ),
+            &p,
+        );
+        assert_eq!(b.invoices[&key].remaining(), Decimal::new(700, 2));
+        assert!(b.actions_for(&key, &p).is_empty());
     }
 
     #[test]

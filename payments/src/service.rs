@@ -93,8 +93,8 @@ pub struct Payments {
     consumer: StreamConsumer<Revocations>,
     revocations: Revocations,
     parts: HashMap<i32, Part>,
-    /// Action id → partition, for actions started and not yet ended in the fold.
-    inflight: HashMap<String, i32>,
+    /// Action id → (partition, its worker), for actions started and not yet ended in the fold.
+    inflight: HashMap<String, (i32, tokio::task::AbortHandle)>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     permits: Arc<Semaphore>,
@@ -183,7 +183,14 @@ impl Payments {
             if self.parts.remove(&p).is_some() {
                 tracing::info!(partition = p, "payments partition revoked");
             }
-            self.inflight.retain(|_, part| *part != p);
+            // A worker of a partition another instance now owns stops here (as if the process had died: its next
+            // owner resumes the same attempt with the same key).
+            self.inflight.retain(|_, (part, task)| {
+                if *part == p {
+                    task.abort();
+                }
+                *part != p
+            });
         }
     }
 
@@ -372,12 +379,17 @@ impl Payments {
                 .get(&(key.0.clone(), due.customer_id.clone()))
                 .cloned()
                 .unwrap_or_default();
-            self.inflight.insert(id.clone(), p);
+            // No worker free: the next sweep tries again, with what the book says then (a snapshot taken now
+            // could be stale by the time a worker frees up).
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return;
+            };
             let ctx = self.ctx.clone();
             let tx = self.done_tx.clone();
-            let permits = self.permits.clone();
-            tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await;
+            let done_id = id.clone();
+            let task = tokio::spawn(async move {
+                let _permit = permit;
+                let id = done_id;
                 let result = run_action(&ctx, &action, &due, &payer).await;
                 if let Err(e) = &result {
                     ctx.metrics.failures.inc();
@@ -388,6 +400,7 @@ impl Payments {
                     ok: result.is_ok(),
                 });
             });
+            self.inflight.insert(id, (p, task.abort_handle()));
         }
     }
 }
@@ -471,8 +484,19 @@ async fn run_action(ctx: &Ctx, action: &Action, due: &Due, payer: &Payer) -> any
             invoice_id,
             number,
             at,
+            amount,
             method,
-        } => charge(ctx, tenant, invoice_id, *number, *at, method, due, payer).await,
+        } => {
+            let attempt = Attempt {
+                tenant,
+                invoice_id,
+                number: *number,
+                at: *at,
+                amount: *amount,
+                method,
+            };
+            charge(ctx, &attempt, due, payer).await
+        }
         Action::GiveUp {
             tenant,
             invoice_id,
@@ -562,19 +586,26 @@ async fn provider_method(
     Ok(found)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn charge(
-    ctx: &Ctx,
-    tenant: &str,
-    invoice_id: &str,
+/// One charge attempt, as the book decided it.
+struct Attempt<'a> {
+    tenant: &'a str,
+    invoice_id: &'a str,
     number: i32,
     at: DateTime<Utc>,
-    method: &(String, String, String),
-    due: &Due,
-    payer: &Payer,
-) -> anyhow::Result<()> {
+    amount: Decimal,
+    method: &'a (String, String, String),
+}
+
+async fn charge(ctx: &Ctx, a: &Attempt<'_>, due: &Due, payer: &Payer) -> anyhow::Result<()> {
+    let Attempt {
+        tenant,
+        invoice_id,
+        number,
+        at,
+        amount,
+        method,
+    } = *a;
     let id = attempt_id(tenant, invoice_id, number);
-    let amount = due.remaining();
     let mut row = PaymentAttemptRow {
         invoice_id: invoice_id.to_owned(),
         attempt_number: number,
@@ -677,7 +708,9 @@ async fn charge(
             ),
             "failed",
         ),
-        Err(e) => {
+        // A refusal for good (a 4xx that is not a decline, an amount the provider cannot take): the attempt
+        // failed, the schedule goes on.
+        Err(e @ ProviderError::Permanent { .. }) => {
             let code = e.code().unwrap_or("provider_error").to_owned();
             (
                 failed(
@@ -693,6 +726,12 @@ async fn charge(
                 ),
                 "failed",
             )
+        }
+        // No definite answer (timeout, 5xx, the same key still running elsewhere): the provider may have
+        // charged. Never an outcome: the action is released and the same attempt, same key, runs again at the
+        // next sweep until the provider answers.
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("attempt {id}: no definite answer")))
         }
     };
     if let Payment::PaymentFailed(f) = &payload {

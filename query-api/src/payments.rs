@@ -301,7 +301,7 @@ pub async fn attempts(
 }
 
 /// `POST /v1/invoices/{id}/pay`: charge the default method again now, or (`paid_out_of_band`) record a payment
-/// received outside the provider. 409 for a draft or an invoice already paid.
+/// received outside the provider. 409 for a draft, an invoice already paid, or one with a charge in progress.
 pub async fn pay(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -321,6 +321,14 @@ pub async fn pay(
     if before["status"] == "paid" {
         return Err(ApiError::Conflict(format!(
             "invoice {id:?} is already paid"
+        )));
+    }
+    // A charge the provider may be taking now would collect a second time what this records or retries.
+    let attempts = state.payments.attempts_of(&tenant, &id).await?;
+    if let Some(a) = attempts.iter().find(|a| a.status == "started") {
+        return Err(ApiError::Conflict(format!(
+            "attempt {} on invoice {id:?} is in progress at the provider; try again once it has an outcome",
+            a.attempt_number
         )));
     }
     let paid = row.as_ref().map_or(Decimal::ZERO, |r| r.amount_paid);

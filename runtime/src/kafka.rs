@@ -291,8 +291,13 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> anyhow::Result<Vec<String>> {
             );
             if *compacted {
                 t.set("cleanup.policy", "compact")
-            } else if *name == topics.lifecycle {
-                // Customers and subscriptions are read from the start by every rating instance: keep them all.
+            } else if *name == topics.lifecycle
+                || *name == topics.invoices
+                || *name == topics.payments
+            {
+                // Logs folded from their start: customers and subscriptions (rating, the invoicer, payments),
+                // invoices (their numbers, what payments collects) and payments (attempts and outcomes: a lost
+                // outcome would be charged again). Keep them all.
                 t.set("retention.ms", "-1")
             } else if *name == topics.usage {
                 // Rating measures "too far in the future" against the time Kafka received the event, not a time
