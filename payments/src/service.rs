@@ -93,8 +93,8 @@ pub struct Payments {
     consumer: StreamConsumer<Revocations>,
     revocations: Revocations,
     parts: HashMap<i32, Part>,
-    /// Action id → (partition, its worker), for actions started and not yet ended in the fold.
-    inflight: HashMap<String, (i32, tokio::task::AbortHandle)>,
+    /// Action id → partition, for actions started and not yet ended in the fold.
+    inflight: HashMap<String, i32>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     permits: Arc<Semaphore>,
@@ -183,14 +183,7 @@ impl Payments {
             if self.parts.remove(&p).is_some() {
                 tracing::info!(partition = p, "payments partition revoked");
             }
-            // A worker of a partition another instance now owns stops here (as if the process had died: its next
-            // owner resumes the same attempt with the same key).
-            self.inflight.retain(|_, (part, task)| {
-                if *part == p {
-                    task.abort();
-                }
-                *part != p
-            });
+            self.inflight.retain(|_, part| *part != p);
         }
     }
 
@@ -379,17 +372,12 @@ impl Payments {
                 .get(&(key.0.clone(), due.customer_id.clone()))
                 .cloned()
                 .unwrap_or_default();
-            // No worker free: the next sweep tries again, with what the book says then (a snapshot taken now
-            // could be stale by the time a worker frees up).
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                return;
-            };
+            self.inflight.insert(id.clone(), p);
             let ctx = self.ctx.clone();
             let tx = self.done_tx.clone();
-            let done_id = id.clone();
-            let task = tokio::spawn(async move {
-                let _permit = permit;
-                let id = done_id;
+            let permits = self.permits.clone();
+            tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await;
                 let result = run_action(&ctx, &action, &due, &payer).await;
                 if let Err(e) = &result {
                     ctx.metrics.failures.inc();
@@ -400,7 +388,6 @@ impl Payments {
                     ok: result.is_ok(),
                 });
             });
-            self.inflight.insert(id, (p, task.abort_handle()));
         }
     }
 }
