@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::children::{free_addr, met, Children};
+use crate::measure::{cpu_snapshot, grouped, scrape, vm_hwm_kib};
 use billing_core::aggregation::Aggregate;
 use billing_core::invoice::Adjustments;
 use billing_core::invoicing::{
@@ -118,19 +119,6 @@ fn billing_date() -> DateTime<Utc> {
 }
 fn measured_to() -> DateTime<Utc> {
     at(2026, 2, 1, 1)
-}
-
-/// Thousands separators, for the table.
-fn grouped(n: f64) -> String {
-    let s = format!("{:.0}", n.max(0.0));
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 /// Run the benchmark; the bench's data is dropped and its children stopped whatever happens.
@@ -507,7 +495,7 @@ async fn phases(
     );
 
     // The measured run: the clock passes the end of January; N invoices dated Feb 1.
-    let before = cpu_snapshot(invoicer_pid);
+    let before = cpu_snapshot(&billrun_pids(invoicer_pid), BILLRUN_SERVERS);
     let t = Instant::now();
     publisher
         .tick_everywhere(&tick(measured_to()), Encoding::Avro, args.partitions)
@@ -515,7 +503,7 @@ async fn phases(
     let seen = watch_invoices(settings, &topics.invoices, 2 * n, timeout, children).await?;
     fig.measured_s = t.elapsed().as_secs_f64();
     fig.first_invoice_s = seen.first_s;
-    let after = cpu_snapshot(invoicer_pid);
+    let after = cpu_snapshot(&billrun_pids(invoicer_pid), BILLRUN_SERVERS);
     wait_clock(&store, args.partitions, measured_to(), timeout, children).await?;
     fig.run_complete_s = t.elapsed().as_secs_f64();
     fig.hwm_mib = vm_hwm_kib(invoicer_pid)? as f64 / 1024.0;
@@ -587,10 +575,10 @@ async fn phases(
     );
 
     // (b) The bare Cassandra writes of the same rows.
-    let before = cpu_snapshot(invoicer_pid);
+    let before = cpu_snapshot(&billrun_pids(invoicer_pid), BILLRUN_SERVERS);
     let (cql_n, cql_s) =
         cql_writes(settings, CQL_TENANT, &views, args.cql_concurrency.max(1)).await?;
-    let after = cpu_snapshot(invoicer_pid);
+    let after = cpu_snapshot(&billrun_pids(invoicer_pid), BILLRUN_SERVERS);
     fig.cql_s = cql_s;
     fig.cassandra_ms.1 = after
         .process_seconds(&before)
@@ -1118,130 +1106,20 @@ async fn group_lag(settings: &Settings, topic: &str) -> anyhow::Result<i64> {
     .await?
 }
 
-/// Prometheus text → value per series (name with labels).
-async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    let text = http.get(url).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect())
+/// The processes whose CPU time the bill-run figures show: the invoicer and this process.
+fn billrun_pids(invoicer: u32) -> [(&'static str, u32); 2] {
+    [
+        ("invoicer", invoicer),
+        ("bench (this process)", std::process::id()),
+    ]
 }
 
-fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc status")
-}
-
-/// CPU time of the machine and of the processes that share it during the run (read from /proc, in ticks).
-struct CpuSnapshot {
-    /// (busy, total) jiffies of the whole machine.
-    machine: (u64, u64),
-    /// utime + stime of the invoicer and the stack's servers, by name.
-    processes: Vec<(String, u64)>,
-}
-
-/// Clock ticks per second of /proc (USER_HZ, 100 on Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
-
-fn cpu_snapshot(invoicer: u32) -> CpuSnapshot {
-    let machine = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().next()?.to_owned();
-            let v: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            let total: u64 = v.iter().take(8).sum();
-            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-            Some((total - idle, total))
-        })
-        .unwrap_or((0, 0));
-    let mut processes = vec![
-        ("invoicer".to_owned(), proc_ticks(invoicer).unwrap_or(0)),
-        (
-            "bench (this process)".to_owned(),
-            proc_ticks(std::process::id()).unwrap_or(0),
-        ),
-    ];
-    // The stack's servers, found by their command lines (read only).
-    let markers = [
-        ("cassandra", "CassandraDaemon"),
-        ("kafka", "kafka.Kafka"),
-        ("clickhouse", "clickhouse-server"),
-    ];
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd);
-            for (name, marker) in markers {
-                if cmd.contains(marker) {
-                    processes.push((name.to_owned(), proc_ticks(pid).unwrap_or(0)));
-                }
-            }
-        }
-    }
-    CpuSnapshot { machine, processes }
-}
-
-fn proc_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces, inside parentheses).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-impl CpuSnapshot {
-    fn machine_busy_share(&self, before: &CpuSnapshot) -> f64 {
-        let busy = self.machine.0.saturating_sub(before.machine.0) as f64;
-        let total = self.machine.1.saturating_sub(before.machine.1) as f64;
-        if total > 0.0 {
-            busy / total
-        } else {
-            0.0
-        }
-    }
-
-    /// CPU seconds per process name between two snapshots.
-    fn process_seconds(&self, before: &CpuSnapshot) -> Vec<(String, f64)> {
-        let sum = |s: &CpuSnapshot, name: &str| -> u64 {
-            s.processes
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, t)| *t)
-                .sum()
-        };
-        let mut names: Vec<&str> = Vec::new();
-        for (n, _) in &self.processes {
-            if !names.contains(&n.as_str()) {
-                names.push(n);
-            }
-        }
-        names
-            .into_iter()
-            .map(|n| {
-                let ticks = sum(self, n).saturating_sub(sum(before, n));
-                (n.to_owned(), ticks as f64 / TICKS_PER_SECOND)
-            })
-            .collect()
-    }
-}
+/// The stack's servers, found by their command lines (read only).
+const BILLRUN_SERVERS: &[(&str, &str)] = &[
+    ("cassandra", "CassandraDaemon"),
+    ("kafka", "kafka.Kafka"),
+    ("clickhouse", "clickhouse-server"),
+];
 
 /// Drop the bench's keyspace, ClickHouse database, topics and consumer groups.
 async fn cleanup(settings: &Settings, id: &str) {

@@ -23,7 +23,7 @@
 // Rates, latencies and memory figures are measurements, not money: floating point is the right tool here.
 #![allow(clippy::float_arithmetic)]
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::children::{free_addr, met, Children};
+use crate::measure::{cpu_snapshot, grouped, scrape, vm_hwm_kib};
 use billing_runtime::kafka::{self, Topics};
 use billing_runtime::publish::{ack_at, Publisher};
 use billing_runtime::{Settings, Shutdown};
@@ -94,19 +95,6 @@ fn period_end() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0)
         .single()
         .expect("valid date")
-}
-
-/// Thousands separators, for the table.
-fn grouped(n: f64) -> String {
-    let s = format!("{:.0}", n.max(0.0));
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 /// One round: its tenants and the service's concurrency.
@@ -611,7 +599,10 @@ async fn run_round(
     let tenants: HashSet<String> = round.tenants().into_iter().collect();
     let from = end_offsets(s, &topics.payments).await?;
     let watch = Watcher::start(s, &topics.payments, Some(from), tenants.clone(), n as usize)?;
-    let before = cpu_snapshot(pid);
+    let before = cpu_snapshot(
+        &[("payments", pid), ("bench", std::process::id())],
+        PAYMENTS_SERVERS,
+    );
     let t0 = Instant::now();
     let mut inflight = InFlight::default();
     for c in 0..n {
@@ -630,7 +621,10 @@ async fn run_round(
     inflight.finish().await?;
     fig.produced_s = t0.elapsed().as_secs_f64();
     let w = watch.wait(timeout, children).await?;
-    let after = cpu_snapshot(pid);
+    let after = cpu_snapshot(
+        &[("payments", pid), ("bench", std::process::id())],
+        PAYMENTS_SERVERS,
+    );
     let since = |i: Option<Instant>| i.map_or(0.0, |i| i.duration_since(t0).as_secs_f64());
     fig.first_s = since(w.first);
     fig.last_s = since(w.last);
@@ -1158,132 +1152,9 @@ async fn serve_connection(
     }
 }
 
-/// Prometheus text → value per series (name with labels).
-async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<HashMap<String, f64>> {
-    let text = http.get(url).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect())
-}
-
-fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc status")
-}
-
-/// CPU time of the machine and of the processes that share it (read from /proc, in ticks).
-struct CpuSnapshot {
-    at: Instant,
-    /// (busy, total) jiffies of the whole machine.
-    machine: (u64, u64),
-    /// utime + stime of the payments child, this process and the stack's servers, by name.
-    processes: Vec<(String, u64)>,
-}
-
-/// Clock ticks per second of /proc (USER_HZ, 100 on Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
-
-fn cpu_snapshot(payments: u32) -> CpuSnapshot {
-    let machine = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            let v: Vec<u64> = s
-                .lines()
-                .next()?
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            let total: u64 = v.iter().take(8).sum();
-            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-            Some((total - idle, total))
-        })
-        .unwrap_or((0, 0));
-    let mut processes = vec![
-        ("payments".to_owned(), proc_ticks(payments).unwrap_or(0)),
-        (
-            "bench".to_owned(),
-            proc_ticks(std::process::id()).unwrap_or(0),
-        ),
-    ];
-    // The stack's servers, found by their command lines (read only).
-    let markers = [("cassandra", "CassandraDaemon"), ("kafka", "kafka.Kafka")];
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd);
-            for (name, marker) in markers {
-                if cmd.contains(marker) {
-                    processes.push((name.to_owned(), proc_ticks(pid).unwrap_or(0)));
-                }
-            }
-        }
-    }
-    CpuSnapshot {
-        at: Instant::now(),
-        machine,
-        processes,
-    }
-}
-
-fn proc_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces, inside parentheses).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-impl CpuSnapshot {
-    fn machine_busy_share(&self, before: &CpuSnapshot) -> f64 {
-        let busy = self.machine.0.saturating_sub(before.machine.0) as f64;
-        let total = self.machine.1.saturating_sub(before.machine.1) as f64;
-        if total > 0.0 {
-            busy / total
-        } else {
-            0.0
-        }
-    }
-
-    /// CPU seconds per process name between two snapshots.
-    fn process_seconds(&self, before: &CpuSnapshot) -> Vec<(String, f64)> {
-        let sum = |s: &CpuSnapshot, name: &str| -> u64 {
-            s.processes
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, t)| *t)
-                .sum()
-        };
-        let mut names: Vec<&str> = Vec::new();
-        for (n, _) in &self.processes {
-            if !names.contains(&n.as_str()) {
-                names.push(n);
-            }
-        }
-        names
-            .into_iter()
-            .map(|n| {
-                let ticks = sum(self, n).saturating_sub(sum(before, n));
-                (n.to_owned(), ticks as f64 / TICKS_PER_SECOND)
-            })
-            .collect()
-    }
-}
+/// The stack's servers the payments figures show, found by their command lines (read only).
+const PAYMENTS_SERVERS: &[(&str, &str)] =
+    &[("cassandra", "CassandraDaemon"), ("kafka", "kafka.Kafka")];
 
 /// Drop the bench's keyspace, ClickHouse database, every round's topics and consumer groups.
 async fn cleanup(settings: &Settings, id: &str, rounds: &[Round]) {

@@ -6,6 +6,7 @@ mod bench_payments;
 mod children;
 mod clock;
 mod demo;
+mod measure;
 mod pricing;
 
 use std::path::PathBuf;

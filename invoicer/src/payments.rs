@@ -241,20 +241,7 @@ impl PaymentViews {
         let t = ev.tenant_id.as_str();
         let mut p = match self.payments.invoice_payment(t, invoice_id).await? {
             Some(p) => p,
-            None => InvoicePaymentView {
-                invoice_id: invoice_id.to_owned(),
-                customer_id: customer_id.to_owned(),
-                status: "pending".into(),
-                currency: String::new(),
-                amount_paid: Decimal::ZERO,
-                attempts: 0,
-                last_code: None,
-                last_reason: None,
-                next_retry_at: None,
-                paid_at: None,
-                reference: None,
-                applied: Default::default(),
-            },
+            None => InvoicePaymentView::pending(invoice_id, customer_id, ""),
         };
         if p.applied.contains(&ev.event_id) {
             return Ok(());

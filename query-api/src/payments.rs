@@ -59,19 +59,8 @@ pub fn payment_of(inv: &InvoiceView, row: Option<InvoicePaymentView>) -> serde_j
     if inv.status != InvoiceStatus::Finalized {
         return serde_json::Value::Null;
     }
-    let row = row.unwrap_or_else(|| InvoicePaymentView {
-        invoice_id: inv.invoice_id.clone(),
-        customer_id: inv.customer_id.clone(),
-        status: "pending".into(),
-        currency: inv.currency.clone(),
-        amount_paid: Decimal::ZERO,
-        attempts: 0,
-        last_code: None,
-        last_reason: None,
-        next_retry_at: None,
-        paid_at: None,
-        reference: None,
-        applied: Default::default(),
+    let row = row.unwrap_or_else(|| {
+        InvoicePaymentView::pending(&inv.invoice_id, &inv.customer_id, &inv.currency)
     });
     // Nothing to collect is collected.
     let status = if inv.amount_due.is_zero() && row.status == "pending" {

@@ -66,6 +66,26 @@ pub struct InvoicePaymentView {
     pub applied: HashSet<String>,
 }
 
+impl InvoicePaymentView {
+    /// A finalized invoice nothing has happened to yet: pending, nothing paid, no attempt.
+    pub fn pending(invoice_id: &str, customer_id: &str, currency: &str) -> Self {
+        InvoicePaymentView {
+            invoice_id: invoice_id.to_owned(),
+            customer_id: customer_id.to_owned(),
+            status: "pending".into(),
+            currency: currency.to_owned(),
+            amount_paid: Decimal::ZERO,
+            attempts: 0,
+            last_code: None,
+            last_reason: None,
+            next_retry_at: None,
+            paid_at: None,
+            reference: None,
+            applied: HashSet::new(),
+        }
+    }
+}
+
 /// One charge sent to a provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PaymentAttemptRow {
