@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::children::{free_addr, met, Children};
+use crate::children::{drop_environment, free_addr, met, Children};
 use crate::measure::{cpu_snapshot, grouped, scrape, vm_hwm_kib};
 use billing_core::aggregation::Aggregate;
 use billing_core::invoice::Adjustments;
@@ -1123,37 +1123,17 @@ const BILLRUN_SERVERS: &[(&str, &str)] = &[
 
 /// Drop the bench's keyspace, ClickHouse database, topics and consumer groups.
 async fn cleanup(settings: &Settings, id: &str) {
-    if let Ok(session) = billing_runtime::cql::connect(&settings.cassandra).await {
-        let _ = session
-            .query_unpaged(
-                format!("DROP KEYSPACE IF EXISTS {}", settings.cassandra.keyspace),
-                (),
-            )
-            .await;
-    }
-    let _ = billing_runtime::clickhouse::server_client(&settings.clickhouse)
-        .query(&format!(
-            "DROP DATABASE IF EXISTS {}",
-            settings.clickhouse.database
-        ))
-        .execute()
-        .await;
-    let admin: Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, _> =
-        ClientConfig::new()
-            .set("bootstrap.servers", &settings.kafka.brokers)
-            .create();
-    if let Ok(admin) = admin {
-        let topics = Topics::new(&settings.kafka);
-        let names: Vec<&str> = topics.all().iter().map(|(n, _)| *n).collect();
-        let opts = rdkafka::admin::AdminOptions::new();
-        let _ = admin.delete_topics(&names, &opts).await;
-        let verify = format!("bench-{id}-verify");
-        let groups = [
-            settings.rating.group_id.as_str(),
-            settings.invoicer.group_id.as_str(),
-            verify.as_str(),
-        ];
-        let _ = admin.delete_groups(&groups, &opts).await;
-    }
+    let verify = format!("bench-{id}-verify");
+    let groups = [
+        settings.rating.group_id.as_str(),
+        settings.invoicer.group_id.as_str(),
+        verify.as_str(),
+    ];
+    drop_environment(
+        settings,
+        std::slice::from_ref(&settings.kafka.topic_prefix),
+        &groups,
+    )
+    .await;
     println!("cleaned up: keyspace, database, topics and groups of bench-billrun {id}");
 }

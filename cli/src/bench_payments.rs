@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::children::{free_addr, met, Children};
+use crate::children::{drop_environment, free_addr, met, Children};
 use crate::measure::{cpu_snapshot, grouped, scrape, vm_hwm_kib};
 use billing_runtime::kafka::{self, Topics};
 use billing_runtime::publish::{ack_at, Publisher};
@@ -1158,48 +1158,19 @@ const PAYMENTS_SERVERS: &[(&str, &str)] =
 
 /// Drop the bench's keyspace, ClickHouse database, every round's topics and consumer groups.
 async fn cleanup(settings: &Settings, id: &str, rounds: &[Round]) {
-    if let Ok(session) = billing_runtime::cql::connect(&settings.cassandra).await {
-        let _ = session
-            .query_unpaged(
-                format!("DROP KEYSPACE IF EXISTS {}", settings.cassandra.keyspace),
-                (),
-            )
-            .await;
+    // The topics of the migration's own prefix, then each round's.
+    let mut prefixes = vec![settings.kafka.topic_prefix.clone()];
+    let mut groups = Vec::new();
+    for round in rounds {
+        let Ok(s) = round.settings(settings, id) else {
+            continue;
+        };
+        prefixes.push(s.kafka.topic_prefix.clone());
+        groups.push(s.payments.group_id.clone());
+        groups.push(s.webhooks.group_id.clone());
+        groups.push(watch_group(&s));
     }
-    let _ = billing_runtime::clickhouse::server_client(&settings.clickhouse)
-        .query(&format!(
-            "DROP DATABASE IF EXISTS {}",
-            settings.clickhouse.database
-        ))
-        .execute()
-        .await;
-    let admin: Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, _> =
-        ClientConfig::new()
-            .set("bootstrap.servers", &settings.kafka.brokers)
-            .create();
-    if let Ok(admin) = admin {
-        let opts = rdkafka::admin::AdminOptions::new();
-        // The topics of the migration's own prefix, then each round's.
-        let mut prefixes = vec![settings.kafka.topic_prefix.clone()];
-        let mut groups = Vec::new();
-        for round in rounds {
-            let Ok(s) = round.settings(settings, id) else {
-                continue;
-            };
-            prefixes.push(s.kafka.topic_prefix.clone());
-            groups.push(s.payments.group_id.clone());
-            groups.push(s.webhooks.group_id.clone());
-            groups.push(watch_group(&s));
-        }
-        for prefix in prefixes {
-            let mut cfg = settings.kafka.clone();
-            cfg.topic_prefix = prefix;
-            let topics = Topics::new(&cfg);
-            let names: Vec<&str> = topics.all().iter().map(|(n, _)| *n).collect();
-            let _ = admin.delete_topics(&names, &opts).await;
-        }
-        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-        let _ = admin.delete_groups(&groups, &opts).await;
-    }
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    drop_environment(settings, &prefixes, &groups).await;
     println!("cleaned up: keyspace, database, topics and groups of bench-payments {id}");
 }

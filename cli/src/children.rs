@@ -107,3 +107,42 @@ impl Children {
         Ok(())
     }
 }
+
+/// Drop what a bench created: its keyspace and ClickHouse database, the topics of every prefix in `topic_prefixes`
+/// and the consumer `groups`. Best effort: a failure leaves something behind, never fails the bench.
+pub async fn drop_environment(
+    settings: &billing_runtime::Settings,
+    topic_prefixes: &[String],
+    groups: &[&str],
+) {
+    if let Ok(session) = billing_runtime::cql::connect(&settings.cassandra).await {
+        let _ = session
+            .query_unpaged(
+                format!("DROP KEYSPACE IF EXISTS {}", settings.cassandra.keyspace),
+                (),
+            )
+            .await;
+    }
+    let _ = billing_runtime::clickhouse::server_client(&settings.clickhouse)
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            settings.clickhouse.database
+        ))
+        .execute()
+        .await;
+    let admin: Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, _> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka.brokers)
+            .create();
+    if let Ok(admin) = admin {
+        let opts = rdkafka::admin::AdminOptions::new();
+        for prefix in topic_prefixes {
+            let mut cfg = settings.kafka.clone();
+            cfg.topic_prefix = prefix.clone();
+            let topics = billing_runtime::kafka::Topics::new(&cfg);
+            let names: Vec<&str> = topics.all().iter().map(|(n, _)| *n).collect();
+            let _ = admin.delete_topics(&names, &opts).await;
+        }
+        let _ = admin.delete_groups(groups, &opts).await;
+    }
+}
