@@ -6,7 +6,8 @@
 //! * Usage is attributed at the exact instant of the event: a plan change at 15:00 leaves the 10:00 usage of that
 //!   day on the old plan (day-based proration conventions concern the subscription fee only).
 //! * A subscription takes usage while it is *live*: from its start until it ends, **trial and pause included**
-//!   (usage during a pause is still metered, as Lago and Stripe meter it; only the fee stops).
+//!   (usage during a pause is still metered, as Lago and Stripe meter it; only the fee stops). A subscription
+//!   suspended by dunning takes no usage (Kill Bill's blocked billing): its usage is refused.
 //! * Of several live subscriptions of a customer, the most recently started one takes the event (ties: the one
 //!   listed last).
 //! * The period is the billing period of the plan in force at `t`, in the customer's timezone.
@@ -73,6 +74,7 @@ pub fn state_at(sub: &Subscription, phases: &[Phase], tz: Tz, at: DateTime<Utc>)
             started: false,
             trial: false,
             paused: false,
+            suspended: false,
             ended: false,
         },
         |s| s.state,

@@ -8,6 +8,7 @@
 pub mod aggregation;
 pub mod attribution;
 pub mod charge;
+pub mod credit_note;
 pub mod currency;
 pub mod discount;
 pub mod error;

@@ -31,6 +31,10 @@ pub enum ChangeKind {
     Pause,
     /// Bill the fee again from this day.
     Resume,
+    /// Dunning's suspension: no fee and no usage charge from this instant.
+    Suspend,
+    /// The end of a suspension.
+    Unsuspend,
 }
 
 /// One requested change and when it was requested.
@@ -66,6 +70,8 @@ pub struct State {
     pub trial: bool,
     /// Paused.
     pub paused: bool,
+    /// Suspended by dunning.
+    pub suspended: bool,
     /// Ended by a cancellation.
     pub ended: bool,
 }
@@ -73,12 +79,13 @@ pub struct State {
 impl State {
     /// Whether the subscription fee accrues in this state.
     pub fn billable(&self) -> bool {
-        self.started && !self.trial && !self.paused && !self.ended
+        self.started && !self.trial && !self.paused && !self.suspended && !self.ended
     }
 
-    /// Whether usage is attributed to this state (trial and pause included, as usage is still metered).
+    /// Whether usage is attributed to this state (trial and pause included, as usage is still metered; a
+    /// suspension stops it).
     pub fn live(&self) -> bool {
-        self.started && !self.ended
+        self.started && !self.ended && !self.suspended
     }
 }
 
@@ -101,6 +108,8 @@ enum Action {
     End,
     Pause,
     Resume,
+    Suspend,
+    Unsuspend,
 }
 
 /// Cuts `period` into segments of constant state, applying every change with its billing semantics.
@@ -173,6 +182,8 @@ pub fn segments_with(
             }
             ChangeKind::Pause => (begin(c.at), Action::Pause),
             ChangeKind::Resume => (begin(c.at), Action::Resume),
+            ChangeKind::Suspend => (begin(c.at), Action::Suspend),
+            ChangeKind::Unsuspend => (begin(c.at), Action::Unsuspend),
         });
     }
     // Stable sort: at the same instant, the start comes first, then the trial end, then changes in order.
@@ -183,6 +194,7 @@ pub fn segments_with(
         started: false,
         trial: false,
         paused: false,
+        suspended: false,
         ended: false,
     };
     let mut timeline: Vec<(DateTime<Utc>, State)> = Vec::with_capacity(actions.len());
@@ -216,6 +228,18 @@ pub fn segments_with(
                 ))
             }
             Action::Resume => state.paused = false,
+            Action::Suspend if state.suspended => {
+                return Err(Error::InvalidRequest(
+                    "suspension of a suspended subscription".into(),
+                ))
+            }
+            Action::Suspend => state.suspended = true,
+            Action::Unsuspend if !state.suspended => {
+                return Err(Error::InvalidRequest(
+                    "end of a suspension of a subscription that is not suspended".into(),
+                ))
+            }
+            Action::Unsuspend => state.suspended = false,
         }
         timeline.push((t, state));
     }
@@ -225,6 +249,7 @@ pub fn segments_with(
         started: false,
         trial: false,
         paused: false,
+        suspended: false,
         ended: false,
     };
     let at_start = timeline
@@ -629,6 +654,62 @@ mod tests {
         );
         let net: Decimal = adv.iter().map(|l| l.2).sum();
         assert_eq!(net, dec!(21.00));
+    }
+
+    #[test]
+    fn a_suspension_bills_no_fee_and_takes_no_usage() {
+        let s = sub(
+            "2026-01-01T00:00:00Z",
+            vec![
+                Change {
+                    at: utc("2026-01-11T00:00:00Z"),
+                    kind: ChangeKind::Suspend,
+                },
+                Change {
+                    at: utc("2026-01-21T00:00:00Z"),
+                    kind: ChangeKind::Unsuspend,
+                },
+            ],
+        );
+        // Like a pause for the fee: 21/31 of 31.00 in arrears.
+        let arr = run(
+            &s,
+            &[dec!(31)],
+            false,
+            ProrationConvention::Days,
+            "2026-01-05T00:00:00Z",
+        );
+        assert_eq!(arr.iter().map(|l| l.2).sum::<Decimal>(), dec!(21.00));
+        // Unlike a pause, usage is not attributed while suspended.
+        let period = BillingPeriod {
+            start: utc("2026-01-01T00:00:00Z"),
+            end: utc("2026-02-01T00:00:00Z"),
+            start_date: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            end_date: chrono::NaiveDate::from_ymd_opt(2026, 2, 1).unwrap(),
+        };
+        let segs = segments_with(
+            &s,
+            &|_| Ok(period.end),
+            ProrationConvention::Seconds,
+            chrono_tz::UTC,
+            &period,
+        )
+        .unwrap();
+        let live: Vec<bool> = segs.iter().map(|g| g.state.live()).collect();
+        assert_eq!(live, vec![true, false, true]);
+        let mut twice = s.clone();
+        twice.changes.push(Change {
+            at: utc("2026-01-12T00:00:00Z"),
+            kind: ChangeKind::Suspend,
+        });
+        assert!(segments_with(
+            &twice,
+            &|_| Ok(period.end),
+            ProrationConvention::Seconds,
+            chrono_tz::UTC,
+            &period
+        )
+        .is_err());
     }
 
     #[test]

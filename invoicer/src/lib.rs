@@ -6,6 +6,7 @@
 //! ClickHouse. See [`service`] for how it stays exact across crashes.
 
 mod bill;
+mod credit_notes;
 mod metrics;
 pub mod payments;
 pub mod service;
@@ -37,11 +38,28 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(%addr, "invoicer health and metrics listening");
-    let payment_store = Arc::new(billing_store::payments::PaymentStore::new(session, &ks).await?);
-    let views =
-        payments::PaymentViews::new(&settings, store.clone(), payment_store, metrics.clone())?;
+    let payment_store =
+        Arc::new(billing_store::payments::PaymentStore::new(session.clone(), &ks).await?);
+    let credit_notes =
+        Arc::new(billing_store::credit_notes::CreditNoteStore::new(session, &ks).await?);
+    let views = payments::PaymentViews::new(
+        &settings,
+        store.clone(),
+        payment_store.clone(),
+        credit_notes.clone(),
+        metrics.clone(),
+    )?;
     let views = tokio::spawn(views.run(shutdown.clone()));
-    let invoicer = service::Invoicer::new(settings, store, usage, ch, metrics).await?;
+    let invoicer = service::Invoicer::new(
+        settings,
+        store,
+        usage,
+        ch,
+        metrics,
+        credit_notes,
+        payment_store,
+    )
+    .await?;
     let result = invoicer.run(shutdown.clone()).await;
     shutdown.cancel();
     let views = views.await.map_err(anyhow::Error::from).and_then(|r| r);

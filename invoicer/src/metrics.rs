@@ -13,6 +13,8 @@ pub struct Metrics {
     pub invoices: IntCounterVec,
     /// Lifecycle events whose handling failed (a store or the broker unavailable) and was retried.
     pub retries: IntCounter,
+    /// Credit note requests by outcome: `issued` or `rejected`.
+    pub credit_notes: IntCounterVec,
 }
 
 impl Metrics {
@@ -37,11 +39,20 @@ impl Metrics {
             "Lifecycle events whose handling failed and was retried",
         )?;
         registry.register(Box::new(retries.clone()))?;
+        let credit_notes = IntCounterVec::new(
+            Opts::new(
+                "credit_notes_total",
+                "Credit note requests handled, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(credit_notes.clone()))?;
         Ok(Metrics {
             registry,
             lifecycle,
             invoices,
             retries,
+            credit_notes,
         })
     }
 }

@@ -15,6 +15,7 @@ use billing_runtime::Shutdown;
 use billing_schemas::decode;
 use billing_schemas::payment::{Payment, PaymentEvent};
 use billing_store::billing::BillingStore;
+use billing_store::credit_notes::{CreditNoteStore, RefundView, ISSUED};
 use billing_store::payments::{InvoicePaymentView, PaymentMethodView, PaymentStore};
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -41,6 +42,7 @@ pub struct PaymentViews {
     consumer: StreamConsumer<DefaultConsumerContext>,
     billing: Arc<BillingStore>,
     payments: Arc<PaymentStore>,
+    credit_notes: Arc<CreditNoteStore>,
     metrics: Metrics,
 }
 
@@ -50,6 +52,7 @@ impl PaymentViews {
         settings: &Settings,
         billing: Arc<BillingStore>,
         payments: Arc<PaymentStore>,
+        credit_notes: Arc<CreditNoteStore>,
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
         let topics = Topics::new(&settings.kafka);
@@ -64,6 +67,7 @@ impl PaymentViews {
             consumer,
             billing,
             payments,
+            credit_notes,
             metrics,
         })
     }
@@ -224,10 +228,50 @@ impl PaymentViews {
                 })
                 .await
             }
-            Payment::DunningReminder(_)
-            | Payment::RefundSucceeded(_)
-            | Payment::RefundFailed(_) => Ok(()),
+            Payment::RefundSucceeded(r) => {
+                self.refund(t, &r.credit_note_id, |v| {
+                    v.status = "succeeded".into();
+                    v.provider_reference = Some(r.provider_reference.clone());
+                })
+                .await
+            }
+            Payment::RefundFailed(r) => {
+                self.refund(t, &r.credit_note_id, |v| {
+                    v.status = "failed".into();
+                    v.code = Some(r.code.clone());
+                    v.reason = Some(r.reason.clone());
+                })
+                .await
+            }
+            Payment::DunningReminder(_) => Ok(()),
         }
+    }
+
+    /// Record a credit note's refund outcome (the same outcome written twice is the same row).
+    async fn refund(
+        &self,
+        tenant: &str,
+        credit_note: &str,
+        change: impl FnOnce(&mut RefundView),
+    ) -> anyhow::Result<()> {
+        // The credit note's row is marked issued right after `credit_note.created` is published, and the refund
+        // may be read first: wait for it (retried with backoff), never write over a row being issued.
+        let mut cn = self
+            .credit_notes
+            .get(tenant, credit_note)
+            .await?
+            .filter(|c| c.status == ISSUED)
+            .ok_or_else(|| {
+                anyhow::anyhow!("credit note {tenant}/{credit_note} is not materialized yet")
+            })?;
+        let refund = cn.refund.get_or_insert_with(|| RefundView {
+            status: "pending".into(),
+            provider_reference: None,
+            code: None,
+            reason: None,
+        });
+        change(refund);
+        self.credit_notes.put(tenant, &cn).await
     }
 
     /// Read, change and write an invoice's payment row, once per event.

@@ -16,13 +16,15 @@ use billing_runtime::config::{NumberingScope, Settings};
 use billing_runtime::kafka::{self, Revocations, Topics};
 use billing_runtime::Shutdown;
 use billing_schemas::catalog::{Catalog, CatalogEvent};
-use billing_schemas::lifecycle::{Lifecycle, LifecycleEvent};
+use billing_schemas::lifecycle::{CreditNoteRequested, Lifecycle, LifecycleEvent};
 use billing_schemas::reference::Reference;
 use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
 use billing_store::billing::{BillingStore, CatalogEntry};
 use billing_store::catalog_entries;
+use billing_store::credit_notes::CreditNoteStore;
 use billing_store::invoice_numbers::format_number;
 use billing_store::invoices::{InvoiceStatus, InvoiceView};
+use billing_store::payments::PaymentStore;
 use billing_store::usage::{CustomerUsage, UsageStore};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -32,6 +34,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::bill::{self, clock_of, Issued, WALL};
+use crate::credit_notes;
 use crate::metrics::Metrics;
 use crate::views;
 
@@ -94,6 +97,8 @@ pub struct Invoicer {
     /// Numbers already given, read back from `billing.invoices` (they survive the tables being wiped).
     restored: HashMap<String, String>,
     metrics: Metrics,
+    credit_notes: Arc<CreditNoteStore>,
+    payments: Arc<PaymentStore>,
 }
 
 /// Write invoices, many at a time.
@@ -123,6 +128,8 @@ impl Invoicer {
         usage: UsageStore,
         ch: clickhouse::Client,
         metrics: Metrics,
+        credit_notes: Arc<CreditNoteStore>,
+        payments: Arc<PaymentStore>,
     ) -> anyhow::Result<Self> {
         let topics = Topics::new(&settings.kafka);
         let revocations = Revocations::default();
@@ -163,6 +170,8 @@ impl Invoicer {
             restored: HashMap::new(),
             metrics,
             settings,
+            credit_notes,
+            payments,
         })
     }
 
@@ -534,15 +543,23 @@ impl Invoicer {
                     }
                 }
             }
+            Lifecycle::CreditNoteRequested(r) => {
+                if fresh {
+                    if let Err(reason) = self.credit_note(&ev.tenant_id, ev.occurred_at, r).await? {
+                        self.dead_letter(&m, &reason).await?;
+                    }
+                }
+            }
             _ => {
                 let tenant = ev.tenant_id.clone();
                 let customer = ev.payload.customer_id().unwrap_or_default().to_owned();
                 let subscription = match &ev.payload {
                     Lifecycle::SubscriptionCreated(s) => Some(s.subscription_id.clone()),
                     Lifecycle::SubscriptionChanged(s) => Some(s.subscription_id.clone()),
-                    Lifecycle::SubscriptionPaused(s) | Lifecycle::SubscriptionResumed(s) => {
-                        Some(s.subscription_id.clone())
-                    }
+                    Lifecycle::SubscriptionPaused(s)
+                    | Lifecycle::SubscriptionResumed(s)
+                    | Lifecycle::SubscriptionSuspended(s)
+                    | Lifecycle::SubscriptionUnsuspended(s) => Some(s.subscription_id.clone()),
                     Lifecycle::SubscriptionCanceled(s) => Some(s.subscription_id.clone()),
                     _ => None,
                 };
@@ -1052,6 +1069,92 @@ impl Invoicer {
                 .inc();
         }
         Ok(())
+    }
+
+    /// Issue a requested credit note, or refuse it (`Ok(Err(reason))`, recorded in the read model); store and
+    /// Kafka failures are errors (the request is handled again).
+    async fn credit_note(
+        &mut self,
+        tenant: &str,
+        at: DateTime<Utc>,
+        req: &CreditNoteRequested,
+    ) -> anyhow::Result<Result<(), String>> {
+        if let Some(done) = self.credit_notes.get(tenant, &req.credit_note_id).await? {
+            if done.status == billing_store::credit_notes::ISSUED {
+                return Ok(Ok(()));
+            }
+            if done.status == billing_store::credit_notes::REJECTED {
+                return Ok(Err(done.rejection_reason.unwrap_or_default()));
+            }
+        }
+        let invoice = self.store.invoice(tenant, &req.invoice_id).await?;
+        let priced = match &invoice {
+            None => Err(format!("invoice_id: no invoice {}", req.invoice_id)),
+            Some(inv) => {
+                let issued = self
+                    .credit_notes
+                    .of_invoice(tenant, &inv.invoice_id)
+                    .await?;
+                let paid_by_provider =
+                    credit_notes::paid_by_provider(&self.payments, tenant, &inv.invoice_id).await?;
+                credit_notes::price(
+                    req,
+                    &credit_notes::Creditable {
+                        invoice: inv,
+                        issued: &issued,
+                        paid_by_provider,
+                    },
+                )
+                .map_err(|r| r.to_string())
+            }
+        };
+        let (inv, amounts) = match (invoice, priced) {
+            (Some(inv), Ok(amounts)) => (inv, amounts),
+            (inv, Err(reason)) => {
+                let row = credit_notes::rejected(req, inv.as_ref(), &reason, at);
+                self.credit_notes.put(tenant, &row).await?;
+                self.metrics
+                    .credit_notes
+                    .with_label_values(&["rejected"])
+                    .inc();
+                return Ok(Err(reason));
+            }
+            (None, Ok(_)) => unreachable!("priced without an invoice"),
+        };
+        let mut cn = credit_notes::view(req, &inv, &amounts, at);
+        let prefix = format!("{}-CN", self.prefix(tenant, "tenant"));
+        credit_notes::number(
+            &self.store,
+            &self.credit_notes,
+            tenant,
+            &mut cn,
+            &prefix,
+            self.settings.invoicer.number_width,
+        )
+        .await?;
+        let ev = credit_notes::created_event(tenant, &cn, req.kind);
+        let payload = encode(&ev, Encoding::Avro)?;
+        let key = customer_key(tenant, &cn.customer_id);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: CONTENT_TYPE_HEADER,
+            value: Some(Encoding::Avro.content_type()),
+        });
+        let delivery = self
+            .producer
+            .send_result(
+                FutureRecord::to(&self.topics.invoices)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(headers),
+            )
+            .map_err(|(e, _)| anyhow::anyhow!("publishing a credit note failed: {e}"))?;
+        billing_runtime::publish::ack(delivery).await?;
+        credit_notes::record(&self.ch, &self.credit_notes, tenant, &mut cn).await?;
+        self.metrics
+            .credit_notes
+            .with_label_values(&["issued"])
+            .inc();
+        Ok(Ok(()))
     }
 
     fn prefix(&self, tenant: &str, scope: &str) -> String {

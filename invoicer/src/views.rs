@@ -14,7 +14,7 @@ pub fn customer(c: &Customer) -> Option<CustomerView> {
 
 /// The subscription's view.
 pub fn subscription(customer_id: &str, s: &Subscription) -> SubscriptionView {
-    let mut status = SubscriptionStatus::Active;
+    let (mut paused, mut suspended, mut canceled) = (false, false, false);
     let mut plan = s.history.plan;
     let (mut canceled_at, mut at_period_end) = (None, false);
     let mut changes = Vec::with_capacity(s.history.changes.len());
@@ -29,15 +29,23 @@ pub fn subscription(customer_id: &str, s: &Subscription) -> SubscriptionView {
                 ("plan_change", s.plans.get(p).cloned(), true)
             }
             ChangeKind::Pause => {
-                status = SubscriptionStatus::Paused;
+                paused = true;
                 ("pause", None, false)
             }
             ChangeKind::Resume => {
-                status = SubscriptionStatus::Active;
+                paused = false;
                 ("resume", None, false)
             }
+            ChangeKind::Suspend => {
+                suspended = true;
+                ("suspend", None, false)
+            }
+            ChangeKind::Unsuspend => {
+                suspended = false;
+                ("unsuspend", None, false)
+            }
             ChangeKind::Cancel { immediate } => {
-                status = SubscriptionStatus::Canceled;
+                canceled = true;
                 canceled_at = Some(c.at);
                 at_period_end = !immediate;
                 ("cancel", None, !immediate)
@@ -50,6 +58,15 @@ pub fn subscription(customer_id: &str, s: &Subscription) -> SubscriptionView {
             at_period_end: period_end,
         });
     }
+    let status = if canceled {
+        SubscriptionStatus::Canceled
+    } else if suspended {
+        SubscriptionStatus::Suspended
+    } else if paused {
+        SubscriptionStatus::Paused
+    } else {
+        SubscriptionStatus::Active
+    };
     SubscriptionView {
         subscription_id: s.id.clone(),
         customer_id: customer_id.into(),

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use billing_schemas::invoice::{Invoice, InvoiceEvent};
+use billing_schemas::invoice::{CreditNoteKind, Invoice, InvoiceEvent};
 use billing_schemas::lifecycle::{Lifecycle, LifecycleEvent};
 use billing_schemas::payment::{Payment, PaymentEvent};
 use chrono::{DateTime, Utc};
@@ -71,6 +71,23 @@ pub struct Due {
     pub reminded: BTreeSet<i32>,
     /// Status.
     pub status: Collection,
+    /// Billing time it was paid in full or voided.
+    pub settled_at: Option<DateTime<Utc>>,
+    /// The provider's successful charge: its reference and amount (what refunds draw on).
+    pub charge: Option<(String, Decimal)>,
+    /// Refunds asked for by credit notes of kind `refund`, by credit note id.
+    pub refunds: BTreeMap<String, Refund>,
+}
+
+/// A refund a credit note asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    /// Amount to give back.
+    pub amount: Decimal,
+    /// Billing time of the credit note.
+    pub at: DateTime<Utc>,
+    /// `None` until the provider answered; then whether it refunded.
+    pub refunded: Option<bool>,
 }
 
 impl Due {
@@ -97,6 +114,8 @@ pub struct Payer {
     pub default_method: Option<String>,
     /// Subscriptions created and not canceled, with whether they are paused.
     pub subscriptions: BTreeMap<String, bool>,
+    /// Subscriptions suspended by dunning.
+    pub suspended: BTreeSet<String>,
 }
 
 /// Something the service must do.
@@ -124,6 +143,30 @@ pub enum Action {
         /// Invoice.
         invoice_id: String,
         /// Billing time of the decision (the last attempt's).
+        at: DateTime<Utc>,
+    },
+    /// Refund a credit note of kind `refund` through the provider.
+    Refund {
+        /// Tenant.
+        tenant: String,
+        /// Invoice whose charge is refunded.
+        invoice_id: String,
+        /// The credit note.
+        credit_note_id: String,
+        /// Amount.
+        amount: Decimal,
+        /// Billing time of the credit note.
+        at: DateTime<Utc>,
+    },
+    /// Lift dunning's suspension of a subscription whose customer has nothing left unpaid on it.
+    Unsuspend {
+        /// Tenant.
+        tenant: String,
+        /// Customer.
+        customer_id: String,
+        /// The subscription.
+        subscription_id: String,
+        /// Billing time of the payment that settled it.
         at: DateTime<Utc>,
     },
     /// Send a reminder.
@@ -210,8 +253,18 @@ impl Book {
                 }
             }
             Lifecycle::SubscriptionCanceled(s) => {
+                let p = self.payer(&t, &s.customer_id);
+                p.subscriptions.remove(&s.subscription_id);
+                p.suspended.remove(&s.subscription_id);
+            }
+            Lifecycle::SubscriptionSuspended(s) => {
                 self.payer(&t, &s.customer_id)
-                    .subscriptions
+                    .suspended
+                    .insert(s.subscription_id.clone());
+            }
+            Lifecycle::SubscriptionUnsuspended(s) => {
+                self.payer(&t, &s.customer_id)
+                    .suspended
                     .remove(&s.subscription_id);
             }
             Lifecycle::ClockTick(tick) => {
@@ -222,7 +275,8 @@ impl Book {
             }
             Lifecycle::CustomerUpdated(_)
             | Lifecycle::SubscriptionChanged(_)
-            | Lifecycle::InvoiceFinalizeRequested(_) => {}
+            | Lifecycle::InvoiceFinalizeRequested(_)
+            | Lifecycle::CreditNoteRequested(_) => {}
         }
         None
     }
@@ -271,7 +325,25 @@ impl Book {
                     } else {
                         Collection::Open
                     },
+                    settled_at: None,
+                    charge: None,
+                    refunds: BTreeMap::new(),
                 });
+                Some(k)
+            }
+            Invoice::CreditNoteCreated(cn) => {
+                let k = key(&cn.invoice_id);
+                if cn.kind != CreditNoteKind::Refund {
+                    return None;
+                }
+                let d = self.invoices.get_mut(&k)?;
+                d.refunds
+                    .entry(cn.credit_note_id.clone())
+                    .or_insert_with(|| Refund {
+                        amount: cn.total.parse().unwrap_or_default(),
+                        at: cn.issued_at,
+                        refunded: None,
+                    });
                 Some(k)
             }
             Invoice::InvoiceVoided(v) => {
@@ -279,6 +351,7 @@ impl Book {
                 if let Some(d) = self.invoices.get_mut(&k) {
                     if d.status == Collection::Open {
                         d.status = Collection::Void;
+                        d.settled_at = Some(ev.occurred_at);
                     }
                 }
                 Some(k)
@@ -335,10 +408,13 @@ impl Book {
             Payment::PaymentSucceeded(s) => {
                 if let Some(d) = inv(self, &t, &s.invoice_id) {
                     d.pending = None;
-                    d.paid += s.amount.parse::<Decimal>().unwrap_or_default();
+                    let amount = s.amount.parse::<Decimal>().unwrap_or_default();
+                    d.paid += amount;
+                    d.charge = Some((s.provider_reference.clone(), amount));
                     d.next_at = None;
                     if d.remaining().is_zero() {
                         d.status = Collection::Paid;
+                        d.settled_at = Some(ev.occurred_at);
                     }
                 }
             }
@@ -368,6 +444,7 @@ impl Book {
                     d.paid += p.amount.parse::<Decimal>().unwrap_or_default();
                     if d.remaining().is_zero() {
                         d.status = Collection::Paid;
+                        d.settled_at = Some(ev.occurred_at);
                         d.next_at = None;
                     }
                 }
@@ -385,7 +462,20 @@ impl Book {
                     d.reminded.insert(r.days_after_due);
                 }
             }
-            Payment::RefundSucceeded(_) | Payment::RefundFailed(_) => {}
+            Payment::RefundSucceeded(r) => {
+                if let Some(refund) =
+                    inv(self, &t, &r.invoice_id).and_then(|d| d.refunds.get_mut(&r.credit_note_id))
+                {
+                    refund.refunded = Some(true);
+                }
+            }
+            Payment::RefundFailed(r) => {
+                if let Some(refund) =
+                    inv(self, &t, &r.invoice_id).and_then(|d| d.refunds.get_mut(&r.credit_note_id))
+                {
+                    refund.refunded = Some(false);
+                }
+            }
         }
         customer
     }
@@ -395,14 +485,28 @@ impl Book {
         let Some(d) = self.invoices.get(key) else {
             return Vec::new();
         };
-        if d.status != Collection::Open {
-            return Vec::new();
-        }
         let (tenant, invoice_id) = key;
         let payer = self.payers.get(&(tenant.clone(), d.customer_id.clone()));
+        let mut out: Vec<Action> = d
+            .refunds
+            .iter()
+            .filter(|(_, r)| r.refunded.is_none())
+            .map(|(cn, r)| Action::Refund {
+                tenant: tenant.clone(),
+                invoice_id: invoice_id.clone(),
+                credit_note_id: cn.clone(),
+                amount: r.amount,
+                at: r.at,
+            })
+            .collect();
+        if d.status != Collection::Open {
+            if let Some(payer) = payer {
+                out.extend(self.unsuspensions(tenant, &d.customer_id, payer));
+            }
+            return out;
+        }
         let clock = payer.map(|p| p.clock.as_str()).unwrap_or(WALL);
         let now = self.now(tenant, clock);
-        let mut out = Vec::new();
         if d.exhausted {
             out.push(Action::GiveUp {
                 tenant: tenant.clone(),
@@ -454,6 +558,46 @@ impl Book {
             }
         }
         out
+    }
+
+    /// The customer's suspended subscriptions that no unsettled invoice (open or uncollectible) bills any more:
+    /// dunning's suspension ends when what caused it is paid (or voided), at the latest settlement's time.
+    fn unsuspensions(&self, tenant: &str, customer: &str, payer: &Payer) -> Vec<Action> {
+        let Some(ids) = self
+            .by_customer
+            .get(&(tenant.to_owned(), customer.to_owned()))
+        else {
+            return Vec::new();
+        };
+        let invoices: Vec<&Due> = ids
+            .iter()
+            .filter_map(|id| self.invoices.get(&(tenant.to_owned(), id.clone())))
+            .collect();
+        let now = self.now(tenant, &payer.clock);
+        payer
+            .suspended
+            .iter()
+            .filter(|sub| {
+                !invoices.iter().any(|d| {
+                    matches!(d.status, Collection::Open | Collection::Uncollectible)
+                        && d.subscription_ids.contains(sub)
+                })
+            })
+            .filter_map(|sub| {
+                let at = invoices
+                    .iter()
+                    .filter(|d| d.subscription_ids.contains(sub))
+                    .filter_map(|d| d.settled_at)
+                    .max()
+                    .or(now)?;
+                Some(Action::Unsuspend {
+                    tenant: tenant.to_owned(),
+                    customer_id: customer.to_owned(),
+                    subscription_id: sub.clone(),
+                    at,
+                })
+            })
+            .collect()
     }
 
     /// When attempt `number` (due at `at`) failed, when the next one is due; `None` after the last.
@@ -607,6 +751,115 @@ mod tests {
             ),
             &policy(),
         );
+    }
+
+    #[test]
+    fn a_refund_credit_note_is_refunded_once_and_a_suspension_ends_when_paid() {
+        use billing_schemas::invoice::CreditNoteCreated;
+        use billing_schemas::lifecycle::SubscriptionEffective;
+        use billing_schemas::payment::{InvoicePaidOutOfBand, RefundSucceeded};
+        let p = policy();
+        let (mut b, key) = book_with_invoice("12.00");
+        let suspended = |at| {
+            lifecycle(Lifecycle::SubscriptionSuspended(SubscriptionEffective {
+                subscription_id: "s1".into(),
+                customer_id: "c1".into(),
+                effective_at: at,
+            }))
+        };
+        b.apply_lifecycle(&lifecycle(Lifecycle::SubscriptionCreated(
+            serde_json::from_value(serde_json::json!({
+                "subscription_id": "s1", "customer_id": "c1", "plan_code": "p",
+                "started_at": 1767225600000i64, "trial_ends_at": null, "billing_time": "anniversary",
+                "billing_anchor_day": null
+            }))
+            .unwrap(),
+        )));
+        b.apply_lifecycle(&suspended(t(5)));
+        // Unpaid: the suspension stays.
+        assert!(b
+            .actions_for(&key, &p)
+            .iter()
+            .all(|a| !matches!(a, Action::Unsuspend { .. })));
+        b.apply_payment(
+            &pay(
+                Payment::InvoicePaidOutOfBand(InvoicePaidOutOfBand {
+                    invoice_id: "inv1".into(),
+                    customer_id: "c1".into(),
+                    currency: "EUR".into(),
+                    amount: "12.00".into(),
+                    reference: "wire".into(),
+                }),
+                t(7),
+            ),
+            &p,
+        );
+        assert_eq!(
+            b.actions_for(&key, &p),
+            vec![Action::Unsuspend {
+                tenant: "acme".into(),
+                customer_id: "c1".into(),
+                subscription_id: "s1".into(),
+                at: t(7),
+            }]
+        );
+        b.apply_lifecycle(&lifecycle(Lifecycle::SubscriptionUnsuspended(
+            SubscriptionEffective {
+                subscription_id: "s1".into(),
+                customer_id: "c1".into(),
+                effective_at: t(7),
+            },
+        )));
+        assert!(b.actions_for(&key, &p).is_empty());
+
+        // A credit note of type refund is refunded until its outcome is read; a credit is not.
+        let cn = |id: &str, kind: CreditNoteKind| InvoiceEvent {
+            tenant_id: "acme".into(),
+            event_id: id.into(),
+            occurred_at: t(8),
+            payload: Invoice::CreditNoteCreated(Box::new(CreditNoteCreated {
+                credit_note_id: id.into(),
+                number: "CN-1".into(),
+                invoice_id: "inv1".into(),
+                invoice_number: "1".into(),
+                customer_id: "c1".into(),
+                currency: "EUR".into(),
+                kind,
+                reason: "other".into(),
+                memo: None,
+                issued_at: t(8),
+                lines: vec![],
+                subtotal: "5.00".into(),
+                tax_total: "0.00".into(),
+                total: "5.00".into(),
+            })),
+        };
+        b.apply_invoice(&cn("cn1", CreditNoteKind::Refund));
+        b.apply_invoice(&cn("cn2", CreditNoteKind::Credit));
+        let refund = Action::Refund {
+            tenant: "acme".into(),
+            invoice_id: "inv1".into(),
+            credit_note_id: "cn1".into(),
+            amount: Decimal::new(500, 2),
+            at: t(8),
+        };
+        assert_eq!(b.actions_for(&key, &p), vec![refund]);
+        b.apply_payment(
+            &pay(
+                Payment::RefundSucceeded(RefundSucceeded {
+                    refund_id: "acme.cn1.refund".into(),
+                    invoice_id: "inv1".into(),
+                    customer_id: "c1".into(),
+                    credit_note_id: "cn1".into(),
+                    currency: "EUR".into(),
+                    amount: "5.00".into(),
+                    provider_reference: "re_1".into(),
+                }),
+                t(8),
+            ),
+            &p,
+        );
+        assert!(b.actions_for(&key, &p).is_empty());
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub skipped: IntCounter,
     /// Store writes and publishes that failed or timed out and were tried again.
     pub io_retries: IntCounter,
+    /// Credit note refunds ended, by outcome.
+    pub refunds: IntCounterVec,
 }
 
 impl Metrics {
@@ -30,6 +32,11 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(attempts.clone()))?;
+        let refunds = IntCounterVec::new(
+            Opts::new("refunds_total", "Credit note refunds ended, by outcome"),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(refunds.clone()))?;
         let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
             let c = IntCounter::new(name, help)?;
             registry.register(Box::new(c.clone()))?;
@@ -45,6 +52,7 @@ impl Metrics {
                 "Store writes and publishes that failed or timed out",
             )?,
             attempts,
+            refunds,
             registry,
         })
     }

@@ -29,7 +29,7 @@ use billing_schemas::lifecycle::{
 };
 use billing_schemas::payment::{
     DunningReminder, InvoiceUncollectible, Payment, PaymentAttempted, PaymentEvent, PaymentFailed,
-    PaymentSucceeded,
+    PaymentSucceeded, RefundFailed, RefundSucceeded,
 };
 use billing_schemas::{decode, Encoding};
 use billing_store::payments::{PaymentAttemptRow, PaymentStore};
@@ -44,7 +44,7 @@ use crate::book::{attempt_id, Action, Book, Due, Payer, Policy};
 use crate::metrics::Metrics;
 use crate::provider::{
     AttachRequest, ChargeOutcome, ChargeRequest, CustomerRequest, PaymentMethodKind,
-    PaymentProvider, ProviderError,
+    PaymentProvider, ProviderError, RefundOutcome, RefundRequest,
 };
 
 /// How often every caught-up partition is looked at for due work (after a failure, for instance).
@@ -258,10 +258,16 @@ impl Payments {
             }
         } else {
             match decode::<LifecycleEvent>(payload, ct) {
-                Ok(ev) => match part.book.apply_lifecycle(&ev) {
-                    Some((tenant, clock)) => part.book.open_invoices_on(&tenant, &clock),
-                    None => Vec::new(),
-                },
+                Ok(ev) => {
+                    if let Lifecycle::SubscriptionUnsuspended(s) = &ev.payload {
+                        self.inflight
+                            .remove(&unsuspend_id(&ev.tenant_id, &s.subscription_id));
+                    }
+                    match part.book.apply_lifecycle(&ev) {
+                        Some((tenant, clock)) => part.book.open_invoices_on(&tenant, &clock),
+                        None => Vec::new(),
+                    }
+                }
                 // The invoicer dead-letters what it cannot decode.
                 Err(_) => Vec::new(),
             }
@@ -345,7 +351,15 @@ impl Payments {
             .book
             .invoices
             .iter()
-            .filter(|(_, d)| d.status == crate::book::Collection::Open)
+            .filter(|((t, _), d)| {
+                d.status == crate::book::Collection::Open
+                    || d.refunds.values().any(|r| r.refunded.is_none())
+                    || part
+                        .book
+                        .payers
+                        .get(&(t.clone(), d.customer_id.clone()))
+                        .is_some_and(|p| !p.suspended.is_empty())
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
@@ -410,7 +424,26 @@ fn action_id(a: &Action) -> String {
             days,
             ..
         } => format!("remind.{tenant}.{invoice_id}.{days}"),
+        Action::Refund {
+            tenant,
+            credit_note_id,
+            ..
+        } => refund_id(tenant, credit_note_id),
+        Action::Unsuspend {
+            tenant,
+            subscription_id,
+            ..
+        } => unsuspend_id(tenant, subscription_id),
     }
+}
+
+/// The provider's idempotency key of a credit note's refund (one refund per credit note).
+fn refund_id(tenant: &str, credit_note: &str) -> String {
+    format!("{tenant}.{credit_note}.refund")
+}
+
+fn unsuspend_id(tenant: &str, subscription: &str) -> String {
+    format!("unsuspend.{tenant}.{subscription}")
 }
 
 /// The action a payment event ends, if any.
@@ -423,6 +456,8 @@ fn ends_action(ev: &PaymentEvent) -> Option<String> {
         Payment::DunningReminder(r) => {
             Some(format!("remind.{t}.{}.{}", r.invoice_id, r.days_after_due))
         }
+        Payment::RefundSucceeded(r) => Some(r.refund_id.clone()),
+        Payment::RefundFailed(r) => Some(r.refund_id.clone()),
         _ => None,
     }
 }
@@ -489,6 +524,39 @@ async fn run_action(ctx: &Ctx, action: &Action, due: &Due, payer: &Payer) -> any
             invoice_id,
             at,
         } => give_up(ctx, tenant, invoice_id, *at, due, payer).await,
+        Action::Refund {
+            tenant,
+            invoice_id,
+            credit_note_id,
+            amount,
+            at,
+        } => refund(ctx, tenant, invoice_id, credit_note_id, *amount, *at, due).await,
+        Action::Unsuspend {
+            tenant,
+            customer_id,
+            subscription_id,
+            at,
+        } => {
+            let ev = LifecycleEvent {
+                tenant_id: tenant.clone(),
+                event_id: format!(
+                    "{}.{}",
+                    unsuspend_id(tenant, subscription_id),
+                    at.timestamp_millis()
+                ),
+                occurred_at: *at,
+                payload: Lifecycle::SubscriptionUnsuspended(SubscriptionEffective {
+                    subscription_id: subscription_id.clone(),
+                    customer_id: customer_id.clone(),
+                    effective_at: *at,
+                }),
+            };
+            retrying(ctx, "publishing an unsuspension", || {
+                ctx.publisher.lifecycle_at(&ev, Encoding::Avro)
+            })
+            .await
+            .map(|_| ())
+        }
         Action::Remind {
             tenant,
             invoice_id,
@@ -769,6 +837,96 @@ fn failed(
     })
 }
 
+/// A credit note's refund: the invoice's provider charge refunded by the credit note's total, with the credit
+/// note's refund id as idempotency key (a refund resumed after a crash is the same refund). An invoice paid
+/// outside the provider has nothing to refund here: the refund fails with `no_provider_charge`.
+#[allow(clippy::too_many_arguments)]
+async fn refund(
+    ctx: &Ctx,
+    tenant: &str,
+    invoice_id: &str,
+    credit_note_id: &str,
+    amount: Decimal,
+    at: DateTime<Utc>,
+    due: &Due,
+) -> anyhow::Result<()> {
+    let id = refund_id(tenant, credit_note_id);
+    let failed = |code: &str, reason: String| {
+        Payment::RefundFailed(RefundFailed {
+            refund_id: id.clone(),
+            invoice_id: invoice_id.to_owned(),
+            customer_id: due.customer_id.clone(),
+            credit_note_id: credit_note_id.to_owned(),
+            code: code.to_owned(),
+            reason,
+        })
+    };
+    let payload = match &due.charge {
+        None => failed(
+            "no_provider_charge",
+            "the invoice was not paid through the provider; refund it the way it was paid".into(),
+        ),
+        Some((reference, charged)) if amount > *charged => failed(
+            "amount_too_large",
+            format!("{amount} is more than the charge {reference} of {charged}"),
+        ),
+        Some((reference, _)) => {
+            let currency = Currency::parse(&due.currency)?;
+            let req = RefundRequest {
+                tenant_id: tenant.to_owned(),
+                charge_reference: reference.clone(),
+                amount,
+                currency,
+                idempotency_key: id.clone(),
+                metadata: BTreeMap::from([
+                    ("invoice_id".to_owned(), invoice_id.to_owned()),
+                    ("credit_note_id".to_owned(), credit_note_id.to_owned()),
+                ]),
+            };
+            match with_provider(ctx, || ctx.provider.refund(&req)).await {
+                // A pending refund was accepted by the provider: the money is on its way back.
+                Ok(RefundOutcome::Succeeded { provider_reference })
+                | Ok(RefundOutcome::Pending { provider_reference }) => {
+                    Payment::RefundSucceeded(RefundSucceeded {
+                        refund_id: id.clone(),
+                        invoice_id: invoice_id.to_owned(),
+                        customer_id: due.customer_id.clone(),
+                        credit_note_id: credit_note_id.to_owned(),
+                        currency: due.currency.clone(),
+                        amount: amount.to_string(),
+                        provider_reference,
+                    })
+                }
+                Ok(RefundOutcome::Failed { code, message, .. }) => failed(&code, message),
+                Err(e @ ProviderError::Permanent { .. }) => {
+                    failed(e.code().unwrap_or("provider_error"), e.to_string())
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("refund {id}: no definite answer"))
+                    )
+                }
+            }
+        }
+    };
+    let status = if matches!(payload, Payment::RefundSucceeded(_)) {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    ctx.metrics.refunds.with_label_values(&[status]).inc();
+    publish_payment(
+        ctx,
+        PaymentEvent {
+            tenant_id: tenant.to_owned(),
+            event_id: format!("{id}.outcome"),
+            occurred_at: at,
+            payload,
+        },
+    )
+    .await
+}
+
 /// Dunning's end: the invoice's live subscriptions are paused or canceled (lifecycle events with deterministic
 /// ids), then the invoice is marked uncollectible.
 async fn give_up(
@@ -785,6 +943,12 @@ async fn give_up(
         };
         let payload = match ctx.dunning {
             DunningAction::None => continue,
+            DunningAction::Suspend if payer.suspended.contains(sub) => continue,
+            DunningAction::Suspend => Lifecycle::SubscriptionSuspended(SubscriptionEffective {
+                subscription_id: sub.clone(),
+                customer_id: due.customer_id.clone(),
+                effective_at: at,
+            }),
             DunningAction::Pause if *paused => continue,
             DunningAction::Pause => Lifecycle::SubscriptionPaused(SubscriptionEffective {
                 subscription_id: sub.clone(),

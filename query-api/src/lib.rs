@@ -6,6 +6,7 @@
 
 mod catalog;
 mod clocks;
+mod credit_notes;
 mod customers;
 mod error;
 mod idempotency;
@@ -27,6 +28,7 @@ use billing_runtime::health::{self, Readiness};
 use billing_runtime::publish::Publisher;
 use billing_runtime::{cql, Settings, Shutdown};
 use billing_store::billing::BillingStore;
+use billing_store::credit_notes::CreditNoteStore;
 use billing_store::payments::PaymentStore;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -38,6 +40,7 @@ pub struct AppState {
     store: Arc<store::Store>,
     billing: Arc<BillingStore>,
     payments: Arc<PaymentStore>,
+    credit_notes: Arc<CreditNoteStore>,
     publisher: Publisher,
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
     /// How long a write waits for its effect by default.
@@ -59,6 +62,7 @@ pub async fn run(
     let store = Arc::new(store::Store::new(session.clone(), ks).await?);
     let billing = Arc::new(BillingStore::new(session.clone(), ks).await?);
     let payments = Arc::new(PaymentStore::new(session.clone(), ks).await?);
+    let credit_notes = Arc::new(CreditNoteStore::new(session.clone(), ks).await?);
     let publisher = Publisher::new(&settings.kafka)?;
     let cfg = &settings.query_api;
     let quota =
@@ -68,6 +72,7 @@ pub async fn run(
         store,
         billing,
         payments,
+        credit_notes,
         publisher,
         limiter: Arc::new(RateLimiter::keyed(quota)),
         write_wait: cfg.write_wait,

@@ -103,6 +103,14 @@ pub fn router(state: AppState) -> Router {
             post(invoices::finalize),
         )
         .route(
+            "/v1/invoices/{invoice_id}/credit_notes",
+            post(crate::credit_notes::create).get(crate::credit_notes::of_invoice),
+        )
+        .route(
+            "/v1/credit_notes/{credit_note_id}",
+            get(crate::credit_notes::get),
+        )
+        .route(
             "/v1/webhook_endpoints",
             post(crate::webhooks::create).get(crate::webhooks::list),
         )

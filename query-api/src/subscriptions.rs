@@ -374,6 +374,18 @@ pub async fn change(
     .await
 }
 
+/// A subscription suspended by dunning stays so until its unpaid invoice is paid (payments lifts it).
+fn check_not_suspended(s: &SubscriptionView, what: &str) -> Result<(), ApiError> {
+    if s.status == SubscriptionStatus::Suspended {
+        return Err(ApiError::Conflict(format!(
+            "subscription {:?} is suspended by dunning and cannot be {what}; paying its unpaid invoice lifts the \
+             suspension",
+            s.subscription_id
+        )));
+    }
+    Ok(())
+}
+
 /// `POST /v1/subscriptions/{id}/pause`.
 pub async fn pause(
     State(state): State<AppState>,
@@ -385,6 +397,7 @@ pub async fn pause(
     state.deadline(&q)?;
     let s = existing(&state, &tenant, &id).await?;
     check_not_canceled(&s, "paused")?;
+    check_not_suspended(&s, "paused")?;
     if s.status == SubscriptionStatus::Paused {
         return Err(ApiError::Conflict(format!(
             "subscription {id:?} is already paused"
@@ -416,6 +429,7 @@ pub async fn resume(
     state.deadline(&q)?;
     let s = existing(&state, &tenant, &id).await?;
     check_not_canceled(&s, "resumed")?;
+    check_not_suspended(&s, "resumed")?;
     if s.status != SubscriptionStatus::Paused {
         return Err(ApiError::Conflict(format!(
             "subscription {id:?} is not paused"

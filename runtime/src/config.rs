@@ -219,6 +219,9 @@ pub enum DunningAction {
     None,
     /// Pause them (their fees stop; usage is still metered).
     Pause,
+    /// Suspend them (Kill Bill's blocked billing): no fee and no usage charge until the customer has nothing
+    /// unpaid on them; payments then lifts the suspension.
+    Suspend,
     /// Cancel them at once.
     Cancel,
 }
@@ -229,6 +232,7 @@ impl DunningAction {
         match self {
             DunningAction::None => "none",
             DunningAction::Pause => "pause",
+            DunningAction::Suspend => "suspend",
             DunningAction::Cancel => "cancel",
         }
     }

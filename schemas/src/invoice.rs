@@ -30,6 +30,61 @@ pub enum Invoice {
     InvoiceFinalized(Box<InvoiceFinalized>),
     /// An invoice was voided.
     InvoiceVoided(InvoiceVoided),
+    /// A credit note was issued on a finalized invoice (v3).
+    CreditNoteCreated(Box<CreditNoteCreated>),
+}
+
+pub use billing_core::credit_note::CreditNoteKind;
+
+/// A numbered credit note on a finalized invoice. Amounts are decimal strings rounded to the currency's minor
+/// unit; `total = subtotal + tax_total`, each the sum of its lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditNoteCreated {
+    /// Id given when it was requested.
+    pub credit_note_id: String,
+    /// Gap-free number (per tenant, its own sequence).
+    pub number: String,
+    /// The invoice credited.
+    pub invoice_id: String,
+    /// Its number.
+    pub invoice_number: String,
+    /// Customer.
+    pub customer_id: String,
+    /// ISO 4217 currency (the invoice's).
+    pub currency: String,
+    /// Credit to the balance, or refund.
+    pub kind: CreditNoteKind,
+    /// Why.
+    pub reason: String,
+    /// Free text.
+    #[serde(default)]
+    pub memo: Option<String>,
+    /// Billing time of issue.
+    #[serde(with = "crate::time")]
+    pub issued_at: DateTime<Utc>,
+    /// Lines credited.
+    pub lines: Vec<CreditNoteLine>,
+    /// Σ line amounts (before tax).
+    pub subtotal: String,
+    /// Σ line taxes.
+    pub tax_total: String,
+    /// subtotal + tax_total.
+    pub total: String,
+}
+
+/// One invoice line credited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditNoteLine {
+    /// Index of the invoice line.
+    pub line_index: i32,
+    /// The invoice line's description.
+    pub description: String,
+    /// Amount credited before tax.
+    pub amount: String,
+    /// Tax credited with it.
+    pub tax: String,
+    /// amount + tax.
+    pub total: String,
 }
 
 /// What a line bills.

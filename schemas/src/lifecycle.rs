@@ -46,6 +46,12 @@ pub enum Lifecycle {
     ClockTick(ClockTick),
     /// End a draft invoice's grace period now.
     InvoiceFinalizeRequested(InvoiceFinalizeRequested),
+    /// Dunning suspended a subscription: no fee and no usage charge from `effective_at` (v3).
+    SubscriptionSuspended(SubscriptionEffective),
+    /// A suspension ended: fees and usage charges again from `effective_at` (v3).
+    SubscriptionUnsuspended(SubscriptionEffective),
+    /// A credit note asked for on a finalized invoice (v3); the invoicer issues or refuses it.
+    CreditNoteRequested(CreditNoteRequested),
 }
 
 /// A postal address; every part is optional.
@@ -242,6 +248,37 @@ pub struct InvoiceFinalizeRequested {
     pub invoice_id: String,
 }
 
+pub use billing_core::credit_note::CreditNoteKind;
+
+/// A credit note asked for on a finalized invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditNoteRequested {
+    /// Id given by the API (the credit note keeps it).
+    pub credit_note_id: String,
+    /// The invoice's customer (the event's key).
+    pub customer_id: String,
+    /// The finalized invoice credited.
+    pub invoice_id: String,
+    /// Credit to the customer's balance, or refund through the payment provider.
+    pub kind: CreditNoteKind,
+    /// Why (`duplicate`, `fraudulent`, `order_change`, `product_unsatisfactory`, `other`).
+    pub reason: String,
+    /// Free text shown on the credit note.
+    #[serde(default)]
+    pub memo: Option<String>,
+    /// What is credited, per invoice line.
+    pub lines: Vec<CreditNoteLineRequest>,
+}
+
+/// One invoice line credited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditNoteLineRequest {
+    /// Index of the line on the invoice.
+    pub line_index: i32,
+    /// Amount credited before tax, decimal string.
+    pub amount: String,
+}
+
 impl Lifecycle {
     /// The customer the payload is about (`None` for a clock tick).
     pub fn customer_id(&self) -> Option<&str> {
@@ -250,9 +287,13 @@ impl Lifecycle {
             Lifecycle::CustomerUpdated(c) => &c.customer_id,
             Lifecycle::SubscriptionCreated(s) => &s.customer_id,
             Lifecycle::SubscriptionChanged(s) => &s.customer_id,
-            Lifecycle::SubscriptionPaused(s) | Lifecycle::SubscriptionResumed(s) => &s.customer_id,
+            Lifecycle::SubscriptionPaused(s)
+            | Lifecycle::SubscriptionResumed(s)
+            | Lifecycle::SubscriptionSuspended(s)
+            | Lifecycle::SubscriptionUnsuspended(s) => &s.customer_id,
             Lifecycle::SubscriptionCanceled(s) => &s.customer_id,
             Lifecycle::InvoiceFinalizeRequested(r) => &r.customer_id,
+            Lifecycle::CreditNoteRequested(r) => &r.customer_id,
             Lifecycle::ClockTick(_) => return None,
         })
     }

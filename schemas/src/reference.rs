@@ -360,7 +360,9 @@ impl Reference {
                 });
                 return Ok(());
             }
-            Lifecycle::ClockTick(_) | Lifecycle::InvoiceFinalizeRequested(_) => return Ok(()),
+            Lifecycle::ClockTick(_)
+            | Lifecycle::InvoiceFinalizeRequested(_)
+            | Lifecycle::CreditNoteRequested(_) => return Ok(()),
             // The event says when the new plan takes effect, so the core applies it at that instant (or, for a
             // change at period end, at the end of the period containing that instant).
             Lifecycle::SubscriptionChanged(s) => (
@@ -377,6 +379,16 @@ impl Reference {
                 s.customer_id,
                 s.subscription_id,
                 (s.effective_at, Ok(ChangeKind::Resume)),
+            ),
+            Lifecycle::SubscriptionSuspended(s) => (
+                s.customer_id,
+                s.subscription_id,
+                (s.effective_at, Ok(ChangeKind::Suspend)),
+            ),
+            Lifecycle::SubscriptionUnsuspended(s) => (
+                s.customer_id,
+                s.subscription_id,
+                (s.effective_at, Ok(ChangeKind::Unsuspend)),
             ),
             Lifecycle::SubscriptionCanceled(s) => (
                 s.customer_id,

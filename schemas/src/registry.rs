@@ -24,28 +24,34 @@ pub enum SchemaId {
     InvoiceV1 = 4,
     /// `payment_event.v1.avsc`: read only (resolved to [`SchemaId::Payment`]).
     PaymentV1 = 5,
-    /// `lifecycle_event.avsc`, v2.
-    Lifecycle = 6,
-    /// `invoice_event.avsc`, v2.
-    Invoice = 7,
+    /// `lifecycle_event.v2.avsc`: read only (resolved to [`SchemaId::Lifecycle`]).
+    LifecycleV2 = 6,
+    /// `invoice_event.v2.avsc`: read only (resolved to [`SchemaId::Invoice`]).
+    InvoiceV2 = 7,
     /// `catalog_event.avsc`, v2.
     Catalog = 8,
     /// `payment_event.avsc`, v2.
     Payment = 9,
+    /// `lifecycle_event.avsc`, v3.
+    Lifecycle = 10,
+    /// `invoice_event.avsc`, v3.
+    Invoice = 11,
 }
 
 impl SchemaId {
     /// Every id, in id order.
-    pub const ALL: [SchemaId; 9] = [
+    pub const ALL: [SchemaId; 11] = [
         SchemaId::Usage,
         SchemaId::LifecycleV1,
         SchemaId::CatalogV1,
         SchemaId::InvoiceV1,
         SchemaId::PaymentV1,
-        SchemaId::Lifecycle,
-        SchemaId::Invoice,
+        SchemaId::LifecycleV2,
+        SchemaId::InvoiceV2,
         SchemaId::Catalog,
         SchemaId::Payment,
+        SchemaId::Lifecycle,
+        SchemaId::Invoice,
     ];
 
     /// The id of a number read from the wire.
@@ -56,8 +62,8 @@ impl SchemaId {
     /// The current schema whose older version this is (itself when it is current).
     pub fn current(self) -> SchemaId {
         match self {
-            SchemaId::LifecycleV1 => SchemaId::Lifecycle,
-            SchemaId::InvoiceV1 => SchemaId::Invoice,
+            SchemaId::LifecycleV1 | SchemaId::LifecycleV2 => SchemaId::Lifecycle,
+            SchemaId::InvoiceV1 | SchemaId::InvoiceV2 => SchemaId::Invoice,
             SchemaId::CatalogV1 => SchemaId::Catalog,
             SchemaId::PaymentV1 => SchemaId::Payment,
             other => other,
@@ -66,7 +72,7 @@ impl SchemaId {
 }
 
 /// (id, file name, schema text) of every schema, in id order.
-pub const SCHEMAS: [(SchemaId, &str, &str); 9] = [
+pub const SCHEMAS: [(SchemaId, &str, &str); 11] = [
     (
         SchemaId::Usage,
         "usage_event.avsc",
@@ -93,14 +99,14 @@ pub const SCHEMAS: [(SchemaId, &str, &str); 9] = [
         include_str!("../avro/payment_event.v1.avsc"),
     ),
     (
-        SchemaId::Lifecycle,
-        "lifecycle_event.avsc",
-        include_str!("../avro/lifecycle_event.avsc"),
+        SchemaId::LifecycleV2,
+        "lifecycle_event.v2.avsc",
+        include_str!("../avro/lifecycle_event.v2.avsc"),
     ),
     (
-        SchemaId::Invoice,
-        "invoice_event.avsc",
-        include_str!("../avro/invoice_event.avsc"),
+        SchemaId::InvoiceV2,
+        "invoice_event.v2.avsc",
+        include_str!("../avro/invoice_event.v2.avsc"),
     ),
     (
         SchemaId::Catalog,
@@ -111,6 +117,16 @@ pub const SCHEMAS: [(SchemaId, &str, &str); 9] = [
         SchemaId::Payment,
         "payment_event.avsc",
         include_str!("../avro/payment_event.avsc"),
+    ),
+    (
+        SchemaId::Lifecycle,
+        "lifecycle_event.avsc",
+        include_str!("../avro/lifecycle_event.avsc"),
+    ),
+    (
+        SchemaId::Invoice,
+        "invoice_event.avsc",
+        include_str!("../avro/invoice_event.avsc"),
     ),
 ];
 

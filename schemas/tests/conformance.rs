@@ -166,6 +166,16 @@ fn invoice_events_of_v1_still_decode() {
 }
 
 #[test]
+fn lifecycle_events_of_v2_still_decode() {
+    check_older_version::<LifecycleEvent>("lifecycle_event.v2");
+}
+
+#[test]
+fn invoice_events_of_v2_still_decode() {
+    check_older_version::<InvoiceEvent>("invoice_event.v2");
+}
+
+#[test]
 fn payment_events_of_v1_still_decode() {
     check_older_version::<PaymentEvent>("payment_event.v1");
 }

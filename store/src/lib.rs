@@ -10,6 +10,7 @@
 pub mod api_idempotency;
 pub mod billing;
 pub mod catalog_entries;
+pub mod credit_notes;
 pub mod customers;
 pub mod invoice_facts;
 pub mod invoice_numbers;
@@ -62,9 +63,11 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("api_idempotency", Store::Cql, "query-api"),
     ("payment_methods", Store::Cql, "invoicer"),
     ("invoice_payments", Store::Cql, "invoicer"),
+    ("credit_notes", Store::Cql, "invoicer"),
+    ("credit_notes_by_invoice", Store::Cql, "invoicer"),
     ("payment_attempts", Store::Cql, "payments"),
-    ("sandbox_provider_charges", Store::Cql, "payments"),
-    ("sandbox_provider_calls", Store::Cql, "payments"),
+    ("sandbox_ledger", Store::Cql, "payments"),
+    ("sandbox_ledger_calls", Store::Cql, "payments"),
     ("webhook_endpoints", Store::Cql, "query-api"),
     ("webhook_redeliveries", Store::Cql, "query-api"),
     ("webhook_deliveries", Store::Cql, "webhooks"),
@@ -74,6 +77,8 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("usage_events", Store::ClickHouse, "rating"),
     ("invoices", Store::ClickHouse, "invoicer"),
     ("invoice_lines", Store::ClickHouse, "invoicer"),
+    ("credit_notes", Store::ClickHouse, "invoicer"),
+    ("credit_note_lines", Store::ClickHouse, "invoicer"),
 ];
 
 /// Prepare a statement once, marked idempotent (safe for the driver to retry) or not. The serial consistency is

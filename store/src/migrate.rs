@@ -45,6 +45,16 @@ const CQL: &[Migration] = &[
         name: "webhooks",
         body: include_str!("../migrations/cql/0006_webhooks.cql"),
     },
+    Migration {
+        version: 7,
+        name: "credit_notes",
+        body: include_str!("../migrations/cql/0007_credit_notes.cql"),
+    },
+    Migration {
+        version: 8,
+        name: "sandbox_ledger_buckets",
+        body: include_str!("../migrations/cql/0008_sandbox_ledger_buckets.cql"),
+    },
 ];
 
 const CLICKHOUSE: &[Migration] = &[
@@ -57,6 +67,11 @@ const CLICKHOUSE: &[Migration] = &[
         version: 2,
         name: "invoices",
         body: include_str!("../migrations/clickhouse/0002_invoices.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "credit_notes",
+        body: include_str!("../migrations/clickhouse/0003_credit_notes.sql"),
     },
 ];
 

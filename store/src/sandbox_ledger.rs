@@ -1,11 +1,12 @@
-//! ScyllaDB `sandbox_provider_charges` and `sandbox_provider_calls` (migration `cql/0005_sandbox_provider.cql`): the
+//! ScyllaDB `sandbox_ledger` and `sandbox_ledger_calls` (migration `cql/0008_sandbox_ledger_buckets.cql`): the
 //! ledger of the sandbox payment provider. One row per (tenant, idempotency key) holds the outcome of the charge or
 //! refund made with that key; it is written with a lightweight transaction (`INSERT ... IF NOT EXISTS`), so two
 //! racing calls with one key execute the operation once and the loser answers with the winner's outcome. A counter
 //! per key counts every call, replays included. The ledger outlives the payments process, so a retry after a
 //! SIGKILL gets the first outcome back instead of a second charge, as with Stripe's idempotency keys.
 //!
-//! Partitioned by tenant (see the migration): the reads tests need, "every charge of a tenant", are one partition.
+//! Partitioned by tenant and [`bucket`] of the key (see the migration): a tenant's lightweight transactions spread
+//! over [`BUCKETS`] Paxos partitions instead of contending in one; "every charge of a tenant" reads them all.
 //!
 //! **Writer: payments** (the sandbox provider). Readers: payments, tests.
 
@@ -50,6 +51,19 @@ pub struct SandboxCharge {
     pub created_at: DateTime<Utc>,
 }
 
+/// Partitions per tenant.
+pub const BUCKETS: i32 = 16;
+
+/// The bucket of an idempotency key: FNV-1a of its bytes, modulo [`BUCKETS`] (stable across processes and builds).
+pub fn bucket(key: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % BUCKETS as u32) as i32
+}
+
 /// A row as selected, in the column order of [`COLUMNS`].
 type Row = (
     String,
@@ -92,30 +106,31 @@ impl SandboxCharge {
 
 pub(crate) fn insert_if_absent(ks: &str) -> String {
     format!(
-        "INSERT INTO {ks}.sandbox_provider_charges ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+        "INSERT INTO {ks}.sandbox_ledger (bucket, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          IF NOT EXISTS"
     )
 }
 
 pub(crate) fn select_one(ks: &str) -> String {
     format!(
-        "SELECT {COLUMNS} FROM {ks}.sandbox_provider_charges WHERE tenant_id = ? AND idempotency_key = ?"
+        "SELECT {COLUMNS} FROM {ks}.sandbox_ledger WHERE tenant_id = ? AND bucket = ? AND idempotency_key = ?"
     )
 }
 
-pub(crate) fn select_tenant(ks: &str) -> String {
-    format!("SELECT {COLUMNS} FROM {ks}.sandbox_provider_charges WHERE tenant_id = ?")
+pub(crate) fn select_bucket(ks: &str) -> String {
+    format!("SELECT {COLUMNS} FROM {ks}.sandbox_ledger WHERE tenant_id = ? AND bucket = ?")
 }
 
 pub(crate) fn count_call(ks: &str) -> String {
     format!(
-        "UPDATE {ks}.sandbox_provider_calls SET calls = calls + 1 WHERE tenant_id = ? AND idempotency_key = ?"
+        "UPDATE {ks}.sandbox_ledger_calls SET calls = calls + 1 \
+         WHERE tenant_id = ? AND bucket = ? AND idempotency_key = ?"
     )
 }
 
 pub(crate) fn select_calls(ks: &str) -> String {
     format!(
-        "SELECT calls FROM {ks}.sandbox_provider_calls WHERE tenant_id = ? AND idempotency_key = ?"
+        "SELECT calls FROM {ks}.sandbox_ledger_calls WHERE tenant_id = ? AND bucket = ? AND idempotency_key = ?"
     )
 }
 
@@ -125,7 +140,7 @@ pub struct SandboxLedgerStore {
     insert_if_absent: PreparedStatement,
     select_one: PreparedStatement,
     select_one_serial: PreparedStatement,
-    select_tenant: PreparedStatement,
+    select_bucket: PreparedStatement,
     count_call: PreparedStatement,
     select_calls: PreparedStatement,
 }
@@ -142,7 +157,7 @@ impl SandboxLedgerStore {
             insert_if_absent: prepare(insert_if_absent(ks), false).await?,
             select_one: prepare(select_one(ks), true).await?,
             select_one_serial,
-            select_tenant: prepare(select_tenant(ks), true).await?,
+            select_bucket: prepare(select_bucket(ks), true).await?,
             // A counter increment is not idempotent: the driver must not retry it.
             count_call: prepare(count_call(ks), false).await?,
             select_calls: prepare(select_calls(ks), true).await?,
@@ -159,6 +174,7 @@ impl SandboxLedgerStore {
             .execute_unpaged(
                 &self.insert_if_absent,
                 (
+                    bucket(&c.idempotency_key),
                     &c.tenant_id,
                     &c.idempotency_key,
                     &c.kind,
@@ -197,7 +213,7 @@ impl SandboxLedgerStore {
         key: &str,
     ) -> anyhow::Result<Option<SandboxCharge>> {
         self.session
-            .execute_unpaged(statement, (tenant, key))
+            .execute_unpaged(statement, (tenant, bucket(key), key))
             .await?
             .into_rows_result()?
             .maybe_first_row::<Row>()?
@@ -217,7 +233,7 @@ impl SandboxLedgerStore {
     /// Count one call made with the key.
     pub async fn count_call(&self, tenant: &str, key: &str) -> anyhow::Result<()> {
         self.session
-            .execute_unpaged(&self.count_call, (tenant, key))
+            .execute_unpaged(&self.count_call, (tenant, bucket(key), key))
             .await?;
         Ok(())
     }
@@ -226,7 +242,7 @@ impl SandboxLedgerStore {
     pub async fn calls_for(&self, tenant: &str, key: &str) -> anyhow::Result<i64> {
         Ok(self
             .session
-            .execute_unpaged(&self.select_calls, (tenant, key))
+            .execute_unpaged(&self.select_calls, (tenant, bucket(key), key))
             .await?
             .into_rows_result()?
             .maybe_first_row::<(Option<Counter>,)>()?
@@ -234,17 +250,20 @@ impl SandboxLedgerStore {
             .map_or(0, |c| c.0))
     }
 
-    /// Every charge and refund of a tenant, by idempotency key (paged).
+    /// Every charge and refund of a tenant, by idempotency key (every bucket, paged).
     pub async fn charges_of_tenant(&self, tenant: &str) -> anyhow::Result<Vec<SandboxCharge>> {
-        let mut rows = self
-            .session
-            .execute_iter(self.select_tenant.clone(), (tenant,))
-            .await?
-            .rows_stream::<Row>()?;
         let mut out = Vec::new();
-        while let Some(r) = rows.try_next().await? {
-            out.push(SandboxCharge::from_row(r)?);
+        for b in 0..BUCKETS {
+            let mut rows = self
+                .session
+                .execute_iter(self.select_bucket.clone(), (tenant, b))
+                .await?
+                .rows_stream::<Row>()?;
+            while let Some(r) = rows.try_next().await? {
+                out.push(SandboxCharge::from_row(r)?);
+            }
         }
+        out.sort_by(|a, b| a.idempotency_key.cmp(&b.idempotency_key));
         Ok(out)
     }
 }

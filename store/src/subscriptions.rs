@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 pub enum SubscriptionStatus {
     /// Billed (or in trial, or not started yet; see the dates).
     Active,
-    /// Paused: no fee until resumed.
+    /// Paused: no fee until resumed (usage is still metered).
     Paused,
+    /// Suspended by dunning: no fee and no usage charge until unsuspended.
+    Suspended,
     /// Canceled: `ends_at` says when service stops (it may be the end of the current period).
     Canceled,
 }
@@ -23,7 +25,7 @@ pub enum SubscriptionStatus {
 /// One change of a subscription, as requested.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeView {
-    /// `plan_change`, `pause`, `resume` or `cancel`.
+    /// `plan_change`, `pause`, `resume`, `suspend`, `unsuspend` or `cancel`.
     pub kind: String,
     /// The new plan, for a plan change.
     pub plan_code: Option<String>,

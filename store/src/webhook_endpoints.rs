@@ -21,6 +21,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "subscription.paused",
     "subscription.resumed",
     "subscription.canceled",
+    "subscription.suspended",
+    "subscription.unsuspended",
     "invoice.finalized",
     "invoice.voided",
     "invoice.paid_out_of_band",
@@ -34,6 +36,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "payment_method.default_set",
     "refund.succeeded",
     "refund.failed",
+    "credit_note.created",
 ];
 
 /// The subscription to every type, present and future.

@@ -1,13 +1,15 @@
 //! Getting paid on the real stack: the API, the invoicer, the payments service and the sandbox provider (its ledger
 //! in Cassandra), on a test clock. Four customers on a 20.00 EUR plan paid in advance, retries after 1, 2 and 2
-//! days (four tries), a reminder 3 days after the due date, dunning that cancels:
+//! days (four tries), a reminder 3 days after the due date, dunning that suspends:
 //!
 //! - `c-ok` (pm_card_visa) is paid by its first attempt;
 //! - `c-retry` (declines its first three charges) is declined three times and paid by the fourth attempt (the third
 //!   retry), on day 6;
 //! - `c-fail` (insufficient funds) is declined four times; on day 6 its invoice is uncollectible and its
-//!   subscription canceled;
-//! - `c-bank` has no payment method and pays by bank transfer, recorded with `POST /v1/invoices/{id}/pay`.
+//!   subscription suspended; a bank transfer then pays it, and the suspension is lifted;
+//! - `c-bank` has no payment method and pays by bank transfer, recorded with `POST /v1/invoices/{id}/pay`;
+//! - `c-ok` is refunded 5.00, then the 15.00 left, by two credit notes of type refund (numbered in their own
+//!   sequence); what is not creditable or refundable is refused with a 422 and nothing published.
 //!
 //! And a SIGKILL of the payments process between the provider's charge and the state write, three times: each
 //! invoice is charged exactly once (the sandbox counts calls and charges per idempotency key).
@@ -31,7 +33,7 @@ fn env_settings(env: &mut TestEnv) {
         .map(|d| Duration::from_secs(d * 86_400).into())
         .collect();
     p.reminder_days = vec![3];
-    p.dunning_action = DunningAction::Cancel;
+    p.dunning_action = DunningAction::Suspend;
     p.provider.sandbox_slow_delay = Duration::from_secs(5);
     env.settings.query_api.write_wait = Duration::from_secs(60);
 }
@@ -238,7 +240,7 @@ async fn a_month_of_payments_retries_dunning_and_a_bank_transfer() {
     .await
     .problem(409, "already paid");
 
-    // Day 6: the third retry pays c-retry; c-fail's last attempt fails and dunning cancels its subscription.
+    // Day 6: the third retry pays c-retry; c-fail's last attempt fails and dunning suspends its subscription.
     advance(&api, &clock, "2026-01-06T01:00:00Z").await;
     let inv = payment_becomes(&api, &retry_id, "c-retry paid", |p| p["status"] == "paid").await;
     assert_eq!(inv["payment"]["attempt_count"], 4);
@@ -249,16 +251,39 @@ async fn a_month_of_payments_retries_dunning_and_a_bank_transfer() {
     .await;
     assert_eq!(inv["payment"]["attempt_count"], 4);
     assert_eq!(inv["payment"]["next_payment_attempt"], Value::Null);
-    let sub = eventually(WAIT, "c-fail's subscription canceled", || async {
+    let sub = eventually(WAIT, "c-fail's subscription suspended", || async {
         let s = api.get("/v1/subscriptions/sub-c-fail").await.body;
-        (s["status"] == "canceled").then_some(s)
+        (s["status"] == "suspended").then_some(s)
     })
     .await;
-    assert_eq!(sub["canceled_at"], "2026-01-06T00:00:00Z", "{sub}");
+    assert_eq!(sub["changes"][0]["kind"], "suspend", "{sub}");
+    assert_eq!(sub["changes"][0]["effective_at"], "2026-01-06T00:00:00Z");
     assert_eq!(
         api.get("/v1/subscriptions/sub-c-ok").await.body["status"],
         "active"
     );
+    // Suspended by dunning: not paused or resumed by hand.
+    api.post("/v1/subscriptions/sub-c-fail/pause", json!({}))
+        .await
+        .problem(409, "suspended by dunning");
+    // c-fail pays by bank transfer: the invoice is paid and the suspension lifted at the payment's time.
+    let r = api
+        .post(
+            &format!("/v1/invoices/{fail_id}/pay"),
+            json!({"paid_out_of_band": true, "reference": "SEPA-2026-0002"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["payment_status"], "paid");
+    let sub = eventually(WAIT, "c-fail's suspension lifted", || async {
+        let s = api.get("/v1/subscriptions/sub-c-fail").await.body;
+        (s["status"] == "active").then_some(s)
+    })
+    .await;
+    assert_eq!(sub["changes"][1]["kind"], "unsuspend", "{sub}");
+    assert_eq!(sub["changes"][1]["effective_at"], "2026-01-06T01:00:00Z");
+
+    refunds_from_credit_notes(&env, &api, &ok_id, &bank_id).await;
 
     // The attempts, as the payments service recorded them around each provider call.
     let attempts = api
@@ -293,11 +318,110 @@ async fn a_month_of_payments_retries_dunning_and_a_bank_transfer() {
     assert!(charges.iter().all(|c| c.charge_count == 1), "{charges:?}");
     // 1 + 4 + 4 attempts.
     assert_eq!(charges.iter().filter(|c| c.kind == "charge").count(), 9);
+    // And two refunds of c-ok's charge, each once.
+    let refunds: Vec<_> = charges.iter().filter(|c| c.kind == "refund").collect();
+    assert_eq!(refunds.len(), 2, "{charges:?}");
+    let mut amounts: Vec<String> = refunds.iter().map(|r| r.amount.to_string()).collect();
+    amounts.sort();
+    assert_eq!(amounts, ["15.00", "5.00"]);
+    assert!(refunds
+        .iter()
+        .all(|r| r.charge_count == 1 && r.invoice_id == ok_id));
 
     services.stop.cancel();
     payments.await.unwrap().expect("payments ended cleanly");
     services.shutdown().await;
     env.cleanup().await;
+}
+
+/// Credit notes of type refund on c-ok's paid invoice (20.00, one line), and the ones refused.
+async fn refunds_from_credit_notes(env: &TestEnv, api: &Api, ok_id: &str, bank_id: &str) {
+    let path = format!("/v1/invoices/{ok_id}/credit_notes");
+    let published_before = env
+        .read_topic(&env.topics.invoices, 1000, Duration::from_secs(2))
+        .await
+        .len();
+    // Refused: above the line, a type not available, an unknown reason, a refund of a bank transfer.
+    let refused = [
+        (
+            json!({"type": "refund", "reason": "duplicate", "lines": [{"line_index": 0, "amount": "20.01"}]}),
+            "lines[0].amount",
+        ),
+        (
+            json!({"type": "refund", "reason": "duplicate", "lines": [{"line_index": 1, "amount": "1.00"}]}),
+            "lines[0].line_index",
+        ),
+        (
+            json!({"type": "refund", "reason": "duplicate", "lines": [{"line_index": 0, "amount": "-1"}]}),
+            "lines[0].amount",
+        ),
+        (
+            json!({"type": "credit", "reason": "duplicate", "lines": [{"line_index": 0, "amount": "1.00"}]}),
+            "type",
+        ),
+        (
+            json!({"type": "refund", "reason": "because", "lines": [{"line_index": 0, "amount": "1.00"}]}),
+            "reason",
+        ),
+    ];
+    for (body, field) in refused {
+        api.post(&path, body).await.problem(422, field);
+    }
+    api.post(
+        &format!("/v1/invoices/{bank_id}/credit_notes"),
+        json!({"type": "refund", "reason": "duplicate", "lines": [{"line_index": 0, "amount": "1.00"}]}),
+    )
+    .await
+    .problem(422, "type");
+
+    // 5.00 back, then the 15.00 left.
+    let mut numbers = Vec::new();
+    for amount in ["5.00", "15.00"] {
+        let r = api
+            .post(
+                &path,
+                json!({"type": "refund", "reason": "product_unsatisfactory", "memo": "Outage",
+                       "lines": [{"line_index": 0, "amount": amount}]}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let cn = &r.body;
+        assert_eq!(cn["status"], "issued");
+        assert_eq!(cn["invoice_id"], ok_id);
+        assert_eq!(cn["kind"], "refund");
+        assert_eq!(cn["total"], amount);
+        assert_eq!(cn["lines"][0]["amount"], amount);
+        assert_eq!(cn["lines"][0]["tax"], "0.00");
+        numbers.push(cn["number"].as_str().unwrap().to_owned());
+        let id = cn["credit_note_id"].as_str().unwrap().to_owned();
+        let refunded = eventually(WAIT, "the refund", || async {
+            let c = api.get(&format!("/v1/credit_notes/{id}")).await.body;
+            (c["refund"]["status"] != "pending").then_some(c)
+        })
+        .await;
+        assert_eq!(refunded["refund"]["status"], "succeeded", "{refunded}");
+        assert!(refunded["refund"]["provider_reference"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()));
+    }
+    // Gap-free, in their own sequence.
+    assert!(numbers[0].ends_with("-CN-000001"), "{numbers:?}");
+    assert!(numbers[1].ends_with("-CN-000002"), "{numbers:?}");
+    // Nothing left to credit.
+    api.post(
+        &path,
+        json!({"type": "refund", "reason": "duplicate", "lines": [{"line_index": 0, "amount": "0.01"}]}),
+    )
+    .await
+    .problem(422, "lines[0].amount");
+    let listed = api.get(&path).await.body;
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(2), "{listed}");
+    // Exactly the two credit notes were published (the refused requests published nothing).
+    let created = env
+        .read_topic(&env.topics.invoices, 1000, Duration::from_secs(2))
+        .await
+        .len();
+    assert_eq!(created, published_before + 2);
 }
 
 fn child_alive(child: &mut std::process::Child) -> bool {

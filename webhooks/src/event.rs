@@ -98,8 +98,8 @@ fn to_value(v: &impl Serialize) -> Value {
     serde_json::to_value(v).expect("schema types serialize")
 }
 
-/// A lifecycle event's webhook event; `None` for clock ticks and finalize requests (commands whose outcome is
-/// an event of its own, `invoice.finalized`).
+/// A lifecycle event's webhook event; `None` for clock ticks, finalize requests and credit note requests
+/// (commands whose outcome is an event of its own, `invoice.finalized`, `credit_note.created`).
 pub fn from_lifecycle(ev: &LifecycleEvent) -> Option<WebhookEvent> {
     let (event_type, object, payload) = match &ev.payload {
         Lifecycle::CustomerCreated(c) => ("customer.created", "customer", to_value(c)),
@@ -111,7 +111,15 @@ pub fn from_lifecycle(ev: &LifecycleEvent) -> Option<WebhookEvent> {
         Lifecycle::SubscriptionCanceled(s) => {
             ("subscription.canceled", "subscription", to_value(s))
         }
-        Lifecycle::ClockTick(_) | Lifecycle::InvoiceFinalizeRequested(_) => return None,
+        Lifecycle::SubscriptionSuspended(s) => {
+            ("subscription.suspended", "subscription", to_value(s))
+        }
+        Lifecycle::SubscriptionUnsuspended(s) => {
+            ("subscription.unsuspended", "subscription", to_value(s))
+        }
+        Lifecycle::ClockTick(_)
+        | Lifecycle::InvoiceFinalizeRequested(_)
+        | Lifecycle::CreditNoteRequested(_) => return None,
     };
     Some(event(
         SourceKind::Lifecycle,
@@ -126,9 +134,10 @@ pub fn from_lifecycle(ev: &LifecycleEvent) -> Option<WebhookEvent> {
 
 /// An invoice event's webhook event.
 pub fn from_invoice(ev: &InvoiceEvent) -> Option<WebhookEvent> {
-    let (event_type, payload) = match &ev.payload {
-        Invoice::InvoiceFinalized(i) => ("invoice.finalized", to_value(i)),
-        Invoice::InvoiceVoided(i) => ("invoice.voided", to_value(i)),
+    let (event_type, object, payload) = match &ev.payload {
+        Invoice::InvoiceFinalized(i) => ("invoice.finalized", "invoice", to_value(i)),
+        Invoice::InvoiceVoided(i) => ("invoice.voided", "invoice", to_value(i)),
+        Invoice::CreditNoteCreated(c) => ("credit_note.created", "credit_note", to_value(c)),
     };
     Some(event(
         SourceKind::Invoice,
@@ -136,7 +145,7 @@ pub fn from_invoice(ev: &InvoiceEvent) -> Option<WebhookEvent> {
         &ev.event_id,
         ev.occurred_at,
         event_type,
-        "invoice",
+        object,
         payload,
     ))
 }

@@ -52,7 +52,7 @@ pub trait SandboxLedger: Send + Sync {
     }
 }
 
-/// The ledger in Cassandra (`sandbox_provider_charges`, `sandbox_provider_calls`).
+/// The ledger in Cassandra (`sandbox_ledger`, `sandbox_ledger_calls`).
 impl SandboxLedger for SandboxLedgerStore {
     fn count_call<'a>(&'a self, tenant: &'a str, key: &'a str) -> LedgerFuture<'a, ()> {
         Box::pin(SandboxLedgerStore::count_call(self, tenant, key))
