@@ -1033,23 +1033,11 @@ impl Invoicer {
         // same number).
         let mut deliveries = Vec::with_capacity(invoices.len());
         for (t, inv) in &invoices {
-            let ev = bill::finalized_event(t, inv);
-            let payload = encode(&ev, Encoding::Avro)?;
-            let key = customer_key(t, &inv.customer_id);
-            let headers = OwnedHeaders::new().insert(Header {
-                key: CONTENT_TYPE_HEADER,
-                value: Some(Encoding::Avro.content_type()),
-            });
-            let d = self
-                .producer
-                .send_result(
-                    FutureRecord::to(&self.topics.invoices)
-                        .key(&key)
-                        .payload(&payload)
-                        .headers(headers),
-                )
-                .map_err(|(e, _)| anyhow::anyhow!("publishing invoice failed: {e}"))?;
-            deliveries.push(d);
+            deliveries.push(self.send_invoice_event(
+                t,
+                &inv.customer_id,
+                &bill::finalized_event(t, inv),
+            )?);
         }
         for d in deliveries {
             billing_runtime::publish::ack(d).await?;
@@ -1133,21 +1121,7 @@ impl Invoicer {
         )
         .await?;
         let ev = credit_notes::created_event(tenant, &cn, req.kind);
-        let payload = encode(&ev, Encoding::Avro)?;
-        let key = customer_key(tenant, &cn.customer_id);
-        let headers = OwnedHeaders::new().insert(Header {
-            key: CONTENT_TYPE_HEADER,
-            value: Some(Encoding::Avro.content_type()),
-        });
-        let delivery = self
-            .producer
-            .send_result(
-                FutureRecord::to(&self.topics.invoices)
-                    .key(&key)
-                    .payload(&payload)
-                    .headers(headers),
-            )
-            .map_err(|(e, _)| anyhow::anyhow!("publishing a credit note failed: {e}"))?;
+        let delivery = self.send_invoice_event(tenant, &cn.customer_id, &ev)?;
         billing_runtime::publish::ack(delivery).await?;
         credit_notes::record(&self.ch, &self.credit_notes, tenant, &mut cn).await?;
         self.metrics
@@ -1155,6 +1129,29 @@ impl Invoicer {
             .with_label_values(&["issued"])
             .inc();
         Ok(Ok(()))
+    }
+
+    /// Queue an event on `billing.invoices` (Avro, keyed by its customer); the delivery is acknowledged by the caller.
+    fn send_invoice_event(
+        &self,
+        tenant: &str,
+        customer: &str,
+        ev: &billing_schemas::invoice::InvoiceEvent,
+    ) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+        let payload = encode(ev, Encoding::Avro)?;
+        let key = customer_key(tenant, customer);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: CONTENT_TYPE_HEADER,
+            value: Some(Encoding::Avro.content_type()),
+        });
+        self.producer
+            .send_result(
+                FutureRecord::to(&self.topics.invoices)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(headers),
+            )
+            .map_err(|(e, _)| anyhow::anyhow!("publishing on billing.invoices failed: {e}"))
     }
 
     fn prefix(&self, tenant: &str, scope: &str) -> String {
