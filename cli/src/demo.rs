@@ -999,7 +999,8 @@ async fn billing_workload(
     let receiver = WebhookReceiver::start().await?;
     // (Endpoints are stored by the API itself: nothing to wait for.)
     let body = json!({"url": receiver.url, "event_types": ["invoice.finalized", "payment.succeeded", "payment.failed",
-                      "invoice.marked_uncollectible", "invoice.paid_out_of_band", "subscription.canceled"],
+                      "invoice.marked_uncollectible", "invoice.paid_out_of_band", "subscription.canceled",
+                      "credit_note.created", "refund.succeeded"],
                       "description": "the demo's receiver"});
     let path = "/v1/webhook_endpoints";
     let (status, doc) = api
@@ -1330,6 +1331,7 @@ async fn payments_summary(
             sub["status"], sub["canceled_at"]
         );
     }
+    refund_summary(api, &invoices).await?;
     let log = api
         .get(&format!(
             "/v1/webhook_endpoints/{endpoint_id}/deliveries?limit=5"
@@ -1357,6 +1359,55 @@ async fn payments_summary(
         "dunning:      {h} {}/v1/invoices/{declined_id}/payments",
         api.base
     )])
+}
+
+/// A credit note of type refund on the first invoice paid by card: 10 % of its first line back, through the sandbox.
+async fn refund_summary(api: &Api, invoices: &[Value]) -> anyhow::Result<()> {
+    let paid = invoices.iter().rev().find(|i| {
+        i["payment_status"] == "paid"
+            && i["customer_id"] != BANK_TRANSFER
+            && i["payment"]["attempt_count"].as_i64().unwrap_or(0) > 0
+            && i["lines"][0]["amount"]
+                .as_str()
+                .and_then(|a| a.parse::<rust_decimal::Decimal>().ok())
+                .is_some_and(|a| a > rust_decimal::Decimal::ONE)
+    });
+    let Some(inv) = paid else {
+        println!("  (no invoice paid by card with a positive first line to refund)");
+        return Ok(());
+    };
+    let id = inv["invoice_id"].as_str().unwrap_or_default();
+    let line: rust_decimal::Decimal = inv["lines"][0]["amount"].as_str().unwrap_or("0").parse()?;
+    let amount = (line / rust_decimal::Decimal::TEN).round_dp(2);
+    let cn = api
+        .write(
+            &format!("/v1/invoices/{id}/credit_notes"),
+            json!({"type": "refund", "reason": "product_unsatisfactory", "memo": "Service outage",
+                   "lines": [{"line_index": 0, "amount": amount.to_string()}]}),
+        )
+        .await?;
+    let cn_id = cn["credit_note_id"].as_str().unwrap_or_default().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refunded = loop {
+        let c = api.get(&format!("/v1/credit_notes/{cn_id}")).await?;
+        if c["refund"]["status"] != "pending" || Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    println!(
+        "  credit note {} on {} ({}): {} {} refunded, refund {} ({})",
+        refunded["number"].as_str().unwrap_or("?"),
+        inv["number"].as_str().unwrap_or(id),
+        inv["customer_id"].as_str().unwrap_or("?"),
+        refunded["total"].as_str().unwrap_or("?"),
+        refunded["currency"].as_str().unwrap_or(""),
+        refunded["refund"]["status"].as_str().unwrap_or("?"),
+        refunded["refund"]["provider_reference"]
+            .as_str()
+            .unwrap_or("")
+    );
+    Ok(())
 }
 
 /// A webhook receiver on a loopback port: answers every request 200 and counts them.

@@ -13,8 +13,8 @@ use billing_schemas::invoice::{CreditNoteCreated, CreditNoteLine, Invoice, Invoi
 use billing_schemas::lifecycle::CreditNoteRequested;
 use billing_store::billing::BillingStore;
 use billing_store::credit_notes::{
-    self, CreditNoteLineView, CreditNoteStore, CreditNoteView, RefundView, ISSUED, NUMBERING,
-    REJECTED,
+    self, CreditBalanceView, CreditNoteLineView, CreditNoteStore, CreditNoteView, RefundView,
+    ISSUED, NUMBERING, REJECTED,
 };
 pub use billing_store::credit_notes::{price, Creditable};
 use billing_store::invoices::InvoiceView;
@@ -83,6 +83,10 @@ pub fn view(
             code: None,
             reason: None,
         }),
+        credit: (req.kind == CreditNoteKind::Credit).then(|| CreditBalanceView {
+            remaining: amounts.total,
+            applied: Vec::new(),
+        }),
         rejection_reason: None,
     }
 }
@@ -111,6 +115,7 @@ pub fn rejected(
         tax_total: Decimal::ZERO,
         total: Decimal::ZERO,
         refund: None,
+        credit: None,
         rejection_reason: Some(reason.to_owned()),
     }
 }

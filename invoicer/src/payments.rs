@@ -15,7 +15,9 @@ use billing_runtime::Shutdown;
 use billing_schemas::decode;
 use billing_schemas::payment::{Payment, PaymentEvent};
 use billing_store::billing::BillingStore;
-use billing_store::credit_notes::{CreditNoteStore, RefundView, ISSUED};
+use billing_store::credit_notes::{
+    CreditApplicationView, CreditBalanceView, CreditNoteStore, RefundView, ISSUED,
+};
 use billing_store::payments::{InvoicePaymentView, PaymentMethodView, PaymentStore};
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -28,6 +30,7 @@ fn bad_amount(ev: &PaymentEvent) -> Option<String> {
     let amount = match &ev.payload {
         Payment::PaymentSucceeded(s) => &s.amount,
         Payment::InvoicePaidOutOfBand(o) => &o.amount,
+        Payment::CreditApplied(c) => &c.amount,
         _ => return None,
     };
     amount
@@ -242,6 +245,47 @@ impl PaymentViews {
                     v.reason = Some(r.reason.clone());
                 })
                 .await
+            }
+            Payment::CreditApplied(c) => {
+                let amount = c.amount.parse::<Decimal>()?;
+                self.update(ev, &c.invoice_id, &c.customer_id, |p, due| {
+                    p.amount_paid += amount;
+                    if p.amount_paid >= due && p.status != "paid" {
+                        p.status = "paid".into();
+                        p.paid_at = Some(ev.occurred_at);
+                        p.next_retry_at = None;
+                        if p.reference.is_none() {
+                            p.reference = Some(c.credit_note_id.clone());
+                        }
+                    }
+                })
+                .await?;
+                let mut cn = self
+                    .credit_notes
+                    .get(t, &c.credit_note_id)
+                    .await?
+                    .filter(|x| x.status == ISSUED)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "credit note {t}/{} is not materialized yet",
+                            c.credit_note_id
+                        )
+                    })?;
+                let total = cn.total;
+                let credit = cn.credit.get_or_insert_with(|| CreditBalanceView {
+                    remaining: total,
+                    applied: Vec::new(),
+                });
+                if credit.applied.iter().all(|a| a.invoice_id != c.invoice_id) {
+                    credit.applied.push(CreditApplicationView {
+                        invoice_id: c.invoice_id.clone(),
+                        amount,
+                        applied_at: ev.occurred_at,
+                    });
+                    credit.remaining = (credit.remaining - amount).max(Decimal::ZERO);
+                    self.credit_notes.put(t, &cn).await?;
+                }
+                Ok(())
             }
             Payment::DunningReminder(_) => Ok(()),
         }

@@ -116,6 +116,8 @@ pub struct Payer {
     pub subscriptions: BTreeMap<String, bool>,
     /// Subscriptions suspended by dunning.
     pub suspended: BTreeSet<String>,
+    /// The credit balance: credit notes of type `credit` by (issue time, id), with their currency and what is left.
+    pub credits: BTreeMap<(DateTime<Utc>, String), (String, Decimal)>,
 }
 
 /// Something the service must do.
@@ -156,6 +158,19 @@ pub enum Action {
         /// Amount.
         amount: Decimal,
         /// Billing time of the credit note.
+        at: DateTime<Utc>,
+    },
+    /// Pay (part of) an open invoice with the customer's credit balance, from one credit note.
+    ApplyCredit {
+        /// Tenant.
+        tenant: String,
+        /// Invoice.
+        invoice_id: String,
+        /// The credit note the balance comes from.
+        credit_note_id: String,
+        /// Amount applied.
+        amount: Decimal,
+        /// Billing time: the later of the invoice's issue and the credit note's.
         at: DateTime<Utc>,
     },
     /// Lift dunning's suspension of a subscription whose customer has nothing left unpaid on it.
@@ -290,8 +305,13 @@ impl Book {
             })
     }
 
-    /// Apply an invoice event; returns the invoice it opened or closed.
-    pub fn apply_invoice(&mut self, ev: &InvoiceEvent) -> Option<(String, String)> {
+    /// Apply an invoice event; returns the invoices it concerns (the one it opened, closed or refunds; for a credit
+    /// to the balance, the customer's open invoices).
+    pub fn apply_invoice(&mut self, ev: &InvoiceEvent) -> Vec<(String, String)> {
+        self.apply_invoice_event(ev).unwrap_or_default()
+    }
+
+    fn apply_invoice_event(&mut self, ev: &InvoiceEvent) -> Option<Vec<(String, String)>> {
         let key = |id: &str| (ev.tenant_id.clone(), id.to_owned());
         match &ev.payload {
             Invoice::InvoiceFinalized(inv) => {
@@ -329,13 +349,18 @@ impl Book {
                     charge: None,
                     refunds: BTreeMap::new(),
                 });
-                Some(k)
+                Some(vec![k])
+            }
+            Invoice::CreditNoteCreated(cn) if cn.kind == CreditNoteKind::Credit => {
+                let total = cn.total.parse::<Decimal>().unwrap_or_default();
+                self.payer(&ev.tenant_id, &cn.customer_id)
+                    .credits
+                    .entry((cn.issued_at, cn.credit_note_id.clone()))
+                    .or_insert((cn.currency.clone(), total));
+                Some(self.open_invoices_of(&ev.tenant_id, &cn.customer_id))
             }
             Invoice::CreditNoteCreated(cn) => {
                 let k = key(&cn.invoice_id);
-                if cn.kind != CreditNoteKind::Refund {
-                    return None;
-                }
                 let d = self.invoices.get_mut(&k)?;
                 d.refunds
                     .entry(cn.credit_note_id.clone())
@@ -344,7 +369,7 @@ impl Book {
                         at: cn.issued_at,
                         refunded: None,
                     });
-                Some(k)
+                Some(vec![k])
             }
             Invoice::InvoiceVoided(v) => {
                 let k = key(&v.invoice_id);
@@ -354,7 +379,7 @@ impl Book {
                         d.settled_at = Some(ev.occurred_at);
                     }
                 }
-                Some(k)
+                Some(vec![k])
             }
         }
     }
@@ -476,6 +501,26 @@ impl Book {
                     refund.refunded = Some(false);
                 }
             }
+            Payment::CreditApplied(c) => {
+                let amount = c.amount.parse::<Decimal>().unwrap_or_default();
+                if let Some(d) = inv(self, &t, &c.invoice_id) {
+                    d.paid += amount;
+                    if d.remaining().is_zero() && d.status == Collection::Open {
+                        d.status = Collection::Paid;
+                        d.settled_at = Some(ev.occurred_at);
+                        d.next_at = None;
+                    }
+                }
+                let p = self.payer(&t, &c.customer_id);
+                if let Some((_, left)) = p
+                    .credits
+                    .iter_mut()
+                    .find(|((_, id), _)| *id == c.credit_note_id)
+                    .map(|(_, v)| v)
+                {
+                    *left = (*left - amount).max(Decimal::ZERO);
+                }
+            }
         }
         customer
     }
@@ -504,6 +549,16 @@ impl Book {
                 out.extend(self.unsuspensions(tenant, &d.customer_id, payer));
             }
             return out;
+        }
+        // The credit balance pays first; the rest is charged once the credit is applied.
+        if d.pending.is_none() {
+            if let Some(payer) = payer {
+                let credits = self.credit_allocation(tenant, &d.customer_id, payer, invoice_id);
+                if !credits.is_empty() {
+                    out.extend(credits);
+                    return out;
+                }
+            }
         }
         let clock = payer.map(|p| p.clock.as_str()).unwrap_or(WALL);
         let now = self.now(tenant, clock);
@@ -558,6 +613,62 @@ impl Book {
             }
         }
         out
+    }
+
+    /// The credit applications due on one invoice: the customer's credit balance allocated over its open invoices
+    /// in issue order (credit notes in issue order, same currency only), so every invoice of the customer computes
+    /// the same allocation from the same fold and a credit is never applied twice.
+    fn credit_allocation(
+        &self,
+        tenant: &str,
+        customer: &str,
+        payer: &Payer,
+        invoice_id: &str,
+    ) -> Vec<Action> {
+        if payer.credits.values().all(|(_, left)| left.is_zero()) {
+            return Vec::new();
+        }
+        let mut left: Vec<((DateTime<Utc>, String), String, Decimal)> = payer
+            .credits
+            .iter()
+            .filter(|(_, (_, l))| *l > Decimal::ZERO)
+            .map(|(k, (cur, l))| (k.clone(), cur.clone(), *l))
+            .collect();
+        let mut open: Vec<(DateTime<Utc>, String, &Due)> = self
+            .open_invoices_of(tenant, customer)
+            .into_iter()
+            .filter_map(|(_, id)| {
+                let d = self.invoices.get(&(tenant.to_owned(), id.clone()))?;
+                Some((d.issued_at, id, d))
+            })
+            .collect();
+        open.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (issued_at, id, d) in open {
+            let mut due = d.remaining();
+            let mut mine = Vec::new();
+            for ((cn_at, cn), cur, l) in left.iter_mut() {
+                if due.is_zero() {
+                    break;
+                }
+                if *cur != d.currency || l.is_zero() {
+                    continue;
+                }
+                let take = (*l).min(due);
+                *l -= take;
+                due -= take;
+                mine.push(Action::ApplyCredit {
+                    tenant: tenant.to_owned(),
+                    invoice_id: id.clone(),
+                    credit_note_id: cn.clone(),
+                    amount: take,
+                    at: issued_at.max(*cn_at),
+                });
+            }
+            if id == invoice_id {
+                return mine;
+            }
+        }
+        Vec::new()
     }
 
     /// The customer's suspended subscriptions that no unsettled invoice (open or uncollectible) bills any more:
@@ -640,6 +751,7 @@ impl Book {
             Payment::DunningReminder(p) => &p.invoice_id,
             Payment::RefundSucceeded(p) => &p.invoice_id,
             Payment::RefundFailed(p) => &p.invoice_id,
+            Payment::CreditApplied(p) => &p.invoice_id,
             Payment::PaymentMethodAdded(_)
             | Payment::PaymentMethodRemoved(_)
             | Payment::DefaultPaymentMethodSet(_) => return None,
@@ -733,7 +845,7 @@ mod tests {
                 occurred_at: t(1),
                 payload: Invoice::InvoiceFinalized(Box::new(inv)),
             })
-            .unwrap();
+            .remove(0);
         (b, key)
     }
 
@@ -860,6 +972,109 @@ mod tests {
             &p,
         );
         assert!(b.actions_for(&key, &p).is_empty());
+    }
+
+    #[test]
+    fn a_credit_balance_pays_open_invoices_in_order_once() {
+        use billing_schemas::invoice::{CreditNoteCreated, InvoiceFinalized};
+        use billing_schemas::payment::CreditApplied;
+        let p = policy();
+        let (mut b, first) = book_with_invoice("12.00");
+        add_card(&mut b);
+        // A second open invoice, issued later.
+        let mut inv: InvoiceFinalized = serde_json::from_value(serde_json::json!({
+            "invoice_id": "inv2", "number": "2", "customer_id": "c1", "currency": "EUR",
+            "subscription_ids": [], "billing_date": 1767312000000i64, "issued_at": 1767312000000i64,
+            "due_date": 1767312000000i64, "period_start": 1767312000000i64, "period_end": 1767312000000i64,
+            "lines": [], "subtotal": "10.00", "discount_total": "0", "tax_total": "0", "credits_total": "0",
+            "total": "10.00"
+        }))
+        .unwrap();
+        inv.issued_at = t(2);
+        let second = b
+            .apply_invoice(&InvoiceEvent {
+                tenant_id: "acme".into(),
+                event_id: "i2".into(),
+                occurred_at: t(2),
+                payload: Invoice::InvoiceFinalized(Box::new(inv)),
+            })
+            .remove(0);
+        // 15.00 of credit: 12.00 to the first invoice, 3.00 to the second; no charge before they are applied.
+        let touched = b.apply_invoice(&InvoiceEvent {
+            tenant_id: "acme".into(),
+            event_id: "cn1".into(),
+            occurred_at: t(3),
+            payload: Invoice::CreditNoteCreated(Box::new(CreditNoteCreated {
+                credit_note_id: "cn1".into(),
+                number: "CN-1".into(),
+                invoice_id: "inv0".into(),
+                invoice_number: "0".into(),
+                customer_id: "c1".into(),
+                currency: "EUR".into(),
+                kind: CreditNoteKind::Credit,
+                reason: "other".into(),
+                memo: None,
+                issued_at: t(3),
+                lines: vec![],
+                subtotal: "15.00".into(),
+                tax_total: "0.00".into(),
+                total: "15.00".into(),
+            })),
+        });
+        assert_eq!(touched.len(), 2);
+        let apply = |invoice: &str, amount: Decimal| Action::ApplyCredit {
+            tenant: "acme".into(),
+            invoice_id: invoice.into(),
+            credit_note_id: "cn1".into(),
+            amount,
+            at: t(3),
+        };
+        assert_eq!(
+            b.actions_for(&first, &p),
+            vec![apply("inv1", Decimal::new(1200, 2))]
+        );
+        assert_eq!(
+            b.actions_for(&second, &p),
+            vec![apply("inv2", Decimal::new(300, 2))]
+        );
+        // Once the first application is read, the second invoice's share is the same: nothing applied twice.
+        b.apply_payment(
+            &pay(
+                Payment::CreditApplied(CreditApplied {
+                    invoice_id: "inv1".into(),
+                    customer_id: "c1".into(),
+                    credit_note_id: "cn1".into(),
+                    currency: "EUR".into(),
+                    amount: "12.00".into(),
+                }),
+                t(3),
+            ),
+            &p,
+        );
+        assert_eq!(b.invoices[&first].status, Collection::Paid);
+        assert!(b.actions_for(&first, &p).is_empty());
+        assert_eq!(
+            b.actions_for(&second, &p),
+            vec![apply("inv2", Decimal::new(300, 2))]
+        );
+        b.apply_payment(
+            &pay(
+                Payment::CreditApplied(CreditApplied {
+                    invoice_id: "inv2".into(),
+                    customer_id: "c1".into(),
+                    credit_note_id: "cn1".into(),
+                    currency: "EUR".into(),
+                    amount: "3.00".into(),
+                }),
+                t(3),
+            ),
+            &p,
+        );
+        // The rest (7.00) is charged.
+        match b.actions_for(&second, &p).as_slice() {
+            [Action::Charge { amount, .. }] => assert_eq!(*amount, Decimal::new(700, 2)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

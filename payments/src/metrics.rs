@@ -21,6 +21,8 @@ pub struct Metrics {
     pub io_retries: IntCounter,
     /// Credit note refunds ended, by outcome.
     pub refunds: IntCounterVec,
+    /// Credit balance applications published.
+    pub credits_applied: IntCounter,
 }
 
 impl Metrics {
@@ -47,6 +49,10 @@ impl Metrics {
             uncollectible: counter("uncollectible_total", "Invoices given up by dunning")?,
             failures: counter("action_failures_total", "Actions that failed and run again")?,
             skipped: counter("skipped_events_total", "Undecodable events skipped")?,
+            credits_applied: counter(
+                "credits_applied_total",
+                "Credit balance applications published",
+            )?,
             io_retries: counter(
                 "io_retries_total",
                 "Store writes and publishes that failed or timed out",

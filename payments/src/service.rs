@@ -28,8 +28,8 @@ use billing_schemas::lifecycle::{
     Lifecycle, LifecycleEvent, SubscriptionCanceled, SubscriptionEffective,
 };
 use billing_schemas::payment::{
-    DunningReminder, InvoiceUncollectible, Payment, PaymentAttempted, PaymentEvent, PaymentFailed,
-    PaymentSucceeded, RefundFailed, RefundSucceeded,
+    CreditApplied, DunningReminder, InvoiceUncollectible, Payment, PaymentAttempted, PaymentEvent,
+    PaymentFailed, PaymentSucceeded, RefundFailed, RefundSucceeded,
 };
 use billing_schemas::{decode, Encoding};
 use billing_store::payments::{PaymentAttemptRow, PaymentStore};
@@ -434,7 +434,18 @@ fn action_id(a: &Action) -> String {
             subscription_id,
             ..
         } => unsuspend_id(tenant, subscription_id),
+        Action::ApplyCredit {
+            tenant,
+            invoice_id,
+            credit_note_id,
+            ..
+        } => credit_id(tenant, invoice_id, credit_note_id),
     }
+}
+
+/// The event id of a credit note's balance applied to an invoice (one application per pair).
+fn credit_id(tenant: &str, invoice: &str, credit_note: &str) -> String {
+    format!("credit.{tenant}.{invoice}.{credit_note}")
 }
 
 /// The provider's idempotency key of a credit note's refund (one refund per credit note).
@@ -457,6 +468,7 @@ fn ends_action(ev: &PaymentEvent) -> Option<String> {
             Some(format!("remind.{t}.{}.{}", r.invoice_id, r.days_after_due))
         }
         Payment::RefundSucceeded(r) => Some(r.refund_id.clone()),
+        Payment::CreditApplied(c) => Some(credit_id(t, &c.invoice_id, &c.credit_note_id)),
         Payment::RefundFailed(r) => Some(r.refund_id.clone()),
         _ => None,
     }
@@ -531,6 +543,31 @@ async fn run_action(ctx: &Ctx, action: &Action, due: &Due, payer: &Payer) -> any
             amount,
             at,
         } => refund(ctx, tenant, invoice_id, credit_note_id, *amount, *at, due).await,
+        Action::ApplyCredit {
+            tenant,
+            invoice_id,
+            credit_note_id,
+            amount,
+            at,
+        } => {
+            ctx.metrics.credits_applied.inc();
+            publish_payment(
+                ctx,
+                PaymentEvent {
+                    tenant_id: tenant.clone(),
+                    event_id: credit_id(tenant, invoice_id, credit_note_id),
+                    occurred_at: *at,
+                    payload: Payment::CreditApplied(CreditApplied {
+                        invoice_id: invoice_id.clone(),
+                        customer_id: due.customer_id.clone(),
+                        credit_note_id: credit_note_id.clone(),
+                        currency: due.currency.clone(),
+                        amount: amount.to_string(),
+                    }),
+                },
+            )
+            .await
+        }
         Action::Unsuspend {
             tenant,
             customer_id,

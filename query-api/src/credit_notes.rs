@@ -3,9 +3,9 @@
 //! `CreditNoteRequested` on `billing.lifecycle` and answers the numbered credit note once the invoicer issued it;
 //! `GET /v1/credit_notes/{id}` and `GET /v1/invoices/{id}/credit_notes` read them back.
 //!
-//! Only credit notes of type `refund` are accepted for now: the money goes back through the payment provider
-//! (the payments service refunds the invoice's charge). Type `credit` (to the customer's balance, consumed by
-//! the next invoices) is refused with a 422 until invoices consume such a balance.
+//! Type `refund` gives the money back through the payment provider (the payments service refunds the invoice's
+//! charge); type `credit` adds it to the customer's credit balance, which the payments service applies to the
+//! customer's open invoices before charging them.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -40,7 +40,7 @@ const MAX_LINES: usize = 500;
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewCreditNote {
-    /// `refund`.
+    /// `refund` or `credit`.
     #[serde(rename = "type")]
     kind: String,
     /// One of [`REASONS`].
@@ -78,16 +78,9 @@ pub async fn create(
     let mut c = Check::new();
     let kind = match body.kind.as_str() {
         "refund" => Some(CreditNoteKind::Refund),
-        "credit" => {
-            c.fail(
-                "type",
-                "credit notes of type \"credit\" (to the customer's balance) are not available yet; use \
-                 \"refund\"",
-            );
-            None
-        }
+        "credit" => Some(CreditNoteKind::Credit),
         other => {
-            c.fail("type", format!("{other:?} is not \"refund\""));
+            c.fail("type", format!("{other:?} is not \"refund\" or \"credit\""));
             None
         }
     };

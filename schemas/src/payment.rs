@@ -1,9 +1,9 @@
 //! `billing.payments`: payment methods, payment attempts and outcomes, dunning and refunds (schema
-//! `payment_event.avsc`, v2; datums of v1 decode to these types, fields v2 added taking their defaults).
+//! `payment_event.avsc`, v3; datums of v1 and v2 decode to these types, fields added later taking their defaults).
 //!
 //! The API publishes what a customer or an operator asks for (a payment method, a retry, a payment outside the
 //! provider); the payments service publishes what happened (attempts, outcomes, uncollectible invoices, reminders,
-//! refunds). Everything is keyed by tenant/customer, so a customer's payment events are ordered.
+//! refunds, credit balance applied). Everything is keyed by tenant/customer, so a customer's payment events are ordered.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,7 @@ impl PaymentEvent {
             Payment::DunningReminder(p) => &p.customer_id,
             Payment::RefundSucceeded(p) => &p.customer_id,
             Payment::RefundFailed(p) => &p.customer_id,
+            Payment::CreditApplied(p) => &p.customer_id,
         }
     }
 }
@@ -75,6 +76,8 @@ pub enum Payment {
     RefundSucceeded(RefundSucceeded),
     /// The provider refused a refund.
     RefundFailed(RefundFailed),
+    /// Part of the customer's credit balance paid (part of) an invoice (v3).
+    CreditApplied(CreditApplied),
 }
 
 /// A charge attempt.
@@ -254,4 +257,20 @@ pub struct RefundFailed {
     pub code: String,
     /// The provider's message.
     pub reason: String,
+}
+
+/// Part of a customer's credit balance (a credit note of type `credit`) applied to an open invoice before it is
+/// charged: the invoice's remaining amount goes down by `amount`, and so does what the credit note has left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditApplied {
+    /// Invoice paid with it.
+    pub invoice_id: String,
+    /// Customer.
+    pub customer_id: String,
+    /// The credit note the balance comes from.
+    pub credit_note_id: String,
+    /// ISO 4217 currency (the invoice's and the credit note's).
+    pub currency: String,
+    /// Amount applied, decimal string.
+    pub amount: String,
 }

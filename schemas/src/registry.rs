@@ -30,17 +30,19 @@ pub enum SchemaId {
     InvoiceV2 = 7,
     /// `catalog_event.avsc`, v2.
     Catalog = 8,
-    /// `payment_event.avsc`, v2.
-    Payment = 9,
+    /// `payment_event.v2.avsc`: read only (resolved to [`SchemaId::Payment`]).
+    PaymentV2 = 9,
     /// `lifecycle_event.avsc`, v3.
     Lifecycle = 10,
     /// `invoice_event.avsc`, v3.
     Invoice = 11,
+    /// `payment_event.avsc`, v3.
+    Payment = 12,
 }
 
 impl SchemaId {
     /// Every id, in id order.
-    pub const ALL: [SchemaId; 11] = [
+    pub const ALL: [SchemaId; 12] = [
         SchemaId::Usage,
         SchemaId::LifecycleV1,
         SchemaId::CatalogV1,
@@ -49,9 +51,10 @@ impl SchemaId {
         SchemaId::LifecycleV2,
         SchemaId::InvoiceV2,
         SchemaId::Catalog,
-        SchemaId::Payment,
+        SchemaId::PaymentV2,
         SchemaId::Lifecycle,
         SchemaId::Invoice,
+        SchemaId::Payment,
     ];
 
     /// The id of a number read from the wire.
@@ -65,14 +68,14 @@ impl SchemaId {
             SchemaId::LifecycleV1 | SchemaId::LifecycleV2 => SchemaId::Lifecycle,
             SchemaId::InvoiceV1 | SchemaId::InvoiceV2 => SchemaId::Invoice,
             SchemaId::CatalogV1 => SchemaId::Catalog,
-            SchemaId::PaymentV1 => SchemaId::Payment,
+            SchemaId::PaymentV1 | SchemaId::PaymentV2 => SchemaId::Payment,
             other => other,
         }
     }
 }
 
 /// (id, file name, schema text) of every schema, in id order.
-pub const SCHEMAS: [(SchemaId, &str, &str); 11] = [
+pub const SCHEMAS: [(SchemaId, &str, &str); 12] = [
     (
         SchemaId::Usage,
         "usage_event.avsc",
@@ -114,9 +117,9 @@ pub const SCHEMAS: [(SchemaId, &str, &str); 11] = [
         include_str!("../avro/catalog_event.avsc"),
     ),
     (
-        SchemaId::Payment,
-        "payment_event.avsc",
-        include_str!("../avro/payment_event.avsc"),
+        SchemaId::PaymentV2,
+        "payment_event.v2.avsc",
+        include_str!("../avro/payment_event.v2.avsc"),
     ),
     (
         SchemaId::Lifecycle,
@@ -127,6 +130,11 @@ pub const SCHEMAS: [(SchemaId, &str, &str); 11] = [
         SchemaId::Invoice,
         "invoice_event.avsc",
         include_str!("../avro/invoice_event.avsc"),
+    ),
+    (
+        SchemaId::Payment,
+        "payment_event.avsc",
+        include_str!("../avro/payment_event.avsc"),
     ),
 ];
 

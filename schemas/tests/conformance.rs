@@ -176,6 +176,11 @@ fn invoice_events_of_v2_still_decode() {
 }
 
 #[test]
+fn payment_events_of_v2_still_decode() {
+    check_older_version::<PaymentEvent>("payment_event.v2");
+}
+
+#[test]
 fn payment_events_of_v1_still_decode() {
     check_older_version::<PaymentEvent>("payment_event.v1");
 }

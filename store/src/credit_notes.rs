@@ -60,6 +60,26 @@ pub struct RefundView {
     pub reason: Option<String>,
 }
 
+/// What a credit note of type `credit` has given so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditBalanceView {
+    /// Still available to later invoices.
+    pub remaining: Decimal,
+    /// Invoices paid with it, in the order it was applied.
+    pub applied: Vec<CreditApplicationView>,
+}
+
+/// One application of a credit note to an invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditApplicationView {
+    /// Invoice paid with it.
+    pub invoice_id: String,
+    /// Amount.
+    pub amount: Decimal,
+    /// Billing time.
+    pub applied_at: DateTime<Utc>,
+}
+
 /// A credit note as the API serves it (stored as JSON in `credit_notes.body`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditNoteView {
@@ -95,6 +115,9 @@ pub struct CreditNoteView {
     pub total: Decimal,
     /// The refund, for kind `refund`.
     pub refund: Option<RefundView>,
+    /// The balance it gave, for kind `credit`.
+    #[serde(default)]
+    pub credit: Option<CreditBalanceView>,
     /// Why the invoicer refused the request.
     pub rejection_reason: Option<String>,
 }
@@ -521,6 +544,7 @@ mod tests {
             tax_total: dec!(4.00),
             total: dec!(24.00),
             refund: None,
+            credit: None,
             rejection_reason: None,
         };
         let on = Creditable {

@@ -28,6 +28,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "invoice.paid_out_of_band",
     "invoice.marked_uncollectible",
     "invoice.reminder",
+    "invoice.credit_applied",
     "payment.attempted",
     "payment.succeeded",
     "payment.failed",

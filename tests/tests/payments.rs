@@ -9,7 +9,9 @@
 //!   subscription suspended; a bank transfer then pays it, and the suspension is lifted;
 //! - `c-bank` has no payment method and pays by bank transfer, recorded with `POST /v1/invoices/{id}/pay`;
 //! - `c-ok` is refunded 5.00, then the 15.00 left, by two credit notes of type refund (numbered in their own
-//!   sequence); what is not creditable or refundable is refused with a 422 and nothing published.
+//!   sequence); what is not creditable or refundable is refused with a 422 and nothing published;
+//! - `c-retry` gets a credit note of type credit of 8.00 on its January invoice: its February invoice is paid 8.00
+//!   from that balance and 12.00 by card.
 //!
 //! And a SIGKILL of the payments process between the provider's charge and the state write, three times: each
 //! invoice is charged exactly once (the sandbox counts calls and charges per idempotency key).
@@ -328,6 +330,8 @@ async fn a_month_of_payments_retries_dunning_and_a_bank_transfer() {
         .iter()
         .all(|r| r.charge_count == 1 && r.invoice_id == ok_id));
 
+    credit_balance(&api, &clock, &retry_id).await;
+
     services.stop.cancel();
     payments.await.unwrap().expect("payments ended cleanly");
     services.shutdown().await;
@@ -356,7 +360,7 @@ async fn refunds_from_credit_notes(env: &TestEnv, api: &Api, ok_id: &str, bank_i
             "lines[0].amount",
         ),
         (
-            json!({"type": "credit", "reason": "duplicate", "lines": [{"line_index": 0, "amount": "1.00"}]}),
+            json!({"type": "gift", "reason": "duplicate", "lines": [{"line_index": 0, "amount": "1.00"}]}),
             "type",
         ),
         (
@@ -422,6 +426,54 @@ async fn refunds_from_credit_notes(env: &TestEnv, api: &Api, ok_id: &str, bank_i
         .await
         .len();
     assert_eq!(created, published_before + 2);
+}
+
+/// A credit note of type credit on c-retry's paid January invoice pays part of its February invoice.
+async fn credit_balance(api: &Api, clock: &str, january: &str) {
+    let r = api
+        .post(
+            &format!("/v1/invoices/{january}/credit_notes"),
+            json!({"type": "credit", "reason": "order_change",
+                   "lines": [{"line_index": 0, "amount": "8.00"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["kind"], "credit");
+    assert_eq!(r.body["credit"]["remaining"], "8.00", "{}", r.body);
+    assert_eq!(r.body["refund"], Value::Null);
+    assert!(r.body["number"].as_str().unwrap().ends_with("-CN-000003"));
+    let cn = r.body["credit_note_id"].as_str().unwrap().to_owned();
+
+    advance(api, clock, "2026-02-01T01:00:00Z").await;
+    let february = eventually(WAIT, "c-retry's February invoice", || async {
+        let r = api.get("/v1/customers/c-retry/invoices").await;
+        r.body["data"].as_array().and_then(|d| {
+            d.iter()
+                .find(|i| i["billing_date"] == "2026-02-01T00:00:00Z" && i["status"] == "finalized")
+                .cloned()
+        })
+    })
+    .await;
+    let id = february["invoice_id"].as_str().unwrap().to_owned();
+    assert_eq!(february["amount_due"], "20.00");
+    let paid = payment_becomes(api, &id, "February paid", |p| p["status"] == "paid").await;
+    assert_eq!(paid["payment"]["amount_paid"], "20.00", "{paid}");
+    let attempts = api.get(&format!("/v1/invoices/{id}/payments")).await.body;
+    let attempts = attempts["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0]["amount"], "12.00");
+    assert_eq!(attempts[0]["status"], "succeeded");
+    let credit = eventually(WAIT, "the credit note used up", || async {
+        let c = api.get(&format!("/v1/credit_notes/{cn}")).await.body;
+        (c["credit"]["remaining"] == "0.00").then_some(c)
+    })
+    .await;
+    assert_eq!(credit["credit"]["applied"][0]["invoice_id"], id.as_str());
+    assert_eq!(credit["credit"]["applied"][0]["amount"], "8.00");
+    assert_eq!(
+        credit["credit"]["applied"].as_array().map(Vec::len),
+        Some(1)
+    );
 }
 
 fn child_alive(child: &mut std::process::Child) -> bool {

@@ -181,6 +181,7 @@ pub fn from_payment(ev: &PaymentEvent) -> Option<WebhookEvent> {
         Payment::DunningReminder(p) => ("invoice.reminder", "invoice", to_value(p)),
         Payment::RefundSucceeded(p) => ("refund.succeeded", "refund", to_value(p)),
         Payment::RefundFailed(p) => ("refund.failed", "refund", to_value(p)),
+        Payment::CreditApplied(p) => ("invoice.credit_applied", "invoice", to_value(p)),
     };
     Some(event(
         SourceKind::Payment,
