@@ -532,10 +532,13 @@ impl Book {
         };
         let (tenant, invoice_id) = key;
         let payer = self.payers.get(&(tenant.clone(), d.customer_id.clone()));
+        // A refund waits until the charge it refunds is read (the API allows it once the attempt row says
+        // succeeded, which is written just before `PaymentSucceeded` is published).
+        let refundable = d.charge.is_some() || d.status != Collection::Open;
         let mut out: Vec<Action> = d
             .refunds
             .iter()
-            .filter(|(_, r)| r.refunded.is_none())
+            .filter(|(_, r)| refundable && r.refunded.is_none())
             .map(|(cn, r)| Action::Refund {
                 tenant: tenant.clone(),
                 invoice_id: invoice_id.clone(),
