@@ -210,6 +210,165 @@ async fn sigkilled_invoicer_issues_every_invoice_once_with_gap_free_numbers() {
     env.cleanup().await;
 }
 
+/// Credit notes issued while the invoicer is killed: 300 customers with a 100.00 January invoice, then three credit
+/// notes of type credit of 10.00 per invoice requested at once (900); two `billing invoicer` processes share the
+/// partitions and one is killed with SIGKILL three times while they issue them. Every credit note is issued once, the
+/// numbers are 1..=900 with no gap, each was published with one number only, and ClickHouse has each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkilled_invoicer_issues_every_credit_note_once_with_gap_free_numbers() {
+    use billing_schemas::lifecycle::{CreditNoteKind, CreditNoteLineRequest, CreditNoteRequested};
+    use billing_store::credit_notes::{CreditNoteStore, ISSUED};
+    const CUSTOMERS: usize = 300;
+    const PER_INVOICE: usize = 3;
+    const NOTES: usize = CUSTOMERS * PER_INVOICE;
+    let env = TestEnv::new("cn_crash").await;
+    let store = env.billing_store().await;
+    let session = std::sync::Arc::new(
+        billing_runtime::cql::connect(&env.settings.cassandra)
+            .await
+            .unwrap(),
+    );
+    let notes = CreditNoteStore::new(session, &env.settings.cassandra.keyspace)
+        .await
+        .unwrap();
+    let publisher = env.publisher();
+    publisher
+        .catalog(&basic_plan(), Encoding::Json)
+        .await
+        .unwrap();
+    let jan1 = at("2026-01-01T00:00:00Z");
+    env.tick(TENANT, CLOCK, jan1).await;
+    let mut sends = Vec::new();
+    for i in 0..CUSTOMERS {
+        for ev in customer_and_subscription(&format!("c{i:04}"), jan1) {
+            sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
+        }
+    }
+    for d in sends {
+        billing_runtime::publish::ack(d).await.unwrap();
+    }
+    let spawn = || spawn_service(&env.settings, "invoicer", &[]);
+    let mut children = [spawn(), spawn()];
+    env.clock_reached(&store, TENANT, CLOCK, jan1, Duration::from_secs(120))
+        .await;
+    eventually(Duration::from_secs(120), "the January invoices", || async {
+        (invoices_published(&env).await >= CUSTOMERS as i64).then_some(())
+    })
+    .await;
+    let mut sends = Vec::new();
+    for k in 0..PER_INVOICE {
+        for i in 0..CUSTOMERS {
+            let customer = format!("c{i:04}");
+            let ev = LifecycleEvent {
+                tenant_id: TENANT.into(),
+                event_id: format!("request-{i}-{k}"),
+                occurred_at: jan1,
+                payload: Lifecycle::CreditNoteRequested(CreditNoteRequested {
+                    credit_note_id: format!("cn-{i:04}-{k}"),
+                    invoice_id: billing_store::invoices::invoice_id(TENANT, &customer, jan1),
+                    customer_id: customer,
+                    kind: CreditNoteKind::Credit,
+                    reason: "other".into(),
+                    memo: None,
+                    lines: vec![CreditNoteLineRequest {
+                        line_index: 0,
+                        amount: "10.00".into(),
+                    }],
+                }),
+            };
+            sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
+        }
+    }
+    for d in sends {
+        billing_runtime::publish::ack(d).await.unwrap();
+    }
+    let mut last = CUSTOMERS as i64;
+    for kill in 0..3 {
+        let target = last + 60;
+        eventually(
+            Duration::from_secs(180),
+            "credit notes before the kill",
+            || async { (invoices_published(&env).await >= target).then_some(()) },
+        )
+        .await;
+        let child = &mut children[kill % 2];
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        last = invoices_published(&env).await;
+        assert!(
+            last < (CUSTOMERS + NOTES) as i64,
+            "kill {} must land while credit notes are issued ({last} published)",
+            kill + 1
+        );
+        *child = spawn();
+    }
+    let ids: Vec<String> = (0..CUSTOMERS)
+        .flat_map(|i| (0..PER_INVOICE).map(move |k| format!("cn-{i:04}-{k}")))
+        .collect();
+    let issued = eventually(
+        Duration::from_secs(300),
+        "every credit note issued",
+        || async {
+            let mut out = Vec::with_capacity(NOTES);
+            for id in &ids {
+                match notes.get(TENANT, id).await.unwrap() {
+                    Some(cn) if cn.status == ISSUED => out.push(cn),
+                    _ => return None,
+                }
+            }
+            Some(out)
+        },
+    )
+    .await;
+    for child in &mut children {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let numbers: BTreeSet<String> = issued
+        .iter()
+        .map(|cn| {
+            assert_eq!(cn.total, Decimal::new(1000, 2), "{}", cn.credit_note_id);
+            cn.number.clone().unwrap()
+        })
+        .collect();
+    let want: BTreeSet<String> = (1..=NOTES).map(|n| format!("ACME-CN-{n:06}")).collect();
+    assert_eq!(numbers, want, "gap-free, no duplicate");
+    let published = env
+        .read_topic(&env.topics.invoices, usize::MAX, Duration::from_secs(20))
+        .await;
+    let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for m in &published {
+        let ev: InvoiceEvent = billing_schemas::decode(
+            rdkafka::Message::payload(m).unwrap(),
+            billing_runtime::kafka::content_type(m),
+        )
+        .unwrap();
+        if let Invoice::CreditNoteCreated(c) = ev.payload {
+            by_id.entry(c.credit_note_id).or_default().insert(c.number);
+        }
+    }
+    assert_eq!(by_id.len(), NOTES);
+    for cn in &issued {
+        let nums = &by_id[&cn.credit_note_id];
+        assert_eq!(
+            nums.len(),
+            1,
+            "{} published with {nums:?}",
+            cn.credit_note_id
+        );
+        assert_eq!(nums.iter().next(), cn.number.as_ref());
+    }
+    let (rows, total): (u64, String) = env
+        .clickhouse()
+        .query("SELECT count(), toString(sum(total)) FROM credit_notes FINAL")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(rows, NOTES as u64);
+    assert_eq!(total.parse::<Decimal>().unwrap(), Decimal::from(10 * NOTES));
+    env.cleanup().await;
+}
+
 /// Wiping every table the invoicer owns and running it again from the topics rebuilds the same invoices, byte for
 /// byte (their JSON), with the same numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
