@@ -18,27 +18,11 @@ use billing_store::credit_notes::{
 };
 pub use billing_store::credit_notes::{price, Creditable};
 use billing_store::invoices::InvoiceView;
-use billing_store::payments::PaymentStore;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 /// The numbering scope of a tenant's credit notes.
 pub const SCOPE: &str = "credit_notes";
-
-/// What the paying customer gave through the provider for an invoice: its succeeded attempts.
-pub async fn paid_by_provider(
-    payments: &PaymentStore,
-    tenant: &str,
-    invoice: &str,
-) -> anyhow::Result<Decimal> {
-    Ok(payments
-        .attempts_of(tenant, invoice)
-        .await?
-        .iter()
-        .filter(|a| a.status == "succeeded")
-        .map(|a| a.amount)
-        .sum())
-}
 
 /// The view of an issued (or being issued) credit note.
 pub fn view(
@@ -155,18 +139,19 @@ pub fn created_event(tenant: &str, cn: &CreditNoteView, kind: CreditNoteKind) ->
     }
 }
 
-/// The number of a credit note: claimed once (a `numbering` row found after a crash finds its claimed number).
+/// The number of a credit note: claimed once (`was_numbering`: its row was found `numbering`, left by a crash, so a
+/// number may already be claimed for it and is looked up instead).
 pub async fn number(
     store: &BillingStore,
     credit_notes: &CreditNoteStore,
     tenant: &str,
     cn: &mut CreditNoteView,
+    was_numbering: bool,
     prefix: &str,
     width: usize,
 ) -> anyhow::Result<()> {
     let ids = vec![cn.credit_note_id.clone()];
-    let existing = credit_notes.get(tenant, &cn.credit_note_id).await?;
-    let claimed = if existing.as_ref().is_some_and(|e| e.status == NUMBERING) {
+    let claimed = if was_numbering {
         store.claimed_numbers(tenant, SCOPE, &ids).await?
     } else {
         Default::default()

@@ -1067,12 +1067,14 @@ impl Invoicer {
         at: DateTime<Utc>,
         req: &CreditNoteRequested,
     ) -> anyhow::Result<Result<(), String>> {
+        let mut was_numbering = false;
         if let Some(done) = self.credit_notes.get(tenant, &req.credit_note_id).await? {
-            if done.status == billing_store::credit_notes::ISSUED {
-                return Ok(Ok(()));
-            }
-            if done.status == billing_store::credit_notes::REJECTED {
-                return Ok(Err(done.rejection_reason.unwrap_or_default()));
+            match done.status.as_str() {
+                billing_store::credit_notes::ISSUED => return Ok(Ok(())),
+                billing_store::credit_notes::REJECTED => {
+                    return Ok(Err(done.rejection_reason.unwrap_or_default()))
+                }
+                _ => was_numbering = true,
             }
         }
         let invoice = self.store.invoice(tenant, &req.invoice_id).await?;
@@ -1083,8 +1085,10 @@ impl Invoicer {
                     .credit_notes
                     .of_invoice(tenant, &inv.invoice_id)
                     .await?;
-                let paid_by_provider =
-                    credit_notes::paid_by_provider(&self.payments, tenant, &inv.invoice_id).await?;
+                let paid_by_provider = self
+                    .payments
+                    .paid_by_provider(tenant, &inv.invoice_id)
+                    .await?;
                 credit_notes::price(
                     req,
                     &credit_notes::Creditable {
@@ -1116,6 +1120,7 @@ impl Invoicer {
             &self.credit_notes,
             tenant,
             &mut cn,
+            was_numbering,
             &prefix,
             self.settings.invoicer.number_width,
         )

@@ -16,7 +16,6 @@ use billing_schemas::lifecycle::{
 };
 use billing_store::credit_notes::{price, CreditNoteView, Creditable, ISSUED, REJECTED};
 use billing_store::invoices::InvoiceStatus;
-use rust_decimal::Decimal;
 
 use crate::error::ApiError;
 use crate::request::{ApiJson, ApiQuery, Check, WriteQuery};
@@ -131,14 +130,7 @@ pub async fn create(
         lines,
     };
     let issued = state.credit_notes.of_invoice(&tenant, &id).await?;
-    let paid_by_provider: Decimal = state
-        .payments
-        .attempts_of(&tenant, &id)
-        .await?
-        .iter()
-        .filter(|a| a.status == "succeeded")
-        .map(|a| a.amount)
-        .sum();
+    let paid_by_provider = state.payments.paid_by_provider(&tenant, &id).await?;
     price(
         &req,
         &Creditable {

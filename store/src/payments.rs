@@ -430,6 +430,18 @@ impl PaymentStore {
         Ok(())
     }
 
+    /// What the customer paid for an invoice through the provider: its succeeded attempts (what a refund can give
+    /// back; payments outside the provider and credit applied are not in it).
+    pub async fn paid_by_provider(&self, tenant: &str, invoice: &str) -> anyhow::Result<Decimal> {
+        Ok(self
+            .attempts_of(tenant, invoice)
+            .await?
+            .iter()
+            .filter(|a| a.status == "succeeded")
+            .map(|a| a.amount)
+            .sum())
+    }
+
     /// Every attempt on an invoice, first first.
     pub async fn attempts_of(
         &self,

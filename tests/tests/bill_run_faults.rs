@@ -85,6 +85,38 @@ async fn invoices_published(env: &TestEnv) -> i64 {
         .sum()
 }
 
+/// Kill one of the two invoicer processes with SIGKILL three times, alternately, each time once `step` more messages
+/// than at the previous kill (`published` at first) are on `billing.invoices`; each kill must land before all `total`
+/// are, and the killed process is started again.
+async fn sigkill_three_times(
+    env: &TestEnv,
+    children: &mut [std::process::Child; 2],
+    mut published: i64,
+    step: i64,
+    total: i64,
+    what: &str,
+) {
+    for kill in 0..3 {
+        let target = published + step;
+        eventually(
+            Duration::from_secs(180),
+            &format!("{what} before the kill"),
+            || async { (invoices_published(env).await >= target).then_some(()) },
+        )
+        .await;
+        let child = &mut children[kill % 2];
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        published = invoices_published(env).await;
+        assert!(
+            published < total,
+            "kill {} must land while {what} are published ({published} published)",
+            kill + 1
+        );
+        *child = spawn_service(&env.settings, "invoicer", &[]);
+    }
+}
+
 /// 10,000 customers start on January 1 + (i mod 28) days: each gets its start-date invoice, 100 × (32 − day)/31
 /// rounded half-up to the cent, and its February 1 invoice of 100.00: 20,000 invoices. Two `billing invoicer`
 /// processes share the partitions (and so claim numbers of the one tenant sequence at the same time); one of them
@@ -126,26 +158,15 @@ async fn sigkilled_invoicer_issues_every_invoice_once_with_gap_free_numbers() {
     // Advance past February 1: the run bills all 20,000.
     let feb1 = at("2026-02-01T00:00:00Z");
     env.tick(TENANT, CLOCK, feb1).await;
-    let mut last = 0;
-    for kill in 0..3 {
-        let target = last + 1_000;
-        eventually(
-            Duration::from_secs(180),
-            "invoices before the kill",
-            || async { (invoices_published(&env).await >= target).then_some(()) },
-        )
-        .await;
-        let child = &mut children[kill % 2];
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        last = invoices_published(&env).await;
-        assert!(
-            last < 2 * CUSTOMERS as i64,
-            "kill {} must land during the bill run ({last} published)",
-            kill + 1
-        );
-        *child = spawn();
-    }
+    sigkill_three_times(
+        &env,
+        &mut children,
+        0,
+        1_000,
+        2 * CUSTOMERS as i64,
+        "invoices",
+    )
+    .await;
     env.clock_reached(&store, TENANT, CLOCK, feb1, Duration::from_secs(300))
         .await;
     for child in &mut children {
@@ -282,26 +303,15 @@ async fn sigkilled_invoicer_issues_every_credit_note_once_with_gap_free_numbers(
     for d in sends {
         billing_runtime::publish::ack(d).await.unwrap();
     }
-    let mut last = CUSTOMERS as i64;
-    for kill in 0..3 {
-        let target = last + 60;
-        eventually(
-            Duration::from_secs(180),
-            "credit notes before the kill",
-            || async { (invoices_published(&env).await >= target).then_some(()) },
-        )
-        .await;
-        let child = &mut children[kill % 2];
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        last = invoices_published(&env).await;
-        assert!(
-            last < (CUSTOMERS + NOTES) as i64,
-            "kill {} must land while credit notes are issued ({last} published)",
-            kill + 1
-        );
-        *child = spawn();
-    }
+    sigkill_three_times(
+        &env,
+        &mut children,
+        CUSTOMERS as i64,
+        60,
+        (CUSTOMERS + NOTES) as i64,
+        "credit notes",
+    )
+    .await;
     let ids: Vec<String> = (0..CUSTOMERS)
         .flat_map(|i| (0..PER_INVOICE).map(move |k| format!("cn-{i:04}-{k}")))
         .collect();
