@@ -434,6 +434,7 @@ async fn publish_reference(publisher: &Publisher, customers: u64) -> anyhow::Res
         Plan {
             version: 1,
             effective_from: None,
+            tax_codes: vec![],
             code: "bench".into(),
             name: "Bench".into(),
             interval: Interval::Monthly,

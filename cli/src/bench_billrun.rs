@@ -215,6 +215,7 @@ impl Workload {
                 Plan {
                     version: 1,
                     effective_from: None,
+                    tax_codes: vec![],
                     code: code.into(),
                     name: code.into(),
                     interval: Interval::Monthly,
@@ -997,6 +998,8 @@ fn view(customer: &str, number: u64, o: &InvoiceOutcome) -> InvoiceView {
             status: InvoiceStatus::Finalized,
             issued_at: Some(date),
             net_terms: chrono::Duration::zero(),
+            tax_names: &Default::default(),
+            tax_note: None,
         },
         o,
     );

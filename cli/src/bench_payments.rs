@@ -235,6 +235,8 @@ fn finalized(tenant: &str, customer: &str, number: u64) -> InvoiceEvent {
             discount_total: "0.00".into(),
             tax_total: "0.00".into(),
             credits_total: "0.00".into(),
+            applied_taxes: vec![],
+            tax_note: None,
             total: AMOUNT.into(),
         })),
     }

@@ -337,6 +337,7 @@ async fn publish_reference(publisher: &Publisher, args: &Args) -> anyhow::Result
         Plan {
             version: 1,
             effective_from: None,
+            tax_codes: vec![],
             code: "starter".into(),
             name: "Starter".into(),
             interval: Interval::Monthly,

@@ -50,6 +50,8 @@ pub struct DraftLine {
     pub proration_factor: Option<Decimal>,
     /// No tax on this line.
     pub tax_exempt: bool,
+    /// The line's own tax rates (set at its charge or plan); `None`: the invoice's ([`Adjustments::taxes`]).
+    pub taxes: Option<Vec<TaxRate>>,
     /// Per-tier rows of a usage charge.
     pub breakdown: Vec<BreakdownLine>,
     /// Id of the subscription the line bills, on an invoice over several subscriptions.
@@ -71,7 +73,7 @@ pub struct CreditNote {
 pub struct Adjustments<'a> {
     /// Coupons, applied in this order.
     pub coupons: &'a [Coupon],
-    /// Tax rates applied to every non-exempt line.
+    /// Tax rates of every non-exempt line that has none of its own.
     pub taxes: &'a [TaxRate],
     /// The customer is tax exempt.
     pub customer_tax_exempt: bool,
@@ -220,8 +222,8 @@ pub fn assemble(
     let mut lines = Vec::with_capacity(drafts.len());
     for ((d, amount), discount) in drafts.into_iter().zip(amounts).zip(discounts) {
         let exempt = d.tax_exempt || adj.customer_tax_exempt;
-        let (taxable, taxes) =
-            taxes_for_line(amount - discount, adj.taxes, exempt, currency, mode)?;
+        let rates = d.taxes.as_deref().unwrap_or(adj.taxes);
+        let (taxable, taxes) = taxes_for_line(amount - discount, rates, exempt, currency, mode)?;
         let tax_amount: Decimal = taxes.iter().map(|t| t.amount).sum();
         // Show every rounded amount at the currency's scale ("0.00", not "0").
         let minor = |mut d: Decimal| {
@@ -320,6 +322,7 @@ mod tests {
             units: None,
             proration_factor: None,
             tax_exempt: false,
+            taxes: None,
             breakdown: vec![],
             subscription: None,
         }
@@ -391,6 +394,52 @@ mod tests {
         assert_eq!(inv.amount_due, dec!(0.00));
     }
 
+    #[test]
+    fn a_line_with_its_own_rates_ignores_the_invoice_rates() {
+        let eur = cur("EUR");
+        let rate = |code: &str, r: Decimal, inclusive: bool| TaxRate {
+            code: code.into(),
+            rate: r,
+            inclusive,
+        };
+        let standard = [rate("vat_20", dec!(20), false)];
+        let adj = Adjustments {
+            taxes: &standard,
+            ..no_adj()
+        };
+        let mut reduced = line(LineKind::Charge, dec!(10.00), eur);
+        reduced.taxes = Some(vec![rate("vat_5_5", dec!(5.5), false)]);
+        let mut untaxed = line(LineKind::Charge, dec!(3.00), eur);
+        untaxed.taxes = Some(vec![]);
+        let inv = assemble(
+            eur,
+            RoundingMode::HalfUp,
+            vec![
+                line(LineKind::Subscription, dec!(50), eur),
+                reduced,
+                untaxed,
+            ],
+            &adj,
+        )
+        .unwrap();
+        // 20 % of 50 = 10.00; 5.5 % of 10 = 0.55; an empty list of its own: no tax, not the invoice's.
+        assert_eq!(inv.lines[0].taxes[0].code, "vat_20");
+        assert_eq!(inv.lines[0].tax_amount, dec!(10.00));
+        assert_eq!(inv.lines[1].taxes[0].code, "vat_5_5");
+        assert_eq!(inv.lines[1].tax_amount, dec!(0.55));
+        assert!(inv.lines[2].taxes.is_empty());
+        assert_eq!(inv.tax_total, dec!(10.55));
+        assert_eq!(inv.total, dec!(73.55));
+        // The customer's exemption beats every line's own rates.
+        let exempt = Adjustments {
+            customer_tax_exempt: true,
+            ..adj
+        };
+        let mut reduced = line(LineKind::Charge, dec!(10.00), eur);
+        reduced.taxes = Some(vec![rate("vat_5_5", dec!(5.5), false)]);
+        let inv = assemble(eur, RoundingMode::HalfUp, vec![reduced], &exempt).unwrap();
+        assert_eq!(inv.tax_total, dec!(0.00));
+    }
     #[test]
     fn mixed_currencies_are_rejected() {
         let r = assemble(

@@ -25,6 +25,7 @@ use crate::money::{non_negative, Money, RoundingMode};
 use crate::period::{local_date, BillingAnchor, BillingPeriod, Interval, Schedule};
 use crate::proration::{ChangeEdge, ProrationConvention};
 use crate::subscription::{fee_lines, segments_with, ChangeKind, FeeKind, Segment, Subscription};
+use crate::tax::TaxRate;
 
 /// How a plan's subscription fee is billed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +191,9 @@ pub struct PricedCharge {
     pub min_amount: Option<Decimal>,
     /// No tax on this charge.
     pub tax_exempt: bool,
+    /// Tax rates of this charge's lines, when set at the charge (the most specific level wins: charge, then
+    /// plan, then the invoice's rates).
+    pub taxes: Option<Vec<TaxRate>>,
 }
 
 /// A plan, parsed.
@@ -203,6 +207,8 @@ pub struct PricedPlan {
     pub terms: PlanTerms,
     /// No tax on the subscription fee.
     pub fee_tax_exempt: bool,
+    /// Tax rates of the plan's lines (fee, and charges without their own), when set at the plan.
+    pub taxes: Option<Vec<TaxRate>>,
     /// Usage charges.
     pub charges: Vec<PricedCharge>,
 }
@@ -541,6 +547,7 @@ fn subscription_lines(
             units: None,
             proration_factor: Some(f.factor),
             tax_exempt: plan.fee_tax_exempt,
+            taxes: plan.taxes.clone(),
             breakdown: Vec::new(),
             subscription: s.id.clone(),
         });
@@ -627,6 +634,7 @@ fn subscription_lines(
                     units: Some(agg.units),
                     proration_factor: None,
                     tax_exempt: charge.tax_exempt,
+                    taxes: charge.taxes.clone().or_else(|| plan.taxes.clone()),
                     breakdown: out.breakdown,
                     subscription: s.id.clone(),
                 });
@@ -642,6 +650,7 @@ fn subscription_lines(
                     units: None,
                     proration_factor: None,
                     tax_exempt: charge.tax_exempt,
+                    taxes: charge.taxes.clone().or_else(|| plan.taxes.clone()),
                     breakdown: Vec::new(),
                     subscription: s.id.clone(),
                 });
@@ -677,6 +686,7 @@ mod tests {
                 anchor: BillingAnchor::Calendar,
             },
             fee_tax_exempt: false,
+            taxes: None,
             charges,
         }
     }
@@ -695,6 +705,7 @@ mod tests {
             model: ChargeModel::from_lago("standard", &serde_json::json!({"amount": "0.5"})).unwrap(),
             min_amount: None,
             tax_exempt: false,
+            taxes: None,
         };
         let agg = |group: &str, units: Decimal| ChargeAggregate {
             charge: "api".into(),
@@ -807,6 +818,7 @@ mod tests {
                 .unwrap(),
             min_amount: None,
             tax_exempt: false,
+            taxes: None,
         };
         let agg = |units: Decimal| ChargeAggregate {
             charge: "api".into(),

@@ -149,6 +149,9 @@ pub struct PlanCharge {
     /// No tax on this charge.
     #[serde(default)]
     pub tax_exempt: bool,
+    /// This charge's own tax rates (replace the plan's and the request's for its lines).
+    #[serde(default)]
+    pub taxes: Option<Vec<TaxRate>>,
 }
 
 /// A plan: a recurring fee and usage charges.
@@ -179,6 +182,9 @@ pub struct PlanSpec {
     /// No tax on the subscription fee.
     #[serde(default)]
     pub fee_tax_exempt: bool,
+    /// The plan's own tax rates (replace the request's for its lines).
+    #[serde(default)]
+    pub taxes: Option<Vec<TaxRate>>,
     /// Usage charges.
     #[serde(default)]
     pub charges: Vec<PlanCharge>,
@@ -401,6 +407,7 @@ fn parse_charges(spec: &PlanSpec) -> Result<Vec<PricedCharge>> {
                 model,
                 min_amount: c.min_amount,
                 tax_exempt: c.tax_exempt,
+                taxes: c.taxes.clone(),
             })
         })
         .collect()
@@ -417,6 +424,7 @@ fn priced_plan(spec: &PlanSpec, anchor: BillingAnchor) -> Result<PricedPlan> {
             anchor,
         },
         fee_tax_exempt: spec.fee_tax_exempt,
+        taxes: spec.taxes.clone(),
         charges: parse_charges(spec)?,
     })
 }

@@ -89,6 +89,48 @@ pub fn taxes_for_line(
     Ok((net, out))
 }
 
+/// One tax of an invoice: what a tax code took over every line it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaxSummary {
+    /// Tax code.
+    pub code: String,
+    /// Percent.
+    pub rate: Decimal,
+    /// Whether it was included in the line amounts.
+    pub inclusive: bool,
+    /// Σ of the taxed lines' taxable amounts (after discount, without inclusive taxes).
+    pub taxable_amount: Decimal,
+    /// Σ of the lines' rounded taxes (each line rounds its own tax: the invoice's tax is their sum).
+    pub amount: Decimal,
+}
+
+/// Sum a rate's taxes over the lines, in order of first appearance: `lines` gives each line's taxable amount
+/// and taxes. A code seen at two rates (a rate changed between two lines' sources) is kept apart per rate.
+pub fn summarize<'a>(lines: impl IntoIterator<Item = (Decimal, &'a [LineTax])>) -> Vec<TaxSummary> {
+    let mut out: Vec<TaxSummary> = Vec::new();
+    for (taxable, taxes) in lines {
+        for t in taxes {
+            match out
+                .iter_mut()
+                .find(|s| s.code == t.code && s.rate == t.rate && s.inclusive == t.inclusive)
+            {
+                Some(s) => {
+                    s.taxable_amount += taxable;
+                    s.amount += t.amount;
+                }
+                None => out.push(TaxSummary {
+                    code: t.code.clone(),
+                    rate: t.rate,
+                    inclusive: t.inclusive,
+                    taxable_amount: taxable,
+                    amount: t.amount,
+                }),
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +197,36 @@ mod tests {
         assert_eq!(
             (net, t[0].amount, t[1].amount),
             (dec!(100.00), dec!(10.00), dec!(5.00))
+        );
+    }
+
+    #[test]
+    fn a_summary_sums_each_rate_over_its_lines() {
+        let t = |code: &str, r: Decimal, amount: Decimal| LineTax {
+            code: code.into(),
+            rate: r,
+            inclusive: false,
+            amount,
+        };
+        let a = [t("vat", dec!(20), dec!(9.03))];
+        let b = [
+            t("vat", dec!(20), dec!(2.00)),
+            t("city", dec!(1), dec!(0.10)),
+        ];
+        let none: [LineTax; 0] = [];
+        let s = summarize([
+            (dec!(45.16), &a[..]),
+            (dec!(10.00), &b[..]),
+            (dec!(3.00), &none[..]),
+        ]);
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            (s[0].code.as_str(), s[0].taxable_amount, s[0].amount),
+            ("vat", dec!(55.16), dec!(11.03))
+        );
+        assert_eq!(
+            (s[1].code.as_str(), s[1].taxable_amount, s[1].amount),
+            ("city", dec!(10.00), dec!(0.10))
         );
     }
 }

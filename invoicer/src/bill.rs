@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use billing_core::invoicing::{billing_dates, BillableSubscription};
 use billing_schemas::invoice::{self as wire, InvoiceEvent};
 use billing_schemas::reference::{Customer, Reference};
-use billing_store::invoices::{InvoiceHead, InvoiceStatus, InvoiceView};
+use billing_store::invoices::{InvoiceStatus, InvoiceView};
 use billing_store::usage::CustomerUsage;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 /// The wall clock's id; customers without a test clock live on it.
@@ -75,10 +75,6 @@ pub fn invoice_for(
     status: InvoiceStatus,
     issued_at: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Option<InvoiceView>> {
-    let record = reference
-        .customer(tenant, customer_id)
-        .and_then(|c| c.record.as_ref())
-        .ok_or_else(|| anyhow::anyhow!("customer {customer_id} not created"))?;
     let outcome = reference
         .invoice_on(tenant, customer_id, subs, date, |s, period| {
             let id = s.id.clone().unwrap_or_default();
@@ -95,21 +91,17 @@ pub fn invoice_for(
     let Some(outcome) = outcome else {
         return Ok(None);
     };
-    let grace = Duration::days(i64::from(record.invoice_grace_period_days.max(0)));
-    Ok(Some(InvoiceView::from_outcome(
-        InvoiceHead {
-            tenant,
-            customer_id,
-            test_clock_id: record.test_clock_id.clone(),
-            currency: &record.currency,
-            billing_date: date,
-            finalizes_at: date + grace,
-            status,
-            issued_at,
-            net_terms: Duration::days(i64::from(record.net_payment_term_days.max(0))),
-        },
+    billing_store::invoices::customer_invoice(
+        reference,
+        tenant,
+        customer_id,
+        date,
+        status,
+        issued_at,
         &outcome,
-    )))
+    )
+    .map(Some)
+    .map_err(|e| anyhow::anyhow!(e))
 }
 
 fn wire_kind(k: &str) -> wire::LineKind {
@@ -163,6 +155,19 @@ pub fn finalized_event(tenant: &str, inv: &InvoiceView) -> InvoiceEvent {
             tax_total: inv.tax_total.to_string(),
             credits_total: inv.credits_total.to_string(),
             total: inv.total.to_string(),
+            applied_taxes: inv
+                .applied_taxes
+                .iter()
+                .map(|t| wire::AppliedTax {
+                    code: t.code.clone(),
+                    name: t.name.clone(),
+                    rate: t.rate.to_string(),
+                    inclusive: t.inclusive,
+                    taxable_amount: t.taxable_amount.to_string(),
+                    amount: t.amount.to_string(),
+                })
+                .collect(),
+            tax_note: inv.tax_note.clone(),
         })),
     }
 }

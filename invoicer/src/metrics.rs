@@ -15,6 +15,8 @@ pub struct Metrics {
     pub retries: IntCounter,
     /// Credit note requests by outcome: `issued` or `rejected`.
     pub credit_notes: IntCounterVec,
+    /// Void requests by outcome: `voided` or `rejected`.
+    pub voids: IntCounterVec,
 }
 
 impl Metrics {
@@ -47,12 +49,18 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(credit_notes.clone()))?;
+        let voids = IntCounterVec::new(
+            Opts::new("voids_total", "Invoice void requests handled, by outcome"),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(voids.clone()))?;
         Ok(Metrics {
             registry,
             lifecycle,
             invoices,
             retries,
             credit_notes,
+            voids,
         })
     }
 }

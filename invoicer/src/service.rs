@@ -16,14 +16,16 @@ use billing_runtime::config::{NumberingScope, Settings};
 use billing_runtime::kafka::{self, Revocations, Topics};
 use billing_runtime::Shutdown;
 use billing_schemas::catalog::{Catalog, CatalogEvent};
-use billing_schemas::lifecycle::{CreditNoteRequested, Lifecycle, LifecycleEvent};
+use billing_schemas::lifecycle::{
+    CreditNoteRequested, InvoiceVoidRequested, Lifecycle, LifecycleEvent,
+};
 use billing_schemas::reference::Reference;
 use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
 use billing_store::billing::{BillingStore, CatalogEntry};
 use billing_store::catalog_entries;
 use billing_store::credit_notes::CreditNoteStore;
 use billing_store::invoice_numbers::format_number;
-use billing_store::invoices::{InvoiceStatus, InvoiceView};
+use billing_store::invoices::{void_refusal, InvoiceStatus, InvoiceView, VoidRefusal};
 use billing_store::payments::PaymentStore;
 use billing_store::usage::{CustomerUsage, UsageStore};
 use chrono::{DateTime, Utc};
@@ -383,6 +385,11 @@ impl Invoicer {
                     x.code.clone(),
                     serde_json::to_string(x)?,
                 )),
+                Catalog::TaxRate(x) => Some((
+                    catalog_entries::TAX_RATE,
+                    x.code.clone(),
+                    serde_json::to_string(x)?,
+                )),
                 Catalog::Deleted(_) => None,
             };
             let deleted = match &ev.payload {
@@ -546,6 +553,13 @@ impl Invoicer {
             Lifecycle::CreditNoteRequested(r) => {
                 if fresh {
                     if let Err(reason) = self.credit_note(&ev.tenant_id, ev.occurred_at, r).await? {
+                        self.dead_letter(&m, &reason).await?;
+                    }
+                }
+            }
+            Lifecycle::InvoiceVoidRequested(r) => {
+                if fresh {
+                    if let Err(reason) = self.void(p, &ev.tenant_id, ev.occurred_at, r).await? {
                         self.dead_letter(&m, &reason).await?;
                     }
                 }
@@ -768,7 +782,7 @@ impl Invoicer {
             .await?;
         for (t, d, rows) in scans {
             for (customer, _id, status, number) in rows {
-                let done = status == InvoiceStatus::Finalized.as_str() && !number.is_empty();
+                let done = InvoiceStatus::issued(&status) && !number.is_empty();
                 let st = if done {
                     InvoiceStatus::Finalized
                 } else {
@@ -976,9 +990,7 @@ impl Invoicer {
                 .get(&(t.clone(), inv.billing_date))
                 .and_then(|m| m.get(&inv.customer_id));
             match row {
-                Some((status, number))
-                    if status == InvoiceStatus::Finalized.as_str() && !number.is_empty() =>
-                {
+                Some((status, number)) if InvoiceStatus::issued(status) && !number.is_empty() => {
                     numbers.insert(inv.invoice_id.clone(), number.clone());
                 }
                 Some((status, _)) if status == billing_store::invoices::NUMBERING => unsure.push(i),
@@ -1133,6 +1145,59 @@ impl Invoicer {
             .credit_notes
             .with_label_values(&["issued"])
             .inc();
+        Ok(Ok(()))
+    }
+
+    /// Void a finalized invoice nothing was paid on: `invoice.voided` (event id `void.<invoice>`, so a repeat after
+    /// a crash is the same event), then the stored invoice (status `void`, number kept) and ClickHouse
+    /// `invoice_voids`. `Err(reason)` when it may not be voided (paid or credited since the API checked).
+    async fn void(
+        &mut self,
+        p: i32,
+        tenant: &str,
+        at: DateTime<Utc>,
+        req: &InvoiceVoidRequested,
+    ) -> anyhow::Result<Result<(), String>> {
+        let Some(mut inv) = self.store.invoice(tenant, &req.invoice_id).await? else {
+            return Ok(Err(format!("invoice_id: no invoice {}", req.invoice_id)));
+        };
+        let payment = self
+            .payments
+            .invoice_payment(tenant, &inv.invoice_id)
+            .await?;
+        let credited = self
+            .credit_notes
+            .of_invoice(tenant, &inv.invoice_id)
+            .await?;
+        match void_refusal(&inv, &req.customer_id, payment.as_ref(), &credited) {
+            Ok(()) => {}
+            Err(VoidRefusal::AlreadyVoid) => return Ok(Ok(())),
+            Err(VoidRefusal::Refused(field, reason)) => {
+                self.metrics.voids.with_label_values(&["rejected"]).inc();
+                return Ok(Err(format!("{field}: {reason}")));
+            }
+        }
+        let reason = req.reason.clone().unwrap_or_default();
+        inv.status = InvoiceStatus::Void;
+        inv.voided_at = Some(at);
+        let ev = billing_schemas::invoice::InvoiceEvent {
+            tenant_id: tenant.to_owned(),
+            event_id: format!("void.{}", inv.invoice_id),
+            occurred_at: at,
+            payload: billing_schemas::invoice::Invoice::InvoiceVoided(
+                billing_schemas::invoice::InvoiceVoided {
+                    invoice_id: inv.invoice_id.clone(),
+                    customer_id: inv.customer_id.clone(),
+                    reason: reason.clone(),
+                    number: inv.number.clone(),
+                },
+            ),
+        };
+        let delivery = self.send_invoice_event(tenant, &inv.customer_id, &ev)?;
+        billing_runtime::publish::ack(delivery).await?;
+        billing_store::invoice_facts::insert_void(&self.ch, tenant, &inv, &reason).await?;
+        self.store.put_invoice(tenant, &inv, p).await?;
+        self.metrics.voids.with_label_values(&["voided"]).inc();
         Ok(Ok(()))
     }
 

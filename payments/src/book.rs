@@ -291,7 +291,8 @@ impl Book {
             Lifecycle::CustomerUpdated(_)
             | Lifecycle::SubscriptionChanged(_)
             | Lifecycle::InvoiceFinalizeRequested(_)
-            | Lifecycle::CreditNoteRequested(_) => {}
+            | Lifecycle::CreditNoteRequested(_)
+            | Lifecycle::InvoiceVoidRequested(_) => {}
         }
         None
     }
@@ -374,7 +375,8 @@ impl Book {
             Invoice::InvoiceVoided(v) => {
                 let k = key(&v.invoice_id);
                 if let Some(d) = self.invoices.get_mut(&k) {
-                    if d.status == Collection::Open {
+                    // An uncollectible invoice can be voided too (Stripe's rule); a suspension it caused is lifted.
+                    if matches!(d.status, Collection::Open | Collection::Uncollectible) {
                         d.status = Collection::Void;
                         d.settled_at = Some(ev.occurred_at);
                     }

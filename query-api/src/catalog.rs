@@ -1,4 +1,4 @@
-//! `/v1/billable_metrics` and `/v1/plans`: create, update (publishes the new version of the entry on
+//! `/v1/billable_metrics`, `/v1/plans` and `/v1/taxes`: create, update (publishes the new version of the entry on
 //! `billing.catalog`; the latest version is the one in force), read, list. Charge properties are Lago's, checked
 //! with the core's own parser (`ChargeModel::from_lago`) before anything is published.
 
@@ -11,9 +11,11 @@ use billing_core::period::Interval;
 use billing_runtime::http::Tenant;
 use billing_schemas::catalog::{
     Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, MetricFilter, Plan,
+    TaxRate,
 };
+use billing_schemas::reference::tax_rate_info;
 use billing_store::billing::CatalogEntry;
-use billing_store::catalog_entries::{METRIC, PLAN};
+use billing_store::catalog_entries::{METRIC, PLAN, TAX_RATE};
 use chrono::Utc;
 use serde_json::Value;
 
@@ -114,6 +116,9 @@ pub struct ChargeBody {
     min_amount: Option<Value>,
     #[serde(default)]
     group_by: Option<String>,
+    /// Tax rates of this charge's lines (replace the plan's).
+    #[serde(default)]
+    tax_codes: Option<Vec<String>>,
 }
 
 /// `POST /v1/plans`.
@@ -132,6 +137,8 @@ pub struct CreatePlan {
     trial_period_days: Option<i32>,
     #[serde(default)]
     charges: Option<Vec<ChargeBody>>,
+    #[serde(default)]
+    tax_codes: Option<Vec<String>>,
 }
 
 /// `POST /v1/plans/{code}`: the fields given replace the stored ones (`charges` as a whole).
@@ -157,6 +164,102 @@ pub struct UpdatePlan {
     /// or `YYYY-MM-DD`); running ones keep their version. Without it, the update applies to every subscription.
     #[serde(default)]
     effective_from: Option<String>,
+    #[serde(default)]
+    tax_codes: Option<Vec<String>>,
+}
+
+/// `POST /v1/taxes` (Lago's tax object; `inclusive` as Stripe's tax rates).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTax {
+    code: String,
+    #[serde(default)]
+    name: Option<String>,
+    rate: Value,
+    #[serde(default)]
+    inclusive: Option<bool>,
+    #[serde(default, alias = "applied_to_organization")]
+    applied_to_tenant: Option<bool>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// `POST /v1/taxes/{code}`: the fields given replace the stored ones; invoices finalized from then on use them.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTax {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    rate: Option<Value>,
+    #[serde(default)]
+    inclusive: Option<bool>,
+    #[serde(default, alias = "applied_to_organization")]
+    applied_to_tenant: Option<bool>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// A rate as text: a JSON number or string, checked by the reference fold's own parser (0 to 100, ≤ 4 decimals).
+fn check_tax(c: &mut Check, t: &TaxRate) {
+    check_name(c, &t.name);
+    if let Some(d) = &t.description {
+        c.text("description", d, 1000);
+    }
+    if let Err(e) = tax_rate_info(t) {
+        c.fail("rate", e);
+    }
+}
+
+fn rate_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl CreateTax {
+    /// The tax rate, or every refused field.
+    pub fn validate(self) -> Result<TaxRate, ApiError> {
+        let mut c = Check::new();
+        c.id("code", &self.code);
+        let t = TaxRate {
+            name: self.name.unwrap_or_else(|| self.code.clone()),
+            code: self.code,
+            rate: rate_text(&self.rate),
+            inclusive: self.inclusive.unwrap_or(false),
+            applied_to_tenant: self.applied_to_tenant.unwrap_or(false),
+            description: self.description,
+        };
+        check_tax(&mut c, &t);
+        c.finish()?;
+        Ok(t)
+    }
+}
+
+impl UpdateTax {
+    /// `old` with the given fields replaced, or every refused field.
+    pub fn validate(self, mut t: TaxRate) -> Result<TaxRate, ApiError> {
+        if let Some(n) = self.name {
+            t.name = n;
+        }
+        if let Some(r) = &self.rate {
+            t.rate = rate_text(r);
+        }
+        if let Some(b) = self.inclusive {
+            t.inclusive = b;
+        }
+        if let Some(b) = self.applied_to_tenant {
+            t.applied_to_tenant = b;
+        }
+        if self.description.is_some() {
+            t.description = self.description;
+        }
+        let mut c = Check::new();
+        check_tax(&mut c, &t);
+        c.finish()?;
+        Ok(t)
+    }
 }
 
 const MAX_NAME: usize = 255;
@@ -297,6 +400,7 @@ pub fn check_charges(c: &mut Check, charges: Vec<ChargeBody>) -> Vec<Charge> {
         if let Some(g) = &ch.group_by {
             c.text(&at("group_by"), g, MAX_NAME);
         }
+        let tax_codes = check_codes(c, &at("tax_codes"), ch.tax_codes);
         out.push(Charge {
             id,
             metric_code: ch.billable_metric_code,
@@ -304,7 +408,55 @@ pub fn check_charges(c: &mut Check, charges: Vec<ChargeBody>) -> Vec<Charge> {
             properties: properties.to_string(),
             min_amount,
             group_by: ch.group_by,
+            tax_codes,
         });
+    }
+    out
+}
+
+/// A list of tax codes: each once.
+fn check_codes(c: &mut Check, name: &str, codes: Option<Vec<String>>) -> Vec<String> {
+    let codes = codes.unwrap_or_default();
+    for (i, code) in codes.iter().enumerate() {
+        if codes[..i].contains(code) {
+            c.fail(format!("{name}[{i}]"), format!("{code:?} is listed twice"));
+        }
+    }
+    codes
+}
+
+/// Refuse tax codes the tenant has no tax rate for; `codes` are (field, code).
+pub async fn check_tax_codes_exist(
+    state: &AppState,
+    tenant: &str,
+    c: &mut Check,
+    codes: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ApiError> {
+    for (field, code) in codes {
+        if state
+            .billing
+            .catalog_entry(tenant, TAX_RATE, &code)
+            .await?
+            .is_none()
+        {
+            c.fail(field, format!("no tax rate {code:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Every tax code a plan names, with its field.
+fn plan_tax_codes(p: &Plan) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = p
+        .tax_codes
+        .iter()
+        .enumerate()
+        .map(|(i, code)| (format!("tax_codes[{i}]"), code.clone()))
+        .collect();
+    for (j, ch) in p.charges.iter().enumerate() {
+        for (i, code) in ch.tax_codes.iter().enumerate() {
+            out.push((format!("charges[{j}].tax_codes[{i}]"), code.clone()));
+        }
     }
     out
 }
@@ -332,7 +484,9 @@ impl CreatePlan {
             pay_in_advance: self.pay_in_advance.unwrap_or(false),
             trial_period_days: self.trial_period_days.unwrap_or(0),
             charges: Vec::new(),
+            tax_codes: Vec::new(),
         };
+        p.tax_codes = check_codes(c, "tax_codes", self.tax_codes);
         if let Some(a) = check_plan_fields(c, &p, &self.amount) {
             p.amount = a;
         }
@@ -383,6 +537,9 @@ impl UpdatePlan {
         }
         if let Some(charges) = self.charges {
             p.charges = check_charges(c, charges);
+        }
+        if self.tax_codes.is_some() {
+            p.tax_codes = check_codes(c, "tax_codes", self.tax_codes);
         }
         p
     }
@@ -446,6 +603,7 @@ pub fn plan_view(e: &CatalogEntry) -> Result<Value, ApiError> {
                     .unwrap_or_else(|_| Value::String(c.properties.clone())),
                 "min_amount": c.min_amount,
                 "group_by": c.group_by,
+                "tax_codes": c.tax_codes,
             })
         })
         .collect();
@@ -461,6 +619,22 @@ pub fn plan_view(e: &CatalogEntry) -> Result<Value, ApiError> {
         "version": p.version,
         "effective_from": p.effective_from,
         "charges": charges,
+        "tax_codes": p.tax_codes,
+        "created_at": e.created_at,
+    }))
+}
+
+/// A stored tax rate as the API shows it.
+pub fn tax_view(e: &CatalogEntry) -> Result<Value, ApiError> {
+    let t: TaxRate = serde_json::from_str(&e.body).map_err(anyhow::Error::from)?;
+    Ok(serde_json::json!({
+        "object": "tax",
+        "code": t.code,
+        "name": t.name,
+        "rate": t.rate,
+        "inclusive": t.inclusive,
+        "applied_to_tenant": t.applied_to_tenant,
+        "description": t.description,
         "created_at": e.created_at,
     }))
 }
@@ -501,6 +675,7 @@ async fn publish(
     let (kind, code, view): (&str, String, View) = match &payload {
         Catalog::BillableMetric(m) => (METRIC, m.code.clone(), metric_view),
         Catalog::Plan(p) => (PLAN, p.code.clone(), plan_view),
+        Catalog::TaxRate(t) => (TAX_RATE, t.code.clone(), tax_view),
         Catalog::Deleted(_) => {
             return Err(anyhow::anyhow!("deletions are not published here").into())
         }
@@ -532,6 +707,7 @@ async fn create(
     let (kind, code) = match &payload {
         Catalog::BillableMetric(m) => (METRIC, m.code.clone()),
         Catalog::Plan(p) => (PLAN, p.code.clone()),
+        Catalog::TaxRate(t) => (TAX_RATE, t.code.clone()),
         Catalog::Deleted(_) => {
             return Err(anyhow::anyhow!("deletions are not published here").into())
         }
@@ -620,6 +796,7 @@ pub async fn create_plan(
     let mut c = Check::new();
     let p = body.validate(&mut c);
     check_metrics_exist(&state, &tenant, &mut c, &p.charges).await?;
+    check_tax_codes_exist(&state, &tenant, &mut c, plan_tax_codes(&p)).await?;
     c.finish()?;
     if state
         .billing
@@ -649,6 +826,7 @@ pub async fn update_plan(
     let mut c = Check::new();
     let p = body.validate(&mut c, old);
     check_metrics_exist(&state, &tenant, &mut c, &p.charges).await?;
+    check_tax_codes_exist(&state, &tenant, &mut c, plan_tax_codes(&p)).await?;
     c.finish()?;
     publish(&state, &tenant, &q, Catalog::Plan(p), StatusCode::OK).await
 }
@@ -671,6 +849,64 @@ pub async fn list_plans(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     list(&state, &tenant, PLAN, q, plan_view).await
+}
+
+/// `POST /v1/taxes`.
+pub async fn create_tax(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<CreateTax>,
+) -> Result<Answer, ApiError> {
+    state.deadline(&q)?;
+    let t = body.validate()?;
+    if state
+        .billing
+        .catalog_entry(&tenant, TAX_RATE, &t.code)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::conflict_field(
+            "code",
+            format!("a tax {:?} already exists", t.code),
+        ));
+    }
+    create(&state, &tenant, &q, Catalog::TaxRate(t)).await
+}
+
+/// `POST /v1/taxes/{code}`.
+pub async fn update_tax(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(code): Path<String>,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<UpdateTax>,
+) -> Result<Answer, ApiError> {
+    state.deadline(&q)?;
+    let old = entry(&state, &tenant, TAX_RATE, &code).await?;
+    let old: TaxRate = serde_json::from_str(&old.body).map_err(anyhow::Error::from)?;
+    let t = body.validate(old)?;
+    publish(&state, &tenant, &q, Catalog::TaxRate(t), StatusCode::OK).await
+}
+
+/// `GET /v1/taxes/{code}`.
+pub async fn get_tax(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(code): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(tax_view(
+        &entry(&state, &tenant, TAX_RATE, &code).await?,
+    )?))
+}
+
+/// `GET /v1/taxes`: cursor = code.
+pub async fn list_taxes(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    list(&state, &tenant, TAX_RATE, q, tax_view).await
 }
 
 async fn list(

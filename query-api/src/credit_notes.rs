@@ -116,9 +116,15 @@ pub async fn create(
     let kind = kind.expect("checked");
     let inv = crate::invoices::existing(&state, &tenant, &id).await?;
     if inv.status != InvoiceStatus::Finalized {
-        return Err(ApiError::Conflict(format!(
-            "invoice {id:?} is a draft; only a finalized invoice can be credited"
-        )));
+        let state = if inv.status == InvoiceStatus::Void {
+            "void"
+        } else {
+            "a draft"
+        };
+        return Err(ApiError::conflict_field(
+            "invoice_id",
+            format!("invoice {id:?} is {state}; only a finalized invoice can be credited"),
+        ));
     }
     let req = CreditNoteRequested {
         credit_note_id: format!("cn_{}", uuid::Uuid::new_v4().simple()),

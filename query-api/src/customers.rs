@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use billing_runtime::http::Tenant;
 use billing_schemas::lifecycle::{
-    Address, CustomerCreated, CustomerUpdated, Lifecycle, LifecycleEvent,
+    Address, CustomerCreated, CustomerUpdated, Lifecycle, LifecycleEvent, TaxExempt,
 };
 use billing_store::customers::CustomerView;
 use chrono::Utc;
@@ -59,6 +59,12 @@ pub struct CreateCustomer {
     metadata: Option<BTreeMap<String, String>>,
     #[serde(default)]
     test_clock_id: Option<String>,
+    /// Tax rates of the customer's lines that have none at their plan or charge.
+    #[serde(default)]
+    tax_codes: Option<Vec<String>>,
+    /// `none`, `exempt` or `reverse` (Stripe's `tax_exempt`).
+    #[serde(default)]
+    tax_exempt: Option<TaxExempt>,
 }
 
 /// `POST /v1/customers/{id}`: every field optional; the ones given replace the stored values.
@@ -89,6 +95,12 @@ pub struct UpdateCustomer {
     /// Accepted only when equal to the customer's: a customer stays on its clock.
     #[serde(default)]
     test_clock_id: Option<String>,
+    /// Tax rates of the customer's lines that have none at their plan or charge.
+    #[serde(default)]
+    tax_codes: Option<Vec<String>>,
+    /// `none`, `exempt` or `reverse` (Stripe's `tax_exempt`).
+    #[serde(default)]
+    tax_exempt: Option<TaxExempt>,
 }
 
 const MAX_TEXT: usize = 255;
@@ -217,8 +229,41 @@ impl CreateCustomer {
             net_payment_term_days: net,
             metadata,
             test_clock_id: self.test_clock_id,
+            tax_codes: self.tax_codes.unwrap_or_default(),
+            tax_exempt: self.tax_exempt.unwrap_or_default(),
         })
     }
+}
+
+/// Every tax code a customer request names, with its field; one listed twice is refused.
+fn tax_code_fields(codes: Option<&Vec<String>>) -> Result<Vec<(String, String)>, ApiError> {
+    let mut c = Check::new();
+    let codes = codes.map(Vec::as_slice).unwrap_or_default();
+    for (i, code) in codes.iter().enumerate() {
+        if codes[..i].contains(code) {
+            c.fail(
+                format!("tax_codes[{i}]"),
+                format!("{code:?} is listed twice"),
+            );
+        }
+    }
+    c.finish()?;
+    Ok(codes
+        .iter()
+        .enumerate()
+        .map(|(i, code)| (format!("tax_codes[{i}]"), code.clone()))
+        .collect())
+}
+
+/// Refuse tax codes the tenant has no tax rate for.
+async fn check_tax_codes(
+    state: &AppState,
+    tenant: &str,
+    codes: Option<&Vec<String>>,
+) -> Result<(), ApiError> {
+    let mut c = Check::new();
+    crate::catalog::check_tax_codes_exist(state, tenant, &mut c, tax_code_fields(codes)?).await?;
+    c.finish()
 }
 
 impl UpdateCustomer {
@@ -283,6 +328,8 @@ impl UpdateCustomer {
             invoice_grace_period_days: self.invoice_grace_period_days,
             net_payment_term_days: self.net_payment_term_days,
             metadata: self.metadata,
+            tax_codes: self.tax_codes,
+            tax_exempt: self.tax_exempt,
         };
         let changes_nothing = update.name.is_none()
             && update.email.is_none()
@@ -292,7 +339,9 @@ impl UpdateCustomer {
             && update.tax_ids.is_none()
             && update.invoice_grace_period_days.is_none()
             && update.net_payment_term_days.is_none()
-            && update.metadata.is_none();
+            && update.metadata.is_none()
+            && update.tax_codes.is_none()
+            && update.tax_exempt.is_none();
         Ok((!changes_nothing).then_some(update))
     }
 }
@@ -315,6 +364,7 @@ pub async fn create(
 ) -> Result<Answer, ApiError> {
     let deadline = state.deadline(&q)?;
     let customer = body.validate()?;
+    check_tax_codes(&state, &tenant, Some(&customer.tax_codes)).await?;
     if state
         .billing
         .customer(&tenant, &customer.customer_id)
@@ -374,6 +424,7 @@ pub async fn update(
     let Some(update) = body.validate(&current)? else {
         return answer(StatusCode::OK, current);
     };
+    check_tax_codes(&state, &tenant, update.tax_codes.as_ref()).await?;
     let occurred_at = state.customer_now(&tenant, &current).await?;
     let ev = LifecycleEvent {
         tenant_id: tenant.clone(),

@@ -1,12 +1,15 @@
-//! `/v1/invoices` (read side; the invoicer writes them): list with filters, read, a customer's invoices, and
-//! early finalization of a draft (publishes `InvoiceFinalizeRequested`).
+//! `/v1/invoices` (read side; the invoicer writes them): list with filters, read, a customer's invoices, early
+//! finalization of a draft (publishes `InvoiceFinalizeRequested`) and the void of a finalized, unpaid invoice
+//! (publishes `InvoiceVoidRequested`).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use billing_runtime::http::Tenant;
-use billing_schemas::lifecycle::{InvoiceFinalizeRequested, Lifecycle, LifecycleEvent};
-use billing_store::invoices::{InvoiceStatus, InvoiceView};
+use billing_schemas::lifecycle::{
+    InvoiceFinalizeRequested, InvoiceVoidRequested, Lifecycle, LifecycleEvent,
+};
+use billing_store::invoices::{void_refusal, InvoiceStatus, InvoiceView, VoidRefusal};
 use chrono::{DateTime, Utc};
 
 use crate::customers;
@@ -43,6 +46,14 @@ pub struct CustomerInvoiceQuery {
 #[serde(deny_unknown_fields)]
 pub struct Finalize {}
 
+/// Body of `POST /v1/invoices/{id}/void`: an optional reason.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Void {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
 /// Which invoices a list keeps.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
@@ -68,10 +79,11 @@ impl Filter {
             None => None,
             Some("draft") => Some(InvoiceStatus::Draft),
             Some("finalized") => Some(InvoiceStatus::Finalized),
+            Some("void") => Some(InvoiceStatus::Void),
             Some(other) => {
                 return Err(ApiError::malformed(
                     "status",
-                    format!("{other:?} is not draft or finalized"),
+                    format!("{other:?} is not draft, finalized or void"),
                 ))
             }
         };
@@ -234,7 +246,7 @@ pub async fn finalize(
 ) -> Result<Answer, ApiError> {
     let deadline = state.deadline(&q)?;
     let inv = existing(&state, &tenant, &id).await?;
-    if inv.status == InvoiceStatus::Finalized {
+    if inv.status != InvoiceStatus::Draft {
         return Err(ApiError::Conflict(format!(
             "invoice {id:?} is already finalized (number {})",
             inv.number.as_deref().unwrap_or("?")
@@ -263,6 +275,70 @@ pub async fn finalize(
             })
             .await;
         if let Some(inv) = finalized {
+            return answer(
+                StatusCode::OK,
+                crate::payments::invoice_json(&state, &tenant, inv).await?,
+            );
+        }
+    }
+    Ok(pending(&ev.event_id, "invoice", &id))
+}
+
+/// `POST /v1/invoices/{id}/void`: voids a finalized invoice nothing was paid or credited on (409 otherwise: a
+/// paid invoice is corrected by a credit note). Its number is kept; `invoice.voided` is published and payments
+/// stop collecting it.
+pub async fn void(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<Void>,
+) -> Result<Answer, ApiError> {
+    let deadline = state.deadline(&q)?;
+    if let Some(r) = &body.reason {
+        let mut c = crate::request::Check::new();
+        c.text("reason", r, 500);
+        c.finish()?;
+    }
+    let inv = existing(&state, &tenant, &id).await?;
+    let payment = state.payments.invoice_payment(&tenant, &id).await?;
+    let credited = state.credit_notes.of_invoice(&tenant, &id).await?;
+    match void_refusal(&inv, &inv.customer_id, payment.as_ref(), &credited) {
+        Ok(()) => {}
+        Err(VoidRefusal::AlreadyVoid) => {
+            return Err(ApiError::conflict_field(
+                "invoice_id",
+                format!("invoice {id:?} is already void"),
+            ))
+        }
+        Err(VoidRefusal::Refused(field, reason)) => {
+            return Err(ApiError::conflict_field(field, reason))
+        }
+    }
+    let customer = customers::existing(&state, &tenant, &inv.customer_id).await?;
+    let now = state.customer_now(&tenant, &customer).await?;
+    let ev = LifecycleEvent {
+        tenant_id: tenant.clone(),
+        event_id: event_id(),
+        occurred_at: now,
+        payload: Lifecycle::InvoiceVoidRequested(InvoiceVoidRequested {
+            customer_id: inv.customer_id.clone(),
+            invoice_id: id.clone(),
+            reason: body.reason,
+        }),
+    };
+    let at = state.publish_lifecycle(&ev).await?;
+    if state.lifecycle_visible(at, deadline).await {
+        let voided = state
+            .poll(deadline, || async {
+                Ok(state
+                    .billing
+                    .invoice(&tenant, &id)
+                    .await?
+                    .filter(|i| i.status == InvoiceStatus::Void))
+            })
+            .await;
+        if let Some(inv) = voided {
             return answer(
                 StatusCode::OK,
                 crate::payments::invoice_json(&state, &tenant, inv).await?,

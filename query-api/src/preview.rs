@@ -7,15 +7,15 @@ use axum::extract::{Path, State};
 use axum::Json;
 use billing_core::invoicing::billing_dates;
 use billing_runtime::http::Tenant;
-use billing_schemas::catalog::{BillableMetric, Catalog, CatalogEvent, Plan};
+use billing_schemas::catalog::{BillableMetric, Catalog, CatalogEvent, Plan, TaxRate};
 use billing_schemas::lifecycle::{
     Lifecycle, LifecycleEvent, SubscriptionCanceled, SubscriptionChanged, SubscriptionCreated,
     SubscriptionEffective,
 };
 use billing_schemas::reference::Reference;
-use billing_store::catalog_entries::{METRIC, PLAN};
+use billing_store::catalog_entries::{METRIC, PLAN, TAX_RATE};
 use billing_store::customers::CustomerView;
-use billing_store::invoices::{InvoiceHead, InvoiceStatus, InvoiceView};
+use billing_store::invoices::{InvoiceStatus, InvoiceView};
 use billing_store::subscriptions::SubscriptionView;
 use chrono::{DateTime, Duration, Utc};
 
@@ -80,21 +80,17 @@ pub async fn preview(
         .ok_or_else(|| {
             ApiError::NotFound(format!("customer {customer_id:?} has no upcoming invoice"))
         })?;
-    let grace = Duration::days(i64::from(customer.invoice_grace_period_days.max(0)));
-    Ok(Json(InvoiceView::from_outcome(
-        InvoiceHead {
-            tenant: &tenant,
-            customer_id: &customer_id,
-            test_clock_id: customer.test_clock_id.clone(),
-            currency: &customer.currency,
-            billing_date: date,
-            finalizes_at: date + grace,
-            status: InvoiceStatus::Draft,
-            issued_at: None,
-            net_terms: Duration::days(i64::from(customer.net_payment_term_days.max(0))),
-        },
+    let view = billing_store::invoices::customer_invoice(
+        &reference,
+        &tenant,
+        &customer_id,
+        date,
+        InvoiceStatus::Draft,
+        None,
         &outcome,
-    )))
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Json(view))
 }
 
 /// The reference state of one customer, rebuilt from the read models by replaying what they record.
@@ -118,6 +114,10 @@ async fn fold(
     for e in state.billing.catalog_entries(tenant, PLAN).await? {
         let p: Plan = serde_json::from_str(&e.body).map_err(anyhow::Error::from)?;
         let _ = reference.apply_catalog(catalog(e.created_at, Catalog::Plan(p)));
+    }
+    for e in state.billing.catalog_entries(tenant, TAX_RATE).await? {
+        let t: TaxRate = serde_json::from_str(&e.body).map_err(anyhow::Error::from)?;
+        let _ = reference.apply_catalog(catalog(e.created_at, Catalog::TaxRate(t)));
     }
     let event = |occurred_at, payload| LifecycleEvent {
         tenant_id: tenant.into(),

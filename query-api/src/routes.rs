@@ -55,6 +55,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/plans/{code}",
             post(catalog::update_plan).get(catalog::get_plan),
         )
+        .route(
+            "/v1/taxes",
+            post(catalog::create_tax).get(catalog::list_taxes),
+        )
+        .route(
+            "/v1/taxes/{code}",
+            post(catalog::update_tax).get(catalog::get_tax),
+        )
         .route("/v1/subscriptions", post(subscriptions::create))
         .route(
             "/v1/subscriptions/{subscription_id}",
@@ -102,6 +110,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/invoices/{invoice_id}/finalize",
             post(invoices::finalize),
         )
+        .route("/v1/invoices/{invoice_id}/void", post(invoices::void))
         .route(
             "/v1/invoices/{invoice_id}/credit_notes",
             post(crate::credit_notes::create).get(crate::credit_notes::of_invoice),

@@ -528,6 +528,7 @@ mod tests {
         Plan {
             version: 1,
             effective_from: None,
+            tax_codes: vec![],
             code: code.into(),
             name: code.into(),
             interval,

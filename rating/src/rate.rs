@@ -259,6 +259,7 @@ mod tests {
             Plan {
                 version: 1,
                 effective_from: None,
+                tax_codes: vec![],
                 code: "p".into(),
                 name: "P".into(),
                 interval: Interval::Monthly,

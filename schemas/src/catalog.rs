@@ -32,6 +32,28 @@ pub enum Catalog {
     Plan(Plan),
     /// A retired entry.
     Deleted(Deleted),
+    /// A tax rate (v3).
+    TaxRate(TaxRate),
+}
+
+/// A tax rate, referred to by its code from customers, plans and charges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaxRate {
+    /// Code.
+    pub code: String,
+    /// Name shown on invoices.
+    pub name: String,
+    /// Percent, decimal string (20 = 20 %).
+    pub rate: String,
+    /// Line amounts already include it.
+    #[serde(default)]
+    pub inclusive: bool,
+    /// Applies to every customer without tax codes of its own.
+    #[serde(default)]
+    pub applied_to_tenant: bool,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 /// How a metric's events become units.
@@ -146,6 +168,9 @@ pub struct Charge {
     /// Property to group units by.
     #[serde(default)]
     pub group_by: Option<String>,
+    /// Tax rates of this charge's lines; empty: the plan's (v3).
+    #[serde(default)]
+    pub tax_codes: Vec<String>,
 }
 
 /// A plan.
@@ -176,6 +201,9 @@ pub struct Plan {
     /// subscription, whenever it started (an edit of the plan, as Lago applies plan edits).
     #[serde(default, with = "crate::time::option")]
     pub effective_from: Option<DateTime<Utc>>,
+    /// Tax rates of the fee and of the charges without their own; empty: the customer's (v3).
+    #[serde(default)]
+    pub tax_codes: Vec<String>,
 }
 
 fn first_version() -> i32 {
@@ -185,7 +213,7 @@ fn first_version() -> i32 {
 /// A retired catalog entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {
-    /// `billable_metric` or `plan`.
+    /// `billable_metric`, `plan` or `tax_rate`.
     pub kind: String,
     /// Its code.
     pub code: String,
@@ -202,6 +230,7 @@ impl CatalogEvent {
             }
             Catalog::Plan(p) => ("plan", p.code.as_str()),
             Catalog::Deleted(d) => (d.kind.as_str(), d.code.as_str()),
+            Catalog::TaxRate(t) => ("tax_rate", t.code.as_str()),
         };
         format!("{}/{kind}/{code}", self.tenant_id)
     }
@@ -250,6 +279,7 @@ impl Charge {
             properties: properties.into(),
             min_amount: None,
             group_by: None,
+            tax_codes: Vec::new(),
         }
     }
 }

@@ -175,6 +175,12 @@ pub struct InvoiceFinalized {
     pub credits_total: String,
     /// Amount due.
     pub total: String,
+    /// The invoice's taxes, one per tax code (v4).
+    #[serde(default)]
+    pub applied_taxes: Vec<AppliedTax>,
+    /// Legal mention of an exempt or reverse-charge customer (v4).
+    #[serde(default)]
+    pub tax_note: Option<String>,
 }
 
 /// A voided invoice.
@@ -186,4 +192,24 @@ pub struct InvoiceVoided {
     pub customer_id: String,
     /// Why.
     pub reason: String,
+    /// Its number, kept (v4).
+    #[serde(default)]
+    pub number: Option<String>,
+}
+
+/// One tax of an invoice, over the lines it applies to. Amounts are decimal strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedTax {
+    /// Tax code.
+    pub code: String,
+    /// Its name.
+    pub name: String,
+    /// Percent.
+    pub rate: String,
+    /// Included in the line amounts (extracted) or added on top.
+    pub inclusive: bool,
+    /// Σ of the taxed lines' amounts after discount, without inclusive taxes.
+    pub taxable_amount: String,
+    /// The tax.
+    pub amount: String,
 }

@@ -52,6 +52,8 @@ pub enum Lifecycle {
     SubscriptionUnsuspended(SubscriptionEffective),
     /// A credit note asked for on a finalized invoice (v3); the invoicer issues or refuses it.
     CreditNoteRequested(CreditNoteRequested),
+    /// Void a finalized, unpaid invoice (v4); the invoicer voids it or refuses.
+    InvoiceVoidRequested(InvoiceVoidRequested),
 }
 
 /// A postal address; every part is optional.
@@ -113,6 +115,25 @@ pub struct CustomerCreated {
     /// The test clock the customer lives on (`None`: the wall clock).
     #[serde(default)]
     pub test_clock_id: Option<String>,
+    /// Tax rates of its lines that have none at their plan or charge; empty: the tenant's (v4).
+    #[serde(default)]
+    pub tax_codes: Vec<String>,
+    /// Taxed, exempt or reverse charge (v4).
+    #[serde(default)]
+    pub tax_exempt: TaxExempt,
+}
+
+/// Whether a customer pays tax (Stripe's `tax_exempt`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaxExempt {
+    /// Taxed.
+    #[default]
+    None,
+    /// No tax.
+    Exempt,
+    /// No tax; the customer accounts for it (reverse charge), and the invoice says so.
+    Reverse,
 }
 
 fn utc() -> String {
@@ -151,6 +172,12 @@ pub struct CustomerUpdated {
     /// New metadata (replaces the old map whole).
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// New tax codes (v4).
+    #[serde(default)]
+    pub tax_codes: Option<Vec<String>>,
+    /// New tax exemption (v4).
+    #[serde(default)]
+    pub tax_exempt: Option<TaxExempt>,
 }
 
 /// Calendar or anniversary billing periods: the core's own type (its serde names are the Avro symbols).
@@ -294,6 +321,7 @@ impl Lifecycle {
             Lifecycle::SubscriptionCanceled(s) => &s.customer_id,
             Lifecycle::InvoiceFinalizeRequested(r) => &r.customer_id,
             Lifecycle::CreditNoteRequested(r) => &r.customer_id,
+            Lifecycle::InvoiceVoidRequested(r) => &r.customer_id,
             Lifecycle::ClockTick(_) => return None,
         })
     }
@@ -365,6 +393,20 @@ impl CustomerCreated {
             net_payment_term_days: 0,
             metadata: BTreeMap::new(),
             test_clock_id: None,
+            tax_codes: Vec::new(),
+            tax_exempt: TaxExempt::None,
         }
     }
+}
+
+/// A request to void a finalized invoice that nothing was paid on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceVoidRequested {
+    /// The invoice's customer.
+    pub customer_id: String,
+    /// The invoice.
+    pub invoice_id: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
 }

@@ -23,12 +23,13 @@ use billing_core::money::RoundingMode;
 use billing_core::period::{BillingAnchor, BillingPeriod};
 use billing_core::proration::ProrationConvention;
 use billing_core::subscription::{Change, ChangeKind, Subscription as History};
+use billing_core::tax::TaxRate;
 use billing_core::Currency;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use crate::catalog::{self, Catalog, CatalogEvent};
-use crate::lifecycle::{BillingTime, CustomerCreated, Lifecycle, LifecycleEvent};
+use crate::lifecycle::{BillingTime, CustomerCreated, Lifecycle, LifecycleEvent, TaxExempt};
 
 /// A charge ready to aggregate and price.
 #[derive(Debug)]
@@ -215,10 +216,67 @@ pub enum AttributionError {
     },
 }
 
+/// A tax rate of the catalog, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaxRateInfo {
+    /// The rate as the core applies it.
+    pub rate: TaxRate,
+    /// Name shown on invoices.
+    pub name: String,
+    /// Applies to the customers without tax codes of their own.
+    pub applied_to_tenant: bool,
+}
+
+/// Parse a catalog tax rate: a percent from 0 to 100.
+pub fn tax_rate_info(t: &catalog::TaxRate) -> Result<TaxRateInfo, String> {
+    let rate =
+        billing_core::money::parse_exact_decimal("rate", &t.rate, 4).map_err(|e| e.to_string())?;
+    if rate < rust_decimal::Decimal::ZERO || rate > rust_decimal::Decimal::ONE_HUNDRED {
+        return Err(format!("rate {} is not a percent from 0 to 100", t.rate));
+    }
+    Ok(TaxRateInfo {
+        rate: TaxRate {
+            code: t.code.clone(),
+            rate,
+            inclusive: t.inclusive,
+        },
+        name: t.name.clone(),
+        applied_to_tenant: t.applied_to_tenant,
+    })
+}
+
+/// The taxes of one customer's invoice besides the rates set at plans and charges.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CustomerTaxes {
+    /// Rates of the lines without their own: the customer's tax codes, else the tenant's rates.
+    pub rates: Vec<TaxRate>,
+    /// No tax at all (exempt or reverse charge).
+    pub exempt: bool,
+    /// The legal mention the invoice carries, for an exempt or reverse-charge customer.
+    pub note: Option<String>,
+}
+
+/// The legal mention of an invoice to a customer that pays no tax. A reverse-charge customer accounts for the
+/// tax itself (EU VAT Directive, art. 196); the invoice names the customer's tax ids.
+pub fn tax_note(exempt: TaxExempt, tax_ids: &[String]) -> Option<String> {
+    match exempt {
+        TaxExempt::None => None,
+        TaxExempt::Exempt => Some("Tax exempt".to_owned()),
+        TaxExempt::Reverse if tax_ids.is_empty() => {
+            Some("Reverse charge: the customer accounts for the tax".to_owned())
+        }
+        TaxExempt::Reverse => Some(format!(
+            "Reverse charge: the customer accounts for the tax (tax id {})",
+            tax_ids.join(", ")
+        )),
+    }
+}
+
 /// Everything read from the catalog and lifecycle topics.
 #[derive(Debug, Default)]
 pub struct Reference {
     metrics: HashMap<(String, String), Arc<Metric>>,
+    tax_rates: HashMap<(String, String), Arc<TaxRateInfo>>,
     /// Every version of each plan, in version order.
     plans: HashMap<(String, String), Vec<Arc<PlanInfo>>>,
     customers: HashMap<(String, String), Customer>,
@@ -256,9 +314,17 @@ impl Reference {
                 versions.push(Arc::new(info));
                 versions.sort_by_key(|v| v.plan.version);
             }
+            Catalog::TaxRate(t) => {
+                let info =
+                    tax_rate_info(&t).map_err(|e| format!("invalid tax rate {:?}: {e}", t.code))?;
+                self.tax_rates.insert((tenant, t.code), Arc::new(info));
+            }
             Catalog::Deleted(d) => match d.kind.as_str() {
                 "billable_metric" => {
                     self.metrics.remove(&(tenant, d.code));
+                }
+                "tax_rate" => {
+                    self.tax_rates.remove(&(tenant, d.code));
                 }
                 "plan" => {
                     self.plans.remove(&(tenant, d.code));
@@ -321,6 +387,12 @@ impl Reference {
                 if let Some(v) = u.metadata {
                     c.metadata = v;
                 }
+                if let Some(v) = u.tax_codes {
+                    c.tax_codes = v;
+                }
+                if let Some(v) = u.tax_exempt {
+                    c.tax_exempt = v;
+                }
                 return Ok(());
             }
             Lifecycle::SubscriptionCreated(s) => {
@@ -362,7 +434,8 @@ impl Reference {
             }
             Lifecycle::ClockTick(_)
             | Lifecycle::InvoiceFinalizeRequested(_)
-            | Lifecycle::CreditNoteRequested(_) => return Ok(()),
+            | Lifecycle::CreditNoteRequested(_)
+            | Lifecycle::InvoiceVoidRequested(_) => return Ok(()),
             // The event says when the new plan takes effect, so the core applies it at that instant (or, for a
             // change at period end, at the end of the period containing that instant).
             Lifecycle::SubscriptionChanged(s) => (
@@ -515,6 +588,7 @@ impl Reference {
                     model: c.model.clone(),
                     min_amount,
                     tax_exempt: false,
+                    taxes: self.rates_of(tenant, &c.charge.tax_codes)?,
                 });
             }
             plans.push(PricedPlan {
@@ -522,6 +596,7 @@ impl Reference {
                 name: Some(p.plan.name.clone()),
                 terms: p.terms(sub.anchor()),
                 fee_tax_exempt: false,
+                taxes: self.rates_of(tenant, &p.plan.tax_codes)?,
                 charges,
             });
         }
@@ -589,6 +664,7 @@ impl Reference {
             .ok_or_else(|| format!("unknown customer {customer:?}"))?;
         let record = c.record.as_ref().expect("known");
         let currency = Currency::parse(&record.currency).map_err(|e| e.to_string())?;
+        let taxes = self.customer_taxes(tenant, record)?;
         let tz = c.tz();
         let mut with_usage = Vec::with_capacity(subs.len());
         for s in subs {
@@ -606,13 +682,64 @@ impl Reference {
             subscriptions: &with_usage,
             adjustments: Adjustments {
                 coupons: &[],
-                taxes: &[],
-                customer_tax_exempt: false,
+                taxes: &taxes.rates,
+                customer_tax_exempt: taxes.exempt,
                 credit_notes: &[],
                 prepaid_credits: rust_decimal::Decimal::ZERO,
             },
         })
         .map_err(|e| e.to_string())
+    }
+
+    /// The tax rate with this code, if the tenant defined it.
+    pub fn tax_rate(&self, tenant: &str, code: &str) -> Option<Arc<TaxRateInfo>> {
+        self.tax_rates
+            .get(&(tenant.to_owned(), code.to_owned()))
+            .cloned()
+    }
+
+    /// The rates of a list of tax codes set at a plan or charge: `None` when the list is empty (the level does
+    /// not set taxes), an error naming an unknown code.
+    pub fn rates_of(&self, tenant: &str, codes: &[String]) -> Result<Option<Vec<TaxRate>>, String> {
+        if codes.is_empty() {
+            return Ok(None);
+        }
+        codes
+            .iter()
+            .map(|code| {
+                self.tax_rate(tenant, code)
+                    .map(|t| t.rate.clone())
+                    .ok_or_else(|| format!("unknown tax rate {code:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// A customer's taxes: its exemption, and the rates of its lines that have none at their plan or charge (its
+    /// own tax codes, else every rate of the tenant `applied_to_tenant`, in code order).
+    pub fn customer_taxes(
+        &self,
+        tenant: &str,
+        record: &CustomerCreated,
+    ) -> Result<CustomerTaxes, String> {
+        let rates = match self.rates_of(tenant, &record.tax_codes)? {
+            Some(r) => r,
+            None => {
+                let mut r: Vec<&Arc<TaxRateInfo>> = self
+                    .tax_rates
+                    .iter()
+                    .filter(|((t, _), info)| t == tenant && info.applied_to_tenant)
+                    .map(|(_, info)| info)
+                    .collect();
+                r.sort_by(|a, b| a.rate.code.cmp(&b.rate.code));
+                r.into_iter().map(|i| i.rate.clone()).collect()
+            }
+        };
+        Ok(CustomerTaxes {
+            rates,
+            exempt: record.tax_exempt != TaxExempt::None,
+            note: tax_note(record.tax_exempt, &record.tax_ids),
+        })
     }
 
     /// Forget the customers `keep` refuses (e.g. those of partitions no longer owned).
@@ -710,6 +837,7 @@ mod tests {
                 charges: vec![],
                 version,
                 effective_from: effective_from.map(at),
+                tax_codes: vec![],
             },
         )
     }

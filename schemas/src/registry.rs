@@ -28,21 +28,27 @@ pub enum SchemaId {
     LifecycleV2 = 6,
     /// `invoice_event.v2.avsc`: read only (resolved to [`SchemaId::Invoice`]).
     InvoiceV2 = 7,
-    /// `catalog_event.avsc`, v2.
-    Catalog = 8,
+    /// `catalog_event.v2.avsc`: read only (resolved to [`SchemaId::Catalog`]).
+    CatalogV2 = 8,
     /// `payment_event.v2.avsc`: read only (resolved to [`SchemaId::Payment`]).
     PaymentV2 = 9,
-    /// `lifecycle_event.avsc`, v3.
-    Lifecycle = 10,
-    /// `invoice_event.avsc`, v3.
-    Invoice = 11,
+    /// `lifecycle_event.v3.avsc`: read only (resolved to [`SchemaId::Lifecycle`]).
+    LifecycleV3 = 10,
+    /// `invoice_event.v3.avsc`: read only (resolved to [`SchemaId::Invoice`]).
+    InvoiceV3 = 11,
     /// `payment_event.avsc`, v3.
     Payment = 12,
+    /// `catalog_event.avsc`, v3.
+    Catalog = 13,
+    /// `lifecycle_event.avsc`, v4.
+    Lifecycle = 14,
+    /// `invoice_event.avsc`, v4.
+    Invoice = 15,
 }
 
 impl SchemaId {
     /// Every id, in id order.
-    pub const ALL: [SchemaId; 12] = [
+    pub const ALL: [SchemaId; 15] = [
         SchemaId::Usage,
         SchemaId::LifecycleV1,
         SchemaId::CatalogV1,
@@ -50,11 +56,14 @@ impl SchemaId {
         SchemaId::PaymentV1,
         SchemaId::LifecycleV2,
         SchemaId::InvoiceV2,
-        SchemaId::Catalog,
+        SchemaId::CatalogV2,
         SchemaId::PaymentV2,
+        SchemaId::LifecycleV3,
+        SchemaId::InvoiceV3,
+        SchemaId::Payment,
+        SchemaId::Catalog,
         SchemaId::Lifecycle,
         SchemaId::Invoice,
-        SchemaId::Payment,
     ];
 
     /// The id of a number read from the wire.
@@ -65,9 +74,11 @@ impl SchemaId {
     /// The current schema whose older version this is (itself when it is current).
     pub fn current(self) -> SchemaId {
         match self {
-            SchemaId::LifecycleV1 | SchemaId::LifecycleV2 => SchemaId::Lifecycle,
-            SchemaId::InvoiceV1 | SchemaId::InvoiceV2 => SchemaId::Invoice,
-            SchemaId::CatalogV1 => SchemaId::Catalog,
+            SchemaId::LifecycleV1 | SchemaId::LifecycleV2 | SchemaId::LifecycleV3 => {
+                SchemaId::Lifecycle
+            }
+            SchemaId::InvoiceV1 | SchemaId::InvoiceV2 | SchemaId::InvoiceV3 => SchemaId::Invoice,
+            SchemaId::CatalogV1 | SchemaId::CatalogV2 => SchemaId::Catalog,
             SchemaId::PaymentV1 | SchemaId::PaymentV2 => SchemaId::Payment,
             other => other,
         }
@@ -75,7 +86,7 @@ impl SchemaId {
 }
 
 /// (id, file name, schema text) of every schema, in id order.
-pub const SCHEMAS: [(SchemaId, &str, &str); 12] = [
+pub const SCHEMAS: [(SchemaId, &str, &str); 15] = [
     (
         SchemaId::Usage,
         "usage_event.avsc",
@@ -112,14 +123,34 @@ pub const SCHEMAS: [(SchemaId, &str, &str); 12] = [
         include_str!("../avro/invoice_event.v2.avsc"),
     ),
     (
-        SchemaId::Catalog,
-        "catalog_event.avsc",
-        include_str!("../avro/catalog_event.avsc"),
+        SchemaId::CatalogV2,
+        "catalog_event.v2.avsc",
+        include_str!("../avro/catalog_event.v2.avsc"),
     ),
     (
         SchemaId::PaymentV2,
         "payment_event.v2.avsc",
         include_str!("../avro/payment_event.v2.avsc"),
+    ),
+    (
+        SchemaId::LifecycleV3,
+        "lifecycle_event.v3.avsc",
+        include_str!("../avro/lifecycle_event.v3.avsc"),
+    ),
+    (
+        SchemaId::InvoiceV3,
+        "invoice_event.v3.avsc",
+        include_str!("../avro/invoice_event.v3.avsc"),
+    ),
+    (
+        SchemaId::Payment,
+        "payment_event.avsc",
+        include_str!("../avro/payment_event.avsc"),
+    ),
+    (
+        SchemaId::Catalog,
+        "catalog_event.avsc",
+        include_str!("../avro/catalog_event.avsc"),
     ),
     (
         SchemaId::Lifecycle,
@@ -130,11 +161,6 @@ pub const SCHEMAS: [(SchemaId, &str, &str); 12] = [
         SchemaId::Invoice,
         "invoice_event.avsc",
         include_str!("../avro/invoice_event.avsc"),
-    ),
-    (
-        SchemaId::Payment,
-        "payment_event.avsc",
-        include_str!("../avro/payment_event.avsc"),
     ),
 ];
 

@@ -181,6 +181,21 @@ fn payment_events_of_v2_still_decode() {
 }
 
 #[test]
+fn catalog_events_of_v2_still_decode() {
+    check_older_version::<CatalogEvent>("catalog_event.v2");
+}
+
+#[test]
+fn lifecycle_events_of_v3_still_decode() {
+    check_older_version::<LifecycleEvent>("lifecycle_event.v3");
+}
+
+#[test]
+fn invoice_events_of_v3_still_decode() {
+    check_older_version::<InvoiceEvent>("invoice_event.v3");
+}
+
+#[test]
 fn payment_events_of_v1_still_decode() {
     check_older_version::<PaymentEvent>("payment_event.v1");
 }

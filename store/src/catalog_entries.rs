@@ -1,5 +1,5 @@
-//! ScyllaDB `catalog_entries` (migration `cql/0002_billing.cql`): the latest version of every billable metric and
-//! plan, as published on `billing.catalog`.
+//! ScyllaDB `catalog_entries` (migration `cql/0002_billing.cql`): the latest version of every billable metric,
+//! plan and tax rate, as published on `billing.catalog`.
 //!
 //! **Writer: invoicer.** Readers: query-api (catalog reads and request validation).
 
@@ -7,6 +7,8 @@
 pub const METRIC: &str = "billable_metric";
 /// Kind of a plan entry.
 pub const PLAN: &str = "plan";
+/// Kind of a tax rate entry.
+pub const TAX_RATE: &str = "tax_rate";
 
 pub(crate) fn upsert(ks: &str) -> String {
     format!("INSERT INTO {ks}.catalog_entries (tenant_id, kind, code, created_at, body) VALUES (?, ?, ?, ?, ?)")

@@ -174,8 +174,13 @@ pub fn price(req: &CreditNoteRequested, on: &Creditable<'_>) -> Result<CreditNot
         return Err(refuse(
             "invoice_id",
             format!(
-                "invoice {} is a draft; only a finalized invoice can be credited",
-                inv.invoice_id
+                "invoice {} is {}; only a finalized invoice can be credited",
+                inv.invoice_id,
+                if inv.status == InvoiceStatus::Void {
+                    "void"
+                } else {
+                    "a draft"
+                }
             ),
         ));
     }
@@ -185,7 +190,12 @@ pub fn price(req: &CreditNoteRequested, on: &Creditable<'_>) -> Result<CreditNot
         .lines
         .iter()
         .map(|l| CreditableLine {
-            amount: l.amount,
+            // Before tax: a line with an inclusive tax is credited on its amount without that tax.
+            amount: if l.taxes.is_empty() {
+                l.amount
+            } else {
+                l.taxable_amount + l.discount
+            },
             discount: l.discount,
             tax: l.tax,
             credited: Decimal::ZERO,
@@ -465,6 +475,8 @@ mod tests {
             discount: Decimal::ZERO,
             tax,
             total: amount + tax,
+            taxable_amount: amount,
+            taxes: vec![],
         };
         InvoiceView {
             invoice_id: "inv_1".into(),
@@ -487,6 +499,9 @@ mod tests {
             credits_total: Decimal::ZERO,
             total: dec!(48.00),
             amount_due: dec!(48.00),
+            applied_taxes: vec![],
+            tax_note: None,
+            voided_at: None,
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use billing_schemas::lifecycle::{Address, CustomerCreated};
+use billing_schemas::lifecycle::{Address, CustomerCreated, TaxExempt};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,12 @@ pub struct CustomerView {
     pub metadata: BTreeMap<String, String>,
     /// Test clock the customer lives on (`null`: the wall clock).
     pub test_clock_id: Option<String>,
+    /// Tax rates of its lines without rates at their plan or charge (empty: the tenant's).
+    #[serde(default)]
+    pub tax_codes: Vec<String>,
+    /// `none`, `exempt` or `reverse` (reverse charge).
+    #[serde(default)]
+    pub tax_exempt: TaxExempt,
     /// Billing time of creation.
     pub created_at: DateTime<Utc>,
 }
@@ -56,6 +62,8 @@ impl CustomerView {
             net_payment_term_days: c.net_payment_term_days,
             metadata: c.metadata.clone(),
             test_clock_id: c.test_clock_id.clone(),
+            tax_codes: c.tax_codes.clone(),
+            tax_exempt: c.tax_exempt,
             created_at,
         }
     }
@@ -77,6 +85,8 @@ impl CustomerView {
             net_payment_term_days: self.net_payment_term_days,
             metadata: self.metadata.clone(),
             test_clock_id: self.test_clock_id.clone(),
+            tax_codes: self.tax_codes.clone(),
+            tax_exempt: self.tax_exempt,
         }
     }
 }

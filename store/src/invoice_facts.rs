@@ -1,5 +1,6 @@
-//! ClickHouse `invoices` and `invoice_lines` (migration `clickhouse/0002_invoices.sql`): finalized invoices for
-//! analysts. `ReplacingMergeTree`s keyed by invoice id (and line number), so a retried insert collapses.
+//! ClickHouse `invoices` and `invoice_lines` (migration `clickhouse/0002_invoices.sql`), `invoice_line_taxes` and
+//! `invoice_voids` (`clickhouse/0004_taxes_and_voids.sql`): finalized invoices for analysts. `ReplacingMergeTree`s
+//! keyed by invoice id (and line number, tax code), so a retried insert collapses.
 //!
 //! **Writer: invoicer.** Readers: analysts' SQL.
 
@@ -50,6 +51,34 @@ pub struct InvoiceLineRow {
     pub total: i128,
     pub currency: String,
     pub billing_date: u32,
+}
+
+/// One tax of a line; field order is the table's column order.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+#[allow(missing_docs)]
+pub struct InvoiceLineTaxRow {
+    pub tenant_id: String,
+    pub invoice_id: String,
+    pub line_no: u32,
+    pub tax_code: String,
+    pub rate: i128,
+    pub inclusive: u8,
+    pub taxable_amount: i128,
+    pub amount: i128,
+    pub currency: String,
+    pub billing_date: u32,
+}
+
+/// A voided invoice; field order is the table's column order.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+#[allow(missing_docs)]
+pub struct InvoiceVoidRow {
+    pub tenant_id: String,
+    pub invoice_id: String,
+    pub number: String,
+    pub customer_id: String,
+    pub reason: String,
+    pub voided_at: u32,
 }
 
 fn secs(t: chrono::DateTime<chrono::Utc>) -> u32 {
@@ -123,5 +152,60 @@ pub async fn insert(
         lines.write(l).await?;
     }
     lines.end().await?;
+    let taxes: Vec<InvoiceLineTaxRow> = tenant_invoices
+        .iter()
+        .flat_map(|(tenant, inv)| tax_rows(tenant, inv))
+        .collect();
+    if !taxes.is_empty() {
+        let mut insert = ch.insert::<InvoiceLineTaxRow>("invoice_line_taxes").await?;
+        for t in &taxes {
+            insert.write(t).await?;
+        }
+        insert.end().await?;
+    }
+    Ok(())
+}
+
+/// The tax rows of a finalized invoice's lines.
+pub fn tax_rows(tenant: &str, inv: &InvoiceView) -> Vec<InvoiceLineTaxRow> {
+    inv.lines
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| {
+            l.taxes.iter().map(move |t| InvoiceLineTaxRow {
+                tenant_id: tenant.into(),
+                invoice_id: inv.invoice_id.clone(),
+                line_no: i as u32,
+                tax_code: t.code.clone(),
+                rate: to_decimal_38_9(t.rate),
+                inclusive: u8::from(t.inclusive),
+                taxable_amount: to_decimal_38_9(l.taxable_amount),
+                amount: to_decimal_38_9(t.amount),
+                currency: inv.currency.clone(),
+                billing_date: secs(inv.billing_date),
+            })
+        })
+        .collect()
+}
+
+/// Record a voided invoice.
+pub async fn insert_void(
+    ch: &clickhouse::Client,
+    tenant: &str,
+    inv: &InvoiceView,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let mut insert = ch.insert::<InvoiceVoidRow>("invoice_voids").await?;
+    insert
+        .write(&InvoiceVoidRow {
+            tenant_id: tenant.into(),
+            invoice_id: inv.invoice_id.clone(),
+            number: inv.number.clone().unwrap_or_default(),
+            customer_id: inv.customer_id.clone(),
+            reason: reason.into(),
+            voided_at: inv.voided_at.map(secs).unwrap_or(0),
+        })
+        .await?;
+    insert.end().await?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //!
 //! **Writer: invoicer.** Readers: query-api, invoicer.
 
+use billing_core::tax::LineTax;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -19,14 +20,23 @@ pub enum InvoiceStatus {
     Draft,
     /// Frozen and numbered; published as `invoice.finalized`.
     Finalized,
+    /// Finalized, then voided before anything was paid on it (its number is kept); published as `invoice.voided`.
+    Void,
 }
 
 impl InvoiceStatus {
+    /// Whether a stored status name is an issued invoice (finalized, or finalized then voided): the bill run
+    /// never bills its date again.
+    pub fn issued(name: &str) -> bool {
+        name == InvoiceStatus::Finalized.as_str() || name == InvoiceStatus::Void.as_str()
+    }
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
             InvoiceStatus::Draft => "draft",
             InvoiceStatus::Finalized => "finalized",
+            InvoiceStatus::Void => "void",
         }
     }
 }
@@ -56,8 +66,31 @@ pub struct InvoiceLineView {
     pub discount: Decimal,
     /// Tax on the discounted amount.
     pub tax: Decimal,
-    /// amount − discount + tax.
+    /// Σ of the line's taxes: its taxable amount + tax (amount − discount when its taxes are inclusive).
     pub total: Decimal,
+    /// The tax base: amount − discount, without inclusive taxes.
+    #[serde(default)]
+    pub taxable_amount: Decimal,
+    /// Each tax of the line (code, rate, inclusive, amount).
+    #[serde(default)]
+    pub taxes: Vec<LineTax>,
+}
+
+/// One tax of an invoice, over every line it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedTaxView {
+    /// Tax code.
+    pub code: String,
+    /// Its name when the invoice was assembled.
+    pub name: String,
+    /// Percent.
+    pub rate: Decimal,
+    /// Included in the line amounts.
+    pub inclusive: bool,
+    /// Σ of the taxed lines' taxable amounts.
+    pub taxable_amount: Decimal,
+    /// Σ of the lines' taxes of this code.
+    pub amount: Decimal,
 }
 
 /// An invoice as the API serves it (stored as JSON in `invoices.body`).
@@ -67,7 +100,7 @@ pub struct InvoiceView {
     pub invoice_id: String,
     /// Gap-free number, once finalized.
     pub number: Option<String>,
-    /// Draft or finalized.
+    /// Draft, finalized or void.
     pub status: InvoiceStatus,
     /// Billed customer.
     pub customer_id: String,
@@ -104,6 +137,15 @@ pub struct InvoiceView {
     /// What the customer owes: total − credits, never below zero (a negative total is owed to the customer;
     /// it is not carried to a later invoice yet).
     pub amount_due: Decimal,
+    /// The invoice's taxes, one per code and rate.
+    #[serde(default)]
+    pub applied_taxes: Vec<AppliedTaxView>,
+    /// Legal mention of an exempt or reverse-charge customer.
+    #[serde(default)]
+    pub tax_note: Option<String>,
+    /// Billing time of the void, once voided.
+    #[serde(default)]
+    pub voided_at: Option<DateTime<Utc>>,
 }
 
 /// What an invoice is about besides its lines: who, when, in which state.
@@ -121,12 +163,16 @@ pub struct InvoiceHead<'a> {
     pub billing_date: DateTime<Utc>,
     /// End of the grace period.
     pub finalizes_at: DateTime<Utc>,
-    /// Draft or finalized.
+    /// Draft, finalized or void.
     pub status: InvoiceStatus,
     /// Finalization time, when finalized.
     pub issued_at: Option<DateTime<Utc>>,
     /// Net payment terms.
     pub net_terms: chrono::Duration,
+    /// Name of each tax code (a code without one shows its code).
+    pub tax_names: &'a std::collections::BTreeMap<String, String>,
+    /// Legal mention of an exempt or reverse-charge customer.
+    pub tax_note: Option<String>,
 }
 
 impl InvoiceView {
@@ -161,8 +207,29 @@ impl InvoiceView {
                 discount: l.discount,
                 tax: l.tax_amount,
                 total: l.total,
+                taxable_amount: l.taxable_amount,
+                taxes: l.taxes.clone(),
             })
             .collect();
+        let applied_taxes = billing_core::tax::summarize(
+            inv.lines
+                .iter()
+                .map(|l| (l.taxable_amount, l.taxes.as_slice())),
+        )
+        .into_iter()
+        .map(|t| AppliedTaxView {
+            name: head
+                .tax_names
+                .get(&t.code)
+                .cloned()
+                .unwrap_or_else(|| t.code.clone()),
+            code: t.code,
+            rate: t.rate,
+            inclusive: t.inclusive,
+            taxable_amount: t.taxable_amount,
+            amount: t.amount,
+        })
+        .collect();
         let date = head.billing_date;
         let starts = outcome.periods.iter().map(|p| p.period.start);
         let ends = outcome.periods.iter().map(|p| p.period.end);
@@ -193,8 +260,129 @@ impl InvoiceView {
             credits_total: inv.credits_total,
             total: inv.total,
             amount_due: inv.amount_due,
+            applied_taxes,
+            tax_note: head.tax_note,
+            voided_at: None,
         }
     }
+}
+
+/// The view of the invoice the core assembled for a customer of `reference` on `billing_date` (no number yet):
+/// the head from the customer's record (grace period, net terms, clock), the tax names and the tax note from
+/// the tenant's tax rates and the customer's exemption. The invoicer and the API's preview both build it here.
+pub fn customer_invoice(
+    reference: &billing_schemas::reference::Reference,
+    tenant: &str,
+    customer_id: &str,
+    billing_date: DateTime<Utc>,
+    status: InvoiceStatus,
+    issued_at: Option<DateTime<Utc>>,
+    outcome: &billing_core::invoicing::InvoiceOutcome,
+) -> Result<InvoiceView, String> {
+    let record = reference
+        .customer(tenant, customer_id)
+        .and_then(|c| c.record.as_ref())
+        .ok_or_else(|| format!("customer {customer_id} not created"))?;
+    let taxes = reference.customer_taxes(tenant, record)?;
+    let tax_names: std::collections::BTreeMap<String, String> = outcome
+        .invoice
+        .lines
+        .iter()
+        .flat_map(|l| &l.taxes)
+        .filter_map(|t| {
+            reference
+                .tax_rate(tenant, &t.code)
+                .map(|info| (t.code.clone(), info.name.clone()))
+        })
+        .collect();
+    let days = |d: i32| chrono::Duration::days(i64::from(d.max(0)));
+    Ok(InvoiceView::from_outcome(
+        InvoiceHead {
+            tenant,
+            customer_id,
+            test_clock_id: record.test_clock_id.clone(),
+            currency: &record.currency,
+            billing_date,
+            finalizes_at: billing_date + days(record.invoice_grace_period_days),
+            status,
+            issued_at,
+            net_terms: days(record.net_payment_term_days),
+            tax_names: &tax_names,
+            tax_note: taxes.note,
+        },
+        outcome,
+    ))
+}
+
+/// Why an invoice cannot be voided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoidRefusal {
+    /// It is void already (a repeated request: done).
+    AlreadyVoid,
+    /// Another state forbids it: (field, reason).
+    Refused(&'static str, String),
+}
+
+/// Whether a customer's invoice may be voided (Stripe's and Lago's rule): it must be finalized, nothing paid on
+/// it (by the provider, out of band or from a credit balance: `payment`), and no credit note issued on it (a paid
+/// or credited invoice is corrected by a credit note instead). The API checks it before it publishes the request,
+/// the invoicer again when it voids.
+pub fn void_refusal(
+    inv: &InvoiceView,
+    customer_id: &str,
+    payment: Option<&crate::payments::InvoicePaymentView>,
+    credit_notes: &[crate::credit_notes::CreditNoteView],
+) -> Result<(), VoidRefusal> {
+    let refuse = |field, reason: String| Err(VoidRefusal::Refused(field, reason));
+    if inv.customer_id != customer_id {
+        return refuse(
+            "invoice_id",
+            format!("invoice {} is not customer {customer_id}'s", inv.invoice_id),
+        );
+    }
+    match inv.status {
+        InvoiceStatus::Void => return Err(VoidRefusal::AlreadyVoid),
+        InvoiceStatus::Draft => {
+            return refuse(
+                "invoice_id",
+                format!(
+                    "invoice {} is a draft; only a finalized invoice can be voided",
+                    inv.invoice_id
+                ),
+            )
+        }
+        InvoiceStatus::Finalized => {}
+    }
+    if let Some(p) = payment.filter(|p| p.status == "paid" || p.amount_paid > Decimal::ZERO) {
+        return refuse(
+            "invoice_id",
+            format!(
+                "invoice {} is {} ({} {} received); correct it with a credit note instead",
+                inv.invoice_id,
+                if p.status == "paid" {
+                    "paid"
+                } else {
+                    "partly paid"
+                },
+                p.amount_paid,
+                p.currency
+            ),
+        );
+    }
+    let credited = credit_notes
+        .iter()
+        .filter(|c| c.status == crate::credit_notes::ISSUED)
+        .count();
+    if credited > 0 {
+        return refuse(
+            "invoice_id",
+            format!(
+                "invoice {} has {credited} credit note(s); correct it with a credit note instead",
+                inv.invoice_id
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// The deterministic id of a customer's invoice for one billing date.

@@ -79,6 +79,8 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("invoice_lines", Store::ClickHouse, "invoicer"),
     ("credit_notes", Store::ClickHouse, "invoicer"),
     ("credit_note_lines", Store::ClickHouse, "invoicer"),
+    ("invoice_line_taxes", Store::ClickHouse, "invoicer"),
+    ("invoice_voids", Store::ClickHouse, "invoicer"),
 ];
 
 /// Prepare a statement once, marked idempotent (safe for the driver to retry) or not. The serial consistency is

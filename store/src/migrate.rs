@@ -73,6 +73,11 @@ const CLICKHOUSE: &[Migration] = &[
         name: "credit_notes",
         body: include_str!("../migrations/clickhouse/0003_credit_notes.sql"),
     },
+    Migration {
+        version: 4,
+        name: "taxes_and_voids",
+        body: include_str!("../migrations/clickhouse/0004_taxes_and_voids.sql"),
+    },
 ];
 
 fn statements(body: &str) -> impl Iterator<Item = String> + '_ {

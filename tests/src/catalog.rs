@@ -59,6 +59,7 @@ impl TestEnv {
         let plan = Plan {
             version: 1,
             effective_from: None,
+            tax_codes: vec![],
             code: code.into(),
             name: code.into(),
             interval: Interval::Monthly,

@@ -38,6 +38,7 @@ fn plan(code: &str, fee: &str, advance: bool, charges: Vec<Charge>) -> CatalogEv
         Plan {
             version: 1,
             effective_from: None,
+            tax_codes: vec![],
             code: code.into(),
             name: code.into(),
             interval: Interval::Monthly,

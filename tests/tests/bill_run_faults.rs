@@ -33,6 +33,7 @@ fn basic_plan() -> CatalogEvent {
         Plan {
             version: 1,
             effective_from: None,
+            tax_codes: vec![],
             code: "basic".into(),
             name: "Basic".into(),
             interval: Interval::Monthly,

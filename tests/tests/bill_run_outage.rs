@@ -45,6 +45,7 @@ async fn a_cassandra_outage_during_a_bill_run_delays_it_and_loses_nothing() {
                     charges: vec![],
                     version: 1,
                     effective_from: None,
+                    tax_codes: vec![],
                 },
             ),
             Encoding::Json,

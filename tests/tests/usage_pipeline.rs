@@ -829,6 +829,7 @@ async fn reference_data_published_in_a_transaction_is_read_to_its_end() {
         Plan {
             version: 1,
             effective_from: None,
+            tax_codes: vec![],
             code: "basic".into(),
             name: "Basic".into(),
             interval: Interval::Monthly,
