@@ -290,7 +290,8 @@ pub async fn attempts(
 }
 
 /// `POST /v1/invoices/{id}/pay`: charge the default method again now, or (`paid_out_of_band`) record a payment
-/// received outside the provider. 409 for a draft, an invoice already paid, or one with a charge in progress.
+/// received outside the provider. 409 for a draft, a void invoice, an invoice already paid, or one with a charge
+/// in progress.
 pub async fn pay(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -300,10 +301,18 @@ pub async fn pay(
 ) -> Result<Answer, ApiError> {
     let deadline = state.deadline(&q)?;
     let inv = crate::invoices::existing(&state, &tenant, &id).await?;
-    if inv.status != InvoiceStatus::Finalized {
-        return Err(ApiError::Conflict(format!(
-            "invoice {id:?} is a draft: finalize it before paying it"
-        )));
+    match inv.status {
+        InvoiceStatus::Finalized => {}
+        InvoiceStatus::Draft => {
+            return Err(ApiError::Conflict(format!(
+                "invoice {id:?} is a draft: finalize it before paying it"
+            )))
+        }
+        InvoiceStatus::Void => {
+            return Err(ApiError::Conflict(format!(
+                "invoice {id:?} is void: nothing is owed on it"
+            )))
+        }
     }
     let row = state.payments.invoice_payment(&tenant, &id).await?;
     let before = payment_of(&inv, row.clone());
