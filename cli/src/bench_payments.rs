@@ -237,6 +237,7 @@ fn finalized(tenant: &str, customer: &str, number: u64) -> InvoiceEvent {
             credits_total: "0.00".into(),
             applied_taxes: vec![],
             tax_note: None,
+            coupons: vec![],
             total: AMOUNT.into(),
         })),
     }

@@ -58,6 +58,8 @@ fn main() {
     .unwrap();
     let coupons = [Coupon {
         code: "TEN".into(),
+        id: None,
+        applies_to: None,
         coupon_type: CouponType::Percentage,
         amount: None,
         percentage_rate: Some(Decimal::TEN),
@@ -94,8 +96,11 @@ fn main() {
         units: None,
         proration_factor: None,
         tax_exempt: false,
+        taxes: None,
         breakdown: Vec::new(),
         subscription: None,
+        plan: None,
+        metric: None,
     };
 
     // One invoice: prorated fee + 3 usage charges (graduated, volume, package) + coupon + tax.

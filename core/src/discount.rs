@@ -32,12 +32,54 @@ pub enum Frequency {
     Forever,
 }
 
+/// The lines a coupon may discount (Lago's `applies_to` and a coupon applied to one subscription). Empty lists
+/// do not restrict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CouponScope {
+    /// Plans whose lines (fee and usage charges) it discounts.
+    #[serde(default)]
+    pub plans: Vec<String>,
+    /// Billable metrics whose usage lines it discounts.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    /// Subscriptions whose lines it discounts.
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+}
+
+impl CouponScope {
+    /// Whether a line of this plan, metric (usage lines) and subscription is discounted: on a listed plan or a
+    /// listed metric (when either list is set), and of a listed subscription (when that list is set).
+    pub fn covers(
+        &self,
+        plan: Option<&str>,
+        metric: Option<&str>,
+        subscription: Option<&str>,
+    ) -> bool {
+        let listed =
+            |list: &[String], v: Option<&str>| v.is_some_and(|v| list.iter().any(|x| x == v));
+        let by_item = (self.plans.is_empty() && self.metrics.is_empty())
+            || listed(&self.plans, plan)
+            || listed(&self.metrics, metric);
+        let by_subscription =
+            self.subscriptions.is_empty() || listed(&self.subscriptions, subscription);
+        by_item && by_subscription
+    }
+}
+
 /// A coupon applied to a customer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Coupon {
     /// Coupon code.
     pub code: String,
+    /// Id of this application of the coupon (a customer may have a coupon applied twice).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The lines it may discount (`None`: every line).
+    #[serde(default)]
+    pub applies_to: Option<CouponScope>,
     /// Fixed amount or percentage.
     pub coupon_type: CouponType,
     /// Amount off, for fixed coupons.
@@ -61,6 +103,21 @@ pub struct Coupon {
 }
 
 impl Coupon {
+    /// The coupon after it discounted earlier invoices by `used` (one amount per invoice it discounted, in
+    /// order): each counts as one period applied, and a fixed amount applied once keeps what is left for the next
+    /// invoices (Lago's carry-over), a recurring or forever fixed amount gives its full amount each period.
+    pub fn after(mut self, used: &[Decimal]) -> Coupon {
+        self.periods_applied = u32::try_from(used.len()).unwrap_or(u32::MAX);
+        if self.coupon_type == CouponType::FixedAmount
+            && self.frequency == Frequency::Once
+            && !used.is_empty()
+        {
+            let spent: Decimal = used.iter().sum();
+            self.amount_remaining = self.amount.map(|a| (a - spent).max(Decimal::ZERO));
+        }
+        self
+    }
+
     /// Whether the coupon still applies to the next invoice.
     pub fn is_active(&self) -> Result<bool> {
         Ok(match self.frequency {
@@ -178,6 +235,8 @@ mod tests {
     fn coupon(t: CouponType, amount: Option<Decimal>, rate: Option<Decimal>) -> Coupon {
         Coupon {
             code: "c".into(),
+            id: None,
+            applies_to: None,
             coupon_type: t,
             amount,
             percentage_rate: rate,
@@ -228,6 +287,64 @@ mod tests {
         assert!(!used.is_active().unwrap());
         used.frequency = Frequency::Forever;
         assert!(used.is_active().unwrap());
+    }
+
+    #[test]
+    fn a_coupon_after_earlier_invoices() {
+        let fixed = coupon(CouponType::FixedAmount, Some(dec!(50)), None);
+        // 30.00 used on the first invoice: 20.00 left for the next, then nothing.
+        let next = fixed.clone().after(&[dec!(30)]);
+        assert_eq!(next.amount_remaining, Some(dec!(20)));
+        assert_eq!(
+            next.discount(dec!(100), usd(), RoundingMode::HalfUp)
+                .unwrap(),
+            dec!(20)
+        );
+        let spent = fixed.clone().after(&[dec!(30), dec!(20)]);
+        assert_eq!(
+            spent
+                .discount(dec!(100), usd(), RoundingMode::HalfUp)
+                .unwrap(),
+            dec!(0)
+        );
+        // Recurring for 3 periods: 3 uses and it is over; a recurring fixed amount is whole each period.
+        let mut recurring = fixed.clone();
+        recurring.frequency = Frequency::Recurring;
+        recurring.frequency_duration = Some(3);
+        let twice = recurring.clone().after(&[dec!(50), dec!(50)]);
+        assert_eq!(
+            twice
+                .discount(dec!(100), usd(), RoundingMode::HalfUp)
+                .unwrap(),
+            dec!(50)
+        );
+        assert!(!recurring.after(&[dec!(50); 3]).is_active().unwrap());
+        let pct = coupon(CouponType::Percentage, None, Some(dec!(10)));
+        assert!(!pct.after(&[dec!(1)]).is_active().unwrap());
+    }
+
+    #[test]
+    fn a_scope_limits_the_lines() {
+        let any = CouponScope::default();
+        assert!(any.covers(Some("pro"), None, Some("s1")));
+        let plans = CouponScope {
+            plans: vec!["pro".into()],
+            ..Default::default()
+        };
+        assert!(plans.covers(Some("pro"), Some("calls"), None));
+        assert!(!plans.covers(Some("basic"), None, None));
+        let metric = CouponScope {
+            metrics: vec!["calls".into()],
+            ..Default::default()
+        };
+        assert!(metric.covers(Some("pro"), Some("calls"), None));
+        assert!(!metric.covers(Some("pro"), None, None), "not the fee");
+        let sub = CouponScope {
+            subscriptions: vec!["s1".into()],
+            ..Default::default()
+        };
+        assert!(sub.covers(Some("pro"), None, Some("s1")));
+        assert!(!sub.covers(Some("pro"), None, Some("s2")));
     }
 
     proptest! {

@@ -56,6 +56,10 @@ pub struct DraftLine {
     pub breakdown: Vec<BreakdownLine>,
     /// Id of the subscription the line bills, on an invoice over several subscriptions.
     pub subscription: Option<String>,
+    /// Code of the plan the line bills (for coupons limited to plans).
+    pub plan: Option<String>,
+    /// Billable metric of a usage line (for coupons limited to metrics).
+    pub metric: Option<String>,
 }
 
 /// A prepaid balance applied after tax.
@@ -131,6 +135,9 @@ pub struct InvoiceLine {
 pub struct AppliedCoupon {
     /// Coupon code.
     pub code: String,
+    /// Id of the coupon's application, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Rounded discount.
     pub amount: Decimal,
 }
@@ -199,7 +206,21 @@ pub fn assemble(
         let remaining: Vec<Decimal> = amounts
             .iter()
             .zip(&discounts)
-            .map(|(a, d)| (*a - *d).max(Decimal::ZERO))
+            .zip(&drafts)
+            .map(|((a, d), line)| {
+                let covered = c.applies_to.as_ref().is_none_or(|s| {
+                    s.covers(
+                        line.plan.as_deref(),
+                        line.metric.as_deref(),
+                        line.subscription.as_deref(),
+                    )
+                });
+                if covered {
+                    (*a - *d).max(Decimal::ZERO)
+                } else {
+                    Decimal::ZERO
+                }
+            })
             .collect();
         let base = remaining.iter().sum::<Decimal>().min(cap);
         let off = c.discount(base, currency, mode)?;
@@ -215,6 +236,7 @@ pub fn assemble(
         cap -= off;
         coupons.push(AppliedCoupon {
             code: c.code.clone(),
+            id: c.id.clone(),
             amount: off,
         });
     }
@@ -325,12 +347,16 @@ mod tests {
             taxes: None,
             breakdown: vec![],
             subscription: None,
+            plan: None,
+            metric: None,
         }
     }
 
     fn pct(code: &str, rate: Decimal) -> Coupon {
         Coupon {
             code: code.into(),
+            id: None,
+            applies_to: None,
             coupon_type: CouponType::Percentage,
             amount: None,
             percentage_rate: Some(rate),
@@ -392,6 +418,33 @@ mod tests {
         assert_eq!(inv.credits[0].amount, dec!(10.00));
         assert_eq!(inv.credits[1].amount, dec!(47.78));
         assert_eq!(inv.amount_due, dec!(0.00));
+    }
+
+    #[test]
+    fn a_coupon_limited_to_a_metric_discounts_its_lines_only() {
+        let eur = cur("EUR");
+        let mut coupon = pct("calls_half", dec!(50));
+        coupon.applies_to = Some(crate::discount::CouponScope {
+            metrics: vec!["calls".into()],
+            ..Default::default()
+        });
+        let coupons = [coupon];
+        let adj = Adjustments {
+            coupons: &coupons,
+            ..no_adj()
+        };
+        let mut fee = line(LineKind::Subscription, dec!(40), eur);
+        fee.plan = Some("pro".into());
+        let mut calls = line(LineKind::Charge, dec!(12.35), eur);
+        calls.plan = Some("pro".into());
+        calls.metric = Some("calls".into());
+        let inv = assemble(eur, RoundingMode::HalfUp, vec![fee, calls], &adj).unwrap();
+        // 50 % of 12.35 = 6.175 → 6.18, all on the usage line.
+        assert_eq!(inv.lines[0].discount, dec!(0.00));
+        assert_eq!(inv.lines[1].discount, dec!(6.18));
+        assert_eq!(inv.discount_total, dec!(6.18));
+        assert_eq!(inv.coupons[0].amount, dec!(6.18));
+        assert_eq!(inv.total, dec!(46.17));
     }
 
     #[test]

@@ -550,6 +550,8 @@ fn subscription_lines(
             taxes: plan.taxes.clone(),
             breakdown: Vec::new(),
             subscription: s.id.clone(),
+            plan: Some(plan.code.clone()),
+            metric: None,
         });
     }
 
@@ -637,6 +639,8 @@ fn subscription_lines(
                     taxes: charge.taxes.clone().or_else(|| plan.taxes.clone()),
                     breakdown: out.breakdown,
                     subscription: s.id.clone(),
+                    plan: Some(plan.code.clone()),
+                    metric: Some(charge.metric.code.clone()),
                 });
             }
             if let Some(t) = true_up(charge.min_amount, charge_total)? {
@@ -653,6 +657,8 @@ fn subscription_lines(
                     taxes: charge.taxes.clone().or_else(|| plan.taxes.clone()),
                     breakdown: Vec::new(),
                     subscription: s.id.clone(),
+                    plan: Some(plan.code.clone()),
+                    metric: Some(charge.metric.code.clone()),
                 });
             }
         }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use billing_core::invoicing::{billing_dates, BillableSubscription};
 use billing_schemas::invoice::{self as wire, InvoiceEvent};
-use billing_schemas::reference::{Customer, Reference};
+use billing_schemas::reference::{CouponUse, Customer, Reference};
 use billing_store::invoices::{InvoiceStatus, InvoiceView};
 use billing_store::usage::CustomerUsage;
 use chrono::{DateTime, Utc};
@@ -71,12 +71,13 @@ pub fn invoice_for(
     customer_id: &str,
     subs: &[BillableSubscription],
     usage: &CustomerUsage,
+    coupon_use: &CouponUse,
     date: DateTime<Utc>,
     status: InvoiceStatus,
     issued_at: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Option<InvoiceView>> {
     let outcome = reference
-        .invoice_on(tenant, customer_id, subs, date, |s, period| {
+        .invoice_on(tenant, customer_id, subs, date, coupon_use, |s, period| {
             let id = s.id.clone().unwrap_or_default();
             let has = |code: &str| {
                 s.plans
@@ -168,6 +169,15 @@ pub fn finalized_event(tenant: &str, inv: &InvoiceView) -> InvoiceEvent {
                 })
                 .collect(),
             tax_note: inv.tax_note.clone(),
+            coupons: inv
+                .coupons
+                .iter()
+                .map(|c| wire::InvoiceCoupon {
+                    applied_coupon_id: c.applied_coupon_id.clone(),
+                    code: c.code.clone(),
+                    amount: c.amount.to_string(),
+                })
+                .collect(),
         })),
     }
 }

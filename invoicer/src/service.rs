@@ -19,7 +19,7 @@ use billing_schemas::catalog::{Catalog, CatalogEvent};
 use billing_schemas::lifecycle::{
     CreditNoteRequested, InvoiceVoidRequested, Lifecycle, LifecycleEvent,
 };
-use billing_schemas::reference::Reference;
+use billing_schemas::reference::{CouponUse, Reference};
 use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
 use billing_store::billing::{BillingStore, CatalogEntry};
 use billing_store::catalog_entries;
@@ -387,6 +387,11 @@ impl Invoicer {
                 )),
                 Catalog::TaxRate(x) => Some((
                     catalog_entries::TAX_RATE,
+                    x.code.clone(),
+                    serde_json::to_string(x)?,
+                )),
+                Catalog::Coupon(x) => Some((
+                    catalog_entries::COUPON,
                     x.code.clone(),
                     serde_json::to_string(x)?,
                 )),
@@ -852,6 +857,14 @@ impl Invoicer {
             let Some(cust) = self.reference.customer(&t, &c) else {
                 continue;
             };
+            // What the customer's coupons discounted before: on its issued invoices, then on each invoice of this
+            // run in billing-date order (a draft included: it is billed again on every tick until finalized).
+            let mut coupon_use = if cust.coupons.is_empty() {
+                CouponUse::default()
+            } else {
+                let first = due.first().copied().unwrap_or(now);
+                self.store.coupon_use_before(&t, &c, first).await?
+            };
             let grace = chrono::Duration::days(i64::from(
                 cust.record
                     .as_ref()
@@ -867,8 +880,17 @@ impl Invoicer {
                 } else {
                     (InvoiceStatus::Draft, None)
                 };
-                let computed =
-                    bill::invoice_for(&self.reference, &t, &c, &subs, &usage, d, status, issued_at);
+                let computed = bill::invoice_for(
+                    &self.reference,
+                    &t,
+                    &c,
+                    &subs,
+                    &usage,
+                    &coupon_use,
+                    d,
+                    status,
+                    issued_at,
+                );
                 let inv = match computed {
                     Ok(Some(inv)) => inv,
                     Ok(None) => continue,
@@ -877,9 +899,12 @@ impl Invoicer {
                         continue;
                     }
                 };
+                inv.record_coupon_use(&mut coupon_use);
+                // A zero invoice a coupon was used on is issued all the same: it records the coupon's use.
+                let unrecorded = inv.total.is_zero() && inv.coupons.is_empty();
                 if status == InvoiceStatus::Draft {
                     drafts.push((t.clone(), inv));
-                } else if inv.total.is_zero() && !self.settings.invoicer.issue_zero_invoices {
+                } else if unrecorded && !self.settings.invoicer.issue_zero_invoices {
                     self.issued.set(&t, &c, d, InvoiceStatus::Finalized);
                 } else {
                     to_finalize.push((t.clone(), inv));

@@ -3,13 +3,23 @@
 
 use billing_core::subscription::ChangeKind;
 use billing_schemas::reference::{Customer, Subscription};
-use billing_store::customers::CustomerView;
+use billing_store::customers::{AppliedCouponView, CustomerView};
 use billing_store::subscriptions::{ChangeView, SubscriptionStatus, SubscriptionView};
 
 /// The customer's view, once the customer itself was created.
 pub fn customer(c: &Customer) -> Option<CustomerView> {
     let record = c.record.as_ref()?;
-    Some(CustomerView::new(record, c.created_at?))
+    let mut view = CustomerView::new(record, c.created_at?);
+    view.applied_coupons = c
+        .coupons
+        .iter()
+        .map(|a| AppliedCouponView {
+            applied: a.applied.clone(),
+            applied_at: a.applied_at,
+            removed_at: a.removed_at,
+        })
+        .collect();
+    Some(view)
 }
 
 /// The subscription's view.

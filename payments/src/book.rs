@@ -292,7 +292,9 @@ impl Book {
             | Lifecycle::SubscriptionChanged(_)
             | Lifecycle::InvoiceFinalizeRequested(_)
             | Lifecycle::CreditNoteRequested(_)
-            | Lifecycle::InvoiceVoidRequested(_) => {}
+            | Lifecycle::InvoiceVoidRequested(_)
+            | Lifecycle::CouponApplied(_)
+            | Lifecycle::CouponRemoved(_) => {}
         }
         None
     }

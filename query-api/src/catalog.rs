@@ -1,4 +1,4 @@
-//! `/v1/billable_metrics`, `/v1/plans` and `/v1/taxes`: create, update (publishes the new version of the entry on
+//! `/v1/billable_metrics`, `/v1/plans`, `/v1/taxes` and `/v1/coupons`: create, update (publishes the new version of the entry on
 //! `billing.catalog`; the latest version is the one in force), read, list. Charge properties are Lago's, checked
 //! with the core's own parser (`ChargeModel::from_lago`) before anything is published.
 
@@ -10,12 +10,12 @@ use axum::Json;
 use billing_core::period::Interval;
 use billing_runtime::http::Tenant;
 use billing_schemas::catalog::{
-    Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, MetricFilter, Plan,
-    TaxRate,
+    Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, Coupon,
+    CouponFrequency, CouponType, MetricFilter, Plan, TaxRate,
 };
 use billing_schemas::reference::tax_rate_info;
 use billing_store::billing::CatalogEntry;
-use billing_store::catalog_entries::{METRIC, PLAN, TAX_RATE};
+use billing_store::catalog_entries::{COUPON, METRIC, PLAN, TAX_RATE};
 use chrono::Utc;
 use serde_json::Value;
 
@@ -198,6 +198,228 @@ pub struct UpdateTax {
     applied_to_tenant: Option<bool>,
     #[serde(default)]
     description: Option<String>,
+}
+
+/// What a coupon applies to (Lago's `applies_to`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppliesTo {
+    #[serde(default)]
+    plan_codes: Vec<String>,
+    #[serde(default, alias = "metric_codes")]
+    billable_metric_codes: Vec<String>,
+}
+
+/// `POST /v1/coupons` (Lago's coupon object; `expiration_at` an RFC 3339 time or a date).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCoupon {
+    code: String,
+    #[serde(default)]
+    name: Option<String>,
+    coupon_type: CouponType,
+    #[serde(default)]
+    amount: Option<Value>,
+    #[serde(default)]
+    amount_currency: Option<String>,
+    #[serde(default)]
+    percentage_rate: Option<Value>,
+    #[serde(default)]
+    frequency: Option<CouponFrequency>,
+    #[serde(default)]
+    frequency_duration: Option<i32>,
+    #[serde(default)]
+    expiration_at: Option<String>,
+    #[serde(default)]
+    reusable: Option<bool>,
+    #[serde(default)]
+    max_redemptions: Option<i32>,
+    #[serde(default)]
+    applies_to: Option<AppliesTo>,
+}
+
+/// `POST /v1/coupons/{code}`: name, expiry, reusability and redemption limit; applied coupons keep their terms.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCoupon {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    expiration_at: Option<String>,
+    #[serde(default)]
+    reusable: Option<bool>,
+    #[serde(default)]
+    max_redemptions: Option<i32>,
+}
+
+/// A coupon's terms as an application would carry them, checked by the reference fold's own parser.
+pub fn coupon_terms(
+    c: &Coupon,
+    customer_id: &str,
+    applied_coupon_id: &str,
+) -> billing_schemas::lifecycle::CouponApplied {
+    billing_schemas::lifecycle::CouponApplied {
+        applied_coupon_id: applied_coupon_id.into(),
+        customer_id: customer_id.into(),
+        subscription_id: None,
+        coupon_code: c.code.clone(),
+        coupon_type: c.coupon_type,
+        amount: c.amount.clone(),
+        amount_currency: c.amount_currency.clone(),
+        percentage_rate: c.percentage_rate.clone(),
+        frequency: c.frequency,
+        frequency_duration: c.frequency_duration,
+        plan_codes: c.plan_codes.clone(),
+        metric_codes: c.metric_codes.clone(),
+    }
+}
+
+fn check_coupon_fields(c: &mut Check, k: &Coupon) {
+    check_name(c, &k.name);
+    match k.coupon_type {
+        CouponType::FixedAmount => {
+            if k.amount.is_none() {
+                c.fail("amount", "required by a fixed_amount coupon");
+            }
+            match &k.amount_currency {
+                None => c.fail("amount_currency", "required by a fixed_amount coupon"),
+                Some(cur) => {
+                    c.currency("amount_currency", cur);
+                }
+            }
+            if k.percentage_rate.is_some() {
+                c.fail("percentage_rate", "only for a percentage coupon");
+            }
+        }
+        CouponType::Percentage => {
+            if k.percentage_rate.is_none() {
+                c.fail("percentage_rate", "required by a percentage coupon");
+            }
+            if k.amount.is_some() || k.amount_currency.is_some() {
+                c.fail("amount", "only for a fixed_amount coupon");
+            }
+        }
+    }
+    match (k.frequency, k.frequency_duration) {
+        (CouponFrequency::Recurring, None) => {
+            c.fail("frequency_duration", "required by a recurring coupon")
+        }
+        (CouponFrequency::Recurring, Some(d)) if !(1..=1200).contains(&d) => {
+            c.fail("frequency_duration", format!("{d} is not in 1..=1200"))
+        }
+        (CouponFrequency::Once | CouponFrequency::Forever, Some(_)) => {
+            c.fail("frequency_duration", "only for a recurring coupon")
+        }
+        _ => {}
+    }
+    if let Some(m) = k.max_redemptions {
+        if m < 1 {
+            c.fail("max_redemptions", format!("{m} is not 1 or more"));
+        }
+    }
+    if c.is_empty() {
+        if let Err(e) = billing_schemas::reference::applied_coupon(&coupon_terms(k, "", "")) {
+            let field = if k.coupon_type == CouponType::FixedAmount {
+                "amount"
+            } else {
+                "percentage_rate"
+            };
+            c.fail(field, e);
+        }
+    }
+}
+
+fn decimal_text(c: &mut Check, name: &str, v: Option<&Value>) -> Option<String> {
+    v.and_then(|v| c.amount(name, v)).map(|d| d.to_string())
+}
+
+fn expiry(c: &mut Check, raw: Option<&str>) -> Option<chrono::DateTime<Utc>> {
+    let raw = raw?;
+    match crate::request::parse_instant("expiration_at", raw, true) {
+        Ok(t) => Some(t),
+        Err(_) => {
+            c.fail(
+                "expiration_at",
+                "must be an RFC 3339 time or a YYYY-MM-DD date",
+            );
+            None
+        }
+    }
+}
+
+impl CreateCoupon {
+    /// The coupon (plans and metrics still to be found), or every refused field so far.
+    pub fn validate(self, c: &mut Check) -> Coupon {
+        c.id("code", &self.code);
+        let applies_to = self.applies_to.unwrap_or_default();
+        let k = Coupon {
+            name: self.name.unwrap_or_else(|| self.code.clone()),
+            code: self.code,
+            coupon_type: self.coupon_type,
+            amount: decimal_text(c, "amount", self.amount.as_ref()),
+            amount_currency: self.amount_currency.map(|s| s.to_ascii_uppercase()),
+            percentage_rate: decimal_text(c, "percentage_rate", self.percentage_rate.as_ref()),
+            frequency: self.frequency.unwrap_or_default(),
+            frequency_duration: self.frequency_duration,
+            expiration_at: expiry(c, self.expiration_at.as_deref()),
+            reusable: self.reusable.unwrap_or(true),
+            max_redemptions: self.max_redemptions,
+            plan_codes: applies_to.plan_codes,
+            metric_codes: applies_to.billable_metric_codes,
+        };
+        check_coupon_fields(c, &k);
+        k
+    }
+}
+
+impl UpdateCoupon {
+    /// `old` with the given fields replaced, or every refused field.
+    pub fn validate(self, mut k: Coupon) -> Result<Coupon, ApiError> {
+        let mut c = Check::new();
+        if let Some(n) = self.name {
+            k.name = n;
+        }
+        if self.expiration_at.is_some() {
+            k.expiration_at = expiry(&mut c, self.expiration_at.as_deref());
+        }
+        if let Some(r) = self.reusable {
+            k.reusable = r;
+        }
+        if self.max_redemptions.is_some() {
+            k.max_redemptions = self.max_redemptions;
+        }
+        check_coupon_fields(&mut c, &k);
+        c.finish()?;
+        Ok(k)
+    }
+}
+
+/// Refuse the plans and metrics a coupon is limited to that the tenant does not have.
+async fn check_scope_exists(
+    state: &AppState,
+    tenant: &str,
+    c: &mut Check,
+    k: &Coupon,
+) -> Result<(), ApiError> {
+    for (kind, list, field) in [
+        (PLAN, &k.plan_codes, "applies_to.plan_codes"),
+        (METRIC, &k.metric_codes, "applies_to.billable_metric_codes"),
+    ] {
+        for (i, code) in list.iter().enumerate() {
+            if state
+                .billing
+                .catalog_entry(tenant, kind, code)
+                .await?
+                .is_none()
+            {
+                c.fail(
+                    format!("{field}[{i}]"),
+                    format!("no {} {code:?}", kind.replace('_', " ")),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A rate as text: a JSON number or string, checked by the reference fold's own parser (0 to 100, ≤ 4 decimals).
@@ -676,6 +898,7 @@ async fn publish(
         Catalog::BillableMetric(m) => (METRIC, m.code.clone(), metric_view),
         Catalog::Plan(p) => (PLAN, p.code.clone(), plan_view),
         Catalog::TaxRate(t) => (TAX_RATE, t.code.clone(), tax_view),
+        Catalog::Coupon(k) => (COUPON, k.code.clone(), coupon_view),
         Catalog::Deleted(_) => {
             return Err(anyhow::anyhow!("deletions are not published here").into())
         }
@@ -708,6 +931,7 @@ async fn create(
         Catalog::BillableMetric(m) => (METRIC, m.code.clone()),
         Catalog::Plan(p) => (PLAN, p.code.clone()),
         Catalog::TaxRate(t) => (TAX_RATE, t.code.clone()),
+        Catalog::Coupon(k) => (COUPON, k.code.clone()),
         Catalog::Deleted(_) => {
             return Err(anyhow::anyhow!("deletions are not published here").into())
         }
@@ -849,6 +1073,97 @@ pub async fn list_plans(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     list(&state, &tenant, PLAN, q, plan_view).await
+}
+
+/// A stored coupon as the API shows it.
+pub fn coupon_view(e: &CatalogEntry) -> Result<Value, ApiError> {
+    let k: Coupon = serde_json::from_str(&e.body).map_err(anyhow::Error::from)?;
+    Ok(serde_json::json!({
+        "object": "coupon",
+        "code": k.code,
+        "name": k.name,
+        "coupon_type": k.coupon_type,
+        "amount": k.amount,
+        "amount_currency": k.amount_currency,
+        "percentage_rate": k.percentage_rate,
+        "frequency": k.frequency,
+        "frequency_duration": k.frequency_duration,
+        "expiration_at": k.expiration_at,
+        "reusable": k.reusable,
+        "max_redemptions": k.max_redemptions,
+        "applies_to": {"plan_codes": k.plan_codes, "billable_metric_codes": k.metric_codes},
+        "created_at": e.created_at,
+    }))
+}
+
+/// The stored coupon, if any.
+pub async fn coupon(
+    state: &AppState,
+    tenant: &str,
+    code: &str,
+) -> Result<Option<Coupon>, ApiError> {
+    match state.billing.catalog_entry(tenant, COUPON, code).await? {
+        None => Ok(None),
+        Some(e) => Ok(Some(
+            serde_json::from_str(&e.body).map_err(anyhow::Error::from)?,
+        )),
+    }
+}
+
+/// `POST /v1/coupons`.
+pub async fn create_coupon(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<CreateCoupon>,
+) -> Result<Answer, ApiError> {
+    state.deadline(&q)?;
+    let mut c = Check::new();
+    let k = body.validate(&mut c);
+    check_scope_exists(&state, &tenant, &mut c, &k).await?;
+    c.finish()?;
+    if coupon(&state, &tenant, &k.code).await?.is_some() {
+        return Err(ApiError::conflict_field(
+            "code",
+            format!("a coupon {:?} already exists", k.code),
+        ));
+    }
+    create(&state, &tenant, &q, Catalog::Coupon(k)).await
+}
+
+/// `POST /v1/coupons/{code}`.
+pub async fn update_coupon(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(code): Path<String>,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<UpdateCoupon>,
+) -> Result<Answer, ApiError> {
+    state.deadline(&q)?;
+    let old = entry(&state, &tenant, COUPON, &code).await?;
+    let old: Coupon = serde_json::from_str(&old.body).map_err(anyhow::Error::from)?;
+    let k = body.validate(old)?;
+    publish(&state, &tenant, &q, Catalog::Coupon(k), StatusCode::OK).await
+}
+
+/// `GET /v1/coupons/{code}`.
+pub async fn get_coupon(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(code): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(coupon_view(
+        &entry(&state, &tenant, COUPON, &code).await?,
+    )?))
+}
+
+/// `GET /v1/coupons`: cursor = code.
+pub async fn list_coupons(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    list(&state, &tenant, COUPON, q, coupon_view).await
 }
 
 /// `POST /v1/taxes`.

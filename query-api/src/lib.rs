@@ -6,6 +6,7 @@
 
 mod catalog;
 mod clocks;
+mod coupons;
 mod credit_notes;
 mod customers;
 mod error;

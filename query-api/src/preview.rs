@@ -9,10 +9,10 @@ use billing_core::invoicing::billing_dates;
 use billing_runtime::http::Tenant;
 use billing_schemas::catalog::{BillableMetric, Catalog, CatalogEvent, Plan, TaxRate};
 use billing_schemas::lifecycle::{
-    Lifecycle, LifecycleEvent, SubscriptionCanceled, SubscriptionChanged, SubscriptionCreated,
-    SubscriptionEffective,
+    CouponRemoved, Lifecycle, LifecycleEvent, SubscriptionCanceled, SubscriptionChanged,
+    SubscriptionCreated, SubscriptionEffective,
 };
-use billing_schemas::reference::Reference;
+use billing_schemas::reference::{CouponUse, Reference};
 use billing_store::catalog_entries::{METRIC, PLAN, TAX_RATE};
 use billing_store::customers::CustomerView;
 use billing_store::invoices::{InvoiceStatus, InvoiceView};
@@ -64,18 +64,33 @@ pub async fn preview(
         )));
     };
     let usage = state.store.aggregates(&tenant, &customer_id).await?;
+    let coupon_use = if customer.applied_coupons.is_empty() {
+        CouponUse::default()
+    } else {
+        state
+            .billing
+            .coupon_use_before(&tenant, &customer_id, date)
+            .await?
+    };
     let outcome = reference
-        .invoice_on(&tenant, &customer_id, &subs, date, |s, period| {
-            let id = s.id.clone().unwrap_or_default();
-            let has = |code: &str| {
-                s.plans
-                    .iter()
-                    .any(|p| p.charges.iter().any(|c| c.code == code))
-            };
-            usage
-                .charge_aggregates(&id, period, has)
-                .map_err(|e| e.to_string())
-        })
+        .invoice_on(
+            &tenant,
+            &customer_id,
+            &subs,
+            date,
+            &coupon_use,
+            |s, period| {
+                let id = s.id.clone().unwrap_or_default();
+                let has = |code: &str| {
+                    s.plans
+                        .iter()
+                        .any(|p| p.charges.iter().any(|c| c.code == code))
+                };
+                usage
+                    .charge_aggregates(&id, period, has)
+                    .map_err(|e| e.to_string())
+            },
+        )
         .map_err(|e| anyhow::anyhow!(e))?
         .ok_or_else(|| {
             ApiError::NotFound(format!("customer {customer_id:?} has no upcoming invoice"))
@@ -159,6 +174,8 @@ async fn fold(
                 }),
                 "pause" => Lifecycle::SubscriptionPaused(effective),
                 "resume" => Lifecycle::SubscriptionResumed(effective),
+                "suspend" => Lifecycle::SubscriptionSuspended(effective),
+                "unsuspend" => Lifecycle::SubscriptionUnsuspended(effective),
                 "cancel" => Lifecycle::SubscriptionCanceled(SubscriptionCanceled {
                     subscription_id: sub.clone(),
                     customer_id: cus.clone(),
@@ -170,6 +187,21 @@ async fn fold(
                 }
             };
             events.push(event(ch.effective_at, payload));
+        }
+    }
+    for a in &c.applied_coupons {
+        events.push(event(
+            a.applied_at,
+            Lifecycle::CouponApplied(a.applied.clone()),
+        ));
+        if let Some(at) = a.removed_at {
+            events.push(event(
+                at,
+                Lifecycle::CouponRemoved(CouponRemoved {
+                    applied_coupon_id: a.applied.applied_coupon_id.clone(),
+                    customer_id: c.customer_id.clone(),
+                }),
+            ));
         }
     }
     for ev in events {

@@ -161,6 +161,11 @@ impl Check {
         self.params.is_empty()
     }
 
+    /// Whether nothing was refused yet (checks that need the others to have passed run after it).
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
     /// An external id or a code: 1 to 255 characters, no `/`, no whitespace or control characters.
     pub fn id(&mut self, name: &str, value: &str) {
         if value.is_empty() || value.chars().count() > MAX_ID_CHARS {

@@ -56,6 +56,23 @@ pub fn router(state: AppState) -> Router {
             post(catalog::update_plan).get(catalog::get_plan),
         )
         .route(
+            "/v1/coupons",
+            post(catalog::create_coupon).get(catalog::list_coupons),
+        )
+        .route(
+            "/v1/coupons/{code}",
+            post(catalog::update_coupon).get(catalog::get_coupon),
+        )
+        .route("/v1/applied_coupons", post(crate::coupons::apply))
+        .route(
+            "/v1/customers/{customer_id}/applied_coupons",
+            get(crate::coupons::list),
+        )
+        .route(
+            "/v1/customers/{customer_id}/applied_coupons/{applied_coupon_id}",
+            delete(crate::coupons::remove),
+        )
+        .route(
             "/v1/taxes",
             post(catalog::create_tax).get(catalog::list_taxes),
         )

@@ -34,6 +34,56 @@ pub enum Catalog {
     Deleted(Deleted),
     /// A tax rate (v3).
     TaxRate(TaxRate),
+    /// A coupon (v3).
+    Coupon(Coupon),
+}
+
+/// Fixed amount or percentage, and how many invoices a coupon discounts: the core's own types (their serde names
+/// are the Avro symbols).
+pub use billing_core::discount::{CouponType, Frequency as CouponFrequency};
+
+/// A coupon of the catalog (Lago's coupon object); applying it copies its terms onto the customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coupon {
+    /// Code.
+    pub code: String,
+    /// Name shown on invoices.
+    pub name: String,
+    /// Fixed amount or percentage.
+    pub coupon_type: CouponType,
+    /// Amount off (fixed amount), decimal string.
+    #[serde(default)]
+    pub amount: Option<String>,
+    /// ISO 4217 currency of `amount`.
+    #[serde(default)]
+    pub amount_currency: Option<String>,
+    /// Percent off (percentage), decimal string.
+    #[serde(default)]
+    pub percentage_rate: Option<String>,
+    /// Once, recurring or forever.
+    pub frequency: CouponFrequency,
+    /// Invoices discounted, when recurring.
+    #[serde(default)]
+    pub frequency_duration: Option<i32>,
+    /// No application after this instant.
+    #[serde(default, with = "crate::time::option")]
+    pub expiration_at: Option<DateTime<Utc>>,
+    /// A customer may have it applied more than once.
+    #[serde(default = "yes")]
+    pub reusable: bool,
+    /// Applications allowed over all customers.
+    #[serde(default)]
+    pub max_redemptions: Option<i32>,
+    /// Limited to these plans' lines.
+    #[serde(default)]
+    pub plan_codes: Vec<String>,
+    /// Limited to these metrics' usage lines.
+    #[serde(default)]
+    pub metric_codes: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A tax rate, referred to by its code from customers, plans and charges.
@@ -213,7 +263,7 @@ fn first_version() -> i32 {
 /// A retired catalog entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {
-    /// `billable_metric`, `plan` or `tax_rate`.
+    /// `billable_metric`, `plan`, `tax_rate` or `coupon`.
     pub kind: String,
     /// Its code.
     pub code: String,
@@ -231,6 +281,7 @@ impl CatalogEvent {
             Catalog::Plan(p) => ("plan", p.code.as_str()),
             Catalog::Deleted(d) => (d.kind.as_str(), d.code.as_str()),
             Catalog::TaxRate(t) => ("tax_rate", t.code.as_str()),
+            Catalog::Coupon(c) => ("coupon", c.code.as_str()),
         };
         format!("{}/{kind}/{code}", self.tenant_id)
     }

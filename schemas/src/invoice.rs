@@ -181,6 +181,9 @@ pub struct InvoiceFinalized {
     /// Legal mention of an exempt or reverse-charge customer (v4).
     #[serde(default)]
     pub tax_note: Option<String>,
+    /// The coupons that discounted it (v4).
+    #[serde(default)]
+    pub coupons: Vec<InvoiceCoupon>,
 }
 
 /// A voided invoice.
@@ -195,6 +198,17 @@ pub struct InvoiceVoided {
     /// Its number, kept (v4).
     #[serde(default)]
     pub number: Option<String>,
+}
+
+/// A coupon on an invoice: what it took off (a decimal string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceCoupon {
+    /// Id of the coupon's application.
+    pub applied_coupon_id: String,
+    /// Coupon code.
+    pub code: String,
+    /// Discount.
+    pub amount: String,
 }
 
 /// One tax of an invoice, over the lines it applies to. Amounts are decimal strings.

@@ -54,6 +54,10 @@ pub enum Lifecycle {
     CreditNoteRequested(CreditNoteRequested),
     /// Void a finalized, unpaid invoice (v4); the invoicer voids it or refuses.
     InvoiceVoidRequested(InvoiceVoidRequested),
+    /// A coupon applied to a customer (v4).
+    CouponApplied(CouponApplied),
+    /// An applied coupon removed (v4).
+    CouponRemoved(CouponRemoved),
 }
 
 /// A postal address; every part is optional.
@@ -322,6 +326,8 @@ impl Lifecycle {
             Lifecycle::InvoiceFinalizeRequested(r) => &r.customer_id,
             Lifecycle::CreditNoteRequested(r) => &r.customer_id,
             Lifecycle::InvoiceVoidRequested(r) => &r.customer_id,
+            Lifecycle::CouponApplied(c) => &c.customer_id,
+            Lifecycle::CouponRemoved(c) => &c.customer_id,
             Lifecycle::ClockTick(_) => return None,
         })
     }
@@ -409,4 +415,49 @@ pub struct InvoiceVoidRequested {
     /// Why.
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// A coupon applied to a customer, with the terms it keeps whatever later happens to the catalog's coupon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponApplied {
+    /// Id of this application.
+    pub applied_coupon_id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// Only this subscription's lines, when set.
+    #[serde(default)]
+    pub subscription_id: Option<String>,
+    /// The catalog coupon.
+    pub coupon_code: String,
+    /// Fixed amount or percentage.
+    pub coupon_type: crate::catalog::CouponType,
+    /// Amount off, decimal string.
+    #[serde(default)]
+    pub amount: Option<String>,
+    /// Its currency.
+    #[serde(default)]
+    pub amount_currency: Option<String>,
+    /// Percent off, decimal string.
+    #[serde(default)]
+    pub percentage_rate: Option<String>,
+    /// Once, recurring or forever.
+    pub frequency: crate::catalog::CouponFrequency,
+    /// Invoices discounted, when recurring.
+    #[serde(default)]
+    pub frequency_duration: Option<i32>,
+    /// Limited to these plans' lines.
+    #[serde(default)]
+    pub plan_codes: Vec<String>,
+    /// Limited to these metrics' usage lines.
+    #[serde(default)]
+    pub metric_codes: Vec<String>,
+}
+
+/// An applied coupon removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponRemoved {
+    /// Id of the application.
+    pub applied_coupon_id: String,
+    /// The customer.
+    pub customer_id: String,
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use billing_core::aggregation::Metric;
 use billing_core::attribution::{self, Attributable};
 use billing_core::charge::ChargeModel;
+use billing_core::discount::Coupon;
 use billing_core::invoice::Adjustments;
 use billing_core::invoicing::{
     closing_period, invoice_billing_date, BillableSubscription, BillingDateInput, ChargeAggregate,
@@ -175,6 +176,76 @@ pub struct Customer {
     pub timezone: Option<Tz>,
     /// Subscriptions in creation order.
     pub subscriptions: Vec<Subscription>,
+    /// Coupons applied, in application order.
+    pub coupons: Vec<AppliedCoupon>,
+}
+
+/// A coupon applied to a customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedCoupon {
+    /// The application as published.
+    pub applied: crate::lifecycle::CouponApplied,
+    /// The terms, as the core applies them (`id`: the application's id).
+    pub coupon: Coupon,
+    /// Billing time of the application: it discounts the invoices whose billing date is at or after it.
+    pub applied_at: DateTime<Utc>,
+    /// Billing time of its removal: it discounts no invoice whose billing date is at or after it.
+    pub removed_at: Option<DateTime<Utc>>,
+}
+
+impl AppliedCoupon {
+    /// Whether it may discount the invoice of this billing date.
+    pub fn in_force(&self, billing_date: DateTime<Utc>) -> bool {
+        self.applied_at <= billing_date && self.removed_at.is_none_or(|r| billing_date < r)
+    }
+}
+
+/// The core's coupon of an application: its terms parsed, its scope (plans, metrics, subscription).
+pub fn applied_coupon(c: &crate::lifecycle::CouponApplied) -> Result<Coupon, String> {
+    use billing_core::discount::{CouponType, Frequency};
+    let num = |field: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| billing_core::money::parse_exact_decimal(field, s, 9))
+            .transpose()
+            .map_err(|e| e.to_string())
+    };
+    let coupon = Coupon {
+        code: c.coupon_code.clone(),
+        id: Some(c.applied_coupon_id.clone()),
+        applies_to: Some(billing_core::discount::CouponScope {
+            plans: c.plan_codes.clone(),
+            metrics: c.metric_codes.clone(),
+            subscriptions: c.subscription_id.iter().cloned().collect(),
+        }),
+        coupon_type: c.coupon_type,
+        amount: num("amount", &c.amount)?,
+        percentage_rate: num("percentage_rate", &c.percentage_rate)?,
+        frequency: c.frequency,
+        frequency_duration: c
+            .frequency_duration
+            .map(|d| u32::try_from(d).map_err(|_| format!("frequency_duration {d} is negative")))
+            .transpose()?,
+        periods_applied: 0,
+        amount_remaining: None,
+    };
+    match (coupon.coupon_type, coupon.amount, coupon.percentage_rate) {
+        (CouponType::FixedAmount, Some(a), _) if a > rust_decimal::Decimal::ZERO => {}
+        (CouponType::Percentage, _, Some(r))
+            if r > rust_decimal::Decimal::ZERO && r <= rust_decimal::Decimal::ONE_HUNDRED => {}
+        (CouponType::FixedAmount, ..) => {
+            return Err("a fixed_amount coupon needs an amount above 0".into())
+        }
+        (CouponType::Percentage, ..) => {
+            return Err(
+                "a percentage coupon needs a percentage_rate above 0 and at most 100".into(),
+            )
+        }
+    }
+    if coupon.frequency == Frequency::Recurring && coupon.frequency_duration.is_none_or(|d| d == 0)
+    {
+        return Err("a recurring coupon needs a frequency_duration of 1 or more".into());
+    }
+    Ok(coupon)
 }
 
 impl Customer {
@@ -272,6 +343,24 @@ pub fn tax_note(exempt: TaxExempt, tax_ids: &[String]) -> Option<String> {
     }
 }
 
+/// What a customer's applied coupons discounted on its earlier invoices: per application id, one amount per
+/// invoice it discounted, in billing-date order. Recorded on the invoices themselves, so a coupon is used once
+/// per invoice whatever the restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CouponUse(HashMap<String, Vec<rust_decimal::Decimal>>);
+
+impl CouponUse {
+    /// Record that the application `id` discounted an invoice by `amount`.
+    pub fn record(&mut self, id: &str, amount: rust_decimal::Decimal) {
+        self.0.entry(id.to_owned()).or_default().push(amount);
+    }
+
+    /// The discounts of application `id` so far.
+    pub fn of(&self, id: &str) -> &[rust_decimal::Decimal] {
+        self.0.get(id).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
 /// Everything read from the catalog and lifecycle topics.
 #[derive(Debug, Default)]
 pub struct Reference {
@@ -314,6 +403,8 @@ impl Reference {
                 versions.push(Arc::new(info));
                 versions.sort_by_key(|v| v.plan.version);
             }
+            // A coupon's terms are copied onto the customer when it is applied (`CouponApplied`).
+            Catalog::Coupon(_) => {}
             Catalog::TaxRate(t) => {
                 let info =
                     tax_rate_info(&t).map_err(|e| format!("invalid tax rate {:?}: {e}", t.code))?;
@@ -326,6 +417,7 @@ impl Reference {
                 "tax_rate" => {
                     self.tax_rates.remove(&(tenant, d.code));
                 }
+                "coupon" => {}
                 "plan" => {
                     self.plans.remove(&(tenant, d.code));
                 }
@@ -430,6 +522,67 @@ impl Reference {
                         changes: Vec::new(),
                     },
                 });
+                return Ok(());
+            }
+            Lifecycle::CouponApplied(a) => {
+                let coupon = applied_coupon(&a)
+                    .map_err(|e| format!("coupon {:?} not applied: {e}", a.coupon_code))?;
+                let Some(c) = self
+                    .customers
+                    .get_mut(&(tenant, a.customer_id.clone()))
+                    .filter(|c| c.known())
+                else {
+                    return Err(format!(
+                        "coupon applied to unknown customer {:?}",
+                        a.customer_id
+                    ));
+                };
+                let currency = c
+                    .record
+                    .as_ref()
+                    .map(|r| r.currency.as_str())
+                    .unwrap_or_default();
+                if let Some(cur) = a
+                    .amount_currency
+                    .as_deref()
+                    .filter(|cur| !cur.eq_ignore_ascii_case(currency))
+                {
+                    return Err(format!(
+                        "coupon {:?} is in {cur}, customer {:?} is billed in {currency}",
+                        a.coupon_code, a.customer_id
+                    ));
+                }
+                match c.coupons.iter_mut().find(|x| x.coupon.id == coupon.id) {
+                    // A repeated application (a retry, a replay) keeps its first time.
+                    Some(existing) => {
+                        existing.coupon = coupon;
+                        existing.applied = a;
+                    }
+                    None => c.coupons.push(AppliedCoupon {
+                        applied: a,
+                        coupon,
+                        applied_at: ev.occurred_at,
+                        removed_at: None,
+                    }),
+                }
+                return Ok(());
+            }
+            Lifecycle::CouponRemoved(r) => {
+                let applied = self
+                    .customers
+                    .get_mut(&(tenant, r.customer_id.clone()))
+                    .and_then(|c| {
+                        c.coupons
+                            .iter_mut()
+                            .find(|x| x.coupon.id.as_deref() == Some(r.applied_coupon_id.as_str()))
+                    });
+                let Some(applied) = applied else {
+                    return Err(format!(
+                        "removal of unknown applied coupon {:?}",
+                        r.applied_coupon_id
+                    ));
+                };
+                applied.removed_at.get_or_insert(ev.occurred_at);
                 return Ok(());
             }
             Lifecycle::ClockTick(_)
@@ -656,6 +809,7 @@ impl Reference {
         customer: &str,
         subs: &[BillableSubscription],
         date: DateTime<Utc>,
+        coupon_use: &CouponUse,
         usage: impl Fn(&BillableSubscription, &BillingPeriod) -> Result<Vec<ChargeAggregate>, String>,
     ) -> Result<Option<InvoiceOutcome>, String> {
         let c = self
@@ -665,6 +819,15 @@ impl Reference {
         let record = c.record.as_ref().expect("known");
         let currency = Currency::parse(&record.currency).map_err(|e| e.to_string())?;
         let taxes = self.customer_taxes(tenant, record)?;
+        let coupons: Vec<Coupon> = c
+            .coupons
+            .iter()
+            .filter(|a| a.in_force(date))
+            .map(|a| {
+                let id = a.coupon.id.as_deref().unwrap_or_default();
+                a.coupon.clone().after(coupon_use.of(id))
+            })
+            .collect();
         let tz = c.tz();
         let mut with_usage = Vec::with_capacity(subs.len());
         for s in subs {
@@ -681,7 +844,7 @@ impl Reference {
             billing_date: date,
             subscriptions: &with_usage,
             adjustments: Adjustments {
-                coupons: &[],
+                coupons: &coupons,
                 taxes: &taxes.rates,
                 customer_tax_exempt: taxes.exempt,
                 credit_notes: &[],
@@ -876,5 +1039,101 @@ mod tests {
         r.apply_catalog(plan(3, "300", None)).unwrap();
         assert_eq!(fee(&r, "a"), rust_decimal::Decimal::from(300));
         assert_eq!(fee(&r, "b"), rust_decimal::Decimal::from(300));
+    }
+
+    fn lifecycle(payload: Lifecycle, occurred_at: &str) -> LifecycleEvent {
+        LifecycleEvent {
+            tenant_id: "t".into(),
+            event_id: String::new(),
+            occurred_at: at(occurred_at),
+            payload,
+        }
+    }
+
+    fn welcome(id: &str, currency: &str) -> crate::lifecycle::CouponApplied {
+        crate::lifecycle::CouponApplied {
+            applied_coupon_id: id.into(),
+            customer_id: "a".into(),
+            subscription_id: None,
+            coupon_code: "welcome".into(),
+            coupon_type: crate::catalog::CouponType::FixedAmount,
+            amount: Some("15.00".into()),
+            amount_currency: Some(currency.into()),
+            percentage_rate: None,
+            frequency: crate::catalog::CouponFrequency::Once,
+            frequency_duration: None,
+            plan_codes: vec![],
+            metric_codes: vec![],
+        }
+    }
+
+    // A 15.00 coupon applied once on a 10.00 plan: 10.00 off January, the 5.00 left off February (its use read
+    // from the earlier invoices), nothing after its removal; one in another currency is refused.
+    #[test]
+    fn an_applied_coupon_carries_over_and_stops_when_removed() {
+        let mut r = Reference::default();
+        r.apply_catalog(plan(1, "10", None)).unwrap();
+        for ev in LifecycleEvent::customer_subscribed(
+            "t",
+            CustomerCreated::new("a", "a", "EUR", "UTC"),
+            "sa",
+            "p",
+            at("2026-01-01T00:00:00Z"),
+        ) {
+            r.apply_lifecycle(ev).unwrap();
+        }
+        let refused = r.apply_lifecycle(lifecycle(
+            Lifecycle::CouponApplied(welcome("ac_usd", "USD")),
+            "2026-01-01T00:00:00Z",
+        ));
+        assert!(refused.unwrap_err().contains("USD"));
+        r.apply_lifecycle(lifecycle(
+            Lifecycle::CouponApplied(welcome("ac_1", "EUR")),
+            "2026-01-01T00:00:00Z",
+        ))
+        .unwrap();
+        let (subs, _) = r.billable_subscriptions("t", "a");
+        fn invoice(
+            r: &Reference,
+            subs: &[BillableSubscription],
+            date: &str,
+            used: &CouponUse,
+        ) -> billing_core::invoice::Invoice {
+            r.invoice_on("t", "a", subs, at(date), used, |_, _| Ok(vec![]))
+                .unwrap()
+                .unwrap()
+                .invoice
+        }
+        let mut used = CouponUse::default();
+        let jan = invoice(&r, &subs, "2026-01-01T00:00:00Z", &used);
+        assert_eq!(jan.discount_total, rust_decimal::Decimal::new(1000, 2));
+        assert_eq!(jan.coupons[0].id.as_deref(), Some("ac_1"));
+        used.record("ac_1", jan.coupons[0].amount);
+        let feb = invoice(&r, &subs, "2026-02-01T00:00:00Z", &used);
+        assert_eq!(feb.discount_total, rust_decimal::Decimal::new(500, 2));
+        used.record("ac_1", feb.coupons[0].amount);
+        assert!(invoice(&r, &subs, "2026-03-01T00:00:00Z", &used)
+            .coupons
+            .is_empty());
+        // Removed on Feb 15: February's invoice (billed Feb 1) keeps it, March's has none.
+        let mut fresh = CouponUse::default();
+        r.apply_lifecycle(lifecycle(
+            Lifecycle::CouponRemoved(crate::lifecycle::CouponRemoved {
+                applied_coupon_id: "ac_1".into(),
+                customer_id: "a".into(),
+            }),
+            "2026-02-15T00:00:00Z",
+        ))
+        .unwrap();
+        fresh.record("ac_1", rust_decimal::Decimal::ONE);
+        assert_eq!(
+            invoice(&r, &subs, "2026-02-01T00:00:00Z", &fresh)
+                .coupons
+                .len(),
+            1
+        );
+        assert!(invoice(&r, &subs, "2026-03-01T00:00:00Z", &fresh)
+            .coupons
+            .is_empty());
     }
 }

@@ -11,7 +11,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::customers::{self, CustomerView};
-use crate::invoices::{self, InvoiceView};
+use crate::invoices::{self, InvoiceStatus, InvoiceView};
 use crate::subscriptions::{self, SubscriptionView};
 use crate::{api_idempotency, catalog_entries, invoice_numbers, materialized_offsets, test_clocks};
 
@@ -618,6 +618,31 @@ impl BillingStore {
     ) -> anyhow::Result<Vec<String>> {
         let rows: Vec<(String,)> = self.collect(&self.invoices_of, (tenant, customer)).await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// What a customer's coupons discounted on its issued invoices (finalized or void) billed before `before`, in
+    /// billing-date order: the invoices are the record of a coupon's use (see
+    /// [`billing_schemas::reference::CouponUse`]).
+    pub async fn coupon_use_before(
+        &self,
+        tenant: &str,
+        customer: &str,
+        before: DateTime<Utc>,
+    ) -> anyhow::Result<billing_schemas::reference::CouponUse> {
+        let mut invoices = Vec::new();
+        for id in self.invoice_ids_of(tenant, customer).await? {
+            if let Some(inv) = self.invoice(tenant, &id).await? {
+                if inv.status != InvoiceStatus::Draft && inv.billing_date < before {
+                    invoices.push(inv);
+                }
+            }
+        }
+        invoices.sort_by_key(|i| i.billing_date);
+        let mut used = billing_schemas::reference::CouponUse::default();
+        for inv in &invoices {
+            inv.record_coupon_use(&mut used);
+        }
+        Ok(used)
     }
 
     // ---- numbering ----

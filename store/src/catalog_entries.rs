@@ -1,5 +1,5 @@
 //! ScyllaDB `catalog_entries` (migration `cql/0002_billing.cql`): the latest version of every billable metric,
-//! plan and tax rate, as published on `billing.catalog`.
+//! plan, tax rate and coupon, as published on `billing.catalog`.
 //!
 //! **Writer: invoicer.** Readers: query-api (catalog reads and request validation).
 
@@ -9,6 +9,8 @@ pub const METRIC: &str = "billable_metric";
 pub const PLAN: &str = "plan";
 /// Kind of a tax rate entry.
 pub const TAX_RATE: &str = "tax_rate";
+/// Kind of a coupon entry.
+pub const COUPON: &str = "coupon";
 
 pub(crate) fn upsert(ks: &str) -> String {
     format!("INSERT INTO {ks}.catalog_entries (tenant_id, kind, code, created_at, body) VALUES (?, ?, ?, ?, ?)")

@@ -502,6 +502,7 @@ mod tests {
             applied_taxes: vec![],
             tax_note: None,
             voided_at: None,
+            coupons: vec![],
         }
     }
 

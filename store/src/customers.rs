@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use billing_schemas::lifecycle::{Address, CustomerCreated, TaxExempt};
+use billing_schemas::lifecycle::{Address, CouponApplied, CustomerCreated, TaxExempt};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,21 @@ pub struct CustomerView {
     pub tax_exempt: TaxExempt,
     /// Billing time of creation.
     pub created_at: DateTime<Utc>,
+    /// Coupons applied to it, in application order (removed ones included, with their removal time).
+    #[serde(default)]
+    pub applied_coupons: Vec<AppliedCouponView>,
+}
+
+/// A coupon applied to a customer, with the terms it keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedCouponView {
+    /// The application as published (id, coupon code, terms, scope).
+    #[serde(flatten)]
+    pub applied: CouponApplied,
+    /// Billing time of the application: it discounts invoices whose billing date is at or after it.
+    pub applied_at: DateTime<Utc>,
+    /// Billing time of its removal.
+    pub removed_at: Option<DateTime<Utc>>,
 }
 
 impl CustomerView {
@@ -65,6 +80,7 @@ impl CustomerView {
             tax_codes: c.tax_codes.clone(),
             tax_exempt: c.tax_exempt,
             created_at,
+            applied_coupons: Vec::new(),
         }
     }
 }

@@ -146,6 +146,29 @@ pub struct InvoiceView {
     /// Billing time of the void, once voided.
     #[serde(default)]
     pub voided_at: Option<DateTime<Utc>>,
+    /// The coupons that discounted it.
+    #[serde(default)]
+    pub coupons: Vec<InvoiceCouponView>,
+}
+
+/// A coupon on an invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceCouponView {
+    /// Id of the coupon's application to the customer.
+    pub applied_coupon_id: String,
+    /// Coupon code.
+    pub code: String,
+    /// What it took off (spread over the lines' `discount`).
+    pub amount: Decimal,
+}
+
+impl InvoiceView {
+    /// Add what this invoice's coupons discounted to `used`.
+    pub fn record_coupon_use(&self, used: &mut billing_schemas::reference::CouponUse) {
+        for c in &self.coupons {
+            used.record(&c.applied_coupon_id, c.amount);
+        }
+    }
 }
 
 /// What an invoice is about besides its lines: who, when, in which state.
@@ -263,6 +286,15 @@ impl InvoiceView {
             applied_taxes,
             tax_note: head.tax_note,
             voided_at: None,
+            coupons: inv
+                .coupons
+                .iter()
+                .map(|c| InvoiceCouponView {
+                    applied_coupon_id: c.id.clone().unwrap_or_else(|| c.code.clone()),
+                    code: c.code.clone(),
+                    amount: c.amount,
+                })
+                .collect(),
         }
     }
 }

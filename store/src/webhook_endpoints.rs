@@ -23,6 +23,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "subscription.canceled",
     "subscription.suspended",
     "subscription.unsuspended",
+    "customer.discount.created",
+    "customer.discount.deleted",
     "invoice.finalized",
     "invoice.voided",
     "invoice.paid_out_of_band",

@@ -89,6 +89,15 @@ fn reconciles(inv: &Value) {
     assert_eq!(applied, dec(&inv["tax_total"]), "{inv}");
 }
 
+/// A customer's January invoice: (customer, subtotal, tax_total, total, [(code, rate, taxable, amount)]).
+type Expected = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str, &'static str, &'static str)],
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn taxes_at_every_level_and_voids() {
     let mut env = TestEnv::new("taxes_voids").await;
@@ -224,8 +233,7 @@ async fn taxes_at_every_level_and_voids() {
     }
     advance(&api, &clock, "2026-01-01T01:00:00Z").await;
 
-    // (customer, subtotal, tax_total, total, [(code, rate, taxable, amount)])
-    let expected: [(&str, &str, &str, &str, &[(&str, &str, &str, &str)]); 5] = [
+    let expected: [Expected; 5] = [
         (
             "c-fr",
             "50.00",

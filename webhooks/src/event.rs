@@ -117,6 +117,8 @@ pub fn from_lifecycle(ev: &LifecycleEvent) -> Option<WebhookEvent> {
         Lifecycle::SubscriptionUnsuspended(s) => {
             ("subscription.unsuspended", "subscription", to_value(s))
         }
+        Lifecycle::CouponApplied(c) => ("customer.discount.created", "discount", to_value(c)),
+        Lifecycle::CouponRemoved(c) => ("customer.discount.deleted", "discount", to_value(c)),
         Lifecycle::ClockTick(_)
         | Lifecycle::InvoiceFinalizeRequested(_)
         | Lifecycle::CreditNoteRequested(_)
