@@ -27,6 +27,8 @@ pub enum LineKind {
     Charge,
     /// The true-up that lifts a charge to its minimum commitment.
     TrueUp,
+    /// An add-on, invoiced at once outside any period.
+    AddOn,
 }
 
 /// A line before assembly, with its precise amount.

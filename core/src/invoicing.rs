@@ -320,6 +320,66 @@ fn phases_of(s: &BillableSubscription, tz: Tz) -> Result<Vec<Phase>> {
     phases(&s.subscription, &terms, s.convention, tz)
 }
 
+/// An add-on line of a one-off invoice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneOffItem {
+    /// Add-on code.
+    pub code: String,
+    /// Line description.
+    pub description: String,
+    /// Units, above zero.
+    pub units: Decimal,
+    /// Price of one unit, zero or more.
+    pub unit_amount: Decimal,
+    /// The line's own tax rates (`None`: the invoice's).
+    pub taxes: Option<Vec<TaxRate>>,
+}
+
+/// A one-off invoice: one line per add-on (units × unit price, rounded once), then coupons, taxes and credits as
+/// on any invoice (Lago's one-off invoices of add-ons).
+pub fn one_off_invoice(
+    currency: Currency,
+    rounding: RoundingMode,
+    items: &[OneOffItem],
+    adjustments: &Adjustments<'_>,
+) -> Result<Invoice> {
+    if items.is_empty() {
+        return Err(Error::InvalidRequest(
+            "a one-off invoice needs at least one fee".into(),
+        ));
+    }
+    let mut drafts = Vec::with_capacity(items.len());
+    for (i, it) in items.iter().enumerate() {
+        if it.units <= Decimal::ZERO {
+            return Err(Error::InvalidRequest(format!(
+                "fees[{i}].units must be above 0"
+            )));
+        }
+        non_negative("unit_amount", it.unit_amount)?;
+        let amount = it
+            .units
+            .checked_mul(it.unit_amount)
+            .ok_or(Error::Overflow("add-on amount"))?;
+        drafts.push(DraftLine {
+            kind: LineKind::AddOn,
+            code: it.code.clone(),
+            description: it.description.clone(),
+            amount: Money::new(amount, currency),
+            from: None,
+            to: None,
+            units: Some(it.units),
+            proration_factor: None,
+            tax_exempt: false,
+            taxes: it.taxes.clone(),
+            breakdown: Vec::new(),
+            subscription: None,
+            plan: None,
+            metric: None,
+        });
+    }
+    assemble(currency, rounding, drafts, adjustments)
+}
+
 /// The **billing dates** of a subscription up to `until` (inclusive), in order: the day it starts, the start of
 /// every later phase (a plan change to another interval or anchor), and the end of every period it lives in. On
 /// a billing date the customer's invoice bills, for this subscription, the period that closes then (usage,
@@ -699,6 +759,53 @@ mod tests {
 
     // The invoicer's entry point, on core types only: parsed plans, a Subscription history, usage
     // aggregates per charge and group, adjustments → one Invoice over two subscriptions.
+    #[test]
+    fn a_one_off_invoice_prices_each_add_on_once() {
+        let eur = Currency::parse("EUR").unwrap();
+        let item = |code: &str, units, price| OneOffItem {
+            code: code.into(),
+            description: code.into(),
+            units,
+            unit_amount: price,
+            taxes: None,
+        };
+        let vat = [TaxRate {
+            code: "vat".into(),
+            rate: dec!(20),
+            inclusive: false,
+        }];
+        let adj = Adjustments {
+            coupons: &[],
+            taxes: &vat,
+            customer_tax_exempt: false,
+            credit_notes: &[],
+            prepaid_credits: Decimal::ZERO,
+        };
+        // 3 × 33.333 = 99.999 → 100.00; 1 × 0.005 = 0.01 (half up); VAT 20.00 + 0.00.
+        let inv = one_off_invoice(
+            eur,
+            RoundingMode::HalfUp,
+            &[
+                item("setup", dec!(3), dec!(33.333)),
+                item("tiny", dec!(1), dec!(0.005)),
+            ],
+            &adj,
+        )
+        .unwrap();
+        assert_eq!(inv.subtotal, dec!(100.01));
+        assert_eq!(inv.lines[0].kind, LineKind::AddOn);
+        assert_eq!(inv.tax_total, dec!(20.00));
+        assert_eq!(inv.total, dec!(120.01));
+        assert!(one_off_invoice(
+            eur,
+            RoundingMode::HalfUp,
+            &[item("x", dec!(0), dec!(1))],
+            &adj
+        )
+        .is_err());
+        assert!(one_off_invoice(eur, RoundingMode::HalfUp, &[], &adj).is_err());
+    }
+
     #[test]
     fn domain_invoice_over_core_types() {
         let api = PricedCharge {

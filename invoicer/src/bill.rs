@@ -110,6 +110,7 @@ fn wire_kind(k: &str) -> wire::LineKind {
         "subscription_fee" => wire::LineKind::SubscriptionFee,
         "proration_credit" => wire::LineKind::ProrationCredit,
         "true_up" => wire::LineKind::TrueUp,
+        "add_on" => wire::LineKind::AddOn,
         _ => wire::LineKind::Usage,
     }
 }

@@ -17,7 +17,7 @@ use billing_runtime::kafka::{self, Revocations, Topics};
 use billing_runtime::Shutdown;
 use billing_schemas::catalog::{Catalog, CatalogEvent};
 use billing_schemas::lifecycle::{
-    CreditNoteRequested, InvoiceVoidRequested, Lifecycle, LifecycleEvent,
+    CreditNoteRequested, InvoiceVoidRequested, Lifecycle, LifecycleEvent, OneOffInvoiceRequested,
 };
 use billing_schemas::reference::{CouponUse, Reference};
 use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
@@ -101,6 +101,12 @@ pub struct Invoicer {
     metrics: Metrics,
     credit_notes: Arc<CreditNoteStore>,
     payments: Arc<PaymentStore>,
+}
+
+/// The `invoices_by_date` partition of the one-off invoices of lifecycle partition `p`: negative, so never a
+/// bill run's.
+pub fn one_off_partition(p: i32) -> i32 {
+    -1 - p
 }
 
 /// Write invoices, many at a time.
@@ -395,6 +401,11 @@ impl Invoicer {
                     x.code.clone(),
                     serde_json::to_string(x)?,
                 )),
+                Catalog::AddOn(x) => Some((
+                    catalog_entries::ADD_ON,
+                    x.code.clone(),
+                    serde_json::to_string(x)?,
+                )),
                 Catalog::Deleted(_) => None,
             };
             let deleted = match &ev.payload {
@@ -558,6 +569,13 @@ impl Invoicer {
             Lifecycle::CreditNoteRequested(r) => {
                 if fresh {
                     if let Err(reason) = self.credit_note(&ev.tenant_id, ev.occurred_at, r).await? {
+                        self.dead_letter(&m, &reason).await?;
+                    }
+                }
+            }
+            Lifecycle::OneOffInvoiceRequested(r) => {
+                if fresh {
+                    if let Err(reason) = self.one_off(p, &ev.tenant_id, ev.occurred_at, r).await? {
                         self.dead_letter(&m, &reason).await?;
                     }
                 }
@@ -978,7 +996,19 @@ impl Invoicer {
     async fn finalize(
         &mut self,
         p: i32,
+        invoices: Vec<(String, InvoiceView)>,
+    ) -> anyhow::Result<()> {
+        self.number_and_issue(p, invoices, true).await
+    }
+
+    /// Number, publish, record and store finalized invoices. `p` is the partition of their `invoices_by_date`
+    /// entries; `billing_dates` says whether their billing dates are the bill run's (a one-off invoice's is not:
+    /// its entry lives apart, see [`one_off_partition`]).
+    async fn number_and_issue(
+        &mut self,
+        p: i32,
         mut invoices: Vec<(String, InvoiceView)>,
+        billing_dates: bool,
     ) -> anyhow::Result<()> {
         if invoices.is_empty() {
             return Ok(());
@@ -1082,12 +1112,14 @@ impl Invoicer {
         billing_store::invoice_facts::insert(&self.ch, &invoices).await?;
         put_invoices(&self.store, &invoices, p).await?;
         for (t, inv) in &invoices {
-            self.issued.set(
-                t,
-                &inv.customer_id,
-                inv.billing_date,
-                InvoiceStatus::Finalized,
-            );
+            if billing_dates {
+                self.issued.set(
+                    t,
+                    &inv.customer_id,
+                    inv.billing_date,
+                    InvoiceStatus::Finalized,
+                );
+            }
             self.metrics
                 .invoices
                 .with_label_values(&["finalized"])
@@ -1173,6 +1205,50 @@ impl Invoicer {
         Ok(Ok(()))
     }
 
+    /// Issue a one-off invoice of add-ons at `at` (its billing date): numbered in the invoices' sequence,
+    /// published as `invoice.finalized` (so payments collects it), recorded and stored like any invoice. Its
+    /// `invoices_by_date` entry lives in [`one_off_partition`], so a crash mid-numbering finds its number again
+    /// and the bill run never mistakes it for a billing date. `Err(reason)` when it cannot be priced.
+    async fn one_off(
+        &mut self,
+        p: i32,
+        tenant: &str,
+        at: DateTime<Utc>,
+        req: &OneOffInvoiceRequested,
+    ) -> anyhow::Result<Result<(), String>> {
+        if let Some(done) = self.store.invoice(tenant, &req.invoice_id).await? {
+            if done.number.is_some() {
+                return Ok(Ok(()));
+            }
+        }
+        let outcome = match self
+            .reference
+            .one_off_invoice(tenant, &req.customer_id, &req.fees)
+        {
+            Ok(o) => o,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let view = billing_store::invoices::customer_invoice(
+            &self.reference,
+            tenant,
+            &req.customer_id,
+            at,
+            InvoiceStatus::Finalized,
+            Some(at),
+            &outcome,
+        );
+        let mut inv = match view {
+            Ok(v) => v,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        inv.invoice_id = req.invoice_id.clone();
+        inv.finalizes_at = at;
+        inv.one_off = true;
+        self.number_and_issue(one_off_partition(p), vec![(tenant.to_owned(), inv)], false)
+            .await?;
+        Ok(Ok(()))
+    }
+
     /// Void a finalized invoice nothing was paid on: `invoice.voided` (event id `void.<invoice>`, so a repeat after
     /// a crash is the same event), then the stored invoice (status `void`, number kept) and ClickHouse
     /// `invoice_voids`. `Err(reason)` when it may not be voided (paid or credited since the API checked).
@@ -1221,7 +1297,8 @@ impl Invoicer {
         let delivery = self.send_invoice_event(tenant, &inv.customer_id, &ev)?;
         billing_runtime::publish::ack(delivery).await?;
         billing_store::invoice_facts::insert_void(&self.ch, tenant, &inv, &reason).await?;
-        self.store.put_invoice(tenant, &inv, p).await?;
+        let by_date = if inv.one_off { one_off_partition(p) } else { p };
+        self.store.put_invoice(tenant, &inv, by_date).await?;
         self.metrics.voids.with_label_values(&["voided"]).inc();
         Ok(Ok(()))
     }

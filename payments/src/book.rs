@@ -294,7 +294,8 @@ impl Book {
             | Lifecycle::CreditNoteRequested(_)
             | Lifecycle::InvoiceVoidRequested(_)
             | Lifecycle::CouponApplied(_)
-            | Lifecycle::CouponRemoved(_) => {}
+            | Lifecycle::CouponRemoved(_)
+            | Lifecycle::OneOffInvoiceRequested(_) => {}
         }
         None
     }

@@ -1,4 +1,4 @@
-//! `/v1/billable_metrics`, `/v1/plans`, `/v1/taxes` and `/v1/coupons`: create, update (publishes the new version of the entry on
+//! `/v1/billable_metrics`, `/v1/plans`, `/v1/taxes`, `/v1/coupons` and `/v1/add_ons`: create, update (publishes the new version of the entry on
 //! `billing.catalog`; the latest version is the one in force), read, list. Charge properties are Lago's, checked
 //! with the core's own parser (`ChargeModel::from_lago`) before anything is published.
 
@@ -10,12 +10,12 @@ use axum::Json;
 use billing_core::period::Interval;
 use billing_runtime::http::Tenant;
 use billing_schemas::catalog::{
-    Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, Coupon,
+    AddOn, Aggregation, BillableMetric, Catalog, CatalogEvent, Charge, ChargeModel, Coupon,
     CouponFrequency, CouponType, MetricFilter, Plan, TaxRate,
 };
 use billing_schemas::reference::tax_rate_info;
 use billing_store::billing::CatalogEntry;
-use billing_store::catalog_entries::{COUPON, METRIC, PLAN, TAX_RATE};
+use billing_store::catalog_entries::{ADD_ON, COUPON, METRIC, PLAN, TAX_RATE};
 use chrono::Utc;
 use serde_json::Value;
 
@@ -420,6 +420,98 @@ async fn check_scope_exists(
         }
     }
     Ok(())
+}
+
+/// `POST /v1/add_ons` (Lago's add-on).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAddOn {
+    code: String,
+    #[serde(default)]
+    name: Option<String>,
+    amount: Value,
+    amount_currency: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    tax_codes: Option<Vec<String>>,
+}
+
+/// `POST /v1/add_ons/{code}`: the fields given replace the stored ones (invoices already issued keep theirs).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAddOn {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    amount: Option<Value>,
+    #[serde(default)]
+    amount_currency: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    tax_codes: Option<Vec<String>>,
+}
+
+fn check_add_on(c: &mut Check, a: &mut AddOn, amount: &Value) {
+    check_name(c, &a.name);
+    if let Some(cur) = c.currency("amount_currency", &a.amount_currency) {
+        a.amount_currency = cur.code().to_owned();
+    }
+    if let Some(d) = c.amount("amount", amount) {
+        a.amount = d.to_string();
+    }
+    if let Some(d) = &a.description {
+        c.text("description", d, 1000);
+    }
+}
+
+impl CreateAddOn {
+    /// The add-on (tax codes still to be found), or every refused field so far.
+    pub fn validate(self, c: &mut Check) -> AddOn {
+        c.id("code", &self.code);
+        let mut a = AddOn {
+            name: self.name.unwrap_or_else(|| self.code.clone()),
+            code: self.code,
+            amount: String::new(),
+            amount_currency: self.amount_currency,
+            description: self.description,
+            tax_codes: check_codes(c, "tax_codes", self.tax_codes),
+        };
+        check_add_on(c, &mut a, &self.amount);
+        a
+    }
+}
+
+impl UpdateAddOn {
+    /// `old` with the given fields replaced, checked so far.
+    pub fn validate(self, c: &mut Check, mut a: AddOn) -> AddOn {
+        if let Some(n) = self.name {
+            a.name = n;
+        }
+        if let Some(cur) = self.amount_currency {
+            a.amount_currency = cur;
+        }
+        if self.description.is_some() {
+            a.description = self.description;
+        }
+        if self.tax_codes.is_some() {
+            a.tax_codes = check_codes(c, "tax_codes", self.tax_codes);
+        }
+        let amount = self
+            .amount
+            .unwrap_or_else(|| Value::String(a.amount.clone()));
+        check_add_on(c, &mut a, &amount);
+        a
+    }
+}
+
+fn tax_code_fields(codes: &[String]) -> Vec<(String, String)> {
+    codes
+        .iter()
+        .enumerate()
+        .map(|(i, code)| (format!("tax_codes[{i}]"), code.clone()))
+        .collect()
 }
 
 /// A rate as text: a JSON number or string, checked by the reference fold's own parser (0 to 100, ≤ 4 decimals).
@@ -899,6 +991,7 @@ async fn publish(
         Catalog::Plan(p) => (PLAN, p.code.clone(), plan_view),
         Catalog::TaxRate(t) => (TAX_RATE, t.code.clone(), tax_view),
         Catalog::Coupon(k) => (COUPON, k.code.clone(), coupon_view),
+        Catalog::AddOn(a) => (ADD_ON, a.code.clone(), add_on_view),
         Catalog::Deleted(_) => {
             return Err(anyhow::anyhow!("deletions are not published here").into())
         }
@@ -932,6 +1025,7 @@ async fn create(
         Catalog::Plan(p) => (PLAN, p.code.clone()),
         Catalog::TaxRate(t) => (TAX_RATE, t.code.clone()),
         Catalog::Coupon(k) => (COUPON, k.code.clone()),
+        Catalog::AddOn(a) => (ADD_ON, a.code.clone()),
         Catalog::Deleted(_) => {
             return Err(anyhow::anyhow!("deletions are not published here").into())
         }
@@ -1108,6 +1202,90 @@ pub async fn coupon(
             serde_json::from_str(&e.body).map_err(anyhow::Error::from)?,
         )),
     }
+}
+
+/// A stored add-on as the API shows it.
+pub fn add_on_view(e: &CatalogEntry) -> Result<Value, ApiError> {
+    let a: AddOn = serde_json::from_str(&e.body).map_err(anyhow::Error::from)?;
+    Ok(serde_json::json!({
+        "object": "add_on",
+        "code": a.code,
+        "name": a.name,
+        "amount": a.amount,
+        "amount_currency": a.amount_currency,
+        "description": a.description,
+        "tax_codes": a.tax_codes,
+        "created_at": e.created_at,
+    }))
+}
+
+/// The stored add-on, if any.
+pub async fn add_on(state: &AppState, tenant: &str, code: &str) -> Result<Option<AddOn>, ApiError> {
+    match state.billing.catalog_entry(tenant, ADD_ON, code).await? {
+        None => Ok(None),
+        Some(e) => Ok(Some(
+            serde_json::from_str(&e.body).map_err(anyhow::Error::from)?,
+        )),
+    }
+}
+
+/// `POST /v1/add_ons`.
+pub async fn create_add_on(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<CreateAddOn>,
+) -> Result<Answer, ApiError> {
+    state.deadline(&q)?;
+    let mut c = Check::new();
+    let a = body.validate(&mut c);
+    check_tax_codes_exist(&state, &tenant, &mut c, tax_code_fields(&a.tax_codes)).await?;
+    c.finish()?;
+    if add_on(&state, &tenant, &a.code).await?.is_some() {
+        return Err(ApiError::conflict_field(
+            "code",
+            format!("an add-on {:?} already exists", a.code),
+        ));
+    }
+    create(&state, &tenant, &q, Catalog::AddOn(a)).await
+}
+
+/// `POST /v1/add_ons/{code}`.
+pub async fn update_add_on(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(code): Path<String>,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<UpdateAddOn>,
+) -> Result<Answer, ApiError> {
+    state.deadline(&q)?;
+    let old = entry(&state, &tenant, ADD_ON, &code).await?;
+    let old: AddOn = serde_json::from_str(&old.body).map_err(anyhow::Error::from)?;
+    let mut c = Check::new();
+    let a = body.validate(&mut c, old);
+    check_tax_codes_exist(&state, &tenant, &mut c, tax_code_fields(&a.tax_codes)).await?;
+    c.finish()?;
+    publish(&state, &tenant, &q, Catalog::AddOn(a), StatusCode::OK).await
+}
+
+/// `GET /v1/add_ons/{code}`.
+pub async fn get_add_on(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(code): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(add_on_view(
+        &entry(&state, &tenant, ADD_ON, &code).await?,
+    )?))
+}
+
+/// `GET /v1/add_ons`: cursor = code.
+pub async fn list_add_ons(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    list(&state, &tenant, ADD_ON, q, add_on_view).await
 }
 
 /// `POST /v1/coupons`.

@@ -8,6 +8,7 @@ use axum::Json;
 use billing_runtime::http::Tenant;
 use billing_schemas::lifecycle::{
     InvoiceFinalizeRequested, InvoiceVoidRequested, Lifecycle, LifecycleEvent,
+    OneOffInvoiceRequested,
 };
 use billing_store::invoices::{void_refusal, InvoiceStatus, InvoiceView, VoidRefusal};
 use chrono::{DateTime, Utc};
@@ -45,6 +46,32 @@ pub struct CustomerInvoiceQuery {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Finalize {}
+
+/// One fee of `POST /v1/invoices` (Lago's one-off invoice fee): an add-on, its units (default 1), and a unit
+/// price and description replacing the add-on's.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneOffFeeBody {
+    add_on_code: String,
+    #[serde(default)]
+    units: Option<serde_json::Value>,
+    #[serde(default)]
+    unit_amount: Option<serde_json::Value>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// `POST /v1/invoices`: a one-off invoice of add-ons, issued at once.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOneOff {
+    #[serde(alias = "external_customer_id")]
+    customer_id: String,
+    /// Accepted only when equal to the customer's.
+    #[serde(default)]
+    currency: Option<String>,
+    fees: Vec<OneOffFeeBody>,
+}
 
 /// Body of `POST /v1/invoices/{id}/void`: an optional reason.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -282,6 +309,127 @@ pub async fn finalize(
         }
     }
     Ok(pending(&ev.event_id, "invoice", &id))
+}
+
+/// `POST /v1/invoices`: invoices add-ons to a customer at once, outside any period (Lago's one-off invoice):
+/// numbered in the invoices' sequence, taxed like any invoice (an add-on's tax codes first), collected by
+/// payments. 422 naming the field for an unknown customer or add-on, a currency other than the customer's, or
+/// units that are not above zero.
+pub async fn create_one_off(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(body): ApiJson<CreateOneOff>,
+) -> Result<Answer, ApiError> {
+    let deadline = state.deadline(&q)?;
+    let mut c = crate::request::Check::new();
+    c.id("customer_id", &body.customer_id);
+    if body.fees.is_empty() {
+        c.fail("fees", "at least one fee");
+    }
+    if body.fees.len() > 100 {
+        c.fail("fees", "at most 100 fees");
+    }
+    c.finish()?;
+    let Some(customer) = state.billing.customer(&tenant, &body.customer_id).await? else {
+        return Err(ApiError::invalid(
+            "customer_id",
+            format!("no customer {:?}", body.customer_id),
+        ));
+    };
+    let mut c = crate::request::Check::new();
+    if let Some(cur) = &body.currency {
+        if !cur.eq_ignore_ascii_case(&customer.currency) {
+            c.fail(
+                "currency",
+                format!(
+                    "customer {:?} is billed in {}",
+                    customer.customer_id, customer.currency
+                ),
+            );
+        }
+    }
+    let mut fees = Vec::with_capacity(body.fees.len());
+    for (i, f) in body.fees.into_iter().enumerate() {
+        let at = |field: &str| format!("fees[{i}].{field}");
+        let Some(a) = crate::catalog::add_on(&state, &tenant, &f.add_on_code).await? else {
+            c.fail(at("add_on_code"), format!("no add-on {:?}", f.add_on_code));
+            continue;
+        };
+        let units = match &f.units {
+            None => Some(rust_decimal::Decimal::ONE),
+            Some(v) => c.amount(&at("units"), v),
+        };
+        if units.is_some_and(|u| u.is_zero()) {
+            c.fail(at("units"), "must be above 0");
+        }
+        let unit_amount = match &f.unit_amount {
+            Some(v) => c.amount(&at("unit_amount"), v).map(|d| d.to_string()),
+            None if a.amount_currency != customer.currency => {
+                c.fail(
+                    at("add_on_code"),
+                    format!(
+                        "add-on {:?} is priced in {}; customer {:?} is billed in {}: give a unit_amount",
+                        a.code, a.amount_currency, customer.customer_id, customer.currency
+                    ),
+                );
+                None
+            }
+            None => Some(a.amount.clone()),
+        };
+        if let Some(d) = &f.description {
+            c.text(&at("description"), d, 1000);
+        }
+        if let (Some(units), Some(unit_amount)) = (units, unit_amount) {
+            fees.push(billing_schemas::lifecycle::OneOffFee {
+                add_on_code: a.code.clone(),
+                name: a.name.clone(),
+                units: units.to_string(),
+                unit_amount,
+                description: f.description,
+                tax_codes: a.tax_codes.clone(),
+            });
+        }
+    }
+    c.finish()?;
+    let now = state.customer_now(&tenant, &customer).await?;
+    let id = one_off_invoice_id(now);
+    let ev = LifecycleEvent {
+        tenant_id: tenant.clone(),
+        event_id: event_id(),
+        occurred_at: now,
+        payload: Lifecycle::OneOffInvoiceRequested(OneOffInvoiceRequested {
+            invoice_id: id.clone(),
+            customer_id: customer.customer_id.clone(),
+            fees,
+        }),
+    };
+    let at = state.publish_lifecycle(&ev).await?;
+    if state.lifecycle_visible(at, deadline).await {
+        let issued = state
+            .poll(deadline, || async {
+                Ok(state
+                    .billing
+                    .invoice(&tenant, &id)
+                    .await?
+                    .filter(|i| i.number.is_some()))
+            })
+            .await;
+        if let Some(inv) = issued {
+            return answer(
+                StatusCode::CREATED,
+                crate::payments::invoice_json(&state, &tenant, inv).await?,
+            );
+        }
+    }
+    Ok(pending(&ev.event_id, "invoice", &id))
+}
+
+/// The id of a one-off invoice issued at `at`: `inv_<date>_<16 hex>` like every invoice (so id order stays
+/// billing-date order), the hex part random.
+fn one_off_invoice_id(at: DateTime<Utc>) -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("inv_{}_{}", at.format("%Y%m%d"), &hex[..16])
 }
 
 /// `POST /v1/invoices/{id}/void`: voids a finalized invoice nothing was paid or credited on (409 otherwise: a

@@ -56,6 +56,14 @@ pub fn router(state: AppState) -> Router {
             post(catalog::update_plan).get(catalog::get_plan),
         )
         .route(
+            "/v1/add_ons",
+            post(catalog::create_add_on).get(catalog::list_add_ons),
+        )
+        .route(
+            "/v1/add_ons/{code}",
+            post(catalog::update_add_on).get(catalog::get_add_on),
+        )
+        .route(
             "/v1/coupons",
             post(catalog::create_coupon).get(catalog::list_coupons),
         )
@@ -104,7 +112,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/test_clocks", post(clocks::create))
         .route("/v1/test_clocks/{clock_id}", get(clocks::get))
         .route("/v1/test_clocks/{clock_id}/advance", post(clocks::advance))
-        .route("/v1/invoices", get(invoices::list))
+        .route(
+            "/v1/invoices",
+            get(invoices::list).post(invoices::create_one_off),
+        )
         .route("/v1/invoices/{invoice_id}", get(invoices::get))
         .route("/v1/invoices/{invoice_id}/pay", post(payments::pay))
         .route(

@@ -36,6 +36,27 @@ pub enum Catalog {
     TaxRate(TaxRate),
     /// A coupon (v3).
     Coupon(Coupon),
+    /// An add-on (v3).
+    AddOn(AddOn),
+}
+
+/// An add-on: an item with a price, invoiced at once outside any period (Lago's add-on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddOn {
+    /// Code.
+    pub code: String,
+    /// Name shown on invoices.
+    pub name: String,
+    /// Price of one unit, decimal string.
+    pub amount: String,
+    /// ISO 4217 currency of `amount`.
+    pub amount_currency: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Tax rates of its lines; empty: the customer's.
+    #[serde(default)]
+    pub tax_codes: Vec<String>,
 }
 
 /// Fixed amount or percentage, and how many invoices a coupon discounts: the core's own types (their serde names
@@ -263,7 +284,7 @@ fn first_version() -> i32 {
 /// A retired catalog entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {
-    /// `billable_metric`, `plan`, `tax_rate` or `coupon`.
+    /// `billable_metric`, `plan`, `tax_rate`, `coupon` or `add_on`.
     pub kind: String,
     /// Its code.
     pub code: String,
@@ -282,6 +303,7 @@ impl CatalogEvent {
             Catalog::Deleted(d) => (d.kind.as_str(), d.code.as_str()),
             Catalog::TaxRate(t) => ("tax_rate", t.code.as_str()),
             Catalog::Coupon(c) => ("coupon", c.code.as_str()),
+            Catalog::AddOn(a) => ("add_on", a.code.as_str()),
         };
         format!("{}/{kind}/{code}", self.tenant_id)
     }

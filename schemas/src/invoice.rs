@@ -101,6 +101,8 @@ pub enum LineKind {
     ProrationCredit,
     /// Late usage for an earlier period.
     Adjustment,
+    /// An add-on of a one-off invoice (v4).
+    AddOn,
 }
 
 /// One invoice line; every amount is already rounded to the currency's minor unit.

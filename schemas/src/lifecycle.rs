@@ -58,6 +58,8 @@ pub enum Lifecycle {
     CouponApplied(CouponApplied),
     /// An applied coupon removed (v4).
     CouponRemoved(CouponRemoved),
+    /// Add-ons to invoice at once (v4); the invoicer issues the invoice or refuses.
+    OneOffInvoiceRequested(OneOffInvoiceRequested),
 }
 
 /// A postal address; every part is optional.
@@ -328,6 +330,7 @@ impl Lifecycle {
             Lifecycle::InvoiceVoidRequested(r) => &r.customer_id,
             Lifecycle::CouponApplied(c) => &c.customer_id,
             Lifecycle::CouponRemoved(c) => &c.customer_id,
+            Lifecycle::OneOffInvoiceRequested(r) => &r.customer_id,
             Lifecycle::ClockTick(_) => return None,
         })
     }
@@ -460,4 +463,34 @@ pub struct CouponRemoved {
     pub applied_coupon_id: String,
     /// The customer.
     pub customer_id: String,
+}
+
+/// Add-ons to invoice to a customer now, outside any period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OneOffInvoiceRequested {
+    /// Id of the invoice to issue.
+    pub invoice_id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// Its lines.
+    pub fees: Vec<OneOffFee>,
+}
+
+/// One add-on on a one-off invoice, with the terms it is invoiced at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OneOffFee {
+    /// The catalog add-on.
+    pub add_on_code: String,
+    /// Name shown on the invoice.
+    pub name: String,
+    /// Units, decimal string.
+    pub units: String,
+    /// Price of one unit in the customer's currency, decimal string.
+    pub unit_amount: String,
+    /// Shown on the line instead of the name.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Tax rates of the line; empty: the customer's.
+    #[serde(default)]
+    pub tax_codes: Vec<String>,
 }

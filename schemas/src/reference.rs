@@ -403,8 +403,9 @@ impl Reference {
                 versions.push(Arc::new(info));
                 versions.sort_by_key(|v| v.plan.version);
             }
-            // A coupon's terms are copied onto the customer when it is applied (`CouponApplied`).
-            Catalog::Coupon(_) => {}
+            // A coupon's terms are copied onto the customer when it is applied (`CouponApplied`), an add-on's onto
+            // the one-off invoice that bills it.
+            Catalog::Coupon(_) | Catalog::AddOn(_) => {}
             Catalog::TaxRate(t) => {
                 let info =
                     tax_rate_info(&t).map_err(|e| format!("invalid tax rate {:?}: {e}", t.code))?;
@@ -417,7 +418,7 @@ impl Reference {
                 "tax_rate" => {
                     self.tax_rates.remove(&(tenant, d.code));
                 }
-                "coupon" => {}
+                "coupon" | "add_on" => {}
                 "plan" => {
                     self.plans.remove(&(tenant, d.code));
                 }
@@ -588,7 +589,8 @@ impl Reference {
             Lifecycle::ClockTick(_)
             | Lifecycle::InvoiceFinalizeRequested(_)
             | Lifecycle::CreditNoteRequested(_)
-            | Lifecycle::InvoiceVoidRequested(_) => return Ok(()),
+            | Lifecycle::InvoiceVoidRequested(_)
+            | Lifecycle::OneOffInvoiceRequested(_) => return Ok(()),
             // The event says when the new plan takes effect, so the core applies it at that instant (or, for a
             // change at period end, at the end of the period containing that instant).
             Lifecycle::SubscriptionChanged(s) => (
@@ -902,6 +904,53 @@ impl Reference {
             rates,
             exempt: record.tax_exempt != TaxExempt::None,
             note: tax_note(record.tax_exempt, &record.tax_ids),
+        })
+    }
+
+    /// A one-off invoice of add-ons for the customer, assembled by the core with the customer's taxes (an
+    /// add-on's own tax codes first). No coupon or credit applies to it.
+    pub fn one_off_invoice(
+        &self,
+        tenant: &str,
+        customer: &str,
+        fees: &[crate::lifecycle::OneOffFee],
+    ) -> Result<InvoiceOutcome, String> {
+        let record = self
+            .customer(tenant, customer)
+            .and_then(|c| c.record.as_ref())
+            .ok_or_else(|| format!("unknown customer {customer:?}"))?;
+        let currency = Currency::parse(&record.currency).map_err(|e| e.to_string())?;
+        let taxes = self.customer_taxes(tenant, record)?;
+        let mut items = Vec::with_capacity(fees.len());
+        for (i, f) in fees.iter().enumerate() {
+            let num = |field: &str, v: &str| {
+                billing_core::money::parse_exact_decimal(&format!("fees[{i}].{field}"), v, 9)
+                    .map_err(|e| e.to_string())
+            };
+            items.push(billing_core::invoicing::OneOffItem {
+                code: f.add_on_code.clone(),
+                description: f.description.clone().unwrap_or_else(|| f.name.clone()),
+                units: num("units", &f.units)?,
+                unit_amount: num("unit_amount", &f.unit_amount)?,
+                taxes: self.rates_of(tenant, &f.tax_codes)?,
+            });
+        }
+        let invoice = billing_core::invoicing::one_off_invoice(
+            currency,
+            RoundingMode::HalfUp,
+            &items,
+            &Adjustments {
+                coupons: &[],
+                taxes: &taxes.rates,
+                customer_tax_exempt: taxes.exempt,
+                credit_notes: &[],
+                prepaid_credits: rust_decimal::Decimal::ZERO,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(InvoiceOutcome {
+            invoice,
+            periods: Vec::new(),
         })
     }
 

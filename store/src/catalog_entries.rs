@@ -1,5 +1,5 @@
 //! ScyllaDB `catalog_entries` (migration `cql/0002_billing.cql`): the latest version of every billable metric,
-//! plan, tax rate and coupon, as published on `billing.catalog`.
+//! plan, tax rate, coupon and add-on, as published on `billing.catalog`.
 //!
 //! **Writer: invoicer.** Readers: query-api (catalog reads and request validation).
 
@@ -11,6 +11,8 @@ pub const PLAN: &str = "plan";
 pub const TAX_RATE: &str = "tax_rate";
 /// Kind of a coupon entry.
 pub const COUPON: &str = "coupon";
+/// Kind of an add-on entry.
+pub const ADD_ON: &str = "add_on";
 
 pub(crate) fn upsert(ks: &str) -> String {
     format!("INSERT INTO {ks}.catalog_entries (tenant_id, kind, code, created_at, body) VALUES (?, ?, ?, ?, ?)")

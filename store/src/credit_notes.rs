@@ -503,6 +503,7 @@ mod tests {
             tax_note: None,
             voided_at: None,
             coupons: vec![],
+            one_off: false,
         }
     }
 

@@ -44,7 +44,7 @@ impl InvoiceStatus {
 /// One line of an invoice; amounts are rounded once to the currency's minor unit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceLineView {
-    /// `subscription_fee`, `proration_credit`, `usage` or `true_up`.
+    /// `subscription_fee`, `proration_credit`, `usage`, `true_up` or `add_on`.
     pub kind: String,
     /// Human description.
     pub description: String,
@@ -149,6 +149,9 @@ pub struct InvoiceView {
     /// The coupons that discounted it.
     #[serde(default)]
     pub coupons: Vec<InvoiceCouponView>,
+    /// A one-off invoice of add-ons (issued at once, outside any period), not a billing date's.
+    #[serde(default)]
+    pub one_off: bool,
 }
 
 /// A coupon on an invoice.
@@ -212,6 +215,7 @@ impl InvoiceView {
                 K::SubscriptionCredit => "proration_credit",
                 K::Charge => "usage",
                 K::TrueUp => "true_up",
+                K::AddOn => "add_on",
             }
         };
         let lines = inv
@@ -295,6 +299,7 @@ impl InvoiceView {
                     amount: c.amount,
                 })
                 .collect(),
+            one_off: false,
         }
     }
 }

@@ -447,6 +447,76 @@ async fn taxes_at_every_level_and_voids() {
         .collect();
     assert_eq!(ids, [void_id.as_str()]);
 
+    // A one-off invoice of add-ons for c-de: the add-on's own 5.5 % beats the customer's 19 %. 2 × 100.00 =
+    // 200.00 + 11.00 = 211.00, and an add-on priced in USD at 30.00 given in EUR (19 %: 5.70) = 246.70.
+    api.created(
+        "/v1/add_ons",
+        json!({"code": "setup", "name": "Setup", "amount": "100.00", "amount_currency": "EUR",
+               "tax_codes": ["vat_fr_reduced"]}),
+        201,
+    )
+    .await;
+    api.created(
+        "/v1/add_ons",
+        json!({"code": "usd-audit", "amount": "35", "amount_currency": "USD"}),
+        201,
+    )
+    .await;
+    let lifecycle_end = high_watermarks(&env.settings, &env.topics.lifecycle).await;
+    let bad = [
+        (
+            json!({"customer_id": "c-de", "fees": [{"add_on_code": "nope"}]}),
+            "fees[0].add_on_code",
+        ),
+        (
+            json!({"customer_id": "c-de", "fees": [{"add_on_code": "usd-audit"}]}),
+            "fees[0].add_on_code",
+        ),
+        (
+            json!({"customer_id": "c-de", "fees": [{"add_on_code": "setup", "units": "0"}]}),
+            "fees[0].units",
+        ),
+        (
+            json!({"customer_id": "c-de", "currency": "USD", "fees": [{"add_on_code": "setup"}]}),
+            "currency",
+        ),
+    ];
+    for (body, field) in bad {
+        api.post("/v1/invoices", body).await.problem(422, field);
+    }
+    assert_eq!(
+        high_watermarks(&env.settings, &env.topics.lifecycle).await,
+        lifecycle_end,
+        "nothing published for refused one-off invoices"
+    );
+    let one_off = api
+        .created(
+            "/v1/invoices",
+            json!({"customer_id": "c-de", "fees": [
+                {"add_on_code": "setup", "units": 2},
+                {"add_on_code": "usd-audit", "unit_amount": "30.00", "description": "Audit (EUR price)"}]}),
+            201,
+        )
+        .await;
+    assert_eq!(one_off["one_off"], true, "{one_off}");
+    assert_eq!(one_off["status"], "finalized");
+    assert!(one_off["number"].as_str().unwrap().starts_with("ACME-"));
+    assert_eq!(one_off["lines"][0]["kind"], "add_on");
+    assert_eq!(one_off["lines"][0]["units"], "2");
+    assert_eq!(one_off["lines"][1]["description"], "Audit (EUR price)");
+    assert_eq!(one_off["subtotal"], "230.00");
+    assert_eq!(one_off["tax_total"], "16.70");
+    assert_eq!(one_off["total"], "246.70");
+    reconciles(&one_off);
+    assert_eq!(one_off["payment_status"], "pending");
+    // A one-off invoice can be voided like any other.
+    let one_off_id = one_off["invoice_id"].as_str().unwrap();
+    let voided = api
+        .post(&format!("/v1/invoices/{one_off_id}/void"), json!({}))
+        .await;
+    assert_eq!(voided.status, 200, "{}", voided.body);
+    assert_eq!(voided.body["status"], "void");
+
     // A new rate applies to the invoices finalized after it; January's keeps its 20 %.
     let raised = api
         .created("/v1/taxes/vat_fr", json!({"rate": "21"}), 200)
@@ -461,6 +531,27 @@ async fn taxes_at_every_level_and_voids() {
     assert_eq!(
         fr[1]["tax_total"], "10.00",
         "January's invoice is unchanged"
+    );
+    // c-de's one-off invoice (voided) did not take the place of a billing date: its February invoice is there.
+    let de = invoices_of(&api, "c-de", 3).await;
+    let mut kinds: Vec<(bool, &str, &str)> = de
+        .iter()
+        .map(|i| {
+            (
+                i["one_off"] == true,
+                i["status"].as_str().unwrap(),
+                i["total"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            (false, "finalized", "59.50"),
+            (false, "finalized", "59.50"),
+            (true, "void", "246.70")
+        ]
     );
     // The void invoice's date is not billed again; February's is.
     let void_customer = invoices_of(&api, "c-void", 2).await;

@@ -98,8 +98,9 @@ fn to_value(v: &impl Serialize) -> Value {
     serde_json::to_value(v).expect("schema types serialize")
 }
 
-/// A lifecycle event's webhook event; `None` for clock ticks, finalize, credit note and void requests (commands
-/// whose outcome is an event of its own: `invoice.finalized`, `credit_note.created`, `invoice.voided`).
+/// A lifecycle event's webhook event; `None` for clock ticks, finalize, credit note, void and one-off invoice
+/// requests (commands whose outcome is an event of its own: `invoice.finalized`, `credit_note.created`,
+/// `invoice.voided`).
 pub fn from_lifecycle(ev: &LifecycleEvent) -> Option<WebhookEvent> {
     let (event_type, object, payload) = match &ev.payload {
         Lifecycle::CustomerCreated(c) => ("customer.created", "customer", to_value(c)),
@@ -122,7 +123,8 @@ pub fn from_lifecycle(ev: &LifecycleEvent) -> Option<WebhookEvent> {
         Lifecycle::ClockTick(_)
         | Lifecycle::InvoiceFinalizeRequested(_)
         | Lifecycle::CreditNoteRequested(_)
-        | Lifecycle::InvoiceVoidRequested(_) => return None,
+        | Lifecycle::InvoiceVoidRequested(_)
+        | Lifecycle::OneOffInvoiceRequested(_) => return None,
     };
     Some(event(
         SourceKind::Lifecycle,
