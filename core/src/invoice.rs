@@ -29,6 +29,8 @@ pub enum LineKind {
     TrueUp,
     /// An add-on, invoiced at once outside any period.
     AddOn,
+    /// Prepaid credits bought for a wallet (not taxed: the invoices they pay are).
+    PrepaidCredits,
 }
 
 /// A line before assembly, with its precise amount.

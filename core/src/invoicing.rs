@@ -320,9 +320,13 @@ fn phases_of(s: &BillableSubscription, tz: Tz) -> Result<Vec<Phase>> {
     phases(&s.subscription, &terms, s.convention, tz)
 }
 
-/// An add-on line of a one-off invoice.
+/// A line of a one-off invoice: an add-on, or prepaid credits bought.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OneOffItem {
+    /// [`LineKind::AddOn`] or [`LineKind::PrepaidCredits`].
+    pub kind: LineKind,
+    /// No tax on the line.
+    pub tax_exempt: bool,
     /// Add-on code.
     pub code: String,
     /// Line description.
@@ -361,7 +365,7 @@ pub fn one_off_invoice(
             .checked_mul(it.unit_amount)
             .ok_or(Error::Overflow("add-on amount"))?;
         drafts.push(DraftLine {
-            kind: LineKind::AddOn,
+            kind: it.kind,
             code: it.code.clone(),
             description: it.description.clone(),
             amount: Money::new(amount, currency),
@@ -369,7 +373,7 @@ pub fn one_off_invoice(
             to: None,
             units: Some(it.units),
             proration_factor: None,
-            tax_exempt: false,
+            tax_exempt: it.tax_exempt,
             taxes: it.taxes.clone(),
             breakdown: Vec::new(),
             subscription: None,
@@ -763,6 +767,8 @@ mod tests {
     fn a_one_off_invoice_prices_each_add_on_once() {
         let eur = Currency::parse("EUR").unwrap();
         let item = |code: &str, units, price| OneOffItem {
+            kind: LineKind::AddOn,
+            tax_exempt: false,
             code: code.into(),
             description: code.into(),
             units,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use billing_core::invoicing::{billing_dates, BillableSubscription};
 use billing_schemas::invoice::{self as wire, InvoiceEvent};
-use billing_schemas::reference::{CouponUse, Customer, Reference};
+use billing_schemas::reference::{Customer, PriorUse, Reference};
 use billing_store::invoices::{InvoiceStatus, InvoiceView};
 use billing_store::usage::CustomerUsage;
 use chrono::{DateTime, Utc};
@@ -71,13 +71,13 @@ pub fn invoice_for(
     customer_id: &str,
     subs: &[BillableSubscription],
     usage: &CustomerUsage,
-    coupon_use: &CouponUse,
+    prior_use: &PriorUse,
     date: DateTime<Utc>,
     status: InvoiceStatus,
     issued_at: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Option<InvoiceView>> {
     let outcome = reference
-        .invoice_on(tenant, customer_id, subs, date, coupon_use, |s, period| {
+        .invoice_on(tenant, customer_id, subs, date, prior_use, |s, period| {
             let id = s.id.clone().unwrap_or_default();
             let has = |code: &str| {
                 s.plans
@@ -111,6 +111,7 @@ fn wire_kind(k: &str) -> wire::LineKind {
         "proration_credit" => wire::LineKind::ProrationCredit,
         "true_up" => wire::LineKind::TrueUp,
         "add_on" => wire::LineKind::AddOn,
+        "prepaid_credits" => wire::LineKind::PrepaidCredits,
         _ => wire::LineKind::Usage,
     }
 }

@@ -19,7 +19,7 @@ use billing_schemas::catalog::{Catalog, CatalogEvent};
 use billing_schemas::lifecycle::{
     CreditNoteRequested, InvoiceVoidRequested, Lifecycle, LifecycleEvent, OneOffInvoiceRequested,
 };
-use billing_schemas::reference::{CouponUse, Reference};
+use billing_schemas::reference::{PriorUse, Reference};
 use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
 use billing_store::billing::{BillingStore, CatalogEntry};
 use billing_store::catalog_entries;
@@ -535,6 +535,13 @@ impl Invoicer {
                 return self.after(p, offset).await;
             }
         };
+        // Credits bought for a wallet: their invoice is issued once the top-up is applied.
+        let purchase = match &ev.payload {
+            Lifecycle::WalletToppedUp(t) if t.invoice_id.is_some() => Some(t.clone()),
+            _ => None,
+        };
+        let (tenant_of, at_of) = (ev.tenant_id.clone(), ev.occurred_at);
+        let mut applied = false;
         match &ev.payload {
             Lifecycle::ClockTick(t) => {
                 let key = (ev.tenant_id.clone(), t.clock_id.clone());
@@ -621,6 +628,7 @@ impl Invoicer {
                         }
                     }
                     Ok(()) => {
+                        applied = true;
                         self.metrics.lifecycle.with_label_values(&["applied"]).inc();
                         if fresh {
                             // Written, many at a time, before the partition's progress is recorded.
@@ -628,6 +636,18 @@ impl Invoicer {
                         }
                     }
                 }
+            }
+        }
+        if let Some(top_up) = purchase.filter(|_| applied && fresh) {
+            if let Err(reason) = self.credit_purchase(p, &tenant_of, at_of, &top_up).await? {
+                // The credits are in the wallet; only their invoice could not be issued.
+                tracing::warn!(
+                    tenant = tenant_of,
+                    wallet = top_up.wallet_id,
+                    reason,
+                    "credit purchase not invoiced"
+                );
+                self.dead_letter(&m, &reason).await?;
             }
         }
         self.after(p, offset).await
@@ -877,11 +897,11 @@ impl Invoicer {
             };
             // What the customer's coupons discounted before: on its issued invoices, then on each invoice of this
             // run in billing-date order (a draft included: it is billed again on every tick until finalized).
-            let mut coupon_use = if cust.coupons.is_empty() {
-                CouponUse::default()
+            let mut prior_use = if cust.coupons.is_empty() && cust.wallets.is_empty() {
+                PriorUse::default()
             } else {
                 let first = due.first().copied().unwrap_or(now);
-                self.store.coupon_use_before(&t, &c, first).await?
+                self.store.prior_use_before(&t, &c, first).await?
             };
             let grace = chrono::Duration::days(i64::from(
                 cust.record
@@ -904,7 +924,7 @@ impl Invoicer {
                     &c,
                     &subs,
                     &usage,
-                    &coupon_use,
+                    &prior_use,
                     d,
                     status,
                     issued_at,
@@ -917,7 +937,7 @@ impl Invoicer {
                         continue;
                     }
                 };
-                inv.record_coupon_use(&mut coupon_use);
+                inv.record_use(&mut prior_use);
                 // A zero invoice a coupon was used on is issued all the same: it records the coupon's use.
                 let unrecorded = inv.total.is_zero() && inv.coupons.is_empty();
                 if status == InvoiceStatus::Draft {
@@ -1216,22 +1236,36 @@ impl Invoicer {
         at: DateTime<Utc>,
         req: &OneOffInvoiceRequested,
     ) -> anyhow::Result<Result<(), String>> {
-        if let Some(done) = self.store.invoice(tenant, &req.invoice_id).await? {
+        let outcome = self
+            .reference
+            .one_off_invoice(tenant, &req.customer_id, &req.fees);
+        self.issue_one_off(p, tenant, at, &req.customer_id, &req.invoice_id, outcome)
+            .await
+    }
+
+    /// Number and issue the one-off invoice `id` of `outcome` (once: an invoice already numbered is left alone).
+    async fn issue_one_off(
+        &mut self,
+        p: i32,
+        tenant: &str,
+        at: DateTime<Utc>,
+        customer: &str,
+        id: &str,
+        outcome: Result<billing_core::invoicing::InvoiceOutcome, String>,
+    ) -> anyhow::Result<Result<(), String>> {
+        if let Some(done) = self.store.invoice(tenant, id).await? {
             if done.number.is_some() {
                 return Ok(Ok(()));
             }
         }
-        let outcome = match self
-            .reference
-            .one_off_invoice(tenant, &req.customer_id, &req.fees)
-        {
+        let outcome = match outcome {
             Ok(o) => o,
             Err(reason) => return Ok(Err(reason)),
         };
         let view = billing_store::invoices::customer_invoice(
             &self.reference,
             tenant,
-            &req.customer_id,
+            customer,
             at,
             InvoiceStatus::Finalized,
             Some(at),
@@ -1241,12 +1275,30 @@ impl Invoicer {
             Ok(v) => v,
             Err(reason) => return Ok(Err(reason)),
         };
-        inv.invoice_id = req.invoice_id.clone();
+        inv.invoice_id = id.to_owned();
         inv.finalizes_at = at;
         inv.one_off = true;
         self.number_and_issue(one_off_partition(p), vec![(tenant.to_owned(), inv)], false)
             .await?;
         Ok(Ok(()))
+    }
+
+    /// Issue the invoice of credits bought for a wallet (a one-off invoice, see [`Self::one_off`]).
+    async fn credit_purchase(
+        &mut self,
+        p: i32,
+        tenant: &str,
+        at: DateTime<Utc>,
+        top_up: &billing_schemas::lifecycle::WalletToppedUp,
+    ) -> anyhow::Result<Result<(), String>> {
+        let Some(id) = top_up.invoice_id.clone() else {
+            return Ok(Ok(()));
+        };
+        let outcome = self
+            .reference
+            .credit_purchase_invoice(tenant, &top_up.customer_id, top_up);
+        self.issue_one_off(p, tenant, at, &top_up.customer_id, &id, outcome)
+            .await
     }
 
     /// Void a finalized invoice nothing was paid on: `invoice.voided` (event id `void.<invoice>`, so a repeat after

@@ -3,7 +3,7 @@
 
 use billing_core::subscription::ChangeKind;
 use billing_schemas::reference::{Customer, Subscription};
-use billing_store::customers::{AppliedCouponView, CustomerView};
+use billing_store::customers::{AppliedCouponView, CustomerView, TopUpView, WalletView};
 use billing_store::subscriptions::{ChangeView, SubscriptionStatus, SubscriptionView};
 
 /// The customer's view, once the customer itself was created.
@@ -17,6 +17,22 @@ pub fn customer(c: &Customer) -> Option<CustomerView> {
             applied: a.applied.clone(),
             applied_at: a.applied_at,
             removed_at: a.removed_at,
+        })
+        .collect();
+    view.wallets = c
+        .wallets
+        .iter()
+        .map(|w| WalletView {
+            created: w.created.clone(),
+            created_at: w.created_at,
+            top_ups: w
+                .top_ups
+                .iter()
+                .map(|(at, t, ..)| TopUpView {
+                    top_up: t.clone(),
+                    at: *at,
+                })
+                .collect(),
         })
         .collect();
     Some(view)

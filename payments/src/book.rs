@@ -295,7 +295,9 @@ impl Book {
             | Lifecycle::InvoiceVoidRequested(_)
             | Lifecycle::CouponApplied(_)
             | Lifecycle::CouponRemoved(_)
-            | Lifecycle::OneOffInvoiceRequested(_) => {}
+            | Lifecycle::OneOffInvoiceRequested(_)
+            | Lifecycle::WalletCreated(_)
+            | Lifecycle::WalletToppedUp(_) => {}
         }
         None
     }
@@ -319,11 +321,10 @@ impl Book {
         let key = |id: &str| (ev.tenant_id.clone(), id.to_owned());
         match &ev.payload {
             Invoice::InvoiceFinalized(inv) => {
-                let amount_due = inv
-                    .total
-                    .parse::<Decimal>()
-                    .unwrap_or_default()
-                    .max(Decimal::ZERO);
+                // What is left to collect: the total less the prepaid credits the invoice used.
+                let total = inv.total.parse::<Decimal>().unwrap_or_default();
+                let credits = inv.credits_total.parse::<Decimal>().unwrap_or_default();
+                let amount_due = (total - credits).max(Decimal::ZERO);
                 let k = key(&inv.invoice_id);
                 self.by_customer
                     .entry((ev.tenant_id.clone(), inv.customer_id.clone()))

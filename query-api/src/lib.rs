@@ -19,6 +19,7 @@ mod routes;
 mod store;
 mod subscriptions;
 mod wait;
+mod wallets;
 mod webhooks;
 
 use std::num::NonZeroU32;

@@ -12,7 +12,7 @@ use billing_schemas::lifecycle::{
     CouponRemoved, Lifecycle, LifecycleEvent, SubscriptionCanceled, SubscriptionChanged,
     SubscriptionCreated, SubscriptionEffective,
 };
-use billing_schemas::reference::{CouponUse, Reference};
+use billing_schemas::reference::{PriorUse, Reference};
 use billing_store::catalog_entries::{METRIC, PLAN, TAX_RATE};
 use billing_store::customers::CustomerView;
 use billing_store::invoices::{InvoiceStatus, InvoiceView};
@@ -64,12 +64,12 @@ pub async fn preview(
         )));
     };
     let usage = state.store.aggregates(&tenant, &customer_id).await?;
-    let coupon_use = if customer.applied_coupons.is_empty() {
-        CouponUse::default()
+    let prior_use = if customer.applied_coupons.is_empty() && customer.wallets.is_empty() {
+        PriorUse::default()
     } else {
         state
             .billing
-            .coupon_use_before(&tenant, &customer_id, date)
+            .prior_use_before(&tenant, &customer_id, date)
             .await?
     };
     let outcome = reference
@@ -78,7 +78,7 @@ pub async fn preview(
             &customer_id,
             &subs,
             date,
-            &coupon_use,
+            &prior_use,
             |s, period| {
                 let id = s.id.clone().unwrap_or_default();
                 let has = |code: &str| {
@@ -202,6 +202,15 @@ async fn fold(
                     customer_id: c.customer_id.clone(),
                 }),
             ));
+        }
+    }
+    for w in &c.wallets {
+        events.push(event(
+            w.created_at,
+            Lifecycle::WalletCreated(w.created.clone()),
+        ));
+        for t in &w.top_ups {
+            events.push(event(t.at, Lifecycle::WalletToppedUp(t.top_up.clone())));
         }
     }
     for ev in events {

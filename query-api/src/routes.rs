@@ -72,6 +72,19 @@ pub fn router(state: AppState) -> Router {
             post(catalog::update_coupon).get(catalog::get_coupon),
         )
         .route("/v1/applied_coupons", post(crate::coupons::apply))
+        .route("/v1/wallets", post(crate::wallets::create))
+        .route(
+            "/v1/customers/{customer_id}/wallets",
+            get(crate::wallets::list),
+        )
+        .route(
+            "/v1/customers/{customer_id}/wallets/{wallet_id}",
+            get(crate::wallets::get),
+        )
+        .route(
+            "/v1/customers/{customer_id}/wallets/{wallet_id}/transactions",
+            post(crate::wallets::top_up_wallet),
+        )
         .route(
             "/v1/customers/{customer_id}/applied_coupons",
             get(crate::coupons::list),

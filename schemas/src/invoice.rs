@@ -103,6 +103,8 @@ pub enum LineKind {
     Adjustment,
     /// An add-on of a one-off invoice (v4).
     AddOn,
+    /// Prepaid credits bought for a wallet (v4).
+    PrepaidCredits,
 }
 
 /// One invoice line; every amount is already rounded to the currency's minor unit.

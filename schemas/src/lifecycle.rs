@@ -60,6 +60,10 @@ pub enum Lifecycle {
     CouponRemoved(CouponRemoved),
     /// Add-ons to invoice at once (v4); the invoicer issues the invoice or refuses.
     OneOffInvoiceRequested(OneOffInvoiceRequested),
+    /// A prepaid-credit wallet created (v4).
+    WalletCreated(WalletCreated),
+    /// Credits added to a wallet (v4).
+    WalletToppedUp(WalletToppedUp),
 }
 
 /// A postal address; every part is optional.
@@ -331,6 +335,8 @@ impl Lifecycle {
             Lifecycle::CouponApplied(c) => &c.customer_id,
             Lifecycle::CouponRemoved(c) => &c.customer_id,
             Lifecycle::OneOffInvoiceRequested(r) => &r.customer_id,
+            Lifecycle::WalletCreated(w) => &w.customer_id,
+            Lifecycle::WalletToppedUp(w) => &w.customer_id,
             Lifecycle::ClockTick(_) => return None,
         })
     }
@@ -493,4 +499,37 @@ pub struct OneOffFee {
     /// Tax rates of the line; empty: the customer's.
     #[serde(default)]
     pub tax_codes: Vec<String>,
+}
+
+/// A prepaid-credit wallet, in its customer's currency (1 credit = 1 unit of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletCreated {
+    /// Id.
+    pub wallet_id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Credits left at this instant expire.
+    #[serde(default, with = "crate::time::option")]
+    pub expiration_at: Option<DateTime<Utc>>,
+}
+
+/// Credits added to a wallet: granted (free) and paid (bought with the invoice `invoice_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletToppedUp {
+    /// Id of the transaction.
+    pub transaction_id: String,
+    /// The wallet.
+    pub wallet_id: String,
+    /// Its customer.
+    pub customer_id: String,
+    /// Free credits, decimal string.
+    pub granted_credits: String,
+    /// Bought credits, decimal string.
+    pub paid_credits: String,
+    /// The invoice of the paid credits.
+    #[serde(default)]
+    pub invoice_id: Option<String>,
 }

@@ -178,6 +178,8 @@ pub struct Customer {
     pub subscriptions: Vec<Subscription>,
     /// Coupons applied, in application order.
     pub coupons: Vec<AppliedCoupon>,
+    /// Prepaid-credit wallets, in creation order.
+    pub wallets: Vec<Wallet>,
 }
 
 /// A coupon applied to a customer.
@@ -343,21 +345,66 @@ pub fn tax_note(exempt: TaxExempt, tax_ids: &[String]) -> Option<String> {
     }
 }
 
-/// What a customer's applied coupons discounted on its earlier invoices: per application id, one amount per
-/// invoice it discounted, in billing-date order. Recorded on the invoices themselves, so a coupon is used once
-/// per invoice whatever the restarts.
+/// What a customer's coupons and wallets gave on its earlier invoices: per coupon application, one discount per
+/// invoice it discounted, in billing-date order; per wallet, the credits its invoices used. Recorded on the
+/// invoices themselves, so a coupon or a credit is used once whatever the restarts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CouponUse(HashMap<String, Vec<rust_decimal::Decimal>>);
+pub struct PriorUse {
+    coupons: HashMap<String, Vec<rust_decimal::Decimal>>,
+    credits: HashMap<String, rust_decimal::Decimal>,
+}
 
-impl CouponUse {
-    /// Record that the application `id` discounted an invoice by `amount`.
+impl PriorUse {
+    /// Record that the coupon application `id` discounted an invoice by `amount`.
     pub fn record(&mut self, id: &str, amount: rust_decimal::Decimal) {
-        self.0.entry(id.to_owned()).or_default().push(amount);
+        self.coupons.entry(id.to_owned()).or_default().push(amount);
     }
 
-    /// The discounts of application `id` so far.
+    /// The discounts of coupon application `id` so far.
     pub fn of(&self, id: &str) -> &[rust_decimal::Decimal] {
-        self.0.get(id).map(Vec::as_slice).unwrap_or_default()
+        self.coupons.get(id).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Record that an invoice used `amount` of the credits of wallet `id`.
+    pub fn record_credit(&mut self, id: &str, amount: rust_decimal::Decimal) {
+        *self.credits.entry(id.to_owned()).or_default() += amount;
+    }
+
+    /// The credits of wallet `id` used so far.
+    pub fn credit(&self, id: &str) -> rust_decimal::Decimal {
+        self.credits.get(id).copied().unwrap_or_default()
+    }
+}
+
+/// A prepaid-credit wallet of a customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wallet {
+    /// The wallet as created.
+    pub created: crate::lifecycle::WalletCreated,
+    /// Billing time of its creation.
+    pub created_at: DateTime<Utc>,
+    /// Its top-ups in order: (billing time, the event, granted, paid).
+    pub top_ups: Vec<(
+        DateTime<Utc>,
+        crate::lifecycle::WalletToppedUp,
+        rust_decimal::Decimal,
+        rust_decimal::Decimal,
+    )>,
+}
+
+impl Wallet {
+    /// Credits added up to `at` (inclusive).
+    pub fn credited_by(&self, at: DateTime<Utc>) -> rust_decimal::Decimal {
+        self.top_ups
+            .iter()
+            .filter(|(t, ..)| *t <= at)
+            .map(|(_, _, g, p)| g + p)
+            .sum()
+    }
+
+    /// Whether its credits may pay the invoice of this billing date (not expired by then).
+    pub fn live_at(&self, billing_date: DateTime<Utc>) -> bool {
+        self.created.expiration_at.is_none_or(|e| billing_date < e)
     }
 }
 
@@ -565,6 +612,57 @@ impl Reference {
                         applied_at: ev.occurred_at,
                         removed_at: None,
                     }),
+                }
+                return Ok(());
+            }
+            Lifecycle::WalletCreated(w) => {
+                let Some(c) = self
+                    .customers
+                    .get_mut(&(tenant, w.customer_id.clone()))
+                    .filter(|c| c.known())
+                else {
+                    return Err(format!("wallet of unknown customer {:?}", w.customer_id));
+                };
+                match c
+                    .wallets
+                    .iter_mut()
+                    .find(|x| x.created.wallet_id == w.wallet_id)
+                {
+                    Some(existing) => existing.created = w,
+                    None => c.wallets.push(Wallet {
+                        created: w,
+                        created_at: ev.occurred_at,
+                        top_ups: Vec::new(),
+                    }),
+                }
+                return Ok(());
+            }
+            Lifecycle::WalletToppedUp(t) => {
+                let credits = |field: &str, v: &str| {
+                    billing_core::money::parse_exact_decimal(field, v, 9)
+                        .and_then(|d| billing_core::money::non_negative(field, d))
+                        .map_err(|e| format!("top-up {:?}: {e}", t.transaction_id))
+                };
+                let granted = credits("granted_credits", &t.granted_credits)?;
+                let paid = credits("paid_credits", &t.paid_credits)?;
+                let wallet = self
+                    .customers
+                    .get_mut(&(tenant, t.customer_id.clone()))
+                    .and_then(|c| {
+                        c.wallets
+                            .iter_mut()
+                            .find(|w| w.created.wallet_id == t.wallet_id)
+                    });
+                let Some(wallet) = wallet else {
+                    return Err(format!("top-up of unknown wallet {:?}", t.wallet_id));
+                };
+                // A repeated top-up (a retry, a replay) is applied once.
+                if !wallet
+                    .top_ups
+                    .iter()
+                    .any(|(_, x, ..)| x.transaction_id == t.transaction_id)
+                {
+                    wallet.top_ups.push((ev.occurred_at, t, granted, paid));
                 }
                 return Ok(());
             }
@@ -811,7 +909,7 @@ impl Reference {
         customer: &str,
         subs: &[BillableSubscription],
         date: DateTime<Utc>,
-        coupon_use: &CouponUse,
+        prior_use: &PriorUse,
         usage: impl Fn(&BillableSubscription, &BillingPeriod) -> Result<Vec<ChargeAggregate>, String>,
     ) -> Result<Option<InvoiceOutcome>, String> {
         let c = self
@@ -827,8 +925,20 @@ impl Reference {
             .filter(|a| a.in_force(date))
             .map(|a| {
                 let id = a.coupon.id.as_deref().unwrap_or_default();
-                a.coupon.clone().after(coupon_use.of(id))
+                a.coupon.clone().after(prior_use.of(id))
             })
+            .collect();
+        // Wallets' credits left on the billing date, applied after tax in creation order.
+        let balances: Vec<billing_core::invoice::CreditNote> = c
+            .wallets
+            .iter()
+            .filter(|w| w.live_at(date))
+            .map(|w| billing_core::invoice::CreditNote {
+                code: w.created.wallet_id.clone(),
+                amount: (w.credited_by(date) - prior_use.credit(&w.created.wallet_id))
+                    .max(rust_decimal::Decimal::ZERO),
+            })
+            .filter(|b| b.amount > rust_decimal::Decimal::ZERO)
             .collect();
         let tz = c.tz();
         let mut with_usage = Vec::with_capacity(subs.len());
@@ -849,7 +959,7 @@ impl Reference {
                 coupons: &coupons,
                 taxes: &taxes.rates,
                 customer_tax_exempt: taxes.exempt,
-                credit_notes: &[],
+                credit_notes: &balances,
                 prepaid_credits: rust_decimal::Decimal::ZERO,
             },
         })
@@ -928,6 +1038,8 @@ impl Reference {
                     .map_err(|e| e.to_string())
             };
             items.push(billing_core::invoicing::OneOffItem {
+                kind: billing_core::invoice::LineKind::AddOn,
+                tax_exempt: false,
                 code: f.add_on_code.clone(),
                 description: f.description.clone().unwrap_or_else(|| f.name.clone()),
                 units: num("units", &f.units)?,
@@ -943,6 +1055,48 @@ impl Reference {
                 coupons: &[],
                 taxes: &taxes.rates,
                 customer_tax_exempt: taxes.exempt,
+                credit_notes: &[],
+                prepaid_credits: rust_decimal::Decimal::ZERO,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(InvoiceOutcome {
+            invoice,
+            periods: Vec::new(),
+        })
+    }
+
+    /// The invoice of credits bought for a wallet: one line, not taxed (the invoices the credits pay are).
+    pub fn credit_purchase_invoice(
+        &self,
+        tenant: &str,
+        customer: &str,
+        top_up: &crate::lifecycle::WalletToppedUp,
+    ) -> Result<InvoiceOutcome, String> {
+        let record = self
+            .customer(tenant, customer)
+            .and_then(|c| c.record.as_ref())
+            .ok_or_else(|| format!("unknown customer {customer:?}"))?;
+        let currency = Currency::parse(&record.currency).map_err(|e| e.to_string())?;
+        let paid =
+            billing_core::money::parse_exact_decimal("paid_credits", &top_up.paid_credits, 9)
+                .map_err(|e| e.to_string())?;
+        let invoice = billing_core::invoicing::one_off_invoice(
+            currency,
+            RoundingMode::HalfUp,
+            &[billing_core::invoicing::OneOffItem {
+                kind: billing_core::invoice::LineKind::PrepaidCredits,
+                tax_exempt: true,
+                code: top_up.wallet_id.clone(),
+                description: format!("Prepaid credits, wallet {}", top_up.wallet_id),
+                units: paid,
+                unit_amount: rust_decimal::Decimal::ONE,
+                taxes: None,
+            }],
+            &Adjustments {
+                coupons: &[],
+                taxes: &[],
+                customer_tax_exempt: true,
                 credit_notes: &[],
                 prepaid_credits: rust_decimal::Decimal::ZERO,
             },
@@ -1146,14 +1300,14 @@ mod tests {
             r: &Reference,
             subs: &[BillableSubscription],
             date: &str,
-            used: &CouponUse,
+            used: &PriorUse,
         ) -> billing_core::invoice::Invoice {
             r.invoice_on("t", "a", subs, at(date), used, |_, _| Ok(vec![]))
                 .unwrap()
                 .unwrap()
                 .invoice
         }
-        let mut used = CouponUse::default();
+        let mut used = PriorUse::default();
         let jan = invoice(&r, &subs, "2026-01-01T00:00:00Z", &used);
         assert_eq!(jan.discount_total, rust_decimal::Decimal::new(1000, 2));
         assert_eq!(jan.coupons[0].id.as_deref(), Some("ac_1"));
@@ -1165,7 +1319,7 @@ mod tests {
             .coupons
             .is_empty());
         // Removed on Feb 15: February's invoice (billed Feb 1) keeps it, March's has none.
-        let mut fresh = CouponUse::default();
+        let mut fresh = PriorUse::default();
         r.apply_lifecycle(lifecycle(
             Lifecycle::CouponRemoved(crate::lifecycle::CouponRemoved {
                 applied_coupon_id: "ac_1".into(),

@@ -622,13 +622,13 @@ impl BillingStore {
 
     /// What a customer's coupons discounted on its issued invoices (finalized or void) billed before `before`, in
     /// billing-date order: the invoices are the record of a coupon's use (see
-    /// [`billing_schemas::reference::CouponUse`]).
-    pub async fn coupon_use_before(
+    /// [`billing_schemas::reference::PriorUse`]).
+    pub async fn prior_use_before(
         &self,
         tenant: &str,
         customer: &str,
         before: DateTime<Utc>,
-    ) -> anyhow::Result<billing_schemas::reference::CouponUse> {
+    ) -> anyhow::Result<billing_schemas::reference::PriorUse> {
         let mut invoices = Vec::new();
         for id in self.invoice_ids_of(tenant, customer).await? {
             if let Some(inv) = self.invoice(tenant, &id).await? {
@@ -638,9 +638,9 @@ impl BillingStore {
             }
         }
         invoices.sort_by_key(|i| i.billing_date);
-        let mut used = billing_schemas::reference::CouponUse::default();
+        let mut used = billing_schemas::reference::PriorUse::default();
         for inv in &invoices {
-            inv.record_coupon_use(&mut used);
+            inv.record_use(&mut used);
         }
         Ok(used)
     }

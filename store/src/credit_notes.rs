@@ -504,6 +504,7 @@ mod tests {
             voided_at: None,
             coupons: vec![],
             one_off: false,
+            credits: vec![],
         }
     }
 

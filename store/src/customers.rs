@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use billing_schemas::lifecycle::{Address, CouponApplied, CustomerCreated, TaxExempt};
+use billing_schemas::lifecycle::{
+    Address, CouponApplied, CustomerCreated, TaxExempt, WalletCreated, WalletToppedUp,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +49,31 @@ pub struct CustomerView {
     /// Coupons applied to it, in application order (removed ones included, with their removal time).
     #[serde(default)]
     pub applied_coupons: Vec<AppliedCouponView>,
+    /// Its prepaid-credit wallets, with their top-ups (what invoices used is on the invoices).
+    #[serde(default)]
+    pub wallets: Vec<WalletView>,
+}
+
+/// A wallet as created, with its top-ups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletView {
+    /// The wallet as created.
+    #[serde(flatten)]
+    pub created: WalletCreated,
+    /// Billing time of its creation.
+    pub created_at: DateTime<Utc>,
+    /// Its top-ups, in order.
+    pub top_ups: Vec<TopUpView>,
+}
+
+/// A top-up of a wallet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopUpView {
+    /// The top-up as published.
+    #[serde(flatten)]
+    pub top_up: WalletToppedUp,
+    /// Billing time: its credits pay the invoices billed from then on.
+    pub at: DateTime<Utc>,
 }
 
 /// A coupon applied to a customer, with the terms it keeps.
@@ -81,6 +108,7 @@ impl CustomerView {
             tax_exempt: c.tax_exempt,
             created_at,
             applied_coupons: Vec::new(),
+            wallets: Vec::new(),
         }
     }
 }

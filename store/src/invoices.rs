@@ -152,6 +152,18 @@ pub struct InvoiceView {
     /// A one-off invoice of add-ons (issued at once, outside any period), not a billing date's.
     #[serde(default)]
     pub one_off: bool,
+    /// The prepaid credits that paid part of it after tax (`credits_total` is their sum): one per wallet.
+    #[serde(default)]
+    pub credits: Vec<InvoiceCreditView>,
+}
+
+/// Prepaid credits of a wallet used on an invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceCreditView {
+    /// The wallet.
+    pub wallet_id: String,
+    /// Credits used.
+    pub amount: Decimal,
 }
 
 /// A coupon on an invoice.
@@ -166,10 +178,13 @@ pub struct InvoiceCouponView {
 }
 
 impl InvoiceView {
-    /// Add what this invoice's coupons discounted to `used`.
-    pub fn record_coupon_use(&self, used: &mut billing_schemas::reference::CouponUse) {
+    /// Add what this invoice's coupons discounted and the wallet credits it used to `used`.
+    pub fn record_use(&self, used: &mut billing_schemas::reference::PriorUse) {
         for c in &self.coupons {
             used.record(&c.applied_coupon_id, c.amount);
+        }
+        for c in &self.credits {
+            used.record_credit(&c.wallet_id, c.amount);
         }
     }
 }
@@ -216,6 +231,7 @@ impl InvoiceView {
                 K::Charge => "usage",
                 K::TrueUp => "true_up",
                 K::AddOn => "add_on",
+                K::PrepaidCredits => "prepaid_credits",
             }
         };
         let lines = inv
@@ -300,6 +316,14 @@ impl InvoiceView {
                 })
                 .collect(),
             one_off: false,
+            credits: inv
+                .credits
+                .iter()
+                .map(|c| InvoiceCreditView {
+                    wallet_id: c.code.clone(),
+                    amount: c.amount,
+                })
+                .collect(),
         }
     }
 }
@@ -361,8 +385,8 @@ pub enum VoidRefusal {
 }
 
 /// Whether a customer's invoice may be voided (Stripe's and Lago's rule): it must be finalized, nothing paid on
-/// it (by the provider, out of band or from a credit balance: `payment`), and no credit note issued on it (a paid
-/// or credited invoice is corrected by a credit note instead). The API checks it before it publishes the request,
+/// it (by the provider, out of band or from a credit balance: `payment`; by a wallet's prepaid credits), and no
+/// credit note issued on it (a paid or credited invoice is corrected by a credit note instead). The API checks it before it publishes the request,
 /// the invoicer again when it voids.
 pub fn void_refusal(
     inv: &InvoiceView,
@@ -403,6 +427,15 @@ pub fn void_refusal(
                 },
                 p.amount_paid,
                 p.currency
+            ),
+        );
+    }
+    if inv.credits_total > Decimal::ZERO {
+        return refuse(
+            "invoice_id",
+            format!(
+                "prepaid credits paid {} {} of invoice {}; correct it with a credit note instead",
+                inv.credits_total, inv.currency, inv.invoice_id
             ),
         );
     }

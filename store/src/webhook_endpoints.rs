@@ -25,6 +25,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "subscription.unsuspended",
     "customer.discount.created",
     "customer.discount.deleted",
+    "wallet.created",
+    "wallet_transaction.created",
     "invoice.finalized",
     "invoice.voided",
     "invoice.paid_out_of_band",

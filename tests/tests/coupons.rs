@@ -380,3 +380,199 @@ async fn four_months_of_coupons() {
     services.shutdown().await;
     env.cleanup().await;
 }
+
+/// A wallet's credits pay invoices after tax and run out mid-invoice; its ledger and balance; bought credits have
+/// an invoice of their own; a top-up sent twice with one `Idempotency-Key` is applied once. Plan `pro` (40.00 +
+/// 20 % VAT = 48.00 a month), wallet of 30.00 granted + 50.00 bought on Jan 1:
+///
+/// - Jan 1 invoice 48.00: 48.00 of credits, nothing due (32.00 left);
+/// - a top-up of 5.00 granted on Jan 10 (sent twice, applied once): 37.00 left;
+/// - Feb 1 invoice 48.00: the 37.00 left, 11.00 due, charged to the card;
+/// - Mar 1 invoice 48.00: no credit left, 48.00 due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wallets_pay_invoices_after_tax_and_run_out() {
+    let mut env = TestEnv::new("wallets").await;
+    env.settings.query_api.write_wait = Duration::from_secs(60);
+    let services = Services::start(&env.settings).await;
+    let payments = tokio::spawn(billing_payments::run(
+        env.settings.clone(),
+        services.stop.clone(),
+    ));
+    let api = Api::new(&services.api, TENANT);
+    api.created(
+        "/v1/taxes",
+        json!({"code": "vat", "rate": "20", "applied_to_tenant": true}),
+        201,
+    )
+    .await;
+    api.created(
+        "/v1/plans",
+        json!({"code": "pro", "interval": "monthly", "currency": "EUR", "amount": "40.00",
+               "pay_in_advance": true}),
+        201,
+    )
+    .await;
+    let clock = api
+        .created(
+            "/v1/test_clocks",
+            json!({"frozen_time": "2026-01-01T00:00:00Z"}),
+            201,
+        )
+        .await;
+    let clock = clock["id"].as_str().unwrap().to_owned();
+    api.created(
+        "/v1/customers",
+        json!({"customer_id": "c-wallet", "name": "W", "currency": "EUR", "test_clock_id": clock}),
+        201,
+    )
+    .await;
+    api.created(
+        "/v1/customers/c-wallet/payment_methods",
+        json!({"kind": "card", "token": "pm_card_visa"}),
+        201,
+    )
+    .await;
+    api.created(
+        "/v1/subscriptions",
+        json!({"subscription_id": "sub-w", "customer_id": "c-wallet", "plan_code": "pro",
+               "started_at": "2026-01-01T00:00:00Z"}),
+        201,
+    )
+    .await;
+    // Refused, nothing published: negative credits, another currency.
+    let lifecycle_end = high_watermarks(&env.settings, &env.topics.lifecycle).await;
+    api.post(
+        "/v1/wallets",
+        json!({"customer_id": "c-wallet", "granted_credits": "-5"}),
+    )
+    .await
+    .problem(422, "granted_credits");
+    api.post(
+        "/v1/wallets",
+        json!({"customer_id": "c-wallet", "currency": "USD"}),
+    )
+    .await
+    .problem(422, "currency");
+    assert_eq!(
+        high_watermarks(&env.settings, &env.topics.lifecycle).await,
+        lifecycle_end
+    );
+    let w = api
+        .created(
+            "/v1/wallets",
+            json!({"customer_id": "c-wallet", "name": "Prepaid", "granted_credits": "30",
+                   "paid_credits": "50.00"}),
+            201,
+        )
+        .await;
+    let wallet = w["wallet_id"].as_str().unwrap().to_owned();
+    assert_eq!(w["balance"], "80.00", "{w}");
+    api.post("/v1/wallets", json!({"customer_id": "c-wallet"}))
+        .await
+        .problem(409, "customer_id");
+    // The bought credits' invoice: 50.00, not taxed, numbered and collected like any invoice.
+    let purchase_id = w["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "purchased")
+        .unwrap()["invoice_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let purchase = eventually(WAIT, "the credits' invoice", || async {
+        let r = api.get(&format!("/v1/invoices/{purchase_id}")).await;
+        (r.status == 200 && r.body["number"].is_string()).then_some(r.body)
+    })
+    .await;
+    assert_eq!(purchase["lines"][0]["kind"], "prepaid_credits");
+    assert_eq!(
+        (purchase["total"].as_str(), purchase["tax_total"].as_str()),
+        (Some("50.00"), Some("0.00"))
+    );
+
+    advance(&api, &clock, "2026-01-01T01:00:00Z").await;
+    let path = format!("/v1/customers/c-wallet/wallets/{wallet}/transactions");
+    api.post(&path, json!({"granted_credits": "-1"}))
+        .await
+        .problem(422, "granted_credits");
+    api.post(&path, json!({}))
+        .await
+        .problem(422, "paid_credits");
+    advance(&api, &clock, "2026-01-10T00:00:00Z").await;
+    let first = api
+        .post_keyed(&path, "top-up-1", json!({"granted_credits": "5"}))
+        .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = api
+        .post_keyed(&path, "top-up-1", json!({"granted_credits": "5"}))
+        .await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body["transaction_id"], first.body["transaction_id"]);
+    advance(&api, &clock, "2026-02-01T01:00:00Z").await;
+    advance(&api, &clock, "2026-03-01T01:00:00Z").await;
+
+    // Subscription invoices (the credits' invoice is the one-off among them), oldest first.
+    let all = invoices_of(&api, "c-wallet", 4).await;
+    let subs: Vec<&Value> = all.iter().filter(|i| i["one_off"] != true).collect();
+    let due: Vec<(&str, &str, &str)> = subs
+        .iter()
+        .map(|i| {
+            (
+                i["total"].as_str().unwrap(),
+                i["credits_total"].as_str().unwrap(),
+                i["amount_due"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        due,
+        [
+            ("48.00", "48.00", "0.00"),
+            ("48.00", "37.00", "11.00"),
+            ("48.00", "0.00", "48.00")
+        ]
+    );
+    assert_eq!(subs[1]["credits"][0]["wallet_id"], wallet.as_str());
+    // February's 11.00 is charged to the card, not the invoice's 48.00.
+    let feb_id = subs[1]["invoice_id"].as_str().unwrap().to_owned();
+    let paid = eventually(WAIT, "February's invoice paid", || async {
+        let r = api.get(&format!("/v1/invoices/{feb_id}")).await;
+        (r.body["payment_status"] == "paid").then_some(r.body)
+    })
+    .await;
+    assert_eq!(paid["payment"]["amount_paid"], "11.00", "{paid}");
+    // An invoice paid in part by credits cannot be voided.
+    let jan_id = subs[0]["invoice_id"].as_str().unwrap();
+    let v = api
+        .post(&format!("/v1/invoices/{jan_id}/void"), json!({}))
+        .await;
+    v.problem(409, "invoice_id");
+
+    let ledger = api
+        .get(&format!("/v1/customers/c-wallet/wallets/{wallet}"))
+        .await;
+    assert_eq!(ledger.status, 200, "{}", ledger.body);
+    assert_eq!(ledger.body["balance"], "0.00", "{}", ledger.body);
+    let kinds: Vec<(&str, &str)> = ledger.body["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["type"].as_str().unwrap(), t["amount"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("granted", "30"),
+            ("purchased", "50.00"),
+            ("consumed", "48.00"),
+            ("granted", "5"),
+            ("consumed", "37.00")
+        ]
+    );
+
+    services.shutdown().await;
+    payments.await.unwrap().expect("payments ended cleanly");
+    env.cleanup().await;
+}

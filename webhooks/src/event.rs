@@ -120,6 +120,12 @@ pub fn from_lifecycle(ev: &LifecycleEvent) -> Option<WebhookEvent> {
         }
         Lifecycle::CouponApplied(c) => ("customer.discount.created", "discount", to_value(c)),
         Lifecycle::CouponRemoved(c) => ("customer.discount.deleted", "discount", to_value(c)),
+        Lifecycle::WalletCreated(w) => ("wallet.created", "wallet", to_value(w)),
+        Lifecycle::WalletToppedUp(t) => (
+            "wallet_transaction.created",
+            "wallet_transaction",
+            to_value(t),
+        ),
         Lifecycle::ClockTick(_)
         | Lifecycle::InvoiceFinalizeRequested(_)
         | Lifecycle::CreditNoteRequested(_)
