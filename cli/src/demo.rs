@@ -402,6 +402,12 @@ struct DemoCustomer {
     quiet: Option<(u32, u32)>,
     /// Last day of usage, as a (month, day).
     usage_until: (u32, u32),
+    /// Tax codes of the customer.
+    tax_codes: &'static [&'static str],
+    /// A coupon applied when it subscribes.
+    coupon: Option<&'static str>,
+    /// Credits granted to a wallet when it is created.
+    wallet_credits: Option<&'static str>,
     story: &'static str,
 }
 
@@ -436,11 +442,14 @@ const fn customer(
         calls_per_day,
         quiet: None,
         usage_until: (2, 28),
+        tax_codes: &[],
+        coupon: None,
+        wallet_credits: None,
         story,
     }
 }
 
-/// Twenty customers: who they are, which plan, when they sign up, how much they use.
+/// Twenty-three customers: who they are, which plan, when they sign up, how much they use.
 fn demo_customers() -> Vec<DemoCustomer> {
     vec![
         customer(
@@ -637,6 +646,40 @@ fn demo_customers() -> Vec<DemoCustomer> {
                 1,
                 1000,
                 "anchored on the 15th: Jan 1-14 prorated, then 15th to 14th",
+            )
+        },
+        DemoCustomer {
+            timezone: "Europe/Paris",
+            tax_codes: &["vat_fr"],
+            ..customer(
+                "vega-vat",
+                "Vega VAT",
+                "starter",
+                1,
+                900,
+                "French VAT: 20 % on every line (tax vat_fr)",
+            )
+        },
+        DemoCustomer {
+            coupon: Some("welcome25"),
+            ..customer(
+                "wren-promo",
+                "Wren Promo",
+                "growth",
+                1,
+                2500,
+                "coupon welcome25: 25 % off its first two invoices",
+            )
+        },
+        DemoCustomer {
+            wallet_credits: Some("60.00"),
+            ..customer(
+                "yarrow-prepaid",
+                "Yarrow Prepaid",
+                "starter",
+                1,
+                700,
+                "wallet of 60.00 granted credits: pays its invoices until it runs out",
             )
         },
     ]
@@ -967,6 +1010,17 @@ async fn billing_workload(
     for p in plans {
         api.write("/v1/plans", p).await?;
     }
+    api.write(
+        "/v1/taxes",
+        json!({"code": "vat_fr", "name": "TVA 20 %", "rate": "20"}),
+    )
+    .await?;
+    api.write(
+        "/v1/coupons",
+        json!({"code": "welcome25", "name": "Welcome, 25 % off", "coupon_type": "percentage",
+               "percentage_rate": "25", "frequency": "recurring", "frequency_duration": 2}),
+    )
+    .await?;
     for c in &customers {
         let mut body = json!({
             "customer_id": c.id, "name": c.name, "currency": c.currency, "timezone": c.timezone,
@@ -977,10 +1031,20 @@ async fn billing_workload(
         if c.timezone == "Europe/Paris" {
             body["billing_country"] = json!("FR");
         }
+        if !c.tax_codes.is_empty() {
+            body["tax_codes"] = json!(c.tax_codes);
+        }
         api.write("/v1/customers", body).await?;
+        if let Some(credits) = c.wallet_credits {
+            api.write(
+                "/v1/wallets",
+                json!({"customer_id": c.id, "name": "Prepaid", "granted_credits": credits}),
+            )
+            .await?;
+        }
     }
     println!(
-        "  2026-01-01  test clock {clock}; metric api_calls, plans starter, growth, payg (in arrears), starter-usd; {} customers",
+        "  2026-01-01  test clock {clock}; metric api_calls, plans starter, growth, payg (in arrears), starter-usd; tax vat_fr, coupon welcome25; {} customers (yarrow-prepaid with a wallet)",
         customers.len()
     );
     // Payment methods on the sandbox provider: a card that pays for everyone, except a card that is always
@@ -1094,6 +1158,14 @@ async fn billing_workload(
             }
             api.write("/v1/subscriptions", body).await?;
             done.push(format!("{} subscribes to {}", c.id, c.plan));
+            if let Some(code) = c.coupon {
+                api.write(
+                    "/v1/applied_coupons",
+                    json!({"customer_id": c.id, "coupon_code": code}),
+                )
+                .await?;
+                done.push(format!("coupon {code} applied to {}", c.id));
+            }
         }
         for (_, c, act) in acts.iter().filter(|a| day(1, a.0) == t) {
             let sub = sub_id(c);
@@ -1159,8 +1231,8 @@ async fn billing_workload(
         totals.join(", ")
     );
     println!(
-        "  {:<20} {:<17} {:<11} {:>10} {:<4} story",
-        "number", "customer", "billed", "total", ""
+        "  {:<20} {:<17} {:<11} {:>10} {:>10} {:<4} story",
+        "number", "customer", "billed", "total", "due", ""
     );
     let mut example = None;
     for (who, when) in [
@@ -1175,6 +1247,9 @@ async fn billing_workload(
         ("harbor-cafe", "2026-02-20"),
         ("pioneer-bikes", "2026-01-31"),
         ("tundra-tools", "2026-02-15"),
+        ("vega-vat", "2026-01-31"),
+        ("wren-promo", "2026-02-01"),
+        ("yarrow-prepaid", "2026-02-01"),
     ] {
         let story = customers
             .iter()
@@ -1189,20 +1264,58 @@ async fn billing_workload(
         match found {
             Some(i) => {
                 println!(
-                    "  {:<20} {:<17} {:<11} {:>10} {:<4} {story}",
+                    "  {:<20} {:<17} {:<11} {:>10} {:>10} {:<4} {story}",
                     i["number"].as_str().unwrap_or("-"),
                     who,
                     when,
                     amount(&i["total"]).to_string(),
+                    amount(&i["amount_due"]).to_string(),
                     i["currency"].as_str().unwrap_or("?"),
                 );
                 if who == "lumen-energy" {
                     example = i["invoice_id"].as_str().map(str::to_owned);
                 }
+                let detail = match who {
+                    "vega-vat" => i["applied_taxes"].as_array().map(|t| {
+                        t.iter()
+                            .map(|t| {
+                                format!(
+                                    "{} {} % on {}: {}",
+                                    t["name"].as_str().unwrap_or("?"),
+                                    t["rate"].as_str().unwrap_or("?"),
+                                    amount(&t["taxable_amount"]),
+                                    amount(&t["amount"])
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }),
+                    "wren-promo" => i["coupons"].as_array().map(|c| {
+                        c.iter()
+                            .map(|c| {
+                                format!(
+                                    "coupon {} -{} on a subtotal of {}",
+                                    c["code"].as_str().unwrap_or("?"),
+                                    amount(&c["amount"]),
+                                    amount(&i["subtotal"])
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }),
+                    "yarrow-prepaid" => Some(format!(
+                        "wallet credits used: {}",
+                        amount(&i["credits_total"])
+                    )),
+                    _ => None,
+                };
+                if let Some(d) = detail.filter(|d| !d.is_empty()) {
+                    println!("  {:<20} {:<17} {d}", "", "");
+                }
             }
             None => println!(
-                "  {:<20} {who:<17} {when:<11} {:>10} {:<4} {story}",
-                "(none)", "", ""
+                "  {:<20} {who:<17} {when:<11} {:>10} {:>10} {:<4} {story}",
+                "(none)", "", "", ""
             ),
         }
     }

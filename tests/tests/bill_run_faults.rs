@@ -1,5 +1,6 @@
 //! The bill run under faults, on the real stack: an invoicer process killed with SIGKILL three times during a
-//! bill run of 10,000 subscriptions, and three times while it issues 900 credit notes; the invoicer's tables wiped
+//! bill run of 10,000 subscriptions, three times while it issues 900 credit notes, and three times while it bills
+//! three months of 1,000 customers whose coupons and wallets pay their invoices; the invoicer's tables wiped
 //! and rebuilt from the topics; malformed and inconsistent lifecycle events dead-lettered while the invoicer goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -229,6 +230,167 @@ async fn sigkilled_invoicer_issues_every_invoice_once_with_gap_free_numbers() {
         total.parse::<Decimal>().unwrap(),
         expected.values().sum::<Decimal>()
     );
+    env.cleanup().await;
+}
+
+/// Coupons and wallet credits used while the invoicer is killed: 1,000 customers on `basic` (100.00 a month in
+/// advance) from January 1, each with a coupon of 150.00 applied once (the rest carried over) and a wallet of 150.00
+/// granted credits. January is billed first; then the clock jumps to April 1 and one of two invoicer processes is
+/// killed with SIGKILL three times while they bill February to April (3,000 invoices, chained per customer: each
+/// invoice's coupon and credits depend on the ones before). Expected per customer: Jan 100.00 − 100.00 coupon = 0.00;
+/// Feb 100.00 − 50.00 coupon = 50.00, paid by 50.00 of credits; Mar 100.00, paid by the 100.00 of credits left; Apr
+/// 100.00 due in full. So the coupon is used for 150.00 and the credits for 150.00, exactly, whatever the kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkilled_invoicer_uses_every_coupon_and_credit_once() {
+    use billing_schemas::catalog::{CouponFrequency, CouponType};
+    use billing_schemas::lifecycle::{CouponApplied, WalletCreated, WalletToppedUp};
+    const CUSTOMERS: usize = 1_000;
+    let env = TestEnv::new("wallet_crash").await;
+    let store = env.billing_store().await;
+    let publisher = env.publisher();
+    publisher
+        .catalog(&basic_plan(), Encoding::Json)
+        .await
+        .unwrap();
+    let jan1 = at("2026-01-01T00:00:00Z");
+    env.tick(TENANT, CLOCK, jan1).await;
+    let mut sends = Vec::new();
+    for i in 0..CUSTOMERS {
+        let id = format!("c{i:04}");
+        let ev = |event_id: String, payload| LifecycleEvent {
+            tenant_id: TENANT.into(),
+            event_id,
+            occurred_at: jan1,
+            payload,
+        };
+        let extra = [
+            ev(
+                format!("coupon-{id}"),
+                Lifecycle::CouponApplied(CouponApplied {
+                    applied_coupon_id: format!("ac-{id}"),
+                    customer_id: id.clone(),
+                    subscription_id: None,
+                    coupon_code: "big-welcome".into(),
+                    coupon_type: CouponType::FixedAmount,
+                    amount: Some("150.00".into()),
+                    amount_currency: Some("EUR".into()),
+                    percentage_rate: None,
+                    frequency: CouponFrequency::Once,
+                    frequency_duration: None,
+                    plan_codes: vec![],
+                    metric_codes: vec![],
+                }),
+            ),
+            ev(
+                format!("wallet-{id}"),
+                Lifecycle::WalletCreated(WalletCreated {
+                    wallet_id: format!("w-{id}"),
+                    customer_id: id.clone(),
+                    name: None,
+                    expiration_at: None,
+                }),
+            ),
+            ev(
+                format!("top-up-{id}"),
+                Lifecycle::WalletToppedUp(WalletToppedUp {
+                    transaction_id: format!("wt-{id}"),
+                    wallet_id: format!("w-{id}"),
+                    customer_id: id.clone(),
+                    granted_credits: "150.00".into(),
+                    paid_credits: "0".into(),
+                    invoice_id: None,
+                }),
+            ),
+        ];
+        for ev in customer_and_subscription(&id, jan1)
+            .into_iter()
+            .chain(extra)
+        {
+            sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
+        }
+    }
+    for d in sends {
+        billing_runtime::publish::ack(d).await.unwrap();
+    }
+    let spawn = || spawn_service(&env.settings, "invoicer", &[]);
+    let mut children = [spawn(), spawn()];
+    env.clock_reached(&store, TENANT, CLOCK, jan1, Duration::from_secs(120))
+        .await;
+    eventually(Duration::from_secs(120), "the January invoices", || async {
+        (invoices_published(&env).await >= CUSTOMERS as i64).then_some(())
+    })
+    .await;
+    let apr1 = at("2026-04-01T00:00:00Z");
+    env.tick(TENANT, CLOCK, apr1).await;
+    sigkill_three_times(
+        &env,
+        &mut children,
+        CUSTOMERS as i64,
+        500,
+        4 * CUSTOMERS as i64,
+        "invoices",
+    )
+    .await;
+    env.clock_reached(&store, TENANT, CLOCK, apr1, Duration::from_secs(300))
+        .await;
+    for child in &mut children {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+    // (billing date, total, coupon, credits, due)
+    let want = [
+        ("2026-01-01T00:00:00Z", "0.00", "100.00", "0.00", "0.00"),
+        ("2026-02-01T00:00:00Z", "50.00", "50.00", "50.00", "0.00"),
+        ("2026-03-01T00:00:00Z", "100.00", "0.00", "100.00", "0.00"),
+        ("2026-04-01T00:00:00Z", "100.00", "0.00", "0.00", "100.00"),
+    ];
+    let invoices = all_invoices(&store, TENANT).await;
+    assert_eq!(invoices.len(), 4 * CUSTOMERS);
+    let mut by_customer: BTreeMap<
+        &str,
+        BTreeMap<DateTime<Utc>, &billing_store::invoices::InvoiceView>,
+    > = BTreeMap::new();
+    for inv in invoices.values() {
+        by_customer
+            .entry(inv.customer_id.as_str())
+            .or_default()
+            .insert(inv.billing_date, inv);
+    }
+    let mut numbers = BTreeSet::new();
+    for i in 0..CUSTOMERS {
+        let id = format!("c{i:04}");
+        let mine = &by_customer[id.as_str()];
+        assert_eq!(mine.len(), 4, "{id}");
+        let (mut coupon, mut credits) = (Decimal::ZERO, Decimal::ZERO);
+        for (date, total, discount, used, due) in want {
+            let inv = &mine[&at(date)];
+            assert_eq!(inv.status, InvoiceStatus::Finalized);
+            let got = (
+                inv.total,
+                inv.discount_total,
+                inv.credits_total,
+                inv.amount_due,
+            );
+            assert_eq!(got, (d(total), d(discount), d(used), d(due)), "{id} {date}");
+            coupon += inv.coupons.iter().map(|c| c.amount).sum::<Decimal>();
+            credits += inv.credits.iter().map(|c| c.amount).sum::<Decimal>();
+            assert!(
+                numbers.insert(inv.number.clone().unwrap()),
+                "duplicate number"
+            );
+        }
+        assert_eq!(
+            (coupon, credits),
+            (d("150.00"), d("150.00")),
+            "{id}: used once"
+        );
+    }
+    let all: BTreeSet<String> = (1..=4 * CUSTOMERS)
+        .map(|n| format!("ACME-{n:06}"))
+        .collect();
+    assert_eq!(numbers, all, "numbers without a gap");
     env.cleanup().await;
 }
 

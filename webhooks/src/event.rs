@@ -118,8 +118,8 @@ pub fn from_lifecycle(ev: &LifecycleEvent) -> Option<WebhookEvent> {
         Lifecycle::SubscriptionUnsuspended(s) => {
             ("subscription.unsuspended", "subscription", to_value(s))
         }
-        Lifecycle::CouponApplied(c) => ("customer.discount.created", "discount", to_value(c)),
-        Lifecycle::CouponRemoved(c) => ("customer.discount.deleted", "discount", to_value(c)),
+        Lifecycle::CouponApplied(c) => ("applied_coupon.created", "applied_coupon", to_value(c)),
+        Lifecycle::CouponRemoved(c) => ("applied_coupon.removed", "applied_coupon", to_value(c)),
         Lifecycle::WalletCreated(w) => ("wallet.created", "wallet", to_value(w)),
         Lifecycle::WalletToppedUp(t) => (
             "wallet_transaction.created",
