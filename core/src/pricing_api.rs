@@ -800,6 +800,37 @@ mod tests {
     }
 
     #[test]
+    fn example_preview_taxes_coupons_credits() {
+        let r = preview(include_str!(
+            "../../docs/examples/pricing/preview-taxes-coupons-credits.json"
+        ));
+        // February in Paris: the fee in advance 40.00, 7 calls × 0.50 = 3.50.
+        assert_eq!(amounts(&r), vec![dec!(40.00), dec!(3.50)]);
+        // calls-half: 50 % of the calls line only = 1.75. welcome: 10.00 over what is left (40.00 and 1.75, in
+        // proportion: 9.5808 and 0.4192 → 9.58 and 0.42, the odd cent to the larger remainder).
+        let discounts: Vec<Decimal> = r.invoice.lines.iter().map(|l| l.discount).collect();
+        assert_eq!(discounts, vec![dec!(9.58), dec!(2.17)]);
+        assert_eq!(r.invoice.coupons[0].amount, dec!(1.75));
+        assert_eq!(r.invoice.coupons[1].amount, dec!(10.00));
+        // Taxes, the most specific level first: the fee takes the plan's 20 % (30.42 → 6.08), the calls their
+        // charge's 5.5 % (1.33 → 0.07315 → 0.07); the request's 19 % (the customer's level) is not used.
+        let taxes: Vec<(&str, Decimal)> = r
+            .invoice
+            .lines
+            .iter()
+            .map(|l| (l.taxes[0].code.as_str(), l.tax_amount))
+            .collect();
+        assert_eq!(
+            taxes,
+            vec![("vat_fr", dec!(6.08)), ("vat_fr_reduced", dec!(0.07))]
+        );
+        assert_eq!(r.invoice.total, dec!(37.90));
+        // 30.00 of prepaid credits after tax: 7.90 left to pay.
+        assert_eq!(r.invoice.credits_total, dec!(30.00));
+        assert_eq!(r.invoice.amount_due, dec!(7.90));
+    }
+
+    #[test]
     fn example_preview_typical() {
         let r = preview(include_str!(
             "../../docs/examples/pricing/preview-typical.json"
