@@ -430,6 +430,15 @@ pub fn void_refusal(
             ),
         );
     }
+    if inv.lines.iter().any(|l| l.kind == "prepaid_credits") {
+        return refuse(
+            "invoice_id",
+            format!(
+                "invoice {} bought prepaid credits that are in the wallet; it cannot be voided",
+                inv.invoice_id
+            ),
+        );
+    }
     if inv.credits_total > Decimal::ZERO {
         return refuse(
             "invoice_id",
@@ -516,6 +525,96 @@ pub(crate) fn select_customer_ids(ks: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn finalized(lines: &[&str]) -> InvoiceView {
+        let at: DateTime<Utc> = "2026-02-01T00:00:00Z".parse().unwrap();
+        let line = |kind: &&str| InvoiceLineView {
+            kind: (*kind).into(),
+            description: "x".into(),
+            subscription_id: None,
+            code: "x".into(),
+            period_start: None,
+            period_end: None,
+            units: None,
+            proration_factor: None,
+            amount: Decimal::TEN,
+            discount: Decimal::ZERO,
+            tax: Decimal::ZERO,
+            total: Decimal::TEN,
+            taxable_amount: Decimal::TEN,
+            taxes: vec![],
+        };
+        InvoiceView {
+            invoice_id: "inv_1".into(),
+            number: Some("T-000001".into()),
+            status: InvoiceStatus::Finalized,
+            customer_id: "c1".into(),
+            currency: "EUR".into(),
+            test_clock_id: None,
+            billing_date: at,
+            finalizes_at: at,
+            issued_at: Some(at),
+            due_date: Some(at),
+            period_start: at,
+            period_end: at,
+            subscription_ids: vec![],
+            lines: lines.iter().map(line).collect(),
+            subtotal: Decimal::TEN,
+            discount_total: Decimal::ZERO,
+            tax_total: Decimal::ZERO,
+            credits_total: Decimal::ZERO,
+            total: Decimal::TEN,
+            amount_due: Decimal::TEN,
+            applied_taxes: vec![],
+            tax_note: None,
+            voided_at: None,
+            coupons: vec![],
+            one_off: false,
+            credits: vec![],
+        }
+    }
+
+    #[test]
+    fn only_a_finalized_unpaid_uncredited_invoice_is_voided() {
+        use crate::payments::InvoicePaymentView;
+        let refused = |r: Result<(), VoidRefusal>, what: &str| match r {
+            Err(VoidRefusal::Refused("invoice_id", reason)) => {
+                assert!(reason.contains(what), "{reason}")
+            }
+            other => panic!("{what}: {other:?}"),
+        };
+        let inv = finalized(&["subscription_fee"]);
+        assert_eq!(void_refusal(&inv, "c1", None, &[]), Ok(()));
+        let pending = InvoicePaymentView::pending("inv_1", "c1", "EUR");
+        assert_eq!(void_refusal(&inv, "c1", Some(&pending), &[]), Ok(()));
+        refused(void_refusal(&inv, "c2", None, &[]), "not customer c2");
+        let mut draft = inv.clone();
+        draft.status = InvoiceStatus::Draft;
+        refused(void_refusal(&draft, "c1", None, &[]), "draft");
+        let mut void = inv.clone();
+        void.status = InvoiceStatus::Void;
+        assert_eq!(
+            void_refusal(&void, "c1", None, &[]),
+            Err(VoidRefusal::AlreadyVoid)
+        );
+        let mut part = pending.clone();
+        part.amount_paid = Decimal::ONE;
+        refused(void_refusal(&inv, "c1", Some(&part), &[]), "partly paid");
+        let mut paid = pending;
+        paid.status = "paid".into();
+        refused(void_refusal(&inv, "c1", Some(&paid), &[]), "is paid");
+        let mut by_credits = inv.clone();
+        by_credits.credits_total = Decimal::ONE;
+        refused(
+            void_refusal(&by_credits, "c1", None, &[]),
+            "prepaid credits paid",
+        );
+        let purchase = finalized(&["prepaid_credits"]);
+        refused(
+            void_refusal(&purchase, "c1", None, &[]),
+            "bought prepaid credits",
+        );
+    }
 
     #[test]
     fn ids_are_deterministic_and_sort_by_billing_date() {

@@ -122,6 +122,18 @@ impl Api {
 }
 
 impl Api {
+    /// Advance a test clock to `to` (RFC 3339) and wait until every partition has billed up to it.
+    pub async fn advance_clock(&self, clock: &str, to: &str) {
+        let r = self
+            .post(
+                &format!("/v1/test_clocks/{clock}/advance?wait_seconds=90"),
+                serde_json::json!({"frozen_time": to}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "advance to {to}: {}", r.body);
+        assert_eq!(r.body["status"], "ready");
+    }
+
     /// DELETE.
     pub async fn delete(&self, path: &str) -> Reply {
         self.send(self.http.delete(format!("{}{path}", self.base)))

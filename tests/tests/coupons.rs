@@ -26,17 +26,6 @@ use serde_json::{json, Value};
 const TENANT: &str = "acme";
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn advance(api: &Api, clock: &str, to: &str) {
-    let r = api
-        .post(
-            &format!("/v1/test_clocks/{clock}/advance?wait_seconds=90"),
-            json!({"frozen_time": to}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "advance to {to}: {}", r.body);
-    assert_eq!(r.body["status"], "ready");
-}
-
 /// The customer's invoices, oldest first, once there are `n` finalized ones.
 async fn invoices_of(api: &Api, customer: &str, n: usize) -> Vec<Value> {
     eventually(WAIT, &format!("{n} invoice(s) of {customer}"), || async {
@@ -287,10 +276,10 @@ async fn four_months_of_coupons() {
         .problem(409, "coupon_code");
 
     produce(&env, calls("c-calls", 10, "2026-01-20T10:00:00Z")).await;
-    advance(&api, &clock, "2026-01-01T01:00:00Z").await;
-    advance(&api, &clock, "2026-02-01T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-01-01T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-02-01T01:00:00Z").await;
     produce(&env, calls("c-calls", 4, "2026-02-20T10:00:00Z")).await;
-    advance(&api, &clock, "2026-02-15T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-02-15T01:00:00Z").await;
     let removed = api
         .delete(&format!(
             "/v1/customers/c-calls/applied_coupons/{}",
@@ -298,8 +287,8 @@ async fn four_months_of_coupons() {
         ))
         .await;
     assert_eq!(removed.status, 200, "{}", removed.body);
-    advance(&api, &clock, "2026-03-01T01:00:00Z").await;
-    advance(&api, &clock, "2026-04-01T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-03-01T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-04-01T01:00:00Z").await;
 
     let rec = invoices_of(&api, "c-rec", 4).await;
     assert_eq!(
@@ -491,7 +480,7 @@ async fn wallets_pay_invoices_after_tax_and_run_out() {
         (Some("50.00"), Some("0.00"))
     );
 
-    advance(&api, &clock, "2026-01-01T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-01-01T01:00:00Z").await;
     let path = format!("/v1/customers/c-wallet/wallets/{wallet}/transactions");
     api.post(&path, json!({"granted_credits": "-1"}))
         .await
@@ -499,7 +488,7 @@ async fn wallets_pay_invoices_after_tax_and_run_out() {
     api.post(&path, json!({}))
         .await
         .problem(422, "paid_credits");
-    advance(&api, &clock, "2026-01-10T00:00:00Z").await;
+    api.advance_clock(&clock, "2026-01-10T00:00:00Z").await;
     let first = api
         .post_keyed(&path, "top-up-1", json!({"granted_credits": "5"}))
         .await;
@@ -510,8 +499,8 @@ async fn wallets_pay_invoices_after_tax_and_run_out() {
     assert_eq!(again.status, 201);
     assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_eq!(again.body["transaction_id"], first.body["transaction_id"]);
-    advance(&api, &clock, "2026-02-01T01:00:00Z").await;
-    advance(&api, &clock, "2026-03-01T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-02-01T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-03-01T01:00:00Z").await;
 
     // Subscription invoices (the credits' invoice is the one-off among them), oldest first.
     let all = invoices_of(&api, "c-wallet", 4).await;

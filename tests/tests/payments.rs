@@ -96,17 +96,6 @@ async fn setup(api: &Api, customers: &[(&str, Option<&str>)]) -> String {
     clock
 }
 
-async fn advance(api: &Api, clock: &str, to: &str) {
-    let r = api
-        .post(
-            &format!("/v1/test_clocks/{clock}/advance?wait_seconds=90"),
-            json!({"frozen_time": to}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "advance to {to}: {}", r.body);
-    assert_eq!(r.body["status"], "ready");
-}
-
 /// The customer's one invoice, once it exists.
 async fn invoice_of(api: &Api, customer: &str) -> Value {
     eventually(WAIT, &format!("the invoice of {customer}"), || async {
@@ -155,7 +144,7 @@ async fn a_month_of_payments_retries_dunning_and_a_bank_transfer() {
     .await;
 
     // Day 1: the invoices in advance are finalized and charged at once.
-    advance(&api, &clock, "2026-01-01T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-01-01T01:00:00Z").await;
     let ok = invoice_of(&api, "c-ok").await;
     assert_eq!(ok["amount_due"], "20.00");
     let ok_id = ok["invoice_id"].as_str().unwrap().to_owned();
@@ -201,7 +190,7 @@ async fn a_month_of_payments_retries_dunning_and_a_bank_transfer() {
     assert_eq!(bank["payment"]["attempt_count"], 0);
 
     // Day 2: the first retry, declined again; the next is two days later.
-    advance(&api, &clock, "2026-01-02T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-01-02T01:00:00Z").await;
     for id in [&retry_id, &fail_id] {
         payment_becomes(&api, id, "second decline, next attempt on day 4", |p| {
             p["attempt_count"] == 2 && p["next_payment_attempt"] == "2026-01-04T00:00:00Z"
@@ -209,9 +198,9 @@ async fn a_month_of_payments_retries_dunning_and_a_bank_transfer() {
         .await;
     }
     // Day 3: nothing is due.
-    advance(&api, &clock, "2026-01-03T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-01-03T01:00:00Z").await;
     // Day 4: the second retry, declined; and the reminder 3 days after the due date (day 1).
-    advance(&api, &clock, "2026-01-04T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-01-04T01:00:00Z").await;
     for id in [&retry_id, &fail_id] {
         payment_becomes(&api, id, "third decline, next attempt on day 6", |p| {
             p["attempt_count"] == 3 && p["next_payment_attempt"] == "2026-01-06T00:00:00Z"
@@ -243,7 +232,7 @@ async fn a_month_of_payments_retries_dunning_and_a_bank_transfer() {
     .problem(409, "already paid");
 
     // Day 6: the third retry pays c-retry; c-fail's last attempt fails and dunning suspends its subscription.
-    advance(&api, &clock, "2026-01-06T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-01-06T01:00:00Z").await;
     let inv = payment_becomes(&api, &retry_id, "c-retry paid", |p| p["status"] == "paid").await;
     assert_eq!(inv["payment"]["attempt_count"], 4);
     assert_eq!(inv["payment"]["paid_at"], "2026-01-06T00:00:00Z");
@@ -444,7 +433,7 @@ async fn credit_balance(api: &Api, clock: &str, january: &str) {
     assert!(r.body["number"].as_str().unwrap().ends_with("-CN-000003"));
     let cn = r.body["credit_note_id"].as_str().unwrap().to_owned();
 
-    advance(api, clock, "2026-02-01T01:00:00Z").await;
+    api.advance_clock(clock, "2026-02-01T01:00:00Z").await;
     let february = eventually(WAIT, "c-retry's February invoice", || async {
         let r = api.get("/v1/customers/c-retry/invoices").await;
         r.body["data"].as_array().and_then(|d| {
@@ -539,7 +528,7 @@ async fn a_sigkill_between_the_charge_and_the_state_write_never_charges_twice() 
         )
     };
     let child = std::sync::Mutex::new(spawn());
-    advance(&api, &clock, "2026-01-01T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-01-01T01:00:00Z").await;
     let mut ids = Vec::new();
     for c in customers {
         ids.push(

@@ -32,17 +32,6 @@ use serde_json::{json, Value};
 const TENANT: &str = "acme";
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn advance(api: &Api, clock: &str, to: &str) {
-    let r = api
-        .post(
-            &format!("/v1/test_clocks/{clock}/advance?wait_seconds=90"),
-            json!({"frozen_time": to}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "advance to {to}: {}", r.body);
-    assert_eq!(r.body["status"], "ready");
-}
-
 /// The customer's finalized invoices, newest first, once there are `n`.
 async fn invoices_of(api: &Api, customer: &str, n: usize) -> Vec<Value> {
     eventually(WAIT, &format!("{n} invoice(s) of {customer}"), || async {
@@ -231,7 +220,7 @@ async fn taxes_at_every_level_and_voids() {
         )
         .await;
     }
-    advance(&api, &clock, "2026-01-01T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-01-01T01:00:00Z").await;
 
     let expected: [Expected; 5] = [
         (
@@ -522,7 +511,7 @@ async fn taxes_at_every_level_and_voids() {
         .created("/v1/taxes/vat_fr", json!({"rate": "21"}), 200)
         .await;
     assert_eq!(raised["rate"], "21");
-    advance(&api, &clock, "2026-02-01T01:00:00Z").await;
+    api.advance_clock(&clock, "2026-02-01T01:00:00Z").await;
     let fr = invoices_of(&api, "c-fr", 2).await;
     assert_eq!(fr[0]["tax_total"], "10.50", "{}", fr[0]);
     assert_eq!(fr[0]["total"], "60.50");
