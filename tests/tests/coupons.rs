@@ -277,6 +277,20 @@ async fn four_months_of_coupons() {
 
     produce(&env, calls("c-calls", 10, "2026-01-20T10:00:00Z")).await;
     api.advance_clock(&clock, "2026-01-01T01:00:00Z").await;
+    // The upcoming invoice of c-welcome (Feb 1), as the bill run will make it: the 10.00 left of its coupon.
+    let upcoming = api
+        .post("/v1/customers/c-welcome/invoices/preview", json!({}))
+        .await;
+    assert_eq!(upcoming.status, 200, "{}", upcoming.body);
+    assert_eq!(
+        (
+            upcoming.body["discount_total"].as_str(),
+            upcoming.body["total"].as_str()
+        ),
+        (Some("10.00"), Some("36.00")),
+        "{}",
+        upcoming.body
+    );
     api.advance_clock(&clock, "2026-02-01T01:00:00Z").await;
     produce(&env, calls("c-calls", 4, "2026-02-20T10:00:00Z")).await;
     api.advance_clock(&clock, "2026-02-15T01:00:00Z").await;
@@ -499,6 +513,21 @@ async fn wallets_pay_invoices_after_tax_and_run_out() {
     assert_eq!(again.status, 201);
     assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_eq!(again.body["transaction_id"], first.body["transaction_id"]);
+    // The upcoming invoice (Feb 1) already takes the 37.00 of credits left.
+    let upcoming = api
+        .post("/v1/customers/c-wallet/invoices/preview", json!({}))
+        .await;
+    assert_eq!(upcoming.status, 200, "{}", upcoming.body);
+    assert_eq!(
+        (
+            upcoming.body["total"].as_str(),
+            upcoming.body["credits_total"].as_str(),
+            upcoming.body["amount_due"].as_str()
+        ),
+        (Some("48.00"), Some("37.00"), Some("11.00")),
+        "{}",
+        upcoming.body
+    );
     api.advance_clock(&clock, "2026-02-01T01:00:00Z").await;
     api.advance_clock(&clock, "2026-03-01T01:00:00Z").await;
 
