@@ -506,7 +506,8 @@ impl UpdateAddOn {
     }
 }
 
-fn tax_code_fields(codes: &[String]) -> Vec<(String, String)> {
+/// Each tax code of a list, with its field (`tax_codes[i]`).
+pub(crate) fn tax_code_fields(codes: &[String]) -> Vec<(String, String)> {
     codes
         .iter()
         .enumerate()
@@ -729,7 +730,7 @@ pub fn check_charges(c: &mut Check, charges: Vec<ChargeBody>) -> Vec<Charge> {
 }
 
 /// A list of tax codes: each once.
-fn check_codes(c: &mut Check, name: &str, codes: Option<Vec<String>>) -> Vec<String> {
+pub(crate) fn check_codes(c: &mut Check, name: &str, codes: Option<Vec<String>>) -> Vec<String> {
     let codes = codes.unwrap_or_default();
     for (i, code) in codes.iter().enumerate() {
         if codes[..i].contains(code) {
@@ -761,12 +762,7 @@ pub async fn check_tax_codes_exist(
 
 /// Every tax code a plan names, with its field.
 fn plan_tax_codes(p: &Plan) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = p
-        .tax_codes
-        .iter()
-        .enumerate()
-        .map(|(i, code)| (format!("tax_codes[{i}]"), code.clone()))
-        .collect();
+    let mut out = tax_code_fields(&p.tax_codes);
     for (j, ch) in p.charges.iter().enumerate() {
         for (i, code) in ch.tax_codes.iter().enumerate() {
             out.push((format!("charges[{j}].tax_codes[{i}]"), code.clone()));

@@ -235,26 +235,6 @@ impl CreateCustomer {
     }
 }
 
-/// Every tax code a customer request names, with its field; one listed twice is refused.
-fn tax_code_fields(codes: Option<&Vec<String>>) -> Result<Vec<(String, String)>, ApiError> {
-    let mut c = Check::new();
-    let codes = codes.map(Vec::as_slice).unwrap_or_default();
-    for (i, code) in codes.iter().enumerate() {
-        if codes[..i].contains(code) {
-            c.fail(
-                format!("tax_codes[{i}]"),
-                format!("{code:?} is listed twice"),
-            );
-        }
-    }
-    c.finish()?;
-    Ok(codes
-        .iter()
-        .enumerate()
-        .map(|(i, code)| (format!("tax_codes[{i}]"), code.clone()))
-        .collect())
-}
-
 /// Refuse tax codes the tenant has no tax rate for.
 async fn check_tax_codes(
     state: &AppState,
@@ -262,7 +242,16 @@ async fn check_tax_codes(
     codes: Option<&Vec<String>>,
 ) -> Result<(), ApiError> {
     let mut c = Check::new();
-    crate::catalog::check_tax_codes_exist(state, tenant, &mut c, tax_code_fields(codes)?).await?;
+    let codes = crate::catalog::check_codes(&mut c, "tax_codes", codes.cloned());
+    c.finish()?;
+    let mut c = Check::new();
+    crate::catalog::check_tax_codes_exist(
+        state,
+        tenant,
+        &mut c,
+        crate::catalog::tax_code_fields(&codes),
+    )
+    .await?;
     c.finish()
 }
 

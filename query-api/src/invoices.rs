@@ -425,9 +425,9 @@ pub async fn create_one_off(
     Ok(pending(&ev.event_id, "invoice", &id))
 }
 
-/// The id of a one-off invoice issued at `at`: `inv_<date>_<16 hex>` like every invoice (so id order stays
+/// The id of a one-off invoice (or of bought credits' invoice) issued at `at`: `inv_<date>_<16 hex>` like every invoice (so id order stays
 /// billing-date order), the hex part random.
-fn one_off_invoice_id(at: DateTime<Utc>) -> String {
+pub(crate) fn one_off_invoice_id(at: DateTime<Utc>) -> String {
     let hex = uuid::Uuid::new_v4().simple().to_string();
     format!("inv_{}_{}", at.format("%Y%m%d"), &hex[..16])
 }

@@ -87,8 +87,7 @@ fn top_up(
         customer_id: customer.to_owned(),
         granted_credits: granted.to_string(),
         paid_credits: paid.to_string(),
-        invoice_id: (!paid.is_zero())
-            .then(|| format!("inv_{}_{}", now.format("%Y%m%d"), &hex[..16])),
+        invoice_id: (!paid.is_zero()).then(|| crate::invoices::one_off_invoice_id(now)),
     }
 }
 
