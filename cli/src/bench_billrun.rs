@@ -963,6 +963,7 @@ fn core_baseline(w: &Workload) -> anyhow::Result<(Vec<InvoiceView>, f64, Decimal
             timezone: tz,
             billing_date: date,
             subscriptions: &subs,
+            extra_lines: &[],
             adjustments,
         })?
         .with_context(|| format!("{id} has no invoice on {date}"))?;

@@ -101,6 +101,7 @@ fn main() {
         subscription: None,
         plan: None,
         metric: None,
+        adjusts: None,
     };
 
     // One invoice: prorated fee + 3 usage charges (graduated, volume, package) + coupon + tax.

@@ -31,6 +31,9 @@ pub enum LineKind {
     AddOn,
     /// Prepaid credits bought for a wallet (not taxed: the invoices they pay are).
     PrepaidCredits,
+    /// Usage of a period already invoiced, billed on a later invoice: what the period's usage is priced at now
+    /// less what was invoiced for it (see `docs/pricing.md`, "Late usage").
+    Adjustment,
 }
 
 /// A line before assembly, with its precise amount.
@@ -64,6 +67,8 @@ pub struct DraftLine {
     pub plan: Option<String>,
     /// Billable metric of a usage line (for coupons limited to metrics).
     pub metric: Option<String>,
+    /// The invoice an adjustment line corrects.
+    pub adjusts: Option<String>,
 }
 
 /// A prepaid balance applied after tax.
@@ -132,6 +137,9 @@ pub struct InvoiceLine {
     /// Per-tier rows of a usage charge.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub breakdown: Vec<BreakdownLine>,
+    /// The invoice an adjustment line corrects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjusts: Option<String>,
 }
 
 /// A coupon and what it took off.
@@ -274,6 +282,7 @@ pub fn assemble(
             tax_amount,
             total: taxable + tax_amount,
             breakdown: d.breakdown,
+            adjusts: d.adjusts,
         });
     }
 
@@ -353,6 +362,7 @@ mod tests {
             subscription: None,
             plan: None,
             metric: None,
+            adjusts: None,
         }
     }
 

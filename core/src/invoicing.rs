@@ -379,6 +379,7 @@ pub fn one_off_invoice(
             subscription: None,
             plan: None,
             metric: None,
+            adjusts: None,
         });
     }
     assemble(currency, rounding, drafts, adjustments)
@@ -465,6 +466,9 @@ pub struct BillingDateInput<'a> {
     /// The customer's subscriptions; those without this billing date are left out. Their `aggregates` are the
     /// usage of the period that closes on the billing date ([`closing_period`]).
     pub subscriptions: &'a [BillableSubscription],
+    /// Lines billed on this date besides the periods' (usage adjustments of periods already invoiced); they make
+    /// an invoice on their own.
+    pub extra_lines: &'a [DraftLine],
     /// Coupons, taxes and credits, applied once over all the lines.
     pub adjustments: Adjustments<'a>,
 }
@@ -538,9 +542,10 @@ pub fn invoice_billing_date(input: &BillingDateInput<'_>) -> Result<Option<Invoi
             }
         }
     }
-    if periods.is_empty() {
+    if periods.is_empty() && input.extra_lines.is_empty() {
         return Ok(None);
     }
+    drafts.extend(input.extra_lines.iter().cloned());
     let invoice = assemble(input.currency, input.rounding, drafts, &input.adjustments)?;
     Ok(Some(InvoiceOutcome { invoice, periods }))
 }
@@ -616,6 +621,7 @@ fn subscription_lines(
             subscription: s.id.clone(),
             plan: Some(plan.code.clone()),
             metric: None,
+            adjusts: None,
         });
     }
 
@@ -705,6 +711,7 @@ fn subscription_lines(
                     subscription: s.id.clone(),
                     plan: Some(plan.code.clone()),
                     metric: Some(charge.metric.code.clone()),
+                    adjusts: None,
                 });
             }
             if let Some(t) = true_up(charge.min_amount, charge_total)? {
@@ -723,6 +730,7 @@ fn subscription_lines(
                     subscription: s.id.clone(),
                     plan: Some(plan.code.clone()),
                     metric: Some(charge.metric.code.clone()),
+                    adjusts: None,
                 });
             }
         }
@@ -987,6 +995,7 @@ mod tests {
                 timezone: Tz::UTC,
                 billing_date: utc(d),
                 subscriptions: &[s],
+                extra_lines: &[],
                 adjustments: Adjustments {
                     coupons: &[],
                     taxes: &[],

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use billing_core::invoice::DraftLine;
 use billing_core::invoicing::{billing_dates, BillableSubscription};
 use billing_schemas::invoice::{self as wire, InvoiceEvent};
 use billing_schemas::reference::{Customer, PriorUse, Reference};
@@ -72,21 +73,14 @@ pub fn invoice_for(
     subs: &[BillableSubscription],
     usage: &CustomerUsage,
     prior_use: &PriorUse,
+    extra: &[DraftLine],
     date: DateTime<Utc>,
     status: InvoiceStatus,
     issued_at: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Option<InvoiceView>> {
     let outcome = reference
-        .invoice_on(tenant, customer_id, subs, date, prior_use, |s, period| {
-            let id = s.id.clone().unwrap_or_default();
-            let has = |code: &str| {
-                s.plans
-                    .iter()
-                    .any(|p| p.charges.iter().any(|c| c.code == code))
-            };
-            usage
-                .charge_aggregates(&id, period, has)
-                .map_err(|e| e.to_string())
+        .invoice_on(tenant, customer_id, subs, date, prior_use, extra, |s, p| {
+            usage.for_subscription(s, p)
         })
         .map_err(|e| anyhow::anyhow!(e))?;
     let Some(outcome) = outcome else {
@@ -112,6 +106,7 @@ fn wire_kind(k: &str) -> wire::LineKind {
         "true_up" => wire::LineKind::TrueUp,
         "add_on" => wire::LineKind::AddOn,
         "prepaid_credits" => wire::LineKind::PrepaidCredits,
+        billing_store::late_usage::ADJUSTMENT => wire::LineKind::Adjustment,
         _ => wire::LineKind::Usage,
     }
 }
@@ -142,7 +137,7 @@ pub fn finalized_event(tenant: &str, inv: &InvoiceView) -> InvoiceEvent {
                     kind: wire_kind(&l.kind),
                     description: l.description.clone(),
                     subscription_id: l.subscription_id.clone(),
-                    charge_id: matches!(l.kind.as_str(), "usage" | "true_up")
+                    charge_id: matches!(l.kind.as_str(), "usage" | "true_up" | "adjustment")
                         .then(|| l.code.clone()),
                     period_start: l.period_start,
                     period_end: l.period_end,
@@ -189,6 +184,8 @@ pub fn finalized_event(tenant: &str, inv: &InvoiceView) -> InvoiceEvent {
 #[derive(Debug, Default)]
 pub struct Issued {
     by_customer: HashMap<(String, String), BTreeMap<DateTime<Utc>, InvoiceStatus>>,
+    /// The usage offset of each finalized invoice (see `billing_store::late_usage`).
+    usage_offsets: HashMap<(String, String), BTreeMap<DateTime<Utc>, i64>>,
     /// Drafts asked to be finalized before their grace period ends.
     pub finalize_early: HashSet<String>,
 }
@@ -207,6 +204,50 @@ impl Issued {
     /// Forget the customers `keep` refuses.
     pub fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
         self.by_customer.retain(|(t, c), _| keep(t, c));
+        self.usage_offsets.retain(|(t, c), _| keep(t, c));
+    }
+
+    /// Record the usage offset of a finalized invoice.
+    pub fn set_usage_offset(
+        &mut self,
+        tenant: &str,
+        customer: &str,
+        date: DateTime<Utc>,
+        offset: Option<i64>,
+    ) {
+        let key = (tenant.to_owned(), customer.to_owned());
+        match offset {
+            Some(o) => {
+                self.usage_offsets.entry(key).or_default().insert(date, o);
+            }
+            None => {
+                if let Some(m) = self.usage_offsets.get_mut(&key) {
+                    m.remove(&date);
+                }
+            }
+        }
+    }
+
+    /// The customer's last finalized billing date before `before`, with its invoice's usage offset when known.
+    pub fn last_finalized_before(
+        &self,
+        tenant: &str,
+        customer: &str,
+        before: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, Option<i64>)> {
+        let key = (tenant.to_owned(), customer.to_owned());
+        let (date, _) = self
+            .by_customer
+            .get(&key)?
+            .range(..before)
+            .rev()
+            .find(|(_, s)| **s == InvoiceStatus::Finalized)?;
+        let offset = self
+            .usage_offsets
+            .get(&key)
+            .and_then(|m| m.get(date))
+            .copied();
+        Some((*date, offset))
     }
 
     /// Record one invoice's status.

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use billing_core::invoice::DraftLine;
 use billing_core::invoicing::BillableSubscription;
 use billing_runtime::config::{NumberingScope, Settings};
 use billing_runtime::kafka::{self, Revocations, Topics};
@@ -26,6 +27,7 @@ use billing_store::catalog_entries;
 use billing_store::credit_notes::CreditNoteStore;
 use billing_store::invoice_numbers::format_number;
 use billing_store::invoices::{void_refusal, InvoiceStatus, InvoiceView, VoidRefusal};
+use billing_store::late_usage::{self, LateUsageView};
 use billing_store::payments::PaymentStore;
 use billing_store::usage::{CustomerUsage, UsageStore};
 use chrono::{DateTime, Utc};
@@ -34,6 +36,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rust_decimal::Decimal;
 
 use crate::bill::{self, clock_of, Issued, WALL};
 use crate::credit_notes;
@@ -55,6 +58,19 @@ type CustomerWork = (
 
 /// Invoices of one billing date by customer: (status, number).
 type IssuedOnDate = HashMap<String, (String, String)>;
+
+/// A customer's late-usage corrections for its next invoice (see [`Invoicer::late_usage`]).
+#[derive(Debug, Default)]
+struct LatePlan {
+    /// Adjustment lines.
+    lines: Vec<DraftLine>,
+    /// The corrections they bill.
+    records: Vec<LateUsageView>,
+    /// Credit notes of the negative corrections.
+    credit_notes: Vec<CreditNoteRequested>,
+    /// The negative corrections, with the invoices their credit notes credit.
+    pending: Vec<(LateUsageView, Vec<String>)>,
+}
 
 /// Per lifecycle partition.
 #[derive(Debug, Default)]
@@ -824,7 +840,7 @@ impl Invoicer {
             .try_collect()
             .await?;
         for (t, d, rows) in scans {
-            for (customer, _id, status, number) in rows {
+            for (customer, _id, status, number, usage_offset) in rows {
                 let done = InvoiceStatus::issued(&status) && !number.is_empty();
                 let st = if done {
                     InvoiceStatus::Finalized
@@ -832,6 +848,9 @@ impl Invoicer {
                     InvoiceStatus::Draft
                 };
                 self.issued.set(&t, &customer, d, st);
+                if done {
+                    self.issued.set_usage_offset(&t, &customer, d, usage_offset);
+                }
             }
             self.partitions
                 .get_mut(&p)
@@ -860,9 +879,11 @@ impl Invoicer {
             subs.iter()
                 .any(|s| s.plans.iter().any(|p| !p.charges.is_empty()))
         };
-        if due_work.iter().any(|(_, _, subs, _)| metered(subs)) {
-            self.wait_for_usage(p).await?;
-        }
+        let usage_offset = if due_work.iter().any(|(_, _, subs, _)| metered(subs)) {
+            Some(self.wait_for_usage(p).await?)
+        } else {
+            None
+        };
         let usage = &self.usage;
         let reads: Vec<_> = due_work
             .iter()
@@ -908,16 +929,31 @@ impl Invoicer {
                     .as_ref()
                     .map_or(0, |r| r.invoice_grace_period_days.max(0)),
             ));
-            for d in due {
+            let status_on = |issued: &Issued, d: DateTime<Utc>| {
                 let id = billing_store::invoices::invoice_id(&t, &c, d);
-                let early = self.issued.finalize_early.contains(&id);
-                let (status, issued_at) = if now >= d + grace {
+                if now >= d + grace {
                     (InvoiceStatus::Finalized, Some(d + grace))
-                } else if early {
+                } else if issued.finalize_early.contains(&id) {
                     (InvoiceStatus::Finalized, Some(now))
                 } else {
                     (InvoiceStatus::Draft, None)
-                };
+                }
+            };
+            // Late usage goes on the first invoice of the run.
+            let first = due[0];
+            let (first_status, _) = status_on(&self.issued, first);
+            let mut late = self
+                .late_usage(
+                    &t,
+                    &c,
+                    &subs,
+                    &usage,
+                    first,
+                    first_status == InvoiceStatus::Finalized,
+                )
+                .await?;
+            for d in due {
+                let (status, issued_at) = status_on(&self.issued, d);
                 let computed = bill::invoice_for(
                     &self.reference,
                     &t,
@@ -925,11 +961,12 @@ impl Invoicer {
                     &subs,
                     &usage,
                     &prior_use,
+                    &late.lines,
                     d,
                     status,
                     issued_at,
                 );
-                let inv = match computed {
+                let mut inv = match computed {
                     Ok(Some(inv)) => inv,
                     Ok(None) => continue,
                     Err(e) => {
@@ -937,13 +974,21 @@ impl Invoicer {
                         continue;
                     }
                 };
+                // The corrections go on the first invoice computed; its credit notes are issued now that it is.
+                let plan = std::mem::take(&mut late);
+                inv.late_usage = self
+                    .issue_late_credits(&t, &c, issued_at.unwrap_or(d), plan)
+                    .await?;
+                inv.usage_offset = usage_offset;
                 inv.record_use(&mut prior_use);
-                // A zero invoice a coupon was used on is issued all the same: it records the coupon's use.
-                let unrecorded = inv.total.is_zero() && inv.coupons.is_empty();
+                // A zero invoice a coupon or a late-usage correction was recorded on is issued all the same.
+                let unrecorded =
+                    inv.total.is_zero() && inv.coupons.is_empty() && inv.late_usage.is_empty();
                 if status == InvoiceStatus::Draft {
                     drafts.push((t.clone(), inv));
                 } else if unrecorded && !self.settings.invoicer.issue_zero_invoices {
                     self.issued.set(&t, &c, d, InvoiceStatus::Finalized);
+                    self.issued.set_usage_offset(&t, &c, d, usage_offset);
                 } else {
                     to_finalize.push((t.clone(), inv));
                 }
@@ -976,14 +1021,15 @@ impl Invoicer {
 
     /// Wait until rating has checkpointed every usage event produced to the customer's partition so far: its
     /// committed offset (committed only after the aggregates are durable) reaches the partition's end offset.
-    async fn wait_for_usage(&self, p: i32) -> anyhow::Result<()> {
+    /// Returns the end offset waited for: every event before it is in the aggregates.
+    async fn wait_for_usage(&self, p: i32) -> anyhow::Result<i64> {
         let topic = self.topics.usage.clone();
         let deadline = tokio::time::Instant::now() + self.settings.invoicer.usage_wait;
         let (low, high) = self
             .watermarks
             .fetch_watermarks(&topic, p, Duration::from_secs(10))?;
         if high <= low {
-            return Ok(());
+            return Ok(high);
         }
         loop {
             let mut tpl = TopicPartitionList::new();
@@ -1000,7 +1046,7 @@ impl Invoicer {
                 })
                 .unwrap_or(low);
             if at >= high {
-                return Ok(());
+                return Ok(high);
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
@@ -1051,7 +1097,7 @@ impl Invoicer {
                 known.insert(
                     key.clone(),
                     rows.into_iter()
-                        .map(|(c, _, status, number)| (c, (status, number)))
+                        .map(|(c, _, status, number, _)| (c, (status, number)))
                         .collect(),
                 );
             }
@@ -1139,6 +1185,12 @@ impl Invoicer {
                     inv.billing_date,
                     InvoiceStatus::Finalized,
                 );
+                self.issued.set_usage_offset(
+                    t,
+                    &inv.customer_id,
+                    inv.billing_date,
+                    inv.usage_offset,
+                );
             }
             self.metrics
                 .invoices
@@ -1146,6 +1198,190 @@ impl Invoicer {
                 .inc();
         }
         Ok(())
+    }
+
+    /// The late-usage corrections of a customer whose next invoice is billed on `date` (see
+    /// `billing_store::late_usage`): the adjustment lines to put on it and the corrections to record on it; when that
+    /// invoice is being finalized, the credit notes of the negative ones too (one per invoice credited, its id fixed
+    /// by the invoice and `date`), which [`Self::issue_late_credits`] issues once the invoice is computed. A draft
+    /// carries only its adjustment lines, recomputed at every tick.
+    #[allow(clippy::too_many_arguments)]
+    async fn late_usage(
+        &mut self,
+        tenant: &str,
+        customer: &str,
+        subs: &[BillableSubscription],
+        usage: &CustomerUsage,
+        date: DateTime<Utc>,
+        finalizing: bool,
+    ) -> anyhow::Result<LatePlan> {
+        let mut plan = LatePlan::default();
+        let Some((last, offset)) = self.issued.last_finalized_before(tenant, customer, date) else {
+            return Ok(plan);
+        };
+        let changed = late_usage::changed_since(usage, last, offset);
+        if changed.is_empty() {
+            return Ok(plan);
+        }
+        let invoices = self.store.invoices_of(tenant, customer).await?;
+        let priced = late_usage::deltas(
+            &self.reference,
+            tenant,
+            customer,
+            subs,
+            usage,
+            &changed,
+            &invoices,
+            date,
+        );
+        let deltas = match priced {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(tenant, customer, billing_date = %date, error = %e, "late usage not priced");
+                return Ok(plan);
+            }
+        };
+        let Some(c) = self.reference.customer(tenant, customer) else {
+            return Ok(plan);
+        };
+        let tz = c.tz();
+        let Some(currency) = c
+            .record
+            .as_ref()
+            .and_then(|r| billing_core::Currency::parse(&r.currency).ok())
+        else {
+            return Ok(plan);
+        };
+        for d in deltas.iter().filter(|d| d.delta > Decimal::ZERO) {
+            plan.lines
+                .push(late_usage::adjustment_line(d, currency, tz));
+            plan.records.push(late_usage::billed(d));
+        }
+        let negative: Vec<&late_usage::LateDelta> =
+            deltas.iter().filter(|d| d.delta < Decimal::ZERO).collect();
+        if negative.is_empty() || !finalizing {
+            return Ok(plan);
+        }
+        // What credit notes took back from each line already, this date's own credit notes left out (a restart
+        // computes them again, identically).
+        let mut credited: HashMap<(String, usize), Decimal> = HashMap::new();
+        for inv in &invoices {
+            let concerned = negative.iter().any(|d| {
+                inv.invoice_id == d.invoice_id
+                    || inv
+                        .lines
+                        .iter()
+                        .any(|l| l.adjusts.as_deref() == Some(&d.invoice_id))
+            });
+            if !concerned {
+                continue;
+            }
+            let own = late_usage::credit_note_id(&inv.invoice_id, date);
+            for cn in self
+                .credit_notes
+                .of_invoice(tenant, &inv.invoice_id)
+                .await?
+            {
+                if cn.status != billing_store::credit_notes::ISSUED || cn.credit_note_id == own {
+                    continue;
+                }
+                for l in &cn.lines {
+                    *credited
+                        .entry((inv.invoice_id.clone(), l.line_index.max(0) as usize))
+                        .or_default() += l.amount;
+                }
+            }
+        }
+        let mut all = Vec::new();
+        for d in negative {
+            let (credit, stands_for) = late_usage::credit_lines(
+                d,
+                &invoices,
+                |id, idx| {
+                    credited
+                        .get(&(id.to_owned(), idx))
+                        .copied()
+                        .unwrap_or_default()
+                },
+                currency,
+            );
+            if stands_for.is_zero() {
+                continue;
+            }
+            let mut targets: Vec<String> = credit.iter().map(|(id, ..)| id.clone()).collect();
+            targets.dedup();
+            plan.pending.push((
+                LateUsageView {
+                    amount: -stands_for,
+                    credit_notes: targets
+                        .iter()
+                        .map(|t| late_usage::credit_note_id(t, date))
+                        .collect(),
+                    ..late_usage::billed(d)
+                },
+                targets,
+            ));
+            all.extend(credit);
+        }
+        for (invoice_id, lines) in late_usage::per_invoice(&all) {
+            let number = invoices
+                .iter()
+                .find(|i| i.invoice_id == invoice_id)
+                .and_then(|i| i.number.clone())
+                .unwrap_or_default();
+            plan.credit_notes.push(CreditNoteRequested {
+                credit_note_id: late_usage::credit_note_id(&invoice_id, date),
+                customer_id: customer.to_owned(),
+                invoice_id,
+                kind: billing_core::credit_note::CreditNoteKind::Credit,
+                reason: "order_change".into(),
+                memo: Some(format!(
+                    "Usage corrected after invoice {number} was finalized (late usage)"
+                )),
+                lines: lines
+                    .iter()
+                    .map(
+                        |(idx, amount)| billing_schemas::lifecycle::CreditNoteLineRequest {
+                            line_index: *idx as i32,
+                            amount: amount.to_string(),
+                        },
+                    )
+                    .collect(),
+            });
+        }
+        Ok(plan)
+    }
+
+    /// Issue the credit notes of a late-usage plan and return the corrections to record: the positive ones and the
+    /// negative ones whose credit notes were all issued (a refused one is logged and left for the next bill run).
+    async fn issue_late_credits(
+        &mut self,
+        tenant: &str,
+        customer: &str,
+        at: DateTime<Utc>,
+        plan: LatePlan,
+    ) -> anyhow::Result<Vec<LateUsageView>> {
+        let mut refused: HashSet<String> = HashSet::new();
+        for req in &plan.credit_notes {
+            if let Err(reason) = self.credit_note(tenant, at, req).await? {
+                tracing::warn!(
+                    tenant,
+                    customer,
+                    invoice = req.invoice_id,
+                    reason,
+                    "late-usage credit note refused"
+                );
+                refused.insert(req.invoice_id.clone());
+            }
+        }
+        let mut records = plan.records;
+        records.extend(
+            plan.pending
+                .into_iter()
+                .filter(|(_, targets)| !targets.iter().any(|t| refused.contains(t)))
+                .map(|(r, _)| r),
+        );
+        Ok(records)
     }
 
     /// Issue a requested credit note, or refuse it (`Ok(Err(reason))`, recorded in the read model); store and

@@ -79,17 +79,8 @@ pub async fn preview(
             &subs,
             date,
             &prior_use,
-            |s, period| {
-                let id = s.id.clone().unwrap_or_default();
-                let has = |code: &str| {
-                    s.plans
-                        .iter()
-                        .any(|p| p.charges.iter().any(|c| c.code == code))
-                };
-                usage
-                    .charge_aggregates(&id, period, has)
-                    .map_err(|e| e.to_string())
-            },
+            &[],
+            |s, p| usage.for_subscription(s, p),
         )
         .map_err(|e| anyhow::anyhow!(e))?
         .ok_or_else(|| {

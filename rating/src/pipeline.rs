@@ -170,6 +170,8 @@ impl Pipeline {
                 max_future: chrono::Duration::from_std(settings.rating.max_future)
                     .unwrap_or(chrono::Duration::MAX),
                 partitions: settings.kafka.partitions,
+                late_usage_horizon: chrono::Duration::from_std(settings.rating.late_usage_horizon)
+                    .unwrap_or(chrono::Duration::MAX),
             },
         })
     }
@@ -376,7 +378,14 @@ impl Pipeline {
         let usage = self.customers.get_mut(&customer).expect("just loaded");
         let outcome = {
             let reference = self.reference.data.read().expect("reference lock");
-            rate::apply(&decoded, &reference, usage, m.partition(), m.offset())
+            rate::apply(
+                &decoded,
+                &reference,
+                usage,
+                m.partition(),
+                m.offset(),
+                self.limits.late_usage_horizon,
+            )
         };
         let event_id = decoded.event.event_id;
         match outcome {

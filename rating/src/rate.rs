@@ -41,6 +41,8 @@ pub struct Limits {
     pub max_future: chrono::Duration,
     /// Partitions of `billing.usage` (`kafka.partitions`), to check each record is on its key's partition.
     pub partitions: i32,
+    /// Usage older than this on its customer's clock is refused (`period_closed`).
+    pub late_usage_horizon: chrono::Duration,
 }
 
 /// A decoded, valid event and when Kafka received it.
@@ -105,6 +107,7 @@ pub fn apply(
     usage: &mut CustomerUsage,
     partition: i32,
     offset: i64,
+    horizon: chrono::Duration,
 ) -> Result<Rated, Rejection> {
     let ev = &d.event;
     let metric = reference
@@ -147,6 +150,26 @@ pub fn apply(
         let running = usage.aggregates.get(key).map_or(&empty, |s| &s.running);
         if let Err(e) = running.check(agg_type, raw, ev.timestamp, &ev.event_id, period.end) {
             return Err(Rejection::Unaggregatable(e.to_string()));
+        }
+    }
+    // Usage older than the horizon on its customer's clock is refused, unless a checkpoint already counted it (a
+    // replay after a crash must not dead-letter what the aggregates hold).
+    if let Some(now) = reference.clock_now(&ev.tenant_id, &ev.customer_id) {
+        let counted = targets.iter().any(|(_, key)| {
+            usage
+                .aggregates
+                .get(key)
+                .is_some_and(|s| s.last_partition == partition && offset <= s.last_offset)
+        });
+        let closed = now
+            .checked_sub_signed(horizon)
+            .is_some_and(|limit| ev.timestamp < limit);
+        if closed && !counted {
+            return Err(Rejection::PeriodClosed {
+                timestamp: ev.timestamp,
+                now,
+                horizon_days: horizon.num_days(),
+            });
         }
     }
     // Each aggregate was checked above, so applying cannot fail half-way: the event counts whole or not at all.
@@ -311,6 +334,7 @@ mod tests {
         max_event_bytes: 10_000,
         max_future: chrono::Duration::hours(24),
         partitions: 12,
+        late_usage_horizon: chrono::Duration::days(365),
     };
 
     fn message(payload: &str, offset: i64) -> (Vec<u8>, i64) {
@@ -341,7 +365,14 @@ mod tests {
             timestamp_ms: Some(ms),
         };
         let d = decode(&m, &LIMITS)?;
-        apply(&d, r, usage, m.partition, m.offset)
+        apply(
+            &d,
+            r,
+            usage,
+            m.partition,
+            m.offset,
+            LIMITS.late_usage_horizon,
+        )
     }
 
     #[test]
@@ -458,5 +489,51 @@ mod tests {
             Err(Rejection::Negative { .. })
         ));
         assert!(usage.seen.is_empty() && usage.aggregates.is_empty());
+    }
+
+    #[test]
+    fn usage_older_than_the_horizon_on_its_customers_clock_is_refused_unless_already_counted() {
+        let mut r = reference();
+        let mut usage = CustomerUsage::default();
+        // No tick read yet: the clock is unknown, nothing is refused.
+        assert!(matches!(
+            rate_one(&r, &mut usage, "e1", "2026-01-05T00:00:00Z", "1", 1),
+            Ok(Rated::Accepted { .. })
+        ));
+        let tick = |now: &str| LifecycleEvent {
+            tenant_id: "*".into(),
+            event_id: format!("tick-{now}"),
+            occurred_at: at(now),
+            payload: Lifecycle::ClockTick(billing_schemas::lifecycle::ClockTick {
+                clock_id: "wall".into(),
+                now: at(now),
+            }),
+        };
+        r.apply_lifecycle(tick("2027-01-05T00:00:01Z")).unwrap();
+        assert_eq!(r.clock_now("t", "c1"), Some(at("2027-01-05T00:00:01Z")));
+        match rate_one(&r, &mut usage, "e2", "2026-01-05T00:00:00Z", "1", 2) {
+            Err(e @ Rejection::PeriodClosed { .. }) => {
+                assert!(e.to_string().starts_with("period_closed: "), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Just inside the horizon: accepted (billed later as an adjustment).
+        assert!(matches!(
+            rate_one(&r, &mut usage, "e3", "2026-01-05T00:00:01Z", "1", 3),
+            Ok(Rated::Accepted { .. })
+        ));
+        // A replay of an event a checkpoint counted is not refused, however late the clock is now.
+        r.apply_lifecycle(tick("2028-01-01T00:00:00Z")).unwrap();
+        let mut reloaded = CustomerUsage {
+            aggregates: usage.aggregates.clone(),
+            seen: Default::default(),
+        };
+        assert!(matches!(
+            rate_one(&r, &mut reloaded, "e3", "2026-01-05T00:00:01Z", "1", 3),
+            Ok(Rated::Replayed { .. })
+        ));
+        // A tick that goes back does not move the clock back.
+        r.apply_lifecycle(tick("2026-02-01T00:00:00Z")).unwrap();
+        assert_eq!(r.clock_now("t", "c1"), Some(at("2028-01-01T00:00:00Z")));
     }
 }

@@ -58,6 +58,16 @@ pub enum Rejection {
         /// Allowed skew.
         max_future_secs: i64,
     },
+    /// Usage older than the late-usage horizon on its customer's clock: its period is closed for good.
+    #[error("period_closed: timestamp {timestamp} is more than {horizon_days} days before the customer's clock ({now}); usage that late is not billed (rating.late_usage_horizon)")]
+    PeriodClosed {
+        /// Event time.
+        timestamp: DateTime<Utc>,
+        /// The customer's clock.
+        now: DateTime<Utc>,
+        /// The horizon.
+        horizon_days: i64,
+    },
     /// The metric is not in the tenant's catalog.
     #[error("unknown metric {0:?}")]
     UnknownMetric(String),

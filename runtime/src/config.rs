@@ -113,6 +113,10 @@ pub struct RatingConfig {
     /// Event times further than this after Kafka's append time are dead-lettered.
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
+    /// Usage older than this on its customer's clock (the latest tick of its test clock, or of the wall clock) is
+    /// dead-lettered as `period_closed`; younger late usage is billed as an adjustment (`docs/pricing.md`).
+    #[serde(with = "humantime_serde")]
+    pub late_usage_horizon: Duration,
     /// `/ready` fails when the group has lag and no checkpoint advanced for this long.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,

@@ -416,6 +416,8 @@ pub struct Reference {
     /// Every version of each plan, in version order.
     plans: HashMap<(String, String), Vec<Arc<PlanInfo>>>,
     customers: HashMap<(String, String), Customer>,
+    /// The latest time of each clock: (tenant, clock id); the wall clock's ticks have the tenant `*`.
+    clocks: HashMap<(String, String), DateTime<Utc>>,
 }
 
 impl Reference {
@@ -684,8 +686,12 @@ impl Reference {
                 applied.removed_at.get_or_insert(ev.occurred_at);
                 return Ok(());
             }
-            Lifecycle::ClockTick(_)
-            | Lifecycle::InvoiceFinalizeRequested(_)
+            Lifecycle::ClockTick(t) => {
+                let at = self.clocks.entry((tenant, t.clock_id)).or_insert(t.now);
+                *at = (*at).max(t.now);
+                return Ok(());
+            }
+            Lifecycle::InvoiceFinalizeRequested(_)
             | Lifecycle::CreditNoteRequested(_)
             | Lifecycle::InvoiceVoidRequested(_)
             | Lifecycle::OneOffInvoiceRequested(_) => return Ok(()),
@@ -902,7 +908,9 @@ impl Reference {
     }
 
     /// The customer's invoice for one billing date, assembled by the core: `usage` gives each subscription's
-    /// usage of the period that closes on that date. `None` when nothing is billed on it.
+    /// usage of the period that closes on that date; `extra` are lines billed besides (usage adjustments of
+    /// periods already invoiced). `None` when nothing is billed on it.
+    #[allow(clippy::too_many_arguments)]
     pub fn invoice_on(
         &self,
         tenant: &str,
@@ -910,6 +918,7 @@ impl Reference {
         subs: &[BillableSubscription],
         date: DateTime<Utc>,
         prior_use: &PriorUse,
+        extra: &[billing_core::invoice::DraftLine],
         usage: impl Fn(&BillableSubscription, &BillingPeriod) -> Result<Vec<ChargeAggregate>, String>,
     ) -> Result<Option<InvoiceOutcome>, String> {
         let c = self
@@ -955,6 +964,7 @@ impl Reference {
             timezone: tz,
             billing_date: date,
             subscriptions: &with_usage,
+            extra_lines: extra,
             adjustments: Adjustments {
                 coupons: &coupons,
                 taxes: &taxes.rates,
@@ -964,6 +974,22 @@ impl Reference {
             },
         })
         .map_err(|e| e.to_string())
+    }
+
+    /// The time of a customer's clock (its test clock's, else the wall clock's), once a tick of it was read.
+    pub fn clock_now(&self, tenant: &str, customer: &str) -> Option<DateTime<Utc>> {
+        let c = self.customer(tenant, customer)?;
+        match c.record.as_ref().and_then(|r| r.test_clock_id.as_deref()) {
+            Some(clock) => self
+                .clocks
+                .get(&(tenant.to_owned(), clock.to_owned()))
+                .copied(),
+            None => ["*", tenant]
+                .iter()
+                .filter_map(|t| self.clocks.get(&((*t).to_owned(), "wall".to_owned())))
+                .max()
+                .copied(),
+        }
     }
 
     /// The tax rate with this code, if the tenant defined it.
@@ -1302,7 +1328,7 @@ mod tests {
             date: &str,
             used: &PriorUse,
         ) -> billing_core::invoice::Invoice {
-            r.invoice_on("t", "a", subs, at(date), used, |_, _| Ok(vec![]))
+            r.invoice_on("t", "a", subs, at(date), used, &[], |_, _| Ok(vec![]))
                 .unwrap()
                 .unwrap()
                 .invoice

@@ -31,6 +31,9 @@ type RowWrite = (String, InvoiceView, String);
 /// An invoice and the status its billing-date entry gets.
 type StatusWrite<'a> = (&'a InvoiceView, &'a str);
 
+/// An invoice's entry under its billing date: (customer, invoice id, status, number, usage offset).
+pub type DateEntry = (String, String, String, String, Option<i64>);
+
 /// Requests a bulk write keeps in flight.
 const WRITE_CONCURRENCY: usize = 64;
 /// Rows in one unlogged batch (all of one partition).
@@ -514,6 +517,7 @@ impl BillingStore {
                         inv.invoice_id.as_str(),
                         *status,
                         inv.number.clone().unwrap_or_default(),
+                        inv.usage_offset,
                     ));
                 }
                 batches.push(async move { self.session.batch(&b, values).await.map(|_| ()) });
@@ -545,6 +549,7 @@ impl BillingStore {
                     &inv.invoice_id,
                     status,
                     inv.number.clone().unwrap_or_default(),
+                    inv.usage_offset,
                 ),
             )
             .await?;
@@ -552,13 +557,13 @@ impl BillingStore {
     }
 
     /// The invoices of one billing date for the customers of one lifecycle partition: (customer, invoice id,
-    /// status, number).
+    /// status, number, usage offset).
     pub async fn invoices_on(
         &self,
         tenant: &str,
         date: DateTime<Utc>,
         partition: i32,
-    ) -> anyhow::Result<Vec<(String, String, String, String)>> {
+    ) -> anyhow::Result<Vec<DateEntry>> {
         self.collect(&self.select_invoices_by_date, (tenant, date, partition))
             .await
     }
@@ -620,6 +625,24 @@ impl BillingStore {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
+    /// Every stored invoice of a customer (drafts included), in billing-date order; [`WRITE_CONCURRENCY`] reads in
+    /// flight.
+    pub async fn invoices_of(
+        &self,
+        tenant: &str,
+        customer: &str,
+    ) -> anyhow::Result<Vec<InvoiceView>> {
+        let ids = self.invoice_ids_of(tenant, customer).await?;
+        let reads: Vec<_> = ids.iter().map(|id| self.invoice(tenant, id)).collect();
+        let found: Vec<Option<InvoiceView>> = futures::stream::iter(reads)
+            .buffered(WRITE_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut invoices: Vec<InvoiceView> = found.into_iter().flatten().collect();
+        invoices.sort_by_key(|i| i.billing_date);
+        Ok(invoices)
+    }
+
     /// What a customer's coupons discounted on its issued invoices (finalized or void) billed before `before`, in
     /// billing-date order: the invoices are the record of a coupon's use (see
     /// [`billing_schemas::reference::PriorUse`]).
@@ -629,15 +652,8 @@ impl BillingStore {
         customer: &str,
         before: DateTime<Utc>,
     ) -> anyhow::Result<billing_schemas::reference::PriorUse> {
-        let mut invoices = Vec::new();
-        for id in self.invoice_ids_of(tenant, customer).await? {
-            if let Some(inv) = self.invoice(tenant, &id).await? {
-                if inv.status != InvoiceStatus::Draft && inv.billing_date < before {
-                    invoices.push(inv);
-                }
-            }
-        }
-        invoices.sort_by_key(|i| i.billing_date);
+        let mut invoices = self.invoices_of(tenant, customer).await?;
+        invoices.retain(|inv| inv.status != InvoiceStatus::Draft && inv.billing_date < before);
         let mut used = billing_schemas::reference::PriorUse::default();
         for inv in &invoices {
             inv.record_use(&mut used);

@@ -477,6 +477,7 @@ mod tests {
             total: amount + tax,
             taxable_amount: amount,
             taxes: vec![],
+            adjusts: None,
         };
         InvoiceView {
             invoice_id: "inv_1".into(),
@@ -505,6 +506,8 @@ mod tests {
             coupons: vec![],
             one_off: false,
             credits: vec![],
+            late_usage: vec![],
+            usage_offset: None,
         }
     }
 

@@ -44,7 +44,7 @@ impl InvoiceStatus {
 /// One line of an invoice; amounts are rounded once to the currency's minor unit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceLineView {
-    /// `subscription_fee`, `proration_credit`, `usage`, `true_up` or `add_on`.
+    /// `subscription_fee`, `proration_credit`, `usage`, `true_up`, `add_on`, `prepaid_credits` or `adjustment`.
     pub kind: String,
     /// Human description.
     pub description: String,
@@ -74,6 +74,9 @@ pub struct InvoiceLineView {
     /// Each tax of the line (code, rate, inclusive, amount).
     #[serde(default)]
     pub taxes: Vec<LineTax>,
+    /// The invoice a usage adjustment line corrects (`kind` `adjustment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjusts: Option<String>,
 }
 
 /// One tax of an invoice, over every line it applies to.
@@ -155,6 +158,13 @@ pub struct InvoiceView {
     /// The prepaid credits that paid part of it after tax (`credits_total` is their sum): one per wallet.
     #[serde(default)]
     pub credits: Vec<InvoiceCreditView>,
+    /// Late-usage corrections it carries: its adjustment lines and the credit notes issued with it.
+    #[serde(default)]
+    pub late_usage: Vec<crate::late_usage::LateUsageView>,
+    /// The usage partition's end offset the bill run waited for: every usage event before it is billed here or
+    /// earlier (see [`crate::late_usage`]).
+    #[serde(default)]
+    pub usage_offset: Option<i64>,
 }
 
 /// Prepaid credits of a wallet used on an invoice.
@@ -232,6 +242,7 @@ impl InvoiceView {
                 K::TrueUp => "true_up",
                 K::AddOn => "add_on",
                 K::PrepaidCredits => "prepaid_credits",
+                K::Adjustment => crate::late_usage::ADJUSTMENT,
             }
         };
         let lines = inv
@@ -252,6 +263,7 @@ impl InvoiceView {
                 total: l.total,
                 taxable_amount: l.taxable_amount,
                 taxes: l.taxes.clone(),
+                adjusts: l.adjusts.clone(),
             })
             .collect();
         let applied_taxes = billing_core::tax::summarize(
@@ -324,6 +336,8 @@ impl InvoiceView {
                     amount: c.amount,
                 })
                 .collect(),
+            late_usage: Vec::new(),
+            usage_offset: None,
         }
     }
 }
@@ -493,14 +507,14 @@ pub(crate) fn select_one(ks: &str) -> String {
 
 pub(crate) fn upsert_by_date(ks: &str) -> String {
     format!(
-        "INSERT INTO {ks}.invoices_by_date (tenant_id, billing_date, partition, customer_id, invoice_id, status, number) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO {ks}.invoices_by_date (tenant_id, billing_date, partition, customer_id, invoice_id, status, number, \
+         usage_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     )
 }
 
 pub(crate) fn select_by_date(ks: &str) -> String {
     format!(
-        "SELECT customer_id, invoice_id, status, number FROM {ks}.invoices_by_date \
+        "SELECT customer_id, invoice_id, status, number, usage_offset FROM {ks}.invoices_by_date \
          WHERE tenant_id = ? AND billing_date = ? AND partition = ?"
     )
 }
@@ -543,6 +557,7 @@ mod tests {
             total: Decimal::TEN,
             taxable_amount: Decimal::TEN,
             taxes: vec![],
+            adjusts: None,
         };
         InvoiceView {
             invoice_id: "inv_1".into(),
@@ -571,6 +586,8 @@ mod tests {
             coupons: vec![],
             one_off: false,
             credits: vec![],
+            late_usage: vec![],
+            usage_offset: None,
         }
     }
 

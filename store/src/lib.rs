@@ -15,6 +15,7 @@ pub mod customers;
 pub mod invoice_facts;
 pub mod invoice_numbers;
 pub mod invoices;
+pub mod late_usage;
 pub mod materialized_offsets;
 pub mod migrate;
 pub mod payments;

@@ -55,6 +55,11 @@ const CQL: &[Migration] = &[
         name: "sandbox_ledger_buckets",
         body: include_str!("../migrations/cql/0008_sandbox_ledger_buckets.cql"),
     },
+    Migration {
+        version: 9,
+        name: "invoice_usage_offsets",
+        body: include_str!("../migrations/cql/0009_invoice_usage_offsets.cql"),
+    },
 ];
 
 const CLICKHOUSE: &[Migration] = &[
@@ -89,6 +94,16 @@ fn statements(body: &str) -> impl Iterator<Item = String> + '_ {
                 .join("\n")
         })
         .filter(|s| !s.trim().is_empty())
+}
+
+fn is_add_column(stmt: &str) -> bool {
+    let s = stmt.trim_start().to_ascii_uppercase();
+    s.starts_with("ALTER TABLE") && s.contains(" ADD ")
+}
+
+/// Cassandra's and ScyllaDB's refusals of a column that exists already.
+fn already_added(error: &str) -> bool {
+    error.contains("already exist") || error.contains("conflicts with an existing column")
 }
 
 /// What a migration run did.
@@ -166,9 +181,16 @@ async fn migrate_cql(session: &Session, settings: &Settings) -> anyhow::Result<V
     let mut done = Vec::new();
     for m in CQL.iter().filter(|m| !applied.contains(&m.version)) {
         for stmt in statements(m.body) {
-            session
+            let done = session
                 .query_unpaged(stmt.replace("{keyspace}", ks), ())
-                .await?;
+                .await;
+            if let Err(e) = done {
+                // A column added by a run cut short before it recorded the migration: CQL has no `ADD IF NOT
+                // EXISTS` everywhere (ScyllaDB), so adding it again is recognised by the error instead.
+                if !(is_add_column(&stmt) && already_added(&e.to_string())) {
+                    return Err(e.into());
+                }
+            }
         }
         session.await_schema_agreement().await?;
         session
@@ -239,6 +261,16 @@ mod tests {
         }
         let versions: Vec<i32> = CQL.iter().chain(CLICKHOUSE).map(|m| m.version).collect();
         assert!(versions.iter().all(|v| *v >= 1));
+        let add = statements(CQL[8].body).next().unwrap();
+        assert!(is_add_column(&add), "{add}");
+        assert!(!is_add_column(&stmts[0]));
+        assert!(already_added(
+            "Invalid query: Column with name 'usage_offset' already exists"
+        ));
+        assert!(already_added(
+            "Invalid column name usage_offset because it conflicts with an existing column"
+        ));
+        assert!(!already_added("Undefined column name usage_offset"));
     }
 
     /// Every table a migration creates has one entry in `TABLES`, with its one writer, and every entry is created.

@@ -9,6 +9,7 @@ use std::time::Duration;
 pub mod api;
 pub mod billing;
 pub mod catalog;
+pub mod invoices;
 
 use billing_runtime::kafka::Topics;
 use billing_runtime::Settings;
