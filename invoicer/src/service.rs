@@ -1000,7 +1000,7 @@ impl Invoicer {
                 .set(t, &inv.customer_id, inv.billing_date, InvoiceStatus::Draft);
             self.metrics.invoices.with_label_values(&["draft"]).inc();
         }
-        self.finalize(p, to_finalize).await
+        self.finalize_carrying(p, to_finalize).await
     }
 
     async fn bill_customer_now(
@@ -1264,34 +1264,24 @@ impl Invoicer {
         }
         // What credit notes took back from each line already, this date's own credit notes left out (a restart
         // computes them again, identically).
-        let mut credited: HashMap<(String, usize), Decimal> = HashMap::new();
-        for inv in &invoices {
-            let concerned = negative.iter().any(|d| {
-                inv.invoice_id == d.invoice_id
-                    || inv
-                        .lines
-                        .iter()
-                        .any(|l| l.adjusts.as_deref() == Some(&d.invoice_id))
-            });
-            if !concerned {
-                continue;
-            }
-            let own = late_usage::credit_note_id(&inv.invoice_id, date);
-            for cn in self
-                .credit_notes
-                .of_invoice(tenant, &inv.invoice_id)
-                .await?
-            {
-                if cn.status != billing_store::credit_notes::ISSUED || cn.credit_note_id == own {
-                    continue;
-                }
-                for l in &cn.lines {
-                    *credited
-                        .entry((inv.invoice_id.clone(), l.line_index.max(0) as usize))
-                        .or_default() += l.amount;
-                }
-            }
-        }
+        let concerned: Vec<&str> = invoices
+            .iter()
+            .filter(|inv| {
+                negative.iter().any(|d| {
+                    inv.invoice_id == d.invoice_id
+                        || inv
+                            .lines
+                            .iter()
+                            .any(|l| l.adjusts.as_deref() == Some(&d.invoice_id))
+                })
+            })
+            .map(|inv| inv.invoice_id.as_str())
+            .collect();
+        let credited = self
+            .credited_lines(tenant, &concerned, |id| {
+                late_usage::credit_note_id(id, date)
+            })
+            .await?;
         let mut all = Vec::new();
         for d in negative {
             let (credit, stands_for) = late_usage::credit_lines(
@@ -1350,6 +1340,132 @@ impl Invoicer {
             });
         }
         Ok(plan)
+    }
+
+    /// What issued credit notes took back from each line of these invoices, the credit note `own(invoice)` of each
+    /// left out (the one a restart is issuing again).
+    async fn credited_lines(
+        &self,
+        tenant: &str,
+        invoice_ids: &[&str],
+        own: impl Fn(&str) -> String,
+    ) -> anyhow::Result<HashMap<(String, usize), Decimal>> {
+        let mut notes = Vec::new();
+        for id in invoice_ids {
+            notes.extend(self.credit_notes.of_invoice(tenant, id).await?);
+        }
+        Ok(billing_store::credit_notes::credited_lines(&notes, |cn| {
+            cn.credit_note_id == own(&cn.invoice_id)
+        }))
+    }
+
+    /// Finalize a run's invoices in billing-date order; before an invoice whose total is negative, everything billed
+    /// earlier is finalized (the invoices it credits may be among them) and the credit notes that carry its negative
+    /// total to the customer's balance are issued ([`Self::carry_negative_total`]), so once it is stored they are.
+    async fn finalize_carrying(
+        &mut self,
+        p: i32,
+        mut rest: Vec<(String, InvoiceView)>,
+    ) -> anyhow::Result<()> {
+        rest.sort_by_key(|(_, inv)| inv.billing_date);
+        while let Some(k) = rest.iter().position(|(_, i)| i.total < Decimal::ZERO) {
+            let date = rest[k].1.billing_date;
+            let from = rest
+                .iter()
+                .position(|(_, i)| i.billing_date >= date)
+                .unwrap_or(k);
+            let mut on_date = rest.split_off(from);
+            self.finalize(p, rest).await?;
+            let to = on_date
+                .iter()
+                .position(|(_, i)| i.billing_date > date)
+                .unwrap_or(on_date.len());
+            rest = on_date.split_off(to);
+            for (t, inv) in on_date.iter_mut() {
+                if inv.total < Decimal::ZERO {
+                    inv.carried_by = self.carry_negative_total(t, inv).await?;
+                }
+            }
+            self.finalize(p, on_date).await?;
+        }
+        self.finalize(p, rest).await
+    }
+
+    /// Carry the negative total of an invoice being finalized to the customer's credit balance: credit notes of
+    /// type `credit` on the invoices that charged the fees it credits (see
+    /// `billing_store::credit_notes::unused_time_credits`); returns their ids. A refused one is logged.
+    async fn carry_negative_total(
+        &mut self,
+        tenant: &str,
+        inv: &InvoiceView,
+    ) -> anyhow::Result<Vec<String>> {
+        let invoices = self.store.invoices_of(tenant, &inv.customer_id).await?;
+        let date = inv.billing_date;
+        let charged: Vec<&str> = invoices
+            .iter()
+            .filter(|p| p.invoice_id != inv.invoice_id && p.billing_date < date)
+            .map(|p| p.invoice_id.as_str())
+            .collect();
+        let credited = self
+            .credited_lines(tenant, &charged, |id| {
+                billing_store::credit_notes::unused_time_credit_note_id(id, date)
+            })
+            .await?;
+        let lines = billing_store::credit_notes::unused_time_credits(inv, &invoices, |id, i| {
+            credited
+                .get(&(id.to_owned(), i))
+                .copied()
+                .unwrap_or_default()
+        });
+        let mut issued = Vec::new();
+        for (invoice_id, credit) in late_usage::per_invoice(&lines) {
+            let req = CreditNoteRequested {
+                credit_note_id: billing_store::credit_notes::unused_time_credit_note_id(
+                    &invoice_id,
+                    date,
+                ),
+                customer_id: inv.customer_id.clone(),
+                invoice_id: invoice_id.clone(),
+                kind: billing_core::credit_note::CreditNoteKind::Credit,
+                reason: "order_change".into(),
+                memo: Some(format!(
+                    "Unused time of a fee paid in advance, credited by the invoice of {}",
+                    date.format("%Y-%m-%d")
+                )),
+                lines: credit
+                    .iter()
+                    .map(
+                        |(idx, amount)| billing_schemas::lifecycle::CreditNoteLineRequest {
+                            line_index: *idx as i32,
+                            amount: amount.to_string(),
+                        },
+                    )
+                    .collect(),
+            };
+            let at = inv.issued_at.unwrap_or(date);
+            match self.credit_note(tenant, at, &req).await? {
+                Ok(()) => issued.push(req.credit_note_id),
+                Err(reason) => {
+                    tracing::warn!(
+                        tenant,
+                        customer = inv.customer_id,
+                        invoice = invoice_id,
+                        reason,
+                        "unused-time credit note refused"
+                    )
+                }
+            }
+        }
+        if issued.is_empty() {
+            tracing::warn!(
+                tenant,
+                customer = inv.customer_id,
+                invoice = inv.invoice_id,
+                total = %inv.total,
+                "negative total not carried: no earlier invoice charged the fees it credits"
+            );
+        }
+        Ok(issued)
     }
 
     /// Issue the credit notes of a late-usage plan and return the corrections to record: the positive ones and the

@@ -261,6 +261,86 @@ pub fn price(req: &CreditNoteRequested, on: &Creditable<'_>) -> Result<CreditNot
     Ok(amounts)
 }
 
+/// What issued credit notes took back from each line of their invoices, before tax: (invoice id, line index) →
+/// amount; the credit note `except` is left out (one a restart is issuing again).
+pub fn credited_lines(
+    notes: &[CreditNoteView],
+    except: impl Fn(&CreditNoteView) -> bool,
+) -> std::collections::HashMap<(String, usize), Decimal> {
+    let mut out: std::collections::HashMap<(String, usize), Decimal> = Default::default();
+    for cn in notes.iter().filter(|c| c.status == ISSUED && !except(c)) {
+        for l in &cn.lines {
+            *out.entry((cn.invoice_id.clone(), l.line_index.max(0) as usize))
+                .or_default() += l.amount;
+        }
+    }
+    out
+}
+
+/// The id of the credit note that carries the negative total of the invoice of `billing_date` to the customer's
+/// balance, on the invoice `credited` (fixed, so a restart issues it once).
+pub fn unused_time_credit_note_id(credited: &str, billing_date: DateTime<Utc>) -> String {
+    format!("{credited}-unused-{}", billing_date.format("%Y%m%d%H%M%S"))
+}
+
+/// How a finalized invoice whose total is negative (credits for unused time of fees paid in advance, after an
+/// immediate upgrade, downgrade or cancellation, exceed its charges) carries the excess to the customer's credit
+/// balance, as Lago does: credit notes of type `credit` on the invoices that charged those fees, crediting their fee
+/// lines. The excess before tax (−Σ taxable amounts) is spread over the invoice's proration credits in order, each
+/// on the latest earlier finalized invoice whose fee line of the same subscription covers the credited days, up to
+/// what remains creditable there (`credited`: what credit notes took back from a line already). Returns (invoice,
+/// line index, amount before tax).
+pub fn unused_time_credits(
+    inv: &InvoiceView,
+    invoices: &[InvoiceView],
+    credited: impl Fn(&str, usize) -> Decimal,
+) -> Vec<(String, usize, Decimal)> {
+    let taxable: Decimal = inv.lines.iter().map(|l| l.taxable_amount).sum();
+    let mut left = -taxable;
+    let mut out: Vec<(String, usize, Decimal)> = Vec::new();
+    for credit in inv.lines.iter().filter(|l| l.kind == "proration_credit") {
+        if left <= Decimal::ZERO {
+            break;
+        }
+        let (Some(from), Some(to)) = (credit.period_start, credit.period_end) else {
+            continue;
+        };
+        let charged = invoices
+            .iter()
+            .filter(|p| {
+                p.customer_id == inv.customer_id
+                    && p.invoice_id != inv.invoice_id
+                    && p.status == InvoiceStatus::Finalized
+                    && p.number.is_some()
+                    && p.billing_date < inv.billing_date
+            })
+            .flat_map(|p| p.lines.iter().enumerate().map(move |(i, l)| (p, i, l)))
+            .filter(|(_, _, l)| {
+                l.kind == "subscription_fee"
+                    && l.subscription_id == credit.subscription_id
+                    && l.period_start.is_some_and(|s| s <= from)
+                    && l.period_end.is_some_and(|e| e >= to)
+            })
+            .max_by_key(|(p, _, _)| p.billing_date);
+        let Some((p, i, line)) = charged else {
+            continue;
+        };
+        let taken: Decimal = out
+            .iter()
+            .filter(|(id, k, _)| *id == p.invoice_id && *k == i)
+            .map(|(_, _, a)| *a)
+            .sum();
+        let creditable =
+            (line.taxable_amount - credited(&p.invoice_id, i) - taken).max(Decimal::ZERO);
+        let amount = left.min(-credit.taxable_amount).min(creditable);
+        if amount > Decimal::ZERO {
+            left -= amount;
+            out.push((p.invoice_id.clone(), i, amount));
+        }
+    }
+    out
+}
+
 /// Prepared statements over the credit note tables.
 pub struct CreditNoteStore {
     session: Arc<Session>,
@@ -507,6 +587,7 @@ mod tests {
             one_off: false,
             credits: vec![],
             late_usage: vec![],
+            carried_by: vec![],
             usage_offset: None,
         }
     }
@@ -596,5 +677,54 @@ mod tests {
         .is_ok());
         let err = price(&request(CreditNoteKind::Credit, &[(0, "1e3")]), &paid_less).unwrap_err();
         assert_eq!(err.field, "lines[0].amount");
+    }
+
+    /// A negative total is carried on the fee line of the invoice that charged the credited days, up to what is left.
+    #[test]
+    fn a_negative_total_is_credited_on_the_fee_it_gives_back() {
+        let jan: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let jan21: DateTime<Utc> = "2026-01-21T00:00:00Z".parse().unwrap();
+        let feb: DateTime<Utc> = "2026-02-01T00:00:00Z".parse().unwrap();
+        let line = |kind: &str, amount: Decimal, from, to| InvoiceLineView {
+            kind: kind.into(),
+            subscription_id: Some("s1".into()),
+            period_start: Some(from),
+            period_end: Some(to),
+            amount,
+            taxable_amount: amount,
+            tax: Decimal::ZERO,
+            total: amount,
+            ..invoice().lines[0].clone()
+        };
+        let mut paid = invoice();
+        paid.invoice_id = "inv_jan".into();
+        paid.billing_date = jan;
+        paid.lines = vec![line("subscription_fee", dec!(100.00), jan, feb)];
+        let mut negative = invoice();
+        negative.invoice_id = "inv_feb".into();
+        negative.number = None;
+        negative.billing_date = feb;
+        negative.lines = vec![line("proration_credit", dec!(-35.48), jan21, feb)];
+        negative.total = dec!(-35.48);
+        let invoices = vec![paid.clone(), negative.clone()];
+        assert_eq!(
+            unused_time_credits(&negative, &invoices, |_, _| Decimal::ZERO),
+            vec![("inv_jan".to_owned(), 0, dec!(35.48))]
+        );
+        // 80.00 of the fee credited already: 20.00 is all that can be carried.
+        assert_eq!(
+            unused_time_credits(&negative, &invoices, |_, _| dec!(80.00)),
+            vec![("inv_jan".to_owned(), 0, dec!(20.00))]
+        );
+        // A charge on the same invoice lowers what is carried to the negative total: −35.48 + 30.00 = −5.48.
+        negative.lines.push(line("usage", dec!(30.00), jan, feb));
+        assert_eq!(
+            unused_time_credits(&negative, &invoices, |_, _| Decimal::ZERO),
+            vec![("inv_jan".to_owned(), 0, dec!(5.48))]
+        );
+        // No earlier invoice charged those days: nothing.
+        assert!(
+            unused_time_credits(&negative, &[negative.clone()], |_, _| Decimal::ZERO).is_empty()
+        );
     }
 }

@@ -161,6 +161,10 @@ pub struct InvoiceView {
     /// Late-usage corrections it carries: its adjustment lines and the credit notes issued with it.
     #[serde(default)]
     pub late_usage: Vec<crate::late_usage::LateUsageView>,
+    /// Credit notes that carried its negative total (credits for unused time above its charges) to the customer's
+    /// credit balance.
+    #[serde(default)]
+    pub carried_by: Vec<String>,
     /// The usage partition's end offset the bill run waited for: every usage event before it is billed here or
     /// earlier (see [`crate::late_usage`]).
     #[serde(default)]
@@ -337,6 +341,7 @@ impl InvoiceView {
                 })
                 .collect(),
             late_usage: Vec::new(),
+            carried_by: Vec::new(),
             usage_offset: None,
         }
     }
@@ -587,6 +592,7 @@ mod tests {
             one_off: false,
             credits: vec![],
             late_usage: vec![],
+            carried_by: vec![],
             usage_offset: None,
         }
     }

@@ -410,3 +410,299 @@ pub fn per_invoice(lines: &[(String, usize, Decimal)]) -> BTreeMap<String, Vec<(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use billing_core::aggregation::{Latest, RunningAggregate};
+    use billing_schemas::catalog::{
+        Aggregation, CatalogEvent, Charge, ChargeModel, Interval, Plan,
+    };
+    use billing_schemas::lifecycle::{CustomerCreated, LifecycleEvent};
+    use rust_decimal_macros::dec;
+
+    use crate::invoices::{customer_invoice, InvoiceStatus};
+    use crate::usage_aggregates::AggState;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// Plan `metered`: 10.00 EUR a month in advance, `calls` at 0.50 and `seats` (latest reading) at 2.00 in
+    /// arrears; customer `c1` on it from January 1.
+    fn reference() -> Reference {
+        let mut r = Reference::default();
+        let t0 = at("2026-01-01T00:00:00Z");
+        for (code, aggregation, field) in [
+            ("calls", Aggregation::Count, None),
+            ("seats", Aggregation::Latest, Some("seats")),
+        ] {
+            r.apply_catalog(CatalogEvent::metric(
+                "t",
+                t0,
+                code,
+                aggregation,
+                field,
+                vec![],
+            ))
+            .unwrap();
+        }
+        r.apply_catalog(CatalogEvent::plan(
+            "t",
+            t0,
+            Plan {
+                version: 1,
+                effective_from: None,
+                tax_codes: vec![],
+                code: "metered".into(),
+                name: "Metered".into(),
+                interval: Interval::Monthly,
+                currency: "EUR".into(),
+                amount: "10.00".into(),
+                pay_in_advance: true,
+                trial_period_days: 0,
+                charges: vec![
+                    Charge::on_metric(
+                        "calls",
+                        "calls",
+                        ChargeModel::Standard,
+                        r#"{"amount":"0.50"}"#,
+                    ),
+                    Charge::on_metric(
+                        "seats",
+                        "seats",
+                        ChargeModel::Standard,
+                        r#"{"amount":"2.00"}"#,
+                    ),
+                ],
+            },
+        ))
+        .unwrap();
+        for ev in LifecycleEvent::customer_subscribed(
+            "t",
+            CustomerCreated::new("c1", "C", "EUR", "UTC"),
+            "s1",
+            "metered",
+            t0,
+        ) {
+            r.apply_lifecycle(ev).unwrap();
+        }
+        r
+    }
+
+    /// January's usage: `calls` calls and a latest seat count of `seats`, last changed at `offset`.
+    fn usage(calls: u64, seats: Decimal, offset: i64) -> CustomerUsage {
+        let mut u = CustomerUsage::default();
+        let key = |charge: &str| AggKey {
+            subscription_id: "s1".into(),
+            charge_id: charge.into(),
+            period_start: at("2026-01-01T00:00:00Z"),
+            group_key: String::new(),
+        };
+        let state = |aggregation: &str, running: RunningAggregate| AggState {
+            period_end: at("2026-02-01T00:00:00Z"),
+            metric_code: String::new(),
+            aggregation: aggregation.into(),
+            charge_model: "standard".into(),
+            charge_properties: "{}".into(),
+            currency: "EUR".into(),
+            running,
+            last_partition: 0,
+            last_offset: offset,
+        };
+        u.aggregates.insert(
+            key("calls"),
+            state(
+                "count_agg",
+                RunningAggregate {
+                    events_count: calls,
+                    ..Default::default()
+                },
+            ),
+        );
+        u.aggregates.insert(
+            key("seats"),
+            state(
+                "latest_agg",
+                RunningAggregate {
+                    events_count: 1,
+                    latest: Some(Latest {
+                        timestamp: at("2026-01-20T00:00:00Z"),
+                        event_id: "s".into(),
+                        value: seats,
+                    }),
+                    ..Default::default()
+                },
+            ),
+        );
+        u
+    }
+
+    fn subs(r: &Reference) -> Vec<BillableSubscription> {
+        r.billable_subscriptions("t", "c1").0
+    }
+
+    /// The finalized invoice of `date`, numbered `number`.
+    fn issued(
+        r: &Reference,
+        u: &CustomerUsage,
+        date: &str,
+        number: &str,
+        extra: &[DraftLine],
+    ) -> InvoiceView {
+        let d = at(date);
+        let outcome = r
+            .invoice_on(
+                "t",
+                "c1",
+                &subs(r),
+                d,
+                &PriorUse::default(),
+                extra,
+                |s, p| u.for_subscription(s, p),
+            )
+            .unwrap()
+            .unwrap();
+        let mut inv =
+            customer_invoice(r, "t", "c1", d, InvoiceStatus::Finalized, Some(d), &outcome).unwrap();
+        inv.number = Some(number.into());
+        inv
+    }
+
+    fn amounts(inv: &InvoiceView) -> Vec<(&str, &str, Decimal)> {
+        inv.lines
+            .iter()
+            .map(|l| (l.kind.as_str(), l.code.as_str(), l.amount))
+            .collect()
+    }
+
+    /// The worked example of `docs/pricing.md`, "Late usage".
+    #[test]
+    fn docs_pricing_late_usage_example() {
+        let r = reference();
+        let eur = Currency::parse("EUR").unwrap();
+        // Billed on Feb 1: 10 calls (5.00) and 5 seats (10.00), with February's fee; the run waited for offset 100.
+        let invoiced = usage(10, dec!(5), 99);
+        let mut feb = issued(&r, &invoiced, "2026-02-01T00:00:00Z", "T-2", &[]);
+        feb.usage_offset = Some(100);
+        assert_eq!(
+            amounts(&feb),
+            vec![
+                ("usage", "calls", dec!(5.00)),
+                ("usage", "seats", dec!(10.00)),
+                ("subscription_fee", "metered", dec!(10.00)),
+            ]
+        );
+        // Then 4 more January calls and a corrected seat count of 3 arrive.
+        let now = usage(14, dec!(3), 120);
+        let changed = changed_since(&now, feb.billing_date, feb.usage_offset);
+        assert_eq!(changed.len(), 2);
+        assert!(changed_since(&invoiced, feb.billing_date, feb.usage_offset).is_empty());
+        let invoices = vec![feb.clone()];
+        let mar = at("2026-03-01T00:00:00Z");
+        let found = deltas(&r, "t", "c1", &subs(&r), &now, &changed, &invoices, mar).unwrap();
+        let summary: Vec<(&str, Decimal)> =
+            found.iter().map(|d| (d.charge.as_str(), d.delta)).collect();
+        assert_eq!(summary, vec![("calls", dec!(2.00)), ("seats", dec!(-4.00))]);
+        let line = adjustment_line(&found[0], eur, Utc);
+        assert_eq!(
+            line.description,
+            "Usage adjustment for calls, 2026-01-01 to 2026-01-31 (invoice T-2)"
+        );
+        assert_eq!(line.adjusts.as_deref(), Some(feb.invoice_id.as_str()));
+        // The seats are credited on the period's own line: 4.00 before tax.
+        let (credit, stands_for) = credit_lines(&found[1], &invoices, |_, _| Decimal::ZERO, eur);
+        assert_eq!(credit, vec![(feb.invoice_id.clone(), 1, dec!(4.00))]);
+        assert_eq!(stands_for, dec!(4.00));
+        // The March invoice carries the adjustment and records both corrections: asked again, nothing is due.
+        let mut march = issued(&r, &now, "2026-03-01T00:00:00Z", "T-3", &[line]);
+        assert!(march
+            .lines
+            .iter()
+            .any(|l| l.kind == ADJUSTMENT && l.amount == dec!(2.00)));
+        march.late_usage = vec![
+            billed(&found[0]),
+            LateUsageView {
+                amount: -stands_for,
+                credit_notes: vec!["cn".into()],
+                ..billed(&found[1])
+            },
+        ];
+        let invoices = vec![feb.clone(), march.clone()];
+        let apr = at("2026-04-01T00:00:00Z");
+        assert!(
+            deltas(&r, "t", "c1", &subs(&r), &now, &changed, &invoices, apr)
+                .unwrap()
+                .is_empty()
+        );
+        // Two more calls: +1.00, against 5.00 invoiced and 2.00 adjusted.
+        let later = usage(16, dec!(3), 130);
+        let found = deltas(&r, "t", "c1", &subs(&r), &later, &changed, &invoices, apr).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].charge.as_str(), found[0].delta),
+            ("calls", dec!(1.00))
+        );
+        // Voided, the March invoice's adjustment no longer counts (it is billed again); its credit note stands.
+        march.status = InvoiceStatus::Void;
+        let invoices = vec![feb, march];
+        let found = deltas(&r, "t", "c1", &subs(&r), &later, &changed, &invoices, apr).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].charge.as_str(), found[0].delta),
+            ("calls", dec!(3.00))
+        );
+    }
+
+    /// A line with an inclusive tax is credited before tax; what is left creditable caps the credit.
+    #[test]
+    fn credits_of_inclusive_lines_are_before_tax_and_capped() {
+        let eur = Currency::parse("EUR").unwrap();
+        let r = reference();
+        let mut x = issued(
+            &r,
+            &usage(24, dec!(0), 1),
+            "2026-02-01T00:00:00Z",
+            "T-2",
+            &[],
+        );
+        // The calls line as an inclusive 20 % tax leaves it: 12.00 = 10.00 + 2.00.
+        let calls = &mut x.lines[0];
+        calls.taxable_amount = dec!(10.00);
+        calls.tax = dec!(2.00);
+        calls.taxes = vec![billing_core::tax::LineTax {
+            code: "vat".into(),
+            rate: dec!(20),
+            inclusive: true,
+            amount: dec!(2.00),
+        }];
+        let delta = |amount: Decimal| LateDelta {
+            invoice_id: x.invoice_id.clone(),
+            invoice_number: "T-2".into(),
+            subscription_id: "s1".into(),
+            charge: "calls".into(),
+            charge_name: "calls".into(),
+            plan: "metered".into(),
+            metric: "calls".into(),
+            from: at("2026-01-01T00:00:00Z"),
+            to: at("2026-02-01T00:00:00Z"),
+            period_start: at("2026-01-01T00:00:00Z"),
+            delta: amount,
+            taxes: vec![],
+        };
+        let invoices = vec![x.clone()];
+        let (credit, stands_for) =
+            credit_lines(&delta(dec!(-6.00)), &invoices, |_, _| Decimal::ZERO, eur);
+        assert_eq!(credit, vec![(x.invoice_id.clone(), 0, dec!(5.00))]);
+        assert_eq!(stands_for, dec!(6.00));
+        // 8.00 already credited: 2.00 before tax is all that is left, standing for 2.40 of the line.
+        let (credit, stands_for) =
+            credit_lines(&delta(dec!(-6.00)), &invoices, |_, _| dec!(8.00), eur);
+        assert_eq!(credit, vec![(x.invoice_id.clone(), 0, dec!(2.00))]);
+        assert_eq!(stands_for, dec!(2.40));
+        // Nothing left: nothing credited.
+        let (credit, stands_for) =
+            credit_lines(&delta(dec!(-6.00)), &invoices, |_, _| dec!(10.00), eur);
+        assert!(credit.is_empty() && stands_for.is_zero());
+    }
+}

@@ -24,6 +24,21 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// A `CreditNoteStore` on this test's keyspace.
+    pub async fn credit_note_store(&self) -> billing_store::credit_notes::CreditNoteStore {
+        let session = std::sync::Arc::new(
+            billing_runtime::cql::connect(&self.settings.cassandra)
+                .await
+                .unwrap(),
+        );
+        billing_store::credit_notes::CreditNoteStore::new(
+            session,
+            &self.settings.cassandra.keyspace,
+        )
+        .await
+        .unwrap()
+    }
+
     /// Publish a test clock's time to every lifecycle partition.
     pub async fn tick(&self, tenant: &str, clock: &str, to: DateTime<Utc>) {
         let tick = LifecycleEvent {

@@ -781,6 +781,32 @@ async fn a_month_in_the_life() {
         InvoiceStatus::Draft
     );
     numbers.push(grace[&at("2026-02-01T00:00:00Z")].number.clone().unwrap());
+    // The canceled customer's negative February total is carried to its credit balance: a credit note of type
+    // `credit` on January's invoice, crediting 35.48 of its fee line.
+    let cancel = invoices_of(&store, "cancel-now").await;
+    let feb = &cancel[&at("2026-02-01T00:00:00Z")];
+    let paid_jan = &cancel[&at(jan1)];
+    let notes = env
+        .credit_note_store()
+        .await
+        .of_invoice(TENANT, &paid_jan.invoice_id)
+        .await
+        .unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let cn = &notes[0];
+    assert_eq!(feb.carried_by, vec![cn.credit_note_id.clone()]);
+    assert_eq!(
+        (cn.status.as_str(), cn.kind.as_str(), cn.total),
+        ("issued", "credit", dec("35.48"))
+    );
+    assert_eq!(
+        cn.lines
+            .iter()
+            .map(|l| (l.line_index, l.amount))
+            .collect::<Vec<_>>(),
+        vec![(0, dec("35.48"))]
+    );
+    assert_eq!(cn.credit.as_ref().map(|c| c.remaining), Some(dec("35.48")));
     numbers.sort();
     let n = numbers.len();
     assert_eq!(

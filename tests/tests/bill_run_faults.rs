@@ -407,20 +407,13 @@ async fn sigkilled_invoicer_uses_every_coupon_and_credit_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkilled_invoicer_issues_every_credit_note_once_with_gap_free_numbers() {
     use billing_schemas::lifecycle::{CreditNoteKind, CreditNoteLineRequest, CreditNoteRequested};
-    use billing_store::credit_notes::{CreditNoteStore, ISSUED};
+    use billing_store::credit_notes::ISSUED;
     const CUSTOMERS: usize = 300;
     const PER_INVOICE: usize = 3;
     const NOTES: usize = CUSTOMERS * PER_INVOICE;
     let env = TestEnv::new("cn_crash").await;
     let store = env.billing_store().await;
-    let session = std::sync::Arc::new(
-        billing_runtime::cql::connect(&env.settings.cassandra)
-            .await
-            .unwrap(),
-    );
-    let notes = CreditNoteStore::new(session, &env.settings.cassandra.keyspace)
-        .await
-        .unwrap();
+    let notes = env.credit_note_store().await;
     let publisher = env.publisher();
     publisher
         .catalog(&basic_plan(), Encoding::Json)
