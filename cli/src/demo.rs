@@ -6,8 +6,9 @@
 //! - **billing**: two months of a small SaaS business driven through the HTTP management API only, on a test
 //!   clock: a metric, four plans, twenty customers and their subscriptions (mid-month starts, anniversary billing,
 //!   an upgrade, a downgrade, a pause and resume, a cancellation at period end, a trial, a grace period, another
-//!   currency), usage for January and February, then the clock advanced to March 4 so that the invoicer bills
-//!   every billing date on the way. It prints the invoices and where to look.
+//!   currency), usage for January and February (and January usage of one customer that arrives after its January
+//!   invoice: an adjustment line in March), then the clock advanced to March 4 so that the invoicer bills every
+//!   billing date on the way. It prints the invoices and where to look.
 //!
 //! The billing workload uses a tenant of its own per run (`<tenant>-<6 hex>`), so running the demo again starts
 //! from a clean slate and gets the same amounts.
@@ -1115,6 +1116,17 @@ async fn billing_workload(
         }
         if t > day(1, 1) {
             let mut sent = Vec::new();
+            // January usage that reaches rating after January's invoice was finalized: billed as an adjustment line
+            // on the next invoice.
+            if t == day(3, 1) {
+                for ev in late_usage(&tenant) {
+                    calls += ev.properties["value"].parse::<Decimal>()?;
+                    sent.push(send_usage(&producer, &topics, &ev, Encoding::Json)?);
+                }
+                done.push(format!(
+                    "{LATE_CALLS} January API calls of {LATE_CUSTOMER} arrive late, after its February 1 invoice"
+                ));
+            }
             while let Some(ev) = usage.next_if(|e| e.timestamp < t) {
                 calls += ev.properties["value"].parse::<Decimal>()?;
                 let encoding = if sent.len() % 2 == 0 {
@@ -1250,6 +1262,7 @@ async fn billing_workload(
         ("vega-vat", "2026-01-31"),
         ("wren-promo", "2026-02-01"),
         ("yarrow-prepaid", "2026-02-01"),
+        (LATE_CUSTOMER, "2026-03-01"),
     ] {
         let story = customers
             .iter()
@@ -1307,6 +1320,20 @@ async fn billing_workload(
                         "wallet credits used: {}",
                         amount(&i["credits_total"])
                     )),
+                    LATE_CUSTOMER => i["lines"].as_array().map(|lines| {
+                        lines
+                            .iter()
+                            .filter(|l| l["kind"] == "adjustment")
+                            .map(|l| {
+                                format!(
+                                    "{}: {}",
+                                    l["description"].as_str().unwrap_or("?"),
+                                    amount(&l["amount"])
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }),
                     _ => None,
                 };
                 if let Some(d) = detail.filter(|d| !d.is_empty()) {
@@ -1358,6 +1385,28 @@ async fn billing_workload(
         ),
     ]);
     Ok(lines)
+}
+
+/// The customer some of whose January usage arrives after its February 1 invoice, and how many calls.
+const LATE_CUSTOMER: &str = "cedar-labs";
+const LATE_CALLS: u64 = 25_000;
+
+/// The late January usage: two events of half the calls, on January 28.
+fn late_usage(tenant: &str) -> Vec<UsageEvent> {
+    ["a", "b"]
+        .iter()
+        .map(|part| UsageEvent {
+            tenant_id: tenant.to_owned(),
+            event_id: format!("{LATE_CUSTOMER}-late-january-{part}"),
+            customer_id: LATE_CUSTOMER.to_owned(),
+            metric_code: "api_calls".into(),
+            timestamp: Utc
+                .with_ymd_and_hms(2026, 1, 28, 12, 0, 0)
+                .single()
+                .expect("valid date"),
+            properties: BTreeMap::from([("value".to_owned(), (LATE_CALLS / 2).to_string())]),
+        })
+        .collect()
 }
 
 /// The customer whose card is always declined: dunning gives its first invoice up and cancels it.
