@@ -1252,11 +1252,7 @@ impl Invoicer {
         else {
             return Ok(plan);
         };
-        for d in deltas.iter().filter(|d| d.delta > Decimal::ZERO) {
-            plan.lines
-                .push(late_usage::adjustment_line(d, currency, tz));
-            plan.records.push(late_usage::billed(d));
-        }
+        (plan.lines, plan.records) = late_usage::adjustments(&deltas, currency, tz);
         let negative: Vec<&late_usage::LateDelta> =
             deltas.iter().filter(|d| d.delta < Decimal::ZERO).collect();
         if negative.is_empty() || !finalizing {

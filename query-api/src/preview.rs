@@ -12,10 +12,11 @@ use billing_schemas::lifecycle::{
     CouponRemoved, Lifecycle, LifecycleEvent, SubscriptionCanceled, SubscriptionChanged,
     SubscriptionCreated, SubscriptionEffective,
 };
-use billing_schemas::reference::{PriorUse, Reference};
+use billing_schemas::reference::Reference;
 use billing_store::catalog_entries::{METRIC, PLAN, TAX_RATE};
 use billing_store::customers::CustomerView;
 use billing_store::invoices::{InvoiceStatus, InvoiceView};
+use billing_store::late_usage;
 use billing_store::subscriptions::SubscriptionView;
 use chrono::{DateTime, Duration, Utc};
 
@@ -64,13 +65,28 @@ pub async fn preview(
         )));
     };
     let usage = state.store.aggregates(&tenant, &customer_id).await?;
-    let prior_use = if customer.applied_coupons.is_empty() && customer.wallets.is_empty() {
-        PriorUse::default()
-    } else {
-        state
-            .billing
-            .prior_use_before(&tenant, &customer_id, date)
-            .await?
+    let invoices = state.billing.invoices_of(&tenant, &customer_id).await?;
+    let prior_use = billing_store::invoices::prior_use(&invoices, date);
+    // Late usage the bill run will adjust on this invoice (its credit notes are not on the invoice).
+    let (extra, corrections) = match late_usage::last_billed(&invoices, date) {
+        Some((last, offset)) => {
+            let changed = late_usage::changed_since(&usage, last, offset);
+            let deltas = late_usage::deltas(
+                &reference,
+                &tenant,
+                &customer_id,
+                &subs,
+                &usage,
+                &changed,
+                &invoices,
+                date,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let currency = billing_core::Currency::parse(&customer.currency)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            late_usage::adjustments(&deltas, currency, tz)
+        }
+        None => Default::default(),
     };
     let outcome = reference
         .invoice_on(
@@ -79,14 +95,14 @@ pub async fn preview(
             &subs,
             date,
             &prior_use,
-            &[],
+            &extra,
             |s, p| usage.for_subscription(s, p),
         )
         .map_err(|e| anyhow::anyhow!(e))?
         .ok_or_else(|| {
             ApiError::NotFound(format!("customer {customer_id:?} has no upcoming invoice"))
         })?;
-    let view = billing_store::invoices::customer_invoice(
+    let mut view = billing_store::invoices::customer_invoice(
         &reference,
         &tenant,
         &customer_id,
@@ -96,6 +112,7 @@ pub async fn preview(
         &outcome,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
+    view.late_usage = corrections;
     Ok(Json(view))
 }
 

@@ -11,7 +11,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::customers::{self, CustomerView};
-use crate::invoices::{self, InvoiceStatus, InvoiceView};
+use crate::invoices::{self, InvoiceView};
 use crate::subscriptions::{self, SubscriptionView};
 use crate::{api_idempotency, catalog_entries, invoice_numbers, materialized_offsets, test_clocks};
 
@@ -652,13 +652,8 @@ impl BillingStore {
         customer: &str,
         before: DateTime<Utc>,
     ) -> anyhow::Result<billing_schemas::reference::PriorUse> {
-        let mut invoices = self.invoices_of(tenant, customer).await?;
-        invoices.retain(|inv| inv.status != InvoiceStatus::Draft && inv.billing_date < before);
-        let mut used = billing_schemas::reference::PriorUse::default();
-        for inv in &invoices {
-            inv.record_use(&mut used);
-        }
-        Ok(used)
+        let invoices = self.invoices_of(tenant, customer).await?;
+        Ok(invoices::prior_use(&invoices, before))
     }
 
     // ---- numbering ----

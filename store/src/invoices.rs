@@ -203,6 +203,24 @@ impl InvoiceView {
     }
 }
 
+/// What a customer's coupons discounted and its wallets paid on its issued invoices (finalized or void) billed
+/// before `before`, in billing-date order.
+pub fn prior_use(
+    invoices: &[InvoiceView],
+    before: DateTime<Utc>,
+) -> billing_schemas::reference::PriorUse {
+    let mut issued: Vec<&InvoiceView> = invoices
+        .iter()
+        .filter(|inv| inv.status != InvoiceStatus::Draft && inv.billing_date < before)
+        .collect();
+    issued.sort_by_key(|i| i.billing_date);
+    let mut used = billing_schemas::reference::PriorUse::default();
+    for inv in issued {
+        inv.record_use(&mut used);
+    }
+    used
+}
+
 /// What an invoice is about besides its lines: who, when, in which state.
 #[derive(Debug, Clone)]
 pub struct InvoiceHead<'a> {

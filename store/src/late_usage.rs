@@ -306,6 +306,37 @@ pub fn adjustment_line<Tz: chrono::TimeZone>(
     }
 }
 
+/// The adjustment lines of the positive corrections among `deltas`, with their records.
+pub fn adjustments<Tz: chrono::TimeZone>(
+    deltas: &[LateDelta],
+    currency: Currency,
+    tz: Tz,
+) -> (Vec<DraftLine>, Vec<LateUsageView>) {
+    deltas
+        .iter()
+        .filter(|d| d.delta > Decimal::ZERO)
+        .map(|d| (adjustment_line(d, currency, tz.clone()), billed(d)))
+        .unzip()
+}
+
+/// The customer's last finalized billing date before `before` and its usage offset, from its invoices (what the
+/// invoicer keeps in memory, for a reader that has only the invoices).
+pub fn last_billed(
+    invoices: &[InvoiceView],
+    before: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, Option<i64>)> {
+    invoices
+        .iter()
+        .filter(|i| {
+            i.status == InvoiceStatus::Finalized
+                && !i.one_off
+                && i.number.is_some()
+                && i.billing_date < before
+        })
+        .max_by_key(|i| i.billing_date)
+        .map(|i| (i.billing_date, i.usage_offset))
+}
+
 /// The record of a positive correction billed by an adjustment line.
 pub fn billed(d: &LateDelta) -> LateUsageView {
     LateUsageView {

@@ -11,6 +11,7 @@
 //!   calls: January's seats are priced 6.00 instead of 10.00, so a credit note of type credit on the Feb 1 invoice
 //!   gives back 4.00 + 0.80 VAT = 4.80; January's 16 calls are priced 8.00, invoiced 5.00 + 2.00: adjustment +1.00 on
 //!   the Apr 1 invoice: 10.00 + 0.00 + 0.00 + 1.00 = 11.00 + 2.20 = 13.20.
+//!   The upcoming-invoice preview shows the adjustment before the bill run makes it.
 //! - May 1: nothing late, no adjustment and no second credit note (a correction is made once).
 //! - A year later (clock at 2027-02-01): a March 2026 call is still billed (adjustment on the Mar 2027 invoice:
 //!   +0.50), while a January 2026 call, more than 12 months before the clock, is dead-lettered `period_closed`.
@@ -181,6 +182,25 @@ async fn late_usage_is_adjusted_credited_and_closed_after_the_horizon() {
     // Four January calls after February's invoice was finalized, and February's usage.
     produce(&env, calls("jan-late", 4, "2026-01-25T10:00:00Z")).await;
     produce(&env, calls("feb", 2, "2026-02-10T10:00:00Z")).await;
+    // The upcoming invoice shows the adjustment once rating has counted the late calls.
+    let upcoming = eventually(WAIT, "the adjustment in the preview", || async {
+        let r = api
+            .post(
+                &format!("/v1/customers/{CUSTOMER}/invoices/preview"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        (r.body["subtotal"] == "13.00").then_some(r.body)
+    })
+    .await;
+    assert_eq!(
+        lines_of(&upcoming, "adjustment"),
+        vec![(
+            format!("Usage adjustment for calls, 2026-01-01 to 2026-01-31 (invoice {feb_number})"),
+            "2.00".to_owned()
+        )]
+    );
     api.advance_clock(&clock, "2026-03-01T01:00:00Z").await;
     let inv = issued_invoices(&api, CUSTOMER, 3, WAIT).await;
     let mar = &inv[2];
