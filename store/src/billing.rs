@@ -31,6 +31,14 @@ type RowWrite = (String, InvoiceView, String);
 /// An invoice and the status its billing-date entry gets.
 type StatusWrite<'a> = (&'a InvoiceView, &'a str);
 
+/// A value to bind, left unset (no tombstone) when there is none.
+fn unset_if_none<T>(v: Option<T>) -> scylla::value::MaybeUnset<T> {
+    match v {
+        Some(v) => scylla::value::MaybeUnset::Set(v),
+        None => scylla::value::MaybeUnset::Unset,
+    }
+}
+
 /// An invoice's entry under its billing date: (customer, invoice id, status, number, usage offset).
 pub type DateEntry = (String, String, String, String, Option<i64>);
 
@@ -517,7 +525,7 @@ impl BillingStore {
                         inv.invoice_id.as_str(),
                         *status,
                         inv.number.clone().unwrap_or_default(),
-                        inv.usage_offset,
+                        unset_if_none(inv.usage_offset),
                     ));
                 }
                 batches.push(async move { self.session.batch(&b, values).await.map(|_| ()) });
@@ -549,7 +557,7 @@ impl BillingStore {
                     &inv.invoice_id,
                     status,
                     inv.number.clone().unwrap_or_default(),
-                    inv.usage_offset,
+                    unset_if_none(inv.usage_offset),
                 ),
             )
             .await?;

@@ -239,18 +239,25 @@ async fn sigkilled_invoicer_issues_every_invoice_once_with_gap_free_numbers() {
     env.cleanup().await;
 }
 
-/// Coupons and wallet credits used while the invoicer is killed: 5,000 customers on `basic` (100.00 a month in
-/// advance) from January 1, each with a coupon of 150.00 applied once (the rest carried over) and a wallet of 150.00
-/// granted credits. January is billed first; then the clock jumps to April 1 and one of two invoicer processes is
-/// killed with SIGKILL three times while they bill February to April (15,000 invoices, chained per customer: each
-/// invoice's coupon and credits depend on the ones before). Expected per customer: Jan 100.00 − 100.00 coupon = 0.00;
-/// Feb 100.00 − 50.00 coupon = 50.00, paid by 50.00 of credits; Mar 100.00, paid by the 100.00 of credits left; Apr
-/// 100.00 due in full. So the coupon is used for 150.00 and the credits for 150.00, exactly, whatever the kills.
+/// Coupons and wallet credits used, and credit notes issued, while the invoicer is killed: 5,000 customers on `basic`
+/// (100.00 a month in advance) from January 1, each with a coupon of 150.00 applied once (the rest carried over) and a
+/// wallet of 150.00 granted credits; one in ten cancels at once on February 15. January is billed first; then the
+/// clock jumps to April 1 and one of two invoicer processes is killed with SIGKILL three times while they bill
+/// February to April (14,500 invoices, chained per customer: each invoice's coupon and credits depend on the ones
+/// before; and 500 credit notes). Expected per customer: Jan 100.00 − 100.00 coupon = 0.00; Feb 100.00 − 50.00 coupon
+/// = 50.00, paid by 50.00 of credits; Mar 100.00, paid by the 100.00 of credits left; Apr 100.00 due in full. So the
+/// coupon is used for 150.00 and the credits for 150.00, exactly, whatever the kills. A canceled customer's March 1
+/// invoice credits February 16–28, 13/28 × 100 = −46.43, carried to its balance by one credit note of 46.43 on its
+/// February invoice; the credit notes are numbered 1..=500 without a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkilled_invoicer_uses_every_coupon_and_credit_once() {
     use billing_schemas::catalog::{CouponFrequency, CouponType};
-    use billing_schemas::lifecycle::{CouponApplied, WalletCreated, WalletToppedUp};
+    use billing_schemas::lifecycle::{
+        CouponApplied, SubscriptionCanceled, WalletCreated, WalletToppedUp,
+    };
     const CUSTOMERS: usize = 5_000;
+    let canceled = |i: usize| i % 10 == 0;
+    let feb15 = at("2026-02-15T00:00:00Z");
     let env = TestEnv::new("wallet_crash").await;
     let store = env.billing_store().await;
     let publisher = env.publisher();
@@ -308,9 +315,21 @@ async fn sigkilled_invoicer_uses_every_coupon_and_credit_once() {
                 }),
             ),
         ];
+        let cancel = canceled(i).then(|| {
+            ev(
+                format!("cancel-{id}"),
+                Lifecycle::SubscriptionCanceled(SubscriptionCanceled {
+                    subscription_id: format!("sub-{id}"),
+                    customer_id: id.clone(),
+                    effective_at: feb15,
+                    at_period_end: false,
+                }),
+            )
+        });
         for ev in customer_and_subscription(&id, jan1)
             .into_iter()
             .chain(extra)
+            .chain(cancel)
         {
             sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
         }
@@ -353,7 +372,10 @@ async fn sigkilled_invoicer_uses_every_coupon_and_credit_once() {
         ("2026-04-01T00:00:00Z", "100.00", "0.00", "0.00", "100.00"),
     ];
     let invoices = all_invoices(&store, TENANT).await;
-    assert_eq!(invoices.len(), 4 * CUSTOMERS);
+    let n_canceled = (0..CUSTOMERS).filter(|i| canceled(*i)).count();
+    assert_eq!(invoices.len(), 4 * CUSTOMERS - n_canceled);
+    let notes = env.credit_note_store().await;
+    let mut note_numbers = BTreeSet::new();
     let mut by_customer: BTreeMap<
         &str,
         BTreeMap<DateTime<Utc>, &billing_store::invoices::InvoiceView>,
@@ -365,7 +387,64 @@ async fn sigkilled_invoicer_uses_every_coupon_and_credit_once() {
             .insert(inv.billing_date, inv);
     }
     let mut numbers = BTreeSet::new();
-    for i in 0..CUSTOMERS {
+    for i in (0..CUSTOMERS).filter(|i| canceled(*i)) {
+        let id = format!("c{i:04}");
+        let mine = &by_customer[id.as_str()];
+        let got: Vec<(Decimal, Decimal, Decimal, Decimal)> = mine
+            .values()
+            .map(|inv| {
+                assert!(
+                    numbers.insert(inv.number.clone().unwrap()),
+                    "duplicate number"
+                );
+                (
+                    inv.total,
+                    inv.discount_total,
+                    inv.credits_total,
+                    inv.amount_due,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (d("0.00"), d("100.00"), d("0.00"), d("0.00")),
+                (d("50.00"), d("50.00"), d("50.00"), d("0.00")),
+                (d("-46.43"), d("0.00"), d("0.00"), d("0.00")),
+            ],
+            "{id}"
+        );
+        let feb = &mine[&at("2026-02-01T00:00:00Z")];
+        let issued = notes.of_invoice(TENANT, &feb.invoice_id).await.unwrap();
+        assert_eq!(issued.len(), 1, "{id}: one credit note");
+        let cn = &issued[0];
+        assert_eq!(
+            (
+                cn.kind.as_str(),
+                cn.total,
+                cn.lines.len(),
+                cn.lines[0].line_index
+            ),
+            ("credit", d("46.43"), 1, 0),
+            "{id}"
+        );
+        assert_eq!(
+            mine[&at("2026-03-01T00:00:00Z")].carried_by,
+            vec![cn.credit_note_id.clone()]
+        );
+        assert!(
+            note_numbers.insert(cn.number.clone().unwrap()),
+            "duplicate credit note number"
+        );
+    }
+    let want_notes: BTreeSet<String> = (1..=n_canceled)
+        .map(|n| format!("ACME-CN-{n:06}"))
+        .collect();
+    assert_eq!(
+        note_numbers, want_notes,
+        "credit note numbers without a gap"
+    );
+    for i in (0..CUSTOMERS).filter(|i| !canceled(*i)) {
         let id = format!("c{i:04}");
         let mine = &by_customer[id.as_str()];
         assert_eq!(mine.len(), 4, "{id}");
@@ -393,7 +472,7 @@ async fn sigkilled_invoicer_uses_every_coupon_and_credit_once() {
             "{id}: used once"
         );
     }
-    let all: BTreeSet<String> = (1..=4 * CUSTOMERS)
+    let all: BTreeSet<String> = (1..=4 * CUSTOMERS - n_canceled)
         .map(|n| format!("ACME-{n:06}"))
         .collect();
     assert_eq!(numbers, all, "numbers without a gap");
