@@ -59,6 +59,34 @@ type CustomerWork = (
 /// Invoices of one billing date by customer: (status, number).
 type IssuedOnDate = HashMap<String, (String, String)>;
 
+/// A credit note the invoicer issues of its own accord: type `credit`, reason `order_change`, crediting (line
+/// index, amount before tax) of the invoice.
+fn own_credit_note(
+    id: String,
+    customer: &str,
+    invoice_id: String,
+    memo: String,
+    lines: &[(usize, Decimal)],
+) -> CreditNoteRequested {
+    CreditNoteRequested {
+        credit_note_id: id,
+        customer_id: customer.to_owned(),
+        invoice_id,
+        kind: billing_core::credit_note::CreditNoteKind::Credit,
+        reason: "order_change".into(),
+        memo: Some(memo),
+        lines: lines
+            .iter()
+            .map(
+                |(idx, amount)| billing_schemas::lifecycle::CreditNoteLineRequest {
+                    line_index: *idx as i32,
+                    amount: amount.to_string(),
+                },
+            )
+            .collect(),
+    }
+}
+
 /// A customer's late-usage corrections for its next invoice (see [`Invoicer::late_usage`]).
 #[derive(Debug, Default)]
 struct LatePlan {
@@ -1315,25 +1343,13 @@ impl Invoicer {
                 .find(|i| i.invoice_id == invoice_id)
                 .and_then(|i| i.number.clone())
                 .unwrap_or_default();
-            plan.credit_notes.push(CreditNoteRequested {
-                credit_note_id: late_usage::credit_note_id(&invoice_id, date),
-                customer_id: customer.to_owned(),
+            plan.credit_notes.push(own_credit_note(
+                late_usage::credit_note_id(&invoice_id, date),
+                customer,
                 invoice_id,
-                kind: billing_core::credit_note::CreditNoteKind::Credit,
-                reason: "order_change".into(),
-                memo: Some(format!(
-                    "Usage corrected after invoice {number} was finalized (late usage)"
-                )),
-                lines: lines
-                    .iter()
-                    .map(
-                        |(idx, amount)| billing_schemas::lifecycle::CreditNoteLineRequest {
-                            line_index: *idx as i32,
-                            amount: amount.to_string(),
-                        },
-                    )
-                    .collect(),
-            });
+                format!("Usage corrected after invoice {number} was finalized (late usage)"),
+                &lines,
+            ));
         }
         Ok(plan)
     }
@@ -1415,29 +1431,16 @@ impl Invoicer {
         });
         let mut issued = Vec::new();
         for (invoice_id, credit) in late_usage::per_invoice(&lines) {
-            let req = CreditNoteRequested {
-                credit_note_id: billing_store::credit_notes::unused_time_credit_note_id(
-                    &invoice_id,
-                    date,
-                ),
-                customer_id: inv.customer_id.clone(),
-                invoice_id: invoice_id.clone(),
-                kind: billing_core::credit_note::CreditNoteKind::Credit,
-                reason: "order_change".into(),
-                memo: Some(format!(
+            let req = own_credit_note(
+                billing_store::credit_notes::unused_time_credit_note_id(&invoice_id, date),
+                &inv.customer_id,
+                invoice_id.clone(),
+                format!(
                     "Unused time of a fee paid in advance, credited by the invoice of {}",
                     date.format("%Y-%m-%d")
-                )),
-                lines: credit
-                    .iter()
-                    .map(
-                        |(idx, amount)| billing_schemas::lifecycle::CreditNoteLineRequest {
-                            line_index: *idx as i32,
-                            amount: amount.to_string(),
-                        },
-                    )
-                    .collect(),
-            };
+                ),
+                &credit,
+            );
             let at = inv.issued_at.unwrap_or(date);
             match self.credit_note(tenant, at, &req).await? {
                 Ok(()) => issued.push(req.credit_note_id),

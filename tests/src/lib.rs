@@ -111,6 +111,16 @@ impl TestEnv {
         (d.partition, d.offset)
     }
 
+    /// Produce usage events to `billing.usage` as JSON, keyed by their customer, one by one (each acknowledged).
+    pub async fn produce_usage(&self, events: Vec<billing_schemas::usage::UsageEvent>) {
+        for e in events {
+            let key = billing_schemas::customer_key(&e.tenant_id, &e.customer_id);
+            let json = billing_schemas::encode(&e, billing_schemas::Encoding::Json).unwrap();
+            self.produce(&self.topics.usage, &key, &json, Some("application/json"))
+                .await;
+        }
+    }
+
     /// Read every message of a topic from the start until `n` arrived or the timeout passed.
     pub async fn read_topic(&self, topic: &str, n: usize, timeout: Duration) -> Vec<OwnedMessage> {
         let consumer: StreamConsumer = ClientConfig::new()

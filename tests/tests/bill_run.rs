@@ -370,19 +370,6 @@ fn usage(customer: &str, id: &str, metric: &str, when: &str, props: &[(&str, &st
     }
 }
 
-async fn produce_usage(env: &TestEnv, events: Vec<UsageEvent>) {
-    for e in events {
-        let key = billing_schemas::customer_key(TENANT, &e.customer_id);
-        env.produce(
-            &env.topics.usage,
-            &key,
-            &encode(&e, Encoding::Json).unwrap(),
-            Some("application/json"),
-        )
-        .await;
-    }
-}
-
 fn plan_in(
     code: &str,
     currency: &str,
@@ -606,7 +593,7 @@ async fn a_month_in_the_life() {
             &[],
         ));
     }
-    produce_usage(&env, events).await;
+    env.produce_usage(events).await;
 
     // Feb 1 with a 3-day grace period: the grace customer's January invoice is a draft (10 × 0.5 = 5.00).
     advance(&env, &store, "2026-02-01T00:00:00Z").await;
@@ -616,8 +603,7 @@ async fn a_month_in_the_life() {
     assert_eq!(draft.number, None);
     assert_eq!(draft.total, dec("5.00"));
     // Late usage for January, inside the grace period, refreshes the draft: 14 × 0.5 = 7.00.
-    produce_usage(
-        &env,
+    env.produce_usage(
         (0..4)
             .map(|i| {
                 usage(

@@ -256,7 +256,7 @@ async fn sigkilled_invoicer_uses_every_coupon_and_credit_once() {
         CouponApplied, SubscriptionCanceled, WalletCreated, WalletToppedUp,
     };
     const CUSTOMERS: usize = 5_000;
-    let canceled = |i: usize| i % 10 == 0;
+    let canceled = |i: usize| i.is_multiple_of(10);
     let feb15 = at("2026-02-15T00:00:00Z");
     let env = TestEnv::new("wallet_crash").await;
     let store = env.billing_store().await;

@@ -17,8 +17,8 @@
 use std::time::Duration;
 
 use billing_schemas::usage::UsageEvent;
-use billing_schemas::{encode, Encoding};
 use billing_tests::api::Api;
+use billing_tests::invoices::{dec, reconciles};
 use billing_tests::{eventually, high_watermarks, Services, TestEnv};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -39,33 +39,6 @@ async fn invoices_of(api: &Api, customer: &str, n: usize) -> Vec<Value> {
     .await
 }
 
-fn dec(v: &Value) -> Decimal {
-    v.as_str()
-        .unwrap_or_else(|| panic!("{v} is not a decimal string"))
-        .parse()
-        .unwrap()
-}
-
-#[track_caller]
-fn reconciles(inv: &Value) {
-    let lines = inv["lines"].as_array().unwrap();
-    let sum = |f: &str| lines.iter().map(|l| dec(&l[f])).sum::<Decimal>();
-    assert_eq!(sum("amount"), dec(&inv["subtotal"]), "{inv}");
-    assert_eq!(sum("discount"), dec(&inv["discount_total"]), "{inv}");
-    assert_eq!(
-        dec(&inv["subtotal"]) - dec(&inv["discount_total"]) + dec(&inv["tax_total"]),
-        dec(&inv["total"]),
-        "{inv}"
-    );
-    let coupons: Decimal = inv["coupons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| dec(&c["amount"]))
-        .sum();
-    assert_eq!(coupons, dec(&inv["discount_total"]), "{inv}");
-}
-
 fn calls(customer: &str, n: usize, when: &str) -> Vec<UsageEvent> {
     (0..n)
         .map(|i| UsageEvent {
@@ -77,19 +50,6 @@ fn calls(customer: &str, n: usize, when: &str) -> Vec<UsageEvent> {
             properties: Default::default(),
         })
         .collect()
-}
-
-async fn produce(env: &TestEnv, events: Vec<UsageEvent>) {
-    for e in events {
-        let key = billing_schemas::customer_key(TENANT, &e.customer_id);
-        env.produce(
-            &env.topics.usage,
-            &key,
-            &encode(&e, Encoding::Json).unwrap(),
-            Some("application/json"),
-        )
-        .await;
-    }
 }
 
 /// (total, discount_total) of each invoice, oldest first.
@@ -275,7 +235,8 @@ async fn four_months_of_coupons() {
         .await
         .problem(409, "coupon_code");
 
-    produce(&env, calls("c-calls", 10, "2026-01-20T10:00:00Z")).await;
+    env.produce_usage(calls("c-calls", 10, "2026-01-20T10:00:00Z"))
+        .await;
     api.advance_clock(&clock, "2026-01-01T01:00:00Z").await;
     // The upcoming invoice of c-welcome (Feb 1), as the bill run will make it: the 10.00 left of its coupon.
     let upcoming = api
@@ -292,7 +253,8 @@ async fn four_months_of_coupons() {
         upcoming.body
     );
     api.advance_clock(&clock, "2026-02-01T01:00:00Z").await;
-    produce(&env, calls("c-calls", 4, "2026-02-20T10:00:00Z")).await;
+    env.produce_usage(calls("c-calls", 4, "2026-02-20T10:00:00Z"))
+        .await;
     api.advance_clock(&clock, "2026-02-15T01:00:00Z").await;
     let removed = api
         .delete(&format!(

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use billing_runtime::kafka::dlq_headers;
 use billing_schemas::usage::UsageEvent;
-use billing_schemas::{encode, Encoding};
 use billing_tests::api::Api;
 use billing_tests::invoices::{dec, issued_invoices, reconciles};
 use billing_tests::{eventually, Services, TestEnv};
@@ -52,19 +51,6 @@ fn calls(prefix: &str, n: usize, when: &str) -> Vec<UsageEvent> {
     (0..n)
         .map(|i| event(&format!("{prefix}-{i}"), "calls", when, &[]))
         .collect()
-}
-
-async fn produce(env: &TestEnv, events: Vec<UsageEvent>) {
-    for e in events {
-        let key = billing_schemas::customer_key(TENANT, &e.customer_id);
-        env.produce(
-            &env.topics.usage,
-            &key,
-            &encode(&e, Encoding::Json).unwrap(),
-            Some("application/json"),
-        )
-        .await;
-    }
 }
 
 /// The invoice's lines of one kind: (description, amount).
@@ -160,16 +146,14 @@ async fn late_usage_is_adjusted_credited_and_closed_after_the_horizon() {
     .await;
 
     // January, billed on Feb 1.
-    produce(&env, calls("jan", 10, "2026-01-10T10:00:00Z")).await;
-    produce(
-        &env,
-        vec![event(
-            "seats-jan-20",
-            "seats",
-            "2026-01-20T00:00:00Z",
-            &[("seats", "5")],
-        )],
-    )
+    env.produce_usage(calls("jan", 10, "2026-01-10T10:00:00Z"))
+        .await;
+    env.produce_usage(vec![event(
+        "seats-jan-20",
+        "seats",
+        "2026-01-20T00:00:00Z",
+        &[("seats", "5")],
+    )])
     .await;
     api.advance_clock(&clock, "2026-02-01T01:00:00Z").await;
     let inv = issued_invoices(&api, CUSTOMER, 2, WAIT).await;
@@ -180,8 +164,10 @@ async fn late_usage_is_adjusted_credited_and_closed_after_the_horizon() {
     let feb_number = feb["number"].as_str().unwrap().to_owned();
 
     // Four January calls after February's invoice was finalized, and February's usage.
-    produce(&env, calls("jan-late", 4, "2026-01-25T10:00:00Z")).await;
-    produce(&env, calls("feb", 2, "2026-02-10T10:00:00Z")).await;
+    env.produce_usage(calls("jan-late", 4, "2026-01-25T10:00:00Z"))
+        .await;
+    env.produce_usage(calls("feb", 2, "2026-02-10T10:00:00Z"))
+        .await;
     // The upcoming invoice shows the adjustment once rating has counted the late calls.
     let upcoming = eventually(WAIT, "the adjustment in the preview", || async {
         let r = api
@@ -228,17 +214,15 @@ async fn late_usage_is_adjusted_credited_and_closed_after_the_horizon() {
     assert!(credit_notes_of(&api, &feb_id).await.is_empty());
 
     // A corrected January seat count (lower) and two more January calls.
-    produce(
-        &env,
-        vec![event(
-            "seats-jan-28",
-            "seats",
-            "2026-01-28T00:00:00Z",
-            &[("seats", "3")],
-        )],
-    )
+    env.produce_usage(vec![event(
+        "seats-jan-28",
+        "seats",
+        "2026-01-28T00:00:00Z",
+        &[("seats", "3")],
+    )])
     .await;
-    produce(&env, calls("jan-later", 2, "2026-01-30T10:00:00Z")).await;
+    env.produce_usage(calls("jan-later", 2, "2026-01-30T10:00:00Z"))
+        .await;
     api.advance_clock(&clock, "2026-04-01T01:00:00Z").await;
     let inv = issued_invoices(&api, CUSTOMER, 4, WAIT).await;
     let apr = &inv[3];
@@ -307,13 +291,10 @@ async fn late_usage_is_adjusted_credited_and_closed_after_the_horizon() {
     // A year on: March 2026 is still open to late usage, January 2026 is closed.
     api.advance_clock(&clock, "2027-02-01T01:00:00Z").await;
     let dlq_start = billing_tests::high_watermarks(&env.settings, &env.topics.usage_dlq).await;
-    produce(
-        &env,
-        vec![
-            event("closed", "calls", "2026-01-15T00:00:00Z", &[]),
-            event("still-open", "calls", "2026-03-15T00:00:00Z", &[]),
-        ],
-    )
+    env.produce_usage(vec![
+        event("closed", "calls", "2026-01-15T00:00:00Z", &[]),
+        event("still-open", "calls", "2026-03-15T00:00:00Z", &[]),
+    ])
     .await;
     let dead = env.read_topic(&env.topics.usage_dlq, 1, WAIT).await;
     assert!(

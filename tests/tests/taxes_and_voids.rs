@@ -25,6 +25,7 @@
 use std::time::Duration;
 
 use billing_tests::api::Api;
+use billing_tests::invoices::{dec, reconciles};
 use billing_tests::{eventually, high_watermarks, Services, TestEnv};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -40,42 +41,6 @@ async fn invoices_of(api: &Api, customer: &str, n: usize) -> Vec<Value> {
         (data.len() >= n && data.iter().all(|i| i["status"] != "draft")).then_some(data)
     })
     .await
-}
-
-fn dec(v: &Value) -> Decimal {
-    v.as_str()
-        .unwrap_or_else(|| panic!("{v} is not a decimal string"))
-        .parse()
-        .unwrap()
-}
-
-/// Σ lines = subtotal; Σ taxes = tax_total; subtotal − discounts + exclusive taxes = total; the invoice's applied
-/// taxes add up to its tax total.
-#[track_caller]
-fn reconciles(inv: &Value) {
-    let lines = inv["lines"].as_array().unwrap();
-    let sum = |f: &str| lines.iter().map(|l| dec(&l[f])).sum::<Decimal>();
-    assert_eq!(sum("amount"), dec(&inv["subtotal"]), "{inv}");
-    assert_eq!(sum("tax"), dec(&inv["tax_total"]), "{inv}");
-    assert_eq!(sum("total"), dec(&inv["total"]), "{inv}");
-    let exclusive: Decimal = lines
-        .iter()
-        .flat_map(|l| l["taxes"].as_array().unwrap().clone())
-        .filter(|t| t["inclusive"] == false)
-        .map(|t| dec(&t["amount"]))
-        .sum();
-    assert_eq!(
-        dec(&inv["subtotal"]) - dec(&inv["discount_total"]) + exclusive,
-        dec(&inv["total"]),
-        "{inv}"
-    );
-    let applied: Decimal = inv["applied_taxes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| dec(&t["amount"]))
-        .sum();
-    assert_eq!(applied, dec(&inv["tax_total"]), "{inv}");
 }
 
 /// A customer's January invoice: (customer, subtotal, tax_total, total, [(code, rate, taxable, amount)]).
