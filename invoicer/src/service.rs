@@ -1413,9 +1413,23 @@ impl Invoicer {
     ) -> anyhow::Result<Vec<String>> {
         let invoices = self.store.invoices_of(tenant, &inv.customer_id).await?;
         let date = inv.billing_date;
+        // Only the invoices with a fee line of a subscription it credits can be credited.
+        let credited_subs: HashSet<Option<&str>> = inv
+            .lines
+            .iter()
+            .filter(|l| l.kind == "proration_credit")
+            .map(|l| l.subscription_id.as_deref())
+            .collect();
         let charged: Vec<&str> = invoices
             .iter()
-            .filter(|p| p.invoice_id != inv.invoice_id && p.billing_date < date)
+            .filter(|p| {
+                p.invoice_id != inv.invoice_id
+                    && p.billing_date < date
+                    && p.lines.iter().any(|l| {
+                        l.kind == "subscription_fee"
+                            && credited_subs.contains(&l.subscription_id.as_deref())
+                    })
+            })
             .map(|p| p.invoice_id.as_str())
             .collect();
         let credited = self
