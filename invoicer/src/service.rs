@@ -56,8 +56,8 @@ type CustomerWork = (
     Vec<DateTime<Utc>>,
 );
 
-/// Invoices of one billing date by customer: (status, number).
-type IssuedOnDate = HashMap<String, (String, String)>;
+/// Invoices of one billing date by customer: (invoice id, status, number).
+type IssuedOnDate = HashMap<String, (String, String, String)>;
 
 /// A credit note the invoicer issues of its own accord: type `credit`, reason `order_change`, crediting (line
 /// index, amount before tax) of the invoice.
@@ -1125,7 +1125,7 @@ impl Invoicer {
                 known.insert(
                     key.clone(),
                     rows.into_iter()
-                        .map(|(c, _, status, number, _)| (c, (status, number)))
+                        .map(|(c, id, status, number, _)| (c, (id, status, number)))
                         .collect(),
                 );
             }
@@ -1135,14 +1135,21 @@ impl Invoicer {
                 numbers.insert(inv.invoice_id.clone(), n.clone());
                 continue;
             }
+            // The entry is this invoice's only if it has its id: a customer's one-off invoices of one instant (a
+            // test clock's) share the entry, each overwriting the one before.
             let row = known
                 .get(&(t.clone(), inv.billing_date))
-                .and_then(|m| m.get(&inv.customer_id));
+                .and_then(|m| m.get(&inv.customer_id))
+                .filter(|(id, ..)| *id == inv.invoice_id);
             match row {
-                Some((status, number)) if InvoiceStatus::issued(status) && !number.is_empty() => {
+                Some((_, status, number))
+                    if InvoiceStatus::issued(status) && !number.is_empty() =>
+                {
                     numbers.insert(inv.invoice_id.clone(), number.clone());
                 }
-                Some((status, _)) if status == billing_store::invoices::NUMBERING => unsure.push(i),
+                Some((_, status, _)) if status == billing_store::invoices::NUMBERING => {
+                    unsure.push(i)
+                }
                 _ => {}
             }
         }

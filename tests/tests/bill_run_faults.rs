@@ -859,3 +859,142 @@ async fn a_bill_run_waits_for_rating_instead_of_billing_without_usage() {
     rating.await.unwrap().unwrap();
     env.cleanup().await;
 }
+
+/// One-off invoices issued while the invoicer is killed: 300 customers with a 100.00 January invoice, then three
+/// one-off invoices of a 25.00 add-on each requested at once (900); two `billing invoicer` processes share the
+/// partitions and one is killed with SIGKILL three times while they issue them. Every one-off invoice is issued
+/// once, with its own number: together with January's, the numbers are 1..=1,200 without a gap, each published with
+/// one number only; ClickHouse has each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkilled_invoicer_issues_every_one_off_invoice_once_with_gap_free_numbers() {
+    use billing_schemas::lifecycle::{OneOffFee, OneOffInvoiceRequested};
+    const CUSTOMERS: usize = 300;
+    const PER_CUSTOMER: usize = 3;
+    const ONE_OFFS: usize = CUSTOMERS * PER_CUSTOMER;
+    let env = TestEnv::new("one_off_crash").await;
+    let store = env.billing_store().await;
+    let publisher = env.publisher();
+    publisher
+        .catalog(&basic_plan(), Encoding::Json)
+        .await
+        .unwrap();
+    let jan1 = at("2026-01-01T00:00:00Z");
+    env.tick(TENANT, CLOCK, jan1).await;
+    let mut sends = Vec::new();
+    for i in 0..CUSTOMERS {
+        for ev in customer_and_subscription(&format!("c{i:04}"), jan1) {
+            sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
+        }
+    }
+    for d in sends {
+        billing_runtime::publish::ack(d).await.unwrap();
+    }
+    let spawn = || spawn_service(&env.settings, "invoicer", &[]);
+    let mut children = [spawn(), spawn()];
+    env.clock_reached(&store, TENANT, CLOCK, jan1, Duration::from_secs(120))
+        .await;
+    eventually(Duration::from_secs(120), "the January invoices", || async {
+        (invoices_published(&env).await >= CUSTOMERS as i64).then_some(())
+    })
+    .await;
+    let id = |i: usize, k: usize| format!("inv_20260101_oneoff{i:04}{k}");
+    let mut sends = Vec::new();
+    for k in 0..PER_CUSTOMER {
+        for i in 0..CUSTOMERS {
+            let ev = LifecycleEvent {
+                tenant_id: TENANT.into(),
+                event_id: format!("one-off-{i}-{k}"),
+                occurred_at: jan1,
+                payload: Lifecycle::OneOffInvoiceRequested(OneOffInvoiceRequested {
+                    invoice_id: id(i, k),
+                    customer_id: format!("c{i:04}"),
+                    fees: vec![OneOffFee {
+                        add_on_code: "support".into(),
+                        name: "Support".into(),
+                        units: "1".into(),
+                        unit_amount: "25.00".into(),
+                        description: None,
+                        tax_codes: vec![],
+                    }],
+                }),
+            };
+            sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
+        }
+    }
+    for d in sends {
+        billing_runtime::publish::ack(d).await.unwrap();
+    }
+    sigkill_three_times(
+        &env,
+        &mut children,
+        CUSTOMERS as i64,
+        60,
+        (CUSTOMERS + ONE_OFFS) as i64,
+        "one-off invoices",
+    )
+    .await;
+    let invoices = eventually(
+        Duration::from_secs(300),
+        "every one-off invoice issued",
+        || async {
+            let all = all_invoices(&store, TENANT).await;
+            let done = all
+                .values()
+                .filter(|i| i.one_off && i.status == InvoiceStatus::Finalized)
+                .count();
+            (done == ONE_OFFS).then_some(all)
+        },
+    )
+    .await;
+    for child in &mut children {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert_eq!(invoices.len(), CUSTOMERS + ONE_OFFS);
+    for i in 0..CUSTOMERS {
+        for k in 0..PER_CUSTOMER {
+            let inv = &invoices[&id(i, k)];
+            assert!(inv.one_off, "{}", inv.invoice_id);
+            assert_eq!(inv.total, Decimal::new(2500, 2), "{}", inv.invoice_id);
+        }
+    }
+    let numbers: BTreeSet<String> = invoices
+        .values()
+        .map(|i| i.number.clone().unwrap())
+        .collect();
+    let want: BTreeSet<String> = (1..=CUSTOMERS + ONE_OFFS)
+        .map(|n| format!("ACME-{n:06}"))
+        .collect();
+    assert_eq!(numbers, want, "gap-free, no duplicate");
+    let published = env
+        .read_topic(&env.topics.invoices, usize::MAX, Duration::from_secs(20))
+        .await;
+    let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for m in &published {
+        let ev: InvoiceEvent = billing_schemas::decode(
+            rdkafka::Message::payload(m).unwrap(),
+            billing_runtime::kafka::content_type(m),
+        )
+        .unwrap();
+        if let Invoice::InvoiceFinalized(f) = ev.payload {
+            by_id.entry(f.invoice_id).or_default().insert(f.number);
+        }
+    }
+    assert_eq!(by_id.len(), CUSTOMERS + ONE_OFFS);
+    for (id, nums) in &by_id {
+        assert_eq!(nums.len(), 1, "{id} published with numbers {nums:?}");
+        assert_eq!(nums.iter().next(), invoices[id].number.as_ref());
+    }
+    let (rows, total): (u64, String) = env
+        .clickhouse()
+        .query("SELECT count(), toString(sum(total)) FROM invoices FINAL WHERE invoice_id LIKE '%oneoff%'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(rows, ONE_OFFS as u64);
+    assert_eq!(
+        total.parse::<Decimal>().unwrap(),
+        Decimal::from(25 * ONE_OFFS)
+    );
+    env.cleanup().await;
+}

@@ -523,3 +523,197 @@ async fn january_invoice(api: &Api, customer: &str) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// Requests the API would refuse, published straight to `billing.lifecycle` (another producer, or a state that changed
+/// between the API's check and the invoicer's): the invoicer checks again, dead-letters each with its reason, records
+/// a refused credit note as `rejected`, and goes on: a valid one-off invoice after them is issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_the_api_would_refuse_are_dead_lettered_by_the_invoicer() {
+    use billing_runtime::kafka::dlq_headers;
+    use billing_schemas::lifecycle::{
+        CreditNoteKind, CreditNoteLineRequest, CreditNoteRequested, InvoiceVoidRequested,
+        Lifecycle, LifecycleEvent, OneOffFee, OneOffInvoiceRequested,
+    };
+    use billing_schemas::Encoding;
+    use rdkafka::message::{Headers, Message};
+
+    let mut env = TestEnv::new("invoicer_refusals").await;
+    env.settings.query_api.write_wait = Duration::from_secs(60);
+    let services = Services::start(&env.settings).await;
+    let api = Api::new(&services.api, TENANT);
+    api.created(
+        "/v1/plans",
+        json!({"code": "basic", "interval": "monthly", "currency": "EUR", "amount": "50.00",
+               "pay_in_advance": true, "charges": []}),
+        201,
+    )
+    .await;
+    api.created(
+        "/v1/add_ons",
+        json!({"code": "setup", "name": "Setup", "amount": "100.00", "amount_currency": "EUR"}),
+        201,
+    )
+    .await;
+    let clock = api
+        .created(
+            "/v1/test_clocks",
+            json!({"frozen_time": "2026-01-01T00:00:00Z"}),
+            201,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.created(
+        "/v1/customers",
+        json!({"customer_id": "c-r", "name": "R", "currency": "EUR", "test_clock_id": clock}),
+        201,
+    )
+    .await;
+    api.created(
+        "/v1/subscriptions",
+        json!({"subscription_id": "sub-r", "customer_id": "c-r", "plan_code": "basic",
+               "started_at": "2026-01-01T00:00:00Z"}),
+        201,
+    )
+    .await;
+    api.advance_clock(&clock, "2026-01-01T01:00:00Z").await;
+    let january = january_invoice(&api, "c-r").await;
+    // A credit note the API accepts, so that the invoice can no longer be voided.
+    api.created(
+        &format!("/v1/invoices/{january}/credit_notes"),
+        json!({"type": "credit", "reason": "other", "lines": [{"line_index": 0, "amount": "10.00"}]}),
+        201,
+    )
+    .await;
+
+    let ev = |id: &str, payload| LifecycleEvent {
+        tenant_id: TENANT.into(),
+        event_id: id.into(),
+        occurred_at: "2026-01-01T01:00:00Z".parse().unwrap(),
+        payload,
+    };
+    let fee = |units: &str| OneOffFee {
+        add_on_code: "setup".into(),
+        name: "Setup".into(),
+        units: units.into(),
+        unit_amount: "100.00".into(),
+        description: None,
+        tax_codes: vec![],
+    };
+    let refused = [
+        (
+            ev(
+                "void-unknown",
+                Lifecycle::InvoiceVoidRequested(InvoiceVoidRequested {
+                    customer_id: "c-r".into(),
+                    invoice_id: "inv_nope".into(),
+                    reason: None,
+                }),
+            ),
+            "invoice_id: no invoice inv_nope",
+        ),
+        (
+            ev(
+                "void-credited",
+                Lifecycle::InvoiceVoidRequested(InvoiceVoidRequested {
+                    customer_id: "c-r".into(),
+                    invoice_id: january.clone(),
+                    reason: None,
+                }),
+            ),
+            "credit note",
+        ),
+        (
+            ev(
+                "credit-too-much",
+                Lifecycle::CreditNoteRequested(CreditNoteRequested {
+                    credit_note_id: "cn-too-much".into(),
+                    customer_id: "c-r".into(),
+                    invoice_id: january.clone(),
+                    kind: CreditNoteKind::Credit,
+                    reason: "other".into(),
+                    memo: None,
+                    lines: vec![CreditNoteLineRequest {
+                        line_index: 0,
+                        amount: "45.00".into(),
+                    }],
+                }),
+            ),
+            "lines[0].amount",
+        ),
+        (
+            ev(
+                "one-off-bad-units",
+                Lifecycle::OneOffInvoiceRequested(OneOffInvoiceRequested {
+                    invoice_id: "inv_20260101_bad".into(),
+                    customer_id: "c-r".into(),
+                    fees: vec![fee("1_000")],
+                }),
+            ),
+            "fees[0].units",
+        ),
+        (
+            ev(
+                "one-off-nobody",
+                Lifecycle::OneOffInvoiceRequested(OneOffInvoiceRequested {
+                    invoice_id: "inv_20260101_nobody".into(),
+                    customer_id: "nobody".into(),
+                    fees: vec![fee("1")],
+                }),
+            ),
+            "unknown customer",
+        ),
+    ];
+    let publisher = env.publisher();
+    for (e, _) in &refused {
+        publisher.lifecycle(e, Encoding::Avro).await.unwrap();
+    }
+    let dead = env
+        .read_topic(&env.topics.lifecycle_dlq, refused.len(), WAIT)
+        .await;
+    assert_eq!(dead.len(), refused.len());
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .map(|m| {
+            m.headers()
+                .and_then(|h| h.iter().find(|h| h.key == dlq_headers::REASON))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    for (_, want) in &refused {
+        let k = reasons
+            .iter()
+            .position(|r| r.contains(want))
+            .unwrap_or_else(|| panic!("no dead letter says {want:?}: {reasons:?}"));
+        reasons.remove(k);
+    }
+    // The refused credit note is recorded as such; the invoice is neither void nor credited again.
+    let cn = api.get("/v1/credit_notes/cn-too-much").await;
+    assert_eq!(cn.body["status"], "rejected", "{}", cn.body);
+    assert!(cn.body["rejection_reason"]
+        .as_str()
+        .unwrap()
+        .contains("lines[0].amount"));
+    let inv = api.get(&format!("/v1/invoices/{january}")).await.body;
+    assert_eq!(inv["status"], "finalized");
+    let notes = api
+        .get(&format!("/v1/invoices/{january}/credit_notes"))
+        .await
+        .body;
+    assert_eq!(notes["data"].as_array().map(Vec::len), Some(1), "{notes}");
+    // The invoicer went on.
+    let one_off = api
+        .created(
+            "/v1/invoices",
+            json!({"customer_id": "c-r", "fees": [{"add_on_code": "setup"}]}),
+            201,
+        )
+        .await;
+    assert_eq!(one_off["total"], "100.00", "{one_off}");
+    assert_eq!(one_off["status"], "finalized");
+    services.shutdown().await;
+    env.cleanup().await;
+}
