@@ -998,3 +998,118 @@ async fn sigkilled_invoicer_issues_every_one_off_invoice_once_with_gap_free_numb
     );
     env.cleanup().await;
 }
+
+/// Voids while the invoicer is killed: 300 customers with a 100.00 January invoice, all voided at once; two `billing
+/// invoicer` processes share the partitions and one is killed with SIGKILL three times while they void them. Every
+/// invoice ends void with its number kept (still 1..=300), `invoice.voided` is published for each with that number
+/// (again after a kill, never with another), and ClickHouse `invoice_voids` has each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkilled_invoicer_voids_every_invoice_once_and_keeps_its_number() {
+    use billing_schemas::lifecycle::InvoiceVoidRequested;
+    const CUSTOMERS: usize = 300;
+    let env = TestEnv::new("void_crash").await;
+    let store = env.billing_store().await;
+    let publisher = env.publisher();
+    publisher
+        .catalog(&basic_plan(), Encoding::Json)
+        .await
+        .unwrap();
+    let jan1 = at("2026-01-01T00:00:00Z");
+    env.tick(TENANT, CLOCK, jan1).await;
+    let mut sends = Vec::new();
+    for i in 0..CUSTOMERS {
+        for ev in customer_and_subscription(&format!("c{i:04}"), jan1) {
+            sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
+        }
+    }
+    for d in sends {
+        billing_runtime::publish::ack(d).await.unwrap();
+    }
+    let spawn = || spawn_service(&env.settings, "invoicer", &[]);
+    let mut children = [spawn(), spawn()];
+    env.clock_reached(&store, TENANT, CLOCK, jan1, Duration::from_secs(120))
+        .await;
+    eventually(Duration::from_secs(120), "the January invoices", || async {
+        (invoices_published(&env).await >= CUSTOMERS as i64).then_some(())
+    })
+    .await;
+    let numbered: BTreeMap<String, String> = all_invoices(&store, TENANT)
+        .await
+        .into_values()
+        .map(|i| (i.invoice_id, i.number.unwrap()))
+        .collect();
+    assert_eq!(numbered.len(), CUSTOMERS);
+    let mut sends = Vec::new();
+    for i in 0..CUSTOMERS {
+        let customer = format!("c{i:04}");
+        let ev = LifecycleEvent {
+            tenant_id: TENANT.into(),
+            event_id: format!("void-{i}"),
+            occurred_at: jan1,
+            payload: Lifecycle::InvoiceVoidRequested(InvoiceVoidRequested {
+                invoice_id: billing_store::invoices::invoice_id(TENANT, &customer, jan1),
+                customer_id: customer,
+                reason: Some("test".into()),
+            }),
+        };
+        sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
+    }
+    for d in sends {
+        billing_runtime::publish::ack(d).await.unwrap();
+    }
+    sigkill_three_times(
+        &env,
+        &mut children,
+        CUSTOMERS as i64,
+        30,
+        2 * CUSTOMERS as i64,
+        "voids",
+    )
+    .await;
+    let invoices = eventually(Duration::from_secs(300), "every invoice void", || async {
+        let all = all_invoices(&store, TENANT).await;
+        all.values()
+            .all(|i| i.status == InvoiceStatus::Void)
+            .then_some(all)
+    })
+    .await;
+    for child in &mut children {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert_eq!(invoices.len(), CUSTOMERS);
+    for inv in invoices.values() {
+        assert_eq!(inv.number.as_ref(), Some(&numbered[&inv.invoice_id]));
+        assert!(inv.voided_at.is_some(), "{}", inv.invoice_id);
+    }
+    let published = env
+        .read_topic(&env.topics.invoices, usize::MAX, Duration::from_secs(20))
+        .await;
+    let mut voided: BTreeMap<String, BTreeSet<Option<String>>> = BTreeMap::new();
+    for m in &published {
+        let ev: InvoiceEvent = billing_schemas::decode(
+            rdkafka::Message::payload(m).unwrap(),
+            billing_runtime::kafka::content_type(m),
+        )
+        .unwrap();
+        if let Invoice::InvoiceVoided(v) = ev.payload {
+            voided.entry(v.invoice_id).or_default().insert(v.number);
+        }
+    }
+    assert_eq!(voided.len(), CUSTOMERS);
+    for (id, nums) in &voided {
+        assert_eq!(
+            nums.iter().collect::<Vec<_>>(),
+            vec![&Some(numbered[id].clone())],
+            "{id}"
+        );
+    }
+    let rows: u64 = env
+        .clickhouse()
+        .query("SELECT count() FROM invoice_voids FINAL")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(rows, CUSTOMERS as u64);
+    env.cleanup().await;
+}
