@@ -121,10 +121,7 @@ async fn wallet_json(
             }
         }
     }
-    for id in state.billing.invoice_ids_of(tenant, &c.customer_id).await? {
-        let Some(inv) = state.billing.invoice(tenant, &id).await? else {
-            continue;
-        };
+    for inv in state.billing.invoices_of(tenant, &c.customer_id).await? {
         if inv.status == billing_store::invoices::InvoiceStatus::Draft {
             continue;
         }
