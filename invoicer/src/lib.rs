@@ -7,7 +7,7 @@
 
 mod bill;
 mod credit_notes;
-mod metrics;
+pub mod metrics;
 pub mod payments;
 pub mod service;
 mod views;

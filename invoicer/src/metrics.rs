@@ -1,6 +1,6 @@
 //! The invoicer's Prometheus metrics, each defined once here.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The service's metrics and the registry that exports them.
 #[derive(Clone)]
@@ -17,12 +17,19 @@ pub struct Metrics {
     pub credit_notes: IntCounterVec,
     /// Void requests by outcome: `voided` or `rejected`.
     pub voids: IntCounterVec,
+    /// Lifecycle events waiting on the partitions this instance owns (end offset − next offset to handle): what an
+    /// autoscaler scales the invoicer on (`deploy/k8s/autoscaling.yaml`; the group commits no offsets, so the
+    /// broker's consumer lag says nothing).
+    pub lifecycle_lag: IntGauge,
 }
+
+/// The registry's prefix: every metric is `billing_invoicer_<name>`.
+pub const PREFIX: &str = "billing_invoicer";
 
 impl Metrics {
     /// Create and register every metric.
     pub fn new() -> prometheus::Result<Self> {
-        let registry = Registry::new_custom(Some("billing_invoicer".into()), None)?;
+        let registry = Registry::new_custom(Some(PREFIX.into()), None)?;
         let lifecycle = IntCounterVec::new(
             Opts::new(
                 "lifecycle_events_total",
@@ -54,6 +61,11 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(voids.clone()))?;
+        let lifecycle_lag = IntGauge::new(
+            "lifecycle_lag",
+            "Lifecycle events waiting on the partitions this instance owns",
+        )?;
+        registry.register(Box::new(lifecycle_lag.clone()))?;
         Ok(Metrics {
             registry,
             lifecycle,
@@ -61,6 +73,7 @@ impl Metrics {
             retries,
             credit_notes,
             voids,
+            lifecycle_lag,
         })
     }
 }

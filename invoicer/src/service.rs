@@ -45,6 +45,8 @@ use crate::views;
 
 /// How often pending read-model progress is recorded at least.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// How often the lifecycle lag gauge is measured.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 /// Store requests a bill run keeps in flight.
 const CONCURRENCY: usize = 64;
 
@@ -233,6 +235,7 @@ impl Invoicer {
         self.assign_catalog()?;
         self.catalog_catch_up(&shutdown).await?;
         let mut flush = tokio::time::interval(FLUSH_EVERY);
+        let mut lag_reported = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -245,6 +248,10 @@ impl Invoicer {
                     if let Err(e) = self.flush_progress().await {
                         tracing::warn!(error = %e, "read model flush failed; retrying");
                         self.metrics.retries.inc();
+                    }
+                    if lag_reported.elapsed() >= LAG_EVERY {
+                        self.report_lag();
+                        lag_reported = tokio::time::Instant::now();
                     }
                 }
                 m = self.lifecycle.recv() => {
@@ -734,6 +741,26 @@ impl Invoicer {
             self.flush_progress().await?;
         }
         Ok(())
+    }
+
+    /// Set the lag gauge: the end offset of each owned partition less the next offset to handle. A partition whose
+    /// end offset cannot be read now keeps the gauge as it was.
+    fn report_lag(&self) {
+        let mut lag = 0;
+        for (p, s) in &self.partitions {
+            match self.watermarks.fetch_watermarks(
+                &self.topics.lifecycle,
+                *p,
+                Duration::from_secs(1),
+            ) {
+                Ok((_, high)) => lag += (high - s.next).max(0),
+                Err(e) => {
+                    tracing::debug!(partition = p, error = %e, "lag not measured");
+                    return;
+                }
+            }
+        }
+        self.metrics.lifecycle_lag.set(lag);
     }
 
     async fn flush_progress(&mut self) -> anyhow::Result<()> {

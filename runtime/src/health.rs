@@ -91,15 +91,22 @@ struct HealthState {
     registry: Registry,
 }
 
+/// Liveness: 200 while the process serves (orchestrators restart it otherwise).
+pub const HEALTH_PATH: &str = "/health";
+/// Readiness: 200 once every check passes, 503 with the failing checks otherwise.
+pub const READY_PATH: &str = "/ready";
+/// Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
+
 /// The three endpoints, to serve alone or merge into a service's router.
 pub fn router(readiness: Readiness, registry: Registry) -> Router {
     Router::new()
         .route(
-            "/health",
+            HEALTH_PATH,
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+        .route(READY_PATH, get(ready))
+        .route(METRICS_PATH, get(metrics))
         .with_state(HealthState {
             readiness,
             registry,
