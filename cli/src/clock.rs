@@ -64,9 +64,17 @@ fn tick(tenant: &str, clock: &str, now: DateTime<Utc>) -> LifecycleEvent {
 pub async fn ticker(settings: Settings, args: TickerArgs, stop: Shutdown) -> anyhow::Result<()> {
     let publisher = Publisher::new(&settings.kafka)?;
     let mut every = tokio::time::interval(args.interval);
+    let mut retention = tokio::time::interval(settings.retention.interval);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
+            _ = retention.tick(), if !args.once => {
+                // Housekeeping, not billing: a failure is logged and tried again at the next interval.
+                match billing_store::retention::run(&settings, chrono::Utc::now()).await {
+                    Ok(report) => tracing::info!(%report, "retention applied"),
+                    Err(e) => tracing::warn!(error = %e, "retention failed; trying again at the next interval"),
+                }
+            }
             _ = every.tick() => {
                 let now = Utc::now();
                 publisher

@@ -54,9 +54,20 @@ enum Command {
     /// Test clocks.
     #[command(subcommand)]
     Clock(clock::ClockCommand),
+    /// Data retention (`[retention]` settings): drop expired usage-event partitions, set the dead-letter topics'
+    /// retention and the webhook delivery logs' TTL. Invoices and credit notes are never deleted.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Offline pricing: evaluate a charge or preview an invoice from a JSON file.
     #[command(subcommand)]
     Pricing(pricing::Command),
+}
+
+/// `billing retention`.
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Apply the retention settings now (the ticker also does, every `retention.interval`).
+    Run,
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,6 +114,13 @@ async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Webhooks => billing_webhooks::run(settings, stop).await,
         Command::Ticker(args) => clock::ticker(settings, args, stop).await,
         Command::Clock(clock::ClockCommand::Advance(args)) => clock::advance(settings, args).await,
+        Command::Retention(RetentionCommand::Run) => {
+            let report = billing_store::retention::run(&settings, chrono::Utc::now())
+                .await
+                .context("retention failed")?;
+            println!("retention: {report}");
+            Ok(())
+        }
         Command::Demo(args) => demo::run(settings, args, stop).await,
         Command::BenchUsage(args) => bench::run(settings, args, stop).await,
         Command::BenchBillrun(args) => bench_billrun::run(settings, args, stop).await,

@@ -33,6 +33,27 @@ pub struct Settings {
     pub payments: PaymentsConfig,
     /// The webhooks dispatcher (and the API's webhook endpoints).
     pub webhooks: WebhooksConfig,
+    /// How long operational data is kept (`billing retention run`, and the ticker every `interval`).
+    pub retention: RetentionConfig,
+}
+
+/// Data retention. Invoices, credit notes and everything billing decides from are never deleted by it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Raw usage events in ClickHouse `usage_events`: a monthly partition is dropped once all of it is older.
+    #[serde(with = "humantime_serde")]
+    pub usage_events: Duration,
+    /// Dead-letter topics (`billing.usage.dlq`, `billing.lifecycle.dlq`): their Kafka `retention.ms`.
+    #[serde(with = "humantime_serde")]
+    pub dead_letters: Duration,
+    /// Webhook delivery logs (`webhook_deliveries`, `webhook_deliveries_by_created`): their CQL default TTL, for
+    /// rows written from then on.
+    #[serde(with = "humantime_serde")]
+    pub webhook_deliveries: Duration,
+    /// How often `billing ticker` applies it.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 /// Kafka settings.

@@ -276,6 +276,31 @@ impl ConsumerContext for Revocations {
     }
 }
 
+/// Set `retention.ms` of these topics (an `AlterConfigs`: their other settings go back to the broker's defaults,
+/// which is what the dead-letter topics are created with).
+pub async fn set_retention(
+    cfg: &KafkaConfig,
+    topics: &[String],
+    retention: Duration,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base(cfg).create()?;
+    let ms = retention.as_millis().to_string();
+    let changes: Vec<rdkafka::admin::AlterConfig<'_>> = topics
+        .iter()
+        .map(|t| {
+            rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(t))
+                .set("retention.ms", &ms)
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.alter_configs(changes.iter(), &opts).await? {
+        if let Err((resource, code)) = result {
+            anyhow::bail!("setting retention.ms of {resource:?}: {code}");
+        }
+    }
+    Ok(())
+}
+
 /// Create every topic that is missing. Existing topics are left as they are, so this is idempotent.
 pub async fn ensure_topics(cfg: &KafkaConfig) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> = base(cfg).create()?;

@@ -19,6 +19,7 @@ pub mod late_usage;
 pub mod materialized_offsets;
 pub mod migrate;
 pub mod payments;
+pub mod retention;
 pub mod sandbox_ledger;
 pub mod subscriptions;
 pub mod test_clocks;
