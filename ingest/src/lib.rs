@@ -88,6 +88,7 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(billing_runtime::http::request_id))
         .with_state(app)
 }
 

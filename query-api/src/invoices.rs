@@ -239,15 +239,44 @@ pub async fn existing(state: &AppState, tenant: &str, id: &str) -> Result<Invoic
 }
 
 /// `GET /v1/invoices/{id}`.
+///
+/// The answer carries a strong `ETag` (a hash of its body: any change to the invoice or its payment changes it); a
+/// request whose `If-None-Match` names it (or `*`) gets `304 Not Modified` without a body.
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    use sha2::Digest;
     let inv = existing(&state, &tenant, &id).await?;
-    Ok(Json(
-        crate::payments::invoice_json(&state, &tenant, inv).await?,
-    ))
+    let body = crate::payments::invoice_json(&state, &tenant, inv).await?;
+    let bytes = serde_json::to_vec(&body).map_err(anyhow::Error::from)?;
+    let digest = sha2::Sha256::digest(&bytes);
+    let etag = format!(
+        "\"{}\"",
+        digest[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let matches = headers
+        .get_all(axum::http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag || t == "*");
+    let tag = axum::http::HeaderValue::from_str(&etag).map_err(anyhow::Error::from)?;
+    if matches {
+        return Ok((
+            axum::http::StatusCode::NOT_MODIFIED,
+            [(axum::http::header::ETAG, tag)],
+        )
+            .into_response());
+    }
+    Ok(([(axum::http::header::ETAG, tag)], Json(body)).into_response())
 }
 
 /// The invoices of a page as the API shows them (with their payment).

@@ -93,7 +93,9 @@ pub async fn run(
         let s = session.clone();
         async move { cql::ping(&s).await }
     });
-    let app = routes::router(state).merge(health::router(readiness, registry));
+    let app = routes::router(state)
+        .merge(health::router(readiness, registry))
+        .layer(axum::middleware::from_fn(billing_runtime::http::request_id));
     let (addr, handle) = health::serve(cfg.listen, app, shutdown).await?;
     tracing::info!(%addr, "query-api listening");
     on_bound(addr);

@@ -87,6 +87,63 @@ async fn invoices_published(env: &TestEnv) -> i64 {
         .sum()
 }
 
+/// `n` customers `c0000`… on `basic` from January 1, billed for January by two `billing invoicer` processes (returned,
+/// running).
+async fn january_billed(
+    env: &TestEnv,
+    store: &billing_store::billing::BillingStore,
+    n: usize,
+) -> [std::process::Child; 2] {
+    let publisher = env.publisher();
+    publisher
+        .catalog(&basic_plan(), Encoding::Json)
+        .await
+        .unwrap();
+    let jan1 = at("2026-01-01T00:00:00Z");
+    env.tick(TENANT, CLOCK, jan1).await;
+    let mut sends = Vec::new();
+    for i in 0..n {
+        for ev in customer_and_subscription(&format!("c{i:04}"), jan1) {
+            sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
+        }
+    }
+    for d in sends {
+        billing_runtime::publish::ack(d).await.unwrap();
+    }
+    let spawn = || spawn_service(&env.settings, "invoicer", &[]);
+    let children = [spawn(), spawn()];
+    env.clock_reached(store, TENANT, CLOCK, jan1, Duration::from_secs(120))
+        .await;
+    eventually(Duration::from_secs(120), "the January invoices", || async {
+        (invoices_published(env).await >= n as i64).then_some(())
+    })
+    .await;
+    children
+}
+
+/// What `billing.invoices` says, read from its start: for each id `pick` finds in an event, every number it was
+/// published with.
+async fn published_numbers(
+    env: &TestEnv,
+    pick: impl Fn(Invoice) -> Option<(String, Option<String>)>,
+) -> BTreeMap<String, BTreeSet<Option<String>>> {
+    let published = env
+        .read_topic(&env.topics.invoices, usize::MAX, Duration::from_secs(20))
+        .await;
+    let mut out: BTreeMap<String, BTreeSet<Option<String>>> = BTreeMap::new();
+    for m in &published {
+        let ev: InvoiceEvent = billing_schemas::decode(
+            rdkafka::Message::payload(m).unwrap(),
+            billing_runtime::kafka::content_type(m),
+        )
+        .unwrap();
+        if let Some((id, number)) = pick(ev.payload) {
+            out.entry(id).or_default().insert(number);
+        }
+    }
+    out
+}
+
 /// Kill one of the two invoicer processes with SIGKILL three times, alternately, each time once `step` more messages
 /// than at the previous kill (`published` at first) are on `billing.invoices`; each kill must land before all `total`
 /// are, and the killed process is started again.
@@ -202,27 +259,15 @@ async fn sigkilled_invoicer_issues_every_invoice_once_with_gap_free_numbers() {
     assert_eq!(numbers, want);
     // Published: each invoice at least once (a kill between publishing and recording publishes again), always
     // with the same number.
-    let published = env
-        .read_topic(&env.topics.invoices, usize::MAX, Duration::from_secs(20))
-        .await;
-    let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for m in &published {
-        let ev: InvoiceEvent = billing_schemas::decode(
-            rdkafka::Message::payload(m).unwrap(),
-            billing_runtime::kafka::content_type(m),
-        )
-        .unwrap();
-        if let Invoice::InvoiceFinalized(f) = ev.payload {
-            by_id.entry(f.invoice_id).or_default().insert(f.number);
-        }
-    }
+    let by_id = published_numbers(&env, |ev| match ev {
+        Invoice::InvoiceFinalized(f) => Some((f.invoice_id, Some(f.number))),
+        _ => None,
+    })
+    .await;
     assert_eq!(by_id.len(), 2 * CUSTOMERS);
     for (id, nums) in &by_id {
         assert_eq!(nums.len(), 1, "{id} published with numbers {nums:?}");
-        assert_eq!(
-            Some(nums.iter().next().unwrap()),
-            invoices[id].number.as_ref()
-        );
+        assert_eq!(nums.iter().next(), Some(&invoices[id].number));
     }
     // Analytics: one row per invoice, the same grand total.
     let (rows, total): (u64, String) = env
@@ -494,29 +539,8 @@ async fn sigkilled_invoicer_issues_every_credit_note_once_with_gap_free_numbers(
     let store = env.billing_store().await;
     let notes = env.credit_note_store().await;
     let publisher = env.publisher();
-    publisher
-        .catalog(&basic_plan(), Encoding::Json)
-        .await
-        .unwrap();
     let jan1 = at("2026-01-01T00:00:00Z");
-    env.tick(TENANT, CLOCK, jan1).await;
-    let mut sends = Vec::new();
-    for i in 0..CUSTOMERS {
-        for ev in customer_and_subscription(&format!("c{i:04}"), jan1) {
-            sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
-        }
-    }
-    for d in sends {
-        billing_runtime::publish::ack(d).await.unwrap();
-    }
-    let spawn = || spawn_service(&env.settings, "invoicer", &[]);
-    let mut children = [spawn(), spawn()];
-    env.clock_reached(&store, TENANT, CLOCK, jan1, Duration::from_secs(120))
-        .await;
-    eventually(Duration::from_secs(120), "the January invoices", || async {
-        (invoices_published(&env).await >= CUSTOMERS as i64).then_some(())
-    })
-    .await;
+    let mut children = january_billed(&env, &store, CUSTOMERS).await;
     let mut sends = Vec::new();
     for k in 0..PER_INVOICE {
         for i in 0..CUSTOMERS {
@@ -584,20 +608,11 @@ async fn sigkilled_invoicer_issues_every_credit_note_once_with_gap_free_numbers(
         .collect();
     let want: BTreeSet<String> = (1..=NOTES).map(|n| format!("ACME-CN-{n:06}")).collect();
     assert_eq!(numbers, want, "gap-free, no duplicate");
-    let published = env
-        .read_topic(&env.topics.invoices, usize::MAX, Duration::from_secs(20))
-        .await;
-    let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for m in &published {
-        let ev: InvoiceEvent = billing_schemas::decode(
-            rdkafka::Message::payload(m).unwrap(),
-            billing_runtime::kafka::content_type(m),
-        )
-        .unwrap();
-        if let Invoice::CreditNoteCreated(c) = ev.payload {
-            by_id.entry(c.credit_note_id).or_default().insert(c.number);
-        }
-    }
+    let by_id = published_numbers(&env, |ev| match ev {
+        Invoice::CreditNoteCreated(c) => Some((c.credit_note_id, Some(c.number))),
+        _ => None,
+    })
+    .await;
     assert_eq!(by_id.len(), NOTES);
     for cn in &issued {
         let nums = &by_id[&cn.credit_note_id];
@@ -607,7 +622,7 @@ async fn sigkilled_invoicer_issues_every_credit_note_once_with_gap_free_numbers(
             "{} published with {nums:?}",
             cn.credit_note_id
         );
-        assert_eq!(nums.iter().next(), cn.number.as_ref());
+        assert_eq!(nums.iter().next(), Some(&cn.number));
     }
     let (rows, total): (u64, String) = env
         .clickhouse()
@@ -874,29 +889,8 @@ async fn sigkilled_invoicer_issues_every_one_off_invoice_once_with_gap_free_numb
     let env = TestEnv::new("one_off_crash").await;
     let store = env.billing_store().await;
     let publisher = env.publisher();
-    publisher
-        .catalog(&basic_plan(), Encoding::Json)
-        .await
-        .unwrap();
     let jan1 = at("2026-01-01T00:00:00Z");
-    env.tick(TENANT, CLOCK, jan1).await;
-    let mut sends = Vec::new();
-    for i in 0..CUSTOMERS {
-        for ev in customer_and_subscription(&format!("c{i:04}"), jan1) {
-            sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
-        }
-    }
-    for d in sends {
-        billing_runtime::publish::ack(d).await.unwrap();
-    }
-    let spawn = || spawn_service(&env.settings, "invoicer", &[]);
-    let mut children = [spawn(), spawn()];
-    env.clock_reached(&store, TENANT, CLOCK, jan1, Duration::from_secs(120))
-        .await;
-    eventually(Duration::from_secs(120), "the January invoices", || async {
-        (invoices_published(&env).await >= CUSTOMERS as i64).then_some(())
-    })
-    .await;
+    let mut children = january_billed(&env, &store, CUSTOMERS).await;
     let id = |i: usize, k: usize| format!("inv_20260101_oneoff{i:04}{k}");
     let mut sends = Vec::new();
     for k in 0..PER_CUSTOMER {
@@ -966,24 +960,15 @@ async fn sigkilled_invoicer_issues_every_one_off_invoice_once_with_gap_free_numb
         .map(|n| format!("ACME-{n:06}"))
         .collect();
     assert_eq!(numbers, want, "gap-free, no duplicate");
-    let published = env
-        .read_topic(&env.topics.invoices, usize::MAX, Duration::from_secs(20))
-        .await;
-    let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for m in &published {
-        let ev: InvoiceEvent = billing_schemas::decode(
-            rdkafka::Message::payload(m).unwrap(),
-            billing_runtime::kafka::content_type(m),
-        )
-        .unwrap();
-        if let Invoice::InvoiceFinalized(f) = ev.payload {
-            by_id.entry(f.invoice_id).or_default().insert(f.number);
-        }
-    }
+    let by_id = published_numbers(&env, |ev| match ev {
+        Invoice::InvoiceFinalized(f) => Some((f.invoice_id, Some(f.number))),
+        _ => None,
+    })
+    .await;
     assert_eq!(by_id.len(), CUSTOMERS + ONE_OFFS);
     for (id, nums) in &by_id {
         assert_eq!(nums.len(), 1, "{id} published with numbers {nums:?}");
-        assert_eq!(nums.iter().next(), invoices[id].number.as_ref());
+        assert_eq!(nums.iter().next(), Some(&invoices[id].number));
     }
     let (rows, total): (u64, String) = env
         .clickhouse()
@@ -1010,29 +995,8 @@ async fn sigkilled_invoicer_voids_every_invoice_once_and_keeps_its_number() {
     let env = TestEnv::new("void_crash").await;
     let store = env.billing_store().await;
     let publisher = env.publisher();
-    publisher
-        .catalog(&basic_plan(), Encoding::Json)
-        .await
-        .unwrap();
     let jan1 = at("2026-01-01T00:00:00Z");
-    env.tick(TENANT, CLOCK, jan1).await;
-    let mut sends = Vec::new();
-    for i in 0..CUSTOMERS {
-        for ev in customer_and_subscription(&format!("c{i:04}"), jan1) {
-            sends.push(publisher.send_lifecycle(&ev, Encoding::Avro).unwrap());
-        }
-    }
-    for d in sends {
-        billing_runtime::publish::ack(d).await.unwrap();
-    }
-    let spawn = || spawn_service(&env.settings, "invoicer", &[]);
-    let mut children = [spawn(), spawn()];
-    env.clock_reached(&store, TENANT, CLOCK, jan1, Duration::from_secs(120))
-        .await;
-    eventually(Duration::from_secs(120), "the January invoices", || async {
-        (invoices_published(&env).await >= CUSTOMERS as i64).then_some(())
-    })
-    .await;
+    let mut children = january_billed(&env, &store, CUSTOMERS).await;
     let numbered: BTreeMap<String, String> = all_invoices(&store, TENANT)
         .await
         .into_values()
@@ -1082,20 +1046,11 @@ async fn sigkilled_invoicer_voids_every_invoice_once_and_keeps_its_number() {
         assert_eq!(inv.number.as_ref(), Some(&numbered[&inv.invoice_id]));
         assert!(inv.voided_at.is_some(), "{}", inv.invoice_id);
     }
-    let published = env
-        .read_topic(&env.topics.invoices, usize::MAX, Duration::from_secs(20))
-        .await;
-    let mut voided: BTreeMap<String, BTreeSet<Option<String>>> = BTreeMap::new();
-    for m in &published {
-        let ev: InvoiceEvent = billing_schemas::decode(
-            rdkafka::Message::payload(m).unwrap(),
-            billing_runtime::kafka::content_type(m),
-        )
-        .unwrap();
-        if let Invoice::InvoiceVoided(v) = ev.payload {
-            voided.entry(v.invoice_id).or_default().insert(v.number);
-        }
-    }
+    let voided = published_numbers(&env, |ev| match ev {
+        Invoice::InvoiceVoided(v) => Some((v.invoice_id, v.number)),
+        _ => None,
+    })
+    .await;
     assert_eq!(voided.len(), CUSTOMERS);
     for (id, nums) in &voided {
         assert_eq!(

@@ -289,6 +289,32 @@ async fn taxes_at_every_level_and_voids() {
 
     // The void of c-void's invoice: nothing was paid (it has no payment method).
     let void_id = january_invoice(&api, "c-void").await;
+    // Invoice reads carry an ETag; asked again with it, the answer is 304 without a body. Every answer has a request
+    // id: the caller's when it sends one.
+    let path = format!("/v1/invoices/{void_id}");
+    let first = api.get(&path).await;
+    let etag = first.headers["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
+    assert!(first.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
+    let again = api
+        .get_with(
+            &path,
+            &[("if-none-match", &etag), ("x-request-id", "trace-42")],
+        )
+        .await;
+    assert_eq!(again.status, 304);
+    assert_eq!(again.body, Value::String(String::new()));
+    assert_eq!(again.headers["etag"].to_str().unwrap(), etag);
+    assert_eq!(again.headers["x-request-id"], "trace-42");
+    assert_eq!(
+        api.get_with(&path, &[("if-none-match", "\"other\"")])
+            .await
+            .status,
+        200
+    );
     let invoices_before = env
         .read_topic(&env.topics.invoices, 1000, Duration::from_secs(2))
         .await
@@ -299,6 +325,12 @@ async fn taxes_at_every_level_and_voids() {
             json!({"reason": "issued by mistake"}),
         )
         .await;
+    let changed = api.get_with(&path, &[("if-none-match", &etag)]).await;
+    assert_eq!(
+        changed.status, 200,
+        "a void changes the invoice, so its ETag"
+    );
+    assert_ne!(changed.headers["etag"].to_str().unwrap(), etag);
     assert_eq!(voided.status, 200, "{}", voided.body);
     assert_eq!(voided.body["status"], "void");
     assert!(voided.body["number"].as_str().unwrap().starts_with("ACME-"));
