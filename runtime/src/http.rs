@@ -117,6 +117,34 @@ impl<S: Send + Sync> FromRequestParts<S> for Tenant {
     }
 }
 
+/// The header carrying a request's id.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Middleware giving every request an id: the caller's `X-Request-Id` when it is 1 to 128 visible ASCII characters,
+/// else `req_<32 hex>`. It is echoed in the response's `X-Request-Id` and recorded on the span of every log line the
+/// request writes, so a client's report and the logs meet.
+pub async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path()
+    );
+    let mut response = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,32 +173,4 @@ mod tests {
         assert_eq!(resp.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
     }
-}
-
-/// The header carrying a request's id.
-pub const REQUEST_ID: &str = "x-request-id";
-
-/// Middleware giving every request an id: the caller's `X-Request-Id` when it is 1 to 128 visible ASCII characters,
-/// else `req_<32 hex>`. It is echoed in the response's `X-Request-Id` and recorded on the span of every log line the
-/// request writes, so a client's report and the logs meet.
-pub async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    use tracing::Instrument;
-    let id = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %req.method(),
-        path = %req.uri().path()
-    );
-    let mut response = next.run(req).instrument(span).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, v);
-    }
-    response
 }
