@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use billing_runtime::health::{HEALTH_PATH, READY_PATH};
 use billing_runtime::kafka::Topics;
@@ -78,7 +79,10 @@ fn settings_of(docs: &BTreeMap<(String, String), Value>, container: &Value) -> S
         .as_str()
         .unwrap_or_else(|| panic!("the ConfigMap has {file}"));
     assert_eq!(mount["name"], "config");
-    let tmp = std::env::temp_dir().join(format!("k8s-{}-{file}", std::process::id()));
+    // The tests of this file run in parallel in one process: each load gets its own file.
+    static LOADS: AtomicUsize = AtomicUsize::new(0);
+    let load = LOADS.fetch_add(1, Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!("k8s-{}-{load}-{file}", std::process::id()));
     std::fs::write(&tmp, text).unwrap();
     let secrets = &docs[&("Secret".to_owned(), "billing-secrets".to_owned())];
     let secret_env = secrets["stringData"]
