@@ -156,10 +156,11 @@ async fn usage_workload(
     let topics = Topics::new(&settings.kafka);
     let producer = kafka::producer(&settings.kafka)?;
     publish_reference(&Publisher::new(&settings.kafka)?, args).await?;
+    let key = crate::keys::demo_key(settings, &args.tenant).await?;
     let mut before = BTreeMap::new();
     for c in 0..args.customers {
         let customer = format!("customer-{c:03}");
-        let seen = usage_of(http, base, &args.tenant, &customer).await["events_count"].as_u64();
+        let seen = usage_of(http, base, &key, &customer).await["events_count"].as_u64();
         before.insert(customer, seen.unwrap_or(0));
     }
     // Event times fall in one fixed month so that re-running the demo adds to the same totals visibly.
@@ -221,11 +222,10 @@ async fn usage_workload(
         "produced {total} usage events for {} customers, and 3 malformed messages",
         args.customers
     );
-    wait_until_visible(http, base, &args.tenant, &expected, &before).await?;
+    wait_until_visible(http, base, &key, &expected, &before).await?;
     Ok(vec![
         format!(
-            "usage API:    curl -s -H 'X-Tenant-Id: {}' '{base}/v1/customers/customer-000/usage?at=2026-11-15T00:00:00Z'",
-            args.tenant
+            "usage API:    curl -s -H 'Authorization: Bearer {key}' '{base}/v1/customers/customer-000/usage?at=2026-11-15T00:00:00Z'"
         ),
         format!(
             "usage in ClickHouse: clickhouse-client --query \"SELECT customer_id, count(), sum(value) FROM {}.usage_events FINAL WHERE tenant_id = '{}' GROUP BY customer_id ORDER BY customer_id\"",
@@ -265,7 +265,7 @@ fn send_usage(
 async fn wait_until_visible(
     http: &reqwest::Client,
     base: &str,
-    tenant: &str,
+    key: &str,
     expected: &BTreeMap<String, (u64, Decimal)>,
     before: &BTreeMap<String, u64>,
 ) -> anyhow::Result<()> {
@@ -274,7 +274,7 @@ async fn wait_until_visible(
         // Earlier demo runs add to the same period: wait for this run's events on top of what was there.
         let want = before.get(customer).copied().unwrap_or(0) + expected[customer].0;
         loop {
-            let charge = usage_of(http, base, tenant, customer).await;
+            let charge = usage_of(http, base, key, customer).await;
             if charge["events_count"].as_u64().unwrap_or(0) >= want {
                 println!(
                     "  {customer}: {} events, {} units, {} {}",
@@ -292,12 +292,12 @@ async fn wait_until_visible(
     Ok(())
 }
 
-/// The demo charge's usage of a customer in November 2026, as the API serves it (null when absent).
-async fn usage_of(http: &reqwest::Client, base: &str, tenant: &str, customer: &str) -> Value {
+/// The demo charge's usage of a customer in November 2026, as the API serves it to `key` (null when absent).
+async fn usage_of(http: &reqwest::Client, base: &str, key: &str, customer: &str) -> Value {
     let url = format!("{base}/v1/customers/{customer}/usage?at=2026-11-15T00:00:00Z");
     let doc = async {
         http.get(url)
-            .header("x-tenant-id", tenant)
+            .bearer_auth(key)
             .send()
             .await?
             .json::<Value>()
@@ -779,7 +779,8 @@ fn demo_catalog() -> (Value, Vec<Value>) {
 struct Api {
     http: reqwest::Client,
     base: String,
-    tenant: String,
+    /// An admin key of the tenant.
+    key: String,
 }
 
 impl Api {
@@ -798,7 +799,7 @@ impl Api {
             let mut req = self
                 .http
                 .request(method.clone(), &url)
-                .header("x-tenant-id", &self.tenant)
+                .bearer_auth(&self.key)
                 .timeout(timeout);
             if let Some(b) = body {
                 req = req.json(b);
@@ -995,7 +996,7 @@ async fn billing_workload(
     let api = Api {
         http: http.clone(),
         base: base.to_owned(),
-        tenant: tenant.clone(),
+        key: crate::keys::demo_key(settings, &tenant).await?,
     };
     let customers = demo_customers();
     let acts = demo_acts();
@@ -1359,7 +1360,7 @@ async fn billing_workload(
         }
     }
 
-    let h = format!("curl -s -H 'X-Tenant-Id: {tenant}'");
+    let h = format!("curl -s -H 'Authorization: Bearer {}'", api.key);
     let db = &settings.clickhouse.database;
     let example = example.unwrap_or_else(|| "INVOICE_ID".to_owned());
     let mut lines = payment_lines;
@@ -1513,7 +1514,7 @@ async fn payments_summary(
             d["attempts"].as_array().map_or(0, Vec::len)
         );
     }
-    let h = format!("curl -s -H 'X-Tenant-Id: {}'", api.tenant);
+    let h = format!("curl -s -H 'Authorization: Bearer {}'", api.key);
     let declined_id = declined
         .last()
         .and_then(|i| i["invoice_id"].as_str())

@@ -6,6 +6,7 @@ mod bench_payments;
 mod children;
 mod clock;
 mod demo;
+mod keys;
 mod measure;
 mod pricing;
 
@@ -58,6 +59,12 @@ enum Command {
     /// retention and the webhook delivery logs' TTL. Invoices and credit notes are never deleted.
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Tenants: create one, change its rate limits, show it with its keys.
+    #[command(subcommand)]
+    Tenant(keys::TenantCommand),
+    /// API keys: create (printed once), list, revoke.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(keys::ApiKeyCommand),
     /// Offline pricing: evaluate a charge or preview an invoice from a JSON file.
     #[command(subcommand)]
     Pricing(pricing::Command),
@@ -121,6 +128,8 @@ async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("retention: {report}");
             Ok(())
         }
+        Command::Tenant(cmd) => keys::tenant(settings, cmd).await,
+        Command::ApiKey(cmd) => keys::api_key(settings, cmd).await,
         Command::Demo(args) => demo::run(settings, args, stop).await,
         Command::BenchUsage(args) => bench::run(settings, args, stop).await,
         Command::BenchBillrun(args) => bench_billrun::run(settings, args, stop).await,

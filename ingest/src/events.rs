@@ -107,6 +107,26 @@ pub fn raw_event_id(element: &Value) -> Option<String> {
     element.get("event_id")?.as_str().map(str::to_owned)
 }
 
+/// An element as the key's `tenant` sends it: its `tenant_id` filled in when absent; refused when it names another
+/// tenant (the API key decides the tenant, `docs/api.md`).
+pub fn of_tenant(element: Value, tenant: &str) -> Result<Value, String> {
+    let Value::Object(mut obj) = element else {
+        return Ok(element);
+    };
+    match obj.get("tenant_id") {
+        None => {
+            obj.insert("tenant_id".into(), Value::String(tenant.to_owned()));
+        }
+        Some(Value::String(t)) if t == tenant => {}
+        Some(other) => {
+            return Err(format!(
+                "tenant_id {other} is not the API key's tenant; a key sends usage of its own tenant only"
+            ))
+        }
+    }
+    Ok(Value::Object(obj))
+}
+
 /// Parse, validate and encode one element, with `now` as the clock reading for the future-time check.
 pub fn prepare(element: Value, now: DateTime<Utc>, limits: &Limits) -> Result<Prepared, String> {
     let Value::Object(obj) = element else {

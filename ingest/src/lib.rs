@@ -1,7 +1,8 @@
 //! ingest: the HTTP gateway for producers that do not speak Kafka. `POST /v1/events` validates one event or a
 //! batch, produces the valid ones to `billing.usage` (idempotent producer, `acks=all`) and answers only after the
-//! broker acknowledged every one of them, with a result per event. It also serves `/health`, `/ready` and
-//! `/metrics`. The validation rules live in `billing_schemas::validate`, which rating calls too.
+//! broker acknowledged every one of them, with a result per event. Every request carries an API key (role `ingest`,
+//! `write` or `admin`), rate-limited per key; an event's `tenant_id` is the key's (filled in when absent, refused
+//! per event when it names another). It also serves `/health`, `/ready` and `/metrics` without a key. The validation rules live in `billing_schemas::validate`, which rating calls too.
 
 pub mod events;
 mod metrics;
@@ -12,14 +13,16 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use billing_runtime::auth::{self, Access, Principal};
 use billing_runtime::health::{self, Readiness};
 use billing_runtime::kafka::{self, Topics};
 use billing_runtime::{Settings, Shutdown};
+use billing_store::api_keys::{ApiKeys, KeyVerifier};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -66,7 +69,24 @@ pub async fn run(
         let k = kafka_cfg.clone();
         async move { kafka::ping(&k).await }
     });
-    let router = router(app).merge(health::router(readiness, registry));
+    let session = Arc::new(billing_runtime::cql::connect(&settings.cassandra).await?);
+    let ping = session.clone();
+    let readiness = readiness.with("cassandra", move || {
+        let s = ping.clone();
+        async move { billing_runtime::cql::ping(&s).await }
+    });
+    let keys = ApiKeys::new(
+        session,
+        &settings.cassandra.keyspace,
+        &settings.auth.key_hash_secret,
+    )
+    .await?;
+    let gate = auth::Gate::new(
+        Arc::new(KeyVerifier::new(keys, settings.auth.cache_ttl)),
+        settings.rate_limits,
+        access_of,
+    );
+    let router = router(app, gate).merge(health::router(readiness, registry));
     let (addr, handle) = health::serve(cfg.listen, router, shutdown).await?;
     tracing::info!(%addr, "ingest listening");
     on_bound(addr);
@@ -79,7 +99,12 @@ pub async fn run(
     Ok(())
 }
 
-fn router(app: Arc<App>) -> Router {
+/// The one route's access: usage ingestion.
+fn access_of(method: &axum::http::Method, path: &str) -> Option<Access> {
+    (method == axum::http::Method::POST && path == "/v1/events").then_some(Access::Ingest)
+}
+
+fn router(app: Arc<App>, gate: auth::Gate) -> Router {
     let body_limit = app
         .limits
         .max_batch
@@ -87,6 +112,7 @@ fn router(app: Arc<App>) -> Router {
         .min(MAX_BODY_BYTES);
     Router::new()
         .route("/v1/events", post(post_events))
+        .route_layer(axum::middleware::from_fn_with_state(gate, auth::gate))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(billing_runtime::http::request_id))
         .with_state(app)
@@ -123,11 +149,12 @@ enum Outcome {
 
 async fn post_events(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let _timer = app.metrics.request_seconds.start_timer();
-    match handle(&app, &headers, body).await {
+    match handle(&app, &principal.tenant_id, &headers, body).await {
         Ok(resp) => resp,
         Err(problem) => problem.into_response(),
     }
@@ -135,6 +162,7 @@ async fn post_events(
 
 async fn handle(
     app: &App,
+    tenant: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
@@ -172,7 +200,9 @@ async fn handle(
     let mut ready = Vec::new();
     for (index, element) in elements.into_iter().enumerate() {
         let event_id = events::raw_event_id(&element);
-        match events::prepare(element, now, &app.limits) {
+        let prepared = events::of_tenant(element, tenant)
+            .and_then(|element| events::prepare(element, now, &app.limits));
+        match prepared {
             Ok(p) => {
                 ready.push((index, p));
                 results.push(None);

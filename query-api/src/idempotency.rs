@@ -11,6 +11,7 @@
 //! leave the key claimed.
 
 use axum::body::Body;
+use axum::extract::FromRequestParts;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -127,8 +128,8 @@ pub async fn middleware(
         return Ok(next.run(req).await);
     };
     let key = check_key(raw)?;
-    let Tenant(tenant) = Tenant::from_headers(req.headers())?;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let Tenant(tenant) = Tenant::from_request_parts(&mut parts, &()).await?;
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,

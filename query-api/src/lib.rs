@@ -1,7 +1,7 @@
 //! query-api: the REST API. Reads usage, customers, subscriptions, the catalog, test clocks and invoices; its
 //! writes publish lifecycle and catalog events and wait until the invoicer has materialized them
-//! (read-your-writes, see `wait`). Every request names its tenant in the `X-Tenant-Id` header (API keys will
-//! replace it) and is rate-limited per tenant; POSTs take an `Idempotency-Key`; errors are
+//! (read-your-writes, see `wait`). Every request carries an API key, which decides its tenant and what its role
+//! may call, and is rate-limited per key (`billing_runtime::auth`); POSTs take an `Idempotency-Key`; errors are
 //! `application/problem+json`. The endpoints are described in `docs/api.md`.
 
 mod catalog;
@@ -22,17 +22,16 @@ mod wait;
 mod wallets;
 mod webhooks;
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use billing_runtime::health::{self, Readiness};
 use billing_runtime::publish::Publisher;
 use billing_runtime::{cql, Settings, Shutdown};
+use billing_store::api_keys::{ApiKeys, KeyVerifier};
 use billing_store::billing::BillingStore;
 use billing_store::credit_notes::CreditNoteStore;
 use billing_store::payments::PaymentStore;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 pub use error::{ApiError, InvalidParam};
 
@@ -44,7 +43,6 @@ pub struct AppState {
     payments: Arc<PaymentStore>,
     credit_notes: Arc<CreditNoteStore>,
     publisher: Publisher,
-    limiter: Arc<DefaultKeyedRateLimiter<String>>,
     /// How long a write waits for its effect by default.
     write_wait: Duration,
     /// Partitions of the lifecycle topic (test clocks are ticked on each).
@@ -67,16 +65,18 @@ pub async fn run(
     let credit_notes = Arc::new(CreditNoteStore::new(session.clone(), ks).await?);
     let publisher = Publisher::new(&settings.kafka)?;
     let cfg = &settings.query_api;
-    let quota =
-        Quota::per_second(NonZeroU32::new(cfg.rate_limit_per_second).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(cfg.rate_limit_burst).unwrap_or(NonZeroU32::MIN));
+    let keys = ApiKeys::new(session.clone(), ks, &settings.auth.key_hash_secret).await?;
+    let gate = billing_runtime::auth::Gate::new(
+        Arc::new(KeyVerifier::new(keys, settings.auth.cache_ttl)),
+        settings.rate_limits,
+        routes::access_of,
+    );
     let state = AppState {
         store,
         billing,
         payments,
         credit_notes,
         publisher,
-        limiter: Arc::new(RateLimiter::keyed(quota)),
         write_wait: cfg.write_wait,
         partitions: settings.kafka.partitions,
         webhooks: Arc::new(
@@ -93,7 +93,7 @@ pub async fn run(
         let s = session.clone();
         async move { cql::ping(&s).await }
     });
-    let app = routes::router(state)
+    let app = routes::router(state, gate)
         .merge(health::router(readiness, registry))
         .layer(axum::middleware::from_fn(billing_runtime::http::request_id));
     let (addr, handle) = health::serve(cfg.listen, app, shutdown).await?;

@@ -1,22 +1,39 @@
 //! HTTP routes.
 
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::middleware;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use governor::clock::{Clock, DefaultClock};
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
+use billing_runtime::auth::{self, Access};
 use billing_runtime::http::{Problem, Tenant};
 
 use crate::error::ApiError;
 use crate::request::{ApiQuery, MAX_BODY};
 use crate::{catalog, clocks, customers, idempotency, invoices, payments, subscriptions, AppState};
 
-/// The `/v1` routes, rate-limited per tenant; POSTs honour `Idempotency-Key` (after the rate limit).
-pub fn router(state: AppState) -> Router {
+/// What a route needs of the API key that calls it (`docs/api.md`, "Authentication"): webhook endpoints are the
+/// admin's; reads (and the invoice preview, a read by POST) need `read`; other writes need `write`. A route this
+/// does not know is refused by the gate (fail closed); the isolation test calls every route with every role.
+pub fn access_of(method: &Method, path: &str) -> Option<Access> {
+    if path.starts_with("/v1/webhook_endpoints") {
+        return Some(Access::Admin);
+    }
+    match *method {
+        Method::GET => Some(Access::Read),
+        Method::POST if path == "/v1/customers/{customer_id}/invoices/preview" => {
+            Some(Access::Read)
+        }
+        Method::POST | Method::DELETE => Some(Access::Write),
+        _ => None,
+    }
+}
+
+/// The `/v1` routes behind the API key gate (key, role, rate limit per key); POSTs honour `Idempotency-Key` (after
+/// the gate).
+pub fn router(state: AppState, gate: auth::Gate) -> Router {
     Router::new()
         .route("/v1/customers/{customer_id}/usage", get(customer_usage))
         .route(
@@ -192,23 +209,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             idempotency::middleware,
         ))
-        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .route_layer(middleware::from_fn_with_state(gate, auth::gate))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
-}
-
-async fn rate_limit(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Tenant(key) = Tenant::from_headers(req.headers())?;
-    if let Err(not_until) = state.limiter.check_key(&key) {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        return Err(ApiError::RateLimited(wait.as_secs() + 1));
-    }
-    Ok(next.run(req).await)
 }
 
 #[derive(serde::Deserialize)]

@@ -35,6 +35,45 @@ pub struct Settings {
     pub webhooks: WebhooksConfig,
     /// How long operational data is kept (`billing retention run`, and the ticker every `interval`).
     pub retention: RetentionConfig,
+    /// API keys: how their secrets are hashed and how fast a revocation takes effect.
+    pub auth: AuthConfig,
+    /// Requests allowed per API key, per route class; a tenant may have its own (`billing tenant update`).
+    pub rate_limits: RateLimitsConfig,
+}
+
+/// API keys (`docs/api.md`, "Authentication").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The key of the keyed hash (HMAC-SHA256) under which key secrets are stored. Set it in production (from a
+    /// secret store); keys created under one value do not verify under another.
+    pub key_hash_secret: String,
+    /// How long a verified key (and its tenant's limits) is trusted before it is read again: a revoked key stops
+    /// working on every instance within this long.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+/// A steady rate and the burst above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Requests per second, steadily.
+    pub per_second: u32,
+    /// Requests allowed at once above that rate.
+    pub burst: u32,
+}
+
+/// Default rate limits per API key, by route class.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// `GET` routes (and the invoice preview).
+    pub reads: Rate,
+    /// Writes: `POST` and `DELETE` of the management API.
+    pub writes: Rate,
+    /// `POST /v1/events` of the ingest gateway (requests, whatever their batch size).
+    pub ingest: Rate,
 }
 
 /// Data retention. Invoices, credit notes and everything billing decides from are never deleted by it.
@@ -373,10 +412,6 @@ pub struct IngestConfig {
 pub struct QueryApiConfig {
     /// Listen address.
     pub listen: SocketAddr,
-    /// Steady request rate allowed per tenant.
-    pub rate_limit_per_second: u32,
-    /// Burst allowed above the rate.
-    pub rate_limit_burst: u32,
     /// How long a write waits for its effect to be materialized before answering 202 with the event id.
     #[serde(with = "humantime_serde")]
     pub write_wait: Duration,
@@ -455,11 +490,25 @@ impl Settings {
         if self.rating.checkpoint_events == 0 {
             errors.push("rating.checkpoint_events must be at least 1".to_owned());
         }
-        if self.query_api.rate_limit_per_second == 0 || self.query_api.rate_limit_burst == 0 {
-            errors.push(
-                "query_api.rate_limit_per_second and rate_limit_burst must be at least 1"
-                    .to_owned(),
-            );
+        for (class, rate) in [
+            ("reads", self.rate_limits.reads),
+            ("writes", self.rate_limits.writes),
+            ("ingest", self.rate_limits.ingest),
+        ] {
+            if rate.per_second == 0 || rate.burst == 0 {
+                errors.push(format!(
+                    "rate_limits.{class}: per_second and burst must be at least 1"
+                ));
+            }
+        }
+        if self.auth.key_hash_secret.len() < 16 {
+            errors.push("auth.key_hash_secret must be at least 16 characters".to_owned());
+        }
+        if self.auth.cache_ttl > Duration::from_secs(60) {
+            errors.push(format!(
+                "auth.cache_ttl is {:?}: a revoked key must stop working within a minute",
+                self.auth.cache_ttl
+            ));
         }
         if self.ingest.max_event_bytes < 1024 || self.ingest.max_batch == 0 {
             errors.push(

@@ -1,17 +1,17 @@
-//! What every HTTP service shares: the one `application/problem+json` renderer (RFC 9457) and the [`Tenant`]
-//! extractor, the single place a request's tenant is decided (today from the `X-Tenant-Id` header; API keys will
-//! replace it here, for every endpoint at once).
+//! What every HTTP service shares: the one `application/problem+json` renderer (RFC 9457), the request-id
+//! middleware, and the [`Tenant`] extractor: a request's tenant is its API key's (decided by [`crate::auth::gate`]),
+//! whatever the request says.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// Header naming the tenant of a request.
+/// A header naming a tenant: optional, and when sent it must be the API key's tenant (else 403).
 pub const TENANT_HEADER: &str = "x-tenant-id";
 
 /// An error answer: status, a short title and a detail that says what the client must fix.
@@ -24,6 +24,8 @@ pub struct Problem {
     pub detail: String,
     /// Seconds after which a retry may succeed (sent as `Retry-After`).
     pub retry_after: Option<u64>,
+    /// More headers of the answer (`WWW-Authenticate`, `RateLimit-*`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Problem {
@@ -33,7 +35,14 @@ impl Problem {
             status,
             detail: detail.into(),
             retry_after: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// The same problem with one more header in its answer.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// 400 Bad Request.
@@ -82,38 +91,29 @@ impl IntoResponse for Problem {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        for (name, value) in self.headers {
+            resp.headers_mut().insert(name, value);
+        }
         resp
     }
 }
 
-/// The tenant a request acts for.
+/// The tenant a request acts for: its API key's. Only routes behind [`crate::auth::gate`] have one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tenant(pub String);
-
-impl Tenant {
-    /// Reads the tenant from request headers: `X-Tenant-Id`, 1 to 128 characters, trimmed.
-    pub fn from_headers(headers: &axum::http::HeaderMap) -> Result<Self, Problem> {
-        let raw = headers.get(TENANT_HEADER).ok_or_else(|| {
-            Problem::bad_request(format!("the {TENANT_HEADER} header is required"))
-        })?;
-        let t = raw
-            .to_str()
-            .map_err(|_| Problem::bad_request(format!("{TENANT_HEADER} must be ASCII")))?
-            .trim();
-        if t.is_empty() || t.chars().count() > 128 {
-            return Err(Problem::bad_request(format!(
-                "{TENANT_HEADER} must be 1 to 128 characters"
-            )));
-        }
-        Ok(Tenant(t.to_owned()))
-    }
-}
 
 impl<S: Send + Sync> FromRequestParts<S> for Tenant {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Tenant::from_headers(&parts.headers)
+        parts
+            .extensions
+            .get::<crate::auth::Principal>()
+            .map(|p| Tenant(p.tenant_id.clone()))
+            .ok_or_else(|| {
+                tracing::error!(path = %parts.uri.path(), "a tenant's route without the API key gate");
+                Problem::internal()
+            })
     }
 }
 
@@ -136,7 +136,8 @@ pub async fn request_id(req: axum::extract::Request, next: axum::middleware::Nex
         "request",
         request_id = %id,
         method = %req.method(),
-        path = %req.uri().path()
+        path = %req.uri().path(),
+        tenant = tracing::field::Empty
     );
     let mut response = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -148,23 +149,6 @@ pub async fn request_id(req: axum::extract::Request, next: axum::middleware::Nex
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderMap;
-
-    #[test]
-    fn the_tenant_header_is_required_and_bounded() {
-        let mut h = HeaderMap::new();
-        assert_eq!(
-            Tenant::from_headers(&h).unwrap_err().status,
-            StatusCode::BAD_REQUEST
-        );
-        h.insert(TENANT_HEADER, HeaderValue::from_static("  acme "));
-        assert_eq!(Tenant::from_headers(&h).unwrap(), Tenant("acme".into()));
-        h.insert(
-            TENANT_HEADER,
-            HeaderValue::from_str(&"x".repeat(129)).unwrap(),
-        );
-        assert!(Tenant::from_headers(&h).is_err());
-    }
 
     #[test]
     fn problems_render_as_problem_json_with_retry_after() {

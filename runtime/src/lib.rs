@@ -1,6 +1,7 @@
 //! What every billing service shares: configuration, telemetry, shutdown, Kafka/CQL/ClickHouse clients,
 //! and the health/readiness/metrics endpoints.
 
+pub mod auth;
 pub mod clickhouse;
 pub mod config;
 pub mod cql;

@@ -8,6 +8,7 @@
 //! the webhook deliveries.
 
 pub mod api_idempotency;
+pub mod api_keys;
 pub mod billing;
 pub mod catalog_entries;
 pub mod credit_notes;
@@ -73,6 +74,9 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("webhook_endpoints", Store::Cql, "query-api"),
     ("webhook_redeliveries", Store::Cql, "query-api"),
     ("webhook_deliveries", Store::Cql, "webhooks"),
+    ("tenants", Store::Cql, "cli"),
+    ("api_keys", Store::Cql, "cli"),
+    ("api_keys_by_tenant", Store::Cql, "cli"),
     ("webhook_deliveries_by_created", Store::Cql, "webhooks"),
     ("webhook_pending", Store::Cql, "webhooks"),
     ("schema_migrations", Store::ClickHouse, "migrate"),

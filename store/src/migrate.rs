@@ -60,6 +60,11 @@ const CQL: &[Migration] = &[
         name: "invoice_usage_offsets",
         body: include_str!("../migrations/cql/0009_invoice_usage_offsets.cql"),
     },
+    Migration {
+        version: 10,
+        name: "api_keys",
+        body: include_str!("../migrations/cql/0010_api_keys.cql"),
+    },
 ];
 
 const CLICKHOUSE: &[Migration] = &[

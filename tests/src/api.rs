@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// A client of the API for one tenant.
+/// A client of the API with one key (so for one tenant).
 pub struct Api {
     http: reqwest::Client,
     base: String,
-    tenant: String,
+    key: String,
 }
 
 /// Status, headers and JSON body of an answer.
@@ -49,10 +49,10 @@ impl Reply {
 }
 
 impl Api {
-    /// A client of the API at `base` for `tenant`.
-    pub fn new(base: &str, tenant: &str) -> Self {
+    /// A client of the API at `base` calling with `key`.
+    pub fn new(base: &str, key: &str) -> Self {
         Api {
-            tenant: tenant.to_owned(),
+            key: key.to_owned(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(90))
                 .build()
@@ -61,13 +61,9 @@ impl Api {
         }
     }
 
-    /// Send a request with the tenant header.
+    /// Send a request with the key.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
-        let resp = req
-            .header("x-tenant-id", &self.tenant)
-            .send()
-            .await
-            .unwrap();
+        let resp = req.bearer_auth(&self.key).send().await.unwrap();
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap();

@@ -11,6 +11,7 @@ pub mod billing;
 pub mod catalog;
 pub mod invoices;
 
+use billing_runtime::auth::Role;
 use billing_runtime::kafka::Topics;
 use billing_runtime::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -313,6 +314,8 @@ pub struct Services {
     /// The query API's base URL.
     pub api: String,
     tasks: Option<ServiceTasks>,
+    settings: Settings,
+    keys: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 struct ServiceTasks {
@@ -363,12 +366,30 @@ impl Services {
         Services {
             stop,
             api: format!("http://{addr}"),
+            settings: settings.clone(),
+            keys: Default::default(),
             tasks: Some(ServiceTasks {
                 rating,
                 invoicer,
                 query_api,
             }),
         }
+    }
+
+    /// An admin key of `tenant` (created with the tenant on first use, then reused).
+    pub async fn key(&self, tenant: &str) -> String {
+        let mut keys = self.keys.lock().await;
+        if let Some(k) = keys.get(tenant) {
+            return k.clone();
+        }
+        let k = api_key(&self.settings, tenant, Role::Admin).await;
+        keys.insert(tenant.to_owned(), k.clone());
+        k
+    }
+
+    /// A client of the API for `tenant`, with its admin key.
+    pub async fn api_for(&self, tenant: &str) -> api::Api {
+        api::Api::new(&self.api, &self.key(tenant).await)
     }
 
     /// Stop them all and surface their errors.
@@ -381,16 +402,42 @@ impl Services {
     }
 }
 
+/// A new API key of `role` for `tenant` in this environment's store (the tenant is created when absent).
+pub async fn api_key(settings: &Settings, tenant: &str, role: Role) -> String {
+    let session = std::sync::Arc::new(
+        billing_runtime::cql::connect(&settings.cassandra)
+            .await
+            .unwrap(),
+    );
+    let keys = billing_store::api_keys::ApiKeys::new(
+        session,
+        &settings.cassandra.keyspace,
+        &settings.auth.key_hash_secret,
+    )
+    .await
+    .unwrap();
+    let now = chrono::Utc::now();
+    keys.create_tenant(&billing_store::api_keys::TenantRow {
+        tenant_id: tenant.to_owned(),
+        name: tenant.to_owned(),
+        created_at: now,
+        limits: Default::default(),
+    })
+    .await
+    .unwrap();
+    keys.create_key(tenant, role, "test", now).await.unwrap().0
+}
+
 /// `(units, events_count, amount)` of one charge of a customer in the period containing `at`, as the API serves
 /// them, if present (summed over groups when `group` is `None`).
 pub async fn api_usage(
     api: &str,
-    tenant: &str,
+    key: &str,
     customer: &str,
     charge: &str,
     at: &str,
 ) -> Option<(String, u64, String)> {
-    let body = api_usage_body(api, tenant, customer, at).await?;
+    let body = api_usage_body(api, key, customer, at).await?;
     body["charges"]
         .as_array()?
         .iter()
@@ -404,17 +451,17 @@ pub async fn api_usage(
         })
 }
 
-/// The whole usage document of a customer at `at`.
+/// The whole usage document of a customer at `at`, read with `key`.
 pub async fn api_usage_body(
     api: &str,
-    tenant: &str,
+    key: &str,
     customer: &str,
     at: &str,
 ) -> Option<serde_json::Value> {
     let resp = reqwest::Client::new()
         .get(format!("{api}/v1/customers/{customer}/usage"))
         .query(&[("at", at)])
-        .header("x-tenant-id", tenant)
+        .bearer_auth(key)
         .send()
         .await
         .ok()?;

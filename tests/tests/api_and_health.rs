@@ -65,23 +65,44 @@ async fn health_ready_and_metrics_answer_on_rating_and_query_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_problem_json_and_floods_get_429() {
     let mut env = TestEnv::new("problems").await;
-    env.settings.query_api.rate_limit_per_second = 1;
-    env.settings.query_api.rate_limit_burst = 3;
+    let reads = billing_runtime::config::Rate {
+        per_second: 1,
+        burst: 3,
+    };
+    env.settings.rate_limits.reads = reads;
     let services = Services::start(&env.settings).await;
     let http = reqwest::Client::new();
     let url = format!("{}/v1/customers/nobody/usage", services.api);
 
-    let r = http.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 400);
-    assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let p: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(p["status"], 400);
-    assert_eq!(p["detail"], "the x-tenant-id header is required");
+    // No key, a key of the wrong shape, a well-formed key nobody issued: 401 with a Bearer challenge.
+    let fake = format!("bk_0123456789abcdef_{}", "0".repeat(64));
+    for auth in [
+        None,
+        Some("Basic YWxpY2U6c2VjcmV0"),
+        Some("Bearer nope"),
+        Some(&*format!("Bearer {fake}")),
+    ] {
+        let mut req = http.get(&url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        assert!(r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(p["status"], 401);
+        assert!(p["detail"].as_str().unwrap().contains("key"), "{p}");
+    }
 
+    let acme = services.key("acme").await;
     let r = http
         .get(&url)
         .query(&[("at", "yesterday")])
-        .header("x-tenant-id", "acme")
+        .bearer_auth(&acme)
         .send()
         .await
         .unwrap();
@@ -96,16 +117,19 @@ async fn bad_requests_get_problem_json_and_floods_get_429() {
         "{p}"
     );
 
-    // Burst of 3 per tenant: the 2nd and 3rd pass, then 429 with Retry-After. Another tenant is unaffected.
+    // Burst of 3 per key (the request above took one): two pass, then 429 with Retry-After, each answer saying
+    // what is left. Another key of the same tenant, and another tenant's key, are unaffected.
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let r = http
-            .get(&url)
-            .header("x-tenant-id", "acme")
-            .send()
-            .await
-            .unwrap();
-        statuses.push(r.status().as_u16());
+        let r = http.get(&url).bearer_auth(&acme).send().await.unwrap();
+        statuses.push((
+            r.status().as_u16(),
+            r.headers()["ratelimit-remaining"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        ));
+        assert_eq!(r.headers()["ratelimit-limit"], "3");
         if r.status() == 429 {
             assert!(
                 r.headers()["retry-after"]
@@ -118,16 +142,31 @@ async fn bad_requests_get_problem_json_and_floods_get_429() {
             assert_eq!(r.headers()["content-type"], "application/problem+json");
         }
     }
-    assert_eq!(statuses, vec![200, 200, 429]);
-    let r = http
-        .get(&url)
-        .header("x-tenant-id", "globex")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["charges"], serde_json::json!([]));
+    assert_eq!(
+        statuses,
+        vec![(200, "1".into()), (200, "0".into()), (429, "0".into())]
+    );
+    let second_acme_key =
+        billing_tests::api_key(&env.settings, "acme", billing_runtime::auth::Role::Read).await;
+    for key in [second_acme_key, services.key("globex").await] {
+        let r = http.get(&url).bearer_auth(&key).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["ratelimit-remaining"], "2");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["charges"], serde_json::json!([]));
+    }
+    // The tenant is the key's: an X-Tenant-Id naming another one is refused, naming its own is accepted.
+    let globex = services.key("globex").await;
+    for (named, status) in [("acme", 403), ("globex", 200)] {
+        let r = http
+            .get(&url)
+            .bearer_auth(&globex)
+            .header("x-tenant-id", named)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{named}");
+    }
     services.shutdown().await;
     env.cleanup().await;
 }

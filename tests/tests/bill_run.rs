@@ -208,7 +208,7 @@ async fn billing_dates_become_numbered_invoices() {
             "{}/v1/customers/cal/invoices/preview",
             services.api
         ))
-        .header("x-tenant-id", TENANT)
+        .bearer_auth(services.key(TENANT).await)
         .send()
         .await
         .unwrap()
@@ -823,7 +823,7 @@ async fn plan_versions_apply_from_their_date() {
         .unwrap();
     let updated: serde_json::Value = http
         .post(format!("{}/v1/plans/p", services.api))
-        .header("x-tenant-id", TENANT)
+        .bearer_auth(services.key(TENANT).await)
         .json(&serde_json::json!({"amount": "200", "effective_from": "2026-02-01"}))
         .send()
         .await

@@ -77,7 +77,7 @@ async fn four_months_of_coupons() {
     let mut env = TestEnv::new("coupons").await;
     env.settings.query_api.write_wait = Duration::from_secs(60);
     let services = Services::start(&env.settings).await;
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
 
     api.created(
         "/v1/billable_metrics",
@@ -363,7 +363,7 @@ async fn wallets_pay_invoices_after_tax_and_run_out() {
         env.settings.clone(),
         services.stop.clone(),
     ));
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
     api.created(
         "/v1/taxes",
         json!({"code": "vat", "rate": "20", "applied_to_tenant": true}),

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use billing_runtime::auth::Role;
 use billing_schemas::usage::UsageEvent;
 use billing_tests::{high_watermarks, start_ingest, TestEnv};
 use rdkafka::message::{Headers, Message};
@@ -19,9 +20,10 @@ fn with(mut v: Value, field: &str, value: Value) -> Value {
     v
 }
 
-async fn post(base: &str, body: String) -> (u16, Option<String>, Value) {
+async fn post(base: &str, key: &str, body: String) -> (u16, Option<String>, Value) {
     let resp = reqwest::Client::new()
         .post(format!("{base}/v1/events"))
+        .bearer_auth(key)
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -39,6 +41,7 @@ async fn post(base: &str, body: String) -> (u16, Option<String>, Value) {
 async fn ingest_batch_answers_per_event_and_is_in_kafka_before_the_response() {
     let env = TestEnv::new("ingest_batch").await;
     let (base, stop, task) = start_ingest(&env.settings).await;
+    let key = billing_tests::api_key(&env.settings, "acme", Role::Ingest).await;
 
     let mut missing_customer = event("bad-missing", "x");
     missing_customer
@@ -59,7 +62,11 @@ async fn ingest_batch_answers_per_event_and_is_in_kafka_before_the_response() {
         (missing_customer, Some("missing field `customer_id`")),
         (
             with(event("bad-blank", "x"), "tenant_id", json!("   ")),
-            Some("`tenant_id` must not be empty"),
+            Some("tenant_id \"   \" is not the API key's tenant"),
+        ),
+        (
+            with(event("bad-tenant", "x"), "tenant_id", json!("globex")),
+            Some("tenant_id \"globex\" is not the API key's tenant"),
         ),
         (
             event(&"e".repeat(257), "x"),
@@ -121,7 +128,7 @@ async fn ingest_batch_answers_per_event_and_is_in_kafka_before_the_response() {
         (exact, None),
     ];
     let body = json!({"events": cases.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>()});
-    let (status, _, answer) = post(&base, body.to_string()).await;
+    let (status, _, answer) = post(&base, &key, body.to_string()).await;
 
     // Right after the answer, before any consumer could have waited: the broker already has every accepted event.
     let ends = high_watermarks(&env.settings, &env.topics.usage).await;
@@ -224,6 +231,7 @@ async fn ingest_unusable_bodies_get_problem_json() {
     let mut env = TestEnv::new("ingest_problems").await;
     env.settings.ingest.max_event_bytes = 1024; // body limit 1000 × 1 KiB
     let (base, stop, task) = start_ingest(&env.settings).await;
+    let key = billing_tests::api_key(&env.settings, "acme", Role::Ingest).await;
 
     let problem = |(status, ct, body): (u16, Option<String>, Value), want: u16, detail: &str| {
         assert_eq!(status, want, "{body:#}");
@@ -235,37 +243,38 @@ async fn ingest_unusable_bodies_get_problem_json() {
         assert!(d.contains(detail), "{d:?} should say {detail:?}");
     };
     problem(
-        post(&base, "{oops".into()).await,
+        post(&base, &key, "{oops".into()).await,
         400,
         "body is not valid JSON",
     );
-    problem(post(&base, "".into()).await, 400, "empty body");
+    problem(post(&base, &key, "".into()).await, 400, "empty body");
     problem(
-        post(&base, r#"{"events": []}"#.into()).await,
+        post(&base, &key, r#"{"events": []}"#.into()).await,
         400,
         "`events` is empty",
     );
     problem(
-        post(&base, r#"{"events": {}}"#.into()).await,
+        post(&base, &key, r#"{"events": {}}"#.into()).await,
         400,
         "must be an array",
     );
-    problem(post(&base, "[]".into()).await, 400, "not an array");
+    problem(post(&base, &key, "[]".into()).await, 400, "not an array");
     let many: Vec<Value> = (0..1001).map(|i| event(&format!("e-{i}"), "c")).collect();
     problem(
-        post(&base, json!({ "events": many }).to_string()).await,
+        post(&base, &key, json!({ "events": many }).to_string()).await,
         413,
         "1001 events in one request; at most 1000 are allowed",
     );
     let huge = format!(r#"{{"events": ["{}"]}}"#, "x".repeat(1_100_000));
     problem(
-        post(&base, huge).await,
+        post(&base, &key, huge).await,
         413,
         "body is larger than the 1024000 bytes",
     );
 
     let resp = reqwest::Client::new()
         .post(format!("{base}/v1/events"))
+        .bearer_auth(&key)
         .header("content-type", "text/plain")
         .body(event("e", "c").to_string())
         .send()
@@ -274,12 +283,13 @@ async fn ingest_unusable_bodies_get_problem_json() {
     assert_eq!(resp.status(), 415);
 
     // A single event object is a batch of one; a well-formed body with only bad events is still a 200.
-    let (status, _, answer) = post(&base, event("single", "cus-1").to_string()).await;
+    let (status, _, answer) = post(&base, &key, event("single", "cus-1").to_string()).await;
     assert_eq!(status, 200, "{answer:#}");
     assert_eq!(answer["accepted"], 1);
     assert_eq!(answer["results"][0]["status"], "accepted");
     let (status, _, answer) = post(
         &base,
+        &key,
         json!({"events": [with(event("x", "c"), "tenant_id", json!(""))]}).to_string(),
     )
     .await;
@@ -302,10 +312,11 @@ async fn ingest_broker_failure_is_a_503_with_failed_results() {
     let mut settings = env.settings.clone();
     settings.kafka.topic_prefix = format!("it.{} invalid!.", env.id);
     let (base, stop, task) = start_ingest(&settings).await;
+    let key = billing_tests::api_key(&env.settings, "acme", Role::Ingest).await;
 
     let started = std::time::Instant::now();
     let body = json!({"events": [event("ok-but-unwritable", "cus-1"), with(event("bad", "c"), "tenant_id", json!(""))]});
-    let (status, _, answer) = post(&base, body.to_string()).await;
+    let (status, _, answer) = post(&base, &key, body.to_string()).await;
     assert_eq!(status, 503, "{answer:#}");
     assert_eq!(answer["failed"], 1);
     assert_eq!(answer["rejected"], 1);

@@ -92,7 +92,7 @@ async fn late_usage_is_adjusted_credited_and_closed_after_the_horizon() {
     let mut env = TestEnv::new("late_usage").await;
     env.settings.query_api.write_wait = Duration::from_secs(60);
     let services = Services::start(&env.settings).await;
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
 
     api.created(
         "/v1/billable_metrics",

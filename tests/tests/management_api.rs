@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use billing_tests::api::Api;
 use billing_tests::{eventually, high_watermarks, Services, TestEnv};
 use serde_json::{json, Value};
 
@@ -57,7 +56,7 @@ async fn ends(env: &TestEnv) -> (Vec<(i32, i64)>, Vec<(i32, i64)>) {
 async fn writes_are_read_back_at_once() {
     let env = env("mgmt_ryw").await;
     let services = Services::start(&env.settings).await;
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
 
     // Customers: created, read back, listed newest first with a cursor.
     let c = api
@@ -273,7 +272,7 @@ async fn writes_are_read_back_at_once() {
 async fn bad_requests_name_the_field_and_publish_nothing() {
     let env = env("mgmt_bad").await;
     let services = Services::start(&env.settings).await;
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
     api.created("/v1/customers", customer("eur-1", "EUR"), 201)
         .await;
     api.created("/v1/billable_metrics", metric(), 201).await;
@@ -420,7 +419,7 @@ async fn bad_requests_name_the_field_and_publish_nothing() {
 async fn idempotency_keys_replay_answers_and_refuse_other_requests() {
     let env = env("mgmt_idem").await;
     let services = Services::start(&env.settings).await;
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
 
     let first = api
         .post_keyed("/v1/customers", "key-1", customer("cus-1", "EUR"))
@@ -461,7 +460,7 @@ async fn idempotency_keys_replay_answers_and_refuse_other_requests() {
         .build()
         .unwrap()
         .post(format!("{}/v1/customers", services.api))
-        .header("x-tenant-id", "globex")
+        .bearer_auth(services.key("globex").await)
         .header("idempotency-key", "key-1")
         .json(&customer("cus-1", "EUR"))
         .send()

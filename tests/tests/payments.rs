@@ -131,7 +131,7 @@ async fn a_month_of_payments_retries_dunning_and_a_bank_transfer() {
         env.settings.clone(),
         services.stop.clone(),
     ));
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
     let clock = setup(
         &api,
         &[
@@ -502,7 +502,7 @@ async fn a_sigkill_between_the_charge_and_the_state_write_never_charges_twice() 
     let mut env = TestEnv::new("payments_kill").await;
     env_settings(&mut env);
     let services = Services::start(&env.settings).await;
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
     let customers = ["k-1", "k-2", "k-3"];
     let with: Vec<(&str, Option<&str>)> = customers
         .iter()

@@ -10,7 +10,6 @@ use billing_runtime::publish::Publisher;
 use billing_schemas::payment::{Payment, PaymentEvent, PaymentMethodAdded};
 use billing_schemas::Encoding;
 use billing_store::sandbox_ledger::SandboxLedgerStore;
-use billing_tests::api::Api;
 use billing_tests::{cassandra_pid, eventually, Services, Stopped, TestEnv};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -27,7 +26,7 @@ async fn payments_wait_for_a_stopped_cassandra_and_charge_once() {
         env.settings.clone(),
         services.stop.clone(),
     ));
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
     let clock = api
         .created(
             "/v1/test_clocks",

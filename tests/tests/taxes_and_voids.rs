@@ -57,7 +57,7 @@ async fn taxes_at_every_level_and_voids() {
     let mut env = TestEnv::new("taxes_voids").await;
     env.settings.query_api.write_wait = Duration::from_secs(60);
     let services = Services::start(&env.settings).await;
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
 
     // Bad tax input first: nothing may be published for it.
     let catalog_end = high_watermarks(&env.settings, &env.topics.catalog).await;
@@ -572,7 +572,7 @@ async fn requests_the_api_would_refuse_are_dead_lettered_by_the_invoicer() {
     let mut env = TestEnv::new("invoicer_refusals").await;
     env.settings.query_api.write_wait = Duration::from_secs(60);
     let services = Services::start(&env.settings).await;
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
     api.created(
         "/v1/plans",
         json!({"code": "basic", "interval": "monthly", "currency": "EUR", "amount": "50.00",

@@ -269,8 +269,12 @@ async fn sigkilled_rating_neither_loses_nor_double_counts() {
     let stop = billing_runtime::Shutdown::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut api_settings = env.settings.clone();
-    api_settings.query_api.rate_limit_per_second = 100_000;
-    api_settings.query_api.rate_limit_burst = 100_000;
+    api_settings.rate_limits.reads = billing_runtime::config::Rate {
+        per_second: 100_000,
+        burst: 100_000,
+    };
+    let key =
+        billing_tests::api_key(&env.settings, TENANT, billing_runtime::auth::Role::Read).await;
     let api_task = tokio::spawn(billing_query_api::run(
         api_settings,
         stop.clone(),
@@ -286,7 +290,7 @@ async fn sigkilled_rating_neither_loses_nor_double_counts() {
     let seconds = Decimal::from((month_end - month_start).num_seconds());
     let mut checked = 0;
     for (customer, rows) in &by_customer {
-        let body = billing_tests::api_usage_body(&api, TENANT, customer, "2026-03-15T00:00:00Z")
+        let body = billing_tests::api_usage_body(&api, &key, customer, "2026-03-15T00:00:00Z")
             .await
             .unwrap();
         let charges = body["charges"].as_array().unwrap();

@@ -93,9 +93,15 @@ async fn a_second_instance_joining_and_leaving_loses_and_double_counts_nothing()
             Duration::from_secs(90),
             "every event counted once",
             || async {
-                api_usage(&first.api, TENANT, &format!("c{c}"), "calls", AT)
-                    .await
-                    .filter(|u| u.1 >= 200)
+                api_usage(
+                    &first.api,
+                    &first.key(TENANT).await,
+                    &format!("c{c}"),
+                    "calls",
+                    AT,
+                )
+                .await
+                .filter(|u| u.1 >= 200)
             },
         )
         .await;
@@ -103,7 +109,7 @@ async fn a_second_instance_joining_and_leaving_loses_and_double_counts_nothing()
     }
     // Nothing more arrives later either (a double count would show after the last checkpoint).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let usage = api_usage(&first.api, TENANT, "c0", "calls", AT)
+    let usage = api_usage(&first.api, &first.key(TENANT).await, "c0", "calls", AT)
         .await
         .unwrap();
     assert_eq!(usage.1, 200);

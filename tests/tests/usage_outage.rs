@@ -42,9 +42,15 @@ async fn rating_waits_for_a_stopped_cassandra_and_loses_nothing() {
     produce(&env, 0, 100).await;
     let wait = Duration::from_secs(60);
     eventually(wait, "the first 100 events", || async {
-        api_usage(&services.api, TENANT, "cus-o", "calls", AT)
-            .await
-            .filter(|u| u.1 == 100)
+        api_usage(
+            &services.api,
+            &services.key(TENANT).await,
+            "cus-o",
+            "calls",
+            AT,
+        )
+        .await
+        .filter(|u| u.1 == 100)
     })
     .await;
 
@@ -82,9 +88,15 @@ async fn rating_waits_for_a_stopped_cassandra_and_loses_nothing() {
         Duration::from_secs(120),
         "all 200 events after the outage",
         || async {
-            api_usage(&services.api, TENANT, "cus-o", "calls", AT)
-                .await
-                .filter(|u| u.1 >= 200)
+            api_usage(
+                &services.api,
+                &services.key(TENANT).await,
+                "cus-o",
+                "calls",
+                AT,
+            )
+            .await
+            .filter(|u| u.1 >= 200)
         },
     )
     .await;

@@ -127,9 +127,15 @@ async fn usage_from_rust_reaches_scylla_clickhouse_and_the_api_exactly() {
     }
     for customer in customers {
         let (units, events, amount) = eventually(WAIT, "usage in the API", || async {
-            api_usage(&services.api, TENANT, customer, "calls", AT)
-                .await
-                .filter(|u| u.1 == 5)
+            api_usage(
+                &services.api,
+                &services.key(TENANT).await,
+                customer,
+                "calls",
+                AT,
+            )
+            .await
+            .filter(|u| u.1 == 5)
         })
         .await;
         assert_eq!(
@@ -146,14 +152,15 @@ async fn usage_from_rust_reaches_scylla_clickhouse_and_the_api_exactly() {
     assert_eq!(ch, want);
 
     // Another tenant sees nothing of acme's usage; another period shows nothing.
-    let other = billing_tests::api_usage_body(&services.api, "globex", "cus-0", AT)
-        .await
-        .unwrap();
+    let other =
+        billing_tests::api_usage_body(&services.api, &services.key("globex").await, "cus-0", AT)
+            .await
+            .unwrap();
     assert_eq!(other["charges"], serde_json::json!([]));
     assert_eq!(
         api_usage(
             &services.api,
-            TENANT,
+            &services.key(TENANT).await,
             "cus-0",
             "calls",
             "2026-04-02T00:00:00Z"
@@ -186,7 +193,14 @@ async fn event_produced_by_kcat_is_rated() {
         json.as_bytes(),
     );
     let usage = eventually(WAIT, "kcat event in the API", || async {
-        api_usage(&services.api, TENANT, "cus-k", "calls", AT).await
+        api_usage(
+            &services.api,
+            &services.key(TENANT).await,
+            "cus-k",
+            "calls",
+            AT,
+        )
+        .await
     })
     .await;
     assert_eq!(usage, ("7.25".to_owned(), 1, "0.07".to_owned()));
@@ -328,9 +342,15 @@ async fn every_rejection_reason_is_dead_lettered_and_consumption_continues() {
     // Start rating only after everything is in the topic: it must get through the garbage to good-2.
     let services = Services::start(&env.settings).await;
     eventually(WAIT, "both good events counted", || async {
-        api_usage(&services.api, TENANT, "cus-d", "calls", AT)
-            .await
-            .filter(|u| u.1 == 2 && u.0 == "3")
+        api_usage(
+            &services.api,
+            &services.key(TENANT).await,
+            "cus-d",
+            "calls",
+            AT,
+        )
+        .await
+        .filter(|u| u.1 == 2 && u.0 == "3")
     })
     .await;
 
@@ -458,7 +478,9 @@ async fn every_aggregation_matches_an_independent_computation() {
         ("c_weighted", "us", weighted_us),
     ];
     let body = eventually(WAIT, "all aggregates", || async {
-        let body = billing_tests::api_usage_body(&services.api, TENANT, "cus-a", AT).await?;
+        let body =
+            billing_tests::api_usage_body(&services.api, &services.key(TENANT).await, "cus-a", AT)
+                .await?;
         let events: u64 = body["charges"]
             .as_array()?
             .iter()
@@ -521,7 +543,7 @@ async fn replays_duplicates_and_restarts_count_nothing_twice() {
     let services = Services::start(&env.settings).await;
     for c in &customers {
         eventually(WAIT, "first pass", || async {
-            api_usage(&services.api, TENANT, c, "calls", AT)
+            api_usage(&services.api, &services.key(TENANT).await, c, "calls", AT)
                 .await
                 .filter(|u| u.1 == 10)
         })
@@ -579,14 +601,20 @@ async fn replays_duplicates_and_restarts_count_nothing_twice() {
     )
     .await;
     let usage = eventually(WAIT, "the new event after the replay", || async {
-        api_usage(&services.api, TENANT, "cus-0", "calls", AT)
-            .await
-            .filter(|u| u.1 >= 11)
+        api_usage(
+            &services.api,
+            &services.key(TENANT).await,
+            "cus-0",
+            "calls",
+            AT,
+        )
+        .await
+        .filter(|u| u.1 >= 11)
     })
     .await;
     assert_eq!(usage, ("1.10".to_owned(), 11, "0.01".to_owned()));
     for c in &customers[1..] {
-        let usage = api_usage(&services.api, TENANT, c, "calls", AT)
+        let usage = api_usage(&services.api, &services.key(TENANT).await, c, "calls", AT)
             .await
             .unwrap();
         assert_eq!(usage, ("0.10".to_owned(), 10, "0.00".to_owned()), "{c}");
@@ -650,7 +678,7 @@ async fn usage_during_a_pause_is_metered_and_after_a_cancellation_dead_lettered(
     let usage = eventually(WAIT, "paused usage in the API", || async {
         api_usage(
             &services.api,
-            TENANT,
+            &services.key(TENANT).await,
             "cus-p",
             "calls",
             "2026-03-14T00:00:00Z",
@@ -718,7 +746,14 @@ async fn records_on_the_wrong_partition_are_dead_lettered_and_keys_partition_lik
     )
     .await;
     let usage = eventually(WAIT, "the event at home in the API", || async {
-        api_usage(&services.api, TENANT, "cus-w", "calls", AT).await
+        api_usage(
+            &services.api,
+            &services.key(TENANT).await,
+            "cus-w",
+            "calls",
+            AT,
+        )
+        .await
     })
     .await;
     assert_eq!(usage, ("1".to_owned(), 1, "0.01".to_owned()));
@@ -771,7 +806,14 @@ async fn a_poison_record_too_large_to_dead_letter_whole_does_not_stop_the_partit
     )
     .await;
     let usage = eventually(WAIT, "the event after the poison in the API", || async {
-        api_usage(&services.api, TENANT, "cus-x", "calls", AT).await
+        api_usage(
+            &services.api,
+            &services.key(TENANT).await,
+            "cus-x",
+            "calls",
+            AT,
+        )
+        .await
     })
     .await;
     assert_eq!(usage, ("2".to_owned(), 1, "0.02".to_owned()));
@@ -867,7 +909,14 @@ async fn reference_data_published_in_a_transaction_is_read_to_its_end() {
     )
     .await;
     let usage = eventually(WAIT, "usage after transactional reference data", || async {
-        api_usage(&services.api, TENANT, "cus-t", "calls", AT).await
+        api_usage(
+            &services.api,
+            &services.key(TENANT).await,
+            "cus-t",
+            "calls",
+            AT,
+        )
+        .await
     })
     .await;
     assert_eq!(usage, ("3".to_owned(), 1, "0.03".to_owned()));

@@ -242,14 +242,26 @@ fn start_webhooks(settings: &Settings) -> (Shutdown, tokio::task::JoinHandle<any
     (stop.clone(), tokio::spawn(billing_webhooks::run(s, stop)))
 }
 
+/// The admin key of each tenant of these tests, made at their start ([`register`]).
+static KEYS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Create `tenant` and an admin key for [`call`] to use.
+async fn register(settings: &Settings, tenant: &str) {
+    let key = billing_tests::api_key(settings, tenant, billing_runtime::auth::Role::Admin).await;
+    KEYS.lock().unwrap().insert(tenant.to_owned(), key);
+}
+
+/// Call the API with `tenant`'s key.
 async fn call(method: &str, url: &str, tenant: &str, body: Option<Value>) -> (u16, Value, String) {
+    let key = KEYS.lock().unwrap()[tenant].clone();
     let client = reqwest::Client::new();
     let mut req = match method {
         "GET" => client.get(url),
         "DELETE" => client.delete(url),
         _ => client.post(url),
     }
-    .header("x-tenant-id", tenant);
+    .bearer_auth(key);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -328,6 +340,7 @@ async fn failing_receiver_gets_the_event_after_retries_signed_and_logged() {
     let run = start(&settings).await;
     let api = run.api.clone();
     let tenant = format!("t-{}", env.id);
+    register(&settings, &tenant).await;
 
     // Bad requests: 400 problem+json naming the field, nothing stored.
     let endpoints_url = format!("{api}/v1/webhook_endpoints");
@@ -561,6 +574,8 @@ async fn a_hung_endpoint_does_not_delay_the_others_and_pending_deliveries_surviv
     let run = start(&settings).await;
     let api = run.api.clone();
     let (tenant_a, tenant_b) = (format!("a-{}", env.id), format!("b-{}", env.id));
+    register(&settings, &tenant_a).await;
+    register(&settings, &tenant_b).await;
 
     let hang = Arc::new(AtomicBool::new(true));
     let h = hang.clone();

@@ -118,7 +118,7 @@ async fn a_year_of_coupons_taxes_wallets_late_usage_one_offs_and_voids() {
         env.settings.clone(),
         services.stop.clone(),
     ));
-    let api = Api::new(&services.api, TENANT);
+    let api = services.api_for(TENANT).await;
 
     for body in [
         json!({"code": "calls", "aggregation": "count_agg"}),
