@@ -1,6 +1,6 @@
 # Self-documenting targets: `make help`.
 .DEFAULT_GOAL := help
-.PHONY: help demo test up down status wipe migrate lint bench bench-core bench-usage bench-billrun bench-payments
+.PHONY: help demo test up down status wipe migrate lint bench bench-core bench-usage bench-billrun bench-payments bench-api
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: bench-core bench-usage bench-billrun bench-payments ## Run every benchmark
+bench: bench-core bench-usage bench-billrun bench-payments bench-api ## Run every benchmark
 
 bench-core: ## Invoice assembly throughput of the pure billing core, with its baseline
 	cargo bench --locked -p billing-core --bench invoice_assembly
@@ -43,3 +43,6 @@ bench-billrun: up ## Bill run: invoices/s from a test-clock advance to the last 
 
 bench-payments: up ## Payments: payments/s from invoice.finalized to PaymentSucceeded (sandbox), vs bare consume; webhooks/s
 	cargo build --release --locked --bin billing && $${CARGO_TARGET_DIR:-target}/release/billing bench-payments
+
+bench-api: up ## API: GET invoice and GET usage with a key at increasing concurrency, vs a constant axum handler
+	cargo build --release --locked --bin billing && $${CARGO_TARGET_DIR:-target}/release/billing bench-api

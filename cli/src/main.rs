@@ -1,6 +1,7 @@
 //! `billing`: one binary for every service and tool. See `billing --help`.
 
 mod bench;
+mod bench_api;
 mod bench_billrun;
 mod bench_payments;
 mod children;
@@ -48,6 +49,9 @@ enum Command {
     BenchUsage(bench::Args),
     /// Bill run benchmark: invoices/s from a test-clock advance to the last invoice.finalized, with baselines.
     BenchBillrun(bench_billrun::Args),
+    /// API benchmark: GET invoice and GET usage with a valid key at increasing concurrency, beside a constant axum
+    /// handler.
+    BenchApi(bench_api::Args),
     /// Payments benchmark: payments/s from invoice.finalized to PaymentSucceeded (sandbox), webhook deliveries/s.
     BenchPayments(bench_payments::Args),
     /// Publish the wall clock to every lifecycle partition (default every minute): what bills wall-clock customers.
@@ -133,6 +137,7 @@ async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(settings, args, stop).await,
         Command::BenchUsage(args) => bench::run(settings, args, stop).await,
         Command::BenchBillrun(args) => bench_billrun::run(settings, args, stop).await,
+        Command::BenchApi(args) => bench_api::run(settings, args, stop).await,
         Command::BenchPayments(args) => bench_payments::run(settings, args, stop).await,
         Command::Pricing(_) => unreachable!("handled before the runtime starts"),
     }

@@ -4,6 +4,7 @@
 //! may call, and is rate-limited per key (`billing_runtime::auth`); POSTs take an `Idempotency-Key`; errors are
 //! `application/problem+json`. The endpoints are described in `docs/api.md`.
 
+mod audit;
 mod catalog;
 mod clocks;
 mod coupons;
@@ -49,6 +50,8 @@ pub struct AppState {
     partitions: i32,
     /// Webhook endpoints, their delivery logs and redeliver requests.
     webhooks: Arc<webhooks::Stores>,
+    /// ClickHouse, for the audit log.
+    clickhouse: clickhouse::Client,
 }
 
 /// Serve the API until `shutdown`. `on_bound` receives the bound address (useful with port 0 in tests).
@@ -77,6 +80,7 @@ pub async fn run(
         payments,
         credit_notes,
         publisher,
+        clickhouse: billing_runtime::clickhouse::client(&settings.clickhouse),
         write_wait: cfg.write_wait,
         partitions: settings.kafka.partitions,
         webhooks: Arc::new(

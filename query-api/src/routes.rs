@@ -14,11 +14,11 @@ use crate::error::ApiError;
 use crate::request::{ApiQuery, MAX_BODY};
 use crate::{catalog, clocks, customers, idempotency, invoices, payments, subscriptions, AppState};
 
-/// What a route needs of the API key that calls it (`docs/api.md`, "Authentication"): webhook endpoints are the
-/// admin's; reads (and the invoice preview, a read by POST) need `read`; other writes need `write`. A route this
+/// What a route needs of the API key that calls it (`docs/api.md`, "Authentication"): webhook endpoints and the
+/// audit log are the admin's; reads (and the invoice preview, a read by POST) need `read`; other writes need `write`. A route this
 /// does not know is refused by the gate (fail closed); the isolation test calls every route with every role.
 pub fn access_of(method: &Method, path: &str) -> Option<Access> {
-    if path.starts_with("/v1/webhook_endpoints") {
+    if path.starts_with("/v1/webhook_endpoints") || path == "/v1/audit" {
         return Some(Access::Admin);
     }
     match *method {
@@ -31,8 +31,8 @@ pub fn access_of(method: &Method, path: &str) -> Option<Access> {
     }
 }
 
-/// The `/v1` routes behind the API key gate (key, role, rate limit per key); POSTs honour `Idempotency-Key` (after
-/// the gate).
+/// The `/v1` routes behind the API key gate (key, role, rate limit per key), then the audit log of writes; POSTs
+/// honour `Idempotency-Key` (after both).
 pub fn router(state: AppState, gate: auth::Gate) -> Router {
     Router::new()
         .route("/v1/customers/{customer_id}/usage", get(customer_usage))
@@ -199,6 +199,7 @@ pub fn router(state: AppState, gate: auth::Gate) -> Router {
             "/v1/webhook_endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver",
             post(crate::webhooks::redeliver),
         )
+        .route("/v1/audit", get(crate::audit::list))
         .method_not_allowed_fallback(|| async {
             Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -208,6 +209,10 @@ pub fn router(state: AppState, gate: auth::Gate) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::middleware,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::middleware,
         ))
         .route_layer(middleware::from_fn_with_state(gate, auth::gate))
         .layer(DefaultBodyLimit::max(MAX_BODY))

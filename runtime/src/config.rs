@@ -83,6 +83,9 @@ pub struct RetentionConfig {
     /// Raw usage events in ClickHouse `usage_events`: a monthly partition is dropped once all of it is older.
     #[serde(with = "humantime_serde")]
     pub usage_events: Duration,
+    /// The audit log in ClickHouse `audit_log`: a monthly partition is dropped once all of it is older.
+    #[serde(with = "humantime_serde")]
+    pub audit_log: Duration,
     /// Dead-letter topics (`billing.usage.dlq`, `billing.lifecycle.dlq`): their Kafka `retention.ms`.
     #[serde(with = "humantime_serde")]
     pub dead_letters: Duration,

@@ -120,10 +120,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Tenant {
 /// The header carrying a request's id.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// A request's id, in its extensions for the layers and handlers inside [`request_id`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
 /// Middleware giving every request an id: the caller's `X-Request-Id` when it is 1 to 128 visible ASCII characters,
 /// else `req_<32 hex>`. It is echoed in the response's `X-Request-Id` and recorded on the span of every log line the
 /// request writes, so a client's report and the logs meet.
-pub async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use tracing::Instrument;
     let id = req
         .headers()
@@ -132,6 +136,7 @@ pub async fn request_id(req: axum::extract::Request, next: axum::middleware::Nex
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
+    req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!(
         "request",
         request_id = %id,

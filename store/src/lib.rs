@@ -9,6 +9,7 @@
 
 pub mod api_idempotency;
 pub mod api_keys;
+pub mod audit_log;
 pub mod billing;
 pub mod catalog_entries;
 pub mod credit_notes;
@@ -87,6 +88,7 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("credit_note_lines", Store::ClickHouse, "invoicer"),
     ("invoice_line_taxes", Store::ClickHouse, "invoicer"),
     ("invoice_voids", Store::ClickHouse, "invoicer"),
+    ("audit_log", Store::ClickHouse, "query-api"),
 ];
 
 /// Prepare a statement once, marked idempotent (safe for the driver to retry) or not. The serial consistency is

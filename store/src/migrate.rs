@@ -88,6 +88,11 @@ const CLICKHOUSE: &[Migration] = &[
         name: "taxes_and_voids",
         body: include_str!("../migrations/clickhouse/0004_taxes_and_voids.sql"),
     },
+    Migration {
+        version: 5,
+        name: "audit_log",
+        body: include_str!("../migrations/clickhouse/0005_audit_log.sql"),
+    },
 ];
 
 fn statements(body: &str) -> impl Iterator<Item = String> + '_ {

@@ -1,14 +1,19 @@
 //! Data retention (`billing retention run`, and `billing ticker` every `retention.interval`): raw usage events in
 //! ClickHouse are dropped a monthly partition at a time once the whole month is older than
-//! `retention.usage_events`; the dead-letter topics get `retention.ms`; the webhook delivery logs get their CQL
+//! `retention.usage_events`, and the audit log's once older than `retention.audit_log`; the dead-letter topics get `retention.ms`; the webhook delivery logs get their CQL
 //! default TTL (rows written from then on). Invoices, invoice lines, credit notes, voids and every table billing
 //! decides from are never touched: they are not in this module.
 
 use billing_runtime::config::Settings;
 use chrono::{DateTime, Datelike, Utc};
 
-/// The ClickHouse tables retention drops partitions of, each partitioned by `toYYYYMM` of its event time.
-pub const CLICKHOUSE_TABLES: &[&str] = &["usage_events"];
+/// The ClickHouse tables retention drops partitions of (each partitioned by `toYYYYMM` of its event time), with
+/// how long each is kept.
+pub fn clickhouse_tables(
+    r: &billing_runtime::config::RetentionConfig,
+) -> [(&'static str, std::time::Duration); 2] {
+    [("usage_events", r.usage_events), ("audit_log", r.audit_log)]
+}
 /// The CQL tables whose default TTL it sets.
 pub const CQL_TABLES: &[&str] = &["webhook_deliveries", "webhook_deliveries_by_created"];
 
@@ -63,19 +68,19 @@ pub async fn run(settings: &Settings, now: DateTime<Utc>) -> anyhow::Result<Repo
     let mut report = Report::default();
     let ch = billing_runtime::clickhouse::client(&settings.clickhouse);
     let db = &settings.clickhouse.database;
-    let cutoff = now - chrono::Duration::from_std(r.usage_events)?;
-    for table in CLICKHOUSE_TABLES {
+    for (table, kept) in clickhouse_tables(r) {
+        let cutoff = now - chrono::Duration::from_std(kept)?;
         let parts: Vec<String> = ch
             .query("SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active")
             .bind(db)
-            .bind(*table)
+            .bind(table)
             .fetch_all::<String>()
             .await?;
         for p in expired_partitions(&parts, cutoff) {
             ch.query(&format!("ALTER TABLE {db}.{table} DROP PARTITION {p}"))
                 .execute()
                 .await?;
-            report.dropped.push(((*table).to_owned(), p));
+            report.dropped.push((table.to_owned(), p));
         }
     }
     let topics = billing_runtime::kafka::Topics::new(&settings.kafka);

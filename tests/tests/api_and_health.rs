@@ -187,6 +187,10 @@ async fn migrations_are_idempotent() {
         .fetch_all::<u32>()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4], "each migration recorded once");
+    assert_eq!(
+        versions,
+        vec![1, 2, 3, 4, 5],
+        "each migration recorded once"
+    );
     env.cleanup().await;
 }

@@ -64,7 +64,7 @@ fn concrete(template: &str, globex_endpoint: &str) -> String {
 
 /// The role a route needs, as `docs/api.md` states it (restated here, not read from the code).
 fn allowed(role: Role, method: &str, path: &str) -> bool {
-    let admin_only = path.starts_with("/v1/webhook_endpoints");
+    let admin_only = path.starts_with("/v1/webhook_endpoints") || path == "/v1/audit";
     let read = method == "GET" || path.ends_with("/invoices/preview");
     match role {
         Role::Admin => true,
@@ -342,5 +342,180 @@ async fn ingest_takes_usage_from_its_roles_for_the_keys_tenant_only() {
     );
     stop.cancel();
     task.await.unwrap().expect("ingest ended cleanly");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_is_in_the_audit_log_which_only_admins_read() {
+    let env = TestEnv::new("audit").await;
+    let services = Services::start(&env.settings).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let admin = services.key("acme").await;
+    let write = api_key(&env.settings, "acme", Role::Write).await;
+    let read = api_key(&env.settings, "acme", Role::Read).await;
+    let prefix = |key: &str| format!("bk_{}", billing_store::api_keys::key_id_of(key).unwrap());
+    let send = |method: &str, path: &str, key: &str, body: Option<Value>| {
+        let url = format!("{}{path}", services.api);
+        let mut req = match method {
+            "GET" => http.get(&url),
+            "DELETE" => http.delete(&url),
+            _ => http.post(&url),
+        }
+        .bearer_auth(key)
+        .header("x-request-id", format!("audit-{method}-{path}"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // Four writes (two keys, one refused), and reads that are not writes.
+    let customer = json!({"customer_id": "cus-a", "name": "Acme A", "currency": "EUR"});
+    assert_eq!(
+        send("POST", "/v1/customers", &admin, Some(customer))
+            .await
+            .0,
+        201
+    );
+    let renamed = send(
+        "POST",
+        "/v1/customers/cus-a",
+        &write,
+        Some(json!({"name": "Acme Renamed"})),
+    )
+    .await;
+    assert_eq!(renamed.0, 200, "{}", renamed.1);
+    let bad = json!({"customer_id": "cus-b", "name": "B", "currency": "EURO"});
+    assert_eq!(
+        send("POST", "/v1/customers", &write, Some(bad)).await.0,
+        422
+    );
+    let hook = json!({"url": "https://example.com/hook", "event_types": ["*"]});
+    let (status, endpoint) = send("POST", "/v1/webhook_endpoints", &admin, Some(hook)).await;
+    assert_eq!(status, 201, "{endpoint}");
+    assert!(endpoint["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(send("GET", "/v1/customers/cus-a", &read, None).await.0, 200);
+    let preview = send("POST", "/v1/customers/cus-a/invoices/preview", &read, None).await;
+    assert!(preview.0 < 500, "{preview:?}");
+
+    // Only admins read it; nobody changes it.
+    for key in [&write, &read] {
+        assert_eq!(send("GET", "/v1/audit", key, None).await.0, 403);
+    }
+    for method in ["POST", "DELETE"] {
+        assert_eq!(
+            send(method, "/v1/audit", &admin, None).await.0,
+            405,
+            "{method}"
+        );
+    }
+    let (status, log) = send("GET", "/v1/audit?limit=100", &admin, None).await;
+    assert_eq!(status, 200, "{log}");
+    let entries = log["data"].as_array().unwrap();
+    let summary: Vec<(String, String, String, u64, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["method"].as_str().unwrap().to_owned(),
+                e["path"].as_str().unwrap().to_owned(),
+                e["key"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+                e["resource_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let (a, w) = (prefix(&admin), prefix(&write));
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "POST".into(),
+                "/v1/webhook_endpoints".into(),
+                a.clone(),
+                201,
+                endpoint["id"].as_str().unwrap().to_owned()
+            ),
+            (
+                "POST".into(),
+                "/v1/customers".into(),
+                w.clone(),
+                422,
+                String::new()
+            ),
+            (
+                "POST".into(),
+                "/v1/customers/cus-a".into(),
+                w.clone(),
+                200,
+                "cus-a".into()
+            ),
+            (
+                "POST".into(),
+                "/v1/customers".into(),
+                a.clone(),
+                201,
+                "cus-a".into()
+            ),
+        ],
+        "newest first: {log}"
+    );
+    let first = &entries[3];
+    assert_eq!(first["role"], "admin");
+    assert_eq!(first["request_id"], "audit-POST-/v1/customers");
+    assert_eq!(first["request"]["name"], "Acme A");
+    assert_eq!(first["response"]["customer_id"], "cus-a");
+    assert!(
+        first["remote_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{first}"
+    );
+    assert_eq!(entries[1]["response"]["status"], 422);
+    assert_eq!(entries[2]["role"], "write");
+    assert_eq!(entries[0]["response"]["secret"], "[redacted]");
+    assert!(
+        !log.to_string().contains("whsec_"),
+        "a signing secret in the log: {log}"
+    );
+
+    // Pages, and one key's writes.
+    let (_, page) = send("GET", "/v1/audit?limit=3", &admin, None).await;
+    assert_eq!(page["has_more"], true);
+    let after = page["data"][2]["id"].as_str().unwrap();
+    let (_, rest) = send(
+        "GET",
+        &format!("/v1/audit?limit=3&starting_after={after}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["data"][0]["id"], entries[3]["id"]);
+    assert_eq!(rest["has_more"], false);
+    let (_, mine) = send("GET", &format!("/v1/audit?key_id={w}"), &admin, None).await;
+    assert_eq!(mine["data"].as_array().unwrap().len(), 2, "{mine}");
+    let (status, bad_cursor) = send("GET", "/v1/audit?starting_after=nope", &admin, None).await;
+    assert_eq!(status, 400, "{bad_cursor}");
+
+    // Another tenant sees none of it; ClickHouse has exactly these rows.
+    let globex = services.key("globex").await;
+    let (_, theirs) = send("GET", "/v1/audit", &globex, None).await;
+    assert_eq!(theirs["data"], json!([]));
+    let rows: u64 = env
+        .clickhouse()
+        .query("SELECT count() FROM audit_log WHERE tenant_id = 'acme'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(rows, 4);
+    services.shutdown().await;
     env.cleanup().await;
 }
