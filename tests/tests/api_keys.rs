@@ -405,7 +405,7 @@ async fn every_write_is_in_the_audit_log_which_only_admins_read() {
     let preview = send("POST", "/v1/customers/cus-a/invoices/preview", &read, None).await;
     assert!(preview.0 < 500, "{preview:?}");
 
-    // Only admins read it; nobody changes it.
+    // Only admins read it; nobody changes it (and the attempts are in it too).
     for key in [&write, &read] {
         assert_eq!(send("GET", "/v1/audit", key, None).await.0, 403);
     }
@@ -435,6 +435,20 @@ async fn every_write_is_in_the_audit_log_which_only_admins_read() {
     assert_eq!(
         summary,
         vec![
+            (
+                "DELETE".into(),
+                "/v1/audit".into(),
+                a.clone(),
+                405,
+                String::new()
+            ),
+            (
+                "POST".into(),
+                "/v1/audit".into(),
+                a.clone(),
+                405,
+                String::new()
+            ),
             (
                 "POST".into(),
                 "/v1/webhook_endpoints".into(),
@@ -466,7 +480,7 @@ async fn every_write_is_in_the_audit_log_which_only_admins_read() {
         ],
         "newest first: {log}"
     );
-    let first = &entries[3];
+    let first = &entries[5];
     assert_eq!(first["role"], "admin");
     assert_eq!(first["request_id"], "audit-POST-/v1/customers");
     assert_eq!(first["request"]["name"], "Acme A");
@@ -478,9 +492,9 @@ async fn every_write_is_in_the_audit_log_which_only_admins_read() {
             .starts_with("127.0.0.1:"),
         "{first}"
     );
-    assert_eq!(entries[1]["response"]["status"], 422);
-    assert_eq!(entries[2]["role"], "write");
-    assert_eq!(entries[0]["response"]["secret"], "[redacted]");
+    assert_eq!(entries[3]["response"]["status"], 422);
+    assert_eq!(entries[4]["role"], "write");
+    assert_eq!(entries[2]["response"]["secret"], "[redacted]");
     assert!(
         !log.to_string().contains("whsec_"),
         "a signing secret in the log: {log}"
@@ -497,8 +511,8 @@ async fn every_write_is_in_the_audit_log_which_only_admins_read() {
         None,
     )
     .await;
-    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
-    assert_eq!(rest["data"][0]["id"], entries[3]["id"]);
+    assert_eq!(rest["data"].as_array().unwrap().len(), 3);
+    assert_eq!(rest["data"][2]["id"], entries[5]["id"]);
     assert_eq!(rest["has_more"], false);
     let (_, mine) = send("GET", &format!("/v1/audit?key_id={w}"), &admin, None).await;
     assert_eq!(mine["data"].as_array().unwrap().len(), 2, "{mine}");
@@ -515,7 +529,7 @@ async fn every_write_is_in_the_audit_log_which_only_admins_read() {
         .fetch_one()
         .await
         .unwrap();
-    assert_eq!(rows, 4);
+    assert_eq!(rows, 6);
     services.shutdown().await;
     env.cleanup().await;
 }
