@@ -250,8 +250,11 @@ pub async fn get(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     use sha2::Digest;
-    let inv = existing(&state, &tenant, &id).await?;
-    let body = crate::payments::invoice_json(&state, &tenant, inv).await?;
+    // The invoice and its payment, read at once.
+    let (inv, payment) = tokio::try_join!(existing(&state, &tenant, &id), async {
+        Ok::<_, ApiError>(state.payments.invoice_payment(&tenant, &id).await?)
+    })?;
+    let body = crate::payments::invoice_json_with(inv, payment)?;
     let bytes = serde_json::to_vec(&body).map_err(anyhow::Error::from)?;
     let digest = sha2::Sha256::digest(&bytes);
     let etag = format!(

@@ -98,6 +98,14 @@ pub async fn invoice_json(
         .payments
         .invoice_payment(tenant, &inv.invoice_id)
         .await?;
+    invoice_json_with(inv, row)
+}
+
+/// As [`invoice_json`], with the invoice's payment row already read.
+pub fn invoice_json_with(
+    inv: InvoiceView,
+    row: Option<InvoicePaymentView>,
+) -> Result<serde_json::Value, ApiError> {
     let payment = payment_of(&inv, row);
     let mut v = serde_json::to_value(&inv).map_err(anyhow::Error::from)?;
     v["payment_status"] = payment
