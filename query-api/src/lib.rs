@@ -4,6 +4,7 @@
 //! may call, and is rate-limited per key (`billing_runtime::auth`); POSTs take an `Idempotency-Key`; errors are
 //! `application/problem+json`. The endpoints are described in `docs/api.md`.
 
+mod api_keys;
 mod audit;
 mod catalog;
 mod clocks;
@@ -52,6 +53,8 @@ pub struct AppState {
     webhooks: Arc<webhooks::Stores>,
     /// ClickHouse, for the audit log.
     clickhouse: clickhouse::Client,
+    /// The tenant's API keys (listed and revoked by admins).
+    api_keys: Arc<ApiKeys>,
 }
 
 /// Serve the API until `shutdown`. `on_bound` receives the bound address (useful with port 0 in tests).
@@ -81,6 +84,9 @@ pub async fn run(
         credit_notes,
         publisher,
         clickhouse: billing_runtime::clickhouse::client(&settings.clickhouse),
+        api_keys: Arc::new(
+            ApiKeys::new(session.clone(), ks, &settings.auth.key_hash_secret).await?,
+        ),
         write_wait: cfg.write_wait,
         partitions: settings.kafka.partitions,
         webhooks: Arc::new(

@@ -4,7 +4,9 @@
 //! [`KeyVerifier`] is the [`Authenticator`] of query-api and ingest: it trusts a verified key for
 //! `auth.cache_ttl`, so a revocation takes effect on every instance within that long.
 //!
-//! **Writer: the `billing tenant` and `billing api-key` commands.** Readers: query-api, ingest.
+//! **Writer: query-api** (revocations by admins, `POST /v1/api_keys/{id}/revoke`), and the operator's `billing tenant`
+//! and `billing api-key` commands, which create tenants and keys (the first admin key cannot come from the API).
+//! Readers: query-api, ingest.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

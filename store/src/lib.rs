@@ -76,7 +76,7 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("webhook_redeliveries", Store::Cql, "query-api"),
     ("webhook_deliveries", Store::Cql, "webhooks"),
     ("tenants", Store::Cql, "cli"),
-    ("api_keys", Store::Cql, "cli"),
+    ("api_keys", Store::Cql, "query-api"),
     ("api_keys_by_tenant", Store::Cql, "cli"),
     ("webhook_deliveries_by_created", Store::Cql, "webhooks"),
     ("webhook_pending", Store::Cql, "webhooks"),

@@ -41,7 +41,7 @@ fn routes() -> Vec<(String, String)> {
 }
 
 /// The path with every parameter filled: ids of globex's resources where they exist, else ids nobody has.
-fn concrete(template: &str, globex_endpoint: &str) -> String {
+fn concrete(template: &str, globex_endpoint: &str, globex_key: &str) -> String {
     let mut p = template.to_owned();
     for (param, value) in [
         ("{customer_id}", "cus-globex"),
@@ -55,6 +55,7 @@ fn concrete(template: &str, globex_endpoint: &str) -> String {
         ("{payment_method_id}", "pm-nobody"),
         ("{credit_note_id}", "cn-nobody"),
         ("{delivery_id}", "whd_nobody"),
+        ("{key_id}", globex_key),
     ] {
         p = p.replace(param, value);
     }
@@ -64,7 +65,9 @@ fn concrete(template: &str, globex_endpoint: &str) -> String {
 
 /// The role a route needs, as `docs/api.md` states it (restated here, not read from the code).
 fn allowed(role: Role, method: &str, path: &str) -> bool {
-    let admin_only = path.starts_with("/v1/webhook_endpoints") || path == "/v1/audit";
+    let admin_only = path.starts_with("/v1/webhook_endpoints")
+        || path.starts_with("/v1/api_keys")
+        || path == "/v1/audit";
     let read = method == "GET" || path.ends_with("/invoices/preview");
     match role {
         Role::Admin => true,
@@ -121,6 +124,10 @@ async fn every_route_checks_the_key_its_role_and_its_tenant() {
         .await;
     assert_eq!(endpoint.status, 201, "{}", endpoint.body);
     let endpoint_id = endpoint.body["id"].as_str().unwrap().to_owned();
+    let globex_key = format!(
+        "bk_{}",
+        billing_store::api_keys::key_id_of(&services.key("globex").await).unwrap()
+    );
     // globex itself reads them back, so the marker is where the matrix looks.
     let own = globex.get("/v1/customers/cus-globex").await;
     assert!(own.body.to_string().contains(GLOBEX_MARKER), "{}", own.body);
@@ -152,7 +159,7 @@ async fn every_route_checks_the_key_its_role_and_its_tenant() {
     assert!(routes.len() >= 50, "routes.rs parsed: {routes:?}");
     let mut checked = 0;
     for (method, template) in &routes {
-        let path = concrete(template, &endpoint_id);
+        let path = concrete(template, &endpoint_id, &globex_key);
         let mut cases: Vec<(String, Option<&str>, Vec<u16>)> = vec![
             ("no key".into(), None, vec![401]),
             ("revoked key".into(), Some(&revoked), vec![401]),
@@ -199,6 +206,7 @@ async fn every_route_checks_the_key_its_role_and_its_tenant() {
             format!("/v1/webhook_endpoints/{endpoint_id}/rotate_secret"),
         ),
         ("DELETE", format!("/v1/webhook_endpoints/{endpoint_id}")),
+        ("POST", format!("/v1/api_keys/{globex_key}/revoke")),
     ] {
         let (status, body) = call(&http, &services.api, method, &path, Some(acme_admin)).await;
         assert_eq!(status, 404, "{method} {path}: {body}");
@@ -213,6 +221,35 @@ async fn every_route_checks_the_key_its_role_and_its_tenant() {
         .await
         .unwrap();
     assert!(!list.to_string().contains("cus-globex"), "{list}");
+    let keys = http
+        .get(format!("{}/v1/api_keys?limit=100", services.api))
+        .bearer_auth(acme_admin)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed.len(),
+        6,
+        "one key per role and the revoked one: {keys}"
+    );
+    assert!(!listed.contains(&globex_key.as_str()), "{keys}");
+    assert!(keys.to_string().contains("\"revoked\""), "{keys}");
+    for (_, key) in &acme {
+        assert!(listed.contains(&&key[..19]), "{keys}");
+        assert!(
+            !keys.to_string().contains(&key[20..]),
+            "a key's secret is listed: {keys}"
+        );
+    }
     let still = globex
         .get(&format!("/v1/webhook_endpoints/{endpoint_id}"))
         .await;
@@ -227,13 +264,16 @@ async fn every_route_checks_the_key_its_role_and_its_tenant() {
         200
     );
     let at = Instant::now();
-    store
-        .revoke(
-            billing_store::api_keys::key_id_of(&key).unwrap(),
-            chrono::Utc::now(),
-        )
-        .await
-        .unwrap();
+    let (status, body) = call(
+        &http,
+        &services.api,
+        "POST",
+        &format!("/v1/api_keys/{}/revoke", &key[..19]),
+        Some(acme_admin),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":\"revoked\""), "{body}");
     loop {
         let (status, _) = call(&http, &services.api, "GET", usage, Some(&key)).await;
         if status == 401 {
