@@ -4,12 +4,13 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
+use billing_runtime::auth::KEY_PREFIX;
 use billing_runtime::http::Tenant;
 use billing_store::api_keys::ApiKey;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::request::{page, page_limit, ApiQuery, PageQuery};
+use crate::request::{after_cursor, page, page_limit, ApiQuery, PageQuery};
 use crate::AppState;
 
 fn key_json(k: &ApiKey) -> Value {
@@ -32,18 +33,13 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let limit = page_limit(q.limit)?;
     let keys = state.api_keys.keys_of(&tenant).await?;
-    let start = match &q.starting_after {
-        Some(after) => {
-            keys.iter()
-                .position(|k| &k.prefix() == after)
-                .ok_or_else(|| {
-                    ApiError::malformed("starting_after", format!("no API key {after:?}"))
-                })?
-                + 1
-        }
-        None => 0,
-    };
-    let items: Vec<Value> = keys[start..].iter().take(limit + 1).map(key_json).collect();
+    // The cursor is a key's `bk_<id>`, as listed.
+    let after = q
+        .starting_after
+        .as_deref()
+        .map(|a| a.strip_prefix(KEY_PREFIX).unwrap_or(a));
+    let keys = after_cursor(keys, after, |k| k.key_id.as_str())?;
+    let items: Vec<Value> = keys.iter().take(limit + 1).map(key_json).collect();
     Ok(Json(page(items, limit)?))
 }
 
