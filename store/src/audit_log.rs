@@ -123,7 +123,8 @@ pub async fn list(
     key_id: Option<&str>,
     limit: u32,
 ) -> anyhow::Result<Vec<AuditRow>> {
-    let mut sql = String::from("SELECT ?fields FROM audit_log WHERE tenant_id = ?");
+    // FINAL: a retried append may have landed twice before a merge collapsed it.
+    let mut sql = String::from("SELECT ?fields FROM audit_log FINAL WHERE tenant_id = ?");
     if before.is_some() {
         sql.push_str(" AND (at_ms < ? OR (at_ms = ? AND request_id < ?))");
     }

@@ -557,7 +557,7 @@ async fn every_write_is_in_the_audit_log_which_only_admins_read() {
     assert_eq!(theirs["data"], json!([]));
     let rows: u64 = env
         .clickhouse()
-        .query("SELECT count() FROM audit_log WHERE tenant_id = 'acme'")
+        .query("SELECT count() FROM audit_log FINAL WHERE tenant_id = 'acme'")
         .fetch_one()
         .await
         .unwrap();

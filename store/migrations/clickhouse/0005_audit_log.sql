@@ -2,7 +2,9 @@
 -- route, resource, status, request and answer bodies with secrets redacted), when and from where. Written by
 -- query-api before it answers the write; read by GET /v1/audit (admins) and analysts. Append-only: no API changes or
 -- deletes a row; `billing retention run` drops monthly partitions older than retention.audit_log. `at_ms` keeps the
--- millisecond (no DateTime64 on the local server) and, with the request id, orders the log.
+-- millisecond (no DateTime64 on the local server) and, with the request id, orders the log. A ReplacingMergeTree on
+-- that order: an append retried after a timeout (whose first try the server may still apply) collapses into one
+-- row; readers use FINAL.
 CREATE TABLE IF NOT EXISTS {database}.audit_log (
     tenant_id   String,
     at          DateTime('UTC'),
@@ -18,6 +20,6 @@ CREATE TABLE IF NOT EXISTS {database}.audit_log (
     remote_addr String,
     request     String,
     response    String
-) ENGINE = MergeTree
+) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(at)
 ORDER BY (tenant_id, at_ms, request_id);
