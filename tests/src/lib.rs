@@ -235,10 +235,22 @@ fn signal(sig: &str, pid: &str) {
 
 /// The local stack's Cassandra process id.
 pub fn cassandra_pid() -> String {
+    stack_pid("cassandra")
+}
+
+/// The local stack's ClickHouse process id.
+pub fn clickhouse_pid() -> String {
+    stack_pid("clickhouse")
+}
+
+/// The process id of one server of the local stack, from its pidfile.
+fn stack_pid(server: &str) -> String {
     let dir =
         std::env::var("BILLING_STACK_DIR").unwrap_or_else(|_| "/var/tmp/billing-stack".into());
-    std::fs::read_to_string(format!("{dir}/cassandra/cassandra.pid"))
-        .expect("the local stack's Cassandra pidfile (deploy/local/stack up)")
+    std::fs::read_to_string(format!("{dir}/{server}/{server}.pid"))
+        .unwrap_or_else(|e| {
+            panic!("the local stack's {server} pidfile (deploy/local/stack up): {e}")
+        })
         .trim()
         .to_owned()
 }
