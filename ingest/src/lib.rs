@@ -82,7 +82,7 @@ pub async fn run(
     )
     .await?;
     let gate = auth::Gate::new(
-        Arc::new(KeyVerifier::new(keys, settings.auth.cache_ttl)),
+        Arc::new(KeyVerifier::new(Arc::new(keys), settings.auth.cache_ttl)),
         settings.rate_limits,
         access_of,
     );

@@ -71,9 +71,11 @@ pub async fn run(
     let credit_notes = Arc::new(CreditNoteStore::new(session.clone(), ks).await?);
     let publisher = Publisher::new(&settings.kafka)?;
     let cfg = &settings.query_api;
-    let keys = ApiKeys::new(session.clone(), ks, &settings.auth.key_hash_secret).await?;
+    // One set of key statements: the gate verifies with it, the admins' key routes list and revoke with it.
+    let api_keys =
+        Arc::new(ApiKeys::new(session.clone(), ks, &settings.auth.key_hash_secret).await?);
     let gate = billing_runtime::auth::Gate::new(
-        Arc::new(KeyVerifier::new(keys, settings.auth.cache_ttl)),
+        Arc::new(KeyVerifier::new(api_keys.clone(), settings.auth.cache_ttl)),
         settings.rate_limits,
         routes::access_of,
     );

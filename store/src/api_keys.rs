@@ -412,14 +412,14 @@ type Verified = (Instant, Option<Principal>);
 /// Verifies keys against the store, trusting each answer (valid or not) for `ttl`. Keyed by the hash of the presented
 /// key, so a wrong secret never rides on a right key's entry.
 pub struct KeyVerifier {
-    keys: ApiKeys,
+    keys: Arc<ApiKeys>,
     ttl: Duration,
     cache: Mutex<HashMap<Vec<u8>, Verified>>,
 }
 
 impl KeyVerifier {
     /// A verifier over `keys`, trusting answers for `ttl` (`auth.cache_ttl`).
-    pub fn new(keys: ApiKeys, ttl: Duration) -> Self {
+    pub fn new(keys: Arc<ApiKeys>, ttl: Duration) -> Self {
         KeyVerifier {
             keys,
             ttl,
