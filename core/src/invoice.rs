@@ -140,6 +140,12 @@ pub struct InvoiceLine {
     /// The invoice an adjustment line corrects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adjusts: Option<String>,
+    /// Code of the plan the line bills (kept for the invoice's stored lines; not in the pricing API's output).
+    #[serde(skip)]
+    pub plan: Option<String>,
+    /// Billable metric of a usage line (likewise).
+    #[serde(skip)]
+    pub metric: Option<String>,
 }
 
 /// A coupon and what it took off.
@@ -283,6 +289,8 @@ pub fn assemble(
             total: taxable + tax_amount,
             breakdown: d.breakdown,
             adjusts: d.adjusts,
+            plan: d.plan,
+            metric: d.metric,
         });
     }
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod invoice;
 pub mod invoicing;
 pub mod money;
+pub mod mrr;
 pub mod period;
 pub mod pricing_api;
 pub mod proration;

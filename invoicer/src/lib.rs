@@ -3,8 +3,10 @@
 //! customer's billing date, and rating has checkpointed the customer's usage partition, it assembles one invoice
 //! per customer and billing date with the core, keeps it a draft during the customer's grace period, then
 //! numbers it gap-free, stores it, publishes `invoice.finalized` on `billing.invoices` and writes it to
-//! ClickHouse. See [`service`] for how it stays exact across crashes.
+//! ClickHouse. See [`service`] for how it stays exact across crashes. It also keeps the analysts' facts that need
+//! its fold or follow the payments ([`analytics`]: subscriptions' MRR, money movements).
 
+pub mod analytics;
 mod bill;
 mod credit_notes;
 pub mod metrics;
@@ -50,6 +52,10 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     let views = tokio::spawn(views.run(shutdown.clone()));
+    let facts = analytics::PaymentFacts::new(&settings, ch.clone(), metrics.clone())?;
+    let facts = tokio::spawn(facts.run(shutdown.clone()));
+    let (mrr, mrr_writer) =
+        analytics::MrrWriter::spawn(ch.clone(), metrics.clone(), shutdown.clone());
     let invoicer = service::Invoicer::new(
         settings,
         store,
@@ -58,12 +64,15 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
         metrics,
         credit_notes,
         payment_store,
+        mrr,
     )
     .await?;
     let result = invoicer.run(shutdown.clone()).await;
     shutdown.cancel();
     let views = views.await.map_err(anyhow::Error::from).and_then(|r| r);
-    let result = result.and(views);
+    let facts = facts.await.map_err(anyhow::Error::from).and_then(|r| r);
+    let _ = mrr_writer.await;
+    let result = result.and(views).and(facts);
     shutdown.cancel();
     let _ = http.await;
     result

@@ -21,6 +21,10 @@ pub struct Metrics {
     /// autoscaler scales the invoicer on (`deploy/k8s/autoscaling.yaml`; the group commits no offsets, so the
     /// broker's consumer lag says nothing).
     pub lifecycle_lag: IntGauge,
+    /// Analytics writes to ClickHouse that failed and were retried, by fact: `mrr` or `payments`.
+    pub analytics_retries: IntCounterVec,
+    /// Subscriptions whose new MRR waits to be written to ClickHouse.
+    pub mrr_pending: IntGauge,
 }
 
 /// The registry's prefix: every metric is `billing_invoicer_<name>`.
@@ -66,6 +70,19 @@ impl Metrics {
             "Lifecycle events waiting on the partitions this instance owns",
         )?;
         registry.register(Box::new(lifecycle_lag.clone()))?;
+        let analytics_retries = IntCounterVec::new(
+            Opts::new(
+                "analytics_retries_total",
+                "Analytics writes to ClickHouse retried, by fact",
+            ),
+            &["fact"],
+        )?;
+        registry.register(Box::new(analytics_retries.clone()))?;
+        let mrr_pending = IntGauge::new(
+            "mrr_pending",
+            "Subscriptions whose new MRR waits to be written to ClickHouse",
+        )?;
+        registry.register(Box::new(mrr_pending.clone()))?;
         Ok(Metrics {
             registry,
             lifecycle,
@@ -74,6 +91,8 @@ impl Metrics {
             credit_notes,
             voids,
             lifecycle_lag,
+            analytics_retries,
+            mrr_pending,
         })
     }
 }

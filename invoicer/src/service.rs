@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::analytics::MrrWriter;
 use billing_core::invoice::DraftLine;
 use billing_core::invoicing::BillableSubscription;
 use billing_runtime::config::{NumberingScope, Settings};
@@ -22,6 +23,7 @@ use billing_schemas::lifecycle::{
 };
 use billing_schemas::reference::{PriorUse, Reference};
 use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
+use billing_store::analytics::{self, MrrRow};
 use billing_store::billing::{BillingStore, CatalogEntry};
 use billing_store::catalog_entries;
 use billing_store::credit_notes::CreditNoteStore;
@@ -147,6 +149,8 @@ pub struct Invoicer {
     metrics: Metrics,
     credit_notes: Arc<CreditNoteStore>,
     payments: Arc<PaymentStore>,
+    /// Writes the subscriptions' MRR to ClickHouse.
+    mrr: MrrWriter,
 }
 
 /// The `invoices_by_date` partition of the one-off invoices of lifecycle partition `p`: negative, so never a
@@ -176,6 +180,7 @@ fn state_outcome(
 
 impl Invoicer {
     /// Connect everything.
+    #[allow(clippy::too_many_arguments)]
     pub async fn new(
         settings: Settings,
         store: Arc<BillingStore>,
@@ -184,6 +189,7 @@ impl Invoicer {
         metrics: Metrics,
         credit_notes: Arc<CreditNoteStore>,
         payments: Arc<PaymentStore>,
+        mrr: MrrWriter,
     ) -> anyhow::Result<Self> {
         let topics = Topics::new(&settings.kafka);
         let revocations = Revocations::default();
@@ -226,6 +232,7 @@ impl Invoicer {
             settings,
             credit_notes,
             payments,
+            mrr,
         })
     }
 
@@ -471,6 +478,9 @@ impl Invoicer {
                     false
                 }
             };
+            if let Some((catalog_entries::PLAN, code, _)) = entry.as_ref().filter(|_| applied) {
+                self.plan_edited(&tenant, code);
+            }
             // Applied to the fold once; its writes are retried until they succeed (the catalog is not read again).
             let mut backoff = Duration::from_millis(200);
             loop {
@@ -738,6 +748,7 @@ impl Invoicer {
             }
             // Only now: a failed catch-up bill run is run again when the message is retried.
             self.partitions.get_mut(&p).expect("present").caught_up = true;
+            self.check_mrr(p);
             self.flush_progress().await?;
         }
         Ok(())
@@ -766,19 +777,26 @@ impl Invoicer {
     async fn flush_progress(&mut self) -> anyhow::Result<()> {
         let dirty: Vec<(String, String, Option<String>)> = self.dirty.drain().collect();
         if !dirty.is_empty() {
+            // One MRR version for every subscription of this flush: the write's millisecond.
+            let version = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
             let writes: Vec<_> = dirty
                 .iter()
-                .map(|(t, c, s)| self.materialize(t, c, s.as_deref()))
+                .map(|(t, c, s)| self.materialize(t, c, s.as_deref(), version))
                 .collect();
             let written = futures::stream::iter(writes)
                 .buffer_unordered(CONCURRENCY)
-                .try_collect::<Vec<()>>()
+                .try_collect::<Vec<Vec<MrrRow>>>()
                 .await;
-            if let Err(e) = written {
-                // Written again at the next flush; progress is not recorded before.
-                self.dirty.extend(dirty);
-                return Err(e);
-            }
+            let mrr: Vec<MrrRow> = match written {
+                Ok(rows) => rows.into_iter().flatten().collect(),
+                Err(e) => {
+                    // Written again at the next flush; progress is not recorded before.
+                    self.dirty.extend(dirty);
+                    return Err(e);
+                }
+            };
+            // Written by the MRR task, off this path: a ClickHouse outage does not hold the read models.
+            self.mrr.changed(mrr);
         }
         for (p, s) in self.partitions.iter_mut() {
             if let Some(next) = s.pending {
@@ -793,19 +811,24 @@ impl Invoicer {
         Ok(())
     }
 
+    /// Write a customer's view and, when given, its subscription's; returns the subscription's MRR rows (version
+    /// `version`) for the flush to insert.
     async fn materialize(
         &self,
         tenant: &str,
         customer: &str,
         subscription: Option<&str>,
-    ) -> anyhow::Result<()> {
+        version: u64,
+    ) -> anyhow::Result<Vec<MrrRow>> {
         let Some(c) = self.reference.customer(tenant, customer) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let view = views::customer(c);
-        let sub = subscription
-            .and_then(|id| c.subscriptions.iter().find(|s| s.id == id))
-            .map(|s| views::subscription(customer, s));
+        let folded = subscription.and_then(|id| c.subscriptions.iter().find(|s| s.id == id));
+        let sub = folded.map(|s| views::subscription(customer, s));
+        let mrr = folded
+            .map(|s| self.mrr_rows(tenant, customer, c, s, version))
+            .unwrap_or_default();
         let (a, b) = futures::join!(
             async {
                 match &view {
@@ -822,7 +845,77 @@ impl Invoicer {
         );
         a?;
         b?;
-        Ok(())
+        Ok(mrr)
+    }
+
+    /// A partition's history has been read: its subscriptions' MRR, for the MRR task to write where ClickHouse has
+    /// another (what a crash kept from being written, or subscriptions older than the MRR facts).
+    fn check_mrr(&self, p: i32) {
+        let n = self.settings.kafka.partitions;
+        let version = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+        let mut rows = Vec::new();
+        for ((t, c), cust) in self.reference.customers() {
+            if kafka::partition_for_key(customer_key(t, c).as_bytes(), n) != p {
+                continue;
+            }
+            for s in &cust.subscriptions {
+                rows.extend(self.mrr_rows(t, c, cust, s, version));
+            }
+        }
+        self.mrr.check(rows);
+    }
+
+    /// A subscription's MRR rows (none when it cannot be billed: the bill run says why).
+    fn mrr_rows(
+        &self,
+        tenant: &str,
+        customer: &str,
+        c: &billing_schemas::reference::Customer,
+        s: &billing_schemas::reference::Subscription,
+        version: u64,
+    ) -> Vec<MrrRow> {
+        match self.reference.mrr(tenant, c, s) {
+            Ok((currency, segments)) => {
+                let segments: Vec<analytics::Segment> = segments
+                    .into_iter()
+                    .map(|(seg, plan)| (seg.from, seg.to, plan, seg.mrr))
+                    .collect();
+                analytics::mrr_rows(tenant, customer, &s.id, &currency, version, &segments)
+            }
+            Err(reason) => {
+                tracing::debug!(tenant, customer, subscription = s.id, reason, "no MRR");
+                Vec::new()
+            }
+        }
+    }
+
+    /// After a plan's edit, the subscriptions on it whose MRR may have changed: those of the customers of owned
+    /// partitions that have caught up with their history (a partition still replaying would write an MRR older
+    /// than the one stored; its subscriptions show the edit at their next change, `docs/analytics.md`).
+    fn plan_edited(&mut self, tenant: &str, code: &str) {
+        let n = self.settings.kafka.partitions;
+        let caught_up: HashSet<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| s.caught_up)
+            .map(|(p, _)| *p)
+            .collect();
+        let mut on_plan = Vec::new();
+        for ((t, c), cust) in self.reference.customers() {
+            if t != tenant
+                || !caught_up.contains(&kafka::partition_for_key(customer_key(t, c).as_bytes(), n))
+            {
+                continue;
+            }
+            for s in cust
+                .subscriptions
+                .iter()
+                .filter(|s| s.plans.iter().any(|p| p == code))
+            {
+                on_plan.push((t.clone(), c.clone(), Some(s.id.clone())));
+            }
+        }
+        self.dirty.extend(on_plan);
     }
 
     async fn dead_letter(&self, m: &OwnedMessage, reason: &str) -> anyhow::Result<()> {

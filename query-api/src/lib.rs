@@ -4,6 +4,7 @@
 //! may call, and is rate-limited per key (`billing_runtime::auth`); POSTs take an `Idempotency-Key`; errors are
 //! `application/problem+json`. The endpoints are described in `docs/api.md`.
 
+mod analytics;
 mod api_keys;
 mod audit;
 mod catalog;

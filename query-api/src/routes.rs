@@ -14,10 +14,14 @@ use crate::error::ApiError;
 use crate::request::{ApiQuery, MAX_BODY};
 use crate::{catalog, clocks, customers, idempotency, invoices, payments, subscriptions, AppState};
 
-/// What a route needs of the API key that calls it (`docs/api.md`, "Authentication"): webhook endpoints, API keys
-/// and the audit log are the admin's; reads (and the invoice preview, a read by POST) need `read`; other writes need `write`. A route this
+/// What a route needs of the API key that calls it (`docs/api.md`, "Authentication"): analytics reports are the
+/// analyst's; webhook endpoints, API keys and the audit log are the admin's; reads (and the invoice preview, a read by POST) need `read`; other writes need `write`. A route this
 /// does not know is refused by the gate (fail closed); the isolation test calls every route with every role.
 pub fn access_of(method: &Method, path: &str) -> Option<Access> {
+    if path.starts_with("/v1/analytics/") {
+        // Every method: axum answers 405 to those the route does not have.
+        return Some(Access::Analytics);
+    }
     if path.starts_with("/v1/webhook_endpoints")
         || path.starts_with("/v1/api_keys")
         || path == "/v1/audit"
@@ -203,6 +207,14 @@ pub fn router(state: AppState, gate: auth::Gate) -> Router {
             post(crate::webhooks::redeliver),
         )
         .route("/v1/audit", get(crate::audit::list))
+        .route("/v1/analytics/mrr", get(crate::analytics::mrr))
+        .route("/v1/analytics/revenue", get(crate::analytics::revenue))
+        .route("/v1/analytics/usage", get(crate::analytics::usage))
+        .route("/v1/analytics/churn", get(crate::analytics::churn))
+        .route(
+            "/v1/analytics/collections",
+            get(crate::analytics::collections),
+        )
         .route("/v1/api_keys", get(crate::api_keys::list))
         .route(
             "/v1/api_keys/{key_id}/revoke",

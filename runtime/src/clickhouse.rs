@@ -37,3 +37,21 @@ pub fn to_decimal_38_9(d: rust_decimal::Decimal) -> i128 {
     d.rescale(9);
     d.mantissa()
 }
+
+/// How long one ClickHouse write may take before its caller gives up on it and retries (a hung server must not
+/// hold a service: every write of the services is idempotent, on `ReplacingMergeTree`s).
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `request` bounded by `limit`: past it, an error naming `what`.
+pub async fn bounded<T>(
+    limit: std::time::Duration,
+    what: &str,
+    request: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!(
+            "clickhouse: {what} took longer than {limit:?}"
+        )),
+    }
+}

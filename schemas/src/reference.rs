@@ -869,6 +869,48 @@ impl Reference {
         })
     }
 
+    /// A subscription's monthly recurring revenue over its life (`billing_core::mrr`) in the customer's currency:
+    /// the currency's code and each segment with its plan's code. Refused like [`Reference::billable`] (an unknown
+    /// plan, a plan in another currency, an unknown currency) or on an inconsistent history.
+    pub fn mrr(
+        &self,
+        tenant: &str,
+        customer: &Customer,
+        sub: &Subscription,
+    ) -> Result<(String, Vec<(billing_core::mrr::MrrSegment, String)>), String> {
+        let currency = customer
+            .record
+            .as_ref()
+            .and_then(|r| Currency::parse(&r.currency).ok())
+            .ok_or("the customer's currency is unknown")?;
+        let mut terms = Vec::with_capacity(sub.plans.len());
+        for (i, code) in sub.plans.iter().enumerate() {
+            let p = self
+                .plan_at(tenant, code, sub.plan_since(i))
+                .ok_or_else(|| format!("unknown plan {code:?}"))?;
+            if p.currency != currency {
+                return Err(format!(
+                    "plan {code:?} is in {}, the customer is billed in {}",
+                    p.currency.code(),
+                    currency.code()
+                ));
+            }
+            terms.push(p.terms(sub.anchor()));
+        }
+        let segments = billing_core::mrr::timeline(&sub.history, &terms, currency, customer.tz())
+            .map_err(|e| e.to_string())?;
+        Ok((
+            currency.code().to_owned(),
+            segments
+                .into_iter()
+                .map(|s| {
+                    let plan = sub.plans.get(s.plan).cloned().unwrap_or_default();
+                    (s, plan)
+                })
+                .collect(),
+        ))
+    }
+
     /// A customer's subscriptions as the core bills them, and those it cannot bill with the reason (an unknown
     /// plan or metric, a plan in another currency).
     pub fn billable_subscriptions(

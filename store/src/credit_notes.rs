@@ -558,6 +558,8 @@ mod tests {
             taxable_amount: amount,
             taxes: vec![],
             adjusts: None,
+            plan_code: None,
+            metric_code: None,
         };
         InvoiceView {
             invoice_id: "inv_1".into(),

@@ -4,7 +4,7 @@
 //!
 //! **Writer: invoicer.** Readers: analysts' SQL.
 
-use billing_runtime::clickhouse::to_decimal_38_9;
+use billing_runtime::clickhouse::{bounded, to_decimal_38_9, WRITE_TIMEOUT};
 use serde::Serialize;
 
 use crate::invoices::InvoiceView;
@@ -51,6 +51,9 @@ pub struct InvoiceLineRow {
     pub total: i128,
     pub currency: String,
     pub billing_date: u32,
+    /// Added by migration 0006 ('' when the line has none).
+    pub plan_code: String,
+    pub metric_code: String,
 }
 
 /// One tax of a line; field order is the table's column order.
@@ -126,12 +129,14 @@ pub fn rows(tenant: &str, inv: &InvoiceView) -> (InvoiceRow, Vec<InvoiceLineRow>
             total: to_decimal_38_9(l.total),
             currency: inv.currency.clone(),
             billing_date: secs(inv.billing_date),
+            plan_code: l.plan_code.clone().unwrap_or_default(),
+            metric_code: l.metric_code.clone().unwrap_or_default(),
         })
         .collect();
     (head, lines)
 }
 
-/// Insert finalized invoices and their lines (two INSERTs).
+/// Insert finalized invoices, their lines and their taxes (three INSERTs, bounded together by [`WRITE_TIMEOUT`]).
 pub async fn insert(
     ch: &clickhouse::Client,
     tenant_invoices: &[(String, InvoiceView)],
@@ -139,6 +144,18 @@ pub async fn insert(
     if tenant_invoices.is_empty() {
         return Ok(());
     }
+    bounded(
+        WRITE_TIMEOUT,
+        "insert of invoices",
+        insert_unbounded(ch, tenant_invoices),
+    )
+    .await
+}
+
+async fn insert_unbounded(
+    ch: &clickhouse::Client,
+    tenant_invoices: &[(String, InvoiceView)],
+) -> anyhow::Result<()> {
     let mut heads = ch.insert::<InvoiceRow>("invoices").await?;
     let mut all_lines = Vec::new();
     for (tenant, inv) in tenant_invoices {
@@ -195,17 +212,19 @@ pub async fn insert_void(
     inv: &InvoiceView,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let mut insert = ch.insert::<InvoiceVoidRow>("invoice_voids").await?;
-    insert
-        .write(&InvoiceVoidRow {
-            tenant_id: tenant.into(),
-            invoice_id: inv.invoice_id.clone(),
-            number: inv.number.clone().unwrap_or_default(),
-            customer_id: inv.customer_id.clone(),
-            reason: reason.into(),
-            voided_at: inv.voided_at.map(secs).unwrap_or(0),
-        })
-        .await?;
-    insert.end().await?;
-    Ok(())
+    let row = InvoiceVoidRow {
+        tenant_id: tenant.into(),
+        invoice_id: inv.invoice_id.clone(),
+        number: inv.number.clone().unwrap_or_default(),
+        customer_id: inv.customer_id.clone(),
+        reason: reason.into(),
+        voided_at: inv.voided_at.map(secs).unwrap_or(0),
+    };
+    bounded(WRITE_TIMEOUT, "insert into invoice_voids", async {
+        let mut insert = ch.insert::<InvoiceVoidRow>("invoice_voids").await?;
+        insert.write(&row).await?;
+        insert.end().await?;
+        Ok(())
+    })
+    .await
 }

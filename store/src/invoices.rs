@@ -77,6 +77,12 @@ pub struct InvoiceLineView {
     /// The invoice a usage adjustment line corrects (`kind` `adjustment`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adjusts: Option<String>,
+    /// The plan the line bills (subscription, usage, true-up and adjustment lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_code: Option<String>,
+    /// The billable metric of a usage or adjustment line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_code: Option<String>,
 }
 
 /// One tax of an invoice, over every line it applies to.
@@ -286,6 +292,8 @@ impl InvoiceView {
                 taxable_amount: l.taxable_amount,
                 taxes: l.taxes.clone(),
                 adjusts: l.adjusts.clone(),
+                plan_code: l.plan.clone(),
+                metric_code: l.metric.clone(),
             })
             .collect();
         let applied_taxes = billing_core::tax::summarize(
@@ -581,6 +589,8 @@ mod tests {
             taxable_amount: Decimal::TEN,
             taxes: vec![],
             adjusts: None,
+            plan_code: None,
+            metric_code: None,
         };
         InvoiceView {
             invoice_id: "inv_1".into(),

@@ -7,6 +7,7 @@
 //! and writes only its idempotency keys, the webhook endpoints and redeliver requests; the webhooks service writes
 //! the webhook deliveries.
 
+pub mod analytics;
 pub mod api_idempotency;
 pub mod api_keys;
 pub mod audit_log;
@@ -89,6 +90,8 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("invoice_line_taxes", Store::ClickHouse, "invoicer"),
     ("invoice_voids", Store::ClickHouse, "invoicer"),
     ("audit_log", Store::ClickHouse, "query-api"),
+    ("subscription_mrr", Store::ClickHouse, "invoicer"),
+    ("payments", Store::ClickHouse, "invoicer"),
 ];
 
 /// Prepare a statement once, marked idempotent (safe for the driver to retry) or not. The serial consistency is

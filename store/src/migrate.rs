@@ -93,6 +93,11 @@ const CLICKHOUSE: &[Migration] = &[
         name: "audit_log",
         body: include_str!("../migrations/clickhouse/0005_audit_log.sql"),
     },
+    Migration {
+        version: 6,
+        name: "analytics",
+        body: include_str!("../migrations/clickhouse/0006_analytics.sql"),
+    },
 ];
 
 fn statements(body: &str) -> impl Iterator<Item = String> + '_ {
@@ -111,7 +116,7 @@ fn is_add_column(stmt: &str) -> bool {
     s.starts_with("ALTER TABLE") && s.contains(" ADD ")
 }
 
-/// Cassandra's and ScyllaDB's refusals of a column that exists already.
+/// Cassandra's, ScyllaDB's and ClickHouse's refusals of a column that exists already.
 fn already_added(error: &str) -> bool {
     error.contains("already exist") || error.contains("conflicts with an existing column")
 }
@@ -238,10 +243,17 @@ async fn migrate_clickhouse(settings: &Settings) -> anyhow::Result<Vec<String>> 
         .filter(|m| !applied.contains(&(m.version as u32)))
     {
         for stmt in statements(m.body) {
-            server
+            let done = server
                 .query(&stmt.replace("{database}", db))
                 .execute()
-                .await?;
+                .await;
+            if let Err(e) = done {
+                // ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`: a column added by a run cut short before it
+                // recorded the migration is recognised by the error ("column with this name already exists").
+                if !(is_add_column(&stmt) && already_added(&e.to_string())) {
+                    return Err(e.into());
+                }
+            }
         }
         server
             .query(&format!("INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES (?, ?, now())"))

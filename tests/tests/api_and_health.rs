@@ -189,7 +189,7 @@ async fn migrations_are_idempotent() {
         .unwrap();
     assert_eq!(
         versions,
-        vec![1, 2, 3, 4, 5],
+        vec![1, 2, 3, 4, 5, 6],
         "each migration recorded once"
     );
     env.cleanup().await;

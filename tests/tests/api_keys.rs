@@ -69,11 +69,13 @@ fn allowed(role: Role, method: &str, path: &str) -> bool {
         || path.starts_with("/v1/api_keys")
         || path == "/v1/audit";
     let read = method == "GET" || path.ends_with("/invoices/preview");
+    let analytics = path.starts_with("/v1/analytics/");
     match role {
         Role::Admin => true,
-        Role::Write => !admin_only,
-        Role::Read => read && !admin_only,
-        Role::Analyst | Role::Ingest => false,
+        Role::Write => !admin_only && !analytics,
+        Role::Read => read && !admin_only && !analytics,
+        Role::Analyst => analytics,
+        Role::Ingest => false,
     }
 }
 

@@ -454,6 +454,141 @@ async fn a_year_of_coupons_taxes_wallets_late_usage_one_offs_and_voids() {
         .collect();
     assert_eq!(ch_totals, api_totals);
 
+    // Analytics (docs/analytics.md) for an analyst key, as they settle (the MRR task and the payment facts
+    // consumer write asynchronously).
+    let analyst = Api::new(
+        &services.api,
+        &billing_tests::api_key(&env.settings, TENANT, billing_runtime::auth::Role::Analyst).await,
+    );
+    let report = |path: &'static str, fields: &'static [&'static str], want: Vec<Vec<String>>| {
+        let analyst = &analyst;
+        async move {
+            eventually(WAIT, path, || async {
+                let r = analyst.get(path).await;
+                assert_eq!(r.status, 200, "{path}: {}", r.body);
+                let got: Vec<Vec<String>> = r.body["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|row| {
+                        fields
+                            .iter()
+                            .map(|f| match &row[*f] {
+                                Value::String(s) => s.clone(),
+                                v => v.to_string(),
+                            })
+                            .collect()
+                    })
+                    .collect();
+                if got != want {
+                    eprintln!("{path}: {got:?}");
+                }
+                (got == want).then_some(())
+            })
+            .await
+        }
+    };
+    let strings = |rows: &[&[&str]]| -> Vec<Vec<String>> {
+        rows.iter()
+            .map(|r| r.iter().map(|s| (*s).to_owned()).collect())
+            .collect()
+    };
+    // MRR: alpha's and gamma's 40.00 from January 1 (no usage, coupons or taxes in it), beta's ¥5500.
+    const MRR: &[&str] = &[
+        "month",
+        "currency",
+        "starting_mrr",
+        "new_mrr",
+        "churned_mrr",
+        "ending_mrr",
+        "customers",
+    ];
+    let mut want = strings(&[
+        &["2025-01", "EUR", "0.00", "80.00", "0.00", "80.00", "2"],
+        &["2025-01", "JPY", "0", "5500", "0", "5500", "1"],
+    ]);
+    for m in 2..=12 {
+        let month = format!("2025-{m:02}");
+        want.push(strings(&[&[&month, "EUR", "80.00", "0.00", "0.00", "80.00", "2"]]).remove(0));
+        want.push(strings(&[&[&month, "JPY", "5500", "0", "0", "5500", "1"]]).remove(0));
+    }
+    report("/v1/analytics/mrr?from=2025-01&to=2025-12", MRR, want).await;
+    // Revenue by plan, without tax (JCT inclusive taken out) and after coupons; the voided one-off left out; the
+    // March adjustment (2.00 less its 10 %) in team's usage.
+    const REVENUE: &[&str] = &[
+        "month",
+        "currency",
+        "plan_code",
+        "subscription_fees",
+        "usage",
+        "other",
+        "net_revenue",
+        "discounts",
+    ];
+    report(
+        "/v1/analytics/revenue?from=2025-01&to=2025-03",
+        REVENUE,
+        strings(&[
+            &[
+                "2025-01", "EUR", "null", "0.00", "0.00", "20.00", "20.00", "0.00",
+            ],
+            &[
+                "2025-01", "EUR", "pro-eur", "40.00", "0.00", "0.00", "40.00", "0.00",
+            ],
+            &[
+                "2025-01", "EUR", "team", "36.00", "0.00", "0.00", "36.00", "4.00",
+            ],
+            &["2025-01", "JPY", "pro-jpy", "0", "0", "0", "0", "5500"],
+            &[
+                "2025-02", "EUR", "pro-eur", "40.00", "2.50", "0.00", "42.50", "2.50",
+            ],
+            &[
+                "2025-02", "EUR", "team", "36.00", "13.50", "0.00", "49.50", "5.50",
+            ],
+            &[
+                "2025-02", "JPY", "pro-jpy", "5000", "1000", "0", "6000", "0",
+            ],
+            &[
+                "2025-03", "EUR", "pro-eur", "40.00", "2.50", "0.00", "42.50", "2.50",
+            ],
+            &[
+                "2025-03", "EUR", "team", "36.00", "15.30", "0.00", "51.30", "5.70",
+            ],
+            &[
+                "2025-03", "JPY", "pro-jpy", "5000", "1000", "0", "6000", "0",
+            ],
+        ]),
+    )
+    .await;
+    // Collections in EUR: alpha pays by card (its paid credits on January 1, then each invoice as it is issued, the
+    // March one after the 4.80 credit note's balance); gamma has no payment method, so its invoices pile up, past
+    // due at once (no payment terms); the one-off of March 15 is issued and voided the same day.
+    const COLLECTIONS: &[&str] = &[
+        "month",
+        "invoiced",
+        "collected",
+        "paid_by_credit",
+        "outstanding",
+        "overdue",
+        "uncollectible",
+    ];
+    report(
+        "/v1/analytics/collections?from=2025-01&to=2025-03&currency=EUR",
+        COLLECTIONS,
+        strings(&[
+            &[
+                "2025-01", "60.00", "20.00", "0.00", "40.00", "40.00", "0.00",
+            ],
+            &[
+                "2025-02", "95.10", "52.60", "0.00", "82.50", "82.50", "0.00",
+            ],
+            &[
+                "2025-03", "204.06", "56.76", "4.80", "125.00", "125.00", "0.00",
+            ],
+        ]),
+    )
+    .await;
+
     services.stop.cancel();
     payments.await.unwrap().unwrap();
     services.shutdown().await;
