@@ -1,5 +1,6 @@
 //! `billing`: one binary for every service and tool. See `billing --help`.
 
+mod analytics;
 mod bench;
 mod bench_api;
 mod bench_billrun;
@@ -69,6 +70,9 @@ enum Command {
     /// API keys: create (printed once), list, revoke.
     #[command(subcommand, name = "api-key")]
     ApiKey(keys::ApiKeyCommand),
+    /// Analytics: an SVG chart of a tenant's MRR (the reports themselves: `reports/*.sql`, `GET /v1/analytics/*`).
+    #[command(subcommand)]
+    Analytics(analytics::AnalyticsCommand),
     /// Offline pricing: evaluate a charge or preview an invoice from a JSON file.
     #[command(subcommand)]
     Pricing(pricing::Command),
@@ -134,6 +138,7 @@ async fn serve(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Tenant(cmd) => keys::tenant(settings, cmd).await,
         Command::ApiKey(cmd) => keys::api_key(settings, cmd).await,
+        Command::Analytics(cmd) => analytics::run(settings, cmd).await,
         Command::Demo(args) => demo::run(settings, args, stop).await,
         Command::BenchUsage(args) => bench::run(settings, args, stop).await,
         Command::BenchBillrun(args) => bench_billrun::run(settings, args, stop).await,

@@ -3,7 +3,8 @@
 //! - `reports_give_the_known_figures_through_clickhouse_client_and_the_api`: a known data set written straight into
 //!   ClickHouse's tables (two tenants); each report of `reports/` run by `clickhouse-client` as an analyst would and
 //!   through `GET /v1/analytics/*` with an analyst key, every figure worked out by hand below; roles, tenant
-//!   isolation, filters, pages, refused parameters, and a 503 within the report timeout while ClickHouse hangs.
+//!   isolation, filters, pages, refused parameters, and a 503 within the report timeout while ClickHouse hangs; the
+//!   `billing analytics mrr-chart` command draws the same MRR.
 //! - `the_invoicer_keeps_every_subscriptions_mrr`: subscriptions changed through the API (trial, upgrade to a yearly
 //!   plan, pause, resume, cancellation at period end, a plan's price edited); the invoicer writes their MRR and the
 //!   API's MRR report follows, month by month.
@@ -31,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use billing_runtime::auth::Role;
 use billing_tests::api::Api;
-use billing_tests::{api_key, clickhouse_pid, eventually, Services, Stopped, TestEnv};
+use billing_tests::{
+    api_key, billing_binary, clickhouse_pid, eventually, Services, Stopped, TestEnv,
+};
 use serde_json::{json, Value};
 
 const RUNNING: &str = "2100-01-01 00:00:00";
@@ -207,6 +210,37 @@ async fn reports_give_the_known_figures_through_clickhouse_client_and_the_api() 
         clickhouse_client(&db, "collections", "acme")[2],
         "acme\t2025-03-01\tEUR\t35.650000000\t0.000000000\t0.000000000\t0.000000000\t85.650000000\t50.000000000\t0.000000000"
     );
+
+    // The chart command draws the same figures.
+    let svg = std::env::temp_dir().join(format!("mrr-{}.svg", env.id));
+    let out = std::process::Command::new(billing_binary())
+        .args([
+            "analytics",
+            "mrr-chart",
+            "--tenant",
+            "acme",
+            "--currency",
+            "EUR",
+        ])
+        .args(["--from", "2025-01", "--to", "2025-06", "--out"])
+        .arg(&svg)
+        .env("BILLING__CLICKHOUSE__DATABASE", &db)
+        .env("BILLING__TELEMETRY__FILTER", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    std::fs::remove_file(&svg).unwrap();
+    let bars: Vec<&str> = drawn
+        .split("data-mrr=\"")
+        .skip(1)
+        .map(|s| &s[..s.find('"').unwrap()])
+        .collect();
+    assert_eq!(bars, ["100", "230", "280", "230", "190", "190"], "{drawn}");
 
     // Through the API.
     let (tx, rx) = tokio::sync::oneshot::channel();
