@@ -1360,6 +1360,38 @@ async fn billing_workload(
         }
     }
 
+    // MRR (docs/analytics.md): what the plans promise per month, and what moved it.
+    let mrr = api.get("/v1/analytics/mrr?from=2026-01&to=2026-03").await?;
+    println!();
+    println!("MRR month by month (GET /v1/analytics/mrr, docs/analytics.md):");
+    println!(
+        "  {:<8} {:<4} {:>10} {:>9} {:>10} {:>12} {:>9} {:>10} {:>10}",
+        "month",
+        "",
+        "starting",
+        "new",
+        "expansion",
+        "contraction",
+        "churned",
+        "ending",
+        "customers"
+    );
+    for r in mrr["data"].as_array().into_iter().flatten() {
+        let f = |k: &str| r[k].as_str().unwrap_or("?").to_owned();
+        println!(
+            "  {:<8} {:<4} {:>10} {:>9} {:>10} {:>12} {:>9} {:>10} {:>10}",
+            f("month"),
+            f("currency"),
+            f("starting_mrr"),
+            f("new_mrr"),
+            f("expansion_mrr"),
+            f("contraction_mrr"),
+            f("churned_mrr"),
+            f("ending_mrr"),
+            r["customers"]
+        );
+    }
+
     let h = format!("curl -s -H 'Authorization: Bearer {}'", api.key);
     let db = &settings.clickhouse.database;
     let example = example.unwrap_or_else(|| "INVOICE_ID".to_owned());
@@ -1374,6 +1406,9 @@ async fn billing_workload(
         format!("a customer's: {h} {base}/v1/customers/lumen-energy/invoices"),
         format!("test clock:   {h} {base}/v1/test_clocks/{clock}"),
         format!("usage:        {h} '{base}/v1/customers/cedar-labs/usage?at=2026-02-15T00:00:00Z'"),
+        format!("analytics:    {h} '{base}/v1/analytics/revenue?from=2026-01&to=2026-03'  (also mrr, usage, churn, collections)"),
+        format!("MRR chart:    billing analytics mrr-chart --tenant {tenant} --currency EUR --from 2026-01 --to 2026-03 --out mrr.svg"),
+        format!("reports:      clickhouse-client --database {db} < reports/mrr.sql  (every report of reports/, docs/analytics.md)"),
         format!(
             "invoices in ClickHouse: clickhouse-client --query \"SELECT number, customer_id, toDate(billing_date) AS billed, total, currency FROM {db}.invoices FINAL WHERE tenant_id = '{tenant}' ORDER BY number\""
         ),
