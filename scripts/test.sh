@@ -15,6 +15,20 @@ SECONDS=0
 "$stack" up
 echo "stack ready after ${SECONDS}s"
 
+# Schemathesis (PyPI) fuzzes the live API against its OpenAPI document (tests/tests/openapi.rs). Installed once per
+# machine in a virtualenv next to the cargo cache.
+tools="${BILLING_TOOLS_DIR:-/var/tmp/billing-tools}"
+# Hypothesis pinned: later releases changed internals this Schemathesis uses.
+wanted="schemathesis==3.39.16 hypothesis==6.122.1"
+if [ "$(cat "$tools/schemathesis/installed" 2>/dev/null)" != "$wanted" ]; then
+  rm -rf "$tools/schemathesis"
+  python3 -m venv "$tools/schemathesis"
+  # shellcheck disable=SC2086 # two requirements
+  "$tools/schemathesis/bin/pip" install --quiet --disable-pip-version-check $wanted
+  echo "$wanted" >"$tools/schemathesis/installed"
+fi
+export SCHEMATHESIS="$tools/schemathesis/bin/st"
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

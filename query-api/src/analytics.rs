@@ -33,8 +33,9 @@ const MAX_ROWS: u64 = 1000;
 const MAX_MONTHS: u32 = 120;
 
 /// The query string of every report.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AnalyticsQuery {
     from: Option<String>,
     to: Option<String>,
@@ -175,15 +176,121 @@ fn ratio(v: i64) -> String {
     rate(v).to_string()
 }
 
-async fn fetch<R>(state: &AppState, report: Report, sel: &Selection<'_>) -> Result<Vec<R>, ApiError>
-where
-    R: clickhouse::RowOwned + clickhouse::RowRead,
-{
-    let what = format!("the {} report", report.name());
-    bounded(
+/// A report's row as the API shows it.
+pub trait ApiRow: clickhouse::RowOwned + clickhouse::RowRead {
+    /// The report it is a row of.
+    const REPORT: Report;
+    /// Its JSON (without `object`).
+    fn json(&self) -> Value;
+}
+
+impl ApiRow for MrrReportRow {
+    const REPORT: Report = Report::Mrr;
+    fn json(&self) -> Value {
+        let (m, c) = (analytics::date(self.month), self.currency.as_str());
+        json!({
+            "id": row_id(m, &[c]),
+            "month": month_name(m),
+            "currency": c,
+            "starting_mrr": money(self.starting_mrr, c),
+            "new_mrr": money(self.new_mrr, c),
+            "expansion_mrr": money(self.expansion_mrr, c),
+            "contraction_mrr": money(self.contraction_mrr, c),
+            "churned_mrr": money(self.churned_mrr, c),
+            "ending_mrr": money(self.ending_mrr, c),
+            "customers": self.customers,
+        })
+    }
+}
+
+impl ApiRow for RevenueReportRow {
+    const REPORT: Report = Report::Revenue;
+    fn json(&self) -> Value {
+        let (m, c) = (analytics::date(self.month), self.currency.as_str());
+        json!({
+            "id": row_id(m, &[c, &self.plan_code]),
+            "month": month_name(m),
+            "currency": c,
+            "plan_code": (!self.plan_code.is_empty()).then_some(&self.plan_code),
+            "subscription_fees": money(self.subscription_fees, c),
+            "usage": money(self.usage, c),
+            "other": money(self.other, c),
+            "net_revenue": money(self.net_revenue, c),
+            "discounts": money(self.discounts, c),
+            "invoices": self.invoices,
+        })
+    }
+}
+
+impl ApiRow for UsageReportRow {
+    const REPORT: Report = Report::Usage;
+    fn json(&self) -> Value {
+        let m = analytics::date(self.month);
+        json!({
+            "id": row_id(m, &[&self.currency, &self.metric_code, &self.customer_id]),
+            "month": month_name(m),
+            "customer_id": self.customer_id,
+            "metric_code": self.metric_code,
+            "currency": self.currency,
+            "events": self.events,
+            "units": quantity(self.units),
+            "rated_amount": quantity(self.rated_amount),
+        })
+    }
+}
+
+impl ApiRow for ChurnReportRow {
+    const REPORT: Report = Report::Churn;
+    fn json(&self) -> Value {
+        let (m, c) = (analytics::date(self.month), self.currency.as_str());
+        json!({
+            "id": row_id(m, &[c]),
+            "month": month_name(m),
+            "currency": c,
+            "customers_at_start": self.customers_at_start,
+            "new_customers": self.new_customers,
+            "churned_customers": self.churned_customers,
+            "customers_at_end": self.customers_at_end,
+            "starting_mrr": money(self.starting_mrr, c),
+            "churned_mrr": money(self.churned_mrr, c),
+            "contraction_mrr": money(self.contraction_mrr, c),
+            "logo_churn_rate": ratio(self.logo_churn_rate),
+            "revenue_churn_rate": ratio(self.revenue_churn_rate),
+        })
+    }
+}
+
+impl ApiRow for CollectionsReportRow {
+    const REPORT: Report = Report::Collections;
+    fn json(&self) -> Value {
+        let (m, c) = (analytics::date(self.month), self.currency.as_str());
+        json!({
+            "id": row_id(m, &[c]),
+            "month": month_name(m),
+            "currency": c,
+            "invoiced": money(self.invoiced, c),
+            "collected": money(self.collected, c),
+            "paid_by_credit": money(self.paid_by_credit, c),
+            "refunded": money(self.refunded, c),
+            "outstanding": money(self.outstanding, c),
+            "overdue": money(self.overdue, c),
+            "uncollectible": money(self.uncollectible, c),
+        })
+    }
+}
+
+/// `GET /v1/analytics/{report}`: the report whose rows are `R`.
+pub async fn report<R: ApiRow>(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<AnalyticsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let report = R::REPORT;
+    let sel = selection(report, &tenant, &q)?;
+    let rows: Vec<R> = bounded(
         REPORT_TIMEOUT,
-        &what,
-        analytics::run::<R>(&state.clickhouse, report, sel),
+        &format!("the {} report", report.name()),
+        analytics::run::<R>(&state.clickhouse, report, &sel),
     )
     .await
     .map_err(|e| {
@@ -198,165 +305,22 @@ where
         );
         p.retry_after = Some(5);
         ApiError::Problem(p)
-    })
-}
-
-fn list(report: Report, mut rows: Vec<Value>, limit: u64) -> Json<Value> {
-    let has_more = rows.len() as u64 > limit;
-    rows.truncate(limit as usize);
-    for r in &mut rows {
-        r["object"] = json!(format!("analytics.{}", report.name()));
-    }
-    Json(json!({ "object": "list", "data": rows, "has_more": has_more }))
-}
-
-/// `GET /v1/analytics/mrr`.
-pub async fn mrr(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    ApiQuery(q): ApiQuery<AnalyticsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let sel = selection(Report::Mrr, &tenant, &q)?;
-    let rows: Vec<MrrReportRow> = fetch(&state, Report::Mrr, &sel).await?;
-    let data = rows
+    })?;
+    // The selection asks for one row more than the page: it says whether more follow.
+    let limit = (sel.limit - 1) as usize;
+    let has_more = rows.len() > limit;
+    let data: Vec<Value> = rows
         .iter()
+        .take(limit)
         .map(|r| {
-            let m = analytics::date(r.month);
-            let c = r.currency.as_str();
-            json!({
-                "id": row_id(m, &[c]),
-                "month": month_name(m),
-                "currency": c,
-                "starting_mrr": money(r.starting_mrr, c),
-                "new_mrr": money(r.new_mrr, c),
-                "expansion_mrr": money(r.expansion_mrr, c),
-                "contraction_mrr": money(r.contraction_mrr, c),
-                "churned_mrr": money(r.churned_mrr, c),
-                "ending_mrr": money(r.ending_mrr, c),
-                "customers": r.customers,
-            })
+            let mut v = r.json();
+            v["object"] = json!(format!("analytics.{}", report.name()));
+            v
         })
         .collect();
-    Ok(list(Report::Mrr, data, sel.limit - 1))
-}
-
-/// `GET /v1/analytics/revenue`.
-pub async fn revenue(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    ApiQuery(q): ApiQuery<AnalyticsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let sel = selection(Report::Revenue, &tenant, &q)?;
-    let rows: Vec<RevenueReportRow> = fetch(&state, Report::Revenue, &sel).await?;
-    let data = rows
-        .iter()
-        .map(|r| {
-            let m = analytics::date(r.month);
-            let c = r.currency.as_str();
-            json!({
-                "id": row_id(m, &[c, &r.plan_code]),
-                "month": month_name(m),
-                "currency": c,
-                "plan_code": (!r.plan_code.is_empty()).then_some(&r.plan_code),
-                "subscription_fees": money(r.subscription_fees, c),
-                "usage": money(r.usage, c),
-                "other": money(r.other, c),
-                "net_revenue": money(r.net_revenue, c),
-                "discounts": money(r.discounts, c),
-                "invoices": r.invoices,
-            })
-        })
-        .collect();
-    Ok(list(Report::Revenue, data, sel.limit - 1))
-}
-
-/// `GET /v1/analytics/usage`.
-pub async fn usage(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    ApiQuery(q): ApiQuery<AnalyticsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let sel = selection(Report::Usage, &tenant, &q)?;
-    let rows: Vec<UsageReportRow> = fetch(&state, Report::Usage, &sel).await?;
-    let data = rows
-        .iter()
-        .map(|r| {
-            let m = analytics::date(r.month);
-            json!({
-                "id": row_id(m, &[&r.currency, &r.metric_code, &r.customer_id]),
-                "month": month_name(m),
-                "customer_id": r.customer_id,
-                "metric_code": r.metric_code,
-                "currency": r.currency,
-                "events": r.events,
-                "units": quantity(r.units),
-                "rated_amount": quantity(r.rated_amount),
-            })
-        })
-        .collect();
-    Ok(list(Report::Usage, data, sel.limit - 1))
-}
-
-/// `GET /v1/analytics/churn`.
-pub async fn churn(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    ApiQuery(q): ApiQuery<AnalyticsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let sel = selection(Report::Churn, &tenant, &q)?;
-    let rows: Vec<ChurnReportRow> = fetch(&state, Report::Churn, &sel).await?;
-    let data = rows
-        .iter()
-        .map(|r| {
-            let m = analytics::date(r.month);
-            let c = r.currency.as_str();
-            json!({
-                "id": row_id(m, &[c]),
-                "month": month_name(m),
-                "currency": c,
-                "customers_at_start": r.customers_at_start,
-                "new_customers": r.new_customers,
-                "churned_customers": r.churned_customers,
-                "customers_at_end": r.customers_at_end,
-                "starting_mrr": money(r.starting_mrr, c),
-                "churned_mrr": money(r.churned_mrr, c),
-                "contraction_mrr": money(r.contraction_mrr, c),
-                "logo_churn_rate": ratio(r.logo_churn_rate),
-                "revenue_churn_rate": ratio(r.revenue_churn_rate),
-            })
-        })
-        .collect();
-    Ok(list(Report::Churn, data, sel.limit - 1))
-}
-
-/// `GET /v1/analytics/collections`.
-pub async fn collections(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    ApiQuery(q): ApiQuery<AnalyticsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let sel = selection(Report::Collections, &tenant, &q)?;
-    let rows: Vec<CollectionsReportRow> = fetch(&state, Report::Collections, &sel).await?;
-    let data = rows
-        .iter()
-        .map(|r| {
-            let m = analytics::date(r.month);
-            let c = r.currency.as_str();
-            json!({
-                "id": row_id(m, &[c]),
-                "month": month_name(m),
-                "currency": c,
-                "invoiced": money(r.invoiced, c),
-                "collected": money(r.collected, c),
-                "paid_by_credit": money(r.paid_by_credit, c),
-                "refunded": money(r.refunded, c),
-                "outstanding": money(r.outstanding, c),
-                "overdue": money(r.overdue, c),
-                "uncollectible": money(r.uncollectible, c),
-            })
-        })
-        .collect();
-    Ok(list(Report::Collections, data, sel.limit - 1))
+    Ok(Json(
+        json!({ "object": "list", "data": data, "has_more": has_more }),
+    ))
 }
 
 #[cfg(test)]

@@ -119,8 +119,9 @@ async fn append(state: &AppState, row: &AuditRow) {
     tracing::error!(audit = ?row, "audit entry not written to ClickHouse; kept in this log");
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     limit: Option<i64>,
     starting_after: Option<String>,

@@ -28,7 +28,7 @@ use crate::wait::{answer, event_id, pending, Answer};
 use crate::AppState;
 
 /// An aggregation, by the schema's name or Lago's (`sum_agg`...).
-#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AggregationBody {
     /// Number of events.
@@ -65,7 +65,7 @@ impl From<AggregationBody> for Aggregation {
 }
 
 /// A metric filter.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterBody {
     key: String,
@@ -73,8 +73,9 @@ pub struct FilterBody {
 }
 
 /// `POST /v1/billable_metrics`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"code": "calls", "aggregation": "count"}))]
 pub struct CreateMetric {
     code: String,
     #[serde(default)]
@@ -87,7 +88,7 @@ pub struct CreateMetric {
 }
 
 /// `POST /v1/billable_metrics/{code}`: the fields given replace the stored ones.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMetric {
     #[serde(default)]
@@ -101,7 +102,7 @@ pub struct UpdateMetric {
 }
 
 /// A usage charge of a plan (Lago's shape: `properties` is a JSON object).
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChargeBody {
     /// Stable id (default: the metric's code); usage aggregates are kept per charge id.
@@ -109,10 +110,13 @@ pub struct ChargeBody {
     id: Option<String>,
     #[serde(alias = "metric_code")]
     billable_metric_code: String,
+    #[schema(schema_with = crate::openapi::charge_model)]
     charge_model: ChargeModel,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::object)]
     properties: Option<Value>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     min_amount: Option<Value>,
     #[serde(default)]
     group_by: Option<String>,
@@ -122,14 +126,17 @@ pub struct ChargeBody {
 }
 
 /// `POST /v1/plans`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"code": "basic", "interval": "monthly", "currency": "EUR", "amount": "29.00", "pay_in_advance": true}))]
 pub struct CreatePlan {
     code: String,
     #[serde(default)]
     name: Option<String>,
+    #[schema(schema_with = crate::openapi::interval)]
     interval: Interval,
     currency: String,
+    #[schema(schema_with = crate::openapi::decimal)]
     amount: Value,
     #[serde(default)]
     pay_in_advance: Option<bool>,
@@ -142,17 +149,19 @@ pub struct CreatePlan {
 }
 
 /// `POST /v1/plans/{code}`: the fields given replace the stored ones (`charges` as a whole).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePlan {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::interval)]
     interval: Option<Interval>,
     /// Accepted only when equal to the plan's: subscriptions are billed in their customer's currency.
     #[serde(default)]
     currency: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     amount: Option<Value>,
     #[serde(default)]
     pay_in_advance: Option<bool>,
@@ -169,12 +178,14 @@ pub struct UpdatePlan {
 }
 
 /// `POST /v1/taxes` (Lago's tax object; `inclusive` as Stripe's tax rates).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"code": "vat", "name": "VAT", "rate": "20"}))]
 pub struct CreateTax {
     code: String,
     #[serde(default)]
     name: Option<String>,
+    #[schema(schema_with = crate::openapi::decimal)]
     rate: Value,
     #[serde(default)]
     inclusive: Option<bool>,
@@ -185,12 +196,13 @@ pub struct CreateTax {
 }
 
 /// `POST /v1/taxes/{code}`: the fields given replace the stored ones; invoices finalized from then on use them.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTax {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     rate: Option<Value>,
     #[serde(default)]
     inclusive: Option<bool>,
@@ -201,7 +213,7 @@ pub struct UpdateTax {
 }
 
 /// What a coupon applies to (Lago's `applies_to`).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppliesTo {
     #[serde(default)]
@@ -211,20 +223,25 @@ pub struct AppliesTo {
 }
 
 /// `POST /v1/coupons` (Lago's coupon object; `expiration_at` an RFC 3339 time or a date).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"code": "welcome", "coupon_type": "percentage", "percentage_rate": "10"}))]
 pub struct CreateCoupon {
     code: String,
     #[serde(default)]
     name: Option<String>,
+    #[schema(schema_with = crate::openapi::coupon_type)]
     coupon_type: CouponType,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     amount: Option<Value>,
     #[serde(default)]
     amount_currency: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     percentage_rate: Option<Value>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::frequency)]
     frequency: Option<CouponFrequency>,
     #[serde(default)]
     frequency_duration: Option<i32>,
@@ -239,7 +256,7 @@ pub struct CreateCoupon {
 }
 
 /// `POST /v1/coupons/{code}`: name, expiry, reusability and redemption limit; applied coupons keep their terms.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCoupon {
     #[serde(default)]
@@ -423,12 +440,14 @@ async fn check_scope_exists(
 }
 
 /// `POST /v1/add_ons` (Lago's add-on).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"code": "setup", "name": "Setup", "amount": "100.00", "amount_currency": "EUR"}))]
 pub struct CreateAddOn {
     code: String,
     #[serde(default)]
     name: Option<String>,
+    #[schema(schema_with = crate::openapi::decimal)]
     amount: Value,
     amount_currency: String,
     #[serde(default)]
@@ -438,12 +457,13 @@ pub struct CreateAddOn {
 }
 
 /// `POST /v1/add_ons/{code}`: the fields given replace the stored ones (invoices already issued keep theirs).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAddOn {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     amount: Option<Value>,
     #[serde(default)]
     amount_currency: Option<String>,

@@ -15,8 +15,9 @@ use crate::wait::{answer, event_id, Answer, ClockState};
 use crate::AppState;
 
 /// Body of `POST /v1/test_clocks`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"frozen_time": "2026-01-01T00:00:00Z"}))]
 pub struct CreateClock {
     frozen_time: DateTime<Utc>,
     #[serde(default)]
@@ -24,7 +25,7 @@ pub struct CreateClock {
 }
 
 /// Body of `POST /v1/test_clocks/{id}/advance`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Advance {
     frozen_time: DateTime<Utc>,

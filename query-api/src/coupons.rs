@@ -21,7 +21,7 @@ use crate::wait::{answer, event_id, pending, Answer};
 use crate::AppState;
 
 /// `POST /v1/applied_coupons`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyCoupon {
     #[serde(alias = "external_customer_id")]

@@ -36,7 +36,7 @@ pub const REASONS: [&str; 6] = [
 const MAX_LINES: usize = 500;
 
 /// Body of `POST /v1/invoices/{id}/credit_notes`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCreditNote {
     /// `refund` or `credit`.
@@ -52,12 +52,13 @@ pub struct NewCreditNote {
 }
 
 /// One invoice line credited.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewLine {
     /// Index of the line on the invoice (as `GET /v1/invoices/{id}` lists them, from 0).
     line_index: i64,
     /// Amount before tax, a decimal string; the tax is credited in proportion.
+    #[schema(schema_with = crate::openapi::decimal)]
     amount: serde_json::Value,
 }
 

@@ -22,7 +22,7 @@ use crate::wait::{answer, event_id, pending, Answer};
 use crate::AppState;
 
 /// A postal address in a request.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressBody {
     line1: Option<String>,
@@ -34,8 +34,9 @@ pub struct AddressBody {
 }
 
 /// `POST /v1/customers`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"customer_id": "cus_fuzz", "name": "Acme SA", "currency": "EUR", "timezone": "Europe/Paris"}))]
 pub struct CreateCustomer {
     customer_id: String,
     #[serde(default)]
@@ -64,11 +65,12 @@ pub struct CreateCustomer {
     tax_codes: Option<Vec<String>>,
     /// `none`, `exempt` or `reverse` (Stripe's `tax_exempt`).
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::tax_exempt)]
     tax_exempt: Option<TaxExempt>,
 }
 
 /// `POST /v1/customers/{id}`: every field optional; the ones given replace the stored values.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCustomer {
     #[serde(default)]
@@ -100,6 +102,7 @@ pub struct UpdateCustomer {
     tax_codes: Option<Vec<String>>,
     /// `none`, `exempt` or `reverse` (Stripe's `tax_exempt`).
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::tax_exempt)]
     tax_exempt: Option<TaxExempt>,
 }
 

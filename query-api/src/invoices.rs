@@ -20,8 +20,9 @@ use crate::wait::{answer, event_id, pending, Answer};
 use crate::AppState;
 
 /// Query of `GET /v1/invoices`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct InvoiceQuery {
     customer_id: Option<String>,
     status: Option<String>,
@@ -32,8 +33,9 @@ pub struct InvoiceQuery {
 }
 
 /// Query of `GET /v1/customers/{id}/invoices`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct CustomerInvoiceQuery {
     status: Option<String>,
     period_from: Option<String>,
@@ -43,26 +45,28 @@ pub struct CustomerInvoiceQuery {
 }
 
 /// Body of `POST /v1/invoices/{id}/finalize`: nothing (an empty body or `{}`).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Finalize {}
 
 /// One fee of `POST /v1/invoices` (Lago's one-off invoice fee): an add-on, its units (default 1), and a unit
 /// price and description replacing the add-on's.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OneOffFeeBody {
     add_on_code: String,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     units: Option<serde_json::Value>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     unit_amount: Option<serde_json::Value>,
     #[serde(default)]
     description: Option<String>,
 }
 
 /// `POST /v1/invoices`: a one-off invoice of add-ons, issued at once.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOneOff {
     #[serde(alias = "external_customer_id")]
@@ -74,7 +78,7 @@ pub struct CreateOneOff {
 }
 
 /// Body of `POST /v1/invoices/{id}/void`: an optional reason.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Void {
     #[serde(default)]

@@ -15,6 +15,7 @@ mod customers;
 mod error;
 mod idempotency;
 mod invoices;
+pub mod openapi;
 mod payments;
 mod preview;
 mod request;
@@ -87,9 +88,7 @@ pub async fn run(
         credit_notes,
         publisher,
         clickhouse: billing_runtime::clickhouse::client(&settings.clickhouse),
-        api_keys: Arc::new(
-            ApiKeys::new(session.clone(), ks, &settings.auth.key_hash_secret).await?,
-        ),
+        api_keys,
         write_wait: cfg.write_wait,
         partitions: settings.kafka.partitions,
         webhooks: Arc::new(
@@ -107,6 +106,7 @@ pub async fn run(
         async move { cql::ping(&s).await }
     });
     let app = routes::router(state, gate)
+        .merge(openapi::router())
         .merge(health::router(readiness, registry))
         .layer(axum::middleware::from_fn(billing_runtime::http::request_id));
     let (addr, handle) = health::serve(cfg.listen, app, shutdown).await?;

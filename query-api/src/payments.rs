@@ -22,7 +22,7 @@ use crate::wait::{answer, event_id, pending, Answer};
 use crate::AppState;
 
 /// Body of `POST /v1/customers/{id}/payment_methods`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMethod {
     /// `card` or `sepa_debit`.
@@ -35,7 +35,7 @@ pub struct AddMethod {
 }
 
 /// Body of `POST /v1/invoices/{id}/pay`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pay {
     /// Record a payment received outside the provider instead of charging.
@@ -43,6 +43,7 @@ pub struct Pay {
     paid_out_of_band: bool,
     /// With `paid_out_of_band`: the amount received (default: what remains due).
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     amount: Option<serde_json::Value>,
     /// With `paid_out_of_band`: the payer's reference (a bank transfer's).
     #[serde(default)]
@@ -50,7 +51,7 @@ pub struct Pay {
 }
 
 /// Body of the payment-method actions that take none (`{}` or empty).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 

@@ -125,8 +125,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// The query of a write: how long to wait for its effect (default: `query_api.write_wait`).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WriteQuery {
     /// Seconds to wait, 0 to 300.
     pub wait_seconds: Option<u64>,
@@ -273,8 +274,9 @@ fn strip_field(message: &str, name: &str) -> String {
 
 /// Cursor pagination of a list: `limit` (default 10, 1 to 100) and `starting_after` (the id of the last item
 /// of the previous page).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size.
     pub limit: Option<i64>,

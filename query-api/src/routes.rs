@@ -9,7 +9,11 @@ use chrono::{DateTime, Utc};
 use axum::http::{Method, StatusCode};
 use billing_runtime::auth::{self, Access};
 use billing_runtime::http::{Problem, Tenant};
+use billing_store::analytics::{
+    ChurnReportRow, CollectionsReportRow, MrrReportRow, RevenueReportRow, UsageReportRow,
+};
 
+use crate::analytics::report;
 use crate::error::ApiError;
 use crate::request::{ApiQuery, MAX_BODY};
 use crate::{catalog, clocks, customers, idempotency, invoices, payments, subscriptions, AppState};
@@ -207,13 +211,13 @@ pub fn router(state: AppState, gate: auth::Gate) -> Router {
             post(crate::webhooks::redeliver),
         )
         .route("/v1/audit", get(crate::audit::list))
-        .route("/v1/analytics/mrr", get(crate::analytics::mrr))
-        .route("/v1/analytics/revenue", get(crate::analytics::revenue))
-        .route("/v1/analytics/usage", get(crate::analytics::usage))
-        .route("/v1/analytics/churn", get(crate::analytics::churn))
+        .route("/v1/analytics/mrr", get(report::<MrrReportRow>))
+        .route("/v1/analytics/revenue", get(report::<RevenueReportRow>))
+        .route("/v1/analytics/usage", get(report::<UsageReportRow>))
+        .route("/v1/analytics/churn", get(report::<ChurnReportRow>))
         .route(
             "/v1/analytics/collections",
-            get(crate::analytics::collections),
+            get(report::<CollectionsReportRow>),
         )
         .route("/v1/api_keys", get(crate::api_keys::list))
         .route(
@@ -240,9 +244,10 @@ pub fn router(state: AppState, gate: auth::Gate) -> Router {
         .with_state(state)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct UsageQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct UsageQuery {
     /// The instant whose billing periods are shown (RFC 3339); defaults to now.
     at: Option<String>,
 }

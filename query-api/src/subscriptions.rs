@@ -30,8 +30,9 @@ use crate::wait::{answer, event_id, pending, Answer};
 use crate::AppState;
 
 /// Body of `POST /v1/subscriptions`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"subscription_id": "sub_fuzz", "customer_id": "cus_fuzz", "plan_code": "basic"}))]
 pub struct CreateSubscription {
     subscription_id: String,
     customer_id: String,
@@ -39,13 +40,16 @@ pub struct CreateSubscription {
     #[serde(default)]
     started_at: Option<DateTime<Utc>>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::billing_time)]
     billing_time: Option<BillingTime>,
     #[serde(default)]
     billing_anchor_day: Option<i32>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::proration)]
     proration: Option<ProrationConvention>,
     /// Absent: the plan's trial; `null`: no trial; a time: that trial end.
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = crate::openapi::nullable_instant)]
     trial_ends_at: Option<Option<DateTime<Utc>>>,
 }
 
@@ -59,7 +63,7 @@ where
 }
 
 /// When a plan change takes effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Timing {
     /// At `effective_at`: the unused rest of the old plan is credited, the new one charged prorated.
@@ -69,7 +73,7 @@ pub enum Timing {
 }
 
 /// Body of `POST /v1/subscriptions/{id}/change`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePlan {
     plan_code: String,
@@ -80,7 +84,7 @@ pub struct ChangePlan {
 }
 
 /// Body of `POST /v1/subscriptions/{id}/pause` and `/resume`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Effective {
     #[serde(default)]
@@ -88,7 +92,7 @@ pub struct Effective {
 }
 
 /// Body of `POST /v1/subscriptions/{id}/cancel`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cancel {
     #[serde(default)]

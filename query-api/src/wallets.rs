@@ -22,8 +22,9 @@ use crate::wait::{answer, event_id, pending, Answer};
 use crate::AppState;
 
 /// `POST /v1/wallets`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"customer_id": "cus_fuzz", "granted_credits": "10.00"}))]
 pub struct CreateWallet {
     #[serde(alias = "external_customer_id")]
     customer_id: String,
@@ -33,20 +34,24 @@ pub struct CreateWallet {
     #[serde(default)]
     currency: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     granted_credits: Option<Value>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     paid_credits: Option<Value>,
     #[serde(default)]
     expiration_at: Option<String>,
 }
 
 /// `POST /v1/customers/{id}/wallets/{wallet_id}/transactions`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopUp {
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     granted_credits: Option<Value>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::decimal)]
     paid_credits: Option<Value>,
 }
 

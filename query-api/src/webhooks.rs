@@ -67,8 +67,9 @@ impl Stores {
 pub struct NoQuery {}
 
 /// `POST /v1/webhook_endpoints`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"url": "https://example.com/hooks", "event_types": ["invoice.finalized"]}))]
 pub struct CreateEndpoint {
     url: String,
     event_types: Vec<String>,
@@ -79,7 +80,7 @@ pub struct CreateEndpoint {
 }
 
 /// `POST /v1/webhook_endpoints/{id}`: the fields given change.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
     #[serde(default)]

@@ -814,17 +814,7 @@ impl Reference {
         currency: Currency,
     ) -> Result<BillableSubscription, String> {
         let mut plans = Vec::with_capacity(sub.plans.len());
-        for (i, code) in sub.plans.iter().enumerate() {
-            let p = self
-                .plan_at(tenant, code, sub.plan_since(i))
-                .ok_or_else(|| format!("unknown plan {code:?}"))?;
-            if p.currency != currency {
-                return Err(format!(
-                    "plan {code:?} is in {}, the customer is billed in {}",
-                    p.currency.code(),
-                    currency.code()
-                ));
-            }
+        for p in self.versions_of(tenant, sub, currency)? {
             let mut charges = Vec::with_capacity(p.charges.len());
             for c in &p.charges {
                 let metric = self
@@ -869,6 +859,31 @@ impl Reference {
         })
     }
 
+    /// The plan versions a subscription uses, one per plan index (the version in force when it began to use the
+    /// plan): refused when a plan is unknown or in another currency than `currency`.
+    fn versions_of(
+        &self,
+        tenant: &str,
+        sub: &Subscription,
+        currency: Currency,
+    ) -> Result<Vec<Arc<PlanInfo>>, String> {
+        let mut out = Vec::with_capacity(sub.plans.len());
+        for (i, code) in sub.plans.iter().enumerate() {
+            let p = self
+                .plan_at(tenant, code, sub.plan_since(i))
+                .ok_or_else(|| format!("unknown plan {code:?}"))?;
+            if p.currency != currency {
+                return Err(format!(
+                    "plan {code:?} is in {}, the customer is billed in {}",
+                    p.currency.code(),
+                    currency.code()
+                ));
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
+
     /// A subscription's monthly recurring revenue over its life (`billing_core::mrr`) in the customer's currency:
     /// the currency's code and each segment with its plan's code. Refused like [`Reference::billable`] (an unknown
     /// plan, a plan in another currency, an unknown currency) or on an inconsistent history.
@@ -883,20 +898,11 @@ impl Reference {
             .as_ref()
             .and_then(|r| Currency::parse(&r.currency).ok())
             .ok_or("the customer's currency is unknown")?;
-        let mut terms = Vec::with_capacity(sub.plans.len());
-        for (i, code) in sub.plans.iter().enumerate() {
-            let p = self
-                .plan_at(tenant, code, sub.plan_since(i))
-                .ok_or_else(|| format!("unknown plan {code:?}"))?;
-            if p.currency != currency {
-                return Err(format!(
-                    "plan {code:?} is in {}, the customer is billed in {}",
-                    p.currency.code(),
-                    currency.code()
-                ));
-            }
-            terms.push(p.terms(sub.anchor()));
-        }
+        let terms: Vec<PlanTerms> = self
+            .versions_of(tenant, sub, currency)?
+            .iter()
+            .map(|p| p.terms(sub.anchor()))
+            .collect();
         let segments = billing_core::mrr::timeline(&sub.history, &terms, currency, customer.tz())
             .map_err(|e| e.to_string())?;
         Ok((

@@ -76,8 +76,16 @@ pub async fn insert_mrr(ch: &clickhouse::Client, rows: &[MrrRow]) -> anyhow::Res
     if rows.is_empty() {
         return Ok(());
     }
-    bounded(WRITE_TIMEOUT, "insert into subscription_mrr", async {
-        let mut insert = ch.insert::<MrrRow>("subscription_mrr").await?;
+    insert_all(ch, "subscription_mrr", rows).await
+}
+
+/// One INSERT of `rows` into `table`, bounded by [`WRITE_TIMEOUT`].
+async fn insert_all<R>(ch: &clickhouse::Client, table: &str, rows: &[R]) -> anyhow::Result<()>
+where
+    R: clickhouse::RowOwned + clickhouse::RowWrite,
+{
+    bounded(WRITE_TIMEOUT, &format!("insert into {table}"), async {
+        let mut insert = ch.insert::<R>(table).await?;
         for r in rows {
             insert.write(r).await?;
         }
@@ -161,15 +169,7 @@ pub async fn insert_payments(ch: &clickhouse::Client, rows: &[PaymentRow]) -> an
     if rows.is_empty() {
         return Ok(());
     }
-    bounded(WRITE_TIMEOUT, "insert into payments", async {
-        let mut insert = ch.insert::<PaymentRow>("payments").await?;
-        for r in rows {
-            insert.write(r).await?;
-        }
-        insert.end().await?;
-        Ok(())
-    })
-    .await
+    insert_all(ch, "payments", rows).await
 }
 
 /// A report of `reports/`.

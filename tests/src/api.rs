@@ -145,3 +145,29 @@ impl Api {
             .await
     }
 }
+
+/// Some fields of every row of a list answer (`data`), as strings (`null` for null, numbers as written).
+pub fn columns(body: &Value, fields: &[&str]) -> Vec<Vec<String>> {
+    body["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {body}"))
+        .iter()
+        .map(|r| {
+            fields
+                .iter()
+                .map(|f| match &r[*f] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "null".into(),
+                    v => v.to_string(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Expected rows, as [`columns`] gives them.
+pub fn rows(want: &[&[&str]]) -> Vec<Vec<String>> {
+    want.iter()
+        .map(|r| r.iter().map(|s| (*s).to_owned()).collect())
+        .collect()
+}

@@ -31,7 +31,7 @@
 use std::time::{Duration, Instant};
 
 use billing_runtime::auth::Role;
-use billing_tests::api::Api;
+use billing_tests::api::{columns, rows, Api};
 use billing_tests::{
     api_key, billing_binary, clickhouse_pid, eventually, Services, Stopped, TestEnv,
 };
@@ -139,31 +139,6 @@ fn clickhouse_client(database: &str, report: &str, tenant: &str) -> Vec<String> 
         .lines()
         .filter(|l| l.starts_with(&format!("{tenant}\t")))
         .map(str::to_owned)
-        .collect()
-}
-
-/// Some fields of every row, as strings.
-fn columns(body: &Value, fields: &[&str]) -> Vec<Vec<String>> {
-    body["data"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a list: {body}"))
-        .iter()
-        .map(|r| {
-            fields
-                .iter()
-                .map(|f| match &r[*f] {
-                    Value::String(s) => s.clone(),
-                    Value::Null => "null".into(),
-                    v => v.to_string(),
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn rows(want: &[&[&str]]) -> Vec<Vec<String>> {
-    want.iter()
-        .map(|r| r.iter().map(|s| (*s).to_owned()).collect())
         .collect()
 }
 

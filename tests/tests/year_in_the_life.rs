@@ -24,7 +24,7 @@
 use std::time::Duration;
 
 use billing_schemas::usage::UsageEvent;
-use billing_tests::api::Api;
+use billing_tests::api::{columns, rows, Api};
 use billing_tests::invoices::{dec, issued_invoices, reconciles};
 use billing_tests::{eventually, Services, TestEnv};
 use rust_decimal::Decimal;
@@ -435,8 +435,8 @@ async fn a_year_of_coupons_taxes_wallets_late_usage_one_offs_and_voids() {
             .or_default() += dec(&i["total"]);
     }
     let ch = env.clickhouse();
-    let rows: Vec<(String, String, u64)> = eventually(WAIT, "every invoice in ClickHouse", || async {
-        let rows = ch
+    let totals: Vec<(String, String, u64)> = eventually(WAIT, "every invoice in ClickHouse", || async {
+        let totals = ch
             .query(
                 "SELECT currency, toString(sum(total)), uniqExact(invoice_id) FROM invoice_lines FINAL \
                  WHERE tenant_id = ? GROUP BY currency ORDER BY currency",
@@ -445,10 +445,10 @@ async fn a_year_of_coupons_taxes_wallets_late_usage_one_offs_and_voids() {
             .fetch_all::<(String, String, u64)>()
             .await
             .unwrap();
-        (rows.iter().map(|r| r.2).sum::<u64>() == 41).then_some(rows)
+        (totals.iter().map(|r| r.2).sum::<u64>() == 41).then_some(totals)
     })
     .await;
-    let ch_totals: std::collections::BTreeMap<String, Decimal> = rows
+    let ch_totals: std::collections::BTreeMap<String, Decimal> = totals
         .into_iter()
         .map(|(c, t, _)| (c, t.parse().unwrap()))
         .collect();
@@ -466,20 +466,7 @@ async fn a_year_of_coupons_taxes_wallets_late_usage_one_offs_and_voids() {
             eventually(WAIT, path, || async {
                 let r = analyst.get(path).await;
                 assert_eq!(r.status, 200, "{path}: {}", r.body);
-                let got: Vec<Vec<String>> = r.body["data"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|row| {
-                        fields
-                            .iter()
-                            .map(|f| match &row[*f] {
-                                Value::String(s) => s.clone(),
-                                v => v.to_string(),
-                            })
-                            .collect()
-                    })
-                    .collect();
+                let got = columns(&r.body, fields);
                 if got != want {
                     eprintln!("{path}: {got:?}");
                 }
@@ -487,11 +474,6 @@ async fn a_year_of_coupons_taxes_wallets_late_usage_one_offs_and_voids() {
             })
             .await
         }
-    };
-    let strings = |rows: &[&[&str]]| -> Vec<Vec<String>> {
-        rows.iter()
-            .map(|r| r.iter().map(|s| (*s).to_owned()).collect())
-            .collect()
     };
     // MRR: alpha's and gamma's 40.00 from January 1 (no usage, coupons or taxes in it), beta's ¥5500.
     const MRR: &[&str] = &[
@@ -503,14 +485,16 @@ async fn a_year_of_coupons_taxes_wallets_late_usage_one_offs_and_voids() {
         "ending_mrr",
         "customers",
     ];
-    let mut want = strings(&[
+    let mut want = rows(&[
         &["2025-01", "EUR", "0.00", "80.00", "0.00", "80.00", "2"],
         &["2025-01", "JPY", "0", "5500", "0", "5500", "1"],
     ]);
     for m in 2..=12 {
         let month = format!("2025-{m:02}");
-        want.push(strings(&[&[&month, "EUR", "80.00", "0.00", "0.00", "80.00", "2"]]).remove(0));
-        want.push(strings(&[&[&month, "JPY", "5500", "0", "0", "5500", "1"]]).remove(0));
+        want.extend(rows(&[
+            &[&month, "EUR", "80.00", "0.00", "0.00", "80.00", "2"],
+            &[&month, "JPY", "5500", "0", "0", "5500", "1"],
+        ]));
     }
     report("/v1/analytics/mrr?from=2025-01&to=2025-12", MRR, want).await;
     // Revenue by plan, without tax (JCT inclusive taken out) and after coupons; the voided one-off left out; the
@@ -528,7 +512,7 @@ async fn a_year_of_coupons_taxes_wallets_late_usage_one_offs_and_voids() {
     report(
         "/v1/analytics/revenue?from=2025-01&to=2025-03",
         REVENUE,
-        strings(&[
+        rows(&[
             &[
                 "2025-01", "EUR", "null", "0.00", "0.00", "20.00", "20.00", "0.00",
             ],
@@ -575,7 +559,7 @@ async fn a_year_of_coupons_taxes_wallets_late_usage_one_offs_and_voids() {
     report(
         "/v1/analytics/collections?from=2025-01&to=2025-03&currency=EUR",
         COLLECTIONS,
-        strings(&[
+        rows(&[
             &[
                 "2025-01", "60.00", "20.00", "0.00", "40.00", "40.00", "0.00",
             ],
