@@ -13,6 +13,7 @@ mod coupons;
 mod credit_notes;
 mod customers;
 mod error;
+mod graphql;
 mod idempotency;
 mod invoices;
 pub mod openapi;
@@ -57,6 +58,8 @@ pub struct AppState {
     clickhouse: clickhouse::Client,
     /// The tenant's API keys (listed and revoked by admins).
     api_keys: Arc<ApiKeys>,
+    /// The GraphQL schema (`POST /graphql`).
+    graphql: graphql::BillingSchema,
 }
 
 /// Serve the API until `shutdown`. `on_bound` receives the bound address (useful with port 0 in tests).
@@ -89,6 +92,7 @@ pub async fn run(
         publisher,
         clickhouse: billing_runtime::clickhouse::client(&settings.clickhouse),
         api_keys,
+        graphql: graphql::schema(),
         write_wait: cfg.write_wait,
         partitions: settings.kafka.partitions,
         webhooks: Arc::new(

@@ -583,6 +583,14 @@ pub fn operations() -> Vec<Operation> {
             200,
         ),
         op(
+            "POST",
+            "/graphql",
+            "graphql",
+            "A GraphQL query over customers, subscriptions, invoices and usage (reads)",
+            200,
+        )
+        .body(shape::<crate::graphql::GraphQlRequest>),
+        op(
             "GET",
             "/v1/analytics/mrr",
             "analytics",

@@ -34,7 +34,9 @@ pub fn access_of(method: &Method, path: &str) -> Option<Access> {
     }
     match *method {
         Method::GET => Some(Access::Read),
-        Method::POST if path == "/v1/customers/{customer_id}/invoices/preview" => {
+        Method::POST
+            if path == "/v1/customers/{customer_id}/invoices/preview" || path == "/graphql" =>
+        {
             Some(Access::Read)
         }
         Method::POST | Method::DELETE => Some(Access::Write),
@@ -211,6 +213,7 @@ pub fn router(state: AppState, gate: auth::Gate) -> Router {
             post(crate::webhooks::redeliver),
         )
         .route("/v1/audit", get(crate::audit::list))
+        .route("/graphql", post(crate::graphql::handle))
         .route("/v1/analytics/mrr", get(report::<MrrReportRow>))
         .route("/v1/analytics/revenue", get(report::<RevenueReportRow>))
         .route("/v1/analytics/usage", get(report::<UsageReportRow>))

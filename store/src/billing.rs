@@ -105,6 +105,35 @@ pub struct BillingStore {
     complete_key: PreparedStatement,
     release_key: PreparedStatement,
     select_key: PreparedStatement,
+    customers_many: PreparedStatement,
+    subscriptions_many: PreparedStatement,
+    subscription_ids_of_customers: PreparedStatement,
+    invoices_many: PreparedStatement,
+    invoice_ids_of_customers: PreparedStatement,
+}
+
+/// The most keys one batched read names (ScyllaDB refuses more than 100 key restrictions per query by default):
+/// longer lists are read this many at a time.
+pub const IN_CHUNK: usize = 100;
+
+/// Counts the statements a batched read runs (GraphQL reports them per request, and its tests bound them).
+#[derive(Debug, Default)]
+pub struct Queries(std::sync::atomic::AtomicUsize);
+
+impl Queries {
+    fn one(&self) {
+        self.add(1);
+    }
+
+    /// Count `n` statements run elsewhere.
+    pub fn add(&self, n: usize) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Statements run so far.
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl BillingStore {
@@ -145,6 +174,12 @@ impl BillingStore {
             complete_key: prepare(api_idempotency::complete(ks), true).await?,
             release_key: prepare(api_idempotency::release(ks), true).await?,
             select_key: prepare(api_idempotency::select_one(ks), true).await?,
+            customers_many: prepare(customers::select_many(ks), true).await?,
+            subscriptions_many: prepare(subscriptions::select_many(ks), true).await?,
+            subscription_ids_of_customers: prepare(subscriptions::select_of_customers(ks), true)
+                .await?,
+            invoices_many: prepare(invoices::select_many(ks), true).await?,
+            invoice_ids_of_customers: prepare(invoices::select_ids_of_customers(ks), true).await?,
             session,
         })
     }
@@ -808,6 +843,131 @@ impl BillingStore {
             .execute_unpaged(&self.release_key, (tenant, key))
             .await?;
         Ok(())
+    }
+
+    // ---- batched reads (GraphQL): one statement per IN_CHUNK keys, whatever the number of keys ----
+
+    /// Rows `(key, value)` of `statement` (`tenant_id = ? AND <key> IN ?`) for `keys`, IN_CHUNK keys a statement.
+    async fn many(
+        &self,
+        statement: &PreparedStatement,
+        tenant: &str,
+        keys: &[String],
+        queries: &Queries,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(IN_CHUNK) {
+            queries.one();
+            let rows: Vec<(String, String)> = self.collect(statement, (tenant, chunk)).await?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// Ids of customers newest first, after the customer `starting_after` when given (one statement, two with a
+    /// cursor).
+    pub async fn customer_ids(
+        &self,
+        tenant: &str,
+        limit: usize,
+        starting_after: Option<&str>,
+        queries: &Queries,
+    ) -> anyhow::Result<Vec<String>> {
+        let limit = i32::try_from(limit)?;
+        queries.one();
+        let ids: Vec<(String,)> = match starting_after {
+            None => self.collect(&self.customers_first, (tenant, limit)).await?,
+            Some(after) => {
+                let Some(c) = self.customer(tenant, after).await? else {
+                    return Ok(Vec::new());
+                };
+                queries.one();
+                self.collect(&self.customers_after, (tenant, c.created_at, after, limit))
+                    .await?
+            }
+        };
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Customers by id (those that exist).
+    pub async fn customers_by_ids(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        queries: &Queries,
+    ) -> anyhow::Result<HashMap<String, CustomerView>> {
+        self.many(&self.customers_many, tenant, ids, queries)
+            .await?
+            .into_iter()
+            .map(|(id, body)| Ok((id, serde_json::from_str(&body)?)))
+            .collect()
+    }
+
+    /// Subscriptions by id (those that exist).
+    pub async fn subscriptions_by_ids(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        queries: &Queries,
+    ) -> anyhow::Result<HashMap<String, SubscriptionView>> {
+        self.many(&self.subscriptions_many, tenant, ids, queries)
+            .await?
+            .into_iter()
+            .map(|(id, body)| Ok((id, serde_json::from_str(&body)?)))
+            .collect()
+    }
+
+    /// Invoices by id (those that exist).
+    pub async fn invoices_by_ids(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        queries: &Queries,
+    ) -> anyhow::Result<HashMap<String, InvoiceView>> {
+        self.many(&self.invoices_many, tenant, ids, queries)
+            .await?
+            .into_iter()
+            .map(|(id, body)| Ok((id, serde_json::from_str(&body)?)))
+            .collect()
+    }
+
+    /// The subscription ids of each customer, newest first.
+    pub async fn subscription_ids_of_customers(
+        &self,
+        tenant: &str,
+        customers: &[String],
+        queries: &Queries,
+    ) -> anyhow::Result<HashMap<String, Vec<String>>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for (c, id) in self
+            .many(
+                &self.subscription_ids_of_customers,
+                tenant,
+                customers,
+                queries,
+            )
+            .await?
+        {
+            out.entry(c).or_default().push(id);
+        }
+        Ok(out)
+    }
+
+    /// The invoice ids of each customer, newest first (ids sort by billing date).
+    pub async fn invoice_ids_of_customers(
+        &self,
+        tenant: &str,
+        customers: &[String],
+        queries: &Queries,
+    ) -> anyhow::Result<HashMap<String, Vec<String>>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for (c, id) in self
+            .many(&self.invoice_ids_of_customers, tenant, customers, queries)
+            .await?
+        {
+            out.entry(c).or_default().push(id);
+        }
+        Ok(out)
     }
 
     async fn collect<T>(

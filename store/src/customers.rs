@@ -149,6 +149,10 @@ pub(crate) fn select_one(ks: &str) -> String {
     format!("SELECT created_at, body FROM {ks}.customers WHERE tenant_id = ? AND customer_id = ?")
 }
 
+pub(crate) fn select_many(ks: &str) -> String {
+    format!("SELECT customer_id, body FROM {ks}.customers WHERE tenant_id = ? AND customer_id IN ?")
+}
+
 pub(crate) fn select_page_first(ks: &str) -> String {
     format!("SELECT customer_id FROM {ks}.customers_by_created WHERE tenant_id = ? LIMIT ?")
 }

@@ -561,6 +561,16 @@ pub(crate) fn select_page_after(ks: &str) -> String {
     format!("SELECT body FROM {ks}.invoices WHERE tenant_id = ? AND invoice_id < ?")
 }
 
+pub(crate) fn select_many(ks: &str) -> String {
+    format!("SELECT invoice_id, body FROM {ks}.invoices WHERE tenant_id = ? AND invoice_id IN ?")
+}
+
+pub(crate) fn select_ids_of_customers(ks: &str) -> String {
+    format!(
+        "SELECT customer_id, invoice_id FROM {ks}.invoices_by_customer WHERE tenant_id = ? AND customer_id IN ?"
+    )
+}
+
 pub(crate) fn select_customer_ids(ks: &str) -> String {
     format!(
         "SELECT invoice_id FROM {ks}.invoices_by_customer WHERE tenant_id = ? AND customer_id = ?"

@@ -84,6 +84,18 @@ pub(crate) fn select_one(ks: &str) -> String {
     format!("SELECT body FROM {ks}.subscriptions WHERE tenant_id = ? AND subscription_id = ?")
 }
 
+pub(crate) fn select_many(ks: &str) -> String {
+    format!(
+        "SELECT subscription_id, body FROM {ks}.subscriptions WHERE tenant_id = ? AND subscription_id IN ?"
+    )
+}
+
+pub(crate) fn select_of_customers(ks: &str) -> String {
+    format!(
+        "SELECT customer_id, subscription_id FROM {ks}.subscriptions_by_customer WHERE tenant_id = ? AND customer_id IN ?"
+    )
+}
+
 pub(crate) fn select_of_customer(ks: &str) -> String {
     format!(
         "SELECT subscription_id FROM {ks}.subscriptions_by_customer WHERE tenant_id = ? AND customer_id = ?"

@@ -528,6 +528,20 @@ async fn reports_give_the_known_figures_through_clickhouse_client_and_the_api() 
     // ClickHouse hung: the report answers 503 with Retry-After within its timeout, then works again.
     {
         let _stopped = Stopped::new(&clickhouse_pid());
+        // Stopped for sure: its own ping no longer answers (once, in CI, a report still did right after the signal).
+        let ping = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let url = format!("{}/ping", env.settings.clickhouse.url);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ping.get(&url).send().await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "ClickHouse still answers under SIGSTOP"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let t = Instant::now();
         let r = analyst
             .get("/v1/analytics/mrr?from=2025-01&to=2025-06")

@@ -68,7 +68,7 @@ fn allowed(role: Role, method: &str, path: &str) -> bool {
     let admin_only = path.starts_with("/v1/webhook_endpoints")
         || path.starts_with("/v1/api_keys")
         || path == "/v1/audit";
-    let read = method == "GET" || path.ends_with("/invoices/preview");
+    let read = method == "GET" || path.ends_with("/invoices/preview") || path == "/graphql";
     let analytics = path.starts_with("/v1/analytics/");
     match role {
         Role::Admin => true,
