@@ -2,8 +2,8 @@
 //! the same keys as the REST reads (role `read`, `write` or `admin`; the tenant is the key's).
 //!
 //! Lists are loaded in batches ([`DataLoader`]): every customer of a page asks for its invoices, the loader reads
-//! the invoice ids of all of them in one statement and the invoices in one more (per 100 keys), so the number of
-//! store statements of a query does not grow with the number of customers it lists. The answer's
+//! the invoice ids of all of them in one statement and the invoices asked for in one more per 100, so a query costs
+//! a few statements, not one per customer (no N+1). The answer's
 //! `extensions.store_queries` says how many it took. Depth is limited to [`MAX_DEPTH`] and complexity to
 //! [`MAX_COMPLEXITY`]: each field costs 1, a list `first` times what one item costs, a usage lookup 100 (it reads
 //! one customer's aggregates), so 100 customers with 10 invoices each pass and 100 customers' usage does not.
@@ -272,11 +272,10 @@ impl Customer {
         let n = self::first(first)?;
         let loader = ctx.data::<DataLoader<InvoicesOf>>()?;
         Ok(loader
-            .load_one(self.0.customer_id.clone())
+            .load_one((self.0.customer_id.clone(), n))
             .await?
             .unwrap_or_default()
             .into_iter()
-            .take(n)
             .map(Invoice)
             .collect())
     }
@@ -449,37 +448,46 @@ struct Loaders {
     queries: Arc<Queries>,
 }
 
-/// Each customer's invoices, newest first: two statements for up to 100 customers.
+/// Each customer's latest invoices (key: the customer and how many), newest first: one statement for the ids of up
+/// to 100 customers, then one per 100 invoices asked for.
 pub struct InvoicesOf(Loaders);
 
-impl Loader<String> for InvoicesOf {
+impl Loader<(String, usize)> for InvoicesOf {
     type Value = Vec<InvoiceView>;
     type Error = Arc<anyhow::Error>;
 
-    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+    async fn load(
+        &self,
+        keys: &[(String, usize)],
+    ) -> Result<HashMap<(String, usize), Self::Value>, Self::Error> {
         let l = &self.0;
+        let mut customers: Vec<String> = keys.iter().map(|(c, _)| c.clone()).collect();
+        customers.sort_unstable();
+        customers.dedup();
         let ids = l
             .store
-            .invoice_ids_of_customers(&l.tenant, keys, &l.queries)
+            .invoice_ids_of_customers(&l.tenant, &customers, &l.queries)
             .await?;
-        // At most MAX_FIRST per customer: the most a query may ask for.
-        let wanted: Vec<String> = ids
-            .values()
-            .flat_map(|v| v.iter().take(MAX_FIRST as usize).cloned())
-            .collect();
-        let mut found = l
+        let latest = |c: &str, n: usize| -> Vec<String> {
+            ids.get(c)
+                .map(|v| v.iter().take(n).cloned().collect())
+                .unwrap_or_default()
+        };
+        let mut wanted: Vec<String> = keys.iter().flat_map(|(c, n)| latest(c, *n)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let found = l
             .store
             .invoices_by_ids(&l.tenant, &wanted, &l.queries)
             .await?;
-        Ok(ids
-            .into_iter()
-            .map(|(c, v)| {
-                let invoices = v
+        Ok(keys
+            .iter()
+            .map(|(c, n)| {
+                let invoices = latest(c, *n)
                     .iter()
-                    .take(MAX_FIRST as usize)
-                    .filter_map(|id| found.remove(id))
+                    .filter_map(|id| found.get(id).cloned())
                     .collect();
-                (c, invoices)
+                ((c.clone(), *n), invoices)
             })
             .collect())
     }
