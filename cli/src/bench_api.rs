@@ -4,8 +4,10 @@
 //! In an environment of its own (keyspace, ClickHouse database, topics), it runs the invoicer and query-api in this
 //! process, creates through the API (with an admin key of a tenant whose rate limits no run reaches) a customer, an
 //! add-on and a one-off invoice of it, then measures, for each concurrency level, `--seconds` of back-to-back
-//! requests from that many clients: `GET /v1/invoices/{id}` (key check, one invoice read, its payments, the ETag) and
-//! `GET /v1/customers/{id}/usage` (key check, the customer's subscriptions and aggregates). The baseline is an axum
+//! requests from that many clients: `GET /v1/invoices/{id}` as configured by default (key check, the answer from the
+//! instance's invoice cache), the same from a second query-api with the cache off (the invoice and its payment read
+//! from Cassandra, the ETag computed: what a cache miss costs) and `GET /v1/customers/{id}/usage` (key check, the
+//! customer's subscriptions and aggregates), then the first instance's cache hits and misses. The baseline is an axum
 //! handler in this process answering the same invoice body as a constant, through the same HTTP client: what HTTP
 //! itself costs on this machine. The load generator shares the machine's cores with the servers, so every figure is
 //! a lower bound of what the API serves to clients on other machines. Everything it created is dropped at the end.
@@ -87,6 +89,19 @@ async fn measure(settings: &Settings, args: &Args, services: Shutdown) -> anyhow
         },
     ));
     let base = format!("http://{}", rx.await.context("query-api did not start")?);
+    // A second instance without the invoice cache: what every read costs in the store.
+    let mut uncached = settings.clone();
+    uncached.query_api.listen = free_addr()?;
+    uncached.query_api.invoice_cache_ttl = Duration::ZERO;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let second = tokio::spawn(billing_query_api::run(
+        uncached,
+        services.clone(),
+        move |a| {
+            let _ = tx.send(a);
+        },
+    ));
+    let store_base = format!("http://{}", rx.await.context("query-api did not start")?);
     let key = crate::keys::admin_key(settings, "bench", crate::keys::unlimited()).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -156,7 +171,16 @@ async fn measure(settings: &Settings, args: &Args, services: Shutdown) -> anyhow
     );
     let endpoints = [
         ("baseline: constant body (axum)", constant_url, None),
-        ("GET /v1/invoices/{id}", invoice_url, Some(key.clone())),
+        (
+            "GET /v1/invoices/{id}",
+            invoice_url.clone(),
+            Some(key.clone()),
+        ),
+        (
+            "GET /v1/invoices/{id}, cache off (store reads)",
+            invoice_url.replace(&base, &store_base),
+            Some(key.clone()),
+        ),
         (
             "GET /v1/customers/{id}/usage",
             format!("{base}/v1/customers/cus-bench/usage"),
@@ -184,7 +208,7 @@ async fn measure(settings: &Settings, args: &Args, services: Shutdown) -> anyhow
                 level.p99.as_secs_f64() * 1e3,
                 level.errors
             );
-            if name.starts_with("GET /v1/invoices") {
+            if *name == "GET /v1/invoices/{id}" {
                 invoice_levels.push(level);
             }
         }
@@ -203,8 +227,30 @@ async fn measure(settings: &Settings, args: &Args, services: Shutdown) -> anyhow
         ),
         None => println!("GET invoice: no level kept p99 under 10 ms: floor {}", met(false)),
     }
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let lookups = |result: &str| {
+        let prefix =
+            format!("billing_query_api_invoice_cache_lookups_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or("0")
+            .to_owned()
+    };
+    println!(
+        "invoice cache of the first instance: {} hits, {} misses (invoice_cache_ttl {:?})",
+        lookups("hit"),
+        lookups("miss"),
+        settings.query_api.invoice_cache_ttl
+    );
     services.cancel();
     api.await??;
+    second.await??;
     invoicer.await??;
     Ok(())
 }

@@ -75,6 +75,8 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
             axum::body::Body::from(request_body.clone()),
         ))
         .await;
+    // What the write changed is in the store now (or will be, for a 202): nothing cached before it is served.
+    state.invoice_cache.tenant_changed(&principal.tenant_id);
     let (parts, body) = response.into_parts();
     let response_body = axum::body::to_bytes(body, usize::MAX)
         .await

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 
 use crate::customers;
 use crate::error::ApiError;
+use crate::invoice_cache::Cached;
 use crate::request::{page, page_limit, parse_instant, ApiJson, ApiQuery, WriteQuery};
 use crate::wait::{answer, event_id, pending, Answer};
 use crate::AppState;
@@ -245,45 +246,78 @@ pub async fn existing(state: &AppState, tenant: &str, id: &str) -> Result<Invoic
 /// `GET /v1/invoices/{id}`.
 ///
 /// The answer carries a strong `ETag` (a hash of its body: any change to the invoice or its payment changes it); a
-/// request whose `If-None-Match` names it (or `*`) gets `304 Not Modified` without a body.
+/// request whose `If-None-Match` names it (or `*`) gets `304 Not Modified` without a body. An issued invoice's answer
+/// may come from the instance's cache (`invoice_cache`).
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
+    let cached = match state.invoice_cache.get(&tenant, &id) {
+        Some(c) => c,
+        None => {
+            let read_at = std::time::Instant::now();
+            // The invoice and its payment, read at once.
+            let (inv, payment) = tokio::try_join!(existing(&state, &tenant, &id), async {
+                Ok::<_, ApiError>(state.payments.invoice_payment(&tenant, &id).await?)
+            })?;
+            let issued = inv.status != InvoiceStatus::Draft;
+            let customer = inv.customer_id.clone();
+            let body = crate::payments::invoice_json_with(inv, payment)?;
+            let bytes = serde_json::to_vec(&body).map_err(anyhow::Error::from)?;
+            let answer = Cached {
+                etag: etag_of(&bytes),
+                body: bytes.into(),
+            };
+            if issued {
+                state
+                    .invoice_cache
+                    .put(&tenant, &id, &customer, read_at, answer.clone());
+            }
+            answer
+        }
+    };
+    conditional(&headers, cached)
+}
+
+/// A strong ETag: the first 16 bytes of the body's SHA-256, quoted.
+fn etag_of(body: &[u8]) -> String {
     use sha2::Digest;
-    // The invoice and its payment, read at once.
-    let (inv, payment) = tokio::try_join!(existing(&state, &tenant, &id), async {
-        Ok::<_, ApiError>(state.payments.invoice_payment(&tenant, &id).await?)
-    })?;
-    let body = crate::payments::invoice_json_with(inv, payment)?;
-    let bytes = serde_json::to_vec(&body).map_err(anyhow::Error::from)?;
-    let digest = sha2::Sha256::digest(&bytes);
-    let etag = format!(
-        "\"{}\"",
-        digest[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let digest = sha2::Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// The answer, or `304 Not Modified` without a body when `If-None-Match` names its ETag (or `*`).
+fn conditional(
+    headers: &axum::http::HeaderMap,
+    answer: Cached,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
     let matches = headers
-        .get_all(axum::http::header::IF_NONE_MATCH)
+        .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().trim_start_matches("W/"))
-        .any(|t| t == etag || t == "*");
-    let tag = axum::http::HeaderValue::from_str(&etag).map_err(anyhow::Error::from)?;
+        .any(|t| t == answer.etag || t == "*");
+    let tag = HeaderValue::from_str(&answer.etag).map_err(anyhow::Error::from)?;
     if matches {
-        return Ok((
-            axum::http::StatusCode::NOT_MODIFIED,
-            [(axum::http::header::ETAG, tag)],
-        )
-            .into_response());
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response());
     }
-    Ok(([(axum::http::header::ETAG, tag)], Json(body)).into_response())
+    Ok((
+        [
+            (header::ETAG, tag),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        answer.body,
+    )
+        .into_response())
 }
 
 /// The invoices of a page as the API shows them (with their payment).

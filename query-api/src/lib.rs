@@ -15,6 +15,7 @@ mod customers;
 mod error;
 mod graphql;
 mod idempotency;
+mod invoice_cache;
 mod invoices;
 pub mod openapi;
 mod payments;
@@ -60,6 +61,8 @@ pub struct AppState {
     api_keys: Arc<ApiKeys>,
     /// The GraphQL schema (`POST /graphql`).
     graphql: graphql::BillingSchema,
+    /// Issued invoices as `GET /v1/invoices/{id}` answers them.
+    invoice_cache: invoice_cache::InvoiceCache,
 }
 
 /// Serve the API until `shutdown`. `on_bound` receives the bound address (useful with port 0 in tests).
@@ -84,6 +87,7 @@ pub async fn run(
         settings.rate_limits,
         routes::access_of,
     );
+    let registry = prometheus::Registry::new_custom(Some("billing_query_api".into()), None)?;
     let state = AppState {
         store,
         billing,
@@ -93,6 +97,7 @@ pub async fn run(
         clickhouse: billing_runtime::clickhouse::client(&settings.clickhouse),
         api_keys,
         graphql: graphql::schema(),
+        invoice_cache: invoice_cache::InvoiceCache::new(cfg.invoice_cache_ttl, &registry)?,
         write_wait: cfg.write_wait,
         partitions: settings.kafka.partitions,
         webhooks: Arc::new(
@@ -104,7 +109,7 @@ pub async fn run(
             .await?,
         ),
     };
-    let registry = prometheus::Registry::new_custom(Some("billing_query_api".into()), None)?;
+    state.invoice_cache.spawn_consumer(&settings)?;
     let readiness = Readiness::default().with("cassandra", move || {
         let s = session.clone();
         async move { cql::ping(&s).await }

@@ -3,6 +3,8 @@
 //! handlers deserialize (`utoipa`), the errors as `application/problem+json` and the bearer API key scheme. Served
 //! at `GET /openapi.json`, and as a browsable page at `GET /docs` (plain HTML, no script), both without a key.
 
+mod answers;
+
 use std::collections::BTreeMap;
 
 use axum::http::header;
@@ -69,6 +71,10 @@ pub struct Operation {
     ok: u16,
     query: Option<Params>,
     body: Option<fn() -> Shape>,
+    /// The answer's schema (in `answers`), and whether it is a page of a list of them.
+    answer: Option<(&'static str, bool)>,
+    /// The schema of a `202 Accepted` write answer.
+    accepted: &'static str,
 }
 
 const fn op(
@@ -86,6 +92,8 @@ const fn op(
         ok,
         query: None,
         body: None,
+        answer: None,
+        accepted: "Pending",
     }
 }
 
@@ -97,6 +105,24 @@ impl Operation {
 
     const fn body(mut self, b: fn() -> Shape) -> Self {
         self.body = Some(b);
+        self
+    }
+
+    /// Answers one `schema`.
+    const fn answers(mut self, schema: &'static str) -> Self {
+        self.answer = Some((schema, false));
+        self
+    }
+
+    /// Answers a page of a list of `schema`.
+    const fn lists(mut self, schema: &'static str) -> Self {
+        self.answer = Some((schema, true));
+        self
+    }
+
+    /// A write whose `202 Accepted` answers `schema` rather than `Pending`.
+    const fn accepts(mut self, schema: &'static str) -> Self {
+        self.accepted = schema;
         self
     }
 }
@@ -113,6 +139,7 @@ pub fn operations() -> Vec<Operation> {
             "The customer's usage and its price in the periods containing `at`",
             200,
         )
+        .answers("Usage")
         .query(params::<UsageQuery>()),
         op(
             "POST",
@@ -121,6 +148,7 @@ pub fn operations() -> Vec<Operation> {
             "Create a customer",
             201,
         )
+        .answers("Customer")
         .query(write())
         .body(shape::<CreateCustomer>),
         op(
@@ -130,6 +158,7 @@ pub fn operations() -> Vec<Operation> {
             "List customers, newest first",
             200,
         )
+        .lists("Customer")
         .query(page()),
         op(
             "POST",
@@ -138,6 +167,7 @@ pub fn operations() -> Vec<Operation> {
             "Update a customer",
             200,
         )
+        .answers("Customer")
         .query(write())
         .body(shape::<UpdateCustomer>),
         op(
@@ -146,7 +176,8 @@ pub fn operations() -> Vec<Operation> {
             "customers",
             "A customer",
             200,
-        ),
+        )
+        .answers("Customer"),
         op(
             "GET",
             "/v1/customers/{customer_id}/subscriptions",
@@ -154,6 +185,7 @@ pub fn operations() -> Vec<Operation> {
             "A customer's subscriptions",
             200,
         )
+        .lists("Subscription")
         .query(page()),
         op(
             "GET",
@@ -162,6 +194,7 @@ pub fn operations() -> Vec<Operation> {
             "A customer's invoices",
             200,
         )
+        .lists("Invoice")
         .query(params::<CustomerInvoiceQuery>()),
         op(
             "POST",
@@ -169,7 +202,8 @@ pub fn operations() -> Vec<Operation> {
             "invoices",
             "Preview the customer's upcoming invoice (nothing stored)",
             200,
-        ),
+        )
+        .answers("UpcomingInvoice"),
         op(
             "POST",
             "/v1/billable_metrics",
@@ -177,6 +211,7 @@ pub fn operations() -> Vec<Operation> {
             "Create a billable metric",
             201,
         )
+        .answers("BillableMetric")
         .query(write())
         .body(shape::<CreateMetric>),
         op(
@@ -186,6 +221,7 @@ pub fn operations() -> Vec<Operation> {
             "List billable metrics",
             200,
         )
+        .lists("BillableMetric")
         .query(page()),
         op(
             "POST",
@@ -194,6 +230,7 @@ pub fn operations() -> Vec<Operation> {
             "Update a billable metric",
             200,
         )
+        .answers("BillableMetric")
         .query(write())
         .body(shape::<UpdateMetric>),
         op(
@@ -202,11 +239,15 @@ pub fn operations() -> Vec<Operation> {
             "catalog",
             "A billable metric",
             200,
-        ),
+        )
+        .answers("BillableMetric"),
         op("POST", "/v1/plans", "catalog", "Create a plan", 201)
+            .answers("Plan")
             .query(write())
             .body(shape::<CreatePlan>),
-        op("GET", "/v1/plans", "catalog", "List plans", 200).query(page()),
+        op("GET", "/v1/plans", "catalog", "List plans", 200)
+            .lists("Plan")
+            .query(page()),
         op(
             "POST",
             "/v1/plans/{code}",
@@ -214,13 +255,17 @@ pub fn operations() -> Vec<Operation> {
             "Update a plan (a new version)",
             200,
         )
+        .answers("Plan")
         .query(write())
         .body(shape::<UpdatePlan>),
-        op("GET", "/v1/plans/{code}", "catalog", "A plan", 200),
+        op("GET", "/v1/plans/{code}", "catalog", "A plan", 200).answers("Plan"),
         op("POST", "/v1/add_ons", "catalog", "Create an add-on", 201)
+            .answers("AddOn")
             .query(write())
             .body(shape::<CreateAddOn>),
-        op("GET", "/v1/add_ons", "catalog", "List add-ons", 200).query(page()),
+        op("GET", "/v1/add_ons", "catalog", "List add-ons", 200)
+            .lists("AddOn")
+            .query(page()),
         op(
             "POST",
             "/v1/add_ons/{code}",
@@ -228,13 +273,17 @@ pub fn operations() -> Vec<Operation> {
             "Update an add-on",
             200,
         )
+        .answers("AddOn")
         .query(write())
         .body(shape::<UpdateAddOn>),
-        op("GET", "/v1/add_ons/{code}", "catalog", "An add-on", 200),
+        op("GET", "/v1/add_ons/{code}", "catalog", "An add-on", 200).answers("AddOn"),
         op("POST", "/v1/coupons", "catalog", "Create a coupon", 201)
+            .answers("Coupon")
             .query(write())
             .body(shape::<CreateCoupon>),
-        op("GET", "/v1/coupons", "catalog", "List coupons", 200).query(page()),
+        op("GET", "/v1/coupons", "catalog", "List coupons", 200)
+            .lists("Coupon")
+            .query(page()),
         op(
             "POST",
             "/v1/coupons/{code}",
@@ -242,9 +291,10 @@ pub fn operations() -> Vec<Operation> {
             "Update a coupon",
             200,
         )
+        .answers("Coupon")
         .query(write())
         .body(shape::<UpdateCoupon>),
-        op("GET", "/v1/coupons/{code}", "catalog", "A coupon", 200),
+        op("GET", "/v1/coupons/{code}", "catalog", "A coupon", 200).answers("Coupon"),
         op(
             "POST",
             "/v1/applied_coupons",
@@ -252,6 +302,7 @@ pub fn operations() -> Vec<Operation> {
             "Apply a coupon to a customer",
             201,
         )
+        .answers("AppliedCoupon")
         .query(write())
         .body(shape::<ApplyCoupon>),
         op(
@@ -261,6 +312,7 @@ pub fn operations() -> Vec<Operation> {
             "Create a prepaid-credit wallet",
             201,
         )
+        .answers("Wallet")
         .query(write())
         .body(shape::<CreateWallet>),
         op(
@@ -269,14 +321,16 @@ pub fn operations() -> Vec<Operation> {
             "wallets",
             "A customer's wallets",
             200,
-        ),
+        )
+        .lists("Wallet"),
         op(
             "GET",
             "/v1/customers/{customer_id}/wallets/{wallet_id}",
             "wallets",
             "A wallet",
             200,
-        ),
+        )
+        .answers("Wallet"),
         op(
             "POST",
             "/v1/customers/{customer_id}/wallets/{wallet_id}/transactions",
@@ -284,6 +338,7 @@ pub fn operations() -> Vec<Operation> {
             "Top a wallet up",
             201,
         )
+        .answers("Wallet")
         .query(write())
         .body(shape::<TopUp>),
         op(
@@ -292,7 +347,8 @@ pub fn operations() -> Vec<Operation> {
             "coupons",
             "A customer's applied coupons",
             200,
-        ),
+        )
+        .lists("AppliedCoupon"),
         op(
             "DELETE",
             "/v1/customers/{customer_id}/applied_coupons/{applied_coupon_id}",
@@ -300,11 +356,15 @@ pub fn operations() -> Vec<Operation> {
             "Remove an applied coupon",
             200,
         )
+        .answers("AppliedCoupon")
         .query(write()),
         op("POST", "/v1/taxes", "catalog", "Create a tax rate", 201)
+            .answers("Tax")
             .query(write())
             .body(shape::<CreateTax>),
-        op("GET", "/v1/taxes", "catalog", "List tax rates", 200).query(page()),
+        op("GET", "/v1/taxes", "catalog", "List tax rates", 200)
+            .lists("Tax")
+            .query(page()),
         op(
             "POST",
             "/v1/taxes/{code}",
@@ -312,9 +372,10 @@ pub fn operations() -> Vec<Operation> {
             "Update a tax rate",
             200,
         )
+        .answers("Tax")
         .query(write())
         .body(shape::<UpdateTax>),
-        op("GET", "/v1/taxes/{code}", "catalog", "A tax rate", 200),
+        op("GET", "/v1/taxes/{code}", "catalog", "A tax rate", 200).answers("Tax"),
         op(
             "POST",
             "/v1/subscriptions",
@@ -322,6 +383,7 @@ pub fn operations() -> Vec<Operation> {
             "Create a subscription",
             201,
         )
+        .answers("Subscription")
         .query(write())
         .body(shape::<CreateSubscription>),
         op(
@@ -330,7 +392,8 @@ pub fn operations() -> Vec<Operation> {
             "subscriptions",
             "A subscription",
             200,
-        ),
+        )
+        .answers("Subscription"),
         op(
             "POST",
             "/v1/subscriptions/{subscription_id}/change",
@@ -338,6 +401,7 @@ pub fn operations() -> Vec<Operation> {
             "Change a subscription's plan",
             200,
         )
+        .answers("Subscription")
         .query(write())
         .body(shape::<ChangePlan>),
         op(
@@ -347,6 +411,7 @@ pub fn operations() -> Vec<Operation> {
             "Pause a subscription",
             200,
         )
+        .answers("Subscription")
         .query(write())
         .body(shape::<Effective>),
         op(
@@ -356,6 +421,7 @@ pub fn operations() -> Vec<Operation> {
             "Resume a subscription",
             200,
         )
+        .answers("Subscription")
         .query(write())
         .body(shape::<Effective>),
         op(
@@ -365,6 +431,7 @@ pub fn operations() -> Vec<Operation> {
             "Cancel a subscription",
             200,
         )
+        .answers("Subscription")
         .query(write())
         .body(shape::<Cancel>),
         op(
@@ -374,6 +441,8 @@ pub fn operations() -> Vec<Operation> {
             "Create a test clock",
             201,
         )
+        .answers("TestClock")
+        .accepts("TestClock")
         .query(write())
         .body(shape::<CreateClock>),
         op(
@@ -382,7 +451,8 @@ pub fn operations() -> Vec<Operation> {
             "test clocks",
             "A test clock",
             200,
-        ),
+        )
+        .answers("TestClock"),
         op(
             "POST",
             "/v1/test_clocks/{clock_id}/advance",
@@ -390,9 +460,13 @@ pub fn operations() -> Vec<Operation> {
             "Advance a test clock (and wait for its bill runs)",
             200,
         )
+        .answers("TestClock")
+        .accepts("TestClock")
         .query(write())
         .body(shape::<Advance>),
-        op("GET", "/v1/invoices", "invoices", "List invoices", 200).query(params::<InvoiceQuery>()),
+        op("GET", "/v1/invoices", "invoices", "List invoices", 200)
+            .lists("Invoice")
+            .query(params::<InvoiceQuery>()),
         op(
             "POST",
             "/v1/invoices",
@@ -400,6 +474,7 @@ pub fn operations() -> Vec<Operation> {
             "Issue a one-off invoice",
             201,
         )
+        .answers("Invoice")
         .query(write())
         .body(shape::<CreateOneOff>),
         op(
@@ -408,7 +483,8 @@ pub fn operations() -> Vec<Operation> {
             "invoices",
             "An invoice (with an ETag)",
             200,
-        ),
+        )
+        .answers("Invoice"),
         op(
             "POST",
             "/v1/invoices/{invoice_id}/pay",
@@ -416,6 +492,7 @@ pub fn operations() -> Vec<Operation> {
             "Retry a payment now, or record a payment outside the provider",
             200,
         )
+        .answers("Invoice")
         .query(write())
         .body(shape::<Pay>),
         op(
@@ -424,7 +501,8 @@ pub fn operations() -> Vec<Operation> {
             "payments",
             "An invoice's payment attempts",
             200,
-        ),
+        )
+        .answers("InvoicePayments"),
         op(
             "POST",
             "/v1/customers/{customer_id}/payment_methods",
@@ -432,6 +510,7 @@ pub fn operations() -> Vec<Operation> {
             "Add a payment method",
             201,
         )
+        .answers("PaymentMethod")
         .query(write())
         .body(shape::<AddMethod>),
         op(
@@ -440,7 +519,8 @@ pub fn operations() -> Vec<Operation> {
             "payments",
             "A customer's payment methods",
             200,
-        ),
+        )
+        .answers("PaymentMethods"),
         op(
             "DELETE",
             "/v1/customers/{customer_id}/payment_methods/{payment_method_id}",
@@ -448,6 +528,7 @@ pub fn operations() -> Vec<Operation> {
             "Remove a payment method",
             200,
         )
+        .answers("PaymentMethods")
         .query(write()),
         op(
             "POST",
@@ -456,6 +537,7 @@ pub fn operations() -> Vec<Operation> {
             "Make a payment method the default",
             200,
         )
+        .answers("PaymentMethods")
         .query(write())
         .body(shape::<Empty>),
         op(
@@ -465,6 +547,7 @@ pub fn operations() -> Vec<Operation> {
             "Finalize a draft invoice now",
             200,
         )
+        .answers("Invoice")
         .query(write())
         .body(shape::<Finalize>),
         op(
@@ -474,6 +557,7 @@ pub fn operations() -> Vec<Operation> {
             "Void a finalized invoice",
             200,
         )
+        .answers("Invoice")
         .query(write())
         .body(shape::<Void>),
         op(
@@ -483,6 +567,7 @@ pub fn operations() -> Vec<Operation> {
             "Issue a credit note",
             201,
         )
+        .answers("CreditNote")
         .query(write())
         .body(shape::<NewCreditNote>),
         op(
@@ -491,14 +576,16 @@ pub fn operations() -> Vec<Operation> {
             "credit notes",
             "An invoice's credit notes",
             200,
-        ),
+        )
+        .answers("CreditNotes"),
         op(
             "GET",
             "/v1/credit_notes/{credit_note_id}",
             "credit notes",
             "A credit note",
             200,
-        ),
+        )
+        .answers("CreditNote"),
         op(
             "POST",
             "/v1/webhook_endpoints",
@@ -506,6 +593,7 @@ pub fn operations() -> Vec<Operation> {
             "Create a webhook endpoint (its secret is shown once)",
             201,
         )
+        .answers("WebhookEndpoint")
         .body(shape::<CreateEndpoint>),
         op(
             "GET",
@@ -514,6 +602,7 @@ pub fn operations() -> Vec<Operation> {
             "List webhook endpoints",
             200,
         )
+        .lists("WebhookEndpoint")
         .query(page()),
         op(
             "POST",
@@ -522,6 +611,7 @@ pub fn operations() -> Vec<Operation> {
             "Update a webhook endpoint",
             200,
         )
+        .answers("WebhookEndpoint")
         .body(shape::<UpdateEndpoint>),
         op(
             "GET",
@@ -529,21 +619,24 @@ pub fn operations() -> Vec<Operation> {
             "webhooks",
             "A webhook endpoint",
             200,
-        ),
+        )
+        .answers("WebhookEndpoint"),
         op(
             "DELETE",
             "/v1/webhook_endpoints/{endpoint_id}",
             "webhooks",
             "Delete a webhook endpoint",
             200,
-        ),
+        )
+        .answers("DeletedWebhookEndpoint"),
         op(
             "POST",
             "/v1/webhook_endpoints/{endpoint_id}/rotate_secret",
             "webhooks",
             "Rotate an endpoint's signing secret",
             200,
-        ),
+        )
+        .answers("WebhookEndpoint"),
         op(
             "GET",
             "/v1/webhook_endpoints/{endpoint_id}/deliveries",
@@ -551,6 +644,7 @@ pub fn operations() -> Vec<Operation> {
             "An endpoint's delivery log",
             200,
         )
+        .lists("WebhookDelivery")
         .query(page()),
         op(
             "POST",
@@ -558,7 +652,8 @@ pub fn operations() -> Vec<Operation> {
             "webhooks",
             "Deliver again",
             202,
-        ),
+        )
+        .answers("WebhookRedelivery"),
         op(
             "GET",
             "/v1/audit",
@@ -566,6 +661,7 @@ pub fn operations() -> Vec<Operation> {
             "The audit log of writes (admins)",
             200,
         )
+        .lists("AuditEntry")
         .query(params::<AuditQuery>()),
         op(
             "GET",
@@ -574,6 +670,7 @@ pub fn operations() -> Vec<Operation> {
             "The tenant's API keys (admins)",
             200,
         )
+        .lists("ApiKey")
         .query(page()),
         op(
             "POST",
@@ -581,7 +678,8 @@ pub fn operations() -> Vec<Operation> {
             "api keys",
             "Revoke an API key (admins)",
             200,
-        ),
+        )
+        .answers("ApiKey"),
         op(
             "POST",
             "/graphql",
@@ -589,6 +687,7 @@ pub fn operations() -> Vec<Operation> {
             "A GraphQL query over customers, subscriptions, invoices and usage (reads)",
             200,
         )
+        .answers("GraphqlAnswer")
         .body(shape::<crate::graphql::GraphQlRequest>),
         op(
             "GET",
@@ -597,6 +696,7 @@ pub fn operations() -> Vec<Operation> {
             "MRR and its movements per month (analysts)",
             200,
         )
+        .lists("AnalyticsRow")
         .query(params::<AnalyticsQuery>()),
         op(
             "GET",
@@ -605,6 +705,7 @@ pub fn operations() -> Vec<Operation> {
             "Invoiced revenue by plan and month (analysts)",
             200,
         )
+        .lists("AnalyticsRow")
         .query(params::<AnalyticsQuery>()),
         op(
             "GET",
@@ -613,6 +714,7 @@ pub fn operations() -> Vec<Operation> {
             "Usage by metric and customer per month (analysts)",
             200,
         )
+        .lists("AnalyticsRow")
         .query(params::<AnalyticsQuery>()),
         op(
             "GET",
@@ -621,6 +723,7 @@ pub fn operations() -> Vec<Operation> {
             "Customer and revenue churn per month (analysts)",
             200,
         )
+        .lists("AnalyticsRow")
         .query(params::<AnalyticsQuery>()),
         op(
             "GET",
@@ -629,6 +732,7 @@ pub fn operations() -> Vec<Operation> {
             "Collections and overdue balance per month (analysts)",
             200,
         )
+        .lists("AnalyticsRow")
         .query(params::<AnalyticsQuery>()),
     ]
 }
@@ -768,8 +872,39 @@ fn errors(method: &str) -> Vec<(u16, &'static str)> {
     out
 }
 
-/// The document.
-pub fn document() -> OpenApi {
+/// The document: utoipa's, with the answers' schemas (JSON Schema 2020-12 as OpenAPI 3.1 has it, which utoipa's
+/// model does not hold whole: `const`, type lists) set in place.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(described()).expect("the document serializes");
+    for o in operations() {
+        let (answer, _) = answer_of(&o);
+        let responses = &mut doc["paths"][o.path][o.method.to_ascii_lowercase()]["responses"];
+        responses[o.ok.to_string()]["content"]["application/json"]["schema"] = answer;
+        if o.method != "GET" && o.ok != 202 {
+            responses["202"]["content"]["application/json"]["schema"] =
+                answers::reference(o.accepted);
+        }
+    }
+    for (name, schema) in answers::schemas() {
+        doc["components"]["schemas"][name] = schema;
+    }
+    doc
+}
+
+/// The schema of an operation's success answer, and its description.
+fn answer_of(o: &Operation) -> (serde_json::Value, &'static str) {
+    match o.answer {
+        Some((name, true)) => (
+            answers::list_of(name),
+            "a page of the list (`object: list`, `data`, `has_more`)",
+        ),
+        Some((name, false)) => (answers::reference(name), "the resource"),
+        None => panic!("{} {} names no answer schema", o.method, o.path),
+    }
+}
+
+/// The document as utoipa builds it; the answers' content is filled in by [`document`].
+fn described() -> OpenApi {
     let mut paths = PathsBuilder::new();
     let mut schemas: Vec<(String, RefOr<Schema>)> = Vec::new();
     let mut by_path: BTreeMap<&str, Vec<(HttpMethod, utoipa::openapi::path::Operation)>> =
@@ -845,14 +980,12 @@ pub fn document() -> OpenApi {
                     .build(),
             ));
         }
-        let resource = ContentBuilder::new()
-            .schema(Some(ObjectBuilder::new().schema_type(Type::Object)))
-            .build();
+        let (_, description) = answer_of(&o);
         b = b.response(
             o.ok.to_string(),
             ResponseBuilder::new()
-                .description("the resource, or a list (`object: list`, `data`, `has_more`)")
-                .content("application/json", resource.clone())
+                .description(description)
+                .content("application/json", ContentBuilder::new().build())
                 .build(),
         );
         if o.method != "GET" && o.ok != 202 {
@@ -862,7 +995,7 @@ pub fn document() -> OpenApi {
                     .description(
                         "accepted: published, not yet visible within the wait (read-your-writes)",
                     )
-                    .content("application/json", resource.clone())
+                    .content("application/json", ContentBuilder::new().build())
                     .build(),
             );
         }
@@ -893,20 +1026,19 @@ pub fn document() -> OpenApi {
         }
         paths = paths.path(path, item);
     }
-    let mut components = ComponentsBuilder::new()
-        .schema("Problem", problem_schema())
-        .security_scheme(
-            "api_key",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("bk_<id>_<secret>")
-                    .description(Some(
-                        "An API key: `Authorization: Bearer bk_…` (docs/api.md, Authentication)",
-                    ))
-                    .build(),
-            ),
-        );
+    let mut components = ComponentsBuilder::new().schema("Problem", problem_schema());
+    components = components.security_scheme(
+        "api_key",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("bk_<id>_<secret>")
+                .description(Some(
+                    "An API key: `Authorization: Bearer bk_…` (docs/api.md, Authentication)",
+                ))
+                .build(),
+        ),
+    );
     for (name, schema) in schemas {
         components = components.schema(name, schema);
     }
@@ -933,8 +1065,7 @@ fn esc(s: &str) -> String {
 }
 
 /// The browsable page: every operation with its parameters, body schema and answers.
-pub fn html(doc: &OpenApi) -> String {
-    let json = serde_json::to_value(doc).unwrap_or_default();
+pub fn html(json: &serde_json::Value) -> String {
     let mut out = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Billing API</title><style>\
          body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}\
@@ -1018,6 +1149,24 @@ pub fn router() -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_answer_has_a_schema_and_every_reference_a_definition() {
+        let doc = document();
+        for o in operations() {
+            let schema = &doc["paths"][o.path][o.method.to_ascii_lowercase()]["responses"]
+                [o.ok.to_string()]["content"]["application/json"]["schema"];
+            assert!(schema.is_object(), "{} {}", o.method, o.path);
+        }
+        let text = doc.to_string();
+        for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = &r[..r.find('"').unwrap()];
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{name} is referenced, not defined"
+            );
+        }
+    }
 
     #[test]
     fn the_document_names_every_route_of_the_router_once() {

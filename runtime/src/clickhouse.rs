@@ -31,11 +31,13 @@ pub async fn ping(client: &Client) -> Result<(), String> {
 }
 
 /// A decimal as ClickHouse `Decimal(38, 9)` in RowBinary: the value scaled by 10^9 as an i128. Values are
-/// rounded half away from zero at the 9th decimal; quantities with more decimals are rejected before this.
+/// rounded half away from zero at the 9th decimal; quantities with more decimals are rejected before this. Every
+/// `Decimal` fits: its mantissa is below 2^96 ≈ 7.9·10^28, so scaled by at most 10^9 it stays below 10^38. (The
+/// mantissa is scaled here, in i128: `Decimal::rescale(9)` cannot hold values above ≈ 7.9·10^19 at scale 9 and keeps
+/// a smaller scale for them, which read as scale 9 would store them 10^k too small.)
 pub fn to_decimal_38_9(d: rust_decimal::Decimal) -> i128 {
-    let mut d = d.round_dp_with_strategy(9, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
-    d.rescale(9);
-    d.mantissa()
+    let d = d.round_dp_with_strategy(9, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    d.mantissa() * 10i128.pow(9 - d.scale())
 }
 
 /// How long one ClickHouse write may take before its caller gives up on it and retries (a hung server must not
@@ -53,5 +55,43 @@ pub async fn bounded<T>(
         Err(_) => Err(anyhow::anyhow!(
             "clickhouse: {what} took longer than {limit:?}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_decimal_38_9;
+    use rust_decimal::Decimal;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn decimals_are_scaled_to_nine_places_exactly_whatever_their_size() {
+        assert_eq!(to_decimal_38_9(d("1.5")), 1_500_000_000);
+        assert_eq!(to_decimal_38_9(d("-25.00")), -25_000_000_000);
+        assert_eq!(to_decimal_38_9(d("0.123456789")), 123_456_789);
+        // Half away from zero at the 9th decimal.
+        assert_eq!(to_decimal_38_9(d("0.0000000005")), 1);
+        assert_eq!(to_decimal_38_9(d("-0.0000000005")), -1);
+        // Too large for scale 9 inside a Decimal: still exact in i128.
+        assert_eq!(
+            to_decimal_38_9(d("100000000000000000000")),
+            100_000_000_000_000_000_000_000_000_000
+        );
+        assert_eq!(
+            to_decimal_38_9(Decimal::MAX),
+            79_228_162_514_264_337_593_543_950_335 * 1_000_000_000
+        );
+        assert_eq!(
+            to_decimal_38_9(Decimal::MIN),
+            -79_228_162_514_264_337_593_543_950_335 * 1_000_000_000
+        );
+        assert!(
+            to_decimal_38_9(Decimal::MAX) < 10i128.pow(38),
+            "fits Decimal(38, 9)"
+        );
     }
 }

@@ -418,6 +418,10 @@ pub struct QueryApiConfig {
     /// How long a write waits for its effect to be materialized before answering 202 with the event id.
     #[serde(with = "humantime_serde")]
     pub write_wait: Duration,
+    /// How old an issued invoice's answer may be (`GET /v1/invoices/{id}` keeps it in memory, dropped at once on a
+    /// change seen on the invoice, payment or lifecycle topics); `0s` disables the cache.
+    #[serde(with = "humantime_serde")]
+    pub invoice_cache_ttl: Duration,
 }
 
 /// Bad configuration: every problem found, so the operator fixes them in one go.

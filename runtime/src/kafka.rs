@@ -210,6 +210,20 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::Kaf
         .create()
 }
 
+/// A consumer for partitions assigned by the caller: it never joins a group and never commits (`name` only names
+/// it to the broker).
+pub fn assigned_consumer(
+    cfg: &KafkaConfig,
+    name: &str,
+) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+    base(cfg)
+        .set("group.id", name)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+}
+
 /// A consumer with manual offset commits and `earliest` reset, so a new group never skips records.
 pub fn consumer<C: ConsumerContext + 'static>(
     cfg: &KafkaConfig,
