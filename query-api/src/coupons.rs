@@ -16,7 +16,9 @@ use serde_json::Value;
 use crate::catalog::{coupon, coupon_terms};
 use crate::customers;
 use crate::error::ApiError;
-use crate::request::{ApiJson, ApiQuery, Check, WriteQuery};
+use crate::request::{
+    after_cursor, page, page_limit, ApiJson, ApiQuery, Check, PageQuery, WriteQuery,
+};
 use crate::wait::{answer, event_id, pending, Answer};
 use crate::AppState;
 
@@ -165,23 +167,27 @@ pub async fn apply(
     Ok(pending(&ev.event_id, "applied_coupon", &applied_id))
 }
 
-/// `GET /v1/customers/{id}/applied_coupons`: in application order, removed ones included.
+/// `GET /v1/customers/{id}/applied_coupons?limit=&starting_after=`: in application order, removed ones included.
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(customer_id): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(q.limit)?;
     let c = customers::existing(&state, &tenant, &customer_id).await?;
-    let data: Vec<Value> = c
+    let ids: Vec<&str> = c
         .applied_coupons
         .iter()
-        .filter_map(|a| view(&c, &a.applied.applied_coupon_id))
+        .map(|a| a.applied.applied_coupon_id.as_str())
         .collect();
-    Ok(Json(serde_json::json!({
-        "object": "list",
-        "data": data,
-        "has_more": false,
-    })))
+    let ids = after_cursor(ids, q.starting_after.as_deref(), |id| id)?;
+    let data: Vec<Value> = ids
+        .into_iter()
+        .take(limit + 1)
+        .filter_map(|id| view(&c, id))
+        .collect();
+    Ok(Json(page(data, limit)?))
 }
 
 /// `DELETE /v1/customers/{id}/applied_coupons/{applied_coupon_id}`: the coupon discounts no invoice whose billing

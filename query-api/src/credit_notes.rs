@@ -18,7 +18,9 @@ use billing_store::credit_notes::{price, CreditNoteView, Creditable, ISSUED, REJ
 use billing_store::invoices::InvoiceStatus;
 
 use crate::error::ApiError;
-use crate::request::{ApiJson, ApiQuery, Check, WriteQuery};
+use crate::request::{
+    after_cursor, page, page_limit, ApiJson, ApiQuery, Check, PageQuery, WriteQuery,
+};
 use crate::wait::{answer, event_id, pending, Answer};
 use crate::{customers, AppState};
 
@@ -195,12 +197,14 @@ pub async fn get(
     Ok(Json(json(&cn)?))
 }
 
-/// `GET /v1/invoices/{id}/credit_notes`: the invoice's issued credit notes, oldest first.
+/// `GET /v1/invoices/{id}/credit_notes?limit=&starting_after=`: the invoice's issued credit notes, oldest first.
 pub async fn of_invoice(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = page_limit(q.limit)?;
     crate::invoices::existing(&state, &tenant, &id).await?;
     let mut issued: Vec<CreditNoteView> = state
         .credit_notes
@@ -210,6 +214,13 @@ pub async fn of_invoice(
         .filter(|c| c.status == ISSUED)
         .collect();
     issued.sort_by(|a, b| (&a.number, &a.credit_note_id).cmp(&(&b.number, &b.credit_note_id)));
-    let data = issued.iter().map(json).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(serde_json::json!({ "data": data })))
+    let issued = after_cursor(issued, q.starting_after.as_deref(), |c| {
+        c.credit_note_id.as_str()
+    })?;
+    let data = issued
+        .iter()
+        .take(limit + 1)
+        .map(json)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(page(data, limit)?))
 }

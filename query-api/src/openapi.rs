@@ -322,6 +322,7 @@ pub fn operations() -> Vec<Operation> {
             "A customer's wallets",
             200,
         )
+        .query(page())
         .lists("Wallet"),
         op(
             "GET",
@@ -348,6 +349,7 @@ pub fn operations() -> Vec<Operation> {
             "A customer's applied coupons",
             200,
         )
+        .query(page())
         .lists("AppliedCoupon"),
         op(
             "DELETE",
@@ -520,6 +522,7 @@ pub fn operations() -> Vec<Operation> {
             "A customer's payment methods",
             200,
         )
+        .query(page())
         .answers("PaymentMethods"),
         op(
             "DELETE",
@@ -577,7 +580,8 @@ pub fn operations() -> Vec<Operation> {
             "An invoice's credit notes",
             200,
         )
-        .answers("CreditNotes"),
+        .query(page())
+        .lists("CreditNote"),
         op(
             "GET",
             "/v1/credit_notes/{credit_note_id}",

@@ -17,7 +17,9 @@ use rust_decimal::Decimal;
 
 use crate::customers;
 use crate::error::ApiError;
-use crate::request::{ApiJson, ApiQuery, Check, WriteQuery, MAX_ID_CHARS};
+use crate::request::{
+    after_cursor, page, page_limit, ApiJson, ApiQuery, Check, PageQuery, WriteQuery, MAX_ID_CHARS,
+};
 use crate::wait::{answer, event_id, pending, Answer};
 use crate::AppState;
 
@@ -150,14 +152,25 @@ fn method_json(
     })
 }
 
-/// `GET /v1/customers/{id}/payment_methods`: the customer's methods, oldest first (a customer has few).
+/// `GET /v1/customers/{id}/payment_methods?limit=&starting_after=`: the customer's methods, oldest first, and its
+/// default.
 pub async fn list_methods(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(customer): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = page_limit(q.limit)?;
     customers::existing(&state, &tenant, &customer).await?;
-    Ok(Json(methods_json(&state, &tenant, &customer).await?))
+    let mut all = methods_json(&state, &tenant, &customer).await?;
+    let methods = all["data"].as_array().cloned().unwrap_or_default();
+    let methods = after_cursor(methods, q.starting_after.as_deref(), |m| {
+        m["id"].as_str().unwrap_or_default()
+    })?;
+    let page = page(methods, limit)?;
+    all["data"] = page["data"].clone();
+    all["has_more"] = page["has_more"].clone();
+    Ok(Json(all))
 }
 
 /// `POST /v1/customers/{id}/payment_methods`: add a provider token; 201 with the method once materialized.

@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 
 use crate::customers;
 use crate::error::ApiError;
-use crate::request::{ApiJson, ApiQuery, Check, WriteQuery};
+use crate::request::{
+    after_cursor, page, page_limit, ApiJson, ApiQuery, Check, PageQuery, WriteQuery,
+};
 use crate::wait::{answer, event_id, pending, Answer};
 use crate::AppState;
 
@@ -358,19 +360,24 @@ pub async fn get(
     Ok(Json(wallet_json(&state, &tenant, &c, w, now).await?))
 }
 
-/// `GET /v1/customers/{id}/wallets`.
+/// `GET /v1/customers/{id}/wallets?limit=&starting_after=`: in creation order.
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(customer_id): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(q.limit)?;
     let c = customers::existing(&state, &tenant, &customer_id).await?;
     let now = state.customer_now(&tenant, &c).await?;
-    let mut data = Vec::with_capacity(c.wallets.len());
-    for w in &c.wallets {
+    let wallets = after_cursor(
+        c.wallets.iter().collect(),
+        q.starting_after.as_deref(),
+        |w: &&WalletView| w.created.wallet_id.as_str(),
+    )?;
+    let mut data = Vec::with_capacity(limit + 1);
+    for w in wallets.into_iter().take(limit + 1) {
         data.push(wallet_json(&state, &tenant, &c, w, now).await?);
     }
-    Ok(Json(
-        json!({"object": "list", "data": data, "has_more": false}),
-    ))
+    Ok(Json(page(data, limit)?))
 }

@@ -46,7 +46,18 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let (probe, stall_progress) = (Arc::new(pipeline.lag_probe()), progress.clone());
     let stall_timeout =
         chrono::Duration::from_std(settings.rating.stall_timeout).unwrap_or(chrono::Duration::MAX);
+    let stuck_timeout =
+        chrono::Duration::from_std(settings.rating.stuck_timeout).unwrap_or(chrono::Duration::MAX);
+    let waiting = progress.clone();
     let readiness = Readiness::default()
+        // A loop that has waited on a store this long is stuck: an orchestrator restarts it.
+        .with_liveness("consumer", move || match pipeline::waiting_for(&waiting) {
+            Some(w) if w > stuck_timeout => Err(format!(
+                "waiting on a store for {} s (rating.stuck_timeout)",
+                w.num_seconds()
+            )),
+            _ => Ok(()),
+        })
         .with_kafka(&settings.kafka)
         .with_cassandra(session)
         .with_clickhouse(ch.clone())

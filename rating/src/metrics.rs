@@ -1,6 +1,6 @@
 //! rating's Prometheus metrics, each defined once here.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The service's metrics and the registry that exports them.
 #[derive(Clone)]
@@ -17,6 +17,10 @@ pub struct Metrics {
     pub reference_retries: IntCounter,
     /// Checkpoint writes that failed (or hung) and were retried.
     pub store_retries: IntCounter,
+    /// Customers whose usage is in memory.
+    pub cached_customers: IntGauge,
+    /// Customers dropped from memory (`rating.max_cached_customers`).
+    pub evicted_customers: IntCounter,
 }
 
 impl Metrics {
@@ -42,6 +46,14 @@ impl Metrics {
             "Checkpoint writes to ScyllaDB or ClickHouse that failed or timed out and were retried",
         )?;
         registry.register(Box::new(store_retries.clone()))?;
+        let cached_customers =
+            IntGauge::new("cached_customers", "Customers whose usage is in memory")?;
+        registry.register(Box::new(cached_customers.clone()))?;
+        let evicted_customers = IntCounter::new(
+            "evicted_customers_total",
+            "Customers dropped from memory past rating.max_cached_customers",
+        )?;
+        registry.register(Box::new(evicted_customers.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(checkpoints.clone()))?;
         registry.register(Box::new(checkpoint_seconds.clone()))?;
@@ -52,6 +64,8 @@ impl Metrics {
             checkpoint_seconds,
             reference_retries,
             store_retries,
+            cached_customers,
+            evicted_customers,
         })
     }
 }

@@ -26,22 +26,37 @@ use crate::rate::{self, Rated};
 use crate::reference::SharedReference;
 use crate::validate::Rejection;
 
-/// Counts rebalances, so the loop knows when its cached state may be stale.
-struct RebalanceCounter(Arc<AtomicU64>);
+/// Counts rebalances and records the partitions they assigned or revoked, so the loop knows which customers'
+/// cached state may be stale (another member may have written it): those of the partitions that changed hands.
+struct RebalanceCounter(Arc<AtomicU64>, Arc<std::sync::Mutex<HashSet<i32>>>);
 
 impl ClientContext for RebalanceCounter {}
 
 impl ConsumerContext for RebalanceCounter {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
+        let moved = match rebalance {
             Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned")
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                Some(tpl)
             }
             Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions revoked")
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                Some(tpl)
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error");
+                None
+            }
+        };
+        let mut changed = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        match moved {
+            Some(tpl) => changed.extend(tpl.elements().iter().map(|e| e.partition())),
+            // Unknown: every partition is treated as moved.
+            None => {
+                changed.insert(-1);
+            }
         }
+        drop(changed);
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -54,6 +69,9 @@ const PREFETCH_BATCH: usize = 2_000;
 const REFERENCE_REFRESH: Duration = Duration::from_secs(1);
 /// Customers loaded from the store at once.
 const PREFETCH_CONCURRENCY: usize = 64;
+/// How long a wait on a store may last before the consumer pauses its partitions and keeps polling (so the group
+/// keeps it as a member whatever the outage's length).
+const HOLD_PAUSE: Duration = Duration::from_secs(2);
 
 /// Work applied in memory since the last checkpoint.
 #[derive(Default)]
@@ -93,6 +111,8 @@ impl Pending {
 pub struct Progress {
     /// Unix millis of the last checkpoint that covered messages.
     pub last_checkpoint_ms: Arc<AtomicI64>,
+    /// Unix millis since which the loop has been waiting on a store (0: it is not).
+    pub waiting_since_ms: Arc<AtomicI64>,
 }
 
 /// The rating consumer.
@@ -108,8 +128,14 @@ pub struct Pipeline {
     reference: SharedReference,
     progress: Progress,
     rebalances: Arc<AtomicU64>,
+    /// Partitions assigned or revoked since the loop last looked (`-1`: unknown, all of them).
+    moved: Arc<std::sync::Mutex<HashSet<i32>>>,
     seen_rebalances: u64,
     customers: HashMap<CustomerId, CustomerUsage>,
+    /// The checkpoint count when each cached customer was last used (for eviction, least recently used first).
+    last_used: HashMap<CustomerId, u64>,
+    /// Checkpoints made durable so far.
+    durable: u64,
     pending: Pending,
     reference_checked: Option<Instant>,
     in_flight: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -135,10 +161,11 @@ impl Pipeline {
         progress: Progress,
     ) -> anyhow::Result<Self> {
         let rebalances = Arc::new(AtomicU64::new(0));
+        let moved = Arc::new(std::sync::Mutex::new(HashSet::new()));
         let consumer = kafka::consumer(
             &settings.kafka,
             &settings.rating.group_id,
-            RebalanceCounter(rebalances.clone()),
+            RebalanceCounter(rebalances.clone(), moved.clone()),
         )?;
         let topics = Topics::new(&settings.kafka);
         consumer.subscribe(&[&topics.usage])?;
@@ -157,8 +184,11 @@ impl Pipeline {
             reference,
             progress,
             rebalances,
+            moved,
             seen_rebalances: 0,
             customers: HashMap::new(),
+            last_used: HashMap::new(),
+            durable: 0,
             pending: Pending::default(),
             reference_checked: None,
             in_flight: None,
@@ -224,17 +254,84 @@ impl Pipeline {
             .map(|(t, c)| (t.to_owned(), c.to_owned()))
             .filter(|k| !self.customers.contains_key(k))
             .collect();
-        let store = &self.store;
-        let loaded: Vec<(CustomerId, CustomerUsage)> = futures::stream::iter(missing)
-            .map(|k| async move {
-                let usage = store.load(&k.0, &k.1).await?;
-                anyhow::Ok((k, usage))
-            })
-            .buffer_unordered(PREFETCH_CONCURRENCY)
-            .try_collect()
-            .await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let load = retry_store("customer loads", &self.shutdown, &self.metrics, || {
+            let (store, missing) = (store.clone(), missing.clone());
+            async move {
+                futures::stream::iter(missing)
+                    .map(|k| {
+                        let store = store.clone();
+                        async move {
+                            let usage = store.load(&k.0, &k.1).await?;
+                            anyhow::Ok((k, usage))
+                        }
+                    })
+                    .buffer_unordered(PREFETCH_CONCURRENCY)
+                    .try_collect::<Vec<(CustomerId, CustomerUsage)>>()
+                    .await
+            }
+        });
+        let loaded = self.hold(load).await?;
         self.customers.extend(loaded);
         Ok(())
+    }
+
+    /// Waits for `work` (a store call and its retries) while keeping the group membership: past [`HOLD_PAUSE`] the
+    /// assigned partitions are paused and the consumer is polled (rebalances are served; a message it still returns
+    /// is not lost: its partition is sought back to it), then everything is resumed. The wait is visible to
+    /// `/health` (`rating.stuck_timeout`).
+    async fn hold<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            _ = tokio::time::sleep(HOLD_PAUSE) => {}
+        }
+        self.progress.waiting_since_ms.store(
+            (Utc::now() - chrono::Duration::from_std(HOLD_PAUSE).unwrap_or_default())
+                .timestamp_millis(),
+            Ordering::Relaxed,
+        );
+        if let Ok(tpl) = self.consumer.assignment() {
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::warn!(error = %e, "pausing the partitions failed");
+            }
+        }
+        tracing::warn!("waiting on a store: partitions paused, the consumer keeps polling");
+        let mut rewind: HashMap<i32, i64> = HashMap::new();
+        let out = loop {
+            tokio::select! {
+                biased;
+                out = &mut work => break out,
+                m = self.consumer.recv() => match m {
+                    Ok(m) => {
+                        rewind.entry(m.partition()).or_insert(m.offset());
+                    }
+                    Err(e) => tracing::warn!(error = %e, "consumer error while paused"),
+                }
+            }
+        };
+        for (partition, offset) in rewind {
+            if let Err(e) = self.consumer.seek(
+                &self.topics.usage,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
+                tracing::warn!(partition, offset, error = %e, "seeking back after a pause failed");
+            }
+        }
+        if let Ok(tpl) = self.consumer.assignment() {
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::warn!(error = %e, "resuming the partitions failed");
+            }
+        }
+        self.progress.waiting_since_ms.store(0, Ordering::Relaxed);
+        tracing::info!("store answered: partitions resumed");
+        out
     }
 
     async fn on_message(&mut self, m: &OwnedMessage) -> anyhow::Result<()> {
@@ -243,7 +340,20 @@ impl Pipeline {
         let generation = self.rebalances.load(Ordering::SeqCst);
         if generation != self.seen_rebalances {
             self.checkpoint_now().await?;
-            self.customers.clear();
+            let moved = std::mem::take(&mut *self.moved.lock().unwrap_or_else(|p| p.into_inner()));
+            let n = self.settings.kafka.partitions;
+            let stale = |(t, c): &CustomerId| {
+                moved.contains(&-1)
+                    || moved.contains(&kafka::partition_for_key(
+                        billing_schemas::customer_key(t, c).as_bytes(),
+                        n,
+                    ))
+            };
+            self.customers.retain(|k, _| !stale(k));
+            self.last_used.retain(|k, _| !stale(k));
+            self.metrics
+                .cached_customers
+                .set(self.customers.len() as i64);
             self.seen_rebalances = generation;
             let assignment = self.consumer.assignment()?;
             self.assigned = Some(
@@ -372,8 +482,20 @@ impl Pipeline {
             decoded.event.customer_id.clone(),
         );
         if !self.customers.contains_key(&customer) {
-            let loaded = self.store.load(&customer.0, &customer.1).await?;
+            let store = self.store.clone();
+            let (t, c) = (customer.0.clone(), customer.1.clone());
+            let load = retry_store("customer load", &self.shutdown, &self.metrics, || {
+                let (store, t, c) = (store.clone(), t.clone(), c.clone());
+                async move { store.load(&t, &c).await }
+            });
+            let loaded = self.hold(load).await?;
             self.customers.insert(customer.clone(), loaded);
+        }
+        match self.last_used.get_mut(&customer) {
+            Some(used) => *used = self.durable,
+            None => {
+                self.last_used.insert(customer.clone(), self.durable);
+            }
         }
         let usage = self.customers.get_mut(&customer).expect("just loaded");
         let outcome = {
@@ -510,9 +632,45 @@ impl Pipeline {
     /// Wait until the checkpoint in flight, if any, is durable; its error, if any, stops the pipeline.
     async fn wait_for_checkpoint(&mut self) -> anyhow::Result<()> {
         if let Some(handle) = self.in_flight.take() {
-            handle.await??;
+            self.hold(handle).await??;
+            self.durable += 1;
+            self.evict();
         }
         Ok(())
+    }
+
+    /// Past `rating.max_cached_customers`, drop the customers used least recently whose state is all durable
+    /// (nothing pending since the checkpoint just made durable), down to 90 % of the bound. They are reloaded from
+    /// the store when next used, with their dedup ids as the store keeps them (40 days).
+    fn evict(&mut self) {
+        let max = self.settings.rating.max_cached_customers;
+        if self.customers.len() > max {
+            let pending: HashSet<&CustomerId> = self
+                .pending
+                .dirty
+                .iter()
+                .map(|(c, _)| c)
+                .chain(self.pending.new_seen.keys())
+                .collect();
+            let mut idle: Vec<(u64, CustomerId)> = self
+                .customers
+                .keys()
+                .filter(|c| !pending.contains(c))
+                .map(|c| (self.last_used.get(c).copied().unwrap_or(0), c.clone()))
+                .collect();
+            let excess = (self.customers.len() - max * 9 / 10).min(idle.len());
+            if excess > 0 && excess < idle.len() {
+                idle.select_nth_unstable(excess);
+            }
+            for (_, c) in idle.into_iter().take(excess) {
+                self.customers.remove(&c);
+                self.last_used.remove(&c);
+            }
+            self.metrics.evicted_customers.inc_by(excess as u64);
+        }
+        self.metrics
+            .cached_customers
+            .set(self.customers.len() as i64);
     }
 
     /// Checkpoint and wait until it is durable.
@@ -574,25 +732,25 @@ const STORE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Run an idempotent store write until it succeeds: each attempt bounded by [`STORE_ATTEMPT_TIMEOUT`], then a
 /// backoff from 200 ms to 10 s. Gives up only when the process is asked to stop (the offsets are then not
 /// committed, so a restart replays what this checkpoint covered).
-async fn retry_store<F, Fut>(
+async fn retry_store<T, F, Fut>(
     what: &str,
     shutdown: &Shutdown,
     metrics: &Metrics,
     mut attempt: F,
-) -> anyhow::Result<()>
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
     let mut backoff = Duration::from_millis(200);
     loop {
         let error = match tokio::time::timeout(STORE_ATTEMPT_TIMEOUT, attempt()).await {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(out)) => return Ok(out),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {STORE_ATTEMPT_TIMEOUT:?}"),
         };
         metrics.store_retries.inc();
-        tracing::warn!(what, error, retry_in = ?backoff, "checkpoint write failed; retrying");
+        tracing::warn!(what, error, retry_in = ?backoff, "store call failed; retrying");
         tokio::select! {
             _ = shutdown.cancelled() => anyhow::bail!("{what} failed and the process is stopping: {error}"),
             _ = tokio::time::sleep(backoff) => {}
@@ -604,6 +762,13 @@ where
 /// Whether the last reference barrier covers a message: it started after the message was appended.
 fn covered(covers: &HashMap<i32, i64>, partition: i32, offset: i64) -> bool {
     covers.get(&partition).is_some_and(|end| offset < *end)
+}
+
+/// How long the loop has been waiting on a store, if it is.
+pub fn waiting_for(progress: &Progress) -> Option<chrono::Duration> {
+    let ms = progress.waiting_since_ms.load(Ordering::Relaxed);
+    let since: DateTime<Utc> = Utc.timestamp_millis_opt(ms).single()?;
+    (ms > 0).then(|| Utc::now() - since)
 }
 
 /// The time of the last productive checkpoint, for the stall check.

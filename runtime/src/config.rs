@@ -183,6 +183,13 @@ pub struct RatingConfig {
     /// `/ready` fails when the group has lag and no checkpoint advanced for this long.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// `/health` fails (an orchestrator restarts the process) when the consumer has waited on a store this long
+    /// without progress (a checkpoint write or a customer's load, retried all that time).
+    #[serde(with = "humantime_serde")]
+    pub stuck_timeout: Duration,
+    /// Customers whose usage is kept in memory; past it, after each durable checkpoint, those used least recently
+    /// (and with nothing pending) are dropped and reloaded from the store when they are next used.
+    pub max_cached_customers: usize,
     /// How long usage waits for the catalog and lifecycle topics to be read up to their end.
     #[serde(with = "humantime_serde")]
     pub reference_timeout: Duration,

@@ -1,4 +1,5 @@
-//! `/health` (the process runs), `/ready` (its dependencies answer) and `/metrics` (Prometheus text).
+//! `/health` (the process runs and is not stuck), `/ready` (its dependencies answer) and `/metrics` (Prometheus
+//! text).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,11 +18,13 @@ type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 /// never makes `/ready` hang.
 pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 type CheckFn = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+type LivenessFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// Named readiness checks, each an async probe of one dependency.
+/// Named readiness checks, each an async probe of one dependency, and the liveness checks of `/health`.
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Vec<(String, CheckFn)>,
+    liveness: Vec<(String, LivenessFn)>,
 }
 
 impl Readiness {
@@ -34,6 +37,24 @@ impl Readiness {
         self.checks
             .push((name.to_owned(), Arc::new(move || Box::pin(check()))));
         self
+    }
+
+    /// Add a liveness check: `/health` answers 503 naming it while it fails (an orchestrator then restarts the
+    /// process). It must answer at once, from the process's own state.
+    pub fn with_liveness<F>(mut self, name: &str, check: F) -> Self
+    where
+        F: Fn() -> Result<(), String> + Send + Sync + 'static,
+    {
+        self.liveness.push((name.to_owned(), Arc::new(check)));
+        self
+    }
+
+    /// Run the liveness checks: the failing ones, by name.
+    pub fn stuck(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.liveness
+            .iter()
+            .filter_map(|(name, check)| check().err().map(|e| (name.clone(), e.into())))
+            .collect()
     }
 
     /// Add the check that the Kafka cluster answers (`kafka`).
@@ -101,16 +122,25 @@ pub const METRICS_PATH: &str = "/metrics";
 /// The three endpoints, to serve alone or merge into a service's router.
 pub fn router(readiness: Readiness, registry: Registry) -> Router {
     Router::new()
-        .route(
-            HEALTH_PATH,
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route(HEALTH_PATH, get(health))
         .route(READY_PATH, get(ready))
         .route(METRICS_PATH, get(metrics))
         .with_state(HealthState {
             readiness,
             registry,
         })
+}
+
+async fn health(State(s): State<HealthState>) -> Response {
+    let stuck = s.readiness.stuck();
+    if stuck.is_empty() {
+        return Json(serde_json::json!({"status": "ok"})).into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"status": "stuck", "checks": stuck})),
+    )
+        .into_response()
 }
 
 async fn ready(State(s): State<HealthState>) -> Response {
@@ -214,5 +244,30 @@ mod free_port_tests {
             assert!((20_000..32_000).contains(&addr.port()), "{addr}");
             std::net::TcpListener::bind(addr).expect("still free");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_names_the_failing_liveness_checks_only() {
+        let stuck = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stuck.clone();
+        let r = Readiness::default()
+            .with_liveness("loop", move || {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    Err("blocked on a store for 301 s".into())
+                } else {
+                    Ok(())
+                }
+            })
+            .with_liveness("other", || Ok(()));
+        assert!(r.stuck().is_empty());
+        stuck.store(true, std::sync::atomic::Ordering::Relaxed);
+        let failing = r.stuck();
+        assert_eq!(failing.len(), 1);
+        assert_eq!(failing["loop"], "blocked on a store for 301 s");
     }
 }

@@ -502,6 +502,20 @@ pub async fn start_ingest(
     (format!("http://{addr}"), stop, task)
 }
 
+/// A series of a service's Prometheus `/metrics` at `base` (`http://host:port`), e.g.
+/// `billing_rating_cached_customers` or `name{label="value"}`; 0 when it is not exported yet.
+pub async fn metric(base: &str, series: &str) -> i64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
 /// `(partition, high watermark)` of every partition of `topic`, as the broker reports them now.
 pub async fn high_watermarks(settings: &Settings, topic: &str) -> Vec<(i32, i64)> {
     let brokers = settings.kafka.brokers.clone();

@@ -10,16 +10,11 @@ use serde_json::{json, Value};
 
 /// The instance's cache hits so far, from its `/metrics`.
 async fn hits(base: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("billing_query_api_invoice_cache_lookups_total{result=\"hit\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0, |v| v.parse().unwrap())
+    billing_tests::metric(
+        base,
+        "billing_query_api_invoice_cache_lookups_total{result=\"hit\"}",
+    )
+    .await as u64
 }
 
 /// Reads the invoice through `api` until its answer comes from the cache (the cache serves once its change consumer

@@ -1,7 +1,8 @@
 //! A store outage does not stop rating: with Cassandra stopped (SIGSTOP) for longer than the driver's 30 s request
-//! timeout, rating retries its checkpoint instead of exiting, `/ready` keeps answering (red), and once Cassandra
-//! is back every event is counted exactly once. Its own test binary, so that stopping the shared Cassandra does not
-//! disturb other tests.
+//! timeout, rating retries its checkpoint and the loads of customers it has not seen yet instead of exiting (its
+//! partitions paused, the consumer polling), `/ready` keeps answering (red), `/health` turns red once the wait passes
+//! `rating.stuck_timeout` and green again after, and once Cassandra is back every event is counted exactly once.
+//! Its own test binary, so that stopping the shared Cassandra does not disturb other tests.
 
 use std::time::{Duration, Instant};
 
@@ -13,20 +14,20 @@ use chrono::{TimeZone, Utc};
 const TENANT: &str = "acme";
 const AT: &str = "2026-03-20T00:00:00Z";
 
-/// Stops a process with SIGSTOP and resumes it when dropped, also when the test panics.
-async fn produce(env: &TestEnv, from: usize, to: usize) {
+/// Events `from..to` of `customer`, one call each.
+async fn produce(env: &TestEnv, customer: &str, from: usize, to: usize) {
     for i in from..to {
         let ev = UsageEvent {
             tenant_id: TENANT.into(),
             event_id: format!("e{i}"),
-            customer_id: "cus-o".into(),
+            customer_id: customer.into(),
             metric_code: "api_calls".into(),
             timestamp: Utc.with_ymd_and_hms(2026, 3, 14, 15, 0, 0).unwrap(),
             properties: [("value".to_owned(), "1".to_owned())].into(),
         };
         env.produce(
             &env.topics.usage,
-            &customer_key(TENANT, "cus-o"),
+            &customer_key(TENANT, customer),
             &encode(&ev, Encoding::Json).unwrap(),
             Some(Encoding::Json.content_type()),
         )
@@ -36,10 +37,12 @@ async fn produce(env: &TestEnv, from: usize, to: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rating_waits_for_a_stopped_cassandra_and_loses_nothing() {
-    let env = TestEnv::new("outage").await;
-    env.publish_basic_catalog(TENANT, &["cus-o"]).await;
+    let mut env = TestEnv::new("outage").await;
+    env.settings.rating.stuck_timeout = Duration::from_secs(15);
+    env.publish_basic_catalog(TENANT, &["cus-o", "cus-new"])
+        .await;
     let services = Services::start(&env.settings).await;
-    produce(&env, 0, 100).await;
+    produce(&env, "cus-o", 0, 100).await;
     let wait = Duration::from_secs(60);
     eventually(wait, "the first 100 events", || async {
         api_usage(
@@ -55,14 +58,24 @@ async fn rating_waits_for_a_stopped_cassandra_and_loses_nothing() {
     .await;
 
     let ready = format!("http://{}/ready", env.settings.rating.listen);
+    let health = format!("http://{}/health", env.settings.rating.listen);
     let http = reqwest::Client::new();
     {
         let _stopped = Stopped::new(&cassandra_pid());
-        produce(&env, 100, 200).await;
+        produce(&env, "cus-o", 100, 200).await;
+        // A customer rating has not loaded yet: its load waits for Cassandra too.
+        produce(&env, "cus-new", 0, 50).await;
         // Longer than the driver's 30 s request timeout, which used to end the process.
         let until = Instant::now() + Duration::from_secs(40);
-        let mut red = false;
+        let (mut red, mut stuck) = (false, false);
         while Instant::now() < until {
+            let live = http
+                .get(&health)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .expect("/health answers while Cassandra is stopped");
+            stuck |= live.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE;
             let asked = Instant::now();
             let answer = http
                 .get(&ready)
@@ -83,6 +96,10 @@ async fn rating_waits_for_a_stopped_cassandra_and_loses_nothing() {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         assert!(red, "/ready never reported the stopped Cassandra");
+        assert!(
+            stuck,
+            "/health never reported the wait longer than rating.stuck_timeout (15 s)"
+        );
     }
     let usage = eventually(
         Duration::from_secs(120),
@@ -101,6 +118,25 @@ async fn rating_waits_for_a_stopped_cassandra_and_loses_nothing() {
     )
     .await;
     assert_eq!(usage, ("200".to_owned(), 200, "2.00".to_owned()));
+    let fresh = eventually(Duration::from_secs(60), "cus-new's 50 events", || async {
+        api_usage(
+            &services.api,
+            &services.key(TENANT).await,
+            "cus-new",
+            "calls",
+            AT,
+        )
+        .await
+        .filter(|u| u.1 >= 50)
+    })
+    .await;
+    assert_eq!(fresh, ("50".to_owned(), 50, "0.50".to_owned()));
+    let live = http.get(&health).send().await.unwrap();
+    assert_eq!(
+        live.status(),
+        reqwest::StatusCode::OK,
+        "/health after the outage"
+    );
     assert!(!services.rating_stopped());
     services.shutdown().await;
     env.cleanup().await;

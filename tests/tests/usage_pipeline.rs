@@ -87,21 +87,26 @@ async fn clickhouse_totals(env: &TestEnv) -> Vec<(String, u64, Decimal)> {
         .await
         .unwrap()
         .into_iter()
-        .map(|r| {
-            (
-                r.customer_id,
-                r.events,
-                Decimal::from_i128_with_scale(r.value, 9).normalize(),
-            )
-        })
+        .map(|r| (r.customer_id, r.events, from_decimal_38_9(r.value)))
         .collect()
+}
+
+/// A ClickHouse `Decimal(38, 9)` (the value × 10^9) as a `Decimal`: trailing zeros dropped first, so values up to
+/// what a `Decimal` holds convert (a mantissa at scale 9 holds only up to ≈ 7.9e19).
+fn from_decimal_38_9(mut v: i128) -> Decimal {
+    let mut scale = 9;
+    while scale > 0 && v % 10 == 0 {
+        v /= 10;
+        scale -= 1;
+    }
+    Decimal::from_i128_with_scale(v, scale).normalize()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_from_rust_reaches_scylla_clickhouse_and_the_api_exactly() {
     let env = TestEnv::new("slice").await;
     let customers = ["cus-0", "cus-1", "cus-2", "cus-3"];
-    basic_catalog(&env, &customers).await;
+    basic_catalog(&env, &["cus-0", "cus-1", "cus-2", "cus-3", "cus-big"]).await;
     let services = Services::start(&env.settings).await;
     // Values with many decimals prove that nothing rounds through floats.
     let values = ["0.1", "0.2", "1.000000001", "2.5", "0.3"];
@@ -125,6 +130,30 @@ async fn usage_from_rust_reaches_scylla_clickhouse_and_the_api_exactly() {
             .await;
         }
     }
+    // A value above what a Decimal holds at 9 decimals (≈ 7.9e19) reaches ClickHouse's Decimal(38, 9) exactly.
+    let big = "100000000000000000000";
+    produce_event(
+        &env,
+        &event("cus-big", "big-0", "api_calls", &[("value", big)]),
+        Encoding::Json,
+    )
+    .await;
+    let (units, _, amount) = eventually(WAIT, "the big value in the API", || async {
+        api_usage(
+            &services.api,
+            &services.key(TENANT).await,
+            "cus-big",
+            "calls",
+            AT,
+        )
+        .await
+        .filter(|u| u.1 == 1)
+    })
+    .await;
+    assert_eq!(
+        (units.as_str(), amount.as_str()),
+        (big, "1000000000000000000.00")
+    );
     for customer in customers {
         let (units, events, amount) = eventually(WAIT, "usage in the API", || async {
             api_usage(
@@ -145,10 +174,11 @@ async fn usage_from_rust_reaches_scylla_clickhouse_and_the_api_exactly() {
         );
     }
     let ch = clickhouse_totals(&env).await;
-    let want: Vec<(String, u64, Decimal)> = customers
+    let mut want: Vec<(String, u64, Decimal)> = customers
         .iter()
         .map(|c| (c.to_string(), 5, Decimal::from_str("4.100000001").unwrap()))
         .collect();
+    want.push(("cus-big".into(), 1, Decimal::from_str(big).unwrap()));
     assert_eq!(ch, want);
 
     // Another tenant sees nothing of acme's usage; another period shows nothing.

@@ -241,13 +241,6 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
             ),
         ),
         (
-            "CreditNotes",
-            resource(
-                "an invoice's credit notes",
-                &[("data", array(reference("CreditNote")))],
-            ),
-        ),
-        (
             "Usage",
             resource(
                 "a customer's usage in the billing periods containing `at`, priced",

@@ -1,0 +1,110 @@
+//! Rating's memory is bounded by `rating.max_cached_customers` and nothing is lost or counted twice for it: with a
+//! bound of 20 and 200 customers, the least recently used customers are dropped after durable checkpoints
+//! (`billing_rating_evicted_customers_total` grows, `billing_rating_cached_customers` comes back under the bound),
+//! and a dropped customer, reloaded from the store, still recognises its events already counted (the same ids sent
+//! again count nothing) and counts its new ones.
+
+use std::time::Duration;
+
+use billing_schemas::usage::UsageEvent;
+use billing_schemas::{customer_key, encode, Encoding};
+use billing_tests::{api_usage, eventually, Services, TestEnv};
+use chrono::{TimeZone, Utc};
+
+const TENANT: &str = "acme";
+const AT: &str = "2026-03-20T00:00:00Z";
+const CUSTOMERS: usize = 200;
+const BOUND: usize = 20;
+
+fn customer(i: usize) -> String {
+    format!("cus-{i:03}")
+}
+
+/// Event `n` of every customer.
+async fn produce_round(env: &TestEnv, n: usize) {
+    for i in 0..CUSTOMERS {
+        let ev = UsageEvent {
+            tenant_id: TENANT.into(),
+            event_id: format!("e{n}"),
+            customer_id: customer(i),
+            metric_code: "api_calls".into(),
+            timestamp: Utc.with_ymd_and_hms(2026, 3, 14, 15, 0, 0).unwrap(),
+            properties: [("value".to_owned(), "1".to_owned())].into(),
+        };
+        env.produce(
+            &env.topics.usage,
+            &customer_key(TENANT, &customer(i)),
+            &encode(&ev, Encoding::Json).unwrap(),
+            Some(Encoding::Json.content_type()),
+        )
+        .await;
+    }
+}
+
+/// A metric of rating's `/metrics`.
+async fn metric(env: &TestEnv, name: &str) -> i64 {
+    billing_tests::metric(&format!("http://{}", env.settings.rating.listen), name).await
+}
+
+/// Every customer's usage, once each has counted `n` (< 10) events: exactly `n`.
+async fn all_counted(services: &Services, n: u64) {
+    let key = services.key(TENANT).await;
+    for i in 0..CUSTOMERS {
+        let c = customer(i);
+        let usage = eventually(
+            Duration::from_secs(90),
+            &format!("{c}'s {n} events"),
+            || {
+                let (key, c) = (key.clone(), c.clone());
+                async move {
+                    api_usage(&services.api, &key, &c, "calls", AT)
+                        .await
+                        .filter(|u| u.1 >= n)
+                }
+            },
+        )
+        .await;
+        // Units, events and amount (0.01 each): nothing lost, nothing counted twice.
+        assert_eq!(usage, (n.to_string(), n, format!("0.0{n}")), "{c}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_cache_drops_idle_customers_and_loses_or_doubles_nothing() {
+    let mut env = TestEnv::new("usage_cache").await;
+    env.settings.rating.max_cached_customers = BOUND;
+    let names: Vec<String> = (0..CUSTOMERS).map(customer).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    env.publish_basic_catalog(TENANT, &refs).await;
+    let services = Services::start(&env.settings).await;
+
+    produce_round(&env, 0).await;
+    produce_round(&env, 1).await;
+    all_counted(&services, 2).await;
+    let evicted = eventually(Duration::from_secs(30), "evictions", || async {
+        let e = metric(&env, "billing_rating_evicted_customers_total").await;
+        (e > 0).then_some(e)
+    })
+    .await;
+    let cached = eventually(
+        Duration::from_secs(30),
+        "the cache back under its bound",
+        || async {
+            let c = metric(&env, "billing_rating_cached_customers").await;
+            (c <= BOUND as i64).then_some(c)
+        },
+    )
+    .await;
+    eprintln!("after 400 events: {evicted} customers evicted, {cached} cached");
+
+    // Both rounds again (already counted: nothing changes), then a new one: each customer, reloaded from the store
+    // if it was dropped, counts only the new event.
+    produce_round(&env, 0).await;
+    produce_round(&env, 1).await;
+    produce_round(&env, 2).await;
+    all_counted(&services, 3).await;
+    assert!(metric(&env, "billing_rating_evicted_customers_total").await > evicted);
+    assert!(!services.rating_stopped());
+    services.shutdown().await;
+    env.cleanup().await;
+}
