@@ -21,6 +21,8 @@ pub struct Metrics {
     pub cached_customers: IntGauge,
     /// Customers dropped from memory (`rating.max_cached_customers`).
     pub evicted_customers: IntCounter,
+    /// Accepted events with a charge that running usage cannot price (their ClickHouse amount leaves it out).
+    pub unpriced_events: IntCounter,
 }
 
 impl Metrics {
@@ -54,6 +56,12 @@ impl Metrics {
             "Customers dropped from memory past rating.max_cached_customers",
         )?;
         registry.register(Box::new(evicted_customers.clone()))?;
+        let unpriced_events = IntCounter::new(
+            "unpriced_events_total",
+            "Accepted events counting for a charge that running usage cannot price (per-event options): their \
+             ClickHouse amount leaves that charge out",
+        )?;
+        registry.register(Box::new(unpriced_events.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(checkpoints.clone()))?;
         registry.register(Box::new(checkpoint_seconds.clone()))?;
@@ -66,6 +74,7 @@ impl Metrics {
             store_retries,
             cached_customers,
             evicted_customers,
+            unpriced_events,
         })
     }
 }

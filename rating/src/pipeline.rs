@@ -529,10 +529,14 @@ impl Pipeline {
                 row,
                 touched,
                 new_unique,
+                unpriced,
             }) => {
                 self.pending.mark(&customer, touched, new_unique);
                 self.pending.rows.push(*row);
                 self.metrics.events.with_label_values(&["accepted"]).inc();
+                if unpriced {
+                    self.metrics.unpriced_events.inc();
+                }
             }
         }
         self.pending

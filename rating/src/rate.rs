@@ -75,6 +75,9 @@ pub enum Rated {
         touched: Vec<AggKey>,
         /// Unique values added, with their aggregate.
         new_unique: Vec<(AggKey, String)>,
+        /// A charge it counts for cannot be priced from running usage (per-event options, or units the model
+        /// refuses): its row's amount leaves that charge out; the invoice prices it from the events.
+        unpriced: bool,
     },
 }
 
@@ -176,7 +179,7 @@ pub fn apply(
     usage.seen.insert(ev.event_id.clone());
     let mut amount = Decimal::ZERO;
     let (mut touched, mut new_unique) = (Vec::new(), Vec::new());
-    let mut replayed = false;
+    let (mut replayed, mut unpriced) = (false, false);
     for (charge, key) in targets {
         let state = usage
             .aggregates
@@ -205,8 +208,12 @@ pub fn apply(
             (period.start, period.end),
         )
         .map_err(|e| Rejection::Unaggregatable(e.to_string()))?;
-        // A charge that cannot be priced from running usage (per-event options) adds 0 to the analytics amount.
-        amount += marginal.unwrap_or_default();
+        // A charge that cannot be priced from running usage (per-event options) adds 0 to the analytics amount,
+        // and the event says so (counted by the pipeline).
+        match marginal {
+            Some(m) => amount += m,
+            None => unpriced = true,
+        }
         if state.running.unique.len() > unique_before {
             if let Some(v) = raw {
                 new_unique.push((key.clone(), billing_core::aggregation::unique_key(v)));
@@ -242,6 +249,7 @@ pub fn apply(
         row: Box::new(row),
         touched,
         new_unique,
+        unpriced,
     })
 }
 
@@ -265,6 +273,13 @@ mod tests {
     }
 
     fn reference() -> Reference {
+        reference_with(vec![
+            Charge::on_metric("c", "gb", ChargeModel::Standard, r#"{"amount":"0.5"}"#),
+            Charge::on_metric("c2", "gb", ChargeModel::Standard, r#"{"amount":"0"}"#),
+        ])
+    }
+
+    fn reference_with(charges: Vec<Charge>) -> Reference {
         let mut r = Reference::default();
         let start = at("2026-01-01T00:00:00Z");
         r.apply_catalog(CatalogEvent::metric(
@@ -290,10 +305,7 @@ mod tests {
                 amount: "10".into(),
                 pay_in_advance: false,
                 trial_period_days: 0,
-                charges: vec![
-                    Charge::on_metric("c", "gb", ChargeModel::Standard, r#"{"amount":"0.5"}"#),
-                    Charge::on_metric("c2", "gb", ChargeModel::Standard, r#"{"amount":"0"}"#),
-                ],
+                charges,
             },
         ))
         .unwrap();
@@ -394,14 +406,44 @@ mod tests {
     }
 
     #[test]
-    fn an_event_is_aggregated_priced_and_recorded_once() {
-        let r = reference();
+    fn an_event_a_charge_cannot_price_from_running_usage_is_counted_and_flagged() {
+        let r = reference_with(vec![
+            Charge::on_metric("c", "gb", ChargeModel::Standard, r#"{"amount":"0.5"}"#),
+            Charge::on_metric(
+                "fee",
+                "gb",
+                ChargeModel::Percentage,
+                r#"{"rate":"1","per_transaction_max_amount":"0.02"}"#,
+            ),
+        ]);
         let mut usage = CustomerUsage::default();
-        let Rated::Accepted { row, touched, .. } =
+        let Rated::Accepted { row, unpriced, .. } =
             rate_one(&r, &mut usage, "e1", "2026-01-05T00:00:00Z", "4", 7).unwrap()
         else {
             panic!("not accepted")
         };
+        assert!(unpriced, "the percentage charge needs each event's value");
+        // The row's amount is the standard charge's alone.
+        assert_eq!(
+            row.amount,
+            billing_runtime::clickhouse::to_decimal_38_9(dec!(2))
+        );
+    }
+
+    #[test]
+    fn an_event_is_aggregated_priced_and_recorded_once() {
+        let r = reference();
+        let mut usage = CustomerUsage::default();
+        let Rated::Accepted {
+            row,
+            touched,
+            unpriced,
+            ..
+        } = rate_one(&r, &mut usage, "e1", "2026-01-05T00:00:00Z", "4", 7).unwrap()
+        else {
+            panic!("not accepted")
+        };
+        assert!(!unpriced);
         assert_eq!(
             row.amount,
             billing_runtime::clickhouse::to_decimal_38_9(dec!(2))
