@@ -314,6 +314,15 @@ async fn sigkilled_rating_neither_loses_nor_double_counts() {
                 _ => e.weighted / seconds,
             };
             assert_eq!(units, want, "{customer}/{metric}/{region}");
+            // The amount: 0.50 EUR per unit, rounded half-up to the cent once.
+            let mut amount = (want * Decimal::new(5, 1))
+                .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+            amount.rescale(2);
+            assert_eq!(
+                got["amount"].as_str().unwrap(),
+                amount.to_string(),
+                "{customer}/{metric}/{region} amount"
+            );
             assert_eq!(
                 got["events_count"].as_u64().unwrap(),
                 e.count,
@@ -326,20 +335,44 @@ async fn sigkilled_rating_neither_loses_nor_double_counts() {
     stop.cancel();
     api_task.await.unwrap().unwrap();
 
-    // ClickHouse: each accepted event once.
+    // ClickHouse: each accepted event once. Without FINAL, a row written by a checkpoint that a SIGKILL cut before
+    // its offsets were committed is there twice until a merge: the replay writes the same row again (same key,
+    // same values), and `ReplacingMergeTree(tenant, customer, event id)` keeps one; reports read with FINAL.
     #[derive(clickhouse::Row, serde::Deserialize)]
     struct Counts {
         rows: u64,
         distinct: u64,
     }
+    let count = |final_: &str| {
+        format!(
+            "SELECT count() AS rows, uniqExact(event_id) AS distinct FROM usage_events {final_} WHERE tenant_id = ?"
+        )
+    };
     let counts = env
         .clickhouse()
-        .query("SELECT count() AS rows, uniqExact(event_id) AS distinct FROM usage_events FINAL WHERE tenant_id = ?")
+        .query(&count("FINAL"))
         .bind(TENANT)
         .fetch_one::<Counts>()
         .await
         .unwrap();
     assert_eq!((counts.rows, counts.distinct), (accepted, accepted));
+    let raw = env
+        .clickhouse()
+        .query(&count(""))
+        .bind(TENANT)
+        .fetch_one::<Counts>()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.distinct, accepted,
+        "no event missing or foreign without FINAL"
+    );
+    assert!(raw.rows >= accepted);
+    eprintln!(
+        "ClickHouse without FINAL: {} rows for {accepted} events ({} replayed copies, collapsed by FINAL)",
+        raw.rows,
+        raw.rows - accepted
+    );
     env.cleanup().await;
 }
 

@@ -1,13 +1,14 @@
-//! Consumer liveness, the failures peers shipped: a rebalance (a second rating instance joins the group, then
-//! leaves) loses and double-counts nothing, and `/ready` turns red when the consumer has lag but makes no
-//! progress. (A new group starting from the earliest offset is covered in usage_pipeline.rs.)
+//! Consumer liveness, the failures peers shipped: a rebalance (a second rating process joins the group, really owns
+//! partitions and counts events, then is SIGKILLed without a graceful stop) loses and double-counts nothing for any
+//! customer, and `/ready` turns red when the consumer has lag but makes no progress. (A new group starting from the
+//! earliest offset is covered in usage_pipeline.rs.)
 
 use std::time::Duration;
 
 use billing_schemas::catalog::{Aggregation, ChargeModel};
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding};
-use billing_tests::{api_usage, eventually, free_addr, Services, TestEnv};
+use billing_tests::{api_usage, eventually, free_addr, metric, spawn_service, Services, TestEnv};
 use chrono::{TimeZone, Utc};
 use rdkafka::producer::FutureRecord;
 
@@ -76,17 +77,42 @@ async fn a_second_instance_joining_and_leaving_loses_and_double_counts_nothing()
     let first = Services::start(&env.settings).await;
     produce(&env, CUSTOMERS, 0, 3_000).await;
 
-    // A second instance joins the group while events flow, and leaves again.
-    let mut second_settings = env.settings.clone();
-    second_settings.rating.listen = free_addr();
-    let stop_second = billing_runtime::Shutdown::new();
-    let second = tokio::spawn(billing_rating::run(second_settings, stop_second.clone()));
-    produce(&env, CUSTOMERS, 3_000, 6_000).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    produce(&env, CUSTOMERS, 6_000, 9_000).await;
-    stop_second.cancel();
-    second.await.unwrap().unwrap();
-    produce(&env, CUSTOMERS, 9_000, 12_000).await;
+    // A second rating process joins the group while events flow: events go on until it has counted some (it owns
+    // partitions), then it is killed without a graceful stop (no final checkpoint, no leave-group).
+    let second_addr = free_addr();
+    let mut second = spawn_service(
+        &env.settings,
+        "rating",
+        &[("BILLING__RATING__LISTEN", second_addr.to_string())],
+    );
+    let second_metrics = format!("http://{second_addr}");
+    let accepted = "billing_rating_events_total{outcome=\"accepted\"}";
+    let mut sent = 3_000;
+    let mut counted_by_second = 0;
+    while counted_by_second == 0 {
+        assert!(sent < 60_000, "the second instance never counted an event");
+        produce(&env, CUSTOMERS, sent, sent + 600).await;
+        sent += 600;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            reqwest::get(format!("{second_metrics}/health")),
+        )
+        .await
+        {
+            if r.status() == 200 {
+                counted_by_second = metric(&second_metrics, accepted).await;
+            }
+        }
+    }
+    produce(&env, CUSTOMERS, sent, sent + 1_200).await;
+    sent += 1_200;
+    second.kill().expect("SIGKILL the second instance");
+    second.wait().unwrap();
+    eprintln!("the second instance counted {counted_by_second}+ events before it was killed");
+    produce(&env, CUSTOMERS, sent, sent + 3_000).await;
+    sent += 3_000;
+    let each = (sent / CUSTOMERS) as u64;
 
     for c in 0..CUSTOMERS {
         let usage = eventually(
@@ -101,18 +127,26 @@ async fn a_second_instance_joining_and_leaving_loses_and_double_counts_nothing()
                     AT,
                 )
                 .await
-                .filter(|u| u.1 >= 200)
+                .filter(|u| u.1 >= each)
             },
         )
         .await;
-        assert_eq!((usage.0.as_str(), usage.1), ("200", 200), "c{c}");
+        assert_eq!((usage.0, usage.1), (each.to_string(), each), "c{c}");
     }
     // Nothing more arrives later either (a double count would show after the last checkpoint).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let usage = api_usage(&first.api, &first.key(TENANT).await, "c0", "calls", AT)
+    for c in 0..CUSTOMERS {
+        let usage = api_usage(
+            &first.api,
+            &first.key(TENANT).await,
+            &format!("c{c}"),
+            "calls",
+            AT,
+        )
         .await
         .unwrap();
-    assert_eq!(usage.1, 200);
+        assert_eq!(usage.1, each, "c{c}");
+    }
     first.shutdown().await;
     env.cleanup().await;
 }
