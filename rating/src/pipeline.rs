@@ -335,8 +335,9 @@ impl Pipeline {
     }
 
     async fn on_message(&mut self, m: &OwnedMessage) -> anyhow::Result<()> {
-        // After a rebalance a partition may have had another owner: write out what we have (writes are stamped,
-        // so stale ones lose) and forget cached state, which is reloaded from the store on next use.
+        // After a rebalance a partition that changed hands may have had another owner: write out what we have
+        // (writes are stamped, so stale ones lose) and forget the cached state of those partitions' customers, which
+        // is reloaded from the store on next use. Partitions kept through the rebalance keep their customers.
         let generation = self.rebalances.load(Ordering::SeqCst);
         if generation != self.seen_rebalances {
             self.checkpoint_now().await?;
