@@ -51,6 +51,8 @@ struct Inner {
     entries: HashMap<(String, String), Entry>,
     /// Customer key or tenant → when a change of it was last seen.
     changed: HashMap<String, Instant>,
+    /// When `changed` was last emptied because it was full: a change of anyone, for fills.
+    cleared_at: Option<Instant>,
 }
 
 /// The cache; cheap to clone.
@@ -131,7 +133,10 @@ impl InvoiceCache {
                 .get(k)
                 .is_some_and(|at| *at >= read_at || at.elapsed() < self.ttl)
         };
-        if recent(&customer) || recent(&tenant_key(tenant)) {
+        let cleared = inner
+            .cleared_at
+            .is_some_and(|at| at >= read_at || at.elapsed() < self.ttl);
+        if cleared || recent(&customer) || recent(&tenant_key(tenant)) {
             return;
         }
         if inner.entries.len() >= CAPACITY {
@@ -171,8 +176,9 @@ impl InvoiceCache {
             let ttl = self.ttl;
             inner.changed.retain(|_, at| at.elapsed() < ttl);
             if inner.changed.len() >= CAPACITY {
-                // Too many changes to track one by one: forget every entry instead.
+                // Too many changes to track one by one: forget every entry instead, and fill none for a TTL.
                 inner.changed.clear();
+                inner.cleared_at = Some(Instant::now());
                 inner.entries.clear();
             }
         }
@@ -305,6 +311,26 @@ mod tests {
         c.put("t", "i", "c", Instant::now(), answer("maybe old"));
         assert!(c.get("t", "i").is_none());
         // A TTL later the change is surely in the store.
+        std::thread::sleep(Duration::from_millis(320));
+        c.put("t", "i", "c", Instant::now(), answer("new"));
+        assert_eq!(c.get("t", "i").unwrap().body, "new");
+    }
+
+    #[test]
+    fn too_many_changes_forget_everything_and_fill_nothing_for_a_ttl() {
+        let c = live(Duration::from_millis(300));
+        let before = Instant::now();
+        c.put("t", "kept", "k", Instant::now(), answer("a"));
+        for i in 0..CAPACITY {
+            c.customer_changed(&format!("t/c{i}"));
+        }
+        // The next change finds the map full of recent changes: everything is forgotten.
+        c.customer_changed("t/x");
+        assert!(c.get("t", "kept").is_none());
+        // A read begun before, or soon after, may miss a change no longer recorded.
+        c.put("t", "i", "c", before, answer("old"));
+        c.put("t", "i", "c", Instant::now(), answer("maybe old"));
+        assert!(c.get("t", "i").is_none());
         std::thread::sleep(Duration::from_millis(320));
         c.put("t", "i", "c", Instant::now(), answer("new"));
         assert_eq!(c.get("t", "i").unwrap().body, "new");
