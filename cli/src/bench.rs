@@ -44,8 +44,12 @@ pub struct Args {
     #[arg(long, default_value_t = 12)]
     partitions: i32,
     /// Freshness probe: events per second.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 1_000)]
     freshness_rate: u32,
+    /// Freshness probe: one event in this many is followed until the API shows it (polled every 10 ms), so that
+    /// the probe's own reads do not load the machine more than its users would.
+    #[arg(long, default_value_t = 10)]
+    freshness_sample: u32,
     /// Freshness probe: seconds of production.
     #[arg(long, default_value_t = 10)]
     freshness_secs: u32,
@@ -65,8 +69,8 @@ const IN_FLIGHT: usize = 50_000;
 const UNIQUE_USERS: u64 = 50;
 
 /// Targets from the design brief.
-const RATING_TARGET: f64 = 50_000.0;
-const FRESHNESS_P99_TARGET_MS: f64 = 1_000.0;
+const RATING_TARGET: f64 = 100_000.0;
+const FRESHNESS_P99_TARGET_MS: f64 = 250.0;
 const GATEWAY_TARGET: f64 = 20_000.0;
 const MEMORY_TARGET_MIB: f64 = 512.0;
 
@@ -111,11 +115,6 @@ fn child_env(s: &Settings) -> Vec<(String, String)> {
         ("BILLING__RATING__GROUP_ID", s.rating.group_id.clone()),
         ("BILLING__RATING__LISTEN", s.rating.listen.to_string()),
         ("BILLING__QUERY_API__LISTEN", s.query_api.listen.to_string()),
-        (
-            "BILLING__QUERY_API__RATE_LIMIT_PER_SECOND",
-            "1000000".into(),
-        ),
-        ("BILLING__QUERY_API__RATE_LIMIT_BURST", "1000000".into()),
         ("BILLING__INGEST__LISTEN", s.ingest.listen.to_string()),
     ]
     .into_iter()
@@ -315,6 +314,19 @@ async fn phases(
         metric("billing_rating_events_total{outcome=\"rejected\"}"),
         metric("billing_rating_events_total{outcome=\"replayed\"}"),
     );
+    let step = |name: &str| {
+        metric(&format!(
+            "billing_rating_checkpoint_step_seconds_sum{{step=\"{name}\"}}"
+        ))
+    };
+    println!(
+        "    checkpoint steps: dead letters {:.2} s, ClickHouse {:.2} s, ScyllaDB {:.2} s; per checkpoint {:.0} events and {:.0} customers on average",
+        step("dead_letters"),
+        step("clickhouse"),
+        step("scylla"),
+        metric("billing_rating_checkpoint_events_sum") / ck_n.max(1.0),
+        metric("billing_rating_checkpoint_customers_sum") / ck_n.max(1.0),
+    );
     println!(
         "    target ≥ {RATING_TARGET:.0} events/s sustained: {}",
         met(rating_rate >= RATING_TARGET)
@@ -368,8 +380,9 @@ async fn phases(
     }
     let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
     println!(
-        "(d) freshness (produce ack → visible in the API, {} events at {}/s): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; target p99 < {FRESHNESS_P99_TARGET_MS:.0} ms: {}",
+        "(d) freshness (produce ack → visible in the API, {} of {} events at {}/s followed): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; target p99 < {FRESHNESS_P99_TARGET_MS:.0} ms: {}",
         lat.len(),
+        u64::from(args.freshness_rate) * u64::from(args.freshness_secs),
         args.freshness_rate,
         pct(0.50),
         pct(0.99),
@@ -693,7 +706,8 @@ async fn freshness(
     customers: u64,
 ) -> anyhow::Result<Vec<f64>> {
     let total = u64::from(args.freshness_rate) * u64::from(args.freshness_secs);
-    let pollers = Arc::new(tokio::sync::Semaphore::new(128));
+    let pollers = Arc::new(tokio::sync::Semaphore::new(256));
+    let sample = u64::from(args.freshness_sample.max(1));
     let mut tasks = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(
         1.0 / f64::from(args.freshness_rate.max(1)),
@@ -725,6 +739,13 @@ async fn freshness(
                     .headers(headers),
             )
             .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))?;
+        if k % sample != 0 {
+            tasks.spawn(async move {
+                ack(delivery).await?;
+                Ok(None)
+            });
+            continue;
+        }
         let (http, api, pollers) = (http.clone(), api.to_owned(), pollers.clone());
         let at = ev.timestamp.to_rfc3339();
         let customer = ev.customer_id.clone();
@@ -735,19 +756,19 @@ async fn freshness(
             let deadline = acked + Duration::from_secs(30);
             loop {
                 if api_events(&http, &api, &customer, &at).await.unwrap_or(0) >= expect {
-                    return Ok::<f64, anyhow::Error>(acked.elapsed().as_secs_f64() * 1000.0);
+                    return Ok::<_, anyhow::Error>(Some(acked.elapsed().as_secs_f64() * 1000.0));
                 }
                 anyhow::ensure!(
                     Instant::now() < deadline,
                     "event of {customer} not visible after 30 s"
                 );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
     }
     let mut lat = Vec::with_capacity(total as usize);
     while let Some(r) = tasks.join_next().await {
-        lat.push(r??);
+        lat.extend(r??);
     }
     lat.sort_by(f64::total_cmp);
     Ok(lat)

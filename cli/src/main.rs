@@ -18,6 +18,11 @@ use anyhow::Context;
 use billing_runtime::{shutdown, telemetry, Settings};
 use clap::{Parser, Subcommand};
 
+/// Every service of the binary allocates per message; mimalloc's thread-local free lists cost less per allocation
+/// than glibc's malloc (measured in docs/benchmarks.md, "Rating").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "billing", version, about = "Streaming billing pipeline")]
 struct Cli {

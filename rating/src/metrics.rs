@@ -1,18 +1,28 @@
 //! rating's Prometheus metrics, each defined once here.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// The service's metrics and the registry that exports them.
 #[derive(Clone)]
 pub struct Metrics {
     /// Exported by `/metrics`.
     pub registry: Registry,
-    /// Events by outcome: `accepted`, `rejected` (dead-lettered) or `replayed` (already counted).
+    /// Events by outcome: `accepted`, `rejected` (dead-lettered), `duplicate` or `replayed` (already counted).
     pub events: IntCounterVec,
+    /// `events` of each outcome, looked up once (every event counts in one).
+    pub outcomes: Outcomes,
     /// Checkpoints written.
     pub checkpoints: IntCounter,
     /// Time to make one checkpoint durable.
     pub checkpoint_seconds: Histogram,
+    /// Time of each step of a checkpoint: `dead_letters`, `clickhouse`, `scylla` (retries included).
+    pub checkpoint_step_seconds: HistogramVec,
+    /// Events one checkpoint covers.
+    pub checkpoint_events: Histogram,
+    /// Customers one checkpoint writes.
+    pub checkpoint_customers: Histogram,
     /// Reference barriers that failed and were retried.
     pub reference_retries: IntCounter,
     /// Checkpoint writes that failed (or hung) and were retried.
@@ -23,6 +33,19 @@ pub struct Metrics {
     pub evicted_customers: IntCounter,
     /// Accepted events with a charge that running usage cannot price (their ClickHouse amount leaves it out).
     pub unpriced_events: IntCounter,
+}
+
+/// The series of `billing_rating_events_total`.
+#[derive(Clone)]
+pub struct Outcomes {
+    /// Counted now.
+    pub accepted: IntCounter,
+    /// Dead-lettered.
+    pub rejected: IntCounter,
+    /// Its id was counted before.
+    pub duplicate: IntCounter,
+    /// Counted before a crash; aggregates brought up to date.
+    pub replayed: IntCounter,
 }
 
 impl Metrics {
@@ -38,6 +61,25 @@ impl Metrics {
             "checkpoint_seconds",
             "Time to write a checkpoint to ClickHouse and ScyllaDB and commit offsets",
         ))?;
+        let checkpoint_step_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "checkpoint_step_seconds",
+                "Time of each step of a checkpoint, retries included: dead_letters, clickhouse, scylla",
+            ),
+            &["step"],
+        )?;
+        registry.register(Box::new(checkpoint_step_seconds.clone()))?;
+        let sizes = prometheus::exponential_buckets(10.0, 4.0, 9)?;
+        let checkpoint_events = Histogram::with_opts(
+            HistogramOpts::new("checkpoint_events", "Events one checkpoint covers")
+                .buckets(sizes.clone()),
+        )?;
+        registry.register(Box::new(checkpoint_events.clone()))?;
+        let checkpoint_customers = Histogram::with_opts(
+            HistogramOpts::new("checkpoint_customers", "Customers one checkpoint writes")
+                .buckets(sizes),
+        )?;
+        registry.register(Box::new(checkpoint_customers.clone()))?;
         let reference_retries = IntCounter::new(
             "reference_retries_total",
             "Reads of the reference topics to their end that failed and were retried",
@@ -65,11 +107,22 @@ impl Metrics {
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(checkpoints.clone()))?;
         registry.register(Box::new(checkpoint_seconds.clone()))?;
+        let outcome = |o: &str| events.with_label_values(&[o]);
+        let outcomes = Outcomes {
+            accepted: outcome("accepted"),
+            rejected: outcome("rejected"),
+            duplicate: outcome("duplicate"),
+            replayed: outcome("replayed"),
+        };
         Ok(Metrics {
             registry,
             events,
+            outcomes,
             checkpoints,
             checkpoint_seconds,
+            checkpoint_step_seconds,
+            checkpoint_events,
+            checkpoint_customers,
             reference_retries,
             store_retries,
             cached_customers,

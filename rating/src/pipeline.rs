@@ -17,8 +17,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use billing_runtime::kafka::{self, Topics};
 use billing_runtime::{Settings, Shutdown};
-use billing_store::usage::{CustomerUsage, UsageStore};
+use billing_store::usage::{CustomerUsage, CustomerWrite, UsageStore};
 use billing_store::usage_aggregates::AggKey;
+use billing_store::usage_dedup::IdHash;
 use billing_store::usage_events::{self, UsageEventRow};
 
 use crate::metrics::Metrics;
@@ -69,6 +70,8 @@ const PREFETCH_BATCH: usize = 2_000;
 const REFERENCE_REFRESH: Duration = Duration::from_secs(1);
 /// Customers loaded from the store at once.
 const PREFETCH_CONCURRENCY: usize = 64;
+/// Behind by more than this many events, rating checkpoints every `rating.catch_up_interval`.
+const CATCH_UP_LAG: i64 = 10_000;
 /// How long a wait on a store may last before the consumer pauses its partitions and keeps polling (so the group
 /// keeps it as a member whatever the outage's length).
 const HOLD_PAUSE: Duration = Duration::from_secs(2);
@@ -76,9 +79,8 @@ const HOLD_PAUSE: Duration = Duration::from_secs(2);
 /// Work applied in memory since the last checkpoint.
 #[derive(Default)]
 struct Pending {
-    dirty: HashSet<(CustomerId, AggKey)>,
-    new_unique: HashMap<(CustomerId, AggKey), Vec<String>>,
-    new_seen: HashMap<CustomerId, Vec<String>>,
+    /// By customer: what the checkpoint writes for it.
+    customers: HashMap<CustomerId, PendingCustomer>,
     rows: Vec<UsageEventRow>,
     dead_letters: Vec<rdkafka::producer::DeliveryFuture>,
     /// Next offset to commit per partition.
@@ -86,22 +88,40 @@ struct Pending {
     messages: usize,
 }
 
+/// One customer's changes since the last checkpoint.
+#[derive(Default)]
+struct PendingCustomer {
+    /// Aggregates changed.
+    dirty: HashSet<AggKey>,
+    /// Unique values added, by aggregate.
+    new_unique: HashMap<AggKey, Vec<String>>,
+    /// Ids counted.
+    seen: Vec<IdHash>,
+}
+
 impl Pending {
-    /// Remember aggregates to write and their new unique values.
+    /// The changes of `customer` (the key is cloned only the first time).
+    fn customer(&mut self, customer: &CustomerId) -> &mut PendingCustomer {
+        if !self.customers.contains_key(customer) {
+            self.customers
+                .insert(customer.clone(), PendingCustomer::default());
+        }
+        self.customers.get_mut(customer).expect("just inserted")
+    }
+
+    /// Remember an id counted, the aggregates to write and their new unique values.
     fn mark(
         &mut self,
         customer: &CustomerId,
+        counted: IdHash,
         touched: Vec<AggKey>,
         new_unique: Vec<(AggKey, String)>,
     ) {
-        for key in touched {
-            self.dirty.insert((customer.clone(), key));
-        }
+        let pending = self.customer(customer);
+        pending.seen.push(counted);
+        pending.dirty.extend(touched);
         for (key, value) in new_unique {
-            self.new_unique
-                .entry((customer.clone(), key))
-                .or_default()
-                .push(value);
+            pending.new_unique.entry(key).or_default().push(value);
         }
     }
 }
@@ -144,6 +164,10 @@ pub struct Pipeline {
     /// Per usage partition, its end offset when the last reference barrier started: a message below it was
     /// appended before the barrier read the reference topics' ends, so the barrier covers what preceded it.
     reference_covers: HashMap<i32, i64>,
+    /// Per usage partition, the offset after the last message read.
+    positions: HashMap<i32, i64>,
+    /// When the last checkpoint started.
+    last_checkpoint: Instant,
     /// Stops the reference barrier's retries.
     shutdown: Shutdown,
     /// What [`rate::decode`] checks, from the configuration.
@@ -194,6 +218,8 @@ impl Pipeline {
             in_flight: None,
             assigned: None,
             reference_covers: HashMap::new(),
+            positions: HashMap::new(),
+            last_checkpoint: Instant::now(),
             shutdown: Shutdown::new(),
             limits: rate::Limits {
                 max_event_bytes: settings.rating.max_event_bytes,
@@ -215,7 +241,7 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = ticker.tick() => self.checkpoint().await?,
+                _ = ticker.tick() => self.on_tick().await?,
                 msg = self.consumer.recv() => {
                     // Take what is already fetched too, so the customers it names are loaded concurrently
                     // rather than one round trip at a time.
@@ -385,6 +411,7 @@ impl Pipeline {
         }
         let (partition, offset) = (m.partition(), m.offset());
         self.pending.offsets.insert(partition, offset + 1);
+        self.positions.insert(partition, offset + 1);
         self.pending.messages += 1;
         let mut outcome = self.rate(m).await?;
         // Re-read only if the last barrier does not cover this event (broker offsets, no clock): a barrier that
@@ -510,41 +537,37 @@ impl Pipeline {
                 self.limits.late_usage_horizon,
             )
         };
-        let event_id = decoded.event.event_id;
         match outcome {
             Err(r) => return Ok(Err(r)),
             Ok(Rated::Duplicate) => {
-                self.metrics.events.with_label_values(&["duplicate"]).inc();
+                self.metrics.outcomes.duplicate.inc();
                 return Ok(Ok(()));
             }
             Ok(Rated::Replayed {
+                counted,
                 touched,
                 new_unique,
             }) => {
                 // ClickHouse already has this event from before the crash; aggregates it had not reached yet
                 // were brought up to date and are written with the next checkpoint.
-                self.pending.mark(&customer, touched, new_unique);
-                self.metrics.events.with_label_values(&["replayed"]).inc();
+                self.pending.mark(&customer, counted, touched, new_unique);
+                self.metrics.outcomes.replayed.inc();
             }
             Ok(Rated::Accepted {
+                counted,
                 row,
                 touched,
                 new_unique,
                 unpriced,
             }) => {
-                self.pending.mark(&customer, touched, new_unique);
+                self.pending.mark(&customer, counted, touched, new_unique);
                 self.pending.rows.push(*row);
-                self.metrics.events.with_label_values(&["accepted"]).inc();
+                self.metrics.outcomes.accepted.inc();
                 if unpriced {
                     self.metrics.unpriced_events.inc();
                 }
             }
         }
-        self.pending
-            .new_seen
-            .entry(customer)
-            .or_default()
-            .push(event_id);
         Ok(Ok(()))
     }
 
@@ -557,8 +580,36 @@ impl Pipeline {
             .send_result(record)
             .map_err(|(e, _)| anyhow::anyhow!("dead-letter enqueue failed: {e}"))?;
         self.pending.dead_letters.push(delivery);
-        self.metrics.events.with_label_values(&["rejected"]).inc();
+        self.metrics.outcomes.rejected.inc();
         Ok(())
+    }
+
+    /// Start a checkpoint with what is pending, unless the previous one is still being written: then pending work
+    /// keeps growing until it is durable (up to `rating.checkpoint_events`), so checkpoints grow while rating
+    /// catches up, and stay small, one per `rating.checkpoint_interval`, when it is caught up.
+    ///
+    /// While rating is far behind (more than [`CATCH_UP_LAG`] events, by the usage partitions' end offsets the
+    /// last reference barrier read), checkpoints are spaced by `rating.catch_up_interval` instead: each customer's
+    /// changes are then written once for many of its events, which is what lets rating catch up.
+    async fn on_tick(&mut self) -> anyhow::Result<()> {
+        if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        if self.pending.messages < self.settings.rating.checkpoint_events
+            && self.last_checkpoint.elapsed() < self.settings.rating.catch_up_interval
+            && self.behind() > CATCH_UP_LAG
+        {
+            return Ok(());
+        }
+        self.checkpoint().await
+    }
+
+    /// Events appended to the assigned partitions before the last reference barrier and not read yet.
+    fn behind(&self) -> i64 {
+        self.reference_covers
+            .iter()
+            .filter_map(|(p, end)| Some((end - self.positions.get(p)?).max(0)))
+            .sum()
     }
 
     /// Hand everything applied so far to a background write that makes it durable and then commits the offsets
@@ -570,19 +621,40 @@ impl Pipeline {
             return Ok(());
         }
         self.wait_for_checkpoint().await?;
+        self.last_checkpoint = Instant::now();
         let mut pending = std::mem::take(&mut self.pending);
-        let aggregates: Vec<_> = pending
-            .dirty
+        // The next checkpoint is likely as large: room for its rows at once rather than by repeated doubling.
+        self.pending.rows.reserve(pending.rows.len());
+        // One write per changed customer: its changed aggregates (with their new unique values) and its new ids.
+        let writes: Vec<CustomerWrite> = pending
+            .customers
             .drain()
-            .filter_map(|(customer, key)| {
-                let state = self.customers.get(&customer)?.aggregates.get(&key)?.clone();
-                let unique = pending
-                    .new_unique
-                    .remove(&(customer.clone(), key.clone()))
-                    .unwrap_or_default();
-                Some((customer.0, customer.1, key, state, unique))
+            .map(|((tenant, customer), mut changes)| {
+                let usage = self.customers.get(&(tenant.clone(), customer.clone()));
+                let aggregates = changes
+                    .dirty
+                    .drain()
+                    .filter_map(|key| {
+                        let state = usage?.aggregates.get(&key)?.without_unique();
+                        let unique = changes.new_unique.remove(&key).unwrap_or_default();
+                        Some((key, state, unique))
+                    })
+                    .collect();
+                CustomerWrite {
+                    tenant,
+                    customer,
+                    aggregates,
+                    seen: changes.seen,
+                    block_id: uuid::Uuid::new_v4(),
+                }
             })
             .collect();
+        self.metrics
+            .checkpoint_events
+            .observe(pending.messages as f64);
+        self.metrics
+            .checkpoint_customers
+            .observe(writes.len() as f64);
         let mut tpl = TopicPartitionList::new();
         for (partition, next) in &pending.offsets {
             tpl.add_partition_offset(&self.topics.usage, *partition, Offset::Offset(*next))?;
@@ -597,6 +669,13 @@ impl Pipeline {
         );
         self.in_flight = Some(tokio::spawn(async move {
             let started = Instant::now();
+            let step = |name: &str, since: Instant| {
+                metrics
+                    .checkpoint_step_seconds
+                    .with_label_values(&[name])
+                    .observe(since.elapsed().as_secs_f64());
+                Instant::now()
+            };
             for delivery in pending.dead_letters {
                 match delivery.await {
                     Ok(Ok(_)) => {}
@@ -607,16 +686,17 @@ impl Pipeline {
             // A store that is down or hangs is waited for, with a timeout per attempt and backoff: every write is
             // idempotent (absolute values, stamped; ClickHouse collapses duplicates), so a retry is harmless, and
             // the offsets are committed only after all of them.
-            let seen: Vec<_> = pending.new_seen.into_iter().collect();
+            let at = step("dead_letters", started);
             retry_store("clickhouse insert", &shutdown, &metrics, || {
                 usage_events::insert(&ch, &pending.rows)
             })
             .await?;
-            retry_store("aggregates", &shutdown, &metrics, || {
-                store.save_aggregates(&aggregates)
+            let at = step("clickhouse", at);
+            retry_store("usage checkpoint", &shutdown, &metrics, || {
+                store.save_checkpoint(&writes)
             })
             .await?;
-            retry_store("dedup ids", &shutdown, &metrics, || store.save_seen(&seen)).await?;
+            step("scylla", at);
             // Offsets are a resume hint: a failed commit (e.g. for a partition just revoked) only means a
             // replay, which the per-row offsets and the dedup ids make harmless.
             if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
@@ -650,13 +730,7 @@ impl Pipeline {
     fn evict(&mut self) {
         let max = self.settings.rating.max_cached_customers;
         if self.customers.len() > max {
-            let pending: HashSet<&CustomerId> = self
-                .pending
-                .dirty
-                .iter()
-                .map(|(c, _)| c)
-                .chain(self.pending.new_seen.keys())
-                .collect();
+            let pending: HashSet<&CustomerId> = self.pending.customers.keys().collect();
             let mut idle: Vec<(u64, CustomerId)> = self
                 .customers
                 .keys()

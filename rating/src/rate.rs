@@ -8,6 +8,7 @@ use billing_core::usage_pricing::apply_and_price;
 use billing_schemas::usage::UsageEvent;
 use billing_store::usage::CustomerUsage;
 use billing_store::usage_aggregates::{aggregation_name, AggKey, AggState};
+use billing_store::usage_dedup::IdHash;
 use billing_store::usage_events::UsageEventRow;
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
@@ -62,6 +63,8 @@ pub enum Rated {
     /// Counted before a crash in at least one of its aggregates (which already include its offset): no new
     /// ClickHouse row. Aggregates the crash left behind are brought up to date and must be written.
     Replayed {
+        /// Its id, as the next checkpoint stores it.
+        counted: IdHash,
         /// Aggregates changed.
         touched: Vec<AggKey>,
         /// Unique values added, with their aggregate.
@@ -69,6 +72,8 @@ pub enum Rated {
     },
     /// Counted now.
     Accepted {
+        /// Its id, as the next checkpoint stores it.
+        counted: IdHash,
         /// The row for ClickHouse.
         row: Box<UsageEventRow>,
         /// Aggregates changed.
@@ -119,7 +124,8 @@ pub fn apply(
     let attribution = reference.attribute(&ev.tenant_id, &ev.customer_id, ev.timestamp)?;
     let agg_type = metric.aggregation_type;
     let raw = metric_value(ev, agg_type, metric.field_name.as_deref())?;
-    if usage.seen.contains(&ev.event_id) {
+    let counted = IdHash::of(&ev.event_id);
+    if usage.seen.contains(&counted) {
         return Ok(Rated::Duplicate);
     }
     let period = attribution.period;
@@ -176,7 +182,7 @@ pub fn apply(
         }
     }
     // Each aggregate was checked above, so applying cannot fail half-way: the event counts whole or not at all.
-    usage.seen.insert(ev.event_id.clone());
+    usage.seen.insert(counted);
     let mut amount = Decimal::ZERO;
     let (mut touched, mut new_unique) = (Vec::new(), Vec::new());
     let (mut replayed, mut unpriced) = (false, false);
@@ -225,6 +231,7 @@ pub fn apply(
     }
     if replayed {
         return Ok(Rated::Replayed {
+            counted,
             touched,
             new_unique,
         });
@@ -246,6 +253,7 @@ pub fn apply(
         kafka_offset: u64::try_from(offset).unwrap_or_default(),
     };
     Ok(Rated::Accepted {
+        counted,
         row: Box::new(row),
         touched,
         new_unique,
@@ -488,7 +496,7 @@ mod tests {
         assert_eq!(repaired, vec![lost.clone()]);
         assert_eq!(reloaded.aggregates[lost].running.sum, dec!(4));
         assert_eq!(reloaded.aggregates[written].running.sum, dec!(4));
-        assert!(reloaded.seen.contains("e1"));
+        assert!(reloaded.seen.contains(&IdHash::of("e1")));
     }
 
     #[test]

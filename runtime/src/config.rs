@@ -166,11 +166,15 @@ pub struct RatingConfig {
     pub listen: SocketAddr,
     /// Consumer group.
     pub group_id: String,
-    /// Checkpoint after this many events…
+    /// Events pending at most: past it, consuming waits until the checkpoint being written is durable.
     pub checkpoint_events: usize,
-    /// …or after this much time.
+    /// A checkpoint starts this often with what is pending, unless the previous one is still being written.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// While rating is far behind the end of its partitions, checkpoints are this far apart instead (larger ones:
+    /// each customer is written once for many of its events).
+    #[serde(with = "humantime_serde")]
+    pub catch_up_interval: Duration,
     /// Larger usage payloads are dead-lettered.
     pub max_event_bytes: usize,
     /// Event times further than this after Kafka's append time are dead-lettered.
@@ -572,7 +576,7 @@ mod tests {
     fn defaults_load() {
         let s = Settings::load_with_env(None, env(&[])).unwrap();
         assert_eq!(s.kafka.partitions, 12);
-        assert_eq!(s.rating.checkpoint_interval, Duration::from_millis(500));
+        assert_eq!(s.rating.checkpoint_interval, Duration::from_millis(100));
         assert_eq!(s.telemetry.format, LogFormat::Text);
     }
 

@@ -94,9 +94,11 @@ pub fn decode<T: Message>(payload: &[u8], content_type: Option<&[u8]>) -> Result
     if payload.is_empty() {
         return Err(DecodeError::Empty);
     }
-    let json = match Encoding::detect(content_type, payload)? {
+    match Encoding::detect(content_type, payload)? {
         Encoding::Json => {
-            serde_json::from_slice::<Json>(payload).map_err(|e| DecodeError::Json(e.to_string()))?
+            let json = serde_json::from_slice::<Json>(payload)
+                .map_err(|e| DecodeError::Json(e.to_string()))?;
+            serde_json::from_value(json).map_err(|e| DecodeError::Json(e.to_string()))
         }
         Encoding::Avro => {
             let (id, datum) = split_frame(payload)?;
@@ -108,22 +110,36 @@ pub fn decode<T: Message>(payload: &[u8], content_type: Option<&[u8]>) -> Result
                     expected: T::SCHEMA as u32,
                     found: id,
                 })?;
-            // Resolution goes through JSON by field and record names (apache-avro's own union resolution
-            // matches records by shape, not by name), and the Rust types default what a newer version added.
-            let schema = schema_for(writer);
-            let mut cursor = Cursor::new(datum);
-            let value = apache_avro::from_avro_datum(schema, &mut cursor, None)
-                .map_err(|e| DecodeError::Avro(e.to_string()))?;
-            let read = cursor.position();
-            if read != datum.len() as u64 {
-                return Err(DecodeError::Avro(format!(
-                    "{} trailing bytes after the datum",
-                    datum.len() as u64 - read
-                )));
+            if writer == T::SCHEMA {
+                if let Some(read) = T::read_current_avro(datum) {
+                    return read;
+                }
             }
-            avro_to_json(schema, &value)
+            decode_avro_value(writer, datum)
         }
-    };
+    }
+}
+
+/// The generic Avro path: the datum read with its writer's schema into an Avro value, turned into JSON, then into
+/// `T`.
+pub(crate) fn decode_avro_value<T: Message>(
+    writer: SchemaId,
+    datum: &[u8],
+) -> Result<T, DecodeError> {
+    // Resolution goes through JSON by field and record names (apache-avro's own union resolution matches records
+    // by shape, not by name), and the Rust types default what a newer version added.
+    let schema = schema_for(writer);
+    let mut cursor = Cursor::new(datum);
+    let value = apache_avro::from_avro_datum(schema, &mut cursor, None)
+        .map_err(|e| DecodeError::Avro(e.to_string()))?;
+    let read = cursor.position();
+    if read != datum.len() as u64 {
+        return Err(DecodeError::Avro(format!(
+            "{} trailing bytes after the datum",
+            datum.len() as u64 - read
+        )));
+    }
+    let json = avro_to_json(schema, &value);
     serde_json::from_value(json).map_err(|e| DecodeError::Json(e.to_string()))
 }
 

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde::{de, Deserialize, Deserializer, Serialize};
 
+use crate::codec::DecodeError;
 use crate::registry::{Message, SchemaId};
 
 /// One usage event. `(tenant_id, event_id)` is its idempotency key.
@@ -28,6 +29,103 @@ pub struct UsageEvent {
 
 impl Message for UsageEvent {
     const SCHEMA: SchemaId = SchemaId::Usage;
+
+    fn read_current_avro(datum: &[u8]) -> Option<Result<Self, DecodeError>> {
+        Some(read_avro(datum))
+    }
+}
+
+/// Read a datum of `usage_event.avsc` field by field (rating reads every usage event: the generic path, an Avro
+/// value turned into JSON and then into the struct, cost a fifth of its time). What it accepts and refuses is the
+/// generic path's, checked by a test against it over random events and corruptions of them.
+fn read_avro(datum: &[u8]) -> Result<UsageEvent, DecodeError> {
+    let mut r = AvroReader {
+        bytes: datum,
+        at: 0,
+    };
+    let tenant_id = r.string()?;
+    let event_id = r.string()?;
+    let customer_id = r.string()?;
+    let metric_code = r.string()?;
+    let ms = r.long()?;
+    let timestamp = Utc
+        .timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| DecodeError::Json(format!("timestamp {ms} ms is out of range")))?;
+    let mut properties = BTreeMap::new();
+    loop {
+        let count = r.long()?;
+        if count == 0 {
+            break;
+        }
+        if count < 0 {
+            // A negative count is followed by the block's size in bytes.
+            r.long()?;
+        }
+        for _ in 0..count.unsigned_abs() {
+            let key = r.string()?;
+            let value = r.string()?;
+            properties.insert(key, value);
+        }
+    }
+    if r.at != datum.len() {
+        return Err(DecodeError::Avro(format!(
+            "{} trailing bytes after the datum",
+            datum.len() - r.at
+        )));
+    }
+    Ok(UsageEvent {
+        tenant_id,
+        event_id,
+        customer_id,
+        metric_code,
+        timestamp,
+        properties,
+    })
+}
+
+/// Avro's binary encoding, as far as `usage_event.avsc` uses it.
+struct AvroReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl AvroReader<'_> {
+    /// A zig-zag varint of at most ten bytes.
+    fn long(&mut self) -> Result<i64, DecodeError> {
+        let mut raw: u64 = 0;
+        for i in 0..10 {
+            let Some(&b) = self.bytes.get(self.at) else {
+                return Err(DecodeError::Avro("the datum ends inside a number".into()));
+            };
+            self.at += 1;
+            raw |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64));
+            }
+        }
+        Err(DecodeError::Avro(
+            "a number is longer than ten bytes".into(),
+        ))
+    }
+
+    /// A length-prefixed UTF-8 string.
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let len = self.long()?;
+        let len = usize::try_from(len)
+            .map_err(|_| DecodeError::Avro(format!("negative string length {len}")))?;
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| {
+                DecodeError::Avro(format!("a string of {len} bytes overruns the datum"))
+            })?;
+        let text = std::str::from_utf8(&self.bytes[self.at..end])
+            .map_err(|e| DecodeError::Avro(format!("a string is not UTF-8: {e}")))?;
+        self.at = end;
+        Ok(text.to_owned())
+    }
 }
 
 fn properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
@@ -48,4 +146,126 @@ fn properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String
             Ok((k, text))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_avro_value, encode, Encoding};
+
+    /// A deterministic pseudo-random sequence (no dependency needed for a test's variety).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self, below: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % below.max(1)
+        }
+
+        fn text(&mut self) -> String {
+            const PIECES: [&str; 8] = ["a", "Z", "9", "-", "é", "€", "😀", " "];
+            (0..self.next(12))
+                .map(|_| PIECES[self.next(8) as usize])
+                .collect()
+        }
+    }
+
+    fn event(r: &mut Lcg) -> UsageEvent {
+        UsageEvent {
+            tenant_id: r.text(),
+            event_id: r.text(),
+            customer_id: r.text(),
+            metric_code: r.text(),
+            timestamp: Utc
+                .timestamp_millis_opt(r.next(4_000_000_000_000) as i64 - 1_000_000_000_000)
+                .unwrap(),
+            properties: (0..r.next(6)).map(|_| (r.text(), r.text())).collect(),
+        }
+    }
+
+    fn both(
+        datum: &[u8],
+    ) -> (
+        Result<UsageEvent, DecodeError>,
+        Result<UsageEvent, DecodeError>,
+    ) {
+        (
+            read_avro(datum),
+            decode_avro_value::<UsageEvent>(SchemaId::Usage, datum),
+        )
+    }
+
+    #[test]
+    fn the_direct_reader_gives_what_the_generic_path_gives_and_refuses_what_it_refuses() {
+        let mut r = Lcg(7);
+        let (mut corrupted_ok, mut corrupted_err) = (0, 0);
+        for _ in 0..2_000 {
+            let ev = event(&mut r);
+            let framed = encode(&ev, Encoding::Avro).unwrap();
+            let datum = &framed[5..];
+            let (fast, generic) = both(datum);
+            assert_eq!(fast.as_ref().unwrap(), &ev);
+            assert_eq!(generic.as_ref().unwrap(), &ev);
+            // Every truncation, and trailing bytes, are refused by both.
+            for cut in 0..datum.len() {
+                let (fast, generic) = both(&datum[..cut]);
+                assert!(fast.is_err() && generic.is_err(), "cut at {cut}");
+            }
+            let mut longer = datum.to_vec();
+            longer.push(0);
+            let (fast, generic) = both(&longer);
+            assert!(fast.is_err() && generic.is_err());
+            // A byte changed anywhere: both accept the same event, or both refuse.
+            let mut bad = datum.to_vec();
+            let at = r.next(bad.len() as u64) as usize;
+            bad[at] = r.next(256) as u8;
+            match both(&bad) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b);
+                    corrupted_ok += 1;
+                }
+                (Err(_), Err(_)) => corrupted_err += 1,
+                (a, b) => panic!("{bad:?}: direct {a:?}, generic {b:?}"),
+            }
+        }
+        assert!(
+            corrupted_ok > 100 && corrupted_err > 100,
+            "{corrupted_ok} / {corrupted_err}"
+        );
+    }
+
+    #[test]
+    fn the_direct_reader_handles_blocks_overlong_numbers_and_bad_text_like_the_generic_path() {
+        // tenant "t", event "e", customer "c", metric "m", timestamp 0, then a map block written with a negative
+        // count and its byte size (-1 → zig-zag 1), one entry k → v, then the end.
+        let datum = [
+            2, b't', 2, b'e', 2, b'c', 2, b'm', 0, 1, 8, 2, b'k', 2, b'v', 0,
+        ];
+        let (fast, generic) = both(&datum);
+        assert_eq!(fast.unwrap(), generic.unwrap());
+        // Eleven continuation bytes for the timestamp.
+        let mut overlong = vec![2, b't', 2, b'e', 2, b'c', 2, b'm'];
+        overlong.extend([0xff; 10]);
+        overlong.extend([0x01, 0]);
+        let (fast, generic) = both(&overlong);
+        assert!(fast.is_err() && generic.is_err());
+        // Invalid UTF-8 in a string, and a negative length.
+        for datum in [
+            vec![2, 0xff, 2, b'e', 2, b'c', 2, b'm', 0, 0],
+            vec![1, b't', 2, b'e', 2, b'c', 2, b'm', 0, 0],
+        ] {
+            let (fast, generic) = both(&datum);
+            assert!(fast.is_err() && generic.is_err(), "{datum:?}");
+        }
+        // A timestamp out of chrono's range.
+        let mut far = vec![2, b't', 2, b'e', 2, b'c', 2, b'm'];
+        far.extend([
+            0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0,
+        ]);
+        let (fast, generic) = both(&far);
+        assert!(fast.is_err() && generic.is_err());
+    }
 }

@@ -54,6 +54,7 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("usage_aggregates", Store::Cql, "rating"),
     ("usage_unique_values", Store::Cql, "rating"),
     ("usage_dedup", Store::Cql, "rating"),
+    ("usage_dedup_blocks", Store::Cql, "rating"),
     ("customers", Store::Cql, "invoicer"),
     ("customers_by_created", Store::Cql, "invoicer"),
     ("subscriptions", Store::Cql, "invoicer"),

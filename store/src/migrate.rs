@@ -65,6 +65,11 @@ const CQL: &[Migration] = &[
         name: "api_keys",
         body: include_str!("../migrations/cql/0010_api_keys.cql"),
     },
+    Migration {
+        version: 11,
+        name: "usage_dedup_blocks",
+        body: include_str!("../migrations/cql/0011_usage_dedup_blocks.cql"),
+    },
 ];
 
 const CLICKHOUSE: &[Migration] = &[

@@ -2,7 +2,7 @@
 //! load order that makes a customer's state consistent while another instance may still be writing it, and the
 //! checkpoint writes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -12,7 +12,8 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::usage_aggregates::{self, AggKey, AggState, AggWrite, AggregateRow};
-use crate::{usage_dedup, usage_unique_values};
+use crate::usage_dedup::{self, IdHash, SeenIds};
+use crate::usage_unique_values;
 
 /// Everything stored about one customer's usage.
 #[derive(Debug, Default)]
@@ -20,7 +21,7 @@ pub struct CustomerUsage {
     /// Aggregates by key, unique values included.
     pub aggregates: HashMap<AggKey, AggState>,
     /// Event ids already counted (empty when loaded with [`UsageStore::aggregates`]).
-    pub seen: HashSet<String>,
+    pub seen: SeenIds,
 }
 
 impl CustomerUsage {
@@ -75,21 +76,42 @@ impl CustomerUsage {
     }
 }
 
-/// One aggregate to write: tenant, customer, key, state and the unique values added since the last write.
-pub type AggregateWrite = (String, String, AggKey, AggState, Vec<String>);
+/// One aggregate to write: its key, its state and the unique values added since the last write.
+pub type AggregateWrite = (AggKey, AggState, Vec<String>);
 
-/// How many CQL writes a checkpoint keeps in flight.
-const WRITE_CONCURRENCY: usize = 64;
+/// What one checkpoint writes for one customer: its changed aggregates, then the ids it counted as one block.
+#[derive(Debug, Default)]
+pub struct CustomerWrite {
+    /// Tenant.
+    pub tenant: String,
+    /// Customer.
+    pub customer: String,
+    /// The aggregates changed since the last checkpoint.
+    pub aggregates: Vec<AggregateWrite>,
+    /// The ids counted since the last checkpoint.
+    pub seen: Vec<IdHash>,
+    /// The block's id, fixed before the first attempt so that a retried write overwrites its own row.
+    pub block_id: uuid::Uuid,
+}
 
-/// Prepared statements over `usage_aggregates`, `usage_unique_values` and `usage_dedup`.
+/// How many customers a checkpoint writes at once.
+const WRITE_CONCURRENCY: usize = 128;
+
+/// Statements per batch at most: a batch holds one customer's rows (one partition per table), and stays well
+/// under the store's batch size limits.
+const MAX_BATCH_STATEMENTS: usize = 64;
+
+/// Prepared statements over `usage_aggregates`, `usage_unique_values`, `usage_dedup_blocks` and the legacy
+/// `usage_dedup`.
 pub struct UsageStore {
     session: Arc<Session>,
     select_aggregates: PreparedStatement,
     select_unique: PreparedStatement,
-    select_dedup: PreparedStatement,
+    select_blocks: PreparedStatement,
+    select_legacy_dedup: PreparedStatement,
     upsert_aggregate: PreparedStatement,
     insert_unique: PreparedStatement,
-    insert_dedup: PreparedStatement,
+    insert_block: PreparedStatement,
 }
 
 impl UsageStore {
@@ -99,10 +121,11 @@ impl UsageStore {
         Ok(UsageStore {
             select_aggregates: prepare(usage_aggregates::select_by_customer(ks), true).await?,
             select_unique: prepare(usage_unique_values::select_by_customer(ks), true).await?,
-            select_dedup: prepare(usage_dedup::select_by_customer(ks), true).await?,
+            select_blocks: prepare(usage_dedup::select_blocks_by_customer(ks), true).await?,
+            select_legacy_dedup: prepare(usage_dedup::select_legacy_by_customer(ks), true).await?,
             upsert_aggregate: prepare(usage_aggregates::upsert(ks), true).await?,
             insert_unique: prepare(usage_unique_values::insert(ks), true).await?,
-            insert_dedup: prepare(usage_dedup::insert(ks), true).await?,
+            insert_block: prepare(usage_dedup::insert_block(ks), true).await?,
             session,
         })
     }
@@ -111,20 +134,47 @@ impl UsageStore {
     /// Dedup ids come first: a checkpoint writes aggregates before ids, so every id read here is already included
     /// in the aggregates read next, even while another instance is still writing this customer's last checkpoint.
     pub async fn load(&self, tenant: &str, customer: &str) -> anyhow::Result<CustomerUsage> {
-        let mut seen = HashSet::new();
-        let mut rows = self
-            .session
-            .execute_iter(self.select_dedup.clone(), (tenant, customer))
-            .await?
-            .rows_stream::<(String,)>()?;
-        while let Some((event_id,)) = rows.try_next().await? {
-            seen.insert(event_id);
+        let mut seen = SeenIds::default();
+        let blocks = async {
+            let mut rows = self
+                .session
+                .execute_iter(self.select_blocks.clone(), (tenant, customer))
+                .await?
+                .rows_stream::<(DateTime<Utc>, Vec<u8>)>()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.try_next().await? {
+                out.push(row);
+            }
+            anyhow::Ok(out)
+        };
+        let legacy = async {
+            let mut rows = self
+                .session
+                .execute_iter(self.select_legacy_dedup.clone(), (tenant, customer))
+                .await?
+                .rows_stream::<(String,)>()?;
+            let mut out = Vec::new();
+            while let Some((event_id,)) = rows.try_next().await? {
+                out.push(IdHash::of(&event_id));
+            }
+            anyhow::Ok(out)
+        };
+        let (blocks, legacy) = futures::try_join!(blocks, legacy)?;
+        // A legacy row's write time is not read: it is dated today, so it is kept in memory at most 40 days more.
+        let today = usage_dedup::day_of(Utc::now());
+        for id in legacy {
+            seen.insert_on(id, today);
+        }
+        for (written_at, ids) in blocks {
+            let day = usage_dedup::day_of(written_at);
+            for id in usage_dedup::decode_block(&ids)? {
+                seen.insert_on(id, day);
+            }
         }
         let mut usage = self.aggregates(tenant, customer).await?;
         usage.seen = seen;
         Ok(usage)
     }
-
     /// A customer's aggregates with their unique values (no dedup ids): what a reader needs to price usage.
     pub async fn aggregates(&self, tenant: &str, customer: &str) -> anyhow::Result<CustomerUsage> {
         self.aggregates_with(tenant, customer, true).await
@@ -172,11 +222,14 @@ impl UsageStore {
         Ok(usage)
     }
 
-    /// Write aggregates as absolute values, stamped with their last offset, after their new unique values.
-    pub async fn save_aggregates(&self, rows: &[AggregateWrite]) -> anyhow::Result<()> {
+    /// Write a checkpoint: for each customer (many at once), its new unique values and changed aggregates in
+    /// single-partition batches, then, once they are stored, the block of ids it counted. Aggregates are absolute
+    /// values stamped with their last offset, and a block keeps its id across retries, so the whole write can be
+    /// retried.
+    pub async fn save_checkpoint(&self, customers: &[CustomerWrite]) -> anyhow::Result<()> {
         // The futures are made first: a lazy `map` over borrowed rows is not `Send` for every lifetime, which a
         // spawned checkpoint needs.
-        let writes: Vec<_> = rows.iter().map(|row| self.save_aggregate(row)).collect();
+        let writes: Vec<_> = customers.iter().map(|c| self.save_customer(c)).collect();
         futures::stream::iter(writes)
             .buffer_unordered(WRITE_CONCURRENCY)
             .try_collect::<Vec<()>>()
@@ -184,60 +237,60 @@ impl UsageStore {
         Ok(())
     }
 
-    async fn save_aggregate(&self, row: &AggregateWrite) -> anyhow::Result<()> {
-        let (tenant, customer, k, s, new_unique) = row;
-        for value in new_unique {
+    async fn save_customer(&self, c: &CustomerWrite) -> anyhow::Result<()> {
+        let (tenant, customer) = (c.tenant.as_str(), c.customer.as_str());
+        // Unique values before the aggregates that count them, so that a reader never sees a count above its set.
+        let unique: Vec<_> = c
+            .aggregates
+            .iter()
+            .flat_map(|(k, _, values)| values.iter().map(move |v| (k, v)))
+            .collect();
+        for chunk in unique.chunks(MAX_BATCH_STATEMENTS) {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            let mut values = Vec::with_capacity(chunk.len());
+            for (k, value) in chunk {
+                batch.append_statement(self.insert_unique.clone());
+                values.push((
+                    tenant,
+                    customer,
+                    k.subscription_id.as_str(),
+                    k.charge_id.as_str(),
+                    k.period_start,
+                    k.group_key.as_str(),
+                    value.as_str(),
+                ));
+            }
+            self.session.batch(&batch, values).await?;
+        }
+        for chunk in c.aggregates.chunks(MAX_BATCH_STATEMENTS) {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            let mut values = Vec::with_capacity(chunk.len());
+            for (k, s, _) in chunk {
+                batch.append_statement(self.upsert_aggregate.clone());
+                values.push(AggWrite::new(tenant, customer, k, s));
+            }
+            self.session.batch(&batch, values).await?;
+        }
+        let written_at = Utc::now();
+        for (i, ids) in c.seen.chunks(usage_dedup::MAX_IDS_PER_BLOCK).enumerate() {
+            // Further rows of one checkpoint's block derive their ids from the first: stable across retries.
+            let block_id = if i == 0 {
+                c.block_id
+            } else {
+                uuid::Uuid::from_u128(c.block_id.as_u128().wrapping_add(i as u128))
+            };
             self.session
                 .execute_unpaged(
-                    &self.insert_unique,
+                    &self.insert_block,
                     (
                         tenant,
                         customer,
-                        &k.subscription_id,
-                        &k.charge_id,
-                        k.period_start,
-                        &k.group_key,
-                        value,
+                        block_id,
+                        written_at,
+                        usage_dedup::encode_block(ids),
                     ),
                 )
                 .await?;
-        }
-        self.session
-            .execute_unpaged(
-                &self.upsert_aggregate,
-                AggWrite::new(tenant, customer, k, s),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Record counted event ids, one unlogged batch per customer (one partition each).
-    pub async fn save_seen(&self, seen: &[((String, String), Vec<String>)]) -> anyhow::Result<()> {
-        let writes: Vec<_> = seen
-            .iter()
-            .map(|(c, ids)| self.save_seen_of(&c.0, &c.1, ids))
-            .collect();
-        futures::stream::iter(writes)
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
-    }
-
-    async fn save_seen_of(
-        &self,
-        tenant: &str,
-        customer: &str,
-        ids: &[String],
-    ) -> anyhow::Result<()> {
-        for chunk in ids.chunks(200) {
-            let mut batch = Batch::new(BatchType::Unlogged);
-            let mut values = Vec::with_capacity(chunk.len());
-            for id in chunk {
-                batch.append_statement(self.insert_dedup.clone());
-                values.push((tenant, customer, id.as_str()));
-            }
-            self.session.batch(&batch, values).await?;
         }
         Ok(())
     }

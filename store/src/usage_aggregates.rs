@@ -50,6 +50,30 @@ pub struct AggState {
 }
 
 impl AggState {
+    /// A copy without the unique values (a write of the aggregate does not need them: they are written on their
+    /// own as they are added), so that a checkpoint does not copy sets that only grow.
+    pub fn without_unique(&self) -> AggState {
+        let r = &self.running;
+        AggState {
+            period_end: self.period_end,
+            metric_code: self.metric_code.clone(),
+            aggregation: self.aggregation.clone(),
+            charge_model: self.charge_model.clone(),
+            charge_properties: self.charge_properties.clone(),
+            currency: self.currency.clone(),
+            running: RunningAggregate {
+                events_count: r.events_count,
+                sum: r.sum,
+                max: r.max,
+                latest: r.latest.clone(),
+                unique: Default::default(),
+                weighted_integral: r.weighted_integral,
+            },
+            last_partition: self.last_partition,
+            last_offset: self.last_offset,
+        }
+    }
+
     /// The core aggregation type this row was created with.
     pub fn aggregation_type(&self) -> anyhow::Result<AggregationType> {
         Ok(serde_json::from_value(serde_json::Value::String(
