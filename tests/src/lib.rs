@@ -122,6 +122,22 @@ impl TestEnv {
         }
     }
 
+    /// Usage events `{customer}-{i}` for `i` in `range` on the `api_calls` metric (value 1, 2026-03-14 15:00 UTC), as
+    /// JSON, one acknowledged produce each.
+    pub async fn produce_calls(&self, tenant: &str, customer: &str, range: std::ops::Range<usize>) {
+        let events = range
+            .map(|i| billing_schemas::usage::UsageEvent {
+                tenant_id: tenant.into(),
+                event_id: format!("{customer}-{i}"),
+                customer_id: customer.into(),
+                metric_code: "api_calls".into(),
+                timestamp: CALLS_AT,
+                properties: [("value".to_owned(), "1".to_owned())].into(),
+            })
+            .collect();
+        self.produce_usage(events).await;
+    }
+
     /// Read every message of a topic from the start until `n` arrived or the timeout passed.
     pub async fn read_topic(&self, topic: &str, n: usize, timeout: Duration) -> Vec<OwnedMessage> {
         let consumer: StreamConsumer = ClientConfig::new()
@@ -150,6 +166,22 @@ impl TestEnv {
     /// A ClickHouse client on this test's database.
     pub fn clickhouse(&self) -> clickhouse::Client {
         billing_runtime::clickhouse::client(&self.settings.clickhouse)
+    }
+
+    /// A tenant's rows in ClickHouse `usage_events`, read with `FINAL` (as reports read it: rows with the same
+    /// (tenant, customer, event id) collapsed) or without (a row a replay or a retried insert wrote again is there
+    /// twice until a merge), if ClickHouse answers.
+    pub async fn usage_event_counts(&self, tenant: &str, final_: bool) -> Option<UsageEventCounts> {
+        let query = format!(
+            "SELECT count() AS rows, uniqExact(event_id) AS distinct FROM usage_events {} WHERE tenant_id = ?",
+            if final_ { "FINAL" } else { "" }
+        );
+        self.clickhouse()
+            .query(&query)
+            .bind(tenant)
+            .fetch_one::<UsageEventCounts>()
+            .await
+            .ok()
     }
 
     /// Drop this test's keyspace, database and topics.
@@ -207,6 +239,19 @@ where
     }
 }
 
+/// The time of the events [`TestEnv::produce_calls`] produces.
+pub const CALLS_AT: chrono::DateTime<chrono::Utc> =
+    chrono::DateTime::from_timestamp(1_773_500_400, 0).expect("2026-03-14T15:00:00Z");
+
+/// Rows and distinct event ids in ClickHouse `usage_events` (see [`TestEnv::usage_event_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clickhouse::Row, serde::Deserialize)]
+pub struct UsageEventCounts {
+    /// Rows.
+    pub rows: u64,
+    /// Distinct event ids.
+    pub distinct: u64,
+}
+
 /// A process stopped with SIGSTOP, resumed (SIGCONT) when dropped, also when the test panics.
 pub struct Stopped(String);
 
@@ -236,6 +281,11 @@ fn signal(sig: &str, pid: &str) {
 /// The local stack's Cassandra process id.
 pub fn cassandra_pid() -> String {
     stack_pid("cassandra")
+}
+
+/// The local stack's Kafka broker process id.
+pub fn kafka_pid() -> String {
+    stack_pid("kafka")
 }
 
 /// The local stack's ClickHouse process id.

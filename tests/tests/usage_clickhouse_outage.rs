@@ -6,34 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use billing_schemas::usage::UsageEvent;
-use billing_schemas::{customer_key, encode, Encoding};
 use billing_tests::{api_usage, clickhouse_pid, eventually, Services, Stopped, TestEnv};
-use chrono::{TimeZone, Utc};
 
 const TENANT: &str = "acme";
 const AT: &str = "2026-03-20T00:00:00Z";
-
-/// Events `from..to` of `customer`, one call each.
-async fn produce(env: &TestEnv, customer: &str, from: usize, to: usize) {
-    for i in from..to {
-        let ev = UsageEvent {
-            tenant_id: TENANT.into(),
-            event_id: format!("{customer}-{i}"),
-            customer_id: customer.into(),
-            metric_code: "api_calls".into(),
-            timestamp: Utc.with_ymd_and_hms(2026, 3, 14, 15, 0, 0).unwrap(),
-            properties: [("value".to_owned(), "1".to_owned())].into(),
-        };
-        env.produce(
-            &env.topics.usage,
-            &customer_key(TENANT, customer),
-            &encode(&ev, Encoding::Json).unwrap(),
-            Some(Encoding::Json.content_type()),
-        )
-        .await;
-    }
-}
 
 async fn usage_of(services: &Services, customer: &str, n: u64) -> (String, u64, String) {
     eventually(
@@ -54,27 +30,21 @@ async fn usage_of(services: &Services, customer: &str, n: u64) -> (String, u64, 
     .await
 }
 
-#[derive(clickhouse::Row, serde::Deserialize)]
-struct Counts {
-    rows: u64,
-    distinct: u64,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rating_waits_for_a_hung_clickhouse_and_counts_everything_once() {
     let mut env = TestEnv::new("ch_outage").await;
     env.settings.rating.stuck_timeout = Duration::from_secs(60);
     env.publish_basic_catalog(TENANT, &["cus-a", "cus-b"]).await;
     let services = Services::start(&env.settings).await;
-    produce(&env, "cus-a", 0, 100).await;
+    env.produce_calls(TENANT, "cus-a", 0..100).await;
     usage_of(&services, "cus-a", 100).await;
 
     let rating = format!("http://{}", env.settings.rating.listen);
     let http = reqwest::Client::new();
     {
         let _stopped = Stopped::new(&clickhouse_pid());
-        produce(&env, "cus-a", 100, 200).await;
-        produce(&env, "cus-b", 0, 50).await;
+        env.produce_calls(TENANT, "cus-a", 100..200).await;
+        env.produce_calls(TENANT, "cus-b", 0..50).await;
         let until = Instant::now() + Duration::from_secs(120);
         let (mut red, mut stuck) = (false, false);
         while Instant::now() < until {
@@ -125,34 +95,17 @@ async fn rating_waits_for_a_hung_clickhouse_and_counts_everything_once() {
     .await;
     // ClickHouse: each event once (FINAL); an insert that timed out and was retried may be there twice without
     // FINAL until a merge (the same row: ReplacingMergeTree keeps one).
-    let count = |final_: &str| {
-        format!(
-            "SELECT count() AS rows, uniqExact(event_id) AS distinct FROM usage_events {final_} WHERE tenant_id = ?"
-        )
-    };
     let counts = eventually(
         Duration::from_secs(60),
         "every event in ClickHouse",
         || async {
-            let c = env
-                .clickhouse()
-                .query(&count("FINAL"))
-                .bind(TENANT)
-                .fetch_one::<Counts>()
-                .await
-                .ok()?;
+            let c = env.usage_event_counts(TENANT, true).await?;
             (c.rows >= 250).then_some(c)
         },
     )
     .await;
     assert_eq!((counts.rows, counts.distinct), (250, 250));
-    let raw = env
-        .clickhouse()
-        .query(&count(""))
-        .bind(TENANT)
-        .fetch_one::<Counts>()
-        .await
-        .unwrap();
+    let raw = env.usage_event_counts(TENANT, false).await.unwrap();
     assert_eq!(raw.distinct, 250);
     eprintln!(
         "ClickHouse without FINAL: {} rows for 250 events after the outage",

@@ -338,31 +338,9 @@ async fn sigkilled_rating_neither_loses_nor_double_counts() {
     // ClickHouse: each accepted event once. Without FINAL, a row written by a checkpoint that a SIGKILL cut before
     // its offsets were committed is there twice until a merge: the replay writes the same row again (same key,
     // same values), and `ReplacingMergeTree(tenant, customer, event id)` keeps one; reports read with FINAL.
-    #[derive(clickhouse::Row, serde::Deserialize)]
-    struct Counts {
-        rows: u64,
-        distinct: u64,
-    }
-    let count = |final_: &str| {
-        format!(
-            "SELECT count() AS rows, uniqExact(event_id) AS distinct FROM usage_events {final_} WHERE tenant_id = ?"
-        )
-    };
-    let counts = env
-        .clickhouse()
-        .query(&count("FINAL"))
-        .bind(TENANT)
-        .fetch_one::<Counts>()
-        .await
-        .unwrap();
+    let counts = env.usage_event_counts(TENANT, true).await.unwrap();
     assert_eq!((counts.rows, counts.distinct), (accepted, accepted));
-    let raw = env
-        .clickhouse()
-        .query(&count(""))
-        .bind(TENANT)
-        .fetch_one::<Counts>()
-        .await
-        .unwrap();
+    let raw = env.usage_event_counts(TENANT, false).await.unwrap();
     assert_eq!(
         raw.distinct, accepted,
         "no event missing or foreign without FINAL"

@@ -6,34 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use billing_schemas::usage::UsageEvent;
-use billing_schemas::{customer_key, encode, Encoding};
 use billing_tests::{api_usage, cassandra_pid, eventually, Services, Stopped, TestEnv};
-use chrono::{TimeZone, Utc};
 
 const TENANT: &str = "acme";
 const AT: &str = "2026-03-20T00:00:00Z";
-
-/// Events `from..to` of `customer`, one call each.
-async fn produce(env: &TestEnv, customer: &str, from: usize, to: usize) {
-    for i in from..to {
-        let ev = UsageEvent {
-            tenant_id: TENANT.into(),
-            event_id: format!("e{i}"),
-            customer_id: customer.into(),
-            metric_code: "api_calls".into(),
-            timestamp: Utc.with_ymd_and_hms(2026, 3, 14, 15, 0, 0).unwrap(),
-            properties: [("value".to_owned(), "1".to_owned())].into(),
-        };
-        env.produce(
-            &env.topics.usage,
-            &customer_key(TENANT, customer),
-            &encode(&ev, Encoding::Json).unwrap(),
-            Some(Encoding::Json.content_type()),
-        )
-        .await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rating_waits_for_a_stopped_cassandra_and_loses_nothing() {
@@ -42,7 +18,7 @@ async fn rating_waits_for_a_stopped_cassandra_and_loses_nothing() {
     env.publish_basic_catalog(TENANT, &["cus-o", "cus-new"])
         .await;
     let services = Services::start(&env.settings).await;
-    produce(&env, "cus-o", 0, 100).await;
+    env.produce_calls(TENANT, "cus-o", 0..100).await;
     let wait = Duration::from_secs(60);
     eventually(wait, "the first 100 events", || async {
         api_usage(
@@ -62,9 +38,9 @@ async fn rating_waits_for_a_stopped_cassandra_and_loses_nothing() {
     let http = reqwest::Client::new();
     {
         let _stopped = Stopped::new(&cassandra_pid());
-        produce(&env, "cus-o", 100, 200).await;
+        env.produce_calls(TENANT, "cus-o", 100..200).await;
         // A customer rating has not loaded yet: its load waits for Cassandra too.
-        produce(&env, "cus-new", 0, 50).await;
+        env.produce_calls(TENANT, "cus-new", 0..50).await;
         // Longer than the driver's 30 s request timeout, which used to end the process.
         let until = Instant::now() + Duration::from_secs(40);
         let (mut red, mut stuck) = (false, false);
