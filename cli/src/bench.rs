@@ -346,6 +346,10 @@ async fn phases(
         args.events,
         if stored == accepted && accepted == args.events { "equal" } else { "MISMATCH" }
     );
+    let (customer_writes, scylla_steps) = (
+        metric("billing_rating_checkpoint_customers_sum").max(1.0),
+        step("scylla"),
+    );
     children.spawn("query-api", &env, id)?;
     let api = format!("http://{}", settings.query_api.listen);
     wait_http_ok(&http, &format!("{api}/health"), timeout).await?;
@@ -405,6 +409,23 @@ async fn phases(
         m.get("billing_rating_checkpoint_seconds_sum")
             .copied()
             .unwrap_or(0.0)
+    );
+    // The store alone: rating's customer loads, then its checkpoint writes, without rating (after the freshness
+    // probe, which the writes' compactions would disturb).
+    let store_alone = store_alone(settings, customers, customer_writes, args.events).await?;
+    println!(
+        "    ScyllaDB alone: {} customers loaded (ids, aggregates, unique values) in {:.2} s = {:.0} loads/s; \
+         {} customer writes like rating's ({:.0} ids each) in {:.2} s = {:.0} writes/s, so rating's {customer_writes:.0} \
+         checkpoint writes need ≥ {:.2} s of the store (rating's ScyllaDB steps took {:.2} s)",
+        customers,
+        store_alone.load_s,
+        customers as f64 / store_alone.load_s,
+        store_alone.writes,
+        store_alone.ids_per_write,
+        store_alone.write_s,
+        store_alone.writes as f64 / store_alone.write_s,
+        customer_writes * store_alone.write_s / store_alone.writes as f64,
+        scylla_steps,
     );
     // The gateway is measured alone on the machine.
     children.stop("rating");
@@ -663,6 +684,82 @@ async fn api_events(
 
 /// Σ events_count over the usage_aggregates rows of every customer, read partition by partition (a full scan
 /// trips Cassandra's tombstone limit: rating writes unused columns as nulls).
+/// What [`store_alone`] measured.
+struct StoreAlone {
+    load_s: f64,
+    writes: usize,
+    ids_per_write: usize,
+    write_s: f64,
+}
+
+/// The store's own rates for rating's work, with rating idle: every customer loaded as rating loads it, then as
+/// many customer writes as rating's checkpoints made (aggregates batch, then a block of new ids of the average
+/// size), in rounds of one write per customer like a checkpoint. The aggregates are rewritten with their own
+/// values and stamps (no change); the blocks hold ids no event has.
+async fn store_alone(
+    settings: &Settings,
+    customers: u64,
+    customer_writes: f64,
+    events: u64,
+) -> anyhow::Result<StoreAlone> {
+    use billing_store::usage::{CustomerWrite, UsageStore};
+    use billing_store::usage_dedup::IdHash;
+    use futures::{StreamExt, TryStreamExt};
+    let session = Arc::new(billing_runtime::cql::connect(&settings.cassandra).await?);
+    let store = Arc::new(UsageStore::new(session, &settings.cassandra.keyspace).await?);
+    let t = Instant::now();
+    let loaded: Vec<(String, billing_store::usage::CustomerUsage)> =
+        futures::stream::iter(0..customers)
+            .map(|c| {
+                let store = store.clone();
+                async move {
+                    let id = customer_id(c);
+                    let usage = store.load(TENANT, &id).await?;
+                    anyhow::Ok((id, usage))
+                }
+            })
+            .buffer_unordered(64)
+            .try_collect()
+            .await?;
+    let load_s = t.elapsed().as_secs_f64();
+    let rounds = (customer_writes / customers as f64).round().max(1.0) as usize;
+    let ids_per_write = ((events as f64 / customer_writes).round() as usize).max(1);
+    let mut next_id = 0u64;
+    let mut write_s = 0.0;
+    let mut writes = 0;
+    for _ in 0..rounds {
+        let round: Vec<CustomerWrite> = loaded
+            .iter()
+            .map(|(customer, usage)| CustomerWrite {
+                tenant: TENANT.into(),
+                customer: customer.clone(),
+                aggregates: usage
+                    .aggregates
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.without_unique(), Vec::new()))
+                    .collect(),
+                seen: (0..ids_per_write)
+                    .map(|_| {
+                        next_id += 1;
+                        IdHash::of(&format!("store-alone-{next_id}"))
+                    })
+                    .collect(),
+                block_id: uuid::Uuid::new_v4(),
+            })
+            .collect();
+        let t = Instant::now();
+        store.save_checkpoint(&round).await?;
+        write_s += t.elapsed().as_secs_f64();
+        writes += round.len();
+    }
+    Ok(StoreAlone {
+        load_s,
+        writes,
+        ids_per_write,
+        write_s,
+    })
+}
+
 async fn stored_events_count(settings: &Settings, customers: u64) -> anyhow::Result<u64> {
     let session = Arc::new(billing_runtime::cql::connect(&settings.cassandra).await?);
     let select = session

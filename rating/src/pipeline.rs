@@ -17,9 +17,10 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use billing_runtime::kafka::{self, Topics};
 use billing_runtime::{Settings, Shutdown};
+use billing_schemas::usage::UsageEvent;
 use billing_store::usage::{CustomerUsage, CustomerWrite, UsageStore};
 use billing_store::usage_aggregates::AggKey;
-use billing_store::usage_dedup::IdHash;
+use billing_store::usage_dedup::{self, IdHash};
 use billing_store::usage_events::{self, UsageEventRow};
 
 use crate::metrics::Metrics;
@@ -62,7 +63,16 @@ impl ConsumerContext for RebalanceCounter {
     }
 }
 
-type CustomerId = (String, String);
+/// A customer, by its Kafka key `tenant/customer` (the key every message about it carries, so a lookup borrows
+/// the message's key instead of building one).
+type CustomerKey = String;
+
+/// A customer's usage in memory.
+struct Cached {
+    usage: CustomerUsage,
+    /// The count of durable checkpoints when it was last used (for eviction, least recently used first).
+    last_used: u64,
+}
 
 /// Messages taken from the consumer's buffer in one go.
 const PREFETCH_BATCH: usize = 2_000;
@@ -80,7 +90,7 @@ const HOLD_PAUSE: Duration = Duration::from_secs(2);
 #[derive(Default)]
 struct Pending {
     /// By customer: what the checkpoint writes for it.
-    customers: HashMap<CustomerId, PendingCustomer>,
+    customers: HashMap<CustomerKey, PendingCustomer>,
     rows: Vec<UsageEventRow>,
     dead_letters: Vec<rdkafka::producer::DeliveryFuture>,
     /// Next offset to commit per partition.
@@ -89,8 +99,9 @@ struct Pending {
 }
 
 /// One customer's changes since the last checkpoint.
-#[derive(Default)]
 struct PendingCustomer {
+    tenant: String,
+    customer: String,
     /// Aggregates changed.
     dirty: HashSet<AggKey>,
     /// Unique values added, by aggregate.
@@ -100,24 +111,28 @@ struct PendingCustomer {
 }
 
 impl Pending {
-    /// The changes of `customer` (the key is cloned only the first time).
-    fn customer(&mut self, customer: &CustomerId) -> &mut PendingCustomer {
-        if !self.customers.contains_key(customer) {
-            self.customers
-                .insert(customer.clone(), PendingCustomer::default());
-        }
-        self.customers.get_mut(customer).expect("just inserted")
-    }
-
     /// Remember an id counted, the aggregates to write and their new unique values.
     fn mark(
         &mut self,
-        customer: &CustomerId,
+        key: &str,
+        event: &UsageEvent,
         counted: IdHash,
         touched: Vec<AggKey>,
         new_unique: Vec<(AggKey, String)>,
     ) {
-        let pending = self.customer(customer);
+        if !self.customers.contains_key(key) {
+            self.customers.insert(
+                key.to_owned(),
+                PendingCustomer {
+                    tenant: event.tenant_id.clone(),
+                    customer: event.customer_id.clone(),
+                    dirty: HashSet::new(),
+                    new_unique: HashMap::new(),
+                    seen: Vec::new(),
+                },
+            );
+        }
+        let pending = self.customers.get_mut(key).expect("just inserted");
         pending.seen.push(counted);
         pending.dirty.extend(touched);
         for (key, value) in new_unique {
@@ -151,9 +166,7 @@ pub struct Pipeline {
     /// Partitions assigned or revoked since the loop last looked (`-1`: unknown, all of them).
     moved: Arc<std::sync::Mutex<HashSet<i32>>>,
     seen_rebalances: u64,
-    customers: HashMap<CustomerId, CustomerUsage>,
-    /// The checkpoint count when each cached customer was last used (for eviction, least recently used first).
-    last_used: HashMap<CustomerId, u64>,
+    customers: HashMap<CustomerKey, Cached>,
     /// Checkpoints made durable so far.
     durable: u64,
     pending: Pending,
@@ -211,7 +224,6 @@ impl Pipeline {
             moved,
             seen_rebalances: 0,
             customers: HashMap::new(),
-            last_used: HashMap::new(),
             durable: 0,
             pending: Pending::default(),
             reference_checked: None,
@@ -274,11 +286,11 @@ impl Pipeline {
     /// Load, concurrently, the stored usage of every customer a batch names that is not cached yet. The customer
     /// is read from the message key (`tenant/customer`); a key that does not parse is simply loaded later.
     async fn prefetch(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
-        let missing: HashSet<CustomerId> = batch
+        let missing: HashSet<CustomerKey> = batch
             .iter()
-            .filter_map(|m| std::str::from_utf8(m.key()?).ok()?.split_once('/'))
-            .map(|(t, c)| (t.to_owned(), c.to_owned()))
-            .filter(|k| !self.customers.contains_key(k))
+            .filter_map(|m| std::str::from_utf8(m.key()?).ok())
+            .filter(|k| k.contains('/') && !self.customers.contains_key(*k))
+            .map(str::to_owned)
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -291,17 +303,27 @@ impl Pipeline {
                     .map(|k| {
                         let store = store.clone();
                         async move {
-                            let usage = store.load(&k.0, &k.1).await?;
+                            let (tenant, customer) = k.split_once('/').expect("filtered");
+                            let usage = store.load(tenant, customer).await?;
                             anyhow::Ok((k, usage))
                         }
                     })
                     .buffer_unordered(PREFETCH_CONCURRENCY)
-                    .try_collect::<Vec<(CustomerId, CustomerUsage)>>()
+                    .try_collect::<Vec<(CustomerKey, CustomerUsage)>>()
                     .await
             }
         });
         let loaded = self.hold(load).await?;
-        self.customers.extend(loaded);
+        let used = self.durable;
+        self.customers.extend(loaded.into_iter().map(|(k, usage)| {
+            (
+                k,
+                Cached {
+                    usage,
+                    last_used: used,
+                },
+            )
+        }));
         Ok(())
     }
 
@@ -369,15 +391,10 @@ impl Pipeline {
             self.checkpoint_now().await?;
             let moved = std::mem::take(&mut *self.moved.lock().unwrap_or_else(|p| p.into_inner()));
             let n = self.settings.kafka.partitions;
-            let stale = |(t, c): &CustomerId| {
-                moved.contains(&-1)
-                    || moved.contains(&kafka::partition_for_key(
-                        billing_schemas::customer_key(t, c).as_bytes(),
-                        n,
-                    ))
+            let stale = |k: &CustomerKey| {
+                moved.contains(&-1) || moved.contains(&kafka::partition_for_key(k.as_bytes(), n))
             };
             self.customers.retain(|k, _| !stale(k));
-            self.last_used.retain(|k, _| !stale(k));
             self.metrics
                 .cached_customers
                 .set(self.customers.len() as i64);
@@ -505,27 +522,32 @@ impl Pipeline {
             Ok(d) => d,
             Err(r) => return Ok(Err(r)),
         };
-        let customer: CustomerId = (
-            decoded.event.tenant_id.clone(),
-            decoded.event.customer_id.clone(),
-        );
-        if !self.customers.contains_key(&customer) {
+        // `decode` checked that the key is the event's customer's.
+        let key = std::str::from_utf8(m.key().unwrap_or_default()).unwrap_or_default();
+        if !self.customers.contains_key(key) {
             let store = self.store.clone();
-            let (t, c) = (customer.0.clone(), customer.1.clone());
+            let (t, c) = (
+                decoded.event.tenant_id.clone(),
+                decoded.event.customer_id.clone(),
+            );
             let load = retry_store("customer load", &self.shutdown, &self.metrics, || {
                 let (store, t, c) = (store.clone(), t.clone(), c.clone());
                 async move { store.load(&t, &c).await }
             });
-            let loaded = self.hold(load).await?;
-            self.customers.insert(customer.clone(), loaded);
+            let usage = self.hold(load).await?;
+            self.customers.insert(
+                key.to_owned(),
+                Cached {
+                    usage,
+                    last_used: self.durable,
+                },
+            );
         }
-        match self.last_used.get_mut(&customer) {
-            Some(used) => *used = self.durable,
-            None => {
-                self.last_used.insert(customer.clone(), self.durable);
-            }
-        }
-        let usage = self.customers.get_mut(&customer).expect("just loaded");
+        let cached = self.customers.get_mut(key).expect("just loaded");
+        cached.last_used = self.durable;
+        let usage = &mut cached.usage;
+        // Ids counted more than 40 days ago are forgotten, as the store's TTL forgets them.
+        usage.seen.expire(usage_dedup::day_of(Utc::now()));
         let outcome = {
             let reference = self.reference.data.read().expect("reference lock");
             rate::apply(
@@ -550,7 +572,8 @@ impl Pipeline {
             }) => {
                 // ClickHouse already has this event from before the crash; aggregates it had not reached yet
                 // were brought up to date and are written with the next checkpoint.
-                self.pending.mark(&customer, counted, touched, new_unique);
+                self.pending
+                    .mark(key, &decoded.event, counted, touched, new_unique);
                 self.metrics.outcomes.replayed.inc();
             }
             Ok(Rated::Accepted {
@@ -560,7 +583,8 @@ impl Pipeline {
                 new_unique,
                 unpriced,
             }) => {
-                self.pending.mark(&customer, counted, touched, new_unique);
+                self.pending
+                    .mark(key, &decoded.event, counted, touched, new_unique);
                 self.pending.rows.push(*row);
                 self.metrics.outcomes.accepted.inc();
                 if unpriced {
@@ -629,8 +653,8 @@ impl Pipeline {
         let writes: Vec<CustomerWrite> = pending
             .customers
             .drain()
-            .map(|((tenant, customer), mut changes)| {
-                let usage = self.customers.get(&(tenant.clone(), customer.clone()));
+            .map(|(key, mut changes)| {
+                let usage = self.customers.get(&key).map(|c| &c.usage);
                 let aggregates = changes
                     .dirty
                     .drain()
@@ -641,8 +665,8 @@ impl Pipeline {
                     })
                     .collect();
                 CustomerWrite {
-                    tenant,
-                    customer,
+                    tenant: changes.tenant,
+                    customer: changes.customer,
                     aggregates,
                     seen: changes.seen,
                     block_id: uuid::Uuid::new_v4(),
@@ -730,20 +754,19 @@ impl Pipeline {
     fn evict(&mut self) {
         let max = self.settings.rating.max_cached_customers;
         if self.customers.len() > max {
-            let pending: HashSet<&CustomerId> = self.pending.customers.keys().collect();
-            let mut idle: Vec<(u64, CustomerId)> = self
+            let pending = &self.pending.customers;
+            let mut idle: Vec<(u64, CustomerKey)> = self
                 .customers
-                .keys()
-                .filter(|c| !pending.contains(c))
-                .map(|c| (self.last_used.get(c).copied().unwrap_or(0), c.clone()))
+                .iter()
+                .filter(|(k, _)| !pending.contains_key(*k))
+                .map(|(k, c)| (c.last_used, k.clone()))
                 .collect();
             let excess = (self.customers.len() - max * 9 / 10).min(idle.len());
             if excess > 0 && excess < idle.len() {
                 idle.select_nth_unstable(excess);
             }
-            for (_, c) in idle.into_iter().take(excess) {
-                self.customers.remove(&c);
-                self.last_used.remove(&c);
+            for (_, k) in idle.into_iter().take(excess) {
+                self.customers.remove(&k);
             }
             self.metrics.evicted_customers.inc_by(excess as u64);
         }
