@@ -683,7 +683,8 @@ impl Pipeline {
         for (partition, next) in &pending.offsets {
             tpl.add_partition_offset(&self.topics.usage, *partition, Offset::Offset(*next))?;
         }
-        let (store, ch, consumer, metrics, progress, shutdown) = (
+        let (producer, store, ch, consumer, metrics, progress, shutdown) = (
+            self.producer.clone(),
             self.store.clone(),
             self.ch.clone(),
             self.consumer.clone(),
@@ -701,11 +702,7 @@ impl Pipeline {
                 Instant::now()
             };
             for delivery in pending.dead_letters {
-                match delivery.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => anyhow::bail!("dead-letter delivery failed: {e}"),
-                    Err(_) => anyhow::bail!("dead-letter delivery was cancelled"),
-                }
+                deliver_dead_letter(&producer, delivery, &shutdown, &metrics).await?;
             }
             // A store that is down or hangs is waited for, with a timeout per attempt and backoff: every write is
             // idempotent (absolute values, stamped; ClickHouse collapses duplicates), so a retry is harmless, and
@@ -858,6 +855,56 @@ where
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Wait until a dead letter is acknowledged. One the producer gave up on (the broker away longer than
+/// `message.timeout.ms`) is sent again, with backoff, until it is acknowledged or the process stops (then the
+/// checkpoint's offsets are not committed, and a restart dead-letters the record again).
+async fn deliver_dead_letter(
+    producer: &FutureProducer,
+    mut delivery: rdkafka::producer::DeliveryFuture,
+    shutdown: &Shutdown,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let failed = match delivery.await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err((e, record))) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "dead-letter delivery failed; sending it again");
+                record
+            }
+            Err(_) => anyhow::bail!("dead-letter delivery was cancelled"),
+        };
+        metrics.store_retries.inc();
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("a dead letter was not delivered and the process is stopping"),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        let mut record: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
+            rdkafka::producer::FutureRecord::to(failed.topic());
+        if let Some(payload) = failed.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(key) = failed.key() {
+            record = record.key(key);
+        }
+        if let Some(headers) = failed.headers() {
+            record = record.headers(headers.clone());
+        }
+        delivery = loop {
+            match producer.send_result(record) {
+                Ok(d) => break d,
+                Err((e, back)) => {
+                    // The local queue is full: wait and enqueue again.
+                    tracing::warn!(error = %e, "dead letter not enqueued; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    record = back;
+                }
+            }
+        };
     }
 }
 

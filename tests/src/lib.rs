@@ -513,6 +513,33 @@ pub async fn api_usage(
         })
 }
 
+/// `(units, events_count, amount)` of the `calls` charge of [`TestEnv::publish_basic_catalog`] for a customer in
+/// the period containing `at`, once the API counts at least `n` events (waits up to 180 s).
+pub async fn calls_reaching(
+    services: &Services,
+    tenant: &str,
+    customer: &str,
+    at: &str,
+    n: u64,
+) -> (String, u64, String) {
+    eventually(
+        Duration::from_secs(180),
+        &format!("{customer}'s {n} events"),
+        || async {
+            api_usage(
+                &services.api,
+                &services.key(tenant).await,
+                customer,
+                "calls",
+                at,
+            )
+            .await
+            .filter(|u| u.1 >= n)
+        },
+    )
+    .await
+}
+
 /// The whole usage document of a customer at `at`, read with `key`.
 pub async fn api_usage_body(
     api: &str,

@@ -3,8 +3,9 @@
 //! Rating keeps running through it (its consumer, its offset commits and its reference reads fail and are retried),
 //! and afterwards every event is counted exactly once: in the aggregates the API serves, and in ClickHouse, where
 //! no row is there twice even without `FINAL` (rating never crashed, so nothing was replayed into it). Producers
-//! retry what the broker did not acknowledge, so the topic may hold an event twice: dedup keeps it once. Its own
-//! test binary, so that the restart does not disturb other tests.
+//! retry what the broker did not acknowledge, so the topic may hold an event twice: dedup keeps it once. Malformed
+//! records among them all reach the dead-letter topic (a dead letter the producer gave up on is sent again). Its
+//! own test binary, so that the restart does not disturb other tests.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding};
-use billing_tests::{api_usage, eventually, kafka_pid, Services, TestEnv, CALLS_AT};
+use billing_tests::{
+    api_usage, calls_reaching, eventually, kafka_pid, Services, TestEnv, CALLS_AT,
+};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
@@ -20,14 +23,18 @@ const TENANT: &str = "acme";
 const AT: &str = "2026-03-20T00:00:00Z";
 const CUSTOMERS: [&str; 4] = ["cus-k0", "cus-k1", "cus-k2", "cus-k3"];
 const PER_CUSTOMER: usize = 400;
+/// One malformed record (to be dead-lettered) after every this many events of the first customer.
+const BAD_EVERY: usize = 50;
 
 /// Produce every event, customers in turn, each until the broker acknowledges it (a failed delivery is sent again:
-/// it may have been written anyway, which dedup must absorb). `sent` counts acknowledged events.
+/// it may have been written anyway, which dedup must absorb), and a malformed record for the first customer every
+/// [`BAD_EVERY`] events. `sent` counts acknowledged events.
 async fn produce_all(env: Arc<TestEnv>, sent: Arc<AtomicUsize>) -> usize {
     let producer = env.producer();
     let mut retries = 0;
     for i in 0..PER_CUSTOMER {
         for customer in CUSTOMERS {
+            let bad = customer == CUSTOMERS[0] && i % BAD_EVERY == 0;
             let ev = UsageEvent {
                 tenant_id: TENANT.into(),
                 event_id: format!("{customer}-{i}"),
@@ -36,22 +43,31 @@ async fn produce_all(env: Arc<TestEnv>, sent: Arc<AtomicUsize>) -> usize {
                 timestamp: CALLS_AT,
                 properties: [("value".to_owned(), "1".to_owned())].into(),
             };
-            let payload = encode(&ev, Encoding::Json).unwrap();
             let key = customer_key(TENANT, customer);
-            loop {
-                let record = FutureRecord::to(&env.topics.usage)
-                    .key(&key)
-                    .payload(&payload)
-                    .headers(OwnedHeaders::new().insert(Header {
-                        key: "content-type",
-                        value: Some(Encoding::Json.content_type()),
-                    }));
-                match producer.send(record, Duration::from_secs(30)).await {
-                    Ok(_) => break,
-                    Err((e, _)) => {
-                        retries += 1;
-                        assert!(retries < 1_000, "the broker never came back: {e}");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+            let payloads = if bad {
+                vec![
+                    bad_payload(i).into_bytes(),
+                    encode(&ev, Encoding::Json).unwrap(),
+                ]
+            } else {
+                vec![encode(&ev, Encoding::Json).unwrap()]
+            };
+            for payload in payloads {
+                loop {
+                    let record = FutureRecord::to(&env.topics.usage)
+                        .key(&key)
+                        .payload(&payload)
+                        .headers(OwnedHeaders::new().insert(Header {
+                            key: "content-type",
+                            value: Some(Encoding::Json.content_type()),
+                        }));
+                    match producer.send(record, Duration::from_secs(30)).await {
+                        Ok(_) => break,
+                        Err((e, _)) => {
+                            retries += 1;
+                            assert!(retries < 1_000, "the broker never came back: {e}");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
                     }
                 }
             }
@@ -59,6 +75,11 @@ async fn produce_all(env: Arc<TestEnv>, sent: Arc<AtomicUsize>) -> usize {
         }
     }
     retries
+}
+
+/// The malformed record sent before event `i` of the first customer: JSON cut short.
+fn bad_payload(i: usize) -> String {
+    format!("{{\"tenant_id\": \"{TENANT}\", \"event_id\": \"bad-{i}")
 }
 
 fn stack_script() -> std::path::PathBuf {
@@ -119,22 +140,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_counts_nothing_twice() {
         .unwrap();
     eprintln!("all {total} events acknowledged; {retries} deliveries were sent again");
     for customer in CUSTOMERS {
-        let usage = eventually(
-            Duration::from_secs(180),
-            &format!("{customer}'s {PER_CUSTOMER} events"),
-            || async {
-                api_usage(
-                    &services.api,
-                    &services.key(TENANT).await,
-                    customer,
-                    "calls",
-                    AT,
-                )
-                .await
-                .filter(|u| u.1 >= PER_CUSTOMER as u64)
-            },
-        )
-        .await;
+        let usage = calls_reaching(&services, TENANT, customer, AT, PER_CUSTOMER as u64).await;
         assert_eq!(
             usage,
             (
@@ -162,6 +168,26 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_counts_nothing_twice() {
         (expected, expected),
         "a row twice in ClickHouse without FINAL: something was rated twice"
     );
+    // Every malformed record dead-lettered (one may be there twice: a dead letter sent again after a delivery that
+    // failed but was written anyway).
+    let expected_dead: std::collections::BTreeSet<String> = (0..PER_CUSTOMER)
+        .step_by(BAD_EVERY)
+        .map(bad_payload)
+        .collect();
+    let dead: std::collections::BTreeSet<String> = env
+        .read_topic(
+            &env.topics.usage_dlq,
+            expected_dead.len() * 2,
+            Duration::from_secs(15),
+        )
+        .await
+        .iter()
+        .map(|m| {
+            use rdkafka::message::Message;
+            String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()
+        })
+        .collect();
+    assert_eq!(dead, expected_dead, "the malformed records, dead-lettered");
     assert!(!services.rating_stopped(), "rating exited");
     services.shutdown().await;
     if let Ok(env) = Arc::try_unwrap(env) {

@@ -6,29 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use billing_tests::{api_usage, clickhouse_pid, eventually, Services, Stopped, TestEnv};
+use billing_tests::{calls_reaching, clickhouse_pid, eventually, Services, Stopped, TestEnv};
 
 const TENANT: &str = "acme";
 const AT: &str = "2026-03-20T00:00:00Z";
-
-async fn usage_of(services: &Services, customer: &str, n: u64) -> (String, u64, String) {
-    eventually(
-        Duration::from_secs(180),
-        &format!("{customer}'s {n} events"),
-        || async {
-            api_usage(
-                &services.api,
-                &services.key(TENANT).await,
-                customer,
-                "calls",
-                AT,
-            )
-            .await
-            .filter(|u| u.1 >= n)
-        },
-    )
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rating_waits_for_a_hung_clickhouse_and_counts_everything_once() {
@@ -37,7 +18,7 @@ async fn rating_waits_for_a_hung_clickhouse_and_counts_everything_once() {
     env.publish_basic_catalog(TENANT, &["cus-a", "cus-b"]).await;
     let services = Services::start(&env.settings).await;
     env.produce_calls(TENANT, "cus-a", 0..100).await;
-    usage_of(&services, "cus-a", 100).await;
+    calls_reaching(&services, TENANT, "cus-a", AT, 100).await;
 
     let rating = format!("http://{}", env.settings.rating.listen);
     let http = reqwest::Client::new();
@@ -81,11 +62,11 @@ async fn rating_waits_for_a_hung_clickhouse_and_counts_everything_once() {
         );
     }
     assert_eq!(
-        usage_of(&services, "cus-a", 200).await,
+        calls_reaching(&services, TENANT, "cus-a", AT, 200).await,
         ("200".to_owned(), 200, "2.00".to_owned())
     );
     assert_eq!(
-        usage_of(&services, "cus-b", 50).await,
+        calls_reaching(&services, TENANT, "cus-b", AT, 50).await,
         ("50".to_owned(), 50, "0.50".to_owned())
     );
     eventually(Duration::from_secs(30), "/health green again", || async {
