@@ -615,9 +615,27 @@ impl Pipeline {
     /// While rating is far behind (more than [`CATCH_UP_LAG`] events, by the usage partitions' end offsets the
     /// last reference barrier read), checkpoints are spaced by `rating.catch_up_interval` instead: each customer's
     /// changes are then written once for many of its events, which is what lets rating catch up.
+    ///
+    /// A checkpoint still being written after [`HOLD_PAUSE`] is a wait on a store like any other: `/health` sees it
+    /// from the checkpoint's start (`rating.stuck_timeout`) until it is durable.
     async fn on_tick(&mut self) -> anyhow::Result<()> {
-        if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
-            return Ok(());
+        if let Some(handle) = &self.in_flight {
+            if !handle.is_finished() {
+                if self.last_checkpoint.elapsed() > HOLD_PAUSE {
+                    let started = Utc::now()
+                        - chrono::Duration::from_std(self.last_checkpoint.elapsed())
+                            .unwrap_or_default();
+                    // Only the first time: a wait already recorded keeps its start.
+                    let _ = self.progress.waiting_since_ms.compare_exchange(
+                        0,
+                        started.timestamp_millis(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                return Ok(());
+            }
+            self.wait_for_checkpoint().await?;
         }
         if self.pending.messages < self.settings.rating.checkpoint_events
             && self.last_checkpoint.elapsed() < self.settings.rating.catch_up_interval
@@ -739,6 +757,7 @@ impl Pipeline {
     async fn wait_for_checkpoint(&mut self) -> anyhow::Result<()> {
         if let Some(handle) = self.in_flight.take() {
             self.hold(handle).await??;
+            self.progress.waiting_since_ms.store(0, Ordering::Relaxed);
             self.durable += 1;
             self.evict();
         }
