@@ -175,6 +175,7 @@ impl UsageStore {
         usage.seen = seen;
         Ok(usage)
     }
+
     /// A customer's aggregates with their unique values (no dedup ids): what a reader needs to price usage.
     pub async fn aggregates(&self, tenant: &str, customer: &str) -> anyhow::Result<CustomerUsage> {
         self.aggregates_with(tenant, customer, true).await
