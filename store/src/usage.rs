@@ -238,6 +238,20 @@ impl UsageStore {
         Ok(())
     }
 
+    /// One unlogged batch of `statement`, once per row of `values` (all in one partition).
+    async fn batch_of<V: scylla::serialize::row::SerializeRow>(
+        &self,
+        statement: &PreparedStatement,
+        values: Vec<V>,
+    ) -> anyhow::Result<()> {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for _ in &values {
+            batch.append_statement(statement.clone());
+        }
+        self.session.batch(&batch, values).await?;
+        Ok(())
+    }
+
     async fn save_customer(&self, c: &CustomerWrite) -> anyhow::Result<()> {
         let (tenant, customer) = (c.tenant.as_str(), c.customer.as_str());
         // Unique values before the aggregates that count them, so that a reader never sees a count above its set.
@@ -247,11 +261,8 @@ impl UsageStore {
             .flat_map(|(k, _, values)| values.iter().map(move |v| (k, v)))
             .collect();
         for chunk in unique.chunks(MAX_BATCH_STATEMENTS) {
-            let mut batch = Batch::new(BatchType::Unlogged);
-            let mut values = Vec::with_capacity(chunk.len());
-            for (k, value) in chunk {
-                batch.append_statement(self.insert_unique.clone());
-                values.push((
+            let values = chunk.iter().map(|(k, value)| {
+                (
                     tenant,
                     customer,
                     k.subscription_id.as_str(),
@@ -259,18 +270,16 @@ impl UsageStore {
                     k.period_start,
                     k.group_key.as_str(),
                     value.as_str(),
-                ));
-            }
-            self.session.batch(&batch, values).await?;
+                )
+            });
+            self.batch_of(&self.insert_unique, values.collect()).await?;
         }
         for chunk in c.aggregates.chunks(MAX_BATCH_STATEMENTS) {
-            let mut batch = Batch::new(BatchType::Unlogged);
-            let mut values = Vec::with_capacity(chunk.len());
-            for (k, s, _) in chunk {
-                batch.append_statement(self.upsert_aggregate.clone());
-                values.push(AggWrite::new(tenant, customer, k, s));
-            }
-            self.session.batch(&batch, values).await?;
+            let values = chunk
+                .iter()
+                .map(|(k, s, _)| AggWrite::new(tenant, customer, k, s));
+            self.batch_of(&self.upsert_aggregate, values.collect())
+                .await?;
         }
         let written_at = Utc::now();
         for (i, ids) in c.seen.chunks(usage_dedup::MAX_IDS_PER_BLOCK).enumerate() {

@@ -125,16 +125,7 @@ impl TestEnv {
     /// Usage events `{customer}-{i}` for `i` in `range` on the `api_calls` metric (value 1, 2026-03-14 15:00 UTC), as
     /// JSON, one acknowledged produce each.
     pub async fn produce_calls(&self, tenant: &str, customer: &str, range: std::ops::Range<usize>) {
-        let events = range
-            .map(|i| billing_schemas::usage::UsageEvent {
-                tenant_id: tenant.into(),
-                event_id: format!("{customer}-{i}"),
-                customer_id: customer.into(),
-                metric_code: "api_calls".into(),
-                timestamp: CALLS_AT,
-                properties: [("value".to_owned(), "1".to_owned())].into(),
-            })
-            .collect();
+        let events = range.map(|i| call_event(tenant, customer, i)).collect();
         self.produce_usage(events).await;
     }
 
@@ -236,6 +227,19 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Usage event `{customer}-{i}` on the `api_calls` metric of [`TestEnv::publish_basic_catalog`]: value 1, at
+/// [`CALLS_AT`].
+pub fn call_event(tenant: &str, customer: &str, i: usize) -> billing_schemas::usage::UsageEvent {
+    billing_schemas::usage::UsageEvent {
+        tenant_id: tenant.into(),
+        event_id: format!("{customer}-{i}"),
+        customer_id: customer.into(),
+        metric_code: "api_calls".into(),
+        timestamp: CALLS_AT,
+        properties: [("value".to_owned(), "1".to_owned())].into(),
     }
 }
 

@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding};
 use billing_tests::{
-    api_usage, calls_reaching, eventually, kafka_pid, Services, TestEnv, CALLS_AT,
+    api_usage, call_event, calls_reaching, eventually, kafka_pid, Services, TestEnv,
 };
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -35,14 +34,7 @@ async fn produce_all(env: Arc<TestEnv>, sent: Arc<AtomicUsize>) -> usize {
     for i in 0..PER_CUSTOMER {
         for customer in CUSTOMERS {
             let bad = customer == CUSTOMERS[0] && i % BAD_EVERY == 0;
-            let ev = UsageEvent {
-                tenant_id: TENANT.into(),
-                event_id: format!("{customer}-{i}"),
-                customer_id: customer.into(),
-                metric_code: "api_calls".into(),
-                timestamp: CALLS_AT,
-                properties: [("value".to_owned(), "1".to_owned())].into(),
-            };
+            let ev = call_event(TENANT, customer, i);
             let key = customer_key(TENANT, customer);
             let payloads = if bad {
                 vec![
