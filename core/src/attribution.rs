@@ -124,11 +124,85 @@ pub fn attribute(subs: &[Attributable<'_>], tz: Tz, at: DateTime<Utc>) -> Option
     })
 }
 
+/// A stretch of time `[from, until)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stretch {
+    /// First instant in it.
+    pub from: DateTime<Utc>,
+    /// First instant after it.
+    pub until: DateTime<Utc>,
+}
+
+impl Stretch {
+    /// Whether `t` falls in it.
+    pub fn contains(&self, t: DateTime<Utc>) -> bool {
+        self.from <= t && t < self.until
+    }
+}
+
+/// [`attribute`], and the stretch around `at` in which every instant is attributed the same way by the same
+/// histories: a caller rating many events of a customer may reuse the attribution for any event time in it, as
+/// long as the histories and plans are unchanged.
+///
+/// The stretch lies inside the period found, and no subscription's start, trial end, change, phase boundary, or
+/// the end of the period containing any of those (where a change that waits for a period end takes effect) falls
+/// strictly inside it: between such instants neither the live subscriptions, their states, their phases nor the
+/// period change.
+pub fn attribute_with_stretch(
+    subs: &[Attributable<'_>],
+    tz: Tz,
+    at: DateTime<Utc>,
+) -> Option<(Attribution, Stretch)> {
+    let found = attribute(subs, tz, at)?;
+    let mut stretch = Stretch {
+        from: found.period.start,
+        until: found.period.end,
+    };
+    let mut narrow = |t: DateTime<Utc>| {
+        if t <= at {
+            stretch.from = stretch.from.max(t);
+        } else {
+            stretch.until = stretch.until.min(t);
+        }
+    };
+    for s in subs {
+        let h = s.subscription;
+        let mut instants: Vec<DateTime<Utc>> = vec![h.started_at];
+        instants.extend(h.trial_ends_at);
+        instants.extend(h.changes.iter().map(|c| c.at));
+        // A subscription whose phases cannot be cut (an unknown plan, an inconsistent history) is passed over
+        // whatever the time, so only its own instants above can matter.
+        let phases = s
+            .plans
+            .iter()
+            .copied()
+            .collect::<Option<Vec<PlanTerms>>>()
+            .and_then(|plans| exact_phases(h, &plans, tz).ok())
+            .unwrap_or_default();
+        for p in &phases {
+            instants.push(p.from);
+            instants.extend(p.to);
+        }
+        for t in instants {
+            narrow(t);
+            if let Some(end) = phase_at(&phases, t)
+                .ok()
+                .and_then(|p| p.schedule.period_containing(t).ok())
+                .map(|p| p.end)
+            {
+                narrow(end);
+            }
+        }
+    }
+    Some((found, stretch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::period::{BillingAnchor, Interval};
     use crate::subscription::{Change, ChangeKind};
+    use proptest::prelude::*;
     use rust_decimal::Decimal;
 
     fn utc(s: &str) -> DateTime<Utc> {
@@ -317,5 +391,81 @@ mod tests {
         )
         .unwrap();
         assert_eq!(found.subscription, 1);
+    }
+
+    fn history_strategy() -> impl Strategy<Value = (Subscription, Vec<Option<PlanTerms>>)> {
+        let day = 86_400i64;
+        let base = utc("2026-01-01T00:00:00Z").timestamp();
+        let kinds = prop_oneof![
+            (0usize..3).prop_map(|plan| ChangeKind::Upgrade { plan }),
+            (0usize..3).prop_map(|plan| ChangeKind::Downgrade { plan }),
+            any::<bool>().prop_map(|immediate| ChangeKind::Cancel { immediate }),
+            Just(ChangeKind::Pause),
+            Just(ChangeKind::Resume),
+            Just(ChangeKind::Suspend),
+            Just(ChangeKind::Unsuspend),
+        ];
+        let term = prop_oneof![
+            Just(terms(Interval::Monthly, BillingAnchor::Calendar)),
+            Just(terms(Interval::Monthly, BillingAnchor::Anniversary)),
+            Just(terms(Interval::Weekly, BillingAnchor::Anniversary)),
+            Just(terms(Interval::Yearly, BillingAnchor::Calendar)),
+            (1u32..29).prop_map(|d| terms(Interval::Monthly, BillingAnchor::DayOfMonth(d))),
+        ];
+        (
+            0..60 * day,
+            proptest::option::of(1..40 * day),
+            0usize..3,
+            proptest::collection::vec((0..200 * day, kinds), 0..5),
+            proptest::collection::vec(term, 3),
+        )
+            .prop_map(move |(start, trial, plan, changes, plans)| {
+                let started_at = DateTime::from_timestamp(base + start, 0).unwrap();
+                let sub = Subscription {
+                    started_at,
+                    trial_ends_at: trial.map(|t| started_at + Duration::seconds(t)),
+                    plan,
+                    changes: changes
+                        .into_iter()
+                        .map(|(at, kind)| Change {
+                            at: started_at + Duration::seconds(at),
+                            kind,
+                        })
+                        .collect(),
+                };
+                (sub, plans)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn every_instant_of_the_stretch_is_attributed_alike(
+            histories in proptest::collection::vec(history_strategy(), 1..3),
+            tz in prop_oneof![Just(Tz::UTC), Just(Tz::Europe__Paris), Just(Tz::America__New_York), Just(Tz::Asia__Kolkata)],
+            probes in proptest::collection::vec((0i64..300 * 86_400, any::<u64>()), 20),
+        ) {
+            let subs: Vec<Attributable<'_>> = histories
+                .iter()
+                .map(|(s, plans)| Attributable { subscription: s, plans })
+                .collect();
+            let base = utc("2026-01-01T00:00:00Z");
+            for (offset, pick) in probes {
+                let at = base + Duration::seconds(offset);
+                let Some((found, stretch)) = attribute_with_stretch(&subs, tz, at) else {
+                    prop_assert_eq!(attribute(&subs, tz, at), None);
+                    continue;
+                };
+                prop_assert!(stretch.contains(at), "{:?} outside {:?}", at, stretch);
+                prop_assert_eq!(Some(found), attribute(&subs, tz, at));
+                // Its ends and an instant anywhere inside it are attributed as `at` is.
+                let width = (stretch.until - stretch.from).num_seconds().max(1);
+                let inside = stretch.from + Duration::seconds((pick % width as u64) as i64);
+                let last = stretch.until - Duration::nanoseconds(1);
+                for t in [stretch.from, inside, last] {
+                    prop_assert_eq!(attribute(&subs, tz, t), Some(found), "at {:?} in {:?} (probe {:?})", t, stretch, at);
+                }
+            }
+        }
     }
 }

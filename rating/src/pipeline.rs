@@ -11,12 +11,14 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use billing_runtime::kafka::{self, Topics};
 use billing_runtime::{Settings, Shutdown};
+use billing_schemas::reference::AttributionMemo;
 use billing_schemas::usage::UsageEvent;
 use billing_store::usage::{CustomerUsage, CustomerWrite, UsageStore};
 use billing_store::usage_aggregates::AggKey;
@@ -70,8 +72,16 @@ type CustomerKey = String;
 /// A customer's usage in memory.
 struct Cached {
     usage: CustomerUsage,
+    /// Its last attribution, reused while it holds.
+    memo: Option<AttributionMemo>,
     /// The count of durable checkpoints when it was last used (for eviction, least recently used first).
     last_used: u64,
+}
+
+/// Customer loads running in the background for a batch, and the rebalance count when they started.
+struct Loads {
+    task: tokio::task::JoinHandle<anyhow::Result<Vec<(CustomerKey, CustomerUsage)>>>,
+    rebalances: u64,
 }
 
 /// Messages taken from the consumer's buffer in one go.
@@ -171,7 +181,10 @@ pub struct Pipeline {
     durable: u64,
     pending: Pending,
     reference_checked: Option<Instant>,
-    in_flight: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The checkpoint being written; it gives back its rows' buffer, emptied.
+    in_flight: Option<tokio::task::JoinHandle<anyhow::Result<Vec<UsageEventRow>>>>,
+    /// A buffer for the next checkpoint's rows (reused: a fresh one costs page faults as it grows).
+    spare_rows: Vec<UsageEventRow>,
     /// Partitions owned since the last rebalance (unknown before the first).
     assigned: Option<HashSet<i32>>,
     /// Per usage partition, its end offset when the last reference barrier started: a message below it was
@@ -228,6 +241,7 @@ impl Pipeline {
             pending: Pending::default(),
             reference_checked: None,
             in_flight: None,
+            spare_rows: Vec::new(),
             assigned: None,
             reference_covers: HashMap::new(),
             positions: HashMap::new(),
@@ -255,25 +269,30 @@ impl Pipeline {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => self.on_tick().await?,
                 msg = self.consumer.recv() => {
-                    // Take what is already fetched too, so the customers it names are loaded concurrently
-                    // rather than one round trip at a time.
-                    let mut batch = Vec::new();
+                    // Batches are pipelined: the customers of the batch just taken are loaded while the batch
+                    // before it (whose customers are loaded) is rated. A batch is rated as soon as nothing more is
+                    // waiting in the consumer, so a quiet topic is never kept waiting for the next message.
                     let mut next = Some(msg);
-                    while let Some(msg) = next.take() {
-                        match msg {
-                            Ok(m) => batch.push(m.detach()),
-                            Err(e) => tracing::warn!(error = %e, "consumer error"),
+                    let mut ready: Option<Vec<OwnedMessage>> = None;
+                    while let Some(first) = next.take() {
+                        let batch = self.take_batch(first);
+                        let loads = self.start_loads(&batch);
+                        if let Some(previous) = ready.take() {
+                            self.rate_batch(&previous).await?;
                         }
-                        if batch.len() < PREFETCH_BATCH {
-                            next = self.consumer.recv().now_or_never();
+                        self.finish_loads(loads).await?;
+                        ready = Some(batch);
+                        if shutdown.is_cancelled() {
+                            break;
                         }
+                        // Checkpoints keep their cadence however long the consumer has more to give.
+                        if ticker.tick().now_or_never().is_some() {
+                            self.on_tick().await?;
+                        }
+                        next = self.consumer.recv().now_or_never();
                     }
-                    self.prefetch(&batch).await?;
-                    for m in &batch {
-                        self.on_message(m).await?;
-                        if self.pending.messages >= self.settings.rating.checkpoint_events {
-                            self.checkpoint().await?;
-                        }
+                    if let Some(last) = ready {
+                        self.rate_batch(&last).await?;
                     }
                 }
             }
@@ -283,9 +302,37 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Load, concurrently, the stored usage of every customer a batch names that is not cached yet. The customer
-    /// is read from the message key (`tenant/customer`); a key that does not parse is simply loaded later.
-    async fn prefetch(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+    /// The message just received and what else the consumer has already fetched, up to [`PREFETCH_BATCH`].
+    fn take_batch(&self, first: KafkaResult<BorrowedMessage<'_>>) -> Vec<OwnedMessage> {
+        let mut batch = Vec::with_capacity(PREFETCH_BATCH);
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Ok(m) => batch.push(m.detach()),
+                Err(e) => tracing::warn!(error = %e, "consumer error"),
+            }
+            if batch.len() < PREFETCH_BATCH {
+                next = self.consumer.recv().now_or_never();
+            }
+        }
+        batch
+    }
+
+    /// Rate a batch whose customers are loaded, checkpointing whenever `rating.checkpoint_events` are pending.
+    async fn rate_batch(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+        for m in batch {
+            self.on_message(m).await?;
+            if self.pending.messages >= self.settings.rating.checkpoint_events {
+                self.checkpoint().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Start loading, concurrently and in the background, the stored usage of every customer a batch names that is
+    /// not cached yet. The customer is read from the message key (`tenant/customer`); a key that does not parse is
+    /// simply loaded when its message is rated.
+    fn start_loads(&self, batch: &[OwnedMessage]) -> Option<Loads> {
         let missing: HashSet<CustomerKey> = batch
             .iter()
             .filter_map(|m| std::str::from_utf8(m.key()?).ok())
@@ -293,37 +340,58 @@ impl Pipeline {
             .map(str::to_owned)
             .collect();
         if missing.is_empty() {
+            return None;
+        }
+        let (store, shutdown, metrics) = (
+            self.store.clone(),
+            self.shutdown.clone(),
+            self.metrics.clone(),
+        );
+        let task = tokio::spawn(async move {
+            retry_store("customer loads", &shutdown, &metrics, || {
+                let (store, missing) = (store.clone(), missing.clone());
+                async move {
+                    futures::stream::iter(missing)
+                        .map(|k| {
+                            let store = store.clone();
+                            async move {
+                                let (tenant, customer) = k.split_once('/').expect("filtered");
+                                let usage = store.load(tenant, customer).await?;
+                                anyhow::Ok((k, usage))
+                            }
+                        })
+                        .buffer_unordered(PREFETCH_CONCURRENCY)
+                        .try_collect::<Vec<(CustomerKey, CustomerUsage)>>()
+                        .await
+                }
+            })
+            .await
+        });
+        Some(Loads {
+            task,
+            rebalances: self.rebalances.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Wait for loads started by [`Self::start_loads`] and cache what they read. A customer cached meanwhile (loaded
+    /// when one of its messages was rated) keeps its state; if the group rebalanced meanwhile, what was read may
+    /// predate the last writes of a partition's previous owner, so it is dropped and read again when needed.
+    async fn finish_loads(&mut self, loads: Option<Loads>) -> anyhow::Result<()> {
+        let Some(loads) = loads else {
+            return Ok(());
+        };
+        let loaded = self.hold(loads.task).await??;
+        if self.rebalances.load(Ordering::SeqCst) != loads.rebalances {
             return Ok(());
         }
-        let store = self.store.clone();
-        let load = retry_store("customer loads", &self.shutdown, &self.metrics, || {
-            let (store, missing) = (store.clone(), missing.clone());
-            async move {
-                futures::stream::iter(missing)
-                    .map(|k| {
-                        let store = store.clone();
-                        async move {
-                            let (tenant, customer) = k.split_once('/').expect("filtered");
-                            let usage = store.load(tenant, customer).await?;
-                            anyhow::Ok((k, usage))
-                        }
-                    })
-                    .buffer_unordered(PREFETCH_CONCURRENCY)
-                    .try_collect::<Vec<(CustomerKey, CustomerUsage)>>()
-                    .await
-            }
-        });
-        let loaded = self.hold(load).await?;
         let used = self.durable;
-        self.customers.extend(loaded.into_iter().map(|(k, usage)| {
-            (
-                k,
-                Cached {
-                    usage,
-                    last_used: used,
-                },
-            )
-        }));
+        for (k, usage) in loaded {
+            self.customers.entry(k).or_insert(Cached {
+                usage,
+                memo: None,
+                last_used: used,
+            });
+        }
         Ok(())
     }
 
@@ -539,6 +607,7 @@ impl Pipeline {
                 key.to_owned(),
                 Cached {
                     usage,
+                    memo: None,
                     last_used: self.durable,
                 },
             );
@@ -554,6 +623,7 @@ impl Pipeline {
                 &decoded,
                 &reference,
                 usage,
+                &mut cached.memo,
                 m.partition(),
                 m.offset(),
                 self.limits.late_usage_horizon,
@@ -665,7 +735,9 @@ impl Pipeline {
         self.wait_for_checkpoint().await?;
         self.last_checkpoint = Instant::now();
         let mut pending = std::mem::take(&mut self.pending);
-        // The next checkpoint is likely as large: room for its rows at once rather than by repeated doubling.
+        // The next checkpoint is likely as large: room for its rows at once rather than by repeated doubling, in the
+        // buffer the previous checkpoint gave back.
+        self.pending.rows = std::mem::take(&mut self.spare_rows);
         self.pending.rows.reserve(pending.rows.len());
         // One write per changed customer: its changed aggregates (with their new unique values) and its new ids.
         let writes: Vec<CustomerWrite> = pending
@@ -748,7 +820,8 @@ impl Pipeline {
             metrics
                 .checkpoint_seconds
                 .observe(started.elapsed().as_secs_f64());
-            Ok(())
+            pending.rows.clear();
+            Ok(pending.rows)
         }));
         Ok(())
     }
@@ -756,7 +829,7 @@ impl Pipeline {
     /// Wait until the checkpoint in flight, if any, is durable; its error, if any, stops the pipeline.
     async fn wait_for_checkpoint(&mut self) -> anyhow::Result<()> {
         if let Some(handle) = self.in_flight.take() {
-            self.hold(handle).await??;
+            self.spare_rows = self.hold(handle).await??;
             self.progress.waiting_since_ms.store(0, Ordering::Relaxed);
             self.durable += 1;
             self.evict();

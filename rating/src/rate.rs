@@ -14,7 +14,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 
 use crate::validate::{check_time, decode_event, metric_value, numeric, Rejection};
-use billing_schemas::reference::Reference;
+use billing_schemas::reference::{AttributionMemo, Reference};
 
 /// A Kafka message as rating sees it.
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +113,7 @@ pub fn apply(
     d: &Decoded,
     reference: &Reference,
     usage: &mut CustomerUsage,
+    memo: &mut Option<AttributionMemo>,
     partition: i32,
     offset: i64,
     horizon: chrono::Duration,
@@ -121,7 +122,8 @@ pub fn apply(
     let metric = reference
         .metric(&ev.tenant_id, &ev.metric_code)
         .ok_or_else(|| Rejection::UnknownMetric(ev.metric_code.clone()))?;
-    let attribution = reference.attribute(&ev.tenant_id, &ev.customer_id, ev.timestamp)?;
+    let attribution =
+        reference.attribute_memo(&ev.tenant_id, &ev.customer_id, ev.timestamp, memo)?;
     let agg_type = metric.aggregation_type;
     let raw = metric_value(ev, agg_type, metric.field_name.as_deref())?;
     let counted = IdHash::of(&ev.event_id);
@@ -389,6 +391,7 @@ mod tests {
             &d,
             r,
             usage,
+            &mut None,
             m.partition,
             m.offset,
             LIMITS.late_usage_horizon,

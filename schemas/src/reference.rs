@@ -411,18 +411,40 @@ impl Wallet {
 /// Everything read from the catalog and lifecycle topics.
 #[derive(Debug, Default)]
 pub struct Reference {
-    metrics: HashMap<(String, String), Arc<Metric>>,
+    metrics: hashbrown::HashMap<(String, String), Arc<Metric>>,
     tax_rates: HashMap<(String, String), Arc<TaxRateInfo>>,
     /// Every version of each plan, in version order.
     plans: HashMap<(String, String), Vec<Arc<PlanInfo>>>,
-    customers: HashMap<(String, String), Customer>,
+    customers: hashbrown::HashMap<(String, String), Customer>,
     /// The latest time of each clock: (tenant, clock id); the wall clock's ticks have the tenant `*`.
-    clocks: HashMap<(String, String), DateTime<Utc>>,
+    clocks: hashbrown::HashMap<(String, String), DateTime<Utc>>,
+    /// Counts the changes that can change an attribution (every one but clock ticks), for [`AttributionMemo`].
+    revision: u64,
+}
+
+/// A `(String, String)` key looked up by borrowed halves, without building the key: it hashes as the tuple does.
+#[derive(Hash)]
+struct Pair<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(String, String)> for Pair<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
+/// An attribution kept by a caller that rates many events of one customer (see [`Reference::attribute_memo`]):
+/// valid for the event times of its stretch while the reference data's revision is unchanged.
+#[derive(Debug)]
+pub struct AttributionMemo {
+    revision: u64,
+    stretch: billing_core::attribution::Stretch,
+    attribution: Attribution,
 }
 
 impl Reference {
     /// Apply a catalog event; an invalid entry is refused whole and the previous version kept.
     pub fn apply_catalog(&mut self, ev: CatalogEvent) -> Result<(), String> {
+        self.revision += 1;
         let tenant = ev.tenant_id;
         match ev.payload {
             Catalog::BillableMetric(m) => {
@@ -480,6 +502,9 @@ impl Reference {
     /// Apply a lifecycle event. A change that would make a subscription's history inconsistent (a resume without
     /// a pause, a change after the end or before the start) is refused; the history stays as it was.
     pub fn apply_lifecycle(&mut self, ev: LifecycleEvent) -> Result<(), String> {
+        if !matches!(ev.payload, Lifecycle::ClockTick(_)) {
+            self.revision += 1;
+        }
         let tenant = ev.tenant_id;
         let (customer, id, change) = match ev.payload {
             Lifecycle::CustomerCreated(c) => {
@@ -782,8 +807,7 @@ impl Reference {
 
     /// The customer, if anything is known about it.
     pub fn customer(&self, tenant: &str, customer: &str) -> Option<&Customer> {
-        self.customers
-            .get(&(tenant.to_owned(), customer.to_owned()))
+        self.customers.get(&Pair(tenant, customer))
     }
 
     /// The plan with this code, if the tenant defined it.
@@ -1028,13 +1052,10 @@ impl Reference {
     pub fn clock_now(&self, tenant: &str, customer: &str) -> Option<DateTime<Utc>> {
         let c = self.customer(tenant, customer)?;
         match c.record.as_ref().and_then(|r| r.test_clock_id.as_deref()) {
-            Some(clock) => self
-                .clocks
-                .get(&(tenant.to_owned(), clock.to_owned()))
-                .copied(),
+            Some(clock) => self.clocks.get(&Pair(tenant, clock)).copied(),
             None => ["*", tenant]
                 .iter()
-                .filter_map(|t| self.clocks.get(&((*t).to_owned(), "wall".to_owned())))
+                .filter_map(|t| self.clocks.get(&Pair(t, "wall")))
                 .max()
                 .copied(),
         }
@@ -1184,14 +1205,13 @@ impl Reference {
 
     /// Forget the customers `keep` refuses (e.g. those of partitions no longer owned).
     pub fn retain_customers(&mut self, keep: impl Fn(&str, &str) -> bool) {
+        self.revision += 1;
         self.customers.retain(|(t, c), _| keep(t, c));
     }
 
     /// The metric with this code, if the tenant defined it.
     pub fn metric(&self, tenant: &str, code: &str) -> Option<Arc<Metric>> {
-        self.metrics
-            .get(&(tenant.to_owned(), code.to_owned()))
-            .cloned()
+        self.metrics.get(&Pair(tenant, code)).cloned()
     }
 
     /// Attribute an event time to the subscription, plan and period in force (see
@@ -1202,9 +1222,47 @@ impl Reference {
         customer: &str,
         at: DateTime<Utc>,
     ) -> Result<Attribution, AttributionError> {
+        self.attribute_by(tenant, customer, at, |subs, tz, at| {
+            attribution::attribute(subs, tz, at).map(|found| (found, ()))
+        })
+        .map(|(found, ())| found)
+    }
+
+    /// [`Self::attribute`] for a caller that rates many events of a customer: the attribution kept in `memo` is
+    /// reused while the reference data is unchanged (clock ticks aside) and the event time falls in the stretch
+    /// where it holds (see [`attribution::attribute_with_stretch`]); otherwise it is computed and kept. On an error
+    /// the memo is left as it was.
+    pub fn attribute_memo<'m>(
+        &self,
+        tenant: &str,
+        customer: &str,
+        at: DateTime<Utc>,
+        memo: &'m mut Option<AttributionMemo>,
+    ) -> Result<&'m Attribution, AttributionError> {
+        let fresh = memo
+            .as_ref()
+            .is_some_and(|m| m.revision == self.revision && m.stretch.contains(at));
+        if !fresh {
+            let (attribution, stretch) =
+                self.attribute_by(tenant, customer, at, attribution::attribute_with_stretch)?;
+            *memo = Some(AttributionMemo {
+                revision: self.revision,
+                stretch,
+                attribution,
+            });
+        }
+        Ok(&memo.as_ref().expect("just set").attribution)
+    }
+
+    fn attribute_by<R>(
+        &self,
+        tenant: &str,
+        customer: &str,
+        at: DateTime<Utc>,
+        how: impl Fn(&[Attributable<'_>], Tz, DateTime<Utc>) -> Option<(attribution::Attribution, R)>,
+    ) -> Result<(Attribution, R), AttributionError> {
         let c = self
-            .customers
-            .get(&(tenant.to_owned(), customer.to_owned()))
+            .customer(tenant, customer)
             .filter(|c| c.known())
             .ok_or_else(|| AttributionError::UnknownCustomer(customer.to_owned()))?;
         let none = || AttributionError::NoActiveSubscription {
@@ -1240,15 +1298,18 @@ impl Reference {
                 plans,
             })
             .collect();
-        let found = attribution::attribute(&subs, c.tz(), at).ok_or_else(none)?;
+        let (found, extra) = how(&subs, c.tz(), at).ok_or_else(none)?;
         let plan = plans[found.subscription][found.plan]
             .clone()
             .ok_or_else(none)?;
-        Ok(Attribution {
-            subscription_id: c.subscriptions[found.subscription].id.clone(),
-            plan,
-            period: found.period,
-        })
+        Ok((
+            Attribution {
+                subscription_id: c.subscriptions[found.subscription].id.clone(),
+                plan,
+                period: found.period,
+            },
+            extra,
+        ))
     }
 }
 
@@ -1318,6 +1379,82 @@ mod tests {
         assert_eq!(fee(&r, "b"), rust_decimal::Decimal::from(300));
     }
 
+    /// Customer `a` subscribed (`sa`) from Jan 1 to plan `p`, 10.00 a month.
+    fn subscribed_on_a_10_plan() -> Reference {
+        let mut r = Reference::default();
+        r.apply_catalog(plan(1, "10", None)).unwrap();
+        for ev in LifecycleEvent::customer_subscribed(
+            "t",
+            CustomerCreated::new("a", "a", "EUR", "UTC"),
+            "sa",
+            "p",
+            at("2026-01-01T00:00:00Z"),
+        ) {
+            r.apply_lifecycle(ev).unwrap();
+        }
+        r
+    }
+
+    // A memo is reused inside its stretch and while nothing but clock ticks was read; a change of the customer's
+    // subscription is seen at once.
+    #[test]
+    fn a_kept_attribution_is_reused_only_while_it_holds() {
+        let mut r = subscribed_on_a_10_plan();
+        let mut memo = None;
+        let jan = r
+            .attribute_memo("t", "a", at("2026-01-05T00:00:00Z"), &mut memo)
+            .unwrap();
+        assert_eq!(jan.period.start, at("2026-01-01T00:00:00Z"));
+        let kept = memo.as_ref().unwrap().stretch;
+        assert_eq!(
+            (kept.from, kept.until),
+            (at("2026-01-01T00:00:00Z"), at("2026-02-01T00:00:00Z"))
+        );
+        r.apply_lifecycle(lifecycle(
+            Lifecycle::ClockTick(crate::lifecycle::ClockTick {
+                clock_id: "wall".into(),
+                now: at("2026-01-20T00:00:00Z"),
+            }),
+            "2026-01-20T00:00:00Z",
+        ))
+        .unwrap();
+        let revision = memo.as_ref().unwrap().revision;
+        r.attribute_memo("t", "a", at("2026-01-25T00:00:00Z"), &mut memo)
+            .unwrap();
+        assert_eq!(memo.as_ref().unwrap().revision, revision, "a tick keeps it");
+        // February is outside the stretch: computed again.
+        let feb = r
+            .attribute_memo("t", "a", at("2026-02-03T00:00:00Z"), &mut memo)
+            .unwrap();
+        assert_eq!(feb.period.start, at("2026-02-01T00:00:00Z"));
+        // Canceled on Feb 10: an event of Feb 12 is no longer attributed, though it lies in the kept stretch.
+        r.apply_lifecycle(lifecycle(
+            Lifecycle::SubscriptionCanceled(crate::lifecycle::SubscriptionCanceled {
+                subscription_id: "sa".into(),
+                customer_id: "a".into(),
+                effective_at: at("2026-02-10T00:00:00Z"),
+                at_period_end: false,
+            }),
+            "2026-02-10T00:00:00Z",
+        ))
+        .unwrap();
+        assert!(matches!(
+            r.attribute_memo("t", "a", at("2026-02-12T00:00:00Z"), &mut memo),
+            Err(AttributionError::NoActiveSubscription { .. })
+        ));
+        assert_eq!(
+            r.attribute_memo("t", "a", at("2026-02-05T00:00:00Z"), &mut memo)
+                .unwrap()
+                .period
+                .end,
+            at("2026-03-01T00:00:00Z")
+        );
+        assert_eq!(
+            memo.as_ref().unwrap().stretch.until,
+            at("2026-02-10T00:00:00Z")
+        );
+    }
+
     fn lifecycle(payload: Lifecycle, occurred_at: &str) -> LifecycleEvent {
         LifecycleEvent {
             tenant_id: "t".into(),
@@ -1348,17 +1485,7 @@ mod tests {
     // from the earlier invoices), nothing after its removal; one in another currency is refused.
     #[test]
     fn an_applied_coupon_carries_over_and_stops_when_removed() {
-        let mut r = Reference::default();
-        r.apply_catalog(plan(1, "10", None)).unwrap();
-        for ev in LifecycleEvent::customer_subscribed(
-            "t",
-            CustomerCreated::new("a", "a", "EUR", "UTC"),
-            "sa",
-            "p",
-            at("2026-01-01T00:00:00Z"),
-        ) {
-            r.apply_lifecycle(ev).unwrap();
-        }
+        let mut r = subscribed_on_a_10_plan();
         let refused = r.apply_lifecycle(lifecycle(
             Lifecycle::CouponApplied(welcome("ac_usd", "USD")),
             "2026-01-01T00:00:00Z",
