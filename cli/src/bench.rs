@@ -5,7 +5,8 @@
 //! (a) a bare rdkafka consumer reading the N events (the baseline), (b) rating as a separate process until its
 //! committed offsets reach the end of the topic (offsets are committed only after the writes are durable), with a
 //! correctness check, (c) b/a, (d) produce-ack → visible-in-the-API latency, (e) rating's peak memory (VmHWM) and
-//! (f) the ingest gateway's throughput for batches of 1,000. Everything it created is dropped at the end and its
+//! (f) the ingest gateway's throughput for batches of 1,000; with `--restart-customers N`, before (f), (r) rating's
+//! restart over N more customers' lifecycle history. Everything it created is dropped at the end and its
 //! child processes are stopped (SIGTERM, then wait), also on error.
 
 // Rates, latencies and memory figures are measurements, not money: floating point is the right tool here.
@@ -22,7 +23,9 @@ use billing_runtime::kafka::{self, Topics};
 use billing_runtime::publish::{ack, Publisher};
 use billing_runtime::{Settings, Shutdown};
 use billing_schemas::catalog::{Aggregation, CatalogEvent, Charge, ChargeModel, Interval, Plan};
-use billing_schemas::lifecycle::{CustomerCreated, LifecycleEvent};
+use billing_schemas::lifecycle::{
+    CustomerCreated, Lifecycle, LifecycleEvent, SubscriptionEffective,
+};
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
 use chrono::{DateTime, TimeZone, Utc};
@@ -59,6 +62,10 @@ pub struct Args {
     /// Gateway: concurrent client tasks.
     #[arg(long, default_value_t = 4)]
     gateway_clients: usize,
+    /// Restart at scale (r, before the gateway): this many more customers, each created, subscribed and paused (three lifecycle
+    /// events), then rating started again with one usage event for each of 1,000 of them; 0 skips the phase.
+    #[arg(long, default_value_t = 0)]
+    restart_customers: u64,
     /// Give up on any one phase after this many seconds.
     #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
@@ -73,6 +80,7 @@ const RATING_TARGET: f64 = 100_000.0;
 const FRESHNESS_P99_TARGET_MS: f64 = 250.0;
 const GATEWAY_TARGET: f64 = 20_000.0;
 const MEMORY_TARGET_MIB: f64 = 512.0;
+const RESTART_TARGET_S: f64 = 15.0;
 
 /// Run the benchmark; the bench's data is dropped and its children stopped whatever happens.
 pub async fn run(base: Settings, args: Args, stop: Shutdown) -> anyhow::Result<()> {
@@ -430,6 +438,9 @@ async fn phases(
     // The gateway is measured alone on the machine.
     children.stop("rating");
     children.stop("query-api");
+    if args.restart_customers > 0 {
+        restart_at_scale(settings, args, id, children, &producer, &http).await?;
+    }
 
     // (f) Ingest gateway.
     children.spawn("ingest", &env, id)?;
@@ -444,6 +455,128 @@ async fn phases(
         met(gw_rate >= GATEWAY_TARGET)
     );
     children.stop("ingest");
+    Ok(())
+}
+
+/// (r) Rating's restart with a long reference history: `restart_customers` more customers (three lifecycle events
+/// each) are published, 1,000 usage events for some of them, then rating is started again; measured: from its
+/// start until its committed offsets cover those events (it has read the whole reference history first), and its
+/// peak memory.
+async fn restart_at_scale(
+    settings: &Settings,
+    args: &Args,
+    id: &str,
+    children: &mut Children,
+    producer: &rdkafka::producer::FutureProducer,
+    http: &reqwest::Client,
+) -> anyhow::Result<()> {
+    const PROBES: u64 = 1_000;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let topics = Topics::new(&settings.kafka);
+    let publisher = Publisher::with_producer(producer.clone(), topics.clone());
+    let n = args.restart_customers;
+    let start = month_start();
+    let t = Instant::now();
+    let mut inflight = VecDeque::with_capacity(IN_FLIGHT);
+    for c in 0..n {
+        let customer = format!("rst-{c:07}");
+        let subscription = format!("sub-{customer}");
+        let [created, subscribed] = LifecycleEvent::customer_subscribed(
+            TENANT,
+            CustomerCreated::new(&customer, &customer, "EUR", "UTC"),
+            &subscription,
+            "bench",
+            start,
+        );
+        let paused = LifecycleEvent {
+            tenant_id: TENANT.into(),
+            event_id: format!("pause-{customer}"),
+            occurred_at: start + chrono::Duration::days(2),
+            payload: Lifecycle::SubscriptionPaused(SubscriptionEffective {
+                subscription_id: subscription,
+                customer_id: customer,
+                effective_at: start + chrono::Duration::days(2),
+            }),
+        };
+        for ev in [created, subscribed, paused] {
+            inflight.push_back(publisher.send_lifecycle(&ev, Encoding::Avro)?);
+            if inflight.len() >= IN_FLIGHT {
+                ack(inflight.pop_front().expect("non-empty")).await?;
+            }
+        }
+    }
+    for d in inflight.drain(..) {
+        ack(d).await?;
+    }
+    let lifecycle_total: i64 = end_offsets(&settings.kafka.brokers, &topics.lifecycle)?
+        .iter()
+        .map(|(_, high)| high)
+        .sum();
+    println!(
+        "(r) restart at scale: {} lifecycle events for {n} more customers published in {:.1} s; {lifecycle_total} in the topic",
+        3 * n,
+        t.elapsed().as_secs_f64()
+    );
+    let headers = OwnedHeaders::new().insert(Header {
+        key: CONTENT_TYPE_HEADER,
+        value: Some(Encoding::Avro.content_type()),
+    });
+    for i in 0..PROBES.min(n) {
+        let customer = format!("rst-{:07}", i * n / PROBES.min(n));
+        let ev = UsageEvent {
+            tenant_id: TENANT.into(),
+            event_id: format!("{id}-restart-{i}"),
+            customer_id: customer.clone(),
+            metric_code: "requests".into(),
+            timestamp: start + chrono::Duration::days(10),
+            properties: BTreeMap::new(),
+        };
+        let key = customer_key(TENANT, &customer);
+        let payload = encode(&ev, Encoding::Avro)?;
+        let record = FutureRecord::to(&topics.usage)
+            .key(&key)
+            .payload(&payload)
+            .headers(headers.clone());
+        inflight.push_back(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))?,
+        );
+    }
+    for d in inflight {
+        ack(d).await?;
+    }
+    let env = child_env(settings);
+    let t0 = Instant::now();
+    let pid = children.spawn("rating", &env, id)?;
+    loop {
+        if let Some(status) = children.exited("rating") {
+            anyhow::bail!("rating exited early: {status}");
+        }
+        if group_lag(settings, &topics.usage).await? == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            t0.elapsed() < timeout,
+            "rating did not catch up after its restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let restart_s = t0.elapsed().as_secs_f64();
+    let metrics_url = format!("http://{}/metrics", settings.rating.listen);
+    let m = scrape(http, &metrics_url).await.unwrap_or_default();
+    let accepted = m
+        .get("billing_rating_events_total{outcome=\"accepted\"}")
+        .copied()
+        .unwrap_or(0.0);
+    let hwm_mib = vm_hwm_kib(pid)? as f64 / 1024.0;
+    println!(
+        "    rating restarted over {lifecycle_total} lifecycle events ({} customers): {PROBES} usage events rated and committed \
+         {restart_s:.1} s after its start (accepted {accepted:.0}); target ≤ {RESTART_TARGET_S:.0} s: {}; peak memory (VmHWM) {hwm_mib:.0} MiB",
+        args.customers as u64 + n,
+        met(restart_s <= RESTART_TARGET_S && accepted >= PROBES as f64)
+    );
+    children.stop("rating");
     Ok(())
 }
 

@@ -75,30 +75,25 @@ impl SharedReference {
                 };
                 let content_type = billing_runtime::kafka::content_type(&m);
                 let payload = m.payload().unwrap_or_default();
-                {
-                    let mut data = this.data.write().expect("reference lock");
-                    if m.topic() == catalog_topic {
-                        match billing_schemas::decode::<CatalogEvent>(payload, content_type) {
-                            Ok(ev) => {
-                                if let Err(e) = data.apply_catalog(ev) {
-                                    tracing::warn!(offset = m.offset(), error = %e, "catalog event refused");
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(offset = m.offset(), error = %e, "undecodable catalog event skipped")
-                            }
-                        }
-                    } else {
-                        match billing_schemas::decode::<LifecycleEvent>(payload, content_type) {
-                            Ok(ev) => {
-                                if let Err(e) = data.apply_lifecycle(ev) {
-                                    tracing::warn!(offset = m.offset(), error = %e, "lifecycle event refused");
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(offset = m.offset(), error = %e, "undecodable lifecycle event skipped")
-                            }
-                        }
+                // Decoded before the lock is taken, so usage is rated meanwhile.
+                let applied = if m.topic() == catalog_topic {
+                    billing_schemas::decode::<CatalogEvent>(payload, content_type)
+                        .map(|ev| this.data.write().expect("reference lock").apply_catalog(ev))
+                } else {
+                    billing_schemas::decode::<LifecycleEvent>(payload, content_type).map(|ev| {
+                        this.data
+                            .write()
+                            .expect("reference lock")
+                            .apply_lifecycle(ev)
+                    })
+                };
+                match applied {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(topic = m.topic(), offset = m.offset(), error = %e, "reference event refused")
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = m.topic(), offset = m.offset(), error = %e, "undecodable reference event skipped")
                     }
                 }
                 this.positions

@@ -130,7 +130,8 @@ pub(crate) fn decode_avro_value<T: Message>(
     // by shape, not by name), and the Rust types default what a newer version added.
     let schema = schema_for(writer);
     let mut cursor = Cursor::new(datum);
-    let value = apache_avro::from_avro_datum(schema, &mut cursor, None)
+    let value = crate::registry::reader_for(writer)
+        .read_value(&mut cursor)
         .map_err(|e| DecodeError::Avro(e.to_string()))?;
     let read = cursor.position();
     if read != datum.len() as u64 {

@@ -178,6 +178,35 @@ pub fn schema_for(id: SchemaId) -> &'static Schema {
     &PARSED[id as usize - 1]
 }
 
+/// No header: the datum alone (a registry frame is split off before reading).
+struct NoHeader;
+
+impl apache_avro::headers::HeaderBuilder for NoHeader {
+    fn build_header(&self) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+/// A reader per schema, its named types resolved once: `apache_avro::from_avro_datum` resolves them again for
+/// every datum, which was more than half of the time spent reading a lifecycle event.
+static READERS: LazyLock<Vec<apache_avro::GenericSingleObjectReader>> = LazyLock::new(|| {
+    PARSED
+        .iter()
+        .map(|schema| {
+            apache_avro::GenericSingleObjectReader::new_with_header_builder(
+                schema.clone(),
+                NoHeader,
+            )
+            .unwrap_or_else(|e| panic!("a parsed schema does not resolve: {e}"))
+        })
+        .collect()
+});
+
+/// The datum reader for an id's schema.
+pub(crate) fn reader_for(id: SchemaId) -> &'static apache_avro::GenericSingleObjectReader {
+    &READERS[id as usize - 1]
+}
+
 /// A value type that travels on a topic under one schema.
 pub trait Message: Serialize + DeserializeOwned {
     /// The schema the value is written with.
