@@ -78,10 +78,11 @@ struct Cached {
     last_used: u64,
 }
 
-/// Customer loads running in the background for a batch, and the rebalance count when they started.
+/// Customer loads running in the background for a batch, and the rebalance and eviction counts when they started.
 struct Loads {
     task: tokio::task::JoinHandle<anyhow::Result<Vec<(CustomerKey, CustomerUsage)>>>,
     rebalances: u64,
+    evictions: u64,
 }
 
 /// Messages taken from the consumer's buffer in one go.
@@ -179,6 +180,8 @@ pub struct Pipeline {
     customers: HashMap<CustomerKey, Cached>,
     /// Checkpoints made durable so far.
     durable: u64,
+    /// Rounds of eviction that dropped customers so far.
+    evictions: u64,
     pending: Pending,
     reference_checked: Option<Instant>,
     /// The checkpoint being written; it gives back its rows' buffer, emptied.
@@ -238,6 +241,7 @@ impl Pipeline {
             seen_rebalances: 0,
             customers: HashMap::new(),
             durable: 0,
+            evictions: 0,
             pending: Pending::default(),
             reference_checked: None,
             in_flight: None,
@@ -370,18 +374,22 @@ impl Pipeline {
         Some(Loads {
             task,
             rebalances: self.rebalances.load(Ordering::SeqCst),
+            evictions: self.evictions,
         })
     }
 
     /// Wait for loads started by [`Self::start_loads`] and cache what they read. A customer cached meanwhile (loaded
-    /// when one of its messages was rated) keeps its state; if the group rebalanced meanwhile, what was read may
-    /// predate the last writes of a partition's previous owner, so it is dropped and read again when needed.
+    /// when one of its messages was rated) keeps its state. What was read is dropped, and read again when needed, if
+    /// the group rebalanced meanwhile (it may predate the last writes of a partition's previous owner) or customers
+    /// were evicted meanwhile (one may have been loaded, rated, written and evicted since: what was read is older).
     async fn finish_loads(&mut self, loads: Option<Loads>) -> anyhow::Result<()> {
         let Some(loads) = loads else {
             return Ok(());
         };
         let loaded = self.hold(loads.task).await??;
-        if self.rebalances.load(Ordering::SeqCst) != loads.rebalances {
+        if self.rebalances.load(Ordering::SeqCst) != loads.rebalances
+            || self.evictions != loads.evictions
+        {
             return Ok(());
         }
         let used = self.durable;
@@ -856,6 +864,9 @@ impl Pipeline {
             }
             for (_, k) in idle.into_iter().take(excess) {
                 self.customers.remove(&k);
+            }
+            if excess > 0 {
+                self.evictions += 1;
             }
             self.metrics.evicted_customers.inc_by(excess as u64);
         }
