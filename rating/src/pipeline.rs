@@ -78,6 +78,17 @@ struct Cached {
     last_used: u64,
 }
 
+impl Cached {
+    /// A customer just loaded, used at the given count of durable checkpoints.
+    fn new(usage: CustomerUsage, last_used: u64) -> Self {
+        Cached {
+            usage,
+            memo: None,
+            last_used,
+        }
+    }
+}
+
 /// Customer loads running in the background for a batch, and the rebalance and eviction counts when they started.
 struct Loads {
     task: tokio::task::JoinHandle<anyhow::Result<Vec<(CustomerKey, CustomerUsage)>>>,
@@ -308,7 +319,8 @@ impl Pipeline {
 
     /// The message just received and what else the consumer has already fetched, up to [`PREFETCH_BATCH`].
     fn take_batch(&self, first: KafkaResult<BorrowedMessage<'_>>) -> Vec<OwnedMessage> {
-        let mut batch = Vec::with_capacity(PREFETCH_BATCH);
+        // Grown as needed: at a low rate a batch is one message.
+        let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
@@ -394,11 +406,7 @@ impl Pipeline {
         }
         let used = self.durable;
         for (k, usage) in loaded {
-            self.customers.entry(k).or_insert(Cached {
-                usage,
-                memo: None,
-                last_used: used,
-            });
+            self.customers.entry(k).or_insert(Cached::new(usage, used));
         }
         Ok(())
     }
@@ -611,14 +619,8 @@ impl Pipeline {
                 async move { store.load(&t, &c).await }
             });
             let usage = self.hold(load).await?;
-            self.customers.insert(
-                key.to_owned(),
-                Cached {
-                    usage,
-                    memo: None,
-                    last_used: self.durable,
-                },
-            );
+            self.customers
+                .insert(key.to_owned(), Cached::new(usage, self.durable));
         }
         let cached = self.customers.get_mut(key).expect("just loaded");
         cached.last_used = self.durable;
