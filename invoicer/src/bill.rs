@@ -19,10 +19,7 @@ pub const WALL: &str = "wall";
 
 /// The clock a customer lives on.
 pub fn clock_of(c: &Customer) -> &str {
-    c.record
-        .as_ref()
-        .and_then(|r| r.test_clock_id.as_deref())
-        .unwrap_or(WALL)
+    c.test_clock.as_deref().unwrap_or(WALL)
 }
 
 /// Every billing date of the customer's subscriptions up to `now`, with the subscriptions as the core bills them

@@ -34,7 +34,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
             .await?;
     let progress = pipeline::Progress::default();
 
-    let reference = reference::SharedReference::default();
+    let reference = reference::SharedReference::for_attribution();
     let pipeline = pipeline::Pipeline::new(
         &settings,
         store,

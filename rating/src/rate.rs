@@ -290,7 +290,7 @@ mod tests {
     }
 
     fn reference_with(charges: Vec<Charge>) -> Reference {
-        let mut r = Reference::default();
+        let mut r = Reference::for_attribution();
         let start = at("2026-01-01T00:00:00Z");
         r.apply_catalog(CatalogEvent::metric(
             "t",

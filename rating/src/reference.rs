@@ -1,6 +1,7 @@
 //! The reference topics' reader: every rating instance reads `billing.catalog` and `billing.lifecycle` whole
 //! (they are small next to usage) with its own non-group consumer into [`Reference`], and a barrier makes usage
-//! wait until everything produced to them before the barrier was taken has been applied.
+//! wait until everything produced to them before the barrier was taken has been applied. One thread polls and
+//! decodes, another folds, in batches under one write lock each: a restart's full read uses both cores.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,6 +17,31 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use billing_schemas::reference::Reference;
 
+/// Events the poller gathers before handing them to the folder (fewer than this when nothing more is waiting).
+const FOLD_BATCH: usize = 512;
+/// Batches decoded ahead of the folder.
+const FOLD_QUEUE: usize = 8;
+
+/// A reference event read, decoded and not applied yet.
+struct Read {
+    catalog: bool,
+    partition: i32,
+    offset: i64,
+    event: Result<Event, billing_schemas::DecodeError>,
+}
+
+enum Event {
+    Catalog(CatalogEvent),
+    Lifecycle(LifecycleEvent),
+}
+
+/// What the poller hands the folder, in offset order.
+enum Batch {
+    Events(Vec<Read>),
+    /// The consumer's next offsets (catalog?, partition, offset) once nothing was waiting.
+    Positions(Vec<(bool, i32, i64)>),
+}
+
 /// Shared reference data plus how far the reader has read each partition.
 #[derive(Clone, Default)]
 pub struct SharedReference {
@@ -26,6 +52,14 @@ pub struct SharedReference {
 }
 
 impl SharedReference {
+    /// Rating's reference state: only what attribution needs (see [`Reference::for_attribution`]).
+    pub fn for_attribution() -> Self {
+        SharedReference {
+            data: Arc::new(RwLock::new(Reference::for_attribution())),
+            positions: Arc::default(),
+        }
+    }
+
     /// Read the catalog and lifecycle topics from the beginning until shutdown.
     pub fn spawn_reader(
         &self,
@@ -56,15 +90,70 @@ impl SharedReference {
             }
         }
         consumer.assign(&tpl)?;
-        let (catalog_topic, this) = (topics.catalog.clone(), self.clone());
+        // Two threads, so a restart's full read uses both cores: this one polls and decodes, the folder applies
+        // the decoded events in offset order and only then moves the positions the barrier compares.
+        let (to_folder, batches) = std::sync::mpsc::sync_channel::<Batch>(FOLD_QUEUE);
+        // The folder hands emptied buffers back: a fresh buffer per batch meant fresh pages, zeroed by the kernel,
+        // for every 512 events.
+        let (to_poller, spare) = std::sync::mpsc::sync_channel::<Vec<Read>>(FOLD_QUEUE + 1);
+        let folder = {
+            let this = self.clone();
+            let catalog_topic = topics.catalog.clone();
+            let lifecycle_topic = topics.lifecycle.clone();
+            std::thread::Builder::new()
+                .name("reference-fold".into())
+                .spawn(move || {
+                    for batch in batches {
+                        if let Some(emptied) = this.fold(batch, &catalog_topic, &lifecycle_topic) {
+                            let _ = to_poller.try_send(emptied);
+                        }
+                    }
+                })?
+        };
+        let catalog_topic = topics.catalog.clone();
         Ok(tokio::task::spawn_blocking(move || {
+            let buffer = || {
+                spare
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(FOLD_BATCH))
+            };
+            let mut read = buffer();
             while !shutdown.is_cancelled() {
-                let polled = consumer.poll(Duration::from_millis(100));
-                let m = match polled {
+                // Wait for a message only when nothing is gathered: what is gathered goes to the folder as soon
+                // as nothing more is waiting in the consumer.
+                let wait = if read.is_empty() {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::ZERO
+                };
+                let m = match consumer.poll(wait) {
                     None => {
-                        // Caught up for now: take the consumer's own positions, which move past what is not a
-                        // message (a transaction's commit marker, aborted records), so the barrier can see the end.
-                        this.refresh_positions(&consumer);
+                        let batch = if read.is_empty() {
+                            // Caught up for now: the consumer's own positions, which move past what is not a
+                            // message (a transaction's commit marker, aborted records), so the barrier can see
+                            // the end.
+                            match consumer.position() {
+                                Ok(tpl) => Batch::Positions(
+                                    tpl.elements()
+                                        .iter()
+                                        .filter_map(|e| match e.offset() {
+                                            Offset::Offset(next) => Some((
+                                                e.topic() == catalog_topic,
+                                                e.partition(),
+                                                next,
+                                            )),
+                                            _ => None,
+                                        })
+                                        .collect(),
+                                ),
+                                Err(_) => continue,
+                            }
+                        } else {
+                            Batch::Events(std::mem::replace(&mut read, buffer()))
+                        };
+                        if to_folder.send(batch).is_err() {
+                            break;
+                        }
                         continue;
                     }
                     Some(Ok(m)) => m,
@@ -75,48 +164,79 @@ impl SharedReference {
                 };
                 let content_type = billing_runtime::kafka::content_type(&m);
                 let payload = m.payload().unwrap_or_default();
-                // Decoded before the lock is taken, so usage is rated meanwhile.
-                let applied = if m.topic() == catalog_topic {
-                    billing_schemas::decode::<CatalogEvent>(payload, content_type)
-                        .map(|ev| this.data.write().expect("reference lock").apply_catalog(ev))
-                } else {
-                    billing_schemas::decode::<LifecycleEvent>(payload, content_type).map(|ev| {
-                        this.data
-                            .write()
-                            .expect("reference lock")
-                            .apply_lifecycle(ev)
-                    })
-                };
-                match applied {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(topic = m.topic(), offset = m.offset(), error = %e, "reference event refused")
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = m.topic(), offset = m.offset(), error = %e, "undecodable reference event skipped")
-                    }
+                let catalog = m.topic() == catalog_topic;
+                read.push(Read {
+                    catalog,
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    event: if catalog {
+                        billing_schemas::decode::<CatalogEvent>(payload, content_type)
+                            .map(Event::Catalog)
+                    } else {
+                        billing_schemas::decode::<LifecycleEvent>(payload, content_type)
+                            .map(Event::Lifecycle)
+                    },
+                });
+                if read.len() >= FOLD_BATCH
+                    && to_folder
+                        .send(Batch::Events(std::mem::replace(&mut read, buffer())))
+                        .is_err()
+                {
+                    break;
                 }
-                this.positions
-                    .lock()
-                    .expect("positions lock")
-                    .insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
             }
+            drop(to_folder);
+            let _ = folder.join();
         }))
     }
 
-    fn refresh_positions(&self, consumer: &BaseConsumer) {
-        let Ok(tpl) = consumer.position() else {
-            return;
+    /// Apply a batch under one write lock, then move the positions past it; returns the emptied buffer.
+    fn fold(&self, batch: Batch, catalog_topic: &str, lifecycle_topic: &str) -> Option<Vec<Read>> {
+        let topic = |catalog: bool| {
+            if catalog {
+                catalog_topic
+            } else {
+                lifecycle_topic
+            }
         };
-        let mut positions = self.positions.lock().expect("positions lock");
-        for e in tpl.elements() {
-            if let Offset::Offset(next) = e.offset() {
-                let at = positions
-                    .entry((e.topic().to_owned(), e.partition()))
-                    .or_insert(next);
-                *at = (*at).max(next);
+        let mut next: HashMap<(bool, i32), i64> = HashMap::new();
+        let mut emptied = None;
+        match batch {
+            Batch::Positions(at) => {
+                for (catalog, partition, offset) in at {
+                    next.insert((catalog, partition), offset);
+                }
+            }
+            Batch::Events(mut events) => {
+                let mut refused = Vec::new();
+                {
+                    let mut data = self.data.write().expect("reference lock");
+                    for r in events.drain(..) {
+                        let applied = match r.event {
+                            Ok(Event::Catalog(ev)) => data.apply_catalog(ev),
+                            Ok(Event::Lifecycle(ev)) => data.apply_lifecycle(ev),
+                            Err(e) => Err(format!("undecodable, skipped: {e}")),
+                        };
+                        if let Err(e) = applied {
+                            refused.push((r.catalog, r.offset, e));
+                        }
+                        next.insert((r.catalog, r.partition), r.offset + 1);
+                    }
+                }
+                for (catalog, offset, error) in refused {
+                    tracing::warn!(topic = topic(catalog), offset, %error, "reference event refused");
+                }
+                emptied = Some(events);
             }
         }
+        let mut positions = self.positions.lock().expect("positions lock");
+        for ((catalog, partition), offset) in next {
+            let at = positions
+                .entry((topic(catalog).to_owned(), partition))
+                .or_insert(offset);
+            *at = (*at).max(offset);
+        }
+        emptied
     }
 
     /// Wait until everything produced to the reference topics before this call has been applied.

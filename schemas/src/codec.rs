@@ -8,11 +8,12 @@
 //! error in both directions.
 
 use std::collections::HashMap;
-use std::io::Cursor;
 
 use apache_avro::schema::{Schema, UnionSchema};
 use apache_avro::types::Value as Avro;
-use serde_json::{Map, Value as Json};
+#[cfg(test)]
+use serde_json::Map;
+use serde_json::Value as Json;
 
 use crate::registry::{schema_for, Message, SchemaId};
 
@@ -120,16 +121,26 @@ pub fn decode<T: Message>(payload: &[u8], content_type: Option<&[u8]>) -> Result
     }
 }
 
-/// The generic Avro path: the datum read with its writer's schema into an Avro value, turned into JSON, then into
-/// `T`.
+/// The generic Avro path: the datum read with its writer's schema straight into `T`, shown to it as its JSON form
+/// (see [`crate::datum`]).
 pub(crate) fn decode_avro_value<T: Message>(
     writer: SchemaId,
     datum: &[u8],
 ) -> Result<T, DecodeError> {
-    // Resolution goes through JSON by field and record names (apache-avro's own union resolution matches records
+    // Resolution goes by field and record names, as JSON would (apache-avro's own union resolution matches records
     // by shape, not by name), and the Rust types default what a newer version added.
+    crate::datum::from_datum(schema_for(writer), datum)
+}
+
+/// The path [`decode_avro_value`] replaced, kept to check it against: apache-avro reads the datum into an Avro
+/// value, which is turned into JSON, then into `T`.
+#[cfg(test)]
+pub(crate) fn decode_avro_value_via_json<T: Message>(
+    writer: SchemaId,
+    datum: &[u8],
+) -> Result<T, DecodeError> {
     let schema = schema_for(writer);
-    let mut cursor = Cursor::new(datum);
+    let mut cursor = std::io::Cursor::new(datum);
     let value = crate::registry::reader_for(writer)
         .read_value(&mut cursor)
         .map_err(|e| DecodeError::Avro(e.to_string()))?;
@@ -187,7 +198,7 @@ fn split_frame(payload: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
 
 /// A union with more than one non-null branch is written tagged (`{"Record": {...}}`); a nullable value
 /// (`["null", T]`, T a record too) is written as the value or `null`.
-fn is_tagged(u: &UnionSchema) -> bool {
+pub(crate) fn is_tagged(u: &UnionSchema) -> bool {
     u.variants()
         .iter()
         .filter(|s| !matches!(s, Schema::Null))
@@ -202,6 +213,7 @@ fn union_branch_name(s: &Schema) -> Option<String> {
     }
 }
 
+#[cfg(test)]
 fn avro_to_json(schema: &Schema, value: &Avro) -> Json {
     match (schema, value) {
         (_, Avro::Null) => Json::Null,

@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod codec;
+mod datum;
 pub mod invoice;
 pub mod lifecycle;
 pub mod payment;

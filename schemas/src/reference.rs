@@ -168,12 +168,15 @@ impl Subscription {
 /// A customer and its subscriptions.
 #[derive(Debug, Default, Clone)]
 pub struct Customer {
-    /// The customer as created, with every update applied (`None` while only subscriptions were seen).
-    pub record: Option<CustomerCreated>,
+    /// The customer as created, with every update applied (`None` while only subscriptions were seen, and always in
+    /// the state [`Reference::for_attribution`] keeps). Boxed: most of a customer's size, and rating keeps none.
+    pub record: Option<Box<CustomerCreated>>,
     /// Billing time of the creation event.
     pub created_at: Option<DateTime<Utc>>,
     /// Parsed timezone (`None`: unknown or invalid; periods then use UTC).
     pub timezone: Option<Tz>,
+    /// The test clock the customer runs on, if any (set at creation).
+    pub test_clock: Option<String>,
     /// Subscriptions in creation order.
     pub subscriptions: Vec<Subscription>,
     /// Coupons applied, in application order.
@@ -253,7 +256,7 @@ pub fn applied_coupon(c: &crate::lifecycle::CouponApplied) -> Result<Coupon, Str
 impl Customer {
     /// Whether the customer itself was created (not only its subscriptions seen).
     pub fn known(&self) -> bool {
-        self.record.is_some()
+        self.created_at.is_some()
     }
 
     /// The timezone periods are cut in.
@@ -415,11 +418,15 @@ pub struct Reference {
     tax_rates: HashMap<(String, String), Arc<TaxRateInfo>>,
     /// Every version of each plan, in version order.
     plans: HashMap<(String, String), Vec<Arc<PlanInfo>>>,
-    customers: hashbrown::HashMap<(String, String), Customer>,
+    /// Boxed: the map then moves 56-byte entries when it grows, not whole customers (a restart over a million
+    /// customers spent most of its fold copying them into fresh pages).
+    customers: hashbrown::HashMap<(String, String), Box<Customer>>,
     /// The latest time of each clock: (tenant, clock id); the wall clock's ticks have the tenant `*`.
     clocks: hashbrown::HashMap<(String, String), DateTime<Utc>>,
     /// Counts the changes that can change an attribution (every one but clock ticks), for [`AttributionMemo`].
     revision: u64,
+    /// Keeps only what attribution needs (see [`Reference::for_attribution`]).
+    attribution_only: bool,
 }
 
 /// A `(String, String)` key looked up by borrowed halves, without building the key: it hashes as the tuple does.
@@ -442,6 +449,16 @@ pub struct AttributionMemo {
 }
 
 impl Reference {
+    /// The reference state rating keeps: the catalog, the clocks, and of each customer its timezone and its
+    /// subscriptions, not what only invoices read (the customer's profile, coupons, wallets), which is most of a
+    /// customer's memory. It attributes usage exactly as the full state does.
+    pub fn for_attribution() -> Self {
+        Reference {
+            attribution_only: true,
+            ..Reference::default()
+        }
+    }
+
     /// Apply a catalog event; an invalid entry is refused whole and the previous version kept.
     pub fn apply_catalog(&mut self, ev: CatalogEvent) -> Result<(), String> {
         self.revision += 1;
@@ -502,6 +519,18 @@ impl Reference {
     /// Apply a lifecycle event. A change that would make a subscription's history inconsistent (a resume without
     /// a pause, a change after the end or before the start) is refused; the history stays as it was.
     pub fn apply_lifecycle(&mut self, ev: LifecycleEvent) -> Result<(), String> {
+        let attribution_only = self.attribution_only;
+        if attribution_only
+            && matches!(
+                ev.payload,
+                Lifecycle::CouponApplied(_)
+                    | Lifecycle::CouponRemoved(_)
+                    | Lifecycle::WalletCreated(_)
+                    | Lifecycle::WalletToppedUp(_)
+            )
+        {
+            return Ok(());
+        }
         if !matches!(ev.payload, Lifecycle::ClockTick(_)) {
             self.revision += 1;
         }
@@ -514,7 +543,10 @@ impl Reference {
                     .or_default();
                 entry.timezone = c.timezone.parse().ok();
                 entry.created_at.get_or_insert(ev.occurred_at);
-                entry.record = Some(c);
+                entry.test_clock.clone_from(&c.test_clock_id);
+                if !attribution_only {
+                    entry.record = Some(Box::new(c));
+                }
                 return Ok(());
             }
             Lifecycle::CustomerUpdated(u) => {
@@ -522,6 +554,12 @@ impl Reference {
                     .customers
                     .entry((tenant, u.customer_id.clone()))
                     .or_default();
+                if attribution_only && entry.known() {
+                    if let Some(tz) = u.timezone {
+                        entry.timezone = tz.parse().ok();
+                    }
+                    return Ok(());
+                }
                 let Some(c) = entry.record.as_mut() else {
                     return Err(format!("update of unknown customer {:?}", u.customer_id));
                 };
@@ -784,6 +822,8 @@ impl Reference {
                 .changes
                 .retain(|c| !matches!(c.kind, ChangeKind::Cancel { .. }));
         }
+        // Exactly one more: a history kept for each of a million customers should not carry spare room.
+        history.changes.reserve_exact(1);
         history.changes.push(Change { at, kind });
         // Checked with the phases and the timezone attribution uses, when every plan is known.
         let anchor = sub.anchor();
@@ -807,7 +847,7 @@ impl Reference {
 
     /// The customer, if anything is known about it.
     pub fn customer(&self, tenant: &str, customer: &str) -> Option<&Customer> {
-        self.customers.get(&Pair(tenant, customer))
+        self.customers.get(&Pair(tenant, customer)).map(|c| &**c)
     }
 
     /// The plan with this code, if the tenant defined it.
@@ -825,7 +865,7 @@ impl Reference {
 
     /// Every customer known, with its (tenant, customer id).
     pub fn customers(&self) -> impl Iterator<Item = (&(String, String), &Customer)> {
-        self.customers.iter()
+        self.customers.iter().map(|(k, c)| (k, &**c))
     }
 
     /// A subscription as the core bills it: its history over its plans, parsed (charges with their metrics),
@@ -1051,7 +1091,7 @@ impl Reference {
     /// The time of a customer's clock (its test clock's, else the wall clock's), once a tick of it was read.
     pub fn clock_now(&self, tenant: &str, customer: &str) -> Option<DateTime<Utc>> {
         let c = self.customer(tenant, customer)?;
-        match c.record.as_ref().and_then(|r| r.test_clock_id.as_deref()) {
+        match c.test_clock.as_deref() {
             Some(clock) => self.clocks.get(&Pair(tenant, clock)).copied(),
             None => ["*", tenant]
                 .iter()
@@ -1453,6 +1493,99 @@ mod tests {
             memo.as_ref().unwrap().stretch.until,
             at("2026-02-10T00:00:00Z")
         );
+    }
+
+    // Rating's state keeps no profile, coupon or wallet, and attributes every instant as the full state does
+    // (timezone updates and test clocks included).
+    #[test]
+    fn the_attribution_state_attributes_alike_without_profiles() {
+        let (mut full, mut lean) = (Reference::default(), Reference::for_attribution());
+        let mut created = CustomerCreated::new("a", "Globex", "EUR", "Asia/Tokyo");
+        created.email = Some("billing@globex.example".into());
+        created.test_clock_id = Some("tc".into());
+        let mut events = LifecycleEvent::customer_subscribed(
+            "t",
+            created,
+            "sa",
+            "p",
+            at("2026-01-01T00:00:00Z"),
+        )
+        .to_vec();
+        events.extend([
+            lifecycle(
+                Lifecycle::CustomerUpdated(crate::lifecycle::CustomerUpdated {
+                    customer_id: "a".into(),
+                    name: Some("Globex Corp".into()),
+                    email: None,
+                    timezone: Some("America/New_York".into()),
+                    billing_country: None,
+                    address: None,
+                    tax_ids: None,
+                    invoice_grace_period_days: None,
+                    net_payment_term_days: None,
+                    metadata: None,
+                    tax_codes: None,
+                    tax_exempt: None,
+                }),
+                "2026-01-15T00:00:00Z",
+            ),
+            lifecycle(
+                Lifecycle::CouponApplied(welcome("w1", "EUR")),
+                "2026-01-16T00:00:00Z",
+            ),
+            lifecycle(
+                Lifecycle::ClockTick(crate::lifecycle::ClockTick {
+                    clock_id: "tc".into(),
+                    now: at("2026-02-20T00:00:00Z"),
+                }),
+                "2026-02-20T00:00:00Z",
+            ),
+            lifecycle(
+                Lifecycle::SubscriptionPaused(crate::lifecycle::SubscriptionEffective {
+                    subscription_id: "sa".into(),
+                    customer_id: "a".into(),
+                    effective_at: at("2026-03-10T00:00:00Z"),
+                }),
+                "2026-03-10T00:00:00Z",
+            ),
+        ]);
+        for r in [&mut full, &mut lean] {
+            r.apply_catalog(plan(1, "10", None)).unwrap();
+            for ev in events.clone() {
+                r.apply_lifecycle(ev).unwrap();
+            }
+        }
+        let (f, l) = (
+            full.customer("t", "a").unwrap(),
+            lean.customer("t", "a").unwrap(),
+        );
+        assert!(f.record.is_some() && f.coupons.len() == 1);
+        assert!(l.known() && l.record.is_none() && l.coupons.is_empty());
+        assert_eq!(l.timezone, Some(chrono_tz::America::New_York));
+        assert_eq!(lean.clock_now("t", "a"), Some(at("2026-02-20T00:00:00Z")));
+        assert_eq!(full.clock_now("t", "a"), lean.clock_now("t", "a"));
+        let mut probe = at("2025-12-31T12:00:00Z");
+        let mut attributed = 0;
+        while probe < at("2026-04-01T00:00:00Z") {
+            let (a, b) = (
+                full.attribute("t", "a", probe),
+                lean.attribute("t", "a", probe),
+            );
+            match (a, b) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(
+                        (a.subscription_id, a.plan.plan.version, a.period),
+                        (b.subscription_id, b.plan.plan.version, b.period),
+                        "{probe}"
+                    );
+                    attributed += 1;
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "{probe}"),
+                (a, b) => panic!("{probe}: full {a:?}, lean {b:?}"),
+            }
+            probe += chrono::Duration::hours(7);
+        }
+        assert!(attributed > 100, "{attributed}");
     }
 
     fn lifecycle(payload: Lifecycle, occurred_at: &str) -> LifecycleEvent {

@@ -178,17 +178,19 @@ pub fn schema_for(id: SchemaId) -> &'static Schema {
     &PARSED[id as usize - 1]
 }
 
+#[cfg(test)]
 /// No header: the datum alone (a registry frame is split off before reading).
 struct NoHeader;
 
+#[cfg(test)]
 impl apache_avro::headers::HeaderBuilder for NoHeader {
     fn build_header(&self) -> Vec<u8> {
         Vec::new()
     }
 }
 
-/// A reader per schema, its named types resolved once: `apache_avro::from_avro_datum` resolves them again for
-/// every datum, which was more than half of the time spent reading a lifecycle event.
+/// apache-avro's reader per schema, for the tests that check [`crate::datum`] against it.
+#[cfg(test)]
 static READERS: LazyLock<Vec<apache_avro::GenericSingleObjectReader>> = LazyLock::new(|| {
     PARSED
         .iter()
@@ -202,7 +204,8 @@ static READERS: LazyLock<Vec<apache_avro::GenericSingleObjectReader>> = LazyLock
         .collect()
 });
 
-/// The datum reader for an id's schema.
+/// apache-avro's datum reader for an id's schema.
+#[cfg(test)]
 pub(crate) fn reader_for(id: SchemaId) -> &'static apache_avro::GenericSingleObjectReader {
     &READERS[id as usize - 1]
 }
