@@ -114,7 +114,7 @@ struct Pending {
     /// By customer: what the checkpoint writes for it.
     customers: HashMap<CustomerKey, PendingCustomer>,
     rows: Vec<UsageEventRow>,
-    dead_letters: Vec<rdkafka::producer::DeliveryFuture>,
+    dead_letters: Vec<DeadLetter>,
     /// Next offset to commit per partition.
     offsets: HashMap<i32, i64>,
     messages: usize,
@@ -529,7 +529,7 @@ impl Pipeline {
             outcome = self.rate(m).await?;
         }
         if let Err(reason) = outcome {
-            self.dead_letter(m, &reason)?;
+            self.dead_letter(m, &reason);
         }
         Ok(())
     }
@@ -675,17 +675,20 @@ impl Pipeline {
         Ok(Ok(()))
     }
 
-    fn dead_letter(&mut self, m: &OwnedMessage, reason: &Rejection) -> anyhow::Result<()> {
+    fn dead_letter(&mut self, m: &OwnedMessage, reason: &Rejection) {
         tracing::debug!(partition = m.partition(), offset = m.offset(), %reason, "dead-lettering usage event");
         let record = kafka::dead_letter_record(m, &self.topics.usage_dlq, &reason.to_string());
-        // Failing here stops the pipeline before the offset is committed, so the event is replayed, not lost.
-        let delivery = self
-            .producer
-            .send_result(record)
-            .map_err(|(e, _)| anyhow::anyhow!("dead-letter enqueue failed: {e}"))?;
-        self.pending.dead_letters.push(delivery);
+        // The checkpoint waits until it is delivered; one the producer will not queue now (its queue full, the
+        // topic missing) is kept whole and sent again by the checkpoint, with backoff.
+        let letter = match self.producer.send_result(record) {
+            Ok(delivery) => DeadLetter::Queued(delivery),
+            Err((e, record)) => {
+                tracing::warn!(error = %e, "dead letter not queued; the checkpoint sends it again");
+                DeadLetter::Unsent(Unsent::of(&record))
+            }
+        };
+        self.pending.dead_letters.push(letter);
         self.metrics.outcomes.rejected.inc();
-        Ok(())
     }
 
     /// Start a checkpoint with what is pending, unless the previous one is still being written: then pending work
@@ -801,8 +804,8 @@ impl Pipeline {
                     .observe(since.elapsed().as_secs_f64());
                 Instant::now()
             };
-            for delivery in pending.dead_letters {
-                deliver_dead_letter(&producer, delivery, &shutdown, &metrics).await?;
+            for letter in pending.dead_letters {
+                deliver_dead_letter(&producer, letter, &shutdown, &metrics).await?;
             }
             // A store that is down or hangs is waited for, with a timeout per attempt and backoff: every write is
             // idempotent (absolute values, stamped; ClickHouse collapses duplicates), so a retry is harmless, and
@@ -963,24 +966,70 @@ where
     }
 }
 
-/// Wait until a dead letter is acknowledged. One the producer gave up on (the broker away longer than
-/// `message.timeout.ms`) is sent again, with backoff, until it is acknowledged or the process stops (then the
-/// checkpoint's offsets are not committed, and a restart dead-letters the record again).
+/// A dead letter on its way: queued in the producer, or still to be sent.
+enum DeadLetter {
+    Queued(rdkafka::producer::DeliveryFuture),
+    Unsent(Unsent),
+}
+
+/// A dead letter kept whole because the producer refused to queue it or gave up delivering it.
+struct Unsent {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Option<rdkafka::message::OwnedHeaders>,
+}
+
+impl Unsent {
+    fn of(record: &rdkafka::producer::FutureRecord<'_, [u8], [u8]>) -> Self {
+        Unsent {
+            topic: record.topic.to_owned(),
+            key: record.key.map(<[u8]>::to_vec),
+            payload: record.payload.map(<[u8]>::to_vec),
+            headers: record.headers.clone(),
+        }
+    }
+
+    fn of_message(m: &OwnedMessage) -> Self {
+        Unsent {
+            topic: m.topic().to_owned(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers: m.headers().cloned(),
+        }
+    }
+
+    fn record(&self) -> rdkafka::producer::FutureRecord<'_, [u8], [u8]> {
+        let mut record = rdkafka::producer::FutureRecord::to(&self.topic);
+        record.key = self.key.as_deref();
+        record.payload = self.payload.as_deref();
+        record.headers = self.headers.clone();
+        record
+    }
+}
+
+/// Wait until a dead letter is acknowledged. One the producer gave up on (the broker or the topic away longer than
+/// `kafka.message_timeout`) or would not queue is sent again, with backoff (each attempt counted in
+/// `store_retries`), until it is acknowledged or the process stops (then the checkpoint's offsets are not
+/// committed, and a restart dead-letters the record again).
 async fn deliver_dead_letter(
     producer: &FutureProducer,
-    mut delivery: rdkafka::producer::DeliveryFuture,
+    mut letter: DeadLetter,
     shutdown: &Shutdown,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let failed = match delivery.await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err((e, record))) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "dead-letter delivery failed; sending it again");
-                record
-            }
-            Err(_) => anyhow::bail!("dead-letter delivery was cancelled"),
+        let unsent = match letter {
+            DeadLetter::Queued(delivery) => match delivery.await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err((e, failed))) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "dead-letter delivery failed; sending it again");
+                    Unsent::of_message(&failed)
+                }
+                Err(_) => anyhow::bail!("dead-letter delivery was cancelled"),
+            },
+            DeadLetter::Unsent(unsent) => unsent,
         };
         metrics.store_retries.inc();
         tokio::select! {
@@ -988,26 +1037,12 @@ async fn deliver_dead_letter(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
-        let mut record: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
-            rdkafka::producer::FutureRecord::to(failed.topic());
-        if let Some(payload) = failed.payload() {
-            record = record.payload(payload);
-        }
-        if let Some(key) = failed.key() {
-            record = record.key(key);
-        }
-        if let Some(headers) = failed.headers() {
-            record = record.headers(headers.clone());
-        }
-        delivery = loop {
-            match producer.send_result(record) {
-                Ok(d) => break d,
-                Err((e, back)) => {
-                    // The local queue is full: wait and enqueue again.
-                    tracing::warn!(error = %e, "dead letter not enqueued; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    record = back;
-                }
+        let queued = producer.send_result(unsent.record()).map_err(|(e, _)| e);
+        letter = match queued {
+            Ok(delivery) => DeadLetter::Queued(delivery),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "dead letter not queued; retrying");
+                DeadLetter::Unsent(unsent)
             }
         };
     }

@@ -110,6 +110,10 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Replication factor of those topics.
     pub replication_factor: i32,
+    /// How long a producer keeps trying to deliver a record before it reports the delivery failed (librdkafka's
+    /// `message.timeout.ms`); what happens then is the caller's choice (rating sends a dead letter again).
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
 }
 
 /// CQL settings.

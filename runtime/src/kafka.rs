@@ -206,7 +206,10 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::Kaf
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
-        .set("message.timeout.ms", "30000")
+        .set(
+            "message.timeout.ms",
+            cfg.message_timeout.as_millis().to_string(),
+        )
         .create()
 }
 
