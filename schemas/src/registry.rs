@@ -215,8 +215,8 @@ pub trait Message: Serialize + DeserializeOwned {
     /// The schema the value is written with.
     const SCHEMA: SchemaId;
 
-    /// Read a datum written with the current schema directly, if the type has such a reader (the generic path
-    /// goes through an Avro value and JSON); it must give what the generic path gives, and refuse what it refuses.
+    /// Read a datum written with the current schema by hand, if the type has such a reader (the generic path is
+    /// `crate::datum`, guided by the schema); it must give what the generic path gives, and refuse what it refuses.
     fn read_current_avro(_datum: &[u8]) -> Option<Result<Self, crate::codec::DecodeError>> {
         None
     }

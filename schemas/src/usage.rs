@@ -36,9 +36,9 @@ impl Message for UsageEvent {
     }
 }
 
-/// Read a datum of `usage_event.avsc` field by field (rating reads every usage event: the generic path, an Avro
-/// value turned into JSON and then into the struct, cost a fifth of its time). What it accepts and refuses is the
-/// generic path's, checked by a test against it over random events and corruptions of them.
+/// Read a datum of `usage_event.avsc` field by field (rating reads every usage event; the generic path of the
+/// time, an Avro value turned into JSON and then into the struct, cost a fifth of its time). What it accepts and
+/// refuses is the generic path's (and apache-avro's), checked by a test over random events and corruptions of them.
 fn read_avro(datum: &[u8]) -> Result<UsageEvent, DecodeError> {
     let mut r = AvroReader::new(datum);
     let tenant_id = r.string()?;
