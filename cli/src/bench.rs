@@ -877,6 +877,18 @@ async fn store_alone(
                         IdHash::of(&format!("store-alone-{next_id}"))
                     })
                     .collect(),
+                // As rating writes it: the window of the offsets its aggregates were last written at.
+                window: usage
+                    .aggregates
+                    .values()
+                    .map(|s| s.last_offset)
+                    .max()
+                    .map(|to| billing_store::usage_aggregates::AppliedWindow {
+                        partition: 0,
+                        from: to,
+                        to,
+                        rejected: Vec::new(),
+                    }),
                 block_id: uuid::Uuid::new_v4(),
             })
             .collect();

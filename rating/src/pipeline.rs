@@ -21,7 +21,7 @@ use billing_runtime::{Settings, Shutdown};
 use billing_schemas::reference::AttributionMemo;
 use billing_schemas::usage::UsageEvent;
 use billing_store::usage::{CustomerUsage, CustomerWrite, UsageStore};
-use billing_store::usage_aggregates::AggKey;
+use billing_store::usage_aggregates::{AggKey, AppliedWindow};
 use billing_store::usage_dedup::{self, IdHash};
 use billing_store::usage_events::{self, UsageEventRow};
 
@@ -130,35 +130,81 @@ struct PendingCustomer {
     new_unique: HashMap<AggKey, Vec<String>>,
     /// Ids counted.
     seen: Vec<IdHash>,
+    /// The customer's partition, the first offset of it read since the last checkpoint, the last one applied.
+    partition: i32,
+    first: i64,
+    applied: Option<i64>,
+    /// Offsets of it rejected since the last checkpoint.
+    rejected: Vec<i64>,
+}
+
+impl PendingCustomer {
+    /// What the checkpoint stores with the customer's aggregates (see `AppliedWindow`).
+    fn window(&self) -> Option<AppliedWindow> {
+        let to = self.applied?;
+        Some(AppliedWindow {
+            partition: self.partition,
+            from: self.first,
+            to,
+            rejected: self.rejected.iter().copied().filter(|o| *o < to).collect(),
+        })
+    }
 }
 
 impl Pending {
-    /// Remember an id counted, the aggregates to write and their new unique values.
-    fn mark(
+    /// The customer's pending changes, created at the first of its messages read since the last checkpoint.
+    fn customer(
         &mut self,
         key: &str,
-        event: &UsageEvent,
-        counted: IdHash,
-        touched: Vec<AggKey>,
-        new_unique: Vec<(AggKey, String)>,
-    ) {
+        tenant: &str,
+        customer: &str,
+        partition: i32,
+        offset: i64,
+    ) -> &mut PendingCustomer {
         if !self.customers.contains_key(key) {
             self.customers.insert(
                 key.to_owned(),
                 PendingCustomer {
-                    tenant: event.tenant_id.clone(),
-                    customer: event.customer_id.clone(),
+                    tenant: tenant.to_owned(),
+                    customer: customer.to_owned(),
                     dirty: HashSet::new(),
                     new_unique: HashMap::new(),
                     seen: Vec::new(),
+                    partition,
+                    first: offset,
+                    applied: None,
+                    rejected: Vec::new(),
                 },
             );
         }
-        let pending = self.customers.get_mut(key).expect("just inserted");
+        self.customers.get_mut(key).expect("just inserted")
+    }
+
+    /// Remember an event applied at `offset`: its id counted, the aggregates to write and their new unique values.
+    fn mark(
+        &mut self,
+        key: &str,
+        event: &UsageEvent,
+        (partition, offset): (i32, i64),
+        counted: IdHash,
+        touched: Vec<AggKey>,
+        new_unique: Vec<(AggKey, String)>,
+    ) {
+        let pending = self.customer(key, &event.tenant_id, &event.customer_id, partition, offset);
         pending.seen.push(counted);
+        pending.applied = Some(offset);
         pending.dirty.extend(touched);
         for (key, value) in new_unique {
             pending.new_unique.entry(key).or_default().push(value);
+        }
+    }
+
+    /// Remember that the customer's event at `offset` was rejected (a replay must rate it again, not skip it).
+    fn reject(&mut self, key: &str, (partition, offset): (i32, i64)) {
+        if let Some((tenant, customer)) = key.split_once('/') {
+            self.customer(key, tenant, customer, partition, offset)
+                .rejected
+                .push(offset);
         }
     }
 }
@@ -529,6 +575,12 @@ impl Pipeline {
             outcome = self.rate(m).await?;
         }
         if let Err(reason) = outcome {
+            // A rejection of a customer in memory is kept with its checkpoint window, so that a replay rates the
+            // event again instead of taking it for one the checkpoint applied.
+            let key = std::str::from_utf8(m.key().unwrap_or_default()).unwrap_or_default();
+            if self.customers.contains_key(key) {
+                self.pending.reject(key, (partition, offset));
+            }
             self.dead_letter(m, &reason);
         }
         Ok(())
@@ -639,7 +691,7 @@ impl Pipeline {
                 self.limits.late_usage_horizon,
             )
         };
-        match outcome {
+        let (counted, touched, new_unique) = match outcome {
             Err(r) => return Ok(Err(r)),
             Ok(Rated::Duplicate) => {
                 self.metrics.outcomes.duplicate.inc();
@@ -652,9 +704,8 @@ impl Pipeline {
             }) => {
                 // ClickHouse already has this event from before the crash; aggregates it had not reached yet
                 // were brought up to date and are written with the next checkpoint.
-                self.pending
-                    .mark(key, &decoded.event, counted, touched, new_unique);
                 self.metrics.outcomes.replayed.inc();
+                (counted, touched, new_unique)
             }
             Ok(Rated::Accepted {
                 counted,
@@ -663,15 +714,22 @@ impl Pipeline {
                 new_unique,
                 unpriced,
             }) => {
-                self.pending
-                    .mark(key, &decoded.event, counted, touched, new_unique);
                 self.pending.rows.push(*row);
                 self.metrics.outcomes.accepted.inc();
                 if unpriced {
                     self.metrics.unpriced_events.inc();
                 }
+                (counted, touched, new_unique)
             }
-        }
+        };
+        self.pending.mark(
+            key,
+            &decoded.event,
+            (m.partition(), m.offset()),
+            counted,
+            touched,
+            new_unique,
+        );
         Ok(Ok(()))
     }
 
@@ -768,6 +826,7 @@ impl Pipeline {
                     })
                     .collect();
                 CustomerWrite {
+                    window: changes.window(),
                     tenant: changes.tenant,
                     customer: changes.customer,
                     aggregates,

@@ -119,6 +119,24 @@ pub fn apply(
     horizon: chrono::Duration,
 ) -> Result<Rated, Rejection> {
     let ev = &d.event;
+    let counted = IdHash::of(&ev.event_id);
+    // Applied by a checkpoint whose aggregates are stored but whose dedup ids a crash lost: counted already, whatever
+    // the reference data attributes it to now (checked first, so it is neither re-attributed nor refused).
+    if usage
+        .window
+        .as_ref()
+        .is_some_and(|w| w.applied(partition, offset))
+    {
+        if usage.seen.contains(&counted) {
+            return Ok(Rated::Duplicate);
+        }
+        usage.seen.insert(counted);
+        return Ok(Rated::Replayed {
+            counted,
+            touched: Vec::new(),
+            new_unique: Vec::new(),
+        });
+    }
     let metric = reference
         .metric(&ev.tenant_id, &ev.metric_code)
         .ok_or_else(|| Rejection::UnknownMetric(ev.metric_code.clone()))?;
@@ -126,7 +144,6 @@ pub fn apply(
         reference.attribute_memo(&ev.tenant_id, &ev.customer_id, ev.timestamp, memo)?;
     let agg_type = metric.aggregation_type;
     let raw = metric_value(ev, agg_type, metric.field_name.as_deref())?;
-    let counted = IdHash::of(&ev.event_id);
     if usage.seen.contains(&counted) {
         return Ok(Rated::Duplicate);
     }
@@ -276,6 +293,7 @@ mod tests {
     use billing_schemas::lifecycle::{
         CustomerCreated, Lifecycle, LifecycleEvent, SubscriptionEffective,
     };
+    use billing_store::usage_aggregates::AppliedWindow;
     use rust_decimal_macros::dec;
 
     fn at(s: &str) -> DateTime<Utc> {
@@ -503,6 +521,67 @@ mod tests {
     }
 
     #[test]
+    fn an_event_its_checkpoint_applied_is_not_counted_again_whatever_it_is_attributed_to_now() {
+        let r = reference();
+        let mut usage = CustomerUsage::default();
+        for (id, value, offset) in [("e1", "4", 7), ("e2", "-1", 8), ("e3", "2", 9)] {
+            let _ = rate_one(&r, &mut usage, id, "2026-01-05T00:00:00Z", value, offset);
+        }
+        let c = |u: &CustomerUsage, charge: &str| -> Decimal {
+            u.aggregates
+                .iter()
+                .filter(|(k, _)| k.charge_id == charge)
+                .map(|(_, s)| s.running.sum)
+                .sum()
+        };
+        assert_eq!(c(&usage, "c"), dec!(6));
+        // A crash after the checkpoint's aggregates (and its window) but before its dedup ids; meanwhile the plan's
+        // charge was replaced, so the same events now land in another aggregate.
+        let partition = billing_runtime::kafka::partition_for_key(b"t/c1", 12);
+        let mut reloaded = CustomerUsage {
+            aggregates: usage.aggregates.clone(),
+            window: Some(AppliedWindow {
+                partition,
+                from: 7,
+                to: 9,
+                rejected: vec![8],
+            }),
+            ..Default::default()
+        };
+        let r = reference_with(vec![Charge::on_metric(
+            "c3",
+            "gb",
+            ChargeModel::Standard,
+            r#"{"amount":"1"}"#,
+        )]);
+        for (id, offset) in [("e1", 7), ("e3", 9)] {
+            let Ok(Rated::Replayed { touched, .. }) =
+                rate_one(&r, &mut reloaded, id, "2026-01-05T00:00:00Z", "4", offset)
+            else {
+                panic!("{id} not taken as applied")
+            };
+            assert!(touched.is_empty());
+            assert!(reloaded.seen.contains(&IdHash::of(id)));
+        }
+        // The rejected one is rated again (and refused again); its id stays free for a corrected resend.
+        assert!(matches!(
+            rate_one(&r, &mut reloaded, "e2", "2026-01-05T00:00:00Z", "-1", 8),
+            Err(Rejection::Negative { .. })
+        ));
+        assert!(matches!(
+            rate_one(&r, &mut reloaded, "e1", "2026-01-05T00:00:00Z", "4", 10),
+            Ok(Rated::Duplicate)
+        ));
+        for (id, value, offset) in [("e4", "5", 11), ("e2", "1", 12)] {
+            assert!(matches!(
+                rate_one(&r, &mut reloaded, id, "2026-01-05T00:00:00Z", value, offset),
+                Ok(Rated::Accepted { .. })
+            ));
+        }
+        assert_eq!((c(&reloaded, "c"), c(&reloaded, "c3")), (dec!(6), dec!(6)));
+    }
+
+    #[test]
     fn usage_during_a_pause_is_metered() {
         let r = reference();
         let mut usage = CustomerUsage::default();
@@ -579,7 +658,7 @@ mod tests {
         r.apply_lifecycle(tick("2028-01-01T00:00:00Z")).unwrap();
         let mut reloaded = CustomerUsage {
             aggregates: usage.aggregates.clone(),
-            seen: Default::default(),
+            ..Default::default()
         };
         assert!(matches!(
             rate_one(&r, &mut reloaded, "e3", "2026-01-05T00:00:01Z", "1", 3),

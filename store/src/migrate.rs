@@ -70,6 +70,11 @@ const CQL: &[Migration] = &[
         name: "usage_dedup_blocks",
         body: include_str!("../migrations/cql/0011_usage_dedup_blocks.cql"),
     },
+    Migration {
+        version: 12,
+        name: "usage_applied_window",
+        body: include_str!("../migrations/cql/0012_usage_applied_window.cql"),
+    },
 ];
 
 const CLICKHOUSE: &[Migration] = &[

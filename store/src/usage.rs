@@ -8,10 +8,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
-use crate::usage_aggregates::{self, AggKey, AggState, AggWrite, AggregateRow};
+use crate::usage_aggregates::{
+    self, AggKey, AggState, AggWrite, AggregateRow, AppliedWindow, WindowWrite,
+};
 use crate::usage_dedup::{self, IdHash, SeenIds};
 use crate::usage_unique_values;
 
@@ -22,6 +25,8 @@ pub struct CustomerUsage {
     pub aggregates: HashMap<AggKey, AggState>,
     /// Event ids already counted (empty when loaded with [`UsageStore::aggregates`]).
     pub seen: SeenIds,
+    /// The events its last stored checkpoint applied, as loaded (see [`AppliedWindow`]).
+    pub window: Option<AppliedWindow>,
 }
 
 impl CustomerUsage {
@@ -90,6 +95,9 @@ pub struct CustomerWrite {
     pub aggregates: Vec<AggregateWrite>,
     /// The ids counted since the last checkpoint.
     pub seen: Vec<IdHash>,
+    /// The events of the customer this checkpoint applied (written with its aggregates; `None` when it changed
+    /// none).
+    pub window: Option<AppliedWindow>,
     /// The block's id, fixed before the first attempt so that a retried write overwrites its own row.
     pub block_id: uuid::Uuid,
 }
@@ -110,6 +118,7 @@ pub struct UsageStore {
     select_blocks: PreparedStatement,
     select_legacy_dedup: PreparedStatement,
     upsert_aggregate: PreparedStatement,
+    update_window: PreparedStatement,
     insert_unique: PreparedStatement,
     insert_block: PreparedStatement,
 }
@@ -124,6 +133,7 @@ impl UsageStore {
             select_blocks: prepare(usage_dedup::select_blocks_by_customer(ks), true).await?,
             select_legacy_dedup: prepare(usage_dedup::select_legacy_by_customer(ks), true).await?,
             upsert_aggregate: prepare(usage_aggregates::upsert(ks), true).await?,
+            update_window: prepare(usage_aggregates::update_window(ks), true).await?,
             insert_unique: prepare(usage_unique_values::insert(ks), true).await?,
             insert_block: prepare(usage_dedup::insert_block(ks), true).await?,
             session,
@@ -196,6 +206,9 @@ impl UsageStore {
             .await?
             .rows_stream::<AggregateRow>()?;
         while let Some(r) = rows.try_next().await? {
+            if usage.window.is_none() {
+                usage.window = r.window()?;
+            }
             let (key, state) = r.into_state()?;
             usage.aggregates.insert(key, state);
         }
@@ -239,14 +252,25 @@ impl UsageStore {
     }
 
     /// One unlogged batch of `statement`, once per row of `values` (all in one partition).
-    async fn batch_of<V: scylla::serialize::row::SerializeRow>(
+    async fn batch_of<V: SerializeRow>(
         &self,
         statement: &PreparedStatement,
         values: Vec<V>,
     ) -> anyhow::Result<()> {
+        self.batch(values.into_iter().map(|v| (statement, v)).collect())
+            .await
+    }
+
+    /// One unlogged batch of statements with their values (all in one partition, so it is applied whole).
+    async fn batch<V: SerializeRow>(
+        &self,
+        statements: Vec<(&PreparedStatement, V)>,
+    ) -> anyhow::Result<()> {
         let mut batch = Batch::new(BatchType::Unlogged);
-        for _ in &values {
+        let mut values = Vec::with_capacity(statements.len());
+        for (statement, v) in statements {
             batch.append_statement(statement.clone());
+            values.push(v);
         }
         self.session.batch(&batch, values).await?;
         Ok(())
@@ -274,12 +298,30 @@ impl UsageStore {
             });
             self.batch_of(&self.insert_unique, values.collect()).await?;
         }
-        for chunk in c.aggregates.chunks(MAX_BATCH_STATEMENTS) {
-            let values = chunk
+        // The applied window goes in the last batch of aggregates (one less aggregate per batch leaves it room):
+        // durable exactly when they all are.
+        let chunks: Vec<_> = c.aggregates.chunks(MAX_BATCH_STATEMENTS - 1).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut statements: Vec<(
+                &PreparedStatement,
+                Box<dyn SerializeRow + Send + Sync + '_>,
+            )> = chunk
                 .iter()
-                .map(|(k, s, _)| AggWrite::new(tenant, customer, k, s));
-            self.batch_of(&self.upsert_aggregate, values.collect())
-                .await?;
+                .map(|(k, s, _)| {
+                    let row: Box<dyn SerializeRow + Send + Sync + '_> =
+                        Box::new(AggWrite::new(tenant, customer, k, s));
+                    (&self.upsert_aggregate, row)
+                })
+                .collect();
+            if i + 1 == chunks.len() {
+                if let Some(window) = &c.window {
+                    statements.push((
+                        &self.update_window,
+                        Box::new(WindowWrite::new(tenant, customer, window)),
+                    ));
+                }
+            }
+            self.batch(statements).await?;
         }
         let written_at = Utc::now();
         for (i, ids) in c.seen.chunks(usage_dedup::MAX_IDS_PER_BLOCK).enumerate() {

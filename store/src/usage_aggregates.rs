@@ -99,9 +99,96 @@ pub const COLUMNS: &str = "subscription_id, charge_id, period_start, group_key, 
     aggregation, charge_model, charge_properties, currency, events_count, sum, max, latest_ts, latest_event_id, \
     latest_value, weighted_integral, last_partition, last_offset";
 
-/// Every aggregate of one customer.
+/// Every aggregate of one customer, each row with the customer's [`AppliedWindow`] (static columns).
 pub fn select_by_customer(ks: &str) -> String {
-    format!("SELECT {COLUMNS} FROM {ks}.usage_aggregates WHERE tenant_id = ? AND customer_id = ?")
+    format!(
+        "SELECT {COLUMNS}, {WINDOW_COLUMNS} FROM {ks}.usage_aggregates WHERE tenant_id = ? AND customer_id = ?"
+    )
+}
+
+/// The static columns of [`AppliedWindow`] (migration `cql/0012_usage_applied_window.cql`).
+const WINDOW_COLUMNS: &str = "window_partition, window_from, window_to, window_rejected";
+
+/// Write a customer's [`AppliedWindow`], bound with [`WindowWrite`].
+pub fn update_window(ks: &str) -> String {
+    format!(
+        "UPDATE {ks}.usage_aggregates USING TIMESTAMP ? SET window_partition = ?, window_from = ?, \
+         window_to = ?, window_rejected = ? WHERE tenant_id = ? AND customer_id = ?"
+    )
+}
+
+/// The offsets of one customer's events that its last checkpoint covered, in its one usage partition: each event
+/// from `from` (the first the checkpoint read) to `to` (the last it applied to an aggregate) was applied, except the
+/// `rejected` ones. It is written in the same single-partition batch as the customer's aggregates (the last one
+/// when there are several), so it is durable exactly when they are, while the checkpoint's dedup ids come after
+/// them. A replay after a crash therefore knows an event inside it was counted even when its id was lost, and skips
+/// it however the reference data attributes it now (a timezone or a backdated plan change would otherwise move it
+/// to another aggregate, whose own offset guard does not know it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedWindow {
+    /// The customer's usage partition.
+    pub partition: i32,
+    /// First offset of the customer read by the checkpoint.
+    pub from: i64,
+    /// Last offset of the customer applied by the checkpoint.
+    pub to: i64,
+    /// Offsets between them that were rejected (dead-lettered), ascending.
+    pub rejected: Vec<i64>,
+}
+
+impl AppliedWindow {
+    /// Whether the event at `offset` of `partition` was applied by the checkpoint.
+    pub fn applied(&self, partition: i32, offset: i64) -> bool {
+        partition == self.partition
+            && (self.from..=self.to).contains(&offset)
+            && self.rejected.binary_search(&offset).is_err()
+    }
+
+    fn encode_rejected(&self) -> Vec<u8> {
+        self.rejected.iter().flat_map(|o| o.to_be_bytes()).collect()
+    }
+
+    fn decode_rejected(bytes: &[u8]) -> anyhow::Result<Vec<i64>> {
+        anyhow::ensure!(
+            bytes.len().is_multiple_of(8),
+            "window_rejected: {} bytes is not a list of offsets",
+            bytes.len()
+        );
+        let mut out: Vec<i64> = bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+}
+
+/// The bound values of [`update_window`], in statement order.
+#[derive(scylla::SerializeRow)]
+#[scylla(flavor = "enforce_order", skip_name_checks)]
+pub struct WindowWrite<'a> {
+    write_timestamp: i64,
+    partition: i32,
+    from: i64,
+    to: i64,
+    rejected: Vec<u8>,
+    tenant_id: &'a str,
+    customer_id: &'a str,
+}
+
+impl<'a> WindowWrite<'a> {
+    /// The values that store `window` for the customer, stamped with its last offset (like its aggregates).
+    pub fn new(tenant: &'a str, customer: &'a str, window: &AppliedWindow) -> Self {
+        WindowWrite {
+            write_timestamp: window.to + 1,
+            partition: window.partition,
+            from: window.from,
+            to: window.to,
+            rejected: window.encode_rejected(),
+            tenant_id: tenant,
+            customer_id: customer,
+        }
+    }
 }
 
 /// Write one aggregate, bound with [`AggWrite`].
@@ -135,9 +222,31 @@ pub struct AggregateRow {
     pub weighted_integral: Option<CqlDecimal>,
     pub last_partition: i32,
     pub last_offset: i64,
+    pub window_partition: Option<i32>,
+    pub window_from: Option<i64>,
+    pub window_to: Option<i64>,
+    pub window_rejected: Option<Vec<u8>>,
 }
 
 impl AggregateRow {
+    /// The customer's [`AppliedWindow`] this row carries (the same on every row of the customer), if one was
+    /// written.
+    pub fn window(&self) -> anyhow::Result<Option<AppliedWindow>> {
+        let (Some(partition), Some(from), Some(to)) =
+            (self.window_partition, self.window_from, self.window_to)
+        else {
+            return Ok(None);
+        };
+        let rejected =
+            AppliedWindow::decode_rejected(self.window_rejected.as_deref().unwrap_or_default())?;
+        Ok(Some(AppliedWindow {
+            partition,
+            from,
+            to,
+            rejected,
+        }))
+    }
+
     /// The key and state this row stores (unique values are kept in their own table and start empty).
     pub fn into_state(self) -> anyhow::Result<(AggKey, AggState)> {
         let latest = match (
@@ -274,6 +383,37 @@ mod tests {
             };
             assert_eq!(state.aggregation_type().unwrap(), a);
         }
+    }
+
+    #[test]
+    fn a_window_covers_its_offsets_but_the_rejected_ones() {
+        let w = AppliedWindow {
+            partition: 3,
+            from: 10,
+            to: 20,
+            rejected: AppliedWindow::decode_rejected(
+                &AppliedWindow {
+                    rejected: vec![15, 12],
+                    ..Default::default()
+                }
+                .encode_rejected(),
+            )
+            .unwrap(),
+        };
+        assert_eq!(w.rejected, vec![12, 15]);
+        let applied: Vec<i64> = (0..30).filter(|o| w.applied(3, *o)).collect();
+        let expected: Vec<i64> = (10..=20).filter(|o| *o != 12 && *o != 15).collect();
+        assert_eq!(applied, expected);
+        assert!(
+            !w.applied(4, 11),
+            "another partition's offsets are not the customer's"
+        );
+        assert!(AppliedWindow::decode_rejected(&[0; 7]).is_err());
+    }
+
+    #[test]
+    fn the_window_update_binds_every_value() {
+        assert_eq!(update_window("ks").matches('?').count(), 7);
     }
 
     #[test]

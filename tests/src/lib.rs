@@ -620,3 +620,49 @@ pub async fn high_watermarks(settings: &Settings, topic: &str) -> Vec<(i32, i64)
     .await
     .unwrap()
 }
+
+/// Σ (end offset − committed offset) of rating's group over the usage partitions (blocking).
+pub fn committed_lag(
+    settings: &billing_runtime::Settings,
+    topics: &billing_runtime::kafka::Topics,
+) -> i64 {
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", &settings.rating.group_id)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..settings.kafka.partitions {
+        tpl.add_partition(&topics.usage, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let (_, high) = consumer
+                .fetch_watermarks(&topics.usage, e.partition(), Duration::from_secs(10))
+                .unwrap();
+            match e.offset() {
+                rdkafka::Offset::Offset(o) => high - o,
+                _ => high,
+            }
+        })
+        .sum()
+}
+
+/// Wait until rating's group has committed every offset of the usage partitions.
+pub async fn rating_caught_up(env: &TestEnv, timeout: Duration) {
+    eventually(timeout, "rating's offsets committed", || {
+        let (settings, topics) = (env.settings.clone(), env.topics.clone());
+        async move {
+            let lag = tokio::task::spawn_blocking(move || committed_lag(&settings, &topics))
+                .await
+                .unwrap();
+            (lag == 0).then_some(())
+        }
+    })
+    .await;
+}

@@ -11,11 +11,10 @@ use std::time::Duration;
 use billing_schemas::catalog::{Aggregation, ChargeModel};
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding};
-use billing_tests::{eventually, TestEnv};
+use billing_tests::{committed_lag, eventually, TestEnv};
 use chrono::{DateTime, TimeZone, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
 use rust_decimal::Decimal;
 
@@ -51,38 +50,6 @@ fn spawn_rating(env: &TestEnv) -> Child {
         "rating",
         &[("BILLING__RATING__CHECKPOINT_EVENTS", "5000".into())],
     )
-}
-
-/// Σ (end offset − committed offset) of rating's group over the usage partitions.
-fn committed_lag(
-    settings: &billing_runtime::Settings,
-    topics: &billing_runtime::kafka::Topics,
-) -> i64 {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("group.id", &settings.rating.group_id)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..settings.kafka.partitions {
-        tpl.add_partition(&topics.usage, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    committed
-        .elements()
-        .iter()
-        .map(|e| {
-            let (_, high) = consumer
-                .fetch_watermarks(&topics.usage, e.partition(), Duration::from_secs(10))
-                .unwrap();
-            match e.offset() {
-                rdkafka::Offset::Offset(o) => high - o,
-                _ => high,
-            }
-        })
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,20 +216,7 @@ async fn sigkilled_rating_neither_loses_nor_double_counts() {
         assert!(left > 0, "the kill must land before the end of the stream");
     }
     let mut child = spawn_rating(&env);
-    eventually(
-        Duration::from_secs(600),
-        "rating to consume everything",
-        || {
-            let (settings, topics) = (env.settings.clone(), env.topics.clone());
-            async move {
-                let lag = tokio::task::spawn_blocking(move || committed_lag(&settings, &topics))
-                    .await
-                    .unwrap();
-                (lag == 0).then_some(())
-            }
-        },
-    )
-    .await;
+    billing_tests::rating_caught_up(&env, Duration::from_secs(600)).await;
     nix_term(&mut child);
 
     // Every aggregate, from the store through the API's pricing path.
