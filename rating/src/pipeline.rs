@@ -315,6 +315,7 @@ impl Pipeline {
                 partitions: settings.kafka.partitions,
                 late_usage_horizon: chrono::Duration::from_std(settings.rating.late_usage_horizon)
                     .unwrap_or(chrono::Duration::MAX),
+                max_unique_values: settings.rating.max_unique_values,
             },
         })
     }
@@ -688,7 +689,7 @@ impl Pipeline {
                 &mut cached.memo,
                 m.partition(),
                 m.offset(),
-                self.limits.late_usage_horizon,
+                &self.limits,
             )
         };
         let (counted, touched, new_unique) = match outcome {

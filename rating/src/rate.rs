@@ -4,6 +4,7 @@
 //! makes the result durable later. A rejection changes nothing, so the pipeline may rate a message again after
 //! reading the reference topics further.
 
+use billing_core::aggregation::{unique_key, AggregationType};
 use billing_core::usage_pricing::apply_and_price;
 use billing_schemas::usage::UsageEvent;
 use billing_store::usage::CustomerUsage;
@@ -44,6 +45,8 @@ pub struct Limits {
     pub partitions: i32,
     /// Usage older than this on its customer's clock is refused (`period_closed`).
     pub late_usage_horizon: chrono::Duration,
+    /// Distinct values a unique-count aggregate counts at most (`unique_count_limit` past it).
+    pub max_unique_values: usize,
 }
 
 /// A decoded, valid event and when Kafka received it.
@@ -116,8 +119,9 @@ pub fn apply(
     memo: &mut Option<AttributionMemo>,
     partition: i32,
     offset: i64,
-    horizon: chrono::Duration,
+    limits: &Limits,
 ) -> Result<Rated, Rejection> {
+    let horizon = limits.late_usage_horizon;
     let ev = &d.event;
     let counted = IdHash::of(&ev.event_id);
     // Applied by a checkpoint whose aggregates are stored but whose dedup ids a crash lost: counted already, whatever
@@ -178,6 +182,16 @@ pub fn apply(
         let running = usage.aggregates.get(key).map_or(&empty, |s| &s.running);
         if let Err(e) = running.check(agg_type, raw, ev.timestamp, &ev.event_id, period.end) {
             return Err(Rejection::Unaggregatable(e.to_string()));
+        }
+        // A unique-count set is exact and held whole in memory, up to the limit.
+        if agg_type == AggregationType::UniqueCountAgg
+            && running.unique.len() >= limits.max_unique_values
+            && raw.is_some_and(|v| !running.unique.contains(&unique_key(v)))
+        {
+            return Err(Rejection::UniqueCountLimit {
+                charge: key.charge_id.clone(),
+                limit: limits.max_unique_values,
+            });
         }
     }
     // Usage older than the horizon on its customer's clock is refused, unless a checkpoint already counted it (a
@@ -241,7 +255,7 @@ pub fn apply(
         }
         if state.running.unique.len() > unique_before {
             if let Some(v) = raw {
-                new_unique.push((key.clone(), billing_core::aggregation::unique_key(v)));
+                new_unique.push((key.clone(), unique_key(v)));
             }
         }
         state.last_partition = partition;
@@ -308,13 +322,19 @@ mod tests {
     }
 
     fn reference_with(charges: Vec<Charge>) -> Reference {
+        reference_of(Aggregation::Sum, charges)
+    }
+
+    /// The customer `c1` subscribed to a plan of `charges`, on the metric `gb` aggregating `value` with
+    /// `aggregation`.
+    fn reference_of(aggregation: Aggregation, charges: Vec<Charge>) -> Reference {
         let mut r = Reference::for_attribution();
         let start = at("2026-01-01T00:00:00Z");
         r.apply_catalog(CatalogEvent::metric(
             "t",
             start,
             "gb",
-            Aggregation::Sum,
+            aggregation,
             Some("value"),
             vec![],
         ))
@@ -375,6 +395,7 @@ mod tests {
         max_future: chrono::Duration::hours(24),
         partitions: 12,
         late_usage_horizon: chrono::Duration::days(365),
+        max_unique_values: 3,
     };
 
     fn message(payload: &str, offset: i64) -> (Vec<u8>, i64) {
@@ -405,15 +426,7 @@ mod tests {
             timestamp_ms: Some(ms),
         };
         let d = decode(&m, &LIMITS)?;
-        apply(
-            &d,
-            r,
-            usage,
-            &mut None,
-            m.partition,
-            m.offset,
-            LIMITS.late_usage_horizon,
-        )
+        apply(&d, r, usage, &mut None, m.partition, m.offset, &LIMITS)
     }
 
     #[test]
@@ -579,6 +592,53 @@ mod tests {
             ));
         }
         assert_eq!((c(&reloaded, "c"), c(&reloaded, "c3")), (dec!(6), dec!(6)));
+    }
+
+    #[test]
+    fn a_unique_count_counts_exactly_up_to_its_limit_then_refuses_new_values() {
+        let r = reference_of(
+            Aggregation::UniqueCount,
+            vec![Charge::on_metric(
+                "c",
+                "gb",
+                ChargeModel::Standard,
+                r#"{"amount":"1"}"#,
+            )],
+        );
+        let mut usage = CustomerUsage::default();
+        // LIMITS allows 3 distinct values: "1.0" is the value "1" again.
+        for (i, value) in ["1", "2", "3", "1.0", "2"].iter().enumerate() {
+            let offset = i64::try_from(i).unwrap();
+            assert!(matches!(
+                rate_one(
+                    &r,
+                    &mut usage,
+                    &format!("e{i}"),
+                    "2026-01-05T00:00:00Z",
+                    value,
+                    offset
+                ),
+                Ok(Rated::Accepted { .. })
+            ));
+        }
+        let refused = rate_one(&r, &mut usage, "e5", "2026-01-05T00:00:00Z", "4", 5);
+        match refused {
+            Err(e @ Rejection::UniqueCountLimit { .. }) => {
+                assert!(e.to_string().starts_with("unique_count_limit: "), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!usage.seen.contains(&IdHash::of("e5")));
+        // A value already counted is still accepted.
+        assert!(matches!(
+            rate_one(&r, &mut usage, "e6", "2026-01-05T00:00:00Z", "3", 6),
+            Ok(Rated::Accepted { .. })
+        ));
+        let state = usage.aggregates.values().next().unwrap();
+        assert_eq!(
+            (state.running.unique.len(), state.running.events_count),
+            (3, 6)
+        );
     }
 
     #[test]

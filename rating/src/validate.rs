@@ -69,6 +69,13 @@ pub enum Rejection {
         horizon_days: i64,
     },
     /// The metric is not in the tenant's catalog.
+    #[error("unique_count_limit: charge {charge:?} already counts {limit} distinct values this period (rating.max_unique_values)")]
+    UniqueCountLimit {
+        /// The charge whose aggregate is full.
+        charge: String,
+        /// The limit.
+        limit: usize,
+    },
     #[error("unknown metric {0:?}")]
     UnknownMetric(String),
     /// Customer or subscription missing.

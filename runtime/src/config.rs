@@ -198,6 +198,9 @@ pub struct RatingConfig {
     /// Customers whose usage is kept in memory; past it, after each durable checkpoint, those used least recently
     /// (and with nothing pending) are dropped and reloaded from the store when they are next used.
     pub max_cached_customers: usize,
+    /// Distinct values a unique-count aggregate (one subscription, charge, period and group) counts exactly, all
+    /// held in memory; an event that would add one more is dead-lettered as `unique_count_limit`.
+    pub max_unique_values: usize,
     /// How long usage waits for the catalog and lifecycle topics to be read up to their end.
     #[serde(with = "humantime_serde")]
     pub reference_timeout: Duration,
@@ -508,6 +511,9 @@ impl Settings {
                 "clickhouse.database {:?} must be letters, digits and _",
                 self.clickhouse.database
             ));
+        }
+        if self.rating.max_unique_values == 0 {
+            errors.push("rating.max_unique_values must be at least 1".to_owned());
         }
         if self.rating.checkpoint_events == 0 {
             errors.push("rating.checkpoint_events must be at least 1".to_owned());

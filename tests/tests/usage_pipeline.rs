@@ -242,9 +242,31 @@ async fn event_produced_by_kcat_is_rated() {
 async fn every_rejection_reason_is_dead_lettered_and_consumption_continues() {
     let mut env = TestEnv::new("dlq").await;
     env.settings.rating.max_event_bytes = 1024;
+    env.settings.rating.max_unique_values = 2;
     basic_catalog(&env, &["cus-d"]).await;
     env.publish_metric(TENANT, "peak_gb", Aggregation::Max, Some("gb"), &[])
         .await;
+    // A unique count of users, and a customer whose aggregate already holds the two values it may count.
+    env.publish_metric(TENANT, "users", Aggregation::UniqueCount, Some("user"), &[])
+        .await;
+    let users = (
+        "users",
+        "users",
+        ChargeModel::Standard,
+        r#"{"amount":"1"}"#,
+        None,
+    );
+    env.publish_plan(TENANT, "per_user", "EUR", &[users]).await;
+    env.subscribe(TENANT, "cus-u", "per_user", "2026-03-01T00:00:00Z")
+        .await;
+    for (id, user) in [("u1", "ann"), ("u2", "bob"), ("u3", "ann")] {
+        produce_event(
+            &env,
+            &event("cus-u", id, "users", &[("user", user)]),
+            Encoding::Json,
+        )
+        .await;
+    }
     let key = customer_key(TENANT, "cus-d");
     let good = event("cus-d", "good-1", "api_calls", &[("value", "1")]);
     let mut wrong_schema = encode(&good, Encoding::Avro).unwrap();
@@ -344,6 +366,12 @@ async fn every_rejection_reason_is_dead_lettered_and_consumption_continues() {
             key.as_str(),
             None,
             "must not be negative for max metrics",
+        ),
+        (
+            json(&event("cus-u", "u4", "users", &[("user", "cyd")])),
+            "acme/cus-u",
+            None,
+            "unique_count_limit: charge \"users\" already counts 2 distinct values",
         ),
         (
             json(&event(
