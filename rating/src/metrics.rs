@@ -27,6 +27,8 @@ pub struct Metrics {
     pub reference_retries: IntCounter,
     /// Checkpoint writes that failed (or hung) and were retried.
     pub store_retries: IntCounter,
+    /// Dead letters the producer refused to queue (its queue full, the topic known missing), kept to send again.
+    pub dead_letters_unqueued: IntCounter,
     /// Customers whose usage is in memory.
     pub cached_customers: IntGauge,
     /// Customers dropped from memory (`rating.max_cached_customers`).
@@ -90,6 +92,11 @@ impl Metrics {
             "Checkpoint writes to ScyllaDB or ClickHouse that failed or timed out and were retried",
         )?;
         registry.register(Box::new(store_retries.clone()))?;
+        let dead_letters_unqueued = IntCounter::new(
+            "dead_letters_unqueued_total",
+            "Dead letters the producer refused to queue (queue full, topic missing): kept whole and sent again",
+        )?;
+        registry.register(Box::new(dead_letters_unqueued.clone()))?;
         let cached_customers =
             IntGauge::new("cached_customers", "Customers whose usage is in memory")?;
         registry.register(Box::new(cached_customers.clone()))?;
@@ -125,6 +132,7 @@ impl Metrics {
             checkpoint_customers,
             reference_retries,
             store_retries,
+            dead_letters_unqueued,
             cached_customers,
             evicted_customers,
             unpriced_events,

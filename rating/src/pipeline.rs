@@ -743,6 +743,7 @@ impl Pipeline {
             Ok(delivery) => DeadLetter::Queued(delivery),
             Err((e, record)) => {
                 tracing::warn!(error = %e, "dead letter not queued; the checkpoint sends it again");
+                self.metrics.dead_letters_unqueued.inc();
                 DeadLetter::Unsent(Unsent::of(&record))
             }
         };
@@ -1102,6 +1103,7 @@ async fn deliver_dead_letter(
             Ok(delivery) => DeadLetter::Queued(delivery),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "dead letter not queued; retrying");
+                metrics.dead_letters_unqueued.inc();
                 DeadLetter::Unsent(unsent)
             }
         };

@@ -114,6 +114,9 @@ pub struct KafkaConfig {
     /// `message.timeout.ms`); what happens then is the caller's choice (rating sends a dead letter again).
     #[serde(with = "humantime_serde")]
     pub message_timeout: Duration,
+    /// Records a producer holds at most while they wait for delivery (librdkafka's `queue.buffering.max.messages`);
+    /// past it a send is refused at once (rating keeps a refused dead letter and sends it again).
+    pub producer_queue_messages: usize,
 }
 
 /// CQL settings.
@@ -511,6 +514,9 @@ impl Settings {
                 "clickhouse.database {:?} must be letters, digits and _",
                 self.clickhouse.database
             ));
+        }
+        if self.kafka.producer_queue_messages == 0 {
+            errors.push("kafka.producer_queue_messages must be at least 1".to_owned());
         }
         if self.rating.max_unique_values == 0 {
             errors.push("rating.max_unique_values must be at least 1".to_owned());

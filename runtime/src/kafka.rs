@@ -210,6 +210,10 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::Kaf
             "message.timeout.ms",
             cfg.message_timeout.as_millis().to_string(),
         )
+        .set(
+            "queue.buffering.max.messages",
+            cfg.producer_queue_messages.to_string(),
+        )
         .create()
 }
 
