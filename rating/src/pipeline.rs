@@ -23,7 +23,7 @@ use billing_schemas::usage::UsageEvent;
 use billing_store::usage::{CustomerUsage, CustomerWrite, UsageStore};
 use billing_store::usage_aggregates::{AggKey, AppliedWindow};
 use billing_store::usage_dedup::{self, IdHash};
-use billing_store::usage_events::{self, UsageEventRow};
+use billing_store::usage_events::{self, EncodedRows};
 
 use crate::metrics::Metrics;
 use crate::rate::{self, Rated};
@@ -113,7 +113,8 @@ const HOLD_PAUSE: Duration = Duration::from_secs(2);
 struct Pending {
     /// By customer: what the checkpoint writes for it.
     customers: HashMap<CustomerKey, PendingCustomer>,
-    rows: Vec<UsageEventRow>,
+    /// The accepted events' ClickHouse rows.
+    rows: EncodedRows,
     dead_letters: Vec<DeadLetter>,
     /// Next offset to commit per partition.
     offsets: HashMap<i32, i64>,
@@ -242,9 +243,9 @@ pub struct Pipeline {
     pending: Pending,
     reference_checked: Option<Instant>,
     /// The checkpoint being written; it gives back its rows' buffer, emptied.
-    in_flight: Option<tokio::task::JoinHandle<anyhow::Result<Vec<UsageEventRow>>>>,
+    in_flight: Option<tokio::task::JoinHandle<anyhow::Result<EncodedRows>>>,
     /// A buffer for the next checkpoint's rows (reused: a fresh one costs page faults as it grows).
-    spare_rows: Vec<UsageEventRow>,
+    spare_rows: EncodedRows,
     /// Partitions owned since the last rebalance (unknown before the first).
     assigned: Option<HashSet<i32>>,
     /// Per usage partition, its end offset when the last reference barrier started: a message below it was
@@ -302,7 +303,7 @@ impl Pipeline {
             pending: Pending::default(),
             reference_checked: None,
             in_flight: None,
-            spare_rows: Vec::new(),
+            spare_rows: EncodedRows::default(),
             assigned: None,
             reference_covers: HashMap::new(),
             positions: HashMap::new(),
@@ -715,7 +716,7 @@ impl Pipeline {
                 new_unique,
                 unpriced,
             }) => {
-                self.pending.rows.push(*row);
+                self.pending.rows.push(&row);
                 self.metrics.outcomes.accepted.inc();
                 if unpriced {
                     self.metrics.unpriced_events.inc();
@@ -811,7 +812,7 @@ impl Pipeline {
         // The next checkpoint is likely as large: room for its rows at once rather than by repeated doubling, in the
         // buffer the previous checkpoint gave back.
         self.pending.rows = std::mem::take(&mut self.spare_rows);
-        self.pending.rows.reserve(pending.rows.len());
+        self.pending.rows.reserve(pending.rows.bytes());
         // One write per changed customer: its changed aggregates (with their new unique values) and its new ids.
         let writes: Vec<CustomerWrite> = pending
             .customers
@@ -873,7 +874,7 @@ impl Pipeline {
             // the offsets are committed only after all of them.
             let at = step("dead_letters", started);
             retry_store("clickhouse insert", &shutdown, &metrics, || {
-                usage_events::insert(&ch, &pending.rows)
+                usage_events::insert_encoded(&ch, &pending.rows)
             })
             .await?;
             let at = step("clickhouse", at);

@@ -102,6 +102,15 @@ pub struct CustomerWrite {
     pub block_id: uuid::Uuid,
 }
 
+/// Whether the legacy `usage_dedup` table still holds a row.
+async fn legacy_rows_left(session: &Session, ks: &str) -> anyhow::Result<bool> {
+    let rows = session
+        .query_unpaged(usage_dedup::select_any_legacy(ks), ())
+        .await?
+        .into_rows_result()?;
+    Ok(rows.rows_num() > 0)
+}
+
 /// How many customers a checkpoint writes at once.
 const WRITE_CONCURRENCY: usize = 128;
 
@@ -116,7 +125,9 @@ pub struct UsageStore {
     select_aggregates: PreparedStatement,
     select_unique: PreparedStatement,
     select_blocks: PreparedStatement,
-    select_legacy_dedup: PreparedStatement,
+    /// `None` when the legacy `usage_dedup` table was empty when the store was opened (nothing writes it since
+    /// blocks replaced it, so it stays empty): loads then skip it.
+    select_legacy_dedup: Option<PreparedStatement>,
     upsert_aggregate: PreparedStatement,
     update_window: PreparedStatement,
     insert_unique: PreparedStatement,
@@ -131,7 +142,11 @@ impl UsageStore {
             select_aggregates: prepare(usage_aggregates::select_by_customer(ks), true).await?,
             select_unique: prepare(usage_unique_values::select_by_customer(ks), true).await?,
             select_blocks: prepare(usage_dedup::select_blocks_by_customer(ks), true).await?,
-            select_legacy_dedup: prepare(usage_dedup::select_legacy_by_customer(ks), true).await?,
+            select_legacy_dedup: if legacy_rows_left(&session, ks).await? {
+                Some(prepare(usage_dedup::select_legacy_by_customer(ks), true).await?)
+            } else {
+                None
+            },
             upsert_aggregate: prepare(usage_aggregates::upsert(ks), true).await?,
             update_window: prepare(usage_aggregates::update_window(ks), true).await?,
             insert_unique: prepare(usage_unique_values::insert(ks), true).await?,
@@ -158,12 +173,15 @@ impl UsageStore {
             anyhow::Ok(out)
         };
         let legacy = async {
+            let mut out = Vec::new();
+            let Some(select) = &self.select_legacy_dedup else {
+                return anyhow::Ok(out);
+            };
             let mut rows = self
                 .session
-                .execute_iter(self.select_legacy_dedup.clone(), (tenant, customer))
+                .execute_iter(select.clone(), (tenant, customer))
                 .await?
                 .rows_stream::<(String,)>()?;
-            let mut out = Vec::new();
             while let Some((event_id,)) = rows.try_next().await? {
                 out.push(IdHash::of(&event_id));
             }

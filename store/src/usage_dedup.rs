@@ -8,7 +8,8 @@
 //! many events it counted. Ids kept in memory ([`SeenIds`]) carry the day they were counted and expire after the
 //! same 40 days as the stored ones.
 //!
-//! **Writer: rating.** Reader: rating (on load). `usage_dedup` is only read, until its last rows expire.
+//! **Writer: rating.** Reader: rating (on load). `usage_dedup` is only read, and only while it still
+//! held a row when the store was opened (its rows expire 40 days after the last write).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -149,6 +150,12 @@ pub fn insert_block(ks: &str) -> String {
 /// Every id of one customer in the legacy one-row-per-id table (written before blocks; TTL 40 days).
 pub fn select_legacy_by_customer(ks: &str) -> String {
     format!("SELECT event_id FROM {ks}.usage_dedup WHERE tenant_id = ? AND customer_id = ?")
+}
+
+/// Any one row of the legacy table: none (a keyspace created after blocks, or one whose legacy rows have all
+/// expired) means loads need not read it.
+pub fn select_any_legacy(ks: &str) -> String {
+    format!("SELECT event_id FROM {ks}.usage_dedup LIMIT 1")
 }
 
 #[cfg(test)]

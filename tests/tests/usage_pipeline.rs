@@ -563,6 +563,52 @@ async fn every_aggregation_matches_an_independent_computation() {
     env.cleanup().await;
 }
 
+/// Ids counted before dedup blocks existed are in the legacy one-row-per-id table until their TTL: rating reads
+/// it while it holds a row (and skips it once it is empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_in_the_legacy_dedup_table_are_still_duplicates() {
+    let env = TestEnv::new("legacy_dedup").await;
+    basic_catalog(&env, &["cus-l"]).await;
+    let session = billing_runtime::cql::connect(&env.settings.cassandra)
+        .await
+        .unwrap();
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {}.usage_dedup (tenant_id, customer_id, event_id) VALUES (?, ?, ?)",
+                env.settings.cassandra.keyspace
+            ),
+            (TENANT, "cus-l", "old-1"),
+        )
+        .await
+        .unwrap();
+    for id in ["old-1", "new-1", "new-2"] {
+        produce_event(
+            &env,
+            &event("cus-l", id, "api_calls", &[("value", "1")]),
+            Encoding::Json,
+        )
+        .await;
+    }
+    let services = Services::start(&env.settings).await;
+    let key = services.key(TENANT).await;
+    eventually(WAIT, "the new events counted", || async {
+        api_usage(&services.api, &key, "cus-l", "calls", AT)
+            .await
+            .filter(|u| u.1 >= 2)
+    })
+    .await;
+    billing_tests::rating_caught_up(&env, WAIT).await;
+    let usage = api_usage(&services.api, &key, "cus-l", "calls", AT).await;
+    assert_eq!(
+        usage.map(|u| u.1),
+        Some(2),
+        "old-1 was counted before and is a duplicate"
+    );
+    services.shutdown().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_duplicates_and_restarts_count_nothing_twice() {
     let env = TestEnv::new("replay").await;
