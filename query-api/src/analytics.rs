@@ -235,6 +235,7 @@ impl ApiRow for UsageReportRow {
             "events": self.events,
             "units": quantity(self.units),
             "rated_amount": quantity(self.rated_amount),
+            "unpriced_events": self.unpriced_events,
         })
     }
 }

@@ -284,6 +284,7 @@ pub fn apply(
             .map_err(|e| Rejection::Unaggregatable(e.to_string()))?,
         kafka_partition: u16::try_from(partition).unwrap_or(u16::MAX),
         kafka_offset: u64::try_from(offset).unwrap_or_default(),
+        unpriced: u8::from(unpriced),
     };
     Ok(Rated::Accepted {
         counted,
@@ -465,6 +466,7 @@ mod tests {
             panic!("not accepted")
         };
         assert!(unpriced, "the percentage charge needs each event's value");
+        assert_eq!(row.unpriced, 1, "and its ClickHouse row says so");
         // The row's amount is the standard charge's alone.
         assert_eq!(
             row.amount,
@@ -486,6 +488,7 @@ mod tests {
             panic!("not accepted")
         };
         assert!(!unpriced);
+        assert_eq!(row.unpriced, 0);
         assert_eq!(
             row.amount,
             billing_runtime::clickhouse::to_decimal_38_9(dec!(2))

@@ -418,6 +418,7 @@ pub struct UsageReportRow {
     pub events: u64,
     pub units: i128,
     pub rated_amount: i128,
+    pub unpriced_events: u64,
 }
 
 /// A row of `reports/churn.sql`.

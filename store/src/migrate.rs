@@ -108,6 +108,11 @@ const CLICKHOUSE: &[Migration] = &[
         name: "analytics",
         body: include_str!("../migrations/clickhouse/0006_analytics.sql"),
     },
+    Migration {
+        version: 7,
+        name: "usage_events_unpriced",
+        body: include_str!("../migrations/clickhouse/0007_usage_events_unpriced.sql"),
+    },
 ];
 
 fn statements(body: &str) -> impl Iterator<Item = String> + '_ {

@@ -31,12 +31,15 @@ pub struct UsageEventRow {
     pub properties: String,
     pub kafka_partition: u16,
     pub kafka_offset: u64,
+    /// 1 when a charge the event counts for cannot be priced from running usage: `amount` leaves it out (the
+    /// invoice prices it from the events).
+    pub unpriced: u8,
 }
 
 /// The table's columns, in [`UsageEventRow`]'s order (the order [`EncodedRows`] writes them in).
 const COLUMNS: &str =
     "tenant_id, event_id, customer_id, subscription_id, metric_code, timestamp, ingested_at, \
-    value, amount, currency, properties, kafka_partition, kafka_offset";
+    value, amount, currency, properties, kafka_partition, kafka_offset, unpriced";
 
 /// Rows already encoded for one INSERT, in ClickHouse's `RowBinary` format and [`COLUMNS`]' order: a checkpoint's
 /// rows fill one contiguous buffer as they are rated (nothing allocated per row is kept, and a reused buffer stops
@@ -68,6 +71,7 @@ impl EncodedRows {
         put_string(b, &row.properties);
         b.extend_from_slice(&row.kafka_partition.to_le_bytes());
         b.extend_from_slice(&row.kafka_offset.to_le_bytes());
+        b.push(row.unpriced);
         self.rows += 1;
     }
 
@@ -159,6 +163,7 @@ mod tests {
             properties: "{}".into(),
             kafka_partition: 7,
             kafka_offset: 9,
+            unpriced: 1,
         };
         let mut rows = EncodedRows::default();
         rows.push(&row);
@@ -169,9 +174,10 @@ mod tests {
         want.extend(1_500_000_000i128.to_le_bytes());
         want.extend([3, b'E', b'U', b'R', 2, b'{', b'}', 7, 0]);
         want.extend(9u64.to_le_bytes());
+        want.push(1);
         assert_eq!(rows.bytes, want);
         assert_eq!((rows.len(), rows.bytes()), (1, want.len()));
-        assert_eq!(COLUMNS.split(',').count(), 13);
+        assert_eq!(COLUMNS.split(',').count(), 14);
         rows.clear();
         assert!(rows.is_empty() && rows.bytes() == 0);
     }

@@ -107,11 +107,11 @@ async fn known_data_set(ch: &clickhouse::Client) {
     execute(
         ch,
         "INSERT INTO usage_events VALUES \
-         ('acme','e1','c1','s1','calls','2025-01-10 00:00:00','2025-01-10 00:00:01',1,0.5,'EUR','{}',0,1), \
-         ('acme','e1','c1','s1','calls','2025-01-10 00:00:00','2025-01-10 00:00:01',1,0.5,'EUR','{}',0,1), \
-         ('acme','e2','c1','s1','calls','2025-01-11 00:00:00','2025-01-11 00:00:01',2.5,1.25,'EUR','{}',0,2), \
-         ('acme','e3','c2','s2','seats','2025-02-20 00:00:00','2025-02-20 00:00:01',5,10,'EUR','{}',1,1), \
-         ('other','ex','cx','sx','calls','2025-01-10 00:00:00','2025-01-10 00:00:01',7,7,'EUR','{}',2,1)",
+         ('acme','e1','c1','s1','calls','2025-01-10 00:00:00','2025-01-10 00:00:01',1,0.5,'EUR','{}',0,1,0), \
+         ('acme','e1','c1','s1','calls','2025-01-10 00:00:00','2025-01-10 00:00:01',1,0.5,'EUR','{}',0,1,0), \
+         ('acme','e2','c1','s1','calls','2025-01-11 00:00:00','2025-01-11 00:00:01',2.5,1.25,'EUR','{}',0,2,1), \
+         ('acme','e3','c2','s2','seats','2025-02-20 00:00:00','2025-02-20 00:00:01',5,10,'EUR','{}',1,1,0), \
+         ('other','ex','cx','sx','calls','2025-01-10 00:00:00','2025-01-10 00:00:01',7,7,'EUR','{}',2,1,0)",
     )
     .await;
 }
@@ -177,8 +177,8 @@ async fn reports_give_the_known_figures_through_clickhouse_client_and_the_api() 
     assert_eq!(
         clickhouse_client(&db, "usage", "acme"),
         [
-            "acme\t2025-01-01\tc1\tcalls\tEUR\t2\t3.500000000\t1.750000000",
-            "acme\t2025-02-01\tc2\tseats\tEUR\t1\t5.000000000\t10.000000000",
+            "acme\t2025-01-01\tc1\tcalls\tEUR\t2\t3.500000000\t1.750000000\t1",
+            "acme\t2025-02-01\tc2\tseats\tEUR\t1\t5.000000000\t10.000000000\t0",
         ]
     );
     assert_eq!(
@@ -411,12 +411,21 @@ async fn reports_give_the_known_figures_through_clickhouse_client_and_the_api() 
                 "metric_code",
                 "events",
                 "units",
-                "rated_amount"
+                "rated_amount",
+                "unpriced_events"
             ]
         ),
         rows(&[
-            &["2025-01/EUR/calls/c1", "c1", "calls", "2", "3.5", "1.75"],
-            &["2025-02/EUR/seats/c2", "c2", "seats", "1", "5", "10"],
+            &[
+                "2025-01/EUR/calls/c1",
+                "c1",
+                "calls",
+                "2",
+                "3.5",
+                "1.75",
+                "1"
+            ],
+            &["2025-02/EUR/seats/c2", "c2", "seats", "1", "5", "10", "0"],
         ])
     );
     let c2 = ok(

@@ -28,6 +28,7 @@ fn row(id: &str, at: &str) -> UsageEventRow {
         properties: "{}".into(),
         kafka_partition: 0,
         kafka_offset: 0,
+        unpriced: 0,
     }
 }
 

@@ -202,6 +202,83 @@ async fn usage_from_rust_reaches_scylla_clickhouse_and_the_api_exactly() {
     env.cleanup().await;
 }
 
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct ChPriced {
+    customer_id: String,
+    unpriced: u8,
+    amount: i128,
+}
+
+/// A charge that running usage cannot price (a percentage with per-transaction bounds) is never a silent 0 in
+/// ClickHouse: the row says its amount leaves that charge out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_amount_leaves_a_charge_out_says_so() {
+    let env = TestEnv::new("unpriced").await;
+    basic_catalog(&env, &["cus-s"]).await;
+    env.publish_plan(
+        TENANT,
+        "fees",
+        "EUR",
+        &[
+            (
+                "std",
+                "api_calls",
+                ChargeModel::Standard,
+                r#"{"amount":"0.5"}"#,
+                None,
+            ),
+            (
+                "fee",
+                "api_calls",
+                ChargeModel::Percentage,
+                r#"{"rate":"1","per_transaction_max_amount":"0.02"}"#,
+                None,
+            ),
+        ],
+    )
+    .await;
+    env.subscribe(TENANT, "cus-f", "fees", "2026-03-01T00:00:00Z")
+        .await;
+    for customer in ["cus-f", "cus-s"] {
+        let ev = event(
+            customer,
+            &format!("{customer}-1"),
+            "api_calls",
+            &[("value", "4")],
+        );
+        produce_event(&env, &ev, Encoding::Json).await;
+    }
+    let services = Services::start(&env.settings).await;
+    let rows = eventually(WAIT, "both rows in ClickHouse", || async {
+        let rows = env
+            .clickhouse()
+            .query(
+                "SELECT customer_id, unpriced, amount FROM usage_events FINAL WHERE tenant_id = ? \
+                 ORDER BY customer_id",
+            )
+            .bind(TENANT)
+            .fetch_all::<ChPriced>()
+            .await
+            .unwrap();
+        (rows.len() == 2).then_some(rows)
+    })
+    .await;
+    let got: Vec<(String, u8, Decimal)> = rows
+        .into_iter()
+        .map(|r| (r.customer_id, r.unpriced, from_decimal_38_9(r.amount)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("cus-f".to_owned(), 1, Decimal::from(2)),
+            ("cus-s".to_owned(), 0, Decimal::from_str("0.04").unwrap()),
+        ],
+        "(customer, unpriced, amount): the percentage charge is left out of cus-f's amount, and flagged"
+    );
+    services.shutdown().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_produced_by_kcat_is_rated() {
     let env = TestEnv::new("kcat").await;
