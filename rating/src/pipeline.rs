@@ -579,8 +579,10 @@ impl Pipeline {
         if let Err(reason) = outcome {
             // A rejection of a customer in memory is kept with its checkpoint window, so that a replay rates the
             // event again instead of taking it for one the checkpoint applied.
+            // (Only on its own partition: a record found on another one says nothing of the customer's offsets.)
             let key = std::str::from_utf8(m.key().unwrap_or_default()).unwrap_or_default();
-            if self.customers.contains_key(key) {
+            let own = kafka::partition_for_key(key.as_bytes(), self.settings.kafka.partitions);
+            if own == partition && self.customers.contains_key(key) {
                 self.pending.reject(key, (partition, offset));
             }
             self.dead_letter(m, &reason);
