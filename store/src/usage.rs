@@ -225,7 +225,7 @@ impl UsageStore {
             .rows_stream::<AggregateRow>()?;
         while let Some(r) = rows.try_next().await? {
             if usage.window.is_none() {
-                usage.window = r.window()?;
+                usage.window = r.window();
             }
             let (key, state) = r.into_state()?;
             usage.aggregates.insert(key, state);

@@ -230,21 +230,26 @@ pub struct AggregateRow {
 
 impl AggregateRow {
     /// The customer's [`AppliedWindow`] this row carries (the same on every row of the customer), if one was
-    /// written.
-    pub fn window(&self) -> anyhow::Result<Option<AppliedWindow>> {
+    /// written. One that does not decode is left out (with a warning): without it a replay relies on each
+    /// aggregate's own offset guard, as before windows existed, rather than stopping the customer's partition.
+    pub fn window(&self) -> Option<AppliedWindow> {
         let (Some(partition), Some(from), Some(to)) =
             (self.window_partition, self.window_from, self.window_to)
         else {
-            return Ok(None);
+            return None;
         };
-        let rejected =
-            AppliedWindow::decode_rejected(self.window_rejected.as_deref().unwrap_or_default())?;
-        Ok(Some(AppliedWindow {
-            partition,
-            from,
-            to,
-            rejected,
-        }))
+        match AppliedWindow::decode_rejected(self.window_rejected.as_deref().unwrap_or_default()) {
+            Ok(rejected) => Some(AppliedWindow {
+                partition,
+                from,
+                to,
+                rejected,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "applied window left out");
+                None
+            }
+        }
     }
 
     /// The key and state this row stores (unique values are kept in their own table and start empty).
@@ -409,6 +414,48 @@ mod tests {
             "another partition's offsets are not the customer's"
         );
         assert!(AppliedWindow::decode_rejected(&[0; 7]).is_err());
+    }
+
+    #[test]
+    fn a_row_carries_the_window_and_one_that_does_not_decode_is_left_out() {
+        let row = |rejected: Vec<u8>| AggregateRow {
+            subscription_id: "s".into(),
+            charge_id: "c".into(),
+            period_start: DateTime::<Utc>::MIN_UTC,
+            group_key: String::new(),
+            period_end: DateTime::<Utc>::MIN_UTC,
+            metric_code: "m".into(),
+            aggregation: "sum_agg".into(),
+            charge_model: "standard".into(),
+            charge_properties: "{}".into(),
+            currency: "EUR".into(),
+            events_count: 1,
+            sum: None,
+            max: None,
+            latest_ts: None,
+            latest_event_id: None,
+            latest_value: None,
+            weighted_integral: None,
+            last_partition: 2,
+            last_offset: 5,
+            window_partition: Some(2),
+            window_from: Some(3),
+            window_to: Some(5),
+            window_rejected: Some(rejected),
+        };
+        assert_eq!(
+            row(4i64.to_be_bytes().to_vec()).window(),
+            Some(AppliedWindow {
+                partition: 2,
+                from: 3,
+                to: 5,
+                rejected: vec![4],
+            })
+        );
+        assert_eq!(row(vec![1, 2, 3]).window(), None);
+        let mut without = row(Vec::new());
+        without.window_to = None;
+        assert_eq!(without.window(), None);
     }
 
     #[test]
