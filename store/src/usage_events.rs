@@ -4,13 +4,11 @@
 //!
 //! **Writer: rating.** Readers: analysts' SQL.
 
-use serde::Serialize;
-
 /// The table's name.
 pub const TABLE: &str = "usage_events";
 
-/// A row; field order is the table's column order.
-#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+/// A row; field order is the table's column order (the order [`EncodedRows`] writes).
+#[derive(Debug, Clone)]
 #[allow(missing_docs)]
 pub struct UsageEventRow {
     pub tenant_id: String,
@@ -113,7 +111,7 @@ fn put_string(b: &mut Vec<u8>, s: &str) {
     b.extend_from_slice(s.as_bytes());
 }
 
-/// Insert encoded rows in one INSERT.
+/// Insert encoded rows in one INSERT (the table's one writer path).
 pub async fn insert_encoded(ch: &clickhouse::Client, rows: &EncodedRows) -> anyhow::Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -125,19 +123,6 @@ pub async fn insert_encoded(ch: &clickhouse::Client, rows: &EncodedRows) -> anyh
     while !rest.is_empty() {
         let n = insert.write(rest).await?;
         rest = &rest[n..];
-    }
-    insert.end().await?;
-    Ok(())
-}
-
-/// Insert rows in one INSERT.
-pub async fn insert(ch: &clickhouse::Client, rows: &[UsageEventRow]) -> anyhow::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut insert = ch.insert::<UsageEventRow>(TABLE).await?;
-    for row in rows {
-        insert.write(row).await?;
     }
     insert.end().await?;
     Ok(())

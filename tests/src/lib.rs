@@ -653,16 +653,18 @@ pub fn committed_lag(
         .sum()
 }
 
+/// [`committed_lag`] of the environment's rating group, off the async runtime's threads.
+pub async fn rating_lag(env: &TestEnv) -> i64 {
+    let (settings, topics) = (env.settings.clone(), env.topics.clone());
+    tokio::task::spawn_blocking(move || committed_lag(&settings, &topics))
+        .await
+        .unwrap()
+}
+
 /// Wait until rating's group has committed every offset of the usage partitions.
 pub async fn rating_caught_up(env: &TestEnv, timeout: Duration) {
-    eventually(timeout, "rating's offsets committed", || {
-        let (settings, topics) = (env.settings.clone(), env.topics.clone());
-        async move {
-            let lag = tokio::task::spawn_blocking(move || committed_lag(&settings, &topics))
-                .await
-                .unwrap();
-            (lag == 0).then_some(())
-        }
+    eventually(timeout, "rating's offsets committed", || async {
+        (rating_lag(env).await == 0).then_some(())
     })
     .await;
 }

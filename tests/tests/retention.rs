@@ -39,17 +39,18 @@ async fn retention_drops_old_usage_partitions_only_and_sets_topic_and_table_limi
     env.settings.retention.dead_letters = Duration::from_secs(7 * 86_400);
     env.settings.retention.webhook_deliveries = Duration::from_secs(14 * 86_400);
     let ch = env.clickhouse();
-    billing_store::usage_events::insert(
-        &ch,
-        &[
-            row("old-1", "2024-01-15T00:00:00Z"),
-            row("old-2", "2025-06-15T00:00:00Z"),
-            row("edge", "2025-12-31T23:59:59Z"),
-            row("recent", "2026-11-15T00:00:00Z"),
-        ],
-    )
-    .await
-    .unwrap();
+    let mut rows = billing_store::usage_events::EncodedRows::default();
+    for r in [
+        row("old-1", "2024-01-15T00:00:00Z"),
+        row("old-2", "2025-06-15T00:00:00Z"),
+        row("edge", "2025-12-31T23:59:59Z"),
+        row("recent", "2026-11-15T00:00:00Z"),
+    ] {
+        rows.push(&r);
+    }
+    billing_store::usage_events::insert_encoded(&ch, &rows)
+        .await
+        .unwrap();
     ch.query(
         "INSERT INTO invoices (tenant_id, invoice_id, billing_date) VALUES \
          ('acme', 'inv_2024', '2024-01-01 00:00:00')",

@@ -11,7 +11,7 @@ use std::time::Duration;
 use billing_schemas::catalog::{Aggregation, ChargeModel};
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding};
-use billing_tests::{committed_lag, eventually, TestEnv};
+use billing_tests::{eventually, TestEnv};
 use chrono::{DateTime, TimeZone, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -186,29 +186,21 @@ async fn sigkilled_rating_neither_loses_nor_double_counts() {
     }
 
     // Three SIGKILLs at random points while rating is making progress, then a run to the end.
-    let lag_now = |env: &TestEnv| {
-        let (settings, topics) = (env.settings.clone(), env.topics.clone());
-        async move {
-            tokio::task::spawn_blocking(move || committed_lag(&settings, &topics))
-                .await
-                .unwrap()
-        }
-    };
     for kill in 0..3 {
-        let before = lag_now(&env).await;
+        let before = billing_tests::rating_lag(&env).await;
         let mut child = spawn_rating(&env);
         // Wait until this instance has committed a checkpoint, so the kill lands mid-stream, not during start-up.
         eventually(
             Duration::from_secs(120),
             "progress before the kill",
-            || async { (lag_now(&env).await < before).then_some(()) },
+            || async { (billing_tests::rating_lag(&env).await < before).then_some(()) },
         )
         .await;
         let after = Duration::from_millis(rng.random_range(0..1_500));
         tokio::time::sleep(after).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let left = lag_now(&env).await;
+        let left = billing_tests::rating_lag(&env).await;
         eprintln!(
             "kill {}: {after:?} after a checkpoint; lag {before} -> {left}",
             kill + 1
