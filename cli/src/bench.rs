@@ -23,9 +23,7 @@ use billing_runtime::kafka::{self, Topics};
 use billing_runtime::publish::{ack, Publisher};
 use billing_runtime::{Settings, Shutdown};
 use billing_schemas::catalog::{Aggregation, CatalogEvent, Charge, ChargeModel, Interval, Plan};
-use billing_schemas::lifecycle::{
-    CustomerCreated, Lifecycle, LifecycleEvent, SubscriptionEffective,
-};
+use billing_schemas::lifecycle::{CustomerCreated, LifecycleEvent};
 use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding, CONTENT_TYPE_HEADER};
 use chrono::{DateTime, TimeZone, Utc};
@@ -43,6 +41,11 @@ pub struct Args {
     /// Usage events produced before rating starts.
     #[arg(long, default_value_t = 500_000)]
     events: u64,
+    /// Consecutive events of the bulk workload that go to one customer before it moves to the next: event *i* goes
+    /// to customer (*i* / `burst`) mod `customers`. 1 (the default) spreads consecutive events over every customer;
+    /// `--events` / `--customers` sends each customer all its events together.
+    #[arg(long, default_value_t = 1)]
+    burst: u64,
     /// Partitions of the bench's topics.
     #[arg(long, default_value_t = 12)]
     partitions: i32,
@@ -134,9 +137,12 @@ fn customer_id(c: u64) -> String {
     format!("cus-{c:06}")
 }
 
-/// Events the bulk workload gives customer `c`.
-fn bulk_events_of(c: u64, n: u64, customers: u64) -> u64 {
-    n / customers + u64::from(c < n % customers)
+/// Events the bulk workload gives customer `c`: block *j* of `burst` events (the last one maybe shorter) goes to
+/// customer *j* mod `customers`.
+fn bulk_events_of(c: u64, n: u64, customers: u64, burst: u64) -> u64 {
+    let (blocks, rest) = (n / burst, n % burst);
+    let full = blocks / customers + u64::from(c < blocks % customers);
+    full * burst + if blocks % customers == c { rest } else { 0 }
 }
 
 /// The start of the previous calendar month: bulk usage falls in it (20 days, all in the past whatever today is),
@@ -154,9 +160,9 @@ fn month_start() -> DateTime<Utc> {
         .expect("valid date")
 }
 
-/// Bulk event `i`: customer `i mod customers`, one of three metrics, event time inside the previous month.
-fn bulk_event(run: &str, i: u64, customers: u64) -> UsageEvent {
-    let c = i % customers;
+/// Bulk event `i`: customer `(i / burst) mod customers`, one of three metrics, event time inside the previous month.
+fn bulk_event(run: &str, i: u64, customers: u64, burst: u64) -> UsageEvent {
+    let c = (i / burst) % customers;
     let (metric, props) = match i % 3 {
         0 => (
             "api_calls",
@@ -192,6 +198,7 @@ async fn phases(
     let topics = Topics::new(&settings.kafka);
     let producer = kafka::producer(&settings.kafka)?;
     let customers = u64::from(args.customers.max(1));
+    let burst = args.burst.max(1);
 
     // Reference data, then wait until it is readable.
     let t = Instant::now();
@@ -213,7 +220,7 @@ async fn phases(
         value: Some(Encoding::Avro.content_type()),
     });
     for i in 0..args.events {
-        let ev = bulk_event(&run_id, i, customers);
+        let ev = bulk_event(&run_id, i, customers, burst);
         let payload = encode(&ev, Encoding::Avro)?;
         let key = customer_key(&ev.tenant_id, &ev.customer_id);
         loop {
@@ -366,7 +373,7 @@ async fn phases(
     let spot: Vec<u64> = (0..20).map(|k| (k * 7_919) % customers).collect();
     for &c in &spot {
         let got = api_events(&http, &api, &customer_id(c), &at).await?;
-        let want = bulk_events_of(c, args.events, customers);
+        let want = bulk_events_of(c, args.events, customers, burst);
         if got == want {
             spot_ok += 1;
         } else {
@@ -488,16 +495,12 @@ async fn restart_at_scale(
             "bench",
             start,
         );
-        let paused = LifecycleEvent {
-            tenant_id: TENANT.into(),
-            event_id: format!("pause-{customer}"),
-            occurred_at: start + chrono::Duration::days(2),
-            payload: Lifecycle::SubscriptionPaused(SubscriptionEffective {
-                subscription_id: subscription,
-                customer_id: customer,
-                effective_at: start + chrono::Duration::days(2),
-            }),
-        };
+        let paused = LifecycleEvent::subscription_paused(
+            TENANT,
+            &customer,
+            &subscription,
+            start + chrono::Duration::days(2),
+        );
         for ev in [created, subscribed, paused] {
             inflight.push_back(publisher.send_lifecycle(&ev, Encoding::Avro)?);
             if inflight.len() >= IN_FLIGHT {
@@ -1099,4 +1102,36 @@ async fn cleanup(settings: &Settings, id: &str) {
     )
     .await;
     println!("cleaned up: keyspace, database, topics and groups of bench {id}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_customer_expects_the_events_the_workload_sends_it() {
+        for (n, customers, burst) in [
+            (500, 7, 1),
+            (500, 7, 3),
+            (503, 10, 50),
+            (40, 100, 1),
+            (1_000, 4, 250),
+        ] {
+            let mut sent = vec![0u64; customers as usize];
+            for i in 0..n {
+                let c: u64 = bulk_event("r", i, customers, burst).customer_id[4..]
+                    .parse()
+                    .unwrap();
+                sent[c as usize] += 1;
+            }
+            for (c, &want) in sent.iter().enumerate() {
+                assert_eq!(
+                    bulk_events_of(c as u64, n, customers, burst),
+                    want,
+                    "{n} {customers} {burst} {c}"
+                );
+            }
+            assert_eq!(sent.iter().sum::<u64>(), n);
+        }
+    }
 }

@@ -912,7 +912,7 @@ impl Invoicer {
                 .iter()
                 .filter(|s| s.plans.iter().any(|p| p == code))
             {
-                on_plan.push((t.clone(), c.clone(), Some(s.id.clone())));
+                on_plan.push((t.to_owned(), c.to_owned(), Some(s.id.clone())));
             }
         }
         self.dirty.extend(on_plan);
@@ -955,7 +955,7 @@ impl Invoicer {
             }
             let (subs, dates) = bill::due_dates(&self.reference, t, c, cust, now);
             if !dates.is_empty() {
-                work.push((t.clone(), c.clone(), subs, dates));
+                work.push((t.to_owned(), c.to_owned(), subs, dates));
             }
         }
         // What is already issued: one read per (tenant, billing date) of this partition, once per assignment.

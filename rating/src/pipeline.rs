@@ -244,6 +244,8 @@ pub struct Pipeline {
     reference_checked: Option<Instant>,
     /// The checkpoint being written; it gives back its rows' buffer, emptied.
     in_flight: Option<tokio::task::JoinHandle<anyhow::Result<EncodedRows>>>,
+    /// Notified when the checkpoint in flight ends (written or failed).
+    checkpoint_done: Arc<tokio::sync::Notify>,
     /// A buffer for the next checkpoint's rows (reused: a fresh one costs page faults as it grows).
     spare_rows: EncodedRows,
     /// Partitions owned since the last rebalance (unknown before the first).
@@ -303,6 +305,7 @@ impl Pipeline {
             pending: Pending::default(),
             reference_checked: None,
             in_flight: None,
+            checkpoint_done: Arc::default(),
             spare_rows: EncodedRows::default(),
             assigned: None,
             reference_covers: HashMap::new(),
@@ -331,6 +334,14 @@ impl Pipeline {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => self.on_tick().await?,
+                // A tick that came while the last checkpoint was being written started nothing: the next one
+                // starts as soon as it is durable, not a tick later (freshness is then one interval plus one write
+                // at most, and checkpoints still start at most once per interval).
+                _ = self.checkpoint_done.notified() => {
+                    if self.last_checkpoint.elapsed() >= self.settings.rating.checkpoint_interval {
+                        self.on_tick().await?;
+                    }
+                }
                 msg = self.consumer.recv() => {
                     // Batches are pipelined: the customers of the batch just taken are loaded while the batch
                     // before it (whose customers are loaded) is rated. A batch is rated as soon as nothing more is
@@ -859,46 +870,52 @@ impl Pipeline {
             self.progress.clone(),
             self.shutdown.clone(),
         );
+        let done = self.checkpoint_done.clone();
         self.in_flight = Some(tokio::spawn(async move {
-            let started = Instant::now();
-            let step = |name: &str, since: Instant| {
+            let written = async move {
+                let started = Instant::now();
+                let step = |name: &str, since: Instant| {
+                    metrics
+                        .checkpoint_step_seconds
+                        .with_label_values(&[name])
+                        .observe(since.elapsed().as_secs_f64());
+                    Instant::now()
+                };
+                for letter in pending.dead_letters {
+                    deliver_dead_letter(&producer, letter, &shutdown, &metrics).await?;
+                }
+                // A store that is down or hangs is waited for, with a timeout per attempt and backoff: every write is
+                // idempotent (absolute values, stamped; ClickHouse collapses duplicates), so a retry is harmless, and
+                // the offsets are committed only after all of them.
+                let at = step("dead_letters", started);
+                retry_store("clickhouse insert", &shutdown, &metrics, || {
+                    usage_events::insert_encoded(&ch, &pending.rows)
+                })
+                .await?;
+                let at = step("clickhouse", at);
+                retry_store("usage checkpoint", &shutdown, &metrics, || {
+                    store.save_checkpoint(&writes)
+                })
+                .await?;
+                step("scylla", at);
+                // Offsets are a resume hint: a failed commit (e.g. for a partition just revoked) only means a
+                // replay, which the per-row offsets and the dedup ids make harmless.
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                    tracing::warn!(error = %e, "offset commit failed");
+                }
+                progress
+                    .last_checkpoint_ms
+                    .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+                metrics.checkpoints.inc();
                 metrics
-                    .checkpoint_step_seconds
-                    .with_label_values(&[name])
-                    .observe(since.elapsed().as_secs_f64());
-                Instant::now()
-            };
-            for letter in pending.dead_letters {
-                deliver_dead_letter(&producer, letter, &shutdown, &metrics).await?;
+                    .checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                pending.rows.clear();
+                Ok(pending.rows)
             }
-            // A store that is down or hangs is waited for, with a timeout per attempt and backoff: every write is
-            // idempotent (absolute values, stamped; ClickHouse collapses duplicates), so a retry is harmless, and
-            // the offsets are committed only after all of them.
-            let at = step("dead_letters", started);
-            retry_store("clickhouse insert", &shutdown, &metrics, || {
-                usage_events::insert_encoded(&ch, &pending.rows)
-            })
-            .await?;
-            let at = step("clickhouse", at);
-            retry_store("usage checkpoint", &shutdown, &metrics, || {
-                store.save_checkpoint(&writes)
-            })
-            .await?;
-            step("scylla", at);
-            // Offsets are a resume hint: a failed commit (e.g. for a partition just revoked) only means a
-            // replay, which the per-row offsets and the dedup ids make harmless.
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                tracing::warn!(error = %e, "offset commit failed");
-            }
-            progress
-                .last_checkpoint_ms
-                .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
-            metrics.checkpoints.inc();
-            metrics
-                .checkpoint_seconds
-                .observe(started.elapsed().as_secs_f64());
-            pending.rows.clear();
-            Ok(pending.rows)
+            .await;
+            done.notify_one();
+            written
         }));
         Ok(())
     }

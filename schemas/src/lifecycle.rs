@@ -390,6 +390,25 @@ impl LifecycleEvent {
             ),
         ]
     }
+
+    /// A subscription paused from `at` (event id `pause-<customer id>`).
+    pub fn subscription_paused(
+        tenant: &str,
+        customer_id: &str,
+        subscription_id: &str,
+        at: DateTime<Utc>,
+    ) -> LifecycleEvent {
+        LifecycleEvent {
+            tenant_id: tenant.into(),
+            event_id: format!("pause-{customer_id}"),
+            occurred_at: at,
+            payload: Lifecycle::SubscriptionPaused(SubscriptionEffective {
+                subscription_id: subscription_id.into(),
+                customer_id: customer_id.into(),
+                effective_at: at,
+            }),
+        }
+    }
 }
 
 impl CustomerCreated {
