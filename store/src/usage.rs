@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use billing_core::aggregation::AggregationType;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
@@ -240,7 +241,12 @@ impl UsageStore {
             let (key, state) = r.into_state()?;
             usage.aggregates.insert(key, state);
         }
-        if !unique {
+        // Unique values belong to unique-count aggregates only: a customer without one (a new customer has no
+        // aggregate at all) has none to read.
+        let counts_unique = usage.aggregates.values().any(|s| {
+            s.aggregation == usage_aggregates::aggregation_name(AggregationType::UniqueCountAgg)
+        });
+        if !unique || !counts_unique {
             return Ok(usage);
         }
         let mut rows = self
