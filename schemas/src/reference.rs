@@ -418,7 +418,7 @@ pub struct Reference {
     tax_rates: HashMap<(String, String), Arc<TaxRateInfo>>,
     /// Every version of each plan, in version order.
     plans: HashMap<(String, String), Vec<Arc<PlanInfo>>>,
-    /// Boxed: the map then moves 56-byte entries when it grows, not whole customers (a restart over a million
+    /// Boxed: the map then moves 32-byte entries when it grows, not whole customers (a restart over a million
     /// customers spent most of its fold copying them into fresh pages).
     customers: hashbrown::HashMap<CustomerKey, Box<Customer>>,
     /// The latest time of each clock: (tenant, clock id); the wall clock's ticks have the tenant `*`.
