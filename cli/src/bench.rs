@@ -342,6 +342,16 @@ async fn phases(
         metric("billing_rating_checkpoint_events_sum") / ck_n.max(1.0),
         metric("billing_rating_checkpoint_customers_sum") / ck_n.max(1.0),
     );
+    let waited = |on: &str| {
+        metric(&format!(
+            "billing_rating_store_wait_seconds_total{{on=\"{on}\"}}"
+        ))
+    };
+    println!(
+        "    rating's consumer loop waited on the store: customer loads {:.2} s, the checkpoint in flight {:.2} s",
+        waited("loads"),
+        waited("checkpoint"),
+    );
     println!(
         "    target ≥ {RATING_TARGET:.0} events/s sustained: {}",
         met(rating_rate >= RATING_TARGET)
@@ -818,8 +828,9 @@ async fn api_events(
         .unwrap_or(0))
 }
 
-/// Σ events_count over the usage_aggregates rows of every customer, read partition by partition (a full scan
-/// trips Cassandra's tombstone limit: rating writes unused columns as nulls).
+/// Customers rating loads together at most: the new customers of one batch of messages it takes from the consumer.
+const LOAD_BATCH: usize = 2_000;
+
 /// What [`store_alone`] measured.
 struct StoreAlone {
     load_s: f64,
@@ -840,23 +851,18 @@ async fn store_alone(
 ) -> anyhow::Result<StoreAlone> {
     use billing_store::usage::{CustomerWrite, UsageStore};
     use billing_store::usage_dedup::IdHash;
-    use futures::{StreamExt, TryStreamExt};
     let session = Arc::new(billing_runtime::cql::connect(&settings.cassandra).await?);
     let store = Arc::new(UsageStore::new(session, &settings.cassandra.keyspace).await?);
+    // As rating loads them: the new customers of a batch of messages together (`UsageStore::load_many`), one
+    // batch after the other.
+    let ids: Vec<String> = (0..customers).map(customer_id).collect();
     let t = Instant::now();
-    let loaded: Vec<(String, billing_store::usage::CustomerUsage)> =
-        futures::stream::iter(0..customers)
-            .map(|c| {
-                let store = store.clone();
-                async move {
-                    let id = customer_id(c);
-                    let usage = store.load(TENANT, &id).await?;
-                    anyhow::Ok((id, usage))
-                }
-            })
-            .buffer_unordered(64)
-            .try_collect()
-            .await?;
+    let mut loaded: Vec<(String, billing_store::usage::CustomerUsage)> = Vec::new();
+    for batch in ids.chunks(LOAD_BATCH) {
+        let named: Vec<(&str, &str)> = batch.iter().map(|c| (TENANT, c.as_str())).collect();
+        let usage = store.load_many(&named).await?;
+        loaded.extend(usage.into_iter().map(|((_, c), u)| (c, u)));
+    }
     let load_s = t.elapsed().as_secs_f64();
     let rounds = (customer_writes / customers as f64).round().max(1.0) as usize;
     let ids_per_write = ((events as f64 / customer_writes).round() as usize).max(1);
@@ -908,6 +914,8 @@ async fn store_alone(
     })
 }
 
+/// Σ events_count over the usage_aggregates rows of every customer, read partition by partition (a full scan
+/// trips Cassandra's tombstone limit: rating writes unused columns as nulls).
 async fn stored_events_count(settings: &Settings, customers: u64) -> anyhow::Result<u64> {
     let session = Arc::new(billing_runtime::cql::connect(&settings.cassandra).await?);
     let select = session

@@ -1,7 +1,8 @@
 //! rating's Prometheus metrics, each defined once here.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 /// The service's metrics and the registry that exports them.
@@ -35,6 +36,9 @@ pub struct Metrics {
     pub evicted_customers: IntCounter,
     /// Accepted events with a charge that running usage cannot price (their ClickHouse amount leaves it out).
     pub unpriced_events: IntCounter,
+    /// Time the consumer loop spent waiting on the store instead of rating: `loads` (customers read before their
+    /// events can be rated) and `checkpoint` (the checkpoint in flight, when the next one must start).
+    pub store_wait_seconds: CounterVec,
 }
 
 /// The series of `billing_rating_events_total`.
@@ -111,6 +115,15 @@ impl Metrics {
              ClickHouse amount leaves that charge out",
         )?;
         registry.register(Box::new(unpriced_events.clone()))?;
+        let store_wait_seconds = CounterVec::new(
+            Opts::new(
+                "store_wait_seconds_total",
+                "Time the consumer loop waited on the store instead of rating: loads (customers read before \
+                 their events are rated), checkpoint (the checkpoint in flight, before the next one starts)",
+            ),
+            &["on"],
+        )?;
+        registry.register(Box::new(store_wait_seconds.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(checkpoints.clone()))?;
         registry.register(Box::new(checkpoint_seconds.clone()))?;
@@ -136,6 +149,7 @@ impl Metrics {
             cached_customers,
             evicted_customers,
             unpriced_events,
+            store_wait_seconds,
         })
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -100,8 +100,6 @@ struct Loads {
 const PREFETCH_BATCH: usize = 2_000;
 /// How often usage waits for the reference topics to be read to their end, besides before a rejection.
 const REFERENCE_REFRESH: Duration = Duration::from_secs(1);
-/// Customers loaded from the store at once.
-const PREFETCH_CONCURRENCY: usize = 64;
 /// Behind by more than this many events, rating checkpoints every `rating.catch_up_interval`.
 const CATCH_UP_LAG: i64 = 10_000;
 /// How long a wait on a store may last before the consumer pauses its partitions and keeps polling (so the group
@@ -422,25 +420,22 @@ impl Pipeline {
             self.shutdown.clone(),
             self.metrics.clone(),
         );
+        // Read together: a few queries per table for the whole batch (`UsageStore::load_many`).
         let task = tokio::spawn(async move {
-            retry_store("customer loads", &shutdown, &metrics, || {
-                let (store, missing) = (store.clone(), missing.clone());
-                async move {
-                    futures::stream::iter(missing)
-                        .map(|k| {
-                            let store = store.clone();
-                            async move {
-                                let (tenant, customer) = k.split_once('/').expect("filtered");
-                                let usage = store.load(tenant, customer).await?;
-                                anyhow::Ok((k, usage))
-                            }
-                        })
-                        .buffer_unordered(PREFETCH_CONCURRENCY)
-                        .try_collect::<Vec<(CustomerKey, CustomerUsage)>>()
-                        .await
-                }
+            let named: Vec<(&str, &str)> = missing
+                .iter()
+                .map(|k| k.split_once('/').expect("filtered"))
+                .collect();
+            let loaded = retry_store("customer loads", &shutdown, &metrics, || {
+                store.load_many(&named)
             })
-            .await
+            .await?;
+            anyhow::Ok(
+                loaded
+                    .into_iter()
+                    .map(|((tenant, customer), usage)| (format!("{tenant}/{customer}"), usage))
+                    .collect::<Vec<(CustomerKey, CustomerUsage)>>(),
+            )
         });
         Some(Loads {
             task,
@@ -457,7 +452,9 @@ impl Pipeline {
         let Some(loads) = loads else {
             return Ok(());
         };
+        let waited = Instant::now();
         let loaded = self.hold(loads.task).await??;
+        self.waited("loads", waited);
         if self.rebalances.load(Ordering::SeqCst) != loads.rebalances
             || self.evictions != loads.evictions
         {
@@ -468,6 +465,14 @@ impl Pipeline {
             self.customers.entry(k).or_insert(Cached::new(usage, used));
         }
         Ok(())
+    }
+
+    /// Count the time since `since` that the consumer loop waited on the store `on` (`loads`, `checkpoint`).
+    fn waited(&self, on: &str, since: Instant) {
+        self.metrics
+            .store_wait_seconds
+            .with_label_values(&[on])
+            .inc_by(since.elapsed().as_secs_f64());
     }
 
     /// Waits for `work` (a store call and its retries) while keeping the group membership: past [`HOLD_PAUSE`] the
@@ -685,7 +690,9 @@ impl Pipeline {
                 let (store, t, c) = (store.clone(), t.clone(), c.clone());
                 async move { store.load(&t, &c).await }
             });
+            let waited = Instant::now();
             let usage = self.hold(load).await?;
+            self.waited("loads", waited);
             self.customers
                 .insert(key.to_owned(), Cached::new(usage, self.durable));
         }
@@ -923,7 +930,9 @@ impl Pipeline {
     /// Wait until the checkpoint in flight, if any, is durable; its error, if any, stops the pipeline.
     async fn wait_for_checkpoint(&mut self) -> anyhow::Result<()> {
         if let Some(handle) = self.in_flight.take() {
+            let waited = Instant::now();
             self.spare_rows = self.hold(handle).await??;
+            self.waited("checkpoint", waited);
             self.progress.waiting_since_ms.store(0, Ordering::Relaxed);
             self.durable += 1;
             self.evict();

@@ -2,7 +2,7 @@
 //! load order that makes a customer's state consistent while another instance may still be writing it, and the
 //! checkpoint writes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use billing_core::aggregation::AggregationType;
@@ -129,16 +129,33 @@ const WRITE_CONCURRENCY: usize = 128;
 /// under the store's batch size limits.
 const MAX_BATCH_STATEMENTS: usize = 64;
 
+/// Customers one read of [`UsageStore::load_many`] names at most (`customer_id IN ?`, one tenant): ScyllaDB refuses
+/// more than 100 partition keys in one query by default (`max_partition_key_restrictions_per_query`).
+pub const MAX_CUSTOMERS_PER_READ: usize = 64;
+
+/// Reads of [`UsageStore::load_many`] in flight at once.
+const READ_CONCURRENCY: usize = 8;
+
+/// The customers one read is about: one (an equality, which a token-aware driver routes to the customer's
+/// replicas) or several of one tenant (`IN`, which saves the store a request per customer).
+#[derive(Clone, Copy)]
+enum Customers<'a> {
+    One(&'a str),
+    Many(&'a [&'a str]),
+}
+
 /// Prepared statements over `usage_aggregates`, `usage_unique_values`, `usage_dedup_blocks` and the legacy
 /// `usage_dedup`.
 pub struct UsageStore {
     session: Arc<Session>,
     select_aggregates: PreparedStatement,
+    select_aggregates_in: PreparedStatement,
     select_unique: PreparedStatement,
-    select_blocks: PreparedStatement,
+    select_unique_in: PreparedStatement,
+    select_blocks_in: PreparedStatement,
     /// `None` when the legacy `usage_dedup` table was empty when the store was opened (nothing writes it since
     /// blocks replaced it, so it stays empty): loads then skip it.
-    select_legacy_dedup: Option<PreparedStatement>,
+    select_legacy_dedup_in: Option<PreparedStatement>,
     upsert_aggregate: PreparedStatement,
     update_window: PreparedStatement,
     insert_unique: PreparedStatement,
@@ -151,10 +168,12 @@ impl UsageStore {
         let prepare = |q: String, idempotent: bool| crate::prepare(&session, q, idempotent);
         Ok(UsageStore {
             select_aggregates: prepare(usage_aggregates::select_by_customer(ks), true).await?,
+            select_aggregates_in: prepare(usage_aggregates::select_by_customers(ks), true).await?,
             select_unique: prepare(usage_unique_values::select_by_customer(ks), true).await?,
-            select_blocks: prepare(usage_dedup::select_blocks_by_customer(ks), true).await?,
-            select_legacy_dedup: if legacy_rows_left(&session, ks).await {
-                Some(prepare(usage_dedup::select_legacy_by_customer(ks), true).await?)
+            select_unique_in: prepare(usage_unique_values::select_by_customers(ks), true).await?,
+            select_blocks_in: prepare(usage_dedup::select_blocks_by_customers(ks), true).await?,
+            select_legacy_dedup_in: if legacy_rows_left(&session, ks).await {
+                Some(prepare(usage_dedup::select_legacy_by_customers(ks), true).await?)
             } else {
                 None
             },
@@ -166,53 +185,129 @@ impl UsageStore {
         })
     }
 
+    /// Every row `statement` returns for `values`, page after page.
+    async fn rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> anyhow::Result<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let mut rows = self
+            .session
+            .execute_iter(statement.clone(), values)
+            .await?
+            .rows_stream::<R>()?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    /// The rows of `one` (bound with the tenant and the customer) or of `many` (with the tenant and the list).
+    async fn rows_of<R>(
+        &self,
+        (one, many): (&PreparedStatement, &PreparedStatement),
+        tenant: &str,
+        customers: Customers<'_>,
+    ) -> anyhow::Result<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        match customers {
+            Customers::One(c) => self.rows(one, (tenant, c)).await,
+            Customers::Many(cs) => self.rows(many, (tenant, cs)).await,
+        }
+    }
+
     /// Everything stored about a customer (paged reads), in the reverse of the order a checkpoint writes it.
     /// Dedup ids come first: a checkpoint writes aggregates before ids, so every id read here is already included
     /// in the aggregates read next, even while another instance is still writing this customer's last checkpoint.
     pub async fn load(&self, tenant: &str, customer: &str) -> anyhow::Result<CustomerUsage> {
-        let mut seen = SeenIds::default();
-        let blocks = async {
-            let mut rows = self
-                .session
-                .execute_iter(self.select_blocks.clone(), (tenant, customer))
-                .await?
-                .rows_stream::<(DateTime<Utc>, Vec<u8>)>()?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.try_next().await? {
-                out.push(row);
-            }
-            anyhow::Ok(out)
-        };
+        let mut loaded = self.load_of(tenant, &[customer]).await?;
+        Ok(loaded.remove(customer).unwrap_or_default())
+    }
+
+    /// What [`Self::load`] reads, for many customers at once: one query per table names up to
+    /// [`MAX_CUSTOMERS_PER_READ`] customers of a tenant, so the store answers a few requests instead of two or
+    /// three per customer (loads while rating catches up are mostly new customers, whose reads find nothing). Every
+    /// customer named is in the answer, with empty usage when nothing is stored.
+    pub async fn load_many(
+        &self,
+        customers: &[(&str, &str)],
+    ) -> anyhow::Result<HashMap<(String, String), CustomerUsage>> {
+        let mut by_tenant: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for (tenant, customer) in customers {
+            by_tenant.entry(tenant).or_default().insert(customer);
+        }
+        let by_tenant: Vec<(&str, Vec<&str>)> = by_tenant
+            .into_iter()
+            .map(|(t, cs)| (t, cs.into_iter().collect()))
+            .collect();
+        let reads: Vec<_> = by_tenant
+            .iter()
+            .flat_map(|(tenant, cs)| {
+                cs.chunks(MAX_CUSTOMERS_PER_READ)
+                    .map(move |cs| (*tenant, cs))
+            })
+            .map(|(tenant, cs)| async move {
+                let loaded = self.load_of(tenant, cs).await?;
+                anyhow::Ok((tenant, loaded))
+            })
+            .collect();
+        let mut out = HashMap::with_capacity(customers.len());
+        let mut reads = futures::stream::iter(reads).buffer_unordered(READ_CONCURRENCY);
+        while let Some((tenant, loaded)) = reads.try_next().await? {
+            out.extend(loaded.into_iter().map(|(c, u)| ((tenant.to_owned(), c), u)));
+        }
+        Ok(out)
+    }
+
+    /// [`Self::load`] for some distinct customers of one tenant: their ids, then their aggregates.
+    async fn load_of(
+        &self,
+        tenant: &str,
+        customers: &[&str],
+    ) -> anyhow::Result<HashMap<String, CustomerUsage>> {
+        let mut out: HashMap<String, CustomerUsage> = customers
+            .iter()
+            .map(|c| ((*c).to_owned(), CustomerUsage::default()))
+            .collect();
+        let blocks = self
+            .rows::<(String, DateTime<Utc>, Vec<u8>)>(&self.select_blocks_in, (tenant, customers));
         let legacy = async {
-            let mut out = Vec::new();
-            let Some(select) = &self.select_legacy_dedup else {
-                return anyhow::Ok(out);
-            };
-            let mut rows = self
-                .session
-                .execute_iter(select.clone(), (tenant, customer))
-                .await?
-                .rows_stream::<(String,)>()?;
-            while let Some((event_id,)) = rows.try_next().await? {
-                out.push(IdHash::of(&event_id));
+            match &self.select_legacy_dedup_in {
+                Some(select) => {
+                    self.rows::<(String, String)>(select, (tenant, customers))
+                        .await
+                }
+                None => Ok(Vec::new()),
             }
-            anyhow::Ok(out)
         };
         let (blocks, legacy) = futures::try_join!(blocks, legacy)?;
         // A legacy row's write time is not read: it is dated today, so it is kept in memory at most 40 days more.
         let today = usage_dedup::day_of(Utc::now());
-        for id in legacy {
-            seen.insert_on(id, today);
-        }
-        for (written_at, ids) in blocks {
-            let day = usage_dedup::day_of(written_at);
-            for id in usage_dedup::decode_block(&ids)? {
-                seen.insert_on(id, day);
+        for (customer, event_id) in legacy {
+            if let Some(usage) = out.get_mut(&customer) {
+                usage.seen.insert_on(IdHash::of(&event_id), today);
             }
         }
-        let mut usage = self.aggregates(tenant, customer).await?;
-        usage.seen = seen;
-        Ok(usage)
+        for (customer, written_at, ids) in blocks {
+            let day = usage_dedup::day_of(written_at);
+            if let Some(usage) = out.get_mut(&customer) {
+                for id in usage_dedup::decode_block(&ids)? {
+                    usage.seen.insert_on(id, day);
+                }
+            }
+        }
+        let who = match customers {
+            [one] => Customers::One(one),
+            many => Customers::Many(many),
+        };
+        self.read_aggregates(tenant, who, true, &mut out).await?;
+        Ok(out)
     }
 
     /// A customer's aggregates with their unique values (no dedup ids): what a reader needs to price usage.
@@ -228,46 +323,71 @@ impl UsageStore {
         customer: &str,
         unique: bool,
     ) -> anyhow::Result<CustomerUsage> {
-        let mut usage = CustomerUsage::default();
-        let mut rows = self
-            .session
-            .execute_iter(self.select_aggregates.clone(), (tenant, customer))
-            .await?
-            .rows_stream::<AggregateRow>()?;
-        while let Some(r) = rows.try_next().await? {
+        let mut out = HashMap::from([(customer.to_owned(), CustomerUsage::default())]);
+        self.read_aggregates(tenant, Customers::One(customer), unique, &mut out)
+            .await?;
+        Ok(out.remove(customer).unwrap_or_default())
+    }
+
+    /// Read the aggregates of `customers` into `out` (which names them), with their unique values when `unique`.
+    async fn read_aggregates(
+        &self,
+        tenant: &str,
+        customers: Customers<'_>,
+        unique: bool,
+        out: &mut HashMap<String, CustomerUsage>,
+    ) -> anyhow::Result<()> {
+        let rows: Vec<AggregateRow> = self
+            .rows_of(
+                (&self.select_aggregates, &self.select_aggregates_in),
+                tenant,
+                customers,
+            )
+            .await?;
+        for mut r in rows {
+            let Some(usage) = out.get_mut(&r.customer_id) else {
+                continue;
+            };
             if usage.window.is_none() {
                 usage.window = r.window();
             }
+            r.customer_id = String::new();
             let (key, state) = r.into_state()?;
             usage.aggregates.insert(key, state);
         }
         // Unique values belong to unique-count aggregates only: a customer without one (a new customer has no
         // aggregate at all) has none to read.
-        let counts_unique = usage.aggregates.values().any(|s| {
-            s.aggregation == usage_aggregates::aggregation_name(AggregationType::UniqueCountAgg)
-        });
-        if !unique || !counts_unique {
-            return Ok(usage);
+        let unique_count = usage_aggregates::aggregation_name(AggregationType::UniqueCountAgg);
+        let counting: Vec<&str> = out
+            .iter()
+            .filter(|(_, u)| u.aggregates.values().any(|s| s.aggregation == unique_count))
+            .map(|(c, _)| c.as_str())
+            .collect();
+        if !unique || counting.is_empty() {
+            return Ok(());
         }
-        let mut rows = self
-            .session
-            .execute_iter(self.select_unique.clone(), (tenant, customer))
-            .await?
-            .rows_stream::<(String, String, DateTime<Utc>, String, String)>()?;
-        while let Some((subscription_id, charge_id, period_start, group_key, value)) =
-            rows.try_next().await?
-        {
+        let who = match counting.as_slice() {
+            [one] => Customers::One(one),
+            many => Customers::Many(many),
+        };
+        let rows: Vec<(String, String, String, DateTime<Utc>, String, String)> = self
+            .rows_of((&self.select_unique, &self.select_unique_in), tenant, who)
+            .await?;
+        for (customer, subscription_id, charge_id, period_start, group_key, value) in rows {
             let key = AggKey {
                 subscription_id,
                 charge_id,
                 period_start,
                 group_key,
             };
-            if let Some(state) = usage.aggregates.get_mut(&key) {
+            if let Some(state) = out
+                .get_mut(&customer)
+                .and_then(|u| u.aggregates.get_mut(&key))
+            {
                 state.running.unique.insert(value);
             }
         }
-        Ok(usage)
+        Ok(())
     }
 
     /// Write a checkpoint: for each customer (many at once), its new unique values and changed aggregates in

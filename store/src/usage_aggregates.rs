@@ -102,7 +102,16 @@ pub const COLUMNS: &str = "subscription_id, charge_id, period_start, group_key, 
 /// Every aggregate of one customer, each row with the customer's [`AppliedWindow`] (static columns).
 pub fn select_by_customer(ks: &str) -> String {
     format!(
-        "SELECT {COLUMNS}, {WINDOW_COLUMNS} FROM {ks}.usage_aggregates WHERE tenant_id = ? AND customer_id = ?"
+        "SELECT customer_id, {COLUMNS}, {WINDOW_COLUMNS} FROM {ks}.usage_aggregates \
+         WHERE tenant_id = ? AND customer_id = ?"
+    )
+}
+
+/// Every aggregate of some customers of one tenant (`customer_id IN ?`), as [`select_by_customer`] reads one.
+pub fn select_by_customers(ks: &str) -> String {
+    format!(
+        "SELECT customer_id, {COLUMNS}, {WINDOW_COLUMNS} FROM {ks}.usage_aggregates \
+         WHERE tenant_id = ? AND customer_id IN ?"
     )
 }
 
@@ -203,6 +212,7 @@ pub fn upsert(ks: &str) -> String {
 #[derive(scylla::DeserializeRow)]
 #[allow(missing_docs)]
 pub struct AggregateRow {
+    pub customer_id: String,
     pub subscription_id: String,
     pub charge_id: String,
     pub period_start: DateTime<Utc>,
@@ -419,6 +429,7 @@ mod tests {
     #[test]
     fn a_row_carries_the_window_and_one_that_does_not_decode_is_left_out() {
         let row = |rejected: Vec<u8>| AggregateRow {
+            customer_id: "cu".into(),
             subscription_id: "s".into(),
             charge_id: "c".into(),
             period_start: DateTime::<Utc>::MIN_UTC,

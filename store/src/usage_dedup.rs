@@ -133,10 +133,10 @@ pub fn decode_block(bytes: &[u8]) -> anyhow::Result<Vec<IdHash>> {
         .collect())
 }
 
-/// Every block of one customer.
-pub fn select_blocks_by_customer(ks: &str) -> String {
+/// Every block of some customers of one tenant (`customer_id IN ?`), with the customer each belongs to.
+pub fn select_blocks_by_customers(ks: &str) -> String {
     format!(
-        "SELECT written_at, ids FROM {ks}.usage_dedup_blocks WHERE tenant_id = ? AND customer_id = ?"
+        "SELECT customer_id, written_at, ids FROM {ks}.usage_dedup_blocks WHERE tenant_id = ? AND customer_id IN ?"
     )
 }
 
@@ -147,9 +147,12 @@ pub fn insert_block(ks: &str) -> String {
     )
 }
 
-/// Every id of one customer in the legacy one-row-per-id table (written before blocks; TTL 40 days).
-pub fn select_legacy_by_customer(ks: &str) -> String {
-    format!("SELECT event_id FROM {ks}.usage_dedup WHERE tenant_id = ? AND customer_id = ?")
+/// Every id of some customers of one tenant (`customer_id IN ?`) in the legacy one-row-per-id table (written before
+/// blocks; TTL 40 days), with the customer each belongs to.
+pub fn select_legacy_by_customers(ks: &str) -> String {
+    format!(
+        "SELECT customer_id, event_id FROM {ks}.usage_dedup WHERE tenant_id = ? AND customer_id IN ?"
+    )
 }
 
 /// Any one row of the legacy table: none (a keyspace created after blocks, or one whose legacy rows have all

@@ -3,11 +3,20 @@
 //!
 //! **Writer: rating.** Readers: rating (on load), query-api.
 
-/// Every distinct value of one customer: `(subscription_id, charge_id, period_start, group_key, value)`.
+/// The columns a read returns: `(customer_id, subscription_id, charge_id, period_start, group_key, value)`.
+const COLUMNS: &str = "customer_id, subscription_id, charge_id, period_start, group_key, value";
+
+/// Every distinct value of one customer.
 pub fn select_by_customer(ks: &str) -> String {
     format!(
-        "SELECT subscription_id, charge_id, period_start, group_key, value FROM {ks}.usage_unique_values \
-         WHERE tenant_id = ? AND customer_id = ?"
+        "SELECT {COLUMNS} FROM {ks}.usage_unique_values WHERE tenant_id = ? AND customer_id = ?"
+    )
+}
+
+/// Every distinct value of some customers of one tenant (`customer_id IN ?`).
+pub fn select_by_customers(ks: &str) -> String {
+    format!(
+        "SELECT {COLUMNS} FROM {ks}.usage_unique_values WHERE tenant_id = ? AND customer_id IN ?"
     )
 }
 

@@ -1,0 +1,196 @@
+//! Rating loads the customers of a batch of messages together (`UsageStore::load_many`: one `IN` query per table
+//! for up to 64 customers of a tenant). Against the real store, what it reads must be what the one-customer load
+//! reads: aggregates with their unique values, dedup ids from blocks and from the legacy one-row-per-id table, the
+//! applied window, and nothing for a customer with nothing stored; across tenants and past one query's size.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use billing_core::aggregation::{AggregationType, RunningAggregate};
+use billing_store::usage::{CustomerUsage, CustomerWrite, UsageStore, MAX_CUSTOMERS_PER_READ};
+use billing_store::usage_aggregates::{aggregation_name, AggKey, AggState, AppliedWindow};
+use billing_store::usage_dedup::IdHash;
+use billing_tests::TestEnv;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+/// What customer `c` of a tenant has stored: nothing (every fifth), or a summed aggregate, a unique-count one with
+/// `c % 3` values, a window, and ids in two checkpoints' blocks.
+fn writes_of(tenant: &str, c: usize) -> Vec<CustomerWrite> {
+    if c.is_multiple_of(5) {
+        return Vec::new();
+    }
+    let customer = format!("cus-{c}");
+    let start: DateTime<Utc> = "2026-11-01T00:00:00Z".parse().unwrap();
+    let key = |charge: &str| AggKey {
+        subscription_id: format!("sub-{c}"),
+        charge_id: charge.into(),
+        period_start: start,
+        group_key: String::new(),
+    };
+    let state = |aggregation: AggregationType, events: u64, offset: i64| AggState {
+        period_end: "2026-12-01T00:00:00Z".parse().unwrap(),
+        metric_code: "calls".into(),
+        aggregation: aggregation_name(aggregation).into(),
+        charge_model: "standard".into(),
+        charge_properties: r#"{"amount":"0.01"}"#.into(),
+        currency: "EUR".into(),
+        running: RunningAggregate {
+            events_count: events,
+            sum: Decimal::new(c as i64 * 125, 2),
+            ..Default::default()
+        },
+        last_partition: (c % 12) as i32,
+        last_offset: offset,
+    };
+    let ids = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| IdHash::of(&format!("{tenant}-{c}-{i}")))
+            .collect()
+    };
+    let unique: Vec<String> = (0..c % 3).map(|i| format!("user-{i}")).collect();
+    vec![
+        CustomerWrite {
+            tenant: tenant.into(),
+            customer: customer.clone(),
+            aggregates: vec![(
+                key("calls"),
+                state(AggregationType::SumAgg, 3, 10),
+                Vec::new(),
+            )],
+            seen: ids(0, 3),
+            window: Some(AppliedWindow {
+                partition: (c % 12) as i32,
+                from: 8,
+                to: 10,
+                rejected: Vec::new(),
+            }),
+            block_id: uuid::Uuid::new_v4(),
+        },
+        CustomerWrite {
+            tenant: tenant.into(),
+            customer,
+            aggregates: vec![(
+                key("users"),
+                state(AggregationType::UniqueCountAgg, unique.len() as u64, 14),
+                unique,
+            )],
+            seen: ids(3, 4),
+            window: Some(AppliedWindow {
+                partition: (c % 12) as i32,
+                from: 11,
+                to: 14,
+                rejected: vec![12],
+            }),
+            block_id: uuid::Uuid::new_v4(),
+        },
+    ]
+}
+
+/// Everything a load read, comparable: aggregates, which of `ids` it knows as counted, the window.
+type Loaded = (
+    HashMap<AggKey, AggState>,
+    Vec<bool>,
+    Option<AppliedWindow>,
+    usize,
+);
+
+fn comparable(usage: CustomerUsage, ids: &[IdHash]) -> Loaded {
+    let known = ids.iter().map(|id| usage.seen.contains(id)).collect();
+    (usage.aggregates, known, usage.window, usage.seen.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_customers_together_reads_what_loading_each_one_reads() {
+    let env = TestEnv::new("store_loads").await;
+    let ks = env.settings.cassandra.keyspace.clone();
+    let session = Arc::new(
+        billing_runtime::cql::connect(&env.settings.cassandra)
+            .await
+            .unwrap(),
+    );
+    // An id of the legacy one-row-per-id table, written before the store opens (it reads the table only if it held
+    // rows then).
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.usage_dedup (tenant_id, customer_id, event_id) VALUES ('acme', 'cus-7', 'legacy-1')"
+            ),
+            (),
+        )
+        .await
+        .unwrap();
+    let store = UsageStore::new(session.clone(), &ks).await.unwrap();
+
+    // Two tenants, the first with more customers than one query names.
+    let tenants = [("acme", MAX_CUSTOMERS_PER_READ * 2 + 7), ("globex", 6)];
+    let mut named: Vec<(String, String)> = Vec::new();
+    for (tenant, n) in tenants {
+        for c in 0..n {
+            named.push((tenant.into(), format!("cus-{c}")));
+            // Two checkpoints, one after the other, as rating writes them.
+            for write in writes_of(tenant, c) {
+                store.save_checkpoint(&[write]).await.unwrap();
+            }
+        }
+    }
+    let ids_of = |tenant: &str, customer: &str| -> Vec<IdHash> {
+        let mut ids: Vec<IdHash> = (0..8)
+            .map(|i| IdHash::of(&format!("{tenant}-{}-{i}", &customer[4..])))
+            .collect();
+        ids.push(IdHash::of("legacy-1"));
+        ids
+    };
+
+    let pairs: Vec<(&str, &str)> = named
+        .iter()
+        .map(|(t, c)| (t.as_str(), c.as_str()))
+        .collect();
+    let mut together = store.load_many(&pairs).await.unwrap();
+    assert_eq!(
+        together.len(),
+        named.len(),
+        "every customer named is answered"
+    );
+
+    let mut stored = 0;
+    for (tenant, customer) in &named {
+        let ids = ids_of(tenant, customer);
+        let one = comparable(store.load(tenant, customer).await.unwrap(), &ids);
+        let many = comparable(
+            together
+                .remove(&(tenant.clone(), customer.clone()))
+                .unwrap(),
+            &ids,
+        );
+        assert_eq!(many, one, "{tenant}/{customer}");
+        let c: usize = customer[4..].parse().unwrap();
+        let (aggregates, known, window, seen) = one;
+        if c.is_multiple_of(5) {
+            assert!(aggregates.is_empty() && window.is_none(), "{customer}");
+            let legacy = *tenant == "acme" && c == 7;
+            assert_eq!(seen, usize::from(legacy), "{tenant}/{customer}");
+            continue;
+        }
+        stored += 1;
+        // What was written is what is read: 7 ids, both aggregates, the unique values, the last window.
+        let legacy = *tenant == "acme" && c == 7;
+        assert_eq!(seen, 7 + usize::from(legacy), "{tenant}/{customer}");
+        assert_eq!(known[..7], [true; 7], "{tenant}/{customer}");
+        assert!(!known[7], "an id no checkpoint wrote is not known");
+        assert_eq!(known[8], legacy, "{tenant}/{customer}: the legacy id");
+        assert_eq!(aggregates.len(), 2, "{tenant}/{customer}");
+        let users = aggregates
+            .iter()
+            .find(|(k, _)| k.charge_id == "users")
+            .map(|(_, s)| s.running.unique.len());
+        assert_eq!(users, Some(c % 3), "{tenant}/{customer}");
+        assert_eq!(
+            window.map(|w| (w.from, w.to, w.rejected)),
+            Some((11, 14, vec![12])),
+            "{tenant}/{customer}"
+        );
+    }
+    assert_eq!(stored, 108 + 4, "customers with something stored, checked");
+    env.cleanup().await;
+}
