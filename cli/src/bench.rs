@@ -920,7 +920,8 @@ async fn stored_events_count(settings: &Settings, customers: u64) -> anyhow::Res
     let session = Arc::new(billing_runtime::cql::connect(&settings.cassandra).await?);
     let select = session
         .prepare(format!(
-            "SELECT events_count FROM {}.usage_aggregates WHERE tenant_id = ? AND customer_id = ?",
+            "SELECT events_count FROM {}.usage_aggregates WHERE tenant_id = ? AND customer_id = ? \
+             AND subscription_id > ''",
             settings.cassandra.keyspace
         ))
         .await?;

@@ -8,7 +8,7 @@ use billing_core::aggregation::{unique_key, AggregationType};
 use billing_core::usage_pricing::apply_and_price;
 use billing_schemas::usage::UsageEvent;
 use billing_store::usage::CustomerUsage;
-use billing_store::usage_aggregates::{aggregation_name, AggKey, AggState};
+use billing_store::usage_aggregates::{aggregation_name, AggKey, AggState, BLOCK_SUBSCRIPTION};
 use billing_store::usage_dedup::IdHash;
 use billing_store::usage_events::UsageEventRow;
 use chrono::{DateTime, TimeZone, Utc};
@@ -146,6 +146,13 @@ pub fn apply(
         .ok_or_else(|| Rejection::UnknownMetric(ev.metric_code.clone()))?;
     let attribution =
         reference.attribute_memo(&ev.tenant_id, &ev.customer_id, ev.timestamp, memo)?;
+    // An empty subscription id is how a customer's dedup blocks are keyed in its aggregates partition: no aggregate
+    // may have one (a lifecycle producer that sends one gets its usage dead-lettered, not mixed with the blocks).
+    if attribution.subscription_id == BLOCK_SUBSCRIPTION {
+        return Err(Rejection::Unaggregatable(
+            "the subscription in force has an empty id".into(),
+        ));
+    }
     let agg_type = metric.aggregation_type;
     let raw = metric_value(ev, agg_type, metric.field_name.as_deref())?;
     if usage.seen.contains(&counted) {
@@ -428,6 +435,39 @@ mod tests {
         };
         let d = decode(&m, &LIMITS)?;
         apply(&d, r, usage, &mut None, m.partition, m.offset, &LIMITS)
+    }
+
+    #[test]
+    fn usage_of_a_subscription_with_an_empty_id_is_refused_not_stored_as_a_dedup_block() {
+        let mut r = reference();
+        for ev in LifecycleEvent::customer_subscribed(
+            "t",
+            CustomerCreated::new("c9", "C", "EUR", "UTC"),
+            BLOCK_SUBSCRIPTION,
+            "p",
+            at("2026-01-01T00:00:00Z"),
+        ) {
+            r.apply_lifecycle(ev).unwrap();
+        }
+        let ms = at("2026-01-05T00:00:00Z").timestamp_millis();
+        let payload = format!(
+            r#"{{"tenant_id":"t","event_id":"e","customer_id":"c9","metric_code":"gb","timestamp":{ms},"properties":{{"value":"1"}}}}"#
+        );
+        let m = Message {
+            key: Some(b"t/c9"),
+            payload: payload.as_bytes(),
+            content_type: None,
+            partition: billing_runtime::kafka::partition_for_key(b"t/c9", 12),
+            offset: 3,
+            timestamp_ms: Some(ms),
+        };
+        let d = decode(&m, &LIMITS).unwrap();
+        let mut usage = CustomerUsage::default();
+        let err = apply(&d, &r, &mut usage, &mut None, m.partition, 3, &LIMITS).unwrap_err();
+        assert!(matches!(err, Rejection::Unaggregatable(ref why) if why.contains("empty id")));
+        assert!(usage.aggregates.is_empty() && usage.seen.is_empty());
+        // The customer subscribed with an id is rated.
+        assert!(rate_one(&r, &mut usage, "e1", "2026-01-05T00:00:00Z", "1", 4).is_ok());
     }
 
     #[test]

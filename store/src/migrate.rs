@@ -75,6 +75,11 @@ const CQL: &[Migration] = &[
         name: "usage_applied_window",
         body: include_str!("../migrations/cql/0012_usage_applied_window.cql"),
     },
+    Migration {
+        version: 13,
+        name: "usage_dedup_in_aggregates",
+        body: include_str!("../migrations/cql/0013_usage_dedup_in_aggregates.cql"),
+    },
 ];
 
 const CLICKHOUSE: &[Migration] = &[

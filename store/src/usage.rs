@@ -85,7 +85,7 @@ impl CustomerUsage {
 /// One aggregate to write: its key, its state and the unique values added since the last write.
 pub type AggregateWrite = (AggKey, AggState, Vec<String>);
 
-/// What one checkpoint writes for one customer: its changed aggregates, then the ids it counted as one block.
+/// What one checkpoint writes for one customer: its changed aggregates, with the ids it counted as one block.
 #[derive(Debug, Default)]
 pub struct CustomerWrite {
     /// Tenant.
@@ -103,12 +103,53 @@ pub struct CustomerWrite {
     pub block_id: uuid::Uuid,
 }
 
-/// Whether the legacy `usage_dedup` table may still hold a row: yes unless a read finds it empty (a scan that fails,
-/// e.g. over the tombstones of expired rows, keeps the per-customer reads rather than stopping the service).
-async fn legacy_rows_left(session: &Session, ks: &str) -> bool {
+/// Record the ids of a stored block (written at `written_at`) as counted; a block that does not decode is an error.
+fn insert_block(
+    usage: &mut CustomerUsage,
+    written_at: DateTime<Utc>,
+    ids: &[u8],
+) -> anyhow::Result<()> {
+    let day = usage_dedup::day_of(written_at);
+    for id in usage_dedup::decode_block(ids)? {
+        usage.seen.insert_on(id, day);
+    }
+    Ok(())
+}
+
+/// Add rows of `usage_aggregates` to the usage of their customers in `out` (others are ignored): the window, then
+/// each row's dedup block or aggregate.
+fn fold_rows(
+    rows: Vec<AggregateRow>,
+    out: &mut HashMap<String, CustomerUsage>,
+) -> anyhow::Result<()> {
+    for mut r in rows {
+        let Some(usage) = out.get_mut(&r.customer_id) else {
+            continue;
+        };
+        if usage.window.is_none() {
+            usage.window = r.window();
+        }
+        if r.is_static_only() {
+            continue;
+        }
+        if let Some((written_at, ids)) = r.block()? {
+            insert_block(usage, written_at, &ids)?;
+            continue;
+        }
+        r.customer_id = String::new();
+        let (key, state) = r.into_state()?;
+        usage.aggregates.insert(key, state);
+    }
+    Ok(())
+}
+
+/// Whether a legacy dedup table (`usage_dedup`, then `usage_dedup_blocks`: nothing writes them any more) may still
+/// hold a row, by reading any one with `query`: yes unless the read finds it empty (a scan that fails, e.g. over
+/// the tombstones of expired rows, keeps the loads reading it rather than stopping the service).
+async fn legacy_rows_left(session: &Session, query: String) -> bool {
     let rows = async {
         let rows = session
-            .query_unpaged(usage_dedup::select_any_legacy(ks), ())
+            .query_unpaged(query.as_str(), ())
             .await?
             .into_rows_result()?;
         anyhow::Ok(rows.rows_num())
@@ -116,7 +157,7 @@ async fn legacy_rows_left(session: &Session, ks: &str) -> bool {
     match rows.await {
         Ok(n) => n > 0,
         Err(e) => {
-            tracing::warn!(error = %e, "legacy dedup table not scanned; loads keep reading it");
+            tracing::warn!(query, error = %e, "legacy dedup table not scanned; loads keep reading it");
             true
         }
     }
@@ -136,25 +177,18 @@ pub const MAX_CUSTOMERS_PER_READ: usize = 64;
 /// Reads of [`UsageStore::load_many`] in flight at once.
 const READ_CONCURRENCY: usize = 8;
 
-/// The customers one read is about: one (an equality, which a token-aware driver routes to the customer's
-/// replicas) or several of one tenant (`IN`, which saves the store a request per customer).
-#[derive(Clone, Copy)]
-enum Customers<'a> {
-    One(&'a str),
-    Many(&'a [&'a str]),
-}
-
-/// Prepared statements over `usage_aggregates`, `usage_unique_values`, `usage_dedup_blocks` and the legacy
-/// `usage_dedup`.
+/// Prepared statements over `usage_aggregates` (a customer's aggregates, applied window and dedup blocks),
+/// `usage_unique_values`, and the legacy `usage_dedup_blocks` and `usage_dedup`.
 pub struct UsageStore {
     session: Arc<Session>,
     select_aggregates: PreparedStatement,
-    select_aggregates_in: PreparedStatement,
+    select_state_in: PreparedStatement,
     select_unique: PreparedStatement,
     select_unique_in: PreparedStatement,
-    select_blocks_in: PreparedStatement,
-    /// `None` when the legacy `usage_dedup` table was empty when the store was opened (nothing writes it since
-    /// blocks replaced it, so it stays empty): loads then skip it.
+    /// `None` when the legacy table was empty when the store was opened (nothing writes it since blocks moved
+    /// into `usage_aggregates`, so it stays empty): loads then skip it.
+    select_legacy_blocks_in: Option<PreparedStatement>,
+    /// The same for the older one-row-per-id table.
     select_legacy_dedup_in: Option<PreparedStatement>,
     upsert_aggregate: PreparedStatement,
     update_window: PreparedStatement,
@@ -166,21 +200,31 @@ impl UsageStore {
     /// Prepare every statement once.
     pub async fn new(session: Arc<Session>, ks: &str) -> anyhow::Result<Self> {
         let prepare = |q: String, idempotent: bool| crate::prepare(&session, q, idempotent);
+        let legacy = |left: bool, q: String| async move {
+            match left {
+                true => prepare(q, true).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let blocks_left =
+            legacy_rows_left(&session, usage_dedup::select_any_legacy_block(ks)).await;
+        let ids_left = legacy_rows_left(&session, usage_dedup::select_any_legacy(ks)).await;
         Ok(UsageStore {
             select_aggregates: prepare(usage_aggregates::select_by_customer(ks), true).await?,
-            select_aggregates_in: prepare(usage_aggregates::select_by_customers(ks), true).await?,
+            select_state_in: prepare(usage_aggregates::select_state_by_customers(ks), true).await?,
             select_unique: prepare(usage_unique_values::select_by_customer(ks), true).await?,
             select_unique_in: prepare(usage_unique_values::select_by_customers(ks), true).await?,
-            select_blocks_in: prepare(usage_dedup::select_blocks_by_customers(ks), true).await?,
-            select_legacy_dedup_in: if legacy_rows_left(&session, ks).await {
-                Some(prepare(usage_dedup::select_legacy_by_customers(ks), true).await?)
-            } else {
-                None
-            },
+            select_legacy_blocks_in: legacy(
+                blocks_left,
+                usage_dedup::select_blocks_by_customers(ks),
+            )
+            .await?,
+            select_legacy_dedup_in: legacy(ids_left, usage_dedup::select_legacy_by_customers(ks))
+                .await?,
             upsert_aggregate: prepare(usage_aggregates::upsert(ks), true).await?,
             update_window: prepare(usage_aggregates::update_window(ks), true).await?,
             insert_unique: prepare(usage_unique_values::insert(ks), true).await?,
-            insert_block: prepare(usage_dedup::insert_block(ks), true).await?,
+            insert_block: prepare(usage_aggregates::insert_block(ks), true).await?,
             session,
         })
     }
@@ -206,34 +250,19 @@ impl UsageStore {
         Ok(out)
     }
 
-    /// The rows of `one` (bound with the tenant and the customer) or of `many` (with the tenant and the list).
-    async fn rows_of<R>(
-        &self,
-        (one, many): (&PreparedStatement, &PreparedStatement),
-        tenant: &str,
-        customers: Customers<'_>,
-    ) -> anyhow::Result<Vec<R>>
-    where
-        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
-    {
-        match customers {
-            Customers::One(c) => self.rows(one, (tenant, c)).await,
-            Customers::Many(cs) => self.rows(many, (tenant, cs)).await,
-        }
-    }
-
-    /// Everything stored about a customer (paged reads), in the reverse of the order a checkpoint writes it.
-    /// Dedup ids come first: a checkpoint writes aggregates before ids, so every id read here is already included
-    /// in the aggregates read next, even while another instance is still writing this customer's last checkpoint.
+    /// Everything stored about a customer: its partition of `usage_aggregates` in one read (aggregates, applied
+    /// window and dedup blocks, which a checkpoint writes in one single-partition batch, so a read sees a checkpoint
+    /// whole or not at all, even while another instance is still writing it; the blocks sort first, so a read of
+    /// several pages takes its ids from before its aggregates), then unique values.
     pub async fn load(&self, tenant: &str, customer: &str) -> anyhow::Result<CustomerUsage> {
         let mut loaded = self.load_of(tenant, &[customer]).await?;
         Ok(loaded.remove(customer).unwrap_or_default())
     }
 
-    /// What [`Self::load`] reads, for many customers at once: one query per table names up to
-    /// [`MAX_CUSTOMERS_PER_READ`] customers of a tenant, so the store answers a few requests instead of two or
-    /// three per customer (loads while rating catches up are mostly new customers, whose reads find nothing). Every
-    /// customer named is in the answer, with empty usage when nothing is stored.
+    /// What [`Self::load`] reads, for many customers at once: one query names up to [`MAX_CUSTOMERS_PER_READ`]
+    /// customers of a tenant, so the store answers a few requests instead of one or two per customer (loads while
+    /// rating catches up are mostly new customers, whose reads find nothing). Every customer named is in the
+    /// answer, with empty usage when nothing is stored.
     pub async fn load_many(
         &self,
         customers: &[(&str, &str)],
@@ -265,7 +294,7 @@ impl UsageStore {
         Ok(out)
     }
 
-    /// [`Self::load`] for some distinct customers of one tenant: their ids, then their aggregates.
+    /// [`Self::load`] for some distinct customers of one tenant.
     async fn load_of(
         &self,
         tenant: &str,
@@ -275,9 +304,18 @@ impl UsageStore {
             .iter()
             .map(|c| ((*c).to_owned(), CustomerUsage::default()))
             .collect();
-        let blocks = self
-            .rows::<(String, DateTime<Utc>, Vec<u8>)>(&self.select_blocks_in, (tenant, customers));
-        let legacy = async {
+        // Ids of the legacy tables (read only while they held rows when the store was opened) first, as ids were
+        // read before aggregates when they were written after them.
+        let legacy_blocks = async {
+            match &self.select_legacy_blocks_in {
+                Some(select) => {
+                    self.rows::<(String, DateTime<Utc>, Vec<u8>)>(select, (tenant, customers))
+                        .await
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        let legacy_ids = async {
             match &self.select_legacy_dedup_in {
                 Some(select) => {
                     self.rows::<(String, String)>(select, (tenant, customers))
@@ -286,27 +324,24 @@ impl UsageStore {
                 None => Ok(Vec::new()),
             }
         };
-        let (blocks, legacy) = futures::try_join!(blocks, legacy)?;
+        let (legacy_blocks, legacy_ids) = futures::try_join!(legacy_blocks, legacy_ids)?;
         // A legacy row's write time is not read: it is dated today, so it is kept in memory at most 40 days more.
         let today = usage_dedup::day_of(Utc::now());
-        for (customer, event_id) in legacy {
+        for (customer, event_id) in legacy_ids {
             if let Some(usage) = out.get_mut(&customer) {
                 usage.seen.insert_on(IdHash::of(&event_id), today);
             }
         }
-        for (customer, written_at, ids) in blocks {
-            let day = usage_dedup::day_of(written_at);
+        for (customer, written_at, ids) in legacy_blocks {
             if let Some(usage) = out.get_mut(&customer) {
-                for id in usage_dedup::decode_block(&ids)? {
-                    usage.seen.insert_on(id, day);
-                }
+                insert_block(usage, written_at, &ids)?;
             }
         }
-        let who = match customers {
-            [one] => Customers::One(one),
-            many => Customers::Many(many),
-        };
-        self.read_aggregates(tenant, who, true, &mut out).await?;
+        let rows = self
+            .rows(&self.select_state_in, (tenant, customers))
+            .await?;
+        fold_rows(rows, &mut out)?;
+        self.read_unique(tenant, &mut out).await?;
         Ok(out)
     }
 
@@ -324,37 +359,35 @@ impl UsageStore {
         unique: bool,
     ) -> anyhow::Result<CustomerUsage> {
         let mut out = HashMap::from([(customer.to_owned(), CustomerUsage::default())]);
-        self.read_aggregates(tenant, Customers::One(customer), unique, &mut out)
+        self.read_aggregates(tenant, customer, unique, &mut out)
             .await?;
         Ok(out.remove(customer).unwrap_or_default())
     }
 
-    /// Read the aggregates of `customers` into `out` (which names them), with their unique values when `unique`.
+    /// Read the aggregates of `customer` into `out` (which names it), with their unique values when `unique`.
     async fn read_aggregates(
         &self,
         tenant: &str,
-        customers: Customers<'_>,
+        customer: &str,
         unique: bool,
         out: &mut HashMap<String, CustomerUsage>,
     ) -> anyhow::Result<()> {
-        let rows: Vec<AggregateRow> = self
-            .rows_of(
-                (&self.select_aggregates, &self.select_aggregates_in),
-                tenant,
-                customers,
-            )
+        let rows = self
+            .rows(&self.select_aggregates, (tenant, customer))
             .await?;
-        for mut r in rows {
-            let Some(usage) = out.get_mut(&r.customer_id) else {
-                continue;
-            };
-            if usage.window.is_none() {
-                usage.window = r.window();
-            }
-            r.customer_id = String::new();
-            let (key, state) = r.into_state()?;
-            usage.aggregates.insert(key, state);
+        fold_rows(rows, out)?;
+        if unique {
+            self.read_unique(tenant, out).await?;
         }
+        Ok(())
+    }
+
+    /// Read the unique values of the customers of `out` that have a unique-count aggregate.
+    async fn read_unique(
+        &self,
+        tenant: &str,
+        out: &mut HashMap<String, CustomerUsage>,
+    ) -> anyhow::Result<()> {
         // Unique values belong to unique-count aggregates only: a customer without one (a new customer has no
         // aggregate at all) has none to read.
         let unique_count = usage_aggregates::aggregation_name(AggregationType::UniqueCountAgg);
@@ -363,16 +396,12 @@ impl UsageStore {
             .filter(|(_, u)| u.aggregates.values().any(|s| s.aggregation == unique_count))
             .map(|(c, _)| c.as_str())
             .collect();
-        if !unique || counting.is_empty() {
-            return Ok(());
-        }
-        let who = match counting.as_slice() {
-            [one] => Customers::One(one),
-            many => Customers::Many(many),
-        };
-        let rows: Vec<(String, String, String, DateTime<Utc>, String, String)> = self
-            .rows_of((&self.select_unique, &self.select_unique_in), tenant, who)
-            .await?;
+        let rows: Vec<(String, String, String, DateTime<Utc>, String, String)> =
+            match counting.as_slice() {
+                [] => return Ok(()),
+                [one] => self.rows(&self.select_unique, (tenant, *one)).await?,
+                many => self.rows(&self.select_unique_in, (tenant, many)).await?,
+            };
         for (customer, subscription_id, charge_id, period_start, group_key, value) in rows {
             let key = AggKey {
                 subscription_id,
@@ -390,10 +419,10 @@ impl UsageStore {
         Ok(())
     }
 
-    /// Write a checkpoint: for each customer (many at once), its new unique values and changed aggregates in
-    /// single-partition batches, then, once they are stored, the block of ids it counted. Aggregates are absolute
-    /// values stamped with their last offset, and a block keeps its id across retries, so the whole write can be
-    /// retried.
+    /// Write a checkpoint: for each customer (many at once), its new unique values, then its changed aggregates in
+    /// single-partition batches, the last of which also holds its applied window and the block of ids it counted
+    /// (usually one batch in all). Aggregates are absolute values stamped with their last offset, and a block keeps
+    /// its id across retries, so the whole write can be retried.
     pub async fn save_checkpoint(&self, customers: &[CustomerWrite]) -> anyhow::Result<()> {
         // The futures are made first: a lazy `map` over borrowed rows is not `Send` for every lifetime, which a
         // spawned checkpoint needs.
@@ -452,9 +481,21 @@ impl UsageStore {
             });
             self.batch_of(&self.insert_unique, values.collect()).await?;
         }
-        // The applied window goes in the last batch of aggregates (one less aggregate per batch leaves it room):
-        // durable exactly when they all are.
-        let chunks: Vec<_> = c.aggregates.chunks(MAX_BATCH_STATEMENTS - 1).collect();
+        // The applied window and the first block of counted ids go in the last batch of aggregates (two less
+        // aggregates per batch leave them room): durable exactly when the aggregates all are, and in one
+        // single-partition batch with the last of them, which the store applies whole.
+        let written_at = Utc::now();
+        let mut blocks = c
+            .seen
+            .chunks(usage_dedup::MAX_IDS_PER_BLOCK)
+            .enumerate()
+            .map(|(i, ids)| {
+                // Further blocks of one checkpoint derive their ids from the first: stable across retries.
+                let id = uuid::Uuid::from_u128(c.block_id.as_u128().wrapping_add(i as u128));
+                (id.to_string(), usage_dedup::encode_block(ids))
+            });
+        let block_write = |(id, ids): (String, Vec<u8>)| (tenant, customer, id, ids, written_at);
+        let chunks: Vec<_> = c.aggregates.chunks(MAX_BATCH_STATEMENTS - 2).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let mut statements: Vec<(
                 &PreparedStatement,
@@ -474,28 +515,17 @@ impl UsageStore {
                         Box::new(WindowWrite::new(tenant, customer, window)),
                     ));
                 }
+                if let Some(block) = blocks.next() {
+                    statements.push((&self.insert_block, Box::new(block_write(block))));
+                }
             }
             self.batch(statements).await?;
         }
-        let written_at = Utc::now();
-        for (i, ids) in c.seen.chunks(usage_dedup::MAX_IDS_PER_BLOCK).enumerate() {
-            // Further rows of one checkpoint's block derive their ids from the first: stable across retries.
-            let block_id = if i == 0 {
-                c.block_id
-            } else {
-                uuid::Uuid::from_u128(c.block_id.as_u128().wrapping_add(i as u128))
-            };
+        // Blocks left (the ids of a customer whose aggregates did not change, or more than one block's worth),
+        // after the aggregates.
+        for block in blocks {
             self.session
-                .execute_unpaged(
-                    &self.insert_block,
-                    (
-                        tenant,
-                        customer,
-                        block_id,
-                        written_at,
-                        usage_dedup::encode_block(ids),
-                    ),
-                )
+                .execute_unpaged(&self.insert_block, block_write(block))
                 .await?;
         }
         Ok(())

@@ -99,19 +99,39 @@ pub const COLUMNS: &str = "subscription_id, charge_id, period_start, group_key, 
     aggregation, charge_model, charge_properties, currency, events_count, sum, max, latest_ts, latest_event_id, \
     latest_value, weighted_integral, last_partition, last_offset";
 
-/// Every aggregate of one customer, each row with the customer's [`AppliedWindow`] (static columns).
+/// The `subscription_id` of a customer's dedup blocks, which share its partition (migration
+/// `cql/0013_usage_dedup_in_aggregates.cql`): no aggregate has an empty subscription id, and it sorts first.
+pub const BLOCK_SUBSCRIPTION: &str = "";
+
+/// The columns of a dedup block row (besides its key).
+const BLOCK_COLUMNS: &str = "dedup_ids, dedup_written_at";
+
+/// Every aggregate of one customer (not its dedup blocks), each row with the customer's [`AppliedWindow`] (static
+/// columns).
 pub fn select_by_customer(ks: &str) -> String {
     format!(
-        "SELECT customer_id, {COLUMNS}, {WINDOW_COLUMNS} FROM {ks}.usage_aggregates \
-         WHERE tenant_id = ? AND customer_id = ?"
+        "SELECT customer_id, {COLUMNS}, {WINDOW_COLUMNS}, {BLOCK_COLUMNS} FROM {ks}.usage_aggregates \
+         WHERE tenant_id = ? AND customer_id = ? AND subscription_id > ''"
     )
 }
 
-/// Every aggregate of some customers of one tenant (`customer_id IN ?`), as [`select_by_customer`] reads one.
-pub fn select_by_customers(ks: &str) -> String {
+/// Every row of some customers of one tenant (`customer_id IN ?`): their aggregates with their applied window and
+/// their dedup blocks (rows whose subscription id is [`BLOCK_SUBSCRIPTION`]), as one read sees them.
+pub fn select_state_by_customers(ks: &str) -> String {
     format!(
-        "SELECT customer_id, {COLUMNS}, {WINDOW_COLUMNS} FROM {ks}.usage_aggregates \
+        "SELECT customer_id, {COLUMNS}, {WINDOW_COLUMNS}, {BLOCK_COLUMNS} FROM {ks}.usage_aggregates \
          WHERE tenant_id = ? AND customer_id IN ?"
+    )
+}
+
+/// Write one dedup block of a customer (a row of its partition, 40 days), bound with `(tenant, customer, block
+/// id, ids, written at)`.
+pub fn insert_block(ks: &str) -> String {
+    format!(
+        "INSERT INTO {ks}.usage_aggregates (tenant_id, customer_id, subscription_id, charge_id, period_start, \
+         group_key, {BLOCK_COLUMNS}) VALUES (?, ?, '{BLOCK_SUBSCRIPTION}', ?, 0, '', ?, ?) \
+         USING TTL {}",
+        crate::usage_dedup::RETENTION_DAYS * 86_400
     )
 }
 
@@ -208,21 +228,34 @@ pub fn upsert(ks: &str) -> String {
     )
 }
 
-/// One row as stored; decode it with [`AggregateRow::into_state`].
+/// One row as stored: an aggregate (decode it with [`AggregateRow::into_state`]) or a dedup block (see
+/// [`AggregateRow::block`]), whose aggregate columns are null (read as their defaults).
 #[derive(scylla::DeserializeRow)]
 #[allow(missing_docs)]
 pub struct AggregateRow {
     pub customer_id: String,
+    // Null only in a row of the partition's static columns alone (see `AggregateRow::is_static_only`).
+    #[scylla(default_when_null)]
     pub subscription_id: String,
+    #[scylla(default_when_null)]
     pub charge_id: String,
+    #[scylla(default_when_null)]
     pub period_start: DateTime<Utc>,
+    #[scylla(default_when_null)]
     pub group_key: String,
+    #[scylla(default_when_null)]
     pub period_end: DateTime<Utc>,
+    #[scylla(default_when_null)]
     pub metric_code: String,
+    #[scylla(default_when_null)]
     pub aggregation: String,
+    #[scylla(default_when_null)]
     pub charge_model: String,
+    #[scylla(default_when_null)]
     pub charge_properties: String,
+    #[scylla(default_when_null)]
     pub currency: String,
+    #[scylla(default_when_null)]
     pub events_count: i64,
     pub sum: Option<CqlDecimal>,
     pub max: Option<CqlDecimal>,
@@ -230,15 +263,42 @@ pub struct AggregateRow {
     pub latest_event_id: Option<String>,
     pub latest_value: Option<CqlDecimal>,
     pub weighted_integral: Option<CqlDecimal>,
+    #[scylla(default_when_null)]
     pub last_partition: i32,
+    #[scylla(default_when_null)]
     pub last_offset: i64,
     pub window_partition: Option<i32>,
     pub window_from: Option<i64>,
     pub window_to: Option<i64>,
     pub window_rejected: Option<Vec<u8>>,
+    pub dedup_ids: Option<Vec<u8>>,
+    pub dedup_written_at: Option<DateTime<Utc>>,
 }
 
 impl AggregateRow {
+    /// Whether this row holds only the partition's static columns (the applied window of a partition without any
+    /// other row, which rating never writes, but an operator's delete could leave): neither aggregate nor block.
+    pub fn is_static_only(&self) -> bool {
+        self.subscription_id == BLOCK_SUBSCRIPTION
+            && self.charge_id.is_empty()
+            && self.dedup_ids.is_none()
+    }
+
+    /// The ids of a dedup block and when it was written, if this row is one (an aggregate row is not; a block row
+    /// without its columns, e.g. one a foreign write left half, is an error).
+    pub fn block(&mut self) -> anyhow::Result<Option<(DateTime<Utc>, Vec<u8>)>> {
+        if self.subscription_id != BLOCK_SUBSCRIPTION {
+            return Ok(None);
+        }
+        match (self.dedup_written_at, self.dedup_ids.take()) {
+            (Some(at), Some(ids)) => Ok(Some((at, ids))),
+            _ => anyhow::bail!(
+                "a usage_aggregates row of customer {:?} has an empty subscription id but no dedup block",
+                self.customer_id
+            ),
+        }
+    }
+
     /// The customer's [`AppliedWindow`] this row carries (the same on every row of the customer), if one was
     /// written. One that does not decode is left out (with a warning): without it a replay relies on each
     /// aggregate's own offset guard, as before windows existed, rather than stopping the customer's partition.
@@ -427,8 +487,41 @@ mod tests {
     }
 
     #[test]
-    fn a_row_carries_the_window_and_one_that_does_not_decode_is_left_out() {
-        let row = |rejected: Vec<u8>| AggregateRow {
+    fn rows_of_a_partition_are_aggregates_blocks_or_its_static_columns_alone() {
+        let aggregate = || AggregateRow {
+            window_rejected: None,
+            ..row_with_window(Vec::new())
+        };
+        let mut a = aggregate();
+        assert!(!a.is_static_only());
+        assert_eq!(a.block().unwrap(), None);
+        let at = DateTime::<Utc>::MIN_UTC;
+        let mut block = AggregateRow {
+            subscription_id: BLOCK_SUBSCRIPTION.into(),
+            charge_id: uuid::Uuid::nil().to_string(),
+            dedup_ids: Some(vec![7; 16]),
+            dedup_written_at: Some(at),
+            ..aggregate()
+        };
+        assert!(!block.is_static_only());
+        assert_eq!(block.block().unwrap(), Some((at, vec![7; 16])));
+        let mut half = AggregateRow {
+            subscription_id: BLOCK_SUBSCRIPTION.into(),
+            charge_id: "b".into(),
+            ..aggregate()
+        };
+        assert!(half.block().is_err(), "a block row without its ids");
+        let only_static = AggregateRow {
+            subscription_id: String::new(),
+            charge_id: String::new(),
+            ..aggregate()
+        };
+        assert!(only_static.is_static_only());
+    }
+
+    /// An aggregate row carrying a window whose rejected offsets are `rejected`.
+    fn row_with_window(rejected: Vec<u8>) -> AggregateRow {
+        AggregateRow {
             customer_id: "cu".into(),
             subscription_id: "s".into(),
             charge_id: "c".into(),
@@ -453,7 +546,14 @@ mod tests {
             window_from: Some(3),
             window_to: Some(5),
             window_rejected: Some(rejected),
-        };
+            dedup_ids: None,
+            dedup_written_at: None,
+        }
+    }
+
+    #[test]
+    fn a_row_carries_the_window_and_one_that_does_not_decode_is_left_out() {
+        let row = row_with_window;
         assert_eq!(
             row(4i64.to_be_bytes().to_vec()).window(),
             Some(AppliedWindow {
@@ -472,6 +572,15 @@ mod tests {
     #[test]
     fn the_window_update_binds_every_value() {
         assert_eq!(update_window("ks").matches('?').count(), 7);
+    }
+
+    #[test]
+    fn a_block_is_written_as_a_row_keyed_by_an_empty_subscription_for_forty_days() {
+        let q = insert_block("ks");
+        assert_eq!(q.matches('?').count(), 5);
+        assert!(q.contains("VALUES (?, ?, '', ?, 0, '', ?, ?)"), "{q}");
+        assert!(q.ends_with("USING TTL 3456000"), "{q}");
+        assert!(select_by_customer("ks").ends_with("AND subscription_id > ''"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! ScyllaDB `usage_dedup_blocks` (migration `cql/0011_usage_dedup_blocks.cql`) and the legacy `usage_dedup`
-//! (`cql/0001_usage.cql`): event ids already counted, per customer, kept 40 days by the tables' default TTL (the
-//! dedup window is at least 35 days).
+//! Event ids already counted, per customer, kept 40 days (the dedup window is at least 35 days): as blocks in the
+//! customer's `usage_aggregates` partition (migration `cql/0013_usage_dedup_in_aggregates.cql`, written and read
+//! by `crate::usage`), formerly in `usage_dedup_blocks` (`cql/0011_usage_dedup_blocks.cql`) and before that one row
+//! per id in `usage_dedup` (`cql/0001_usage.cql`); both older tables are only read, and only while they still held
+//! a row when the store was opened (their rows expire 40 days after the last write).
 //!
 //! An id is kept as the first 16 bytes of its SHA-256 ([`IdHash`]): two different ids share one with a probability
 //! of about n²/2¹²⁹ (for a customer with a billion ids in its window: 1.5·10⁻²¹), and a block of a checkpoint holds
@@ -8,8 +10,7 @@
 //! many events it counted. Ids kept in memory ([`SeenIds`]) carry the day they were counted and expire after the
 //! same 40 days as the stored ones.
 //!
-//! **Writer: rating.** Reader: rating (on load). `usage_dedup` is only read, and only while it still
-//! held a row when the store was opened (its rows expire 40 days after the last write).
+//! **Writer: rating.** Reader: rating (on load).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -120,7 +121,7 @@ pub fn encode_block(ids: &[IdHash]) -> Vec<u8> {
 pub fn decode_block(bytes: &[u8]) -> anyhow::Result<Vec<IdHash>> {
     anyhow::ensure!(
         bytes.len().is_multiple_of(16),
-        "a usage_dedup_blocks row holds {} bytes, not a multiple of 16",
+        "a stored dedup block holds {} bytes, not a multiple of 16",
         bytes.len()
     );
     Ok(bytes
@@ -133,17 +134,11 @@ pub fn decode_block(bytes: &[u8]) -> anyhow::Result<Vec<IdHash>> {
         .collect())
 }
 
-/// Every block of some customers of one tenant (`customer_id IN ?`), with the customer each belongs to.
+/// Every block of some customers of one tenant (`customer_id IN ?`) in the legacy `usage_dedup_blocks`, with the
+/// customer each belongs to.
 pub fn select_blocks_by_customers(ks: &str) -> String {
     format!(
         "SELECT customer_id, written_at, ids FROM {ks}.usage_dedup_blocks WHERE tenant_id = ? AND customer_id IN ?"
-    )
-}
-
-/// Record one block.
-pub fn insert_block(ks: &str) -> String {
-    format!(
-        "INSERT INTO {ks}.usage_dedup_blocks (tenant_id, customer_id, block_id, written_at, ids) VALUES (?, ?, ?, ?, ?)"
     )
 }
 
@@ -153,6 +148,12 @@ pub fn select_legacy_by_customers(ks: &str) -> String {
     format!(
         "SELECT customer_id, event_id FROM {ks}.usage_dedup WHERE tenant_id = ? AND customer_id IN ?"
     )
+}
+
+/// Any one row of the legacy `usage_dedup_blocks`: none (a keyspace created after blocks moved into
+/// `usage_aggregates`, or one whose legacy blocks have all expired) means loads need not read it.
+pub fn select_any_legacy_block(ks: &str) -> String {
+    format!("SELECT block_id FROM {ks}.usage_dedup_blocks LIMIT 1")
 }
 
 /// Any one row of the legacy table: none (a keyspace created after blocks, or one whose legacy rows have all

@@ -3,8 +3,9 @@
 //! land in the new plan's aggregate (whose offset guard has never seen them) and count twice.
 //!
 //! The crash is reproduced in the store as it leaves it: rating rates ten events (one refused), stops, and the test
-//! deletes the customer's dedup blocks (the writes a checkpoint makes last) and moves the group's committed offset
-//! back to the first event. Every event must still count once, the refused one stays refused, and its id stays
+//! deletes the customer's dedup blocks (written with the last batch of its aggregates: lost together with it,
+//! except for a customer whose aggregates take several batches) and moves the group's committed offset back to the
+//! first event. Every event must still count once, the refused one stays refused, and its id stays
 //! free for a corrected resend.
 
 use std::sync::Arc;
@@ -110,7 +111,7 @@ async fn events_a_checkpoint_applied_count_once_when_a_plan_change_lands_before_
     session
         .query_unpaged(
             format!(
-                "DELETE FROM {}.usage_dedup_blocks WHERE tenant_id = ? AND customer_id = ?",
+                "DELETE FROM {}.usage_aggregates WHERE tenant_id = ? AND customer_id = ? AND subscription_id = ''",
                 env.settings.cassandra.keyspace
             ),
             (TENANT, CUSTOMER),

@@ -1,7 +1,8 @@
 //! Rating loads the customers of a batch of messages together (`UsageStore::load_many`: one `IN` query per table
 //! for up to 64 customers of a tenant). Against the real store, what it reads must be what the one-customer load
-//! reads: aggregates with their unique values, dedup ids from blocks and from the legacy one-row-per-id table, the
-//! applied window, and nothing for a customer with nothing stored; across tenants and past one query's size.
+//! reads: aggregates with their unique values, dedup ids from the blocks in the customer's partition and from the
+//! two legacy tables, the applied window, and nothing for a customer with nothing stored; across tenants and past
+//! one query's size. And a reader of aggregates never sees the blocks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use billing_core::aggregation::{AggregationType, RunningAggregate};
 use billing_store::usage::{CustomerUsage, CustomerWrite, UsageStore, MAX_CUSTOMERS_PER_READ};
 use billing_store::usage_aggregates::{aggregation_name, AggKey, AggState, AppliedWindow};
-use billing_store::usage_dedup::IdHash;
+use billing_store::usage_dedup::{encode_block, IdHash};
 use billing_tests::TestEnv;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -120,6 +121,18 @@ async fn loading_customers_together_reads_what_loading_each_one_reads() {
         )
         .await
         .unwrap();
+    // And a block of the legacy usage_dedup_blocks (where blocks were kept before they moved into the customer's
+    // usage_aggregates partition).
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.usage_dedup_blocks (tenant_id, customer_id, block_id, written_at, ids) \
+                 VALUES ('acme', 'cus-8', uuid(), toTimestamp(now()), ?)"
+            ),
+            (encode_block(&[IdHash::of("legacy-block-1")]),),
+        )
+        .await
+        .unwrap();
     let store = UsageStore::new(session.clone(), &ks).await.unwrap();
 
     // Two tenants, the first with more customers than one query names.
@@ -139,6 +152,7 @@ async fn loading_customers_together_reads_what_loading_each_one_reads() {
             .map(|i| IdHash::of(&format!("{tenant}-{}-{i}", &customer[4..])))
             .collect();
         ids.push(IdHash::of("legacy-1"));
+        ids.push(IdHash::of("legacy-block-1"));
         ids
     };
 
@@ -166,20 +180,29 @@ async fn loading_customers_together_reads_what_loading_each_one_reads() {
         assert_eq!(many, one, "{tenant}/{customer}");
         let c: usize = customer[4..].parse().unwrap();
         let (aggregates, known, window, seen) = one;
+        let legacy = *tenant == "acme" && c == 7;
+        let legacy_block = *tenant == "acme" && c == 8;
+        assert_eq!(known[8], legacy, "{tenant}/{customer}: the legacy id");
+        assert_eq!(
+            known[9], legacy_block,
+            "{tenant}/{customer}: the legacy block"
+        );
         if c.is_multiple_of(5) {
             assert!(aggregates.is_empty() && window.is_none(), "{customer}");
-            let legacy = *tenant == "acme" && c == 7;
             assert_eq!(seen, usize::from(legacy), "{tenant}/{customer}");
             continue;
         }
         stored += 1;
         // What was written is what is read: 7 ids, both aggregates, the unique values, the last window.
-        let legacy = *tenant == "acme" && c == 7;
-        assert_eq!(seen, 7 + usize::from(legacy), "{tenant}/{customer}");
+        let legacy_ids = usize::from(legacy) + usize::from(legacy_block);
+        assert_eq!(seen, 7 + legacy_ids, "{tenant}/{customer}");
         assert_eq!(known[..7], [true; 7], "{tenant}/{customer}");
         assert!(!known[7], "an id no checkpoint wrote is not known");
-        assert_eq!(known[8], legacy, "{tenant}/{customer}: the legacy id");
         assert_eq!(aggregates.len(), 2, "{tenant}/{customer}");
+        // A reader of aggregates (the usage API, the bill run) gets them, not the blocks.
+        let read = store.aggregates(tenant, customer).await.unwrap();
+        assert_eq!(read.aggregates, aggregates, "{tenant}/{customer}");
+        assert!(read.seen.is_empty());
         let users = aggregates
             .iter()
             .find(|(k, _)| k.charge_id == "users")
@@ -192,5 +215,33 @@ async fn loading_customers_together_reads_what_loading_each_one_reads() {
         );
     }
     assert_eq!(stored, 108 + 4, "customers with something stored, checked");
+
+    // Ids of events that changed no aggregate: blocks alone in the partition.
+    let only = [IdHash::of("only-1"), IdHash::of("only-2")];
+    store
+        .save_checkpoint(&[CustomerWrite {
+            tenant: "acme".into(),
+            customer: "cus-ids-only".into(),
+            seen: only.to_vec(),
+            block_id: uuid::Uuid::new_v4(),
+            ..Default::default()
+        }])
+        .await
+        .unwrap();
+    let mut loaded = store
+        .load_many(&[("acme", "cus-ids-only"), ("acme", "cus-1")])
+        .await
+        .unwrap();
+    let usage = loaded
+        .remove(&("acme".to_owned(), "cus-ids-only".to_owned()))
+        .unwrap();
+    assert!(usage.aggregates.is_empty() && usage.window.is_none());
+    assert!(only.iter().all(|id| usage.seen.contains(id)) && usage.seen.len() == 2);
+    assert!(store
+        .aggregates("acme", "cus-ids-only")
+        .await
+        .unwrap()
+        .aggregates
+        .is_empty());
     env.cleanup().await;
 }
