@@ -420,7 +420,7 @@ impl Pipeline {
             self.shutdown.clone(),
             self.metrics.clone(),
         );
-        // Read together: a few queries per table for the whole batch (`UsageStore::load_many`).
+        // Read together: one query per 64 customers of a tenant (`UsageStore::load_many`).
         let task = tokio::spawn(async move {
             let named: Vec<(&str, &str)> = missing
                 .iter()
