@@ -250,6 +250,21 @@ impl UsageStore {
         Ok(out)
     }
 
+    /// [`Self::rows`] of a statement prepared only when needed (a legacy table's): none without it.
+    async fn rows_if<R>(
+        &self,
+        statement: &Option<PreparedStatement>,
+        values: impl SerializeRow,
+    ) -> anyhow::Result<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        match statement {
+            Some(statement) => self.rows(statement, values).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Everything stored about a customer: its partition of `usage_aggregates` in one read (aggregates, applied
     /// window and dedup blocks, which a checkpoint writes in one single-partition batch, so a read sees a checkpoint
     /// whole or not at all, even while another instance is still writing it; the blocks sort first, so a read of
@@ -306,25 +321,13 @@ impl UsageStore {
             .collect();
         // Ids of the legacy tables (read only while they held rows when the store was opened) first, as ids were
         // read before aggregates when they were written after them.
-        let legacy_blocks = async {
-            match &self.select_legacy_blocks_in {
-                Some(select) => {
-                    self.rows::<(String, DateTime<Utc>, Vec<u8>)>(select, (tenant, customers))
-                        .await
-                }
-                None => Ok(Vec::new()),
-            }
-        };
-        let legacy_ids = async {
-            match &self.select_legacy_dedup_in {
-                Some(select) => {
-                    self.rows::<(String, String)>(select, (tenant, customers))
-                        .await
-                }
-                None => Ok(Vec::new()),
-            }
-        };
-        let (legacy_blocks, legacy_ids) = futures::try_join!(legacy_blocks, legacy_ids)?;
+        let (legacy_blocks, legacy_ids) = futures::try_join!(
+            self.rows_if::<(String, DateTime<Utc>, Vec<u8>)>(
+                &self.select_legacy_blocks_in,
+                (tenant, customers)
+            ),
+            self.rows_if::<(String, String)>(&self.select_legacy_dedup_in, (tenant, customers)),
+        )?;
         // A legacy row's write time is not read: it is dated today, so it is kept in memory at most 40 days more.
         let today = usage_dedup::day_of(Utc::now());
         for (customer, event_id) in legacy_ids {
