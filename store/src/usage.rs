@@ -103,17 +103,29 @@ pub struct CustomerWrite {
     pub block_id: uuid::Uuid,
 }
 
-/// Record the ids of a stored block (written at `written_at`) as counted; a block that does not decode is an error.
+/// Record the ids of a stored block (written at `written_at`) as counted. A block that does not decode (only a
+/// foreign write makes one) is left out with an error in the log rather than failing the customer's loads, which
+/// would stop its partition for good: its ids then no longer stop a resent duplicate, while each aggregate's own
+/// offset guard still stops a replay.
 fn insert_block(
     usage: &mut CustomerUsage,
-    written_at: DateTime<Utc>,
-    ids: &[u8],
-) -> anyhow::Result<()> {
-    let day = usage_dedup::day_of(written_at);
-    for id in usage_dedup::decode_block(ids)? {
-        usage.seen.insert_on(id, day);
+    customer: &str,
+    block: anyhow::Result<(DateTime<Utc>, Vec<u8>)>,
+) {
+    let decoded = block.and_then(|(written_at, ids)| {
+        Ok((
+            usage_dedup::day_of(written_at),
+            usage_dedup::decode_block(&ids)?,
+        ))
+    });
+    match decoded {
+        Ok((day, ids)) => {
+            for id in ids {
+                usage.seen.insert_on(id, day);
+            }
+        }
+        Err(e) => tracing::error!(customer, error = %e, "unreadable dedup block left out"),
     }
-    Ok(())
 }
 
 /// Add rows of `usage_aggregates` to the usage of their customers in `out` (others are ignored): the window, then
@@ -132,8 +144,9 @@ fn fold_rows(
         if r.is_static_only() {
             continue;
         }
-        if let Some((written_at, ids)) = r.block()? {
-            insert_block(usage, written_at, &ids)?;
+        if r.is_block() {
+            let block = r.block();
+            insert_block(usage, &r.customer_id, block);
             continue;
         }
         r.customer_id = String::new();
@@ -144,9 +157,10 @@ fn fold_rows(
 }
 
 /// Whether a legacy dedup table (`usage_dedup`, then `usage_dedup_blocks`: nothing writes them any more) may still
-/// hold a row, by reading any one with `query`: yes unless the read finds it empty (a scan that fails, e.g. over
-/// the tombstones of expired rows, keeps the loads reading it rather than stopping the service).
-async fn legacy_rows_left(session: &Session, query: String) -> bool {
+/// hold a row, by reading any one with `query`: yes unless the read finds it empty or the table is gone (an
+/// operator may drop it once its rows expired). A scan that fails on a table that is there, e.g. over the
+/// tombstones of expired rows, keeps the loads reading it rather than stopping the service.
+async fn legacy_rows_left(session: &Session, ks: &str, table: &str, query: String) -> bool {
     let rows = async {
         let rows = session
             .query_unpaged(query.as_str(), ())
@@ -154,13 +168,36 @@ async fn legacy_rows_left(session: &Session, query: String) -> bool {
             .into_rows_result()?;
         anyhow::Ok(rows.rows_num())
     };
-    match rows.await {
-        Ok(n) => n > 0,
-        Err(e) => {
-            tracing::warn!(query, error = %e, "legacy dedup table not scanned; loads keep reading it");
+    let scanned = rows.await;
+    let exists = match scanned {
+        Ok(_) => Ok(true),
+        Err(_) => table_exists(session, ks, table).await,
+    };
+    legacy_left(scanned, exists, table)
+}
+
+/// [`legacy_rows_left`]'s decision from its scan and, when the scan failed, whether the table exists.
+fn legacy_left(scanned: anyhow::Result<usize>, exists: anyhow::Result<bool>, table: &str) -> bool {
+    match (scanned, exists) {
+        (Ok(n), _) => n > 0,
+        (Err(_), Ok(false)) => false,
+        (Err(e), _) => {
+            tracing::warn!(table, error = %e, "legacy dedup table not scanned; loads keep reading it");
             true
         }
     }
+}
+
+/// Whether `ks.table` exists, from the store's schema tables.
+async fn table_exists(session: &Session, ks: &str, table: &str) -> anyhow::Result<bool> {
+    let rows = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+            (ks, table),
+        )
+        .await?
+        .into_rows_result()?;
+    Ok(rows.rows_num() > 0)
 }
 
 /// How many customers a checkpoint writes at once.
@@ -206,9 +243,20 @@ impl UsageStore {
                 false => Ok(None),
             }
         };
-        let blocks_left =
-            legacy_rows_left(&session, usage_dedup::select_any_legacy_block(ks)).await;
-        let ids_left = legacy_rows_left(&session, usage_dedup::select_any_legacy(ks)).await;
+        let blocks_left = legacy_rows_left(
+            &session,
+            ks,
+            usage_dedup::LEGACY_BLOCKS_TABLE,
+            usage_dedup::select_any_legacy_block(ks),
+        )
+        .await;
+        let ids_left = legacy_rows_left(
+            &session,
+            ks,
+            usage_dedup::LEGACY_IDS_TABLE,
+            usage_dedup::select_any_legacy(ks),
+        )
+        .await;
         Ok(UsageStore {
             select_aggregates: prepare(usage_aggregates::select_by_customer(ks), true).await?,
             select_state_in: prepare(usage_aggregates::select_state_by_customers(ks), true).await?,
@@ -337,7 +385,7 @@ impl UsageStore {
         }
         for (customer, written_at, ids) in legacy_blocks {
             if let Some(usage) = out.get_mut(&customer) {
-                insert_block(usage, written_at, &ids)?;
+                insert_block(usage, &customer, Ok((written_at, ids)));
             }
         }
         let rows = self
@@ -532,5 +580,58 @@ impl UsageStore {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage_aggregates::tests::row_with_window;
+    use crate::usage_aggregates::BLOCK_SUBSCRIPTION;
+
+    #[test]
+    fn an_unreadable_block_is_left_out_and_the_rest_of_the_customer_loads() {
+        let at: DateTime<Utc> = "2026-11-20T00:00:00Z".parse().unwrap();
+        let block =
+            |name: &str, ids: Option<Vec<u8>>, written: Option<DateTime<Utc>>| AggregateRow {
+                subscription_id: BLOCK_SUBSCRIPTION.into(),
+                charge_id: name.into(),
+                dedup_ids: ids,
+                dedup_written_at: written,
+                ..row_with_window(Vec::new())
+            };
+        let (good, torn) = (IdHash::of("good"), IdHash::of("torn"));
+        let mut short = usage_dedup::encode_block(&[torn]);
+        short.pop();
+        let rows = vec![
+            block("no-ids", None, Some(at)),
+            block("no-date", Some(usage_dedup::encode_block(&[torn])), None),
+            block("short", Some(short), Some(at)),
+            block("good", Some(usage_dedup::encode_block(&[good])), Some(at)),
+            row_with_window(Vec::new()),
+        ];
+        let mut out = HashMap::from([("cu".to_owned(), CustomerUsage::default())]);
+        fold_rows(rows, &mut out).unwrap();
+        let usage = &out["cu"];
+        assert!(usage.seen.contains(&good), "the readable block's ids");
+        assert!(
+            !usage.seen.contains(&torn),
+            "nothing of the unreadable ones"
+        );
+        assert_eq!(usage.seen.len(), 1);
+        assert_eq!(usage.aggregates.len(), 1, "the aggregate still loads");
+        assert!(usage.window.is_some());
+    }
+
+    #[test]
+    fn a_legacy_table_is_read_unless_found_empty_or_gone() {
+        fn failed<T>() -> anyhow::Result<T> {
+            Err(anyhow::anyhow!("read timeout"))
+        }
+        assert!(legacy_left(Ok(1), Ok(true), "t"));
+        assert!(!legacy_left(Ok(0), Ok(true), "t"));
+        assert!(!legacy_left(failed(), Ok(false), "t"), "dropped");
+        assert!(legacy_left(failed(), Ok(true), "t"), "there, scan failed");
+        assert!(legacy_left(failed(), failed(), "t"), "nothing known");
     }
 }

@@ -284,16 +284,19 @@ impl AggregateRow {
             && self.dedup_ids.is_none()
     }
 
-    /// The ids of a dedup block and when it was written, if this row is one (an aggregate row is not; a block row
-    /// without its columns, e.g. one a foreign write left half, is an error).
-    pub fn block(&mut self) -> anyhow::Result<Option<(DateTime<Utc>, Vec<u8>)>> {
-        if self.subscription_id != BLOCK_SUBSCRIPTION {
-            return Ok(None);
-        }
+    /// Whether this row is one of the customer's dedup blocks rather than an aggregate.
+    pub fn is_block(&self) -> bool {
+        self.subscription_id == BLOCK_SUBSCRIPTION
+    }
+
+    /// The ids of a dedup block row and when it was written; a block row without them (one a foreign write left
+    /// half) is an error that names the customer and the block.
+    pub fn block(&mut self) -> anyhow::Result<(DateTime<Utc>, Vec<u8>)> {
         match (self.dedup_written_at, self.dedup_ids.take()) {
-            (Some(at), Some(ids)) => Ok(Some((at, ids))),
+            (Some(at), Some(ids)) => Ok((at, ids)),
             _ => anyhow::bail!(
-                "a usage_aggregates row of customer {:?} has an empty subscription id but no dedup block",
+                "the dedup block {:?} of customer {:?} has no ids or no date",
+                self.charge_id,
                 self.customer_id
             ),
         }
@@ -431,7 +434,7 @@ impl<'a> AggWrite<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -492,9 +495,9 @@ mod tests {
             window_rejected: None,
             ..row_with_window(Vec::new())
         };
-        let mut a = aggregate();
+        let a = aggregate();
         assert!(!a.is_static_only());
-        assert_eq!(a.block().unwrap(), None);
+        assert!(!a.is_block());
         let at = DateTime::<Utc>::MIN_UTC;
         let mut block = AggregateRow {
             subscription_id: BLOCK_SUBSCRIPTION.into(),
@@ -504,12 +507,14 @@ mod tests {
             ..aggregate()
         };
         assert!(!block.is_static_only());
-        assert_eq!(block.block().unwrap(), Some((at, vec![7; 16])));
+        assert!(block.is_block());
+        assert_eq!(block.block().unwrap(), (at, vec![7; 16]));
         let mut half = AggregateRow {
             subscription_id: BLOCK_SUBSCRIPTION.into(),
             charge_id: "b".into(),
             ..aggregate()
         };
+        assert!(half.is_block());
         assert!(half.block().is_err(), "a block row without its ids");
         let only_static = AggregateRow {
             subscription_id: String::new(),
@@ -520,7 +525,8 @@ mod tests {
     }
 
     /// An aggregate row carrying a window whose rejected offsets are `rejected`.
-    fn row_with_window(rejected: Vec<u8>) -> AggregateRow {
+    /// An aggregate row of customer `cu` with an applied window whose rejected offsets are `rejected`.
+    pub(crate) fn row_with_window(rejected: Vec<u8>) -> AggregateRow {
         AggregateRow {
             customer_id: "cu".into(),
             subscription_id: "s".into(),

@@ -153,13 +153,19 @@ pub fn select_legacy_by_customers(ks: &str) -> String {
 /// Any one row of the legacy `usage_dedup_blocks`: none (a keyspace created after blocks moved into
 /// `usage_aggregates`, or one whose legacy blocks have all expired) means loads need not read it.
 pub fn select_any_legacy_block(ks: &str) -> String {
-    format!("SELECT block_id FROM {ks}.usage_dedup_blocks LIMIT 1")
+    format!("SELECT block_id FROM {ks}.{LEGACY_BLOCKS_TABLE} LIMIT 1")
 }
+
+/// The legacy table of dedup blocks.
+pub const LEGACY_BLOCKS_TABLE: &str = "usage_dedup_blocks";
+
+/// The legacy table of one row per id.
+pub const LEGACY_IDS_TABLE: &str = "usage_dedup";
 
 /// Any one row of the legacy table: none (a keyspace created after blocks, or one whose legacy rows have all
 /// expired) means loads need not read it.
 pub fn select_any_legacy(ks: &str) -> String {
-    format!("SELECT event_id FROM {ks}.usage_dedup LIMIT 1")
+    format!("SELECT event_id FROM {ks}.{LEGACY_IDS_TABLE} LIMIT 1")
 }
 
 #[cfg(test)]

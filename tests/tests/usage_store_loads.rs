@@ -245,3 +245,79 @@ async fn loading_customers_together_reads_what_loading_each_one_reads() {
         .is_empty());
     env.cleanup().await;
 }
+
+/// An operator may drop the legacy dedup tables once their rows expired, and only a foreign write can leave a torn
+/// dedup block in a customer's partition: neither may stop the store from opening or a customer from loading (a
+/// failed load is retried forever and stops the customer's partition). The torn block is left out; everything else
+/// of the customer loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_legacy_tables_and_a_torn_block_do_not_stop_loads() {
+    let env = TestEnv::new("store_torn").await;
+    let ks = env.settings.cassandra.keyspace.clone();
+    let session = Arc::new(
+        billing_runtime::cql::connect(&env.settings.cassandra)
+            .await
+            .unwrap(),
+    );
+    for table in ["usage_dedup", "usage_dedup_blocks"] {
+        session
+            .query_unpaged(format!("DROP TABLE {ks}.{table}"), ())
+            .await
+            .unwrap();
+    }
+    let store = UsageStore::new(session.clone(), &ks).await.unwrap();
+    for write in writes_of("acme", 1) {
+        store.save_checkpoint(&[write]).await.unwrap();
+    }
+    // Two torn blocks: one without its ids, one whose ids are not whole.
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.usage_aggregates (tenant_id, customer_id, subscription_id, charge_id, period_start, \
+                 group_key, dedup_written_at) VALUES ('acme', 'cus-1', '', 'torn-1', 0, '', toTimestamp(now()))"
+            ),
+            (),
+        )
+        .await
+        .unwrap();
+    let mut short = encode_block(&[IdHash::of("torn-id")]);
+    short.truncate(9);
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.usage_aggregates (tenant_id, customer_id, subscription_id, charge_id, period_start, \
+                 group_key, dedup_ids, dedup_written_at) VALUES ('acme', 'cus-1', '', 'torn-2', 0, '', ?, toTimestamp(now()))"
+            ),
+            (short,),
+        )
+        .await
+        .unwrap();
+
+    let ids: Vec<IdHash> = (0..8)
+        .map(|i| IdHash::of(&format!("acme-1-{i}")))
+        .chain([IdHash::of("torn-id")])
+        .collect();
+    let mut loaded = store
+        .load_many(&[("acme", "cus-1"), ("acme", "cus-2")])
+        .await
+        .unwrap();
+    let one = comparable(store.load("acme", "cus-1").await.unwrap(), &ids);
+    let (aggregates, known, window, seen) = comparable(
+        loaded
+            .remove(&("acme".to_owned(), "cus-1".to_owned()))
+            .unwrap(),
+        &ids,
+    );
+    assert_eq!(aggregates.len(), 2, "both aggregates");
+    assert_eq!(known[..7], [true; 7], "the ids of both whole blocks");
+    assert!(!known[7] && !known[8], "nothing else");
+    assert_eq!(seen, 7);
+    assert_eq!(
+        window.as_ref().map(|w| (w.from, w.to)),
+        Some((11, 14)),
+        "the window"
+    );
+    assert_eq!(one, (aggregates, known, window, seen), "the same alone");
+    assert!(loaded.contains_key(&("acme".to_owned(), "cus-2".to_owned())));
+    env.cleanup().await;
+}
