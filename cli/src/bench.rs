@@ -348,9 +348,12 @@ async fn phases(
         ))
     };
     println!(
-        "    rating's consumer loop waited on the store: customer loads {:.2} s, the checkpoint in flight {:.2} s",
+        "    rating's consumer loop waited on the store: customer loads {:.2} s, the checkpoint in flight {:.2} s; \
+         on reference barriers: {:.0}, {:.2} s",
         waited("loads"),
         waited("checkpoint"),
+        metric("billing_rating_reference_barrier_seconds_count"),
+        metric("billing_rating_reference_barrier_seconds_sum"),
     );
     println!(
         "    target ≥ {RATING_TARGET:.0} events/s sustained: {}",
@@ -403,7 +406,9 @@ async fn phases(
     );
 
     // (d) Freshness.
+    let before = scrape(&http, &metrics_url).await.unwrap_or_default();
     let lat = freshness(args, &topics, &producer, &http, &api, customers).await?;
+    let after = scrape(&http, &metrics_url).await.unwrap_or_default();
     if lat.is_empty() {
         anyhow::bail!("no freshness sample");
     }
@@ -418,6 +423,7 @@ async fn phases(
         lat[lat.len() - 1],
         met(pct(0.99) < FRESHNESS_P99_TARGET_MS)
     );
+    println!("    {}", during_probe(&before, &after));
 
     // (e) Peak memory of rating.
     let hwm_mib = vm_hwm_kib(rating_pid)? as f64 / 1024.0;
@@ -779,6 +785,35 @@ async fn group_lag(settings: &Settings, topic: &str) -> anyhow::Result<i64> {
 }
 
 /// Prometheus text → value per series (name with labels).
+/// What rating did meanwhile, from two scrapes of its metrics: checkpoints (their steps on average, and how many took
+/// longer than 100 ms) and reference barriers.
+fn during_probe(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> String {
+    let delta =
+        |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    // `labels` is empty or `{k="v"}`.
+    let mean_ms = |name: &str, labels: &str| {
+        1000.0 * delta(&format!("{name}_sum{labels}"))
+            / delta(&format!("{name}_count{labels}")).max(1.0)
+    };
+    let over = |name: &str, le: &str| {
+        delta(&format!("{name}_count")) - delta(&format!("{name}_bucket{{le=\"{le}\"}}"))
+    };
+    let ck = "billing_rating_checkpoint_seconds";
+    let barrier = "billing_rating_reference_barrier_seconds";
+    format!(
+        "meanwhile rating made {:.0} checkpoints ({:.0} ms on average: ClickHouse {:.0} ms, ScyllaDB {:.0} ms; {:.0} over 100 ms) \
+         and {:.0} reference barriers ({:.0} ms on average, {:.0} over 25 ms)",
+        delta(&format!("{ck}_count")),
+        mean_ms(ck, ""),
+        mean_ms("billing_rating_checkpoint_step_seconds", "{step=\"clickhouse\"}"),
+        mean_ms("billing_rating_checkpoint_step_seconds", "{step=\"scylla\"}"),
+        over(ck, "0.1"),
+        delta(&format!("{barrier}_count")),
+        mean_ms(barrier, ""),
+        over(barrier, "0.025"),
+    )
+}
+
 async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<BTreeMap<String, f64>> {
     let text = http.get(url).send().await?.text().await?;
     Ok(text

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub checkpoint_customers: Histogram,
     /// Reference barriers that failed and were retried.
     pub reference_retries: IntCounter,
+    /// Time of each reference barrier (end offsets read, reference topics read up to them), which the consumer
+    /// loop waits for.
+    pub reference_barrier_seconds: Histogram,
     /// Checkpoint writes that failed (or hung) and were retried.
     pub store_retries: IntCounter,
     /// Dead letters the producer refused to queue (its queue full, the topic known missing), kept to send again.
@@ -91,6 +94,14 @@ impl Metrics {
             "Reads of the reference topics to their end that failed and were retried",
         )?;
         registry.register(Box::new(reference_retries.clone()))?;
+        let reference_barrier_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "reference_barrier_seconds",
+                "Time of each read of the reference topics up to their ends, which rating waits for",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+        )?;
+        registry.register(Box::new(reference_barrier_seconds.clone()))?;
         let store_retries = IntCounter::new(
             "store_retries_total",
             "Checkpoint writes to ScyllaDB or ClickHouse that failed or timed out and were retried",
@@ -144,6 +155,7 @@ impl Metrics {
             checkpoint_events,
             checkpoint_customers,
             reference_retries,
+            reference_barrier_seconds,
             store_retries,
             dead_letters_unqueued,
             cached_customers,

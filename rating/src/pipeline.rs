@@ -564,8 +564,6 @@ impl Pipeline {
         {
             return Ok(());
         }
-        // Usage may refer to customers and plans published just before it: read the reference topics up to
-        // their current end first, once per checkpoint interval.
         // Usage may refer to customers and plans published just before it. Read the reference topics up to
         // their current end at least once a second, and again before rejecting an event as unknown.
         if self
@@ -612,7 +610,12 @@ impl Pipeline {
     async fn catch_up_reference(&mut self) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.try_catch_up_reference().await {
+            let started = Instant::now();
+            let caught_up = self.try_catch_up_reference().await;
+            self.metrics
+                .reference_barrier_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match caught_up {
                 Ok(covers) => {
                     self.reference_checked = Some(Instant::now());
                     self.reference_covers = covers;
@@ -640,17 +643,9 @@ impl Pipeline {
         };
         let (client, topic) = (self.watermarks.clone(), self.topics.usage.clone());
         let covers = tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<i32, i64>> {
-            partitions
-                .into_iter()
-                .map(|p| {
-                    Ok((
-                        p,
-                        client
-                            .fetch_watermarks(&topic, p, Duration::from_secs(5))?
-                            .1,
-                    ))
-                })
-                .collect()
+            let named: Vec<(&str, i32)> = partitions.iter().map(|p| (topic.as_str(), *p)).collect();
+            let ends = kafka::offsets_at(&*client, &named, Offset::End, Duration::from_secs(5))?;
+            Ok(ends.into_iter().map(|((_, p), end)| (p, end)).collect())
         })
         .await??;
         self.reference

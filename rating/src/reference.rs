@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use billing_runtime::kafka::Topics;
+use anyhow::Context;
+use billing_runtime::kafka::{self, Topics};
 use billing_runtime::Shutdown;
 use billing_schemas::catalog::CatalogEvent;
 use billing_schemas::lifecycle::LifecycleEvent;
@@ -250,15 +251,18 @@ impl SharedReference {
         let (client, t) = (client.clone(), topics.clone());
         let targets: Vec<((String, i32), (i64, i64))> =
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let mut out = Vec::new();
-                for topic in [&t.catalog, &t.lifecycle] {
-                    for p in 0..partitions {
-                        let (low, high) =
-                            client.fetch_watermarks(topic, p, Duration::from_secs(5))?;
-                        out.push(((topic.clone(), p), (low, high)));
-                    }
-                }
-                Ok(out)
+                let named: Vec<(&str, i32)> = [&t.catalog, &t.lifecycle]
+                    .into_iter()
+                    .flat_map(|topic| (0..partitions).map(move |p| (topic.as_str(), p)))
+                    .collect();
+                let at = |at| kafka::offsets_at(&*client, &named, at, Duration::from_secs(5));
+                let (low, high) = (at(Offset::Beginning)?, at(Offset::End)?);
+                high.into_iter()
+                    .map(|(tp, high)| {
+                        let low = *low.get(&tp).context("no earliest offset")?;
+                        Ok((tp, (low, high)))
+                    })
+                    .collect()
             })
             .await??;
         let deadline = tokio::time::Instant::now() + timeout;

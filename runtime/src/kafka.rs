@@ -297,6 +297,39 @@ impl ConsumerContext for Revocations {
     }
 }
 
+/// The earliest (`Offset::Beginning`) or the end (`Offset::End`: the high watermark, or the last stable offset for a
+/// read-committed client) offset of each of `partitions`, asked in one request per broker, where
+/// `fetch_watermarks` asks two per partition (a barrier over the usage and both reference topics was 36 round
+/// trips, which the consumer loop waited for).
+pub fn offsets_at<C: ConsumerContext, K: Consumer<C>>(
+    client: &K,
+    partitions: &[(&str, i32)],
+    at: rdkafka::Offset,
+    timeout: Duration,
+) -> anyhow::Result<std::collections::HashMap<(String, i32), i64>> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (topic, p) in partitions {
+        tpl.add_partition_offset(topic, *p, at)?;
+    }
+    let answer = client.offsets_for_times(tpl, timeout)?;
+    answer
+        .elements()
+        .iter()
+        .map(|e| {
+            e.error()
+                .map_err(|err| anyhow::anyhow!("{}/{}: {err}", e.topic(), e.partition()))?;
+            match e.offset() {
+                rdkafka::Offset::Offset(o) => Ok(((e.topic().to_owned(), e.partition()), o)),
+                other => anyhow::bail!(
+                    "{}/{}: no offset for {at:?} ({other:?})",
+                    e.topic(),
+                    e.partition()
+                ),
+            }
+        })
+        .collect()
+}
+
 /// Set `retention.ms` of these topics (an `AlterConfigs`: their other settings go back to the broker's defaults,
 /// which is what the dead-letter topics are created with).
 pub async fn set_retention(
