@@ -432,14 +432,13 @@ async fn phases(
         met(hwm_mib <= MEMORY_TARGET_MIB)
     );
     let m = scrape(&http, &metrics_url).await.unwrap_or_default();
+    let value = |k: &str| m.get(k).copied().unwrap_or(0.0);
     println!(
-        "    rating totals: {:.0} checkpoints, {:.2} s checkpointing",
-        m.get("billing_rating_checkpoint_seconds_count")
-            .copied()
-            .unwrap_or(0.0),
-        m.get("billing_rating_checkpoint_seconds_sum")
-            .copied()
-            .unwrap_or(0.0)
+        "    rating totals: {:.0} checkpoints, {:.2} s checkpointing; {:.0} customers cached, their usage {:.1} MiB by estimate (rating.max_cached_bytes)",
+        value("billing_rating_checkpoint_seconds_count"),
+        value("billing_rating_checkpoint_seconds_sum"),
+        value("billing_rating_cached_customers"),
+        value("billing_rating_cached_bytes") / f64::from(1 << 20),
     );
     // The store alone: rating's customer loads, then its checkpoint writes, without rating (after the freshness
     // probe, which the writes' compactions would disturb).

@@ -35,7 +35,9 @@ pub struct Metrics {
     pub dead_letters_unqueued: IntCounter,
     /// Customers whose usage is in memory.
     pub cached_customers: IntGauge,
-    /// Customers dropped from memory (`rating.max_cached_customers`).
+    /// Memory of the cached customers' usage by estimate, in bytes (`rating.max_cached_bytes`).
+    pub cached_bytes: IntGauge,
+    /// Customers dropped from memory (`rating.max_cached_customers`, `rating.max_cached_bytes`).
     pub evicted_customers: IntCounter,
     /// Accepted events with a charge that running usage cannot price (their ClickHouse amount leaves it out).
     pub unpriced_events: IntCounter,
@@ -115,9 +117,14 @@ impl Metrics {
         let cached_customers =
             IntGauge::new("cached_customers", "Customers whose usage is in memory")?;
         registry.register(Box::new(cached_customers.clone()))?;
+        let cached_bytes = IntGauge::new(
+            "cached_bytes",
+            "Memory of the cached customers' usage by estimate (aggregates, unique values, dedup ids), in bytes",
+        )?;
+        registry.register(Box::new(cached_bytes.clone()))?;
         let evicted_customers = IntCounter::new(
             "evicted_customers_total",
-            "Customers dropped from memory past rating.max_cached_customers",
+            "Customers dropped from memory past rating.max_cached_customers or rating.max_cached_bytes",
         )?;
         registry.register(Box::new(evicted_customers.clone()))?;
         let unpriced_events = IntCounter::new(
@@ -159,6 +166,7 @@ impl Metrics {
             store_retries,
             dead_letters_unqueued,
             cached_customers,
+            cached_bytes,
             evicted_customers,
             unpriced_events,
             store_wait_seconds,

@@ -76,16 +76,26 @@ struct Cached {
     memo: Option<AttributionMemo>,
     /// The count of durable checkpoints when it was last used (for eviction, least recently used first).
     last_used: u64,
+    /// Its memory by estimate ([`Cached::weigh`]) when it was loaded or last checkpointed.
+    bytes: usize,
 }
 
 impl Cached {
     /// A customer just loaded, used at the given count of durable checkpoints.
-    fn new(usage: CustomerUsage, last_used: u64) -> Self {
-        Cached {
+    fn new(key: &str, usage: CustomerUsage, last_used: u64) -> Self {
+        let mut cached = Cached {
             usage,
             memo: None,
             last_used,
-        }
+            bytes: 0,
+        };
+        cached.bytes = cached.weigh(key);
+        cached
+    }
+
+    /// Its memory by estimate: its usage ([`CustomerUsage::approx_bytes`]), its key, this record and its slot.
+    fn weigh(&self, key: &str) -> usize {
+        self.usage.approx_bytes() + key.len() + std::mem::size_of::<(CustomerKey, Cached)>()
     }
 }
 
@@ -234,6 +244,8 @@ pub struct Pipeline {
     moved: Arc<std::sync::Mutex<HashSet<i32>>>,
     seen_rebalances: u64,
     customers: HashMap<CustomerKey, Cached>,
+    /// Σ of the cached customers' `bytes` (`rating.max_cached_bytes`).
+    cached_bytes: usize,
     /// Checkpoints made durable so far.
     durable: u64,
     /// Rounds of eviction that dropped customers so far.
@@ -298,6 +310,7 @@ impl Pipeline {
             moved,
             seen_rebalances: 0,
             customers: HashMap::new(),
+            cached_bytes: 0,
             durable: 0,
             evictions: 0,
             pending: Pending::default(),
@@ -462,7 +475,11 @@ impl Pipeline {
         }
         let used = self.durable;
         for (k, usage) in loaded {
-            self.customers.entry(k).or_insert(Cached::new(usage, used));
+            if let std::collections::hash_map::Entry::Vacant(v) = self.customers.entry(k) {
+                let cached = Cached::new(v.key(), usage, used);
+                self.cached_bytes += cached.bytes;
+                v.insert(cached);
+            }
         }
         Ok(())
     }
@@ -542,7 +559,15 @@ impl Pipeline {
             let stale = |k: &CustomerKey| {
                 moved.contains(&-1) || moved.contains(&kafka::partition_for_key(k.as_bytes(), n))
             };
-            self.customers.retain(|k, _| !stale(k));
+            let mut dropped = 0;
+            self.customers.retain(|k, c| {
+                let keep = !stale(k);
+                if !keep {
+                    dropped += c.bytes;
+                }
+                keep
+            });
+            self.cached_bytes -= dropped;
             self.metrics
                 .cached_customers
                 .set(self.customers.len() as i64);
@@ -688,8 +713,9 @@ impl Pipeline {
             let waited = Instant::now();
             let usage = self.hold(load).await?;
             self.waited("loads", waited);
-            self.customers
-                .insert(key.to_owned(), Cached::new(usage, self.durable));
+            let cached = Cached::new(key, usage, self.durable);
+            self.cached_bytes += cached.bytes;
+            self.customers.insert(key.to_owned(), cached);
         }
         let cached = self.customers.get_mut(key).expect("just loaded");
         cached.last_used = self.durable;
@@ -828,6 +854,14 @@ impl Pipeline {
         // buffer the previous checkpoint gave back.
         self.pending.rows = std::mem::take(&mut self.spare_rows);
         self.pending.rows.reserve(pending.rows.bytes());
+        // The changed customers weighed again (their aggregates, unique values and ids grew).
+        for key in pending.customers.keys() {
+            if let Some(c) = self.customers.get_mut(key) {
+                let bytes = c.weigh(key);
+                self.cached_bytes = self.cached_bytes - c.bytes + bytes;
+                c.bytes = bytes;
+            }
+        }
         // One write per changed customer: its changed aggregates (with their new unique values) and its new ids.
         let writes: Vec<CustomerWrite> = pending
             .customers
@@ -935,12 +969,14 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Past `rating.max_cached_customers`, drop the customers used least recently whose state is all durable
-    /// (nothing pending since the checkpoint just made durable), down to 90 % of the bound. They are reloaded from
-    /// the store when next used, with their dedup ids as the store keeps them (40 days).
+    /// Past `rating.max_cached_customers` customers or `rating.max_cached_bytes` of their usage (by estimate), drop
+    /// the customers used least recently whose state is all durable (nothing pending since the checkpoint just made
+    /// durable), down to 90 % of both bounds. They are reloaded from the store when next used, with their dedup ids
+    /// as the store keeps them (40 days).
     fn evict(&mut self) {
         let max = self.settings.rating.max_cached_customers;
-        if self.customers.len() > max {
+        let max_bytes = self.settings.rating.max_cached_bytes;
+        if self.customers.len() > max || self.cached_bytes > max_bytes {
             let pending = &self.pending.customers;
             let mut idle: Vec<(u64, CustomerKey)> = self
                 .customers
@@ -948,21 +984,26 @@ impl Pipeline {
                 .filter(|(k, _)| !pending.contains_key(*k))
                 .map(|(k, c)| (c.last_used, k.clone()))
                 .collect();
-            let excess = (self.customers.len() - max * 9 / 10).min(idle.len());
-            if excess > 0 && excess < idle.len() {
-                idle.select_nth_unstable(excess);
+            idle.sort_unstable();
+            let mut dropped = 0;
+            for (_, k) in idle {
+                if self.customers.len() <= max / 10 * 9 && self.cached_bytes <= max_bytes / 10 * 9 {
+                    break;
+                }
+                if let Some(c) = self.customers.remove(&k) {
+                    self.cached_bytes -= c.bytes;
+                    dropped += 1;
+                }
             }
-            for (_, k) in idle.into_iter().take(excess) {
-                self.customers.remove(&k);
-            }
-            if excess > 0 {
+            if dropped > 0 {
                 self.evictions += 1;
             }
-            self.metrics.evicted_customers.inc_by(excess as u64);
+            self.metrics.evicted_customers.inc_by(dropped);
         }
         self.metrics
             .cached_customers
             .set(self.customers.len() as i64);
+        self.metrics.cached_bytes.set(self.cached_bytes as i64);
     }
 
     /// Checkpoint and wait until it is durable.

@@ -201,6 +201,9 @@ pub struct RatingConfig {
     /// Customers whose usage is kept in memory; past it, after each durable checkpoint, those used least recently
     /// (and with nothing pending) are dropped and reloaded from the store when they are next used.
     pub max_cached_customers: usize,
+    /// Memory the cached customers' usage may take, in bytes, by estimate (aggregates, unique values, dedup ids);
+    /// past it, after each durable checkpoint, customers are dropped as past `max_cached_customers`.
+    pub max_cached_bytes: usize,
     /// Distinct values a unique-count aggregate (one subscription, charge, period and group) counts exactly, all
     /// held in memory; an event that would add one more is dead-lettered as `unique_count_limit`.
     pub max_unique_values: usize,
@@ -517,6 +520,9 @@ impl Settings {
         }
         if self.kafka.producer_queue_messages == 0 {
             errors.push("kafka.producer_queue_messages must be at least 1".to_owned());
+        }
+        if self.rating.max_cached_bytes == 0 {
+            errors.push("rating.max_cached_bytes must be at least 1".to_owned());
         }
         if self.rating.max_unique_values == 0 {
             errors.push("rating.max_unique_values must be at least 1".to_owned());

@@ -31,6 +31,56 @@ pub struct CustomerUsage {
 }
 
 impl CustomerUsage {
+    /// About how many bytes of memory this usage takes: the aggregates' table and what its keys and states hold on
+    /// the heap (unique values included, each counted with a set node's share), the kept ids, the window. An
+    /// estimate for a memory budget, not an allocator's count.
+    pub fn approx_bytes(&self) -> usize {
+        /// A set node's share per unique value, beside the value's own bytes.
+        const PER_UNIQUE_VALUE: usize = 64;
+        let slot = std::mem::size_of::<(AggKey, AggState)>() + 1;
+        let heap: usize = self
+            .aggregates
+            .iter()
+            .map(|(k, st)| {
+                let latest = st
+                    .running
+                    .latest
+                    .as_ref()
+                    .map_or(0, |l| l.event_id.capacity());
+                let unique: usize = st
+                    .running
+                    .unique
+                    .iter()
+                    .map(|v| v.capacity() + PER_UNIQUE_VALUE)
+                    .sum();
+                [
+                    &k.subscription_id,
+                    &k.charge_id,
+                    &k.group_key,
+                    &st.metric_code,
+                    &st.aggregation,
+                    &st.charge_model,
+                    &st.charge_properties,
+                    &st.currency,
+                ]
+                .iter()
+                .map(|s| s.capacity())
+                .sum::<usize>()
+                    + latest
+                    + unique
+            })
+            .sum();
+        let window = self
+            .window
+            .as_ref()
+            .map_or(0, |w| w.rejected.capacity() * std::mem::size_of::<i64>());
+        std::mem::size_of::<Self>()
+            + self.aggregates.capacity() * slot
+            + heap
+            + self.seen.approx_bytes()
+            + window
+    }
+
     /// The usage of a subscription's billing period for the charges of its plans, as the core's input (what
     /// `Reference::invoice_on` asks for).
     pub fn for_subscription(
@@ -621,6 +671,29 @@ mod tests {
         assert_eq!(usage.seen.len(), 1);
         assert_eq!(usage.aggregates.len(), 1, "the aggregate still loads");
         assert!(usage.window.is_some());
+    }
+
+    #[test]
+    fn the_size_estimate_grows_with_ids_aggregates_and_unique_values() {
+        let empty = CustomerUsage::default().approx_bytes();
+        let mut usage = CustomerUsage::default();
+        for i in 0..1_000 {
+            usage.seen.insert(IdHash::of(&i.to_string()));
+        }
+        let with_ids = usage.approx_bytes();
+        assert!(
+            with_ids >= empty + 1_000 * 20,
+            "1,000 ids of 16 bytes and a day: {with_ids}"
+        );
+        let (key, state) = row_with_window(Vec::new()).into_state().unwrap();
+        usage.aggregates.insert(key.clone(), state);
+        let with_aggregate = usage.approx_bytes();
+        assert!(with_aggregate > with_ids + std::mem::size_of::<(AggKey, AggState)>());
+        let running = &mut usage.aggregates.get_mut(&key).unwrap().running;
+        for i in 0..100 {
+            running.unique.insert(format!("user-{i:04}"));
+        }
+        assert!(usage.approx_bytes() >= with_aggregate + 100 * 9);
     }
 
     #[test]

@@ -110,6 +110,11 @@ impl SeenIds {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+
+    /// About how many bytes of memory the kept ids take (the table's slots and their control bytes).
+    pub fn approx_bytes(&self) -> usize {
+        self.ids.capacity() * (std::mem::size_of::<(IdHash, u32)>() + 1)
+    }
 }
 
 /// A block's `ids` column: the kept ids one after the other.

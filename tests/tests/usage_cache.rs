@@ -1,5 +1,5 @@
-//! Rating's memory is bounded by `rating.max_cached_customers` and nothing is lost or counted twice for it: with a
-//! bound of 20 and 200 customers, the least recently used customers are dropped after durable checkpoints
+//! Rating's memory is bounded by `rating.max_cached_customers` and by `rating.max_cached_bytes`, and nothing is lost
+//! or counted twice for it: with a bound of 20 customers (or of 64 KiB) and 200 customers, the least recently used customers are dropped after durable checkpoints
 //! (`billing_rating_evicted_customers_total` grows, `billing_rating_cached_customers` comes back under the bound),
 //! and a dropped customer, reloaded from the store, still recognises its events already counted (the same ids sent
 //! again count nothing) and counts its new ones.
@@ -69,10 +69,16 @@ async fn all_counted(services: &Services, n: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bounded_cache_drops_idle_customers_and_loses_or_doubles_nothing() {
-    let mut env = TestEnv::new("usage_cache").await;
-    env.settings.rating.max_cached_customers = BOUND;
+/// Rate every customer's events under a cache bounded by `bound`, which keeps the gauge `bounded` (cached customers
+/// or their bytes) at most `limit` once idle customers are dropped: nothing is lost or counted twice.
+async fn under_a_bound(
+    name: &str,
+    bound: impl FnOnce(&mut billing_runtime::config::Settings),
+    bounded: &str,
+    limit: i64,
+) {
+    let mut env = TestEnv::new(name).await;
+    bound(&mut env.settings);
     let names: Vec<String> = (0..CUSTOMERS).map(customer).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     env.publish_basic_catalog(TENANT, &refs).await;
@@ -86,16 +92,18 @@ async fn a_bounded_cache_drops_idle_customers_and_loses_or_doubles_nothing() {
         (e > 0).then_some(e)
     })
     .await;
-    let cached = eventually(
+    let within = eventually(
         Duration::from_secs(30),
         "the cache back under its bound",
         || async {
-            let c = metric(&env, "billing_rating_cached_customers").await;
-            (c <= BOUND as i64).then_some(c)
+            let c = metric(&env, bounded).await;
+            (c > 0 && c <= limit).then_some(c)
         },
     )
     .await;
-    eprintln!("after 400 events: {evicted} customers evicted, {cached} cached");
+    let cached = metric(&env, "billing_rating_cached_customers").await;
+    eprintln!("after 400 events: {evicted} customers evicted, {cached} cached, {bounded} {within}");
+    assert!(cached < CUSTOMERS as i64, "customers were dropped");
 
     // Both rounds again (already counted: nothing changes), then a new one: each customer, reloaded from the store
     // if it was dropped, counts only the new event.
@@ -107,4 +115,32 @@ async fn a_bounded_cache_drops_idle_customers_and_loses_or_doubles_nothing() {
     assert!(!services.rating_stopped());
     services.shutdown().await;
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_cache_drops_idle_customers_and_loses_or_doubles_nothing() {
+    under_a_bound(
+        "usage_cache",
+        |s| s.rating.max_cached_customers = BOUND,
+        "billing_rating_cached_customers",
+        BOUND as i64,
+    )
+    .await;
+}
+
+/// The same bound in bytes (`rating.max_cached_bytes`): a customer with two events weighs a few KiB by estimate,
+/// so 200 of them are well over 64 KiB, and the count bound is far away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_budget_drops_idle_customers_and_loses_or_doubles_nothing() {
+    const BYTES: usize = 64 << 10;
+    under_a_bound(
+        "usage_cache_bytes",
+        |s| {
+            s.rating.max_cached_customers = 1_000_000;
+            s.rating.max_cached_bytes = BYTES;
+        },
+        "billing_rating_cached_bytes",
+        BYTES as i64,
+    )
+    .await;
 }
