@@ -39,6 +39,9 @@ pub struct Metrics {
     pub cached_bytes: IntGauge,
     /// Customers dropped from memory (`rating.max_cached_customers`, `rating.max_cached_bytes`).
     pub evicted_customers: IntCounter,
+    /// Customers whose background load was dropped unused, because the group rebalanced or customers were evicted
+    /// while it ran (what it read may be older than the store); each is read again when its event is rated.
+    pub discarded_loads: IntCounter,
     /// Accepted events with a charge that running usage cannot price (their ClickHouse amount leaves it out).
     pub unpriced_events: IntCounter,
     /// Time the consumer loop spent waiting on the store instead of rating: `loads` (customers read before their
@@ -127,6 +130,11 @@ impl Metrics {
             "Customers dropped from memory past rating.max_cached_customers or rating.max_cached_bytes",
         )?;
         registry.register(Box::new(evicted_customers.clone()))?;
+        let discarded_loads = IntCounter::new(
+            "discarded_loads_total",
+            "Customers loaded ahead whose state was dropped unused: the group rebalanced or customers were evicted meanwhile",
+        )?;
+        registry.register(Box::new(discarded_loads.clone()))?;
         let unpriced_events = IntCounter::new(
             "unpriced_events_total",
             "Accepted events counting for a charge that running usage cannot price (per-event options): their \
@@ -168,6 +176,7 @@ impl Metrics {
             cached_customers,
             cached_bytes,
             evicted_customers,
+            discarded_loads,
             unpriced_events,
             store_wait_seconds,
         })

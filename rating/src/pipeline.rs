@@ -471,6 +471,7 @@ impl Pipeline {
         if self.rebalances.load(Ordering::SeqCst) != loads.rebalances
             || self.evictions != loads.evictions
         {
+            self.metrics.discarded_loads.inc_by(loaded.len() as u64);
             return Ok(());
         }
         let used = self.durable;

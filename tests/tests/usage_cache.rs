@@ -10,6 +10,7 @@ use billing_schemas::usage::UsageEvent;
 use billing_schemas::{customer_key, encode, Encoding};
 use billing_tests::{api_usage, eventually, Services, TestEnv};
 use chrono::{TimeZone, Utc};
+use rust_decimal::Decimal;
 
 const TENANT: &str = "acme";
 const AT: &str = "2026-03-20T00:00:00Z";
@@ -23,22 +24,27 @@ fn customer(i: usize) -> String {
 /// Event `n` of every customer.
 async fn produce_round(env: &TestEnv, n: usize) {
     for i in 0..CUSTOMERS {
-        let ev = UsageEvent {
-            tenant_id: TENANT.into(),
-            event_id: format!("e{n}"),
-            customer_id: customer(i),
-            metric_code: "api_calls".into(),
-            timestamp: Utc.with_ymd_and_hms(2026, 3, 14, 15, 0, 0).unwrap(),
-            properties: [("value".to_owned(), "1".to_owned())].into(),
-        };
-        env.produce(
-            &env.topics.usage,
-            &customer_key(TENANT, &customer(i)),
-            &encode(&ev, Encoding::Json).unwrap(),
-            Some(Encoding::Json.content_type()),
-        )
-        .await;
+        produce_one(env, i, n).await;
     }
+}
+
+/// Event `n` of customer `i`.
+async fn produce_one(env: &TestEnv, i: usize, n: usize) {
+    let ev = UsageEvent {
+        tenant_id: TENANT.into(),
+        event_id: format!("e{n}"),
+        customer_id: customer(i),
+        metric_code: "api_calls".into(),
+        timestamp: Utc.with_ymd_and_hms(2026, 3, 14, 15, 0, 0).unwrap(),
+        properties: [("value".to_owned(), "1".to_owned())].into(),
+    };
+    env.produce(
+        &env.topics.usage,
+        &customer_key(TENANT, &customer(i)),
+        &encode(&ev, Encoding::Json).unwrap(),
+        Some(Encoding::Json.content_type()),
+    )
+    .await;
 }
 
 /// A metric of rating's `/metrics`.
@@ -46,7 +52,7 @@ async fn metric(env: &TestEnv, name: &str) -> i64 {
     billing_tests::metric(&format!("http://{}", env.settings.rating.listen), name).await
 }
 
-/// Every customer's usage, once each has counted `n` (< 10) events: exactly `n`.
+/// Every customer's usage, once each has counted `n` events: exactly `n`.
 async fn all_counted(services: &Services, n: u64) {
     let key = services.key(TENANT).await;
     for i in 0..CUSTOMERS {
@@ -65,7 +71,13 @@ async fn all_counted(services: &Services, n: u64) {
         )
         .await;
         // Units, events and amount (0.01 each): nothing lost, nothing counted twice.
-        assert_eq!(usage, (n.to_string(), n, format!("0.0{n}")), "{c}");
+        let (units, events, amount) = usage;
+        let amount: Decimal = amount.parse().unwrap();
+        assert_eq!(
+            (units, events, amount),
+            (n.to_string(), n, Decimal::new(n as i64, 2)),
+            "{c}"
+        );
     }
 }
 
@@ -143,4 +155,37 @@ async fn a_memory_budget_drops_idle_customers_and_loses_or_doubles_nothing() {
         BYTES as i64,
     )
     .await;
+}
+
+/// Loads overtaken by an eviction. Rating loads the new customers of the batch it just took in the background while
+/// it rates the batch before, and drops what the loads read if customers were evicted meanwhile (one of them may
+/// have been rated, written and evicted since: what was read may be older than the store). Forced here: 12 events
+/// of each of 200 customers, one customer after the other, wait in the topic before rating starts, so it takes them
+/// in more than one batch (at most 2,000 messages each) and a later batch names customers the first did not; with a
+/// checkpoint every 25 events and a bound of one customer, the second checkpoint of the first batch's rating evicts
+/// while the next batch's loads run. The customers whose loads were dropped are read again when their events are
+/// rated, and nothing is lost or counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_overtaken_by_an_eviction_are_read_again_and_lose_nothing() {
+    const ROUNDS: usize = 12;
+    let mut env = TestEnv::new("usage_cache_race").await;
+    env.settings.rating.max_cached_customers = 1;
+    env.settings.rating.checkpoint_events = 25;
+    let names: Vec<String> = (0..CUSTOMERS).map(customer).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    env.publish_basic_catalog(TENANT, &refs).await;
+    for i in 0..CUSTOMERS {
+        for n in 0..ROUNDS {
+            produce_one(&env, i, n).await;
+        }
+    }
+    let services = Services::start(&env.settings).await;
+    all_counted(&services, ROUNDS as u64).await;
+    let discarded = metric(&env, "billing_rating_discarded_loads_total").await;
+    let evicted = metric(&env, "billing_rating_evicted_customers_total").await;
+    eprintln!("{discarded} customers' loads discarded, {evicted} customers evicted");
+    assert!(discarded > 0, "no load was overtaken by an eviction");
+    assert!(!services.rating_stopped());
+    services.shutdown().await;
+    env.cleanup().await;
 }
