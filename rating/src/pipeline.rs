@@ -474,15 +474,19 @@ impl Pipeline {
             self.metrics.discarded_loads.inc_by(loaded.len() as u64);
             return Ok(());
         }
-        let used = self.durable;
         for (k, usage) in loaded {
-            if let std::collections::hash_map::Entry::Vacant(v) = self.customers.entry(k) {
-                let cached = Cached::new(v.key(), usage, used);
-                self.cached_bytes += cached.bytes;
-                v.insert(cached);
-            }
+            self.cache(k, usage);
         }
         Ok(())
+    }
+
+    /// Cache a customer just read from the store, weighed, unless it is cached already (its state is newer).
+    fn cache(&mut self, key: CustomerKey, usage: CustomerUsage) {
+        if let std::collections::hash_map::Entry::Vacant(v) = self.customers.entry(key) {
+            let cached = Cached::new(v.key(), usage, self.durable);
+            self.cached_bytes += cached.bytes;
+            v.insert(cached);
+        }
     }
 
     /// Count the time since `since` that the consumer loop waited on the store `on` (`loads`, `checkpoint`).
@@ -714,9 +718,7 @@ impl Pipeline {
             let waited = Instant::now();
             let usage = self.hold(load).await?;
             self.waited("loads", waited);
-            let cached = Cached::new(key, usage, self.durable);
-            self.cached_bytes += cached.bytes;
-            self.customers.insert(key.to_owned(), cached);
+            self.cache(key.to_owned(), usage);
         }
         let cached = self.customers.get_mut(key).expect("just loaded");
         cached.last_used = self.durable;

@@ -1,8 +1,8 @@
 //! Rating's memory is bounded by `rating.max_cached_customers` and by `rating.max_cached_bytes`, and nothing is lost
-//! or counted twice for it: with a bound of 20 customers (or of 64 KiB) and 200 customers, the least recently used customers are dropped after durable checkpoints
-//! (`billing_rating_evicted_customers_total` grows, `billing_rating_cached_customers` comes back under the bound),
-//! and a dropped customer, reloaded from the store, still recognises its events already counted (the same ids sent
-//! again count nothing) and counts its new ones.
+//! or counted twice for it: with a bound of 20 customers (or of 64 KiB) and 200 customers, the least recently used
+//! customers are dropped after durable checkpoints (`billing_rating_evicted_customers_total` grows,
+//! `billing_rating_cached_customers` comes back under the bound), and a dropped customer, reloaded from the store,
+//! still recognises its events already counted (the same ids sent again count nothing) and counts its new ones.
 
 use std::time::Duration;
 
@@ -165,7 +165,7 @@ async fn a_memory_budget_drops_idle_customers_and_loses_or_doubles_nothing() {
 /// checkpoint every 25 events and a bound of one customer, a checkpoint of the first batch's rating evicts while the
 /// next batch's loads run. The customers whose loads were dropped are read again when their events are rated, and
 /// nothing is lost or counted twice. Whether an eviction lands inside a load is a matter of timing (it did in each
-/// of three runs alone, not in one run of the whole suite), so the scenario runs again, on fresh topics, until it
+/// of five runs alone, not in one run of the whole suite), so the scenario runs again, on fresh topics, until it
 /// does, at most `ATTEMPTS` times; every attempt checks every total exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_overtaken_by_an_eviction_are_read_again_and_lose_nothing() {
