@@ -84,6 +84,8 @@ const FRESHNESS_P99_TARGET_MS: f64 = 250.0;
 const GATEWAY_TARGET: f64 = 20_000.0;
 const MEMORY_TARGET_MIB: f64 = 512.0;
 const RESTART_TARGET_S: f64 = 15.0;
+/// Usage events rated after each restart of (r).
+const PROBES: u64 = 1_000;
 
 /// Run the benchmark; the bench's data is dropped and its children stopped whatever happens.
 pub async fn run(base: Settings, args: Args, stop: Shutdown) -> anyhow::Result<()> {
@@ -483,7 +485,8 @@ async fn phases(
 /// (r) Rating's restart with a long reference history: `restart_customers` more customers (three lifecycle events
 /// each) are published, 1,000 usage events for some of them, then rating is started again; measured: from its
 /// start until its committed offsets cover those events (it has read the whole reference history first), and its
-/// peak memory.
+/// peak memory. Then again, with 1,000 more usage events, from the snapshot of the lifecycle state the first start
+/// wrote.
 async fn restart_at_scale(
     settings: &Settings,
     args: &Args,
@@ -492,7 +495,6 @@ async fn restart_at_scale(
     producer: &rdkafka::producer::FutureProducer,
     http: &reqwest::Client,
 ) -> anyhow::Result<()> {
-    const PROBES: u64 = 1_000;
     let timeout = Duration::from_secs(args.timeout_secs);
     let topics = Topics::new(&settings.kafka);
     let publisher = Publisher::with_producer(producer.clone(), topics.clone());
@@ -535,15 +537,89 @@ async fn restart_at_scale(
         3 * n,
         t.elapsed().as_secs_f64()
     );
+    // Twice: the first start folds the whole topic and writes a snapshot of what it folded; the second reads the
+    // snapshot and only what follows it (nothing here).
+    for run in ["from the topic's start", "from the snapshot"] {
+        produce_probes(producer, &topics, id, run, n).await?;
+        let env = child_env(settings);
+        let t0 = Instant::now();
+        let pid = children.spawn("rating", &env, id)?;
+        loop {
+            if let Some(status) = children.exited("rating") {
+                anyhow::bail!("rating exited early: {status}");
+            }
+            if group_lag(settings, &topics.usage).await? == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < timeout,
+                "rating did not catch up after its restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let restart_s = t0.elapsed().as_secs_f64();
+        let hwm_mib = vm_hwm_kib(pid)? as f64 / 1024.0;
+        let metrics_url = format!("http://{}/metrics", settings.rating.listen);
+        let m = scrape(http, &metrics_url).await.unwrap_or_default();
+        let accepted = value_of(&m, "billing_rating_events_total{outcome=\"accepted\"}");
+        println!(
+            "    rating restarted {run} over {lifecycle_total} lifecycle events ({} customers): {PROBES} usage events rated and committed \
+             {restart_s:.1} s after its start (accepted {accepted:.0}, lifecycle events folded {:.0}); target ≤ {RESTART_TARGET_S:.0} s: {}; \
+             peak memory (VmHWM) {hwm_mib:.0} MiB",
+            args.customers as u64 + n,
+            value_of(&m, "billing_rating_reference_events_total{topic=\"lifecycle\"}"),
+            met(restart_s <= RESTART_TARGET_S && accepted >= PROBES as f64)
+        );
+        if run == "from the topic's start" {
+            // The snapshot this start takes once caught up, before it is stopped.
+            let t = Instant::now();
+            let m = loop {
+                let m = scrape(http, &metrics_url).await.unwrap_or_default();
+                if value_of(
+                    &m,
+                    "billing_rating_reference_snapshots_total{outcome=\"written\"}",
+                ) >= 1.0
+                {
+                    break m;
+                }
+                anyhow::ensure!(t.elapsed() < timeout, "no reference snapshot written");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            println!(
+                "    its snapshot of the lifecycle state ({:.1} MiB) written {:.1} s after it caught up",
+                value_of(&m, "billing_rating_reference_snapshot_bytes") / f64::from(1 << 20),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        children.stop("rating");
+    }
+    Ok(())
+}
+
+/// A metric of a scrape, 0 when absent.
+fn value_of(m: &BTreeMap<String, f64>, name: &str) -> f64 {
+    m.get(name).copied().unwrap_or(0.0)
+}
+
+/// 1,000 usage events (ids unique to `run`) for customers spread over the `n` of the restart measurement.
+async fn produce_probes(
+    producer: &rdkafka::producer::FutureProducer,
+    topics: &Topics,
+    id: &str,
+    run: &str,
+    n: u64,
+) -> anyhow::Result<()> {
     let headers = OwnedHeaders::new().insert(Header {
         key: CONTENT_TYPE_HEADER,
         value: Some(Encoding::Avro.content_type()),
     });
+    let start = month_start();
+    let mut inflight = VecDeque::with_capacity(IN_FLIGHT);
     for i in 0..PROBES.min(n) {
         let customer = format!("rst-{:07}", i * n / PROBES.min(n));
         let ev = UsageEvent {
             tenant_id: TENANT.into(),
-            event_id: format!("{id}-restart-{i}"),
+            event_id: format!("{id}-restart-{run}-{i}"),
             customer_id: customer.clone(),
             metric_code: "requests".into(),
             timestamp: start + chrono::Duration::days(10),
@@ -564,37 +640,6 @@ async fn restart_at_scale(
     for d in inflight {
         ack(d).await?;
     }
-    let env = child_env(settings);
-    let t0 = Instant::now();
-    let pid = children.spawn("rating", &env, id)?;
-    loop {
-        if let Some(status) = children.exited("rating") {
-            anyhow::bail!("rating exited early: {status}");
-        }
-        if group_lag(settings, &topics.usage).await? == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            t0.elapsed() < timeout,
-            "rating did not catch up after its restart"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let restart_s = t0.elapsed().as_secs_f64();
-    let metrics_url = format!("http://{}/metrics", settings.rating.listen);
-    let m = scrape(http, &metrics_url).await.unwrap_or_default();
-    let accepted = m
-        .get("billing_rating_events_total{outcome=\"accepted\"}")
-        .copied()
-        .unwrap_or(0.0);
-    let hwm_mib = vm_hwm_kib(pid)? as f64 / 1024.0;
-    println!(
-        "    rating restarted over {lifecycle_total} lifecycle events ({} customers): {PROBES} usage events rated and committed \
-         {restart_s:.1} s after its start (accepted {accepted:.0}); target ≤ {RESTART_TARGET_S:.0} s: {}; peak memory (VmHWM) {hwm_mib:.0} MiB",
-        args.customers as u64 + n,
-        met(restart_s <= RESTART_TARGET_S && accepted >= PROBES as f64)
-    );
-    children.stop("rating");
     Ok(())
 }
 

@@ -13,6 +13,7 @@ mod metrics;
 mod pipeline;
 pub mod rate;
 mod reference;
+mod snapshots;
 pub mod validate;
 
 use std::sync::Arc;
@@ -59,7 +60,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
             _ => Ok(()),
         })
         .with_kafka(&settings.kafka)
-        .with_cassandra(session)
+        .with_cassandra(session.clone())
         .with_clickhouse(ch.clone())
         // A consumer that has stopped while work is waiting is not ready, whatever its connections say.
         .with("consumer", move || {
@@ -86,9 +87,28 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     .await?;
     tracing::info!(%addr, "rating health and metrics listening");
 
+    let topics = Topics::new(&settings.kafka);
+    let snapshots = snapshots::Snapshots::new(
+        billing_store::reference_snapshots::ReferenceSnapshots::new(
+            session.clone(),
+            &settings.cassandra.keyspace,
+        )
+        .await?,
+        &topics.lifecycle,
+        &settings.rating,
+        metrics.clone(),
+    );
+    let ends = {
+        let (kafka, topics) = (settings.kafka.clone(), topics.clone());
+        tokio::task::spawn_blocking(move || reference::lifecycle_ends(&kafka, &topics)).await??
+    };
+    let snapshot = snapshots.newest(&ends).await;
     let reader = reference.spawn_reader(
         &settings.kafka,
-        &Topics::new(&settings.kafka),
+        &topics,
+        snapshot,
+        Some(snapshots.spawn_writer(shutdown.clone())),
+        metrics.clone(),
         shutdown.clone(),
     )?;
     let result = pipeline.run(shutdown.clone()).await;

@@ -29,6 +29,13 @@ pub struct Metrics {
     /// Time of each reference barrier (end offsets read, reference topics read up to them), which the consumer
     /// loop waits for.
     pub reference_barrier_seconds: Histogram,
+    /// Reference events folded since the start, by topic (`catalog`, `lifecycle`): a start from a snapshot folds
+    /// only the lifecycle events after it.
+    pub reference_events: IntCounterVec,
+    /// Snapshots of the lifecycle state by outcome: `written`, `failed`, `skipped` (one of the same positions was there).
+    pub reference_snapshots: IntCounterVec,
+    /// Bytes of the last snapshot taken.
+    pub reference_snapshot_bytes: IntGauge,
     /// Checkpoint writes that failed (or hung) and were retried.
     pub store_retries: IntCounter,
     /// Dead letters the producer refused to queue (its queue full, the topic known missing), kept to send again.
@@ -107,6 +114,27 @@ impl Metrics {
             .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
         )?;
         registry.register(Box::new(reference_barrier_seconds.clone()))?;
+        let reference_events = IntCounterVec::new(
+            Opts::new(
+                "reference_events_total",
+                "Reference events folded since the start, by topic (catalog, lifecycle)",
+            ),
+            &["topic"],
+        )?;
+        registry.register(Box::new(reference_events.clone()))?;
+        let reference_snapshots = IntCounterVec::new(
+            Opts::new(
+                "reference_snapshots_total",
+                "Snapshots of the lifecycle state, by outcome: written, failed, skipped (one of the same positions was there)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(reference_snapshots.clone()))?;
+        let reference_snapshot_bytes = IntGauge::new(
+            "reference_snapshot_bytes",
+            "Bytes of the last lifecycle snapshot taken",
+        )?;
+        registry.register(Box::new(reference_snapshot_bytes.clone()))?;
         let store_retries = IntCounter::new(
             "store_retries_total",
             "Checkpoint writes to ScyllaDB or ClickHouse that failed or timed out and were retried",
@@ -171,6 +199,9 @@ impl Metrics {
             checkpoint_customers,
             reference_retries,
             reference_barrier_seconds,
+            reference_events,
+            reference_snapshots,
+            reference_snapshot_bytes,
             store_retries,
             dead_letters_unqueued,
             cached_customers,

@@ -1,9 +1,11 @@
 //! The reference topics' reader: every rating instance reads `billing.catalog` and `billing.lifecycle` whole
 //! (they are small next to usage) with its own non-group consumer into [`Reference`], and a barrier makes usage
 //! wait until everything produced to them before the barrier was taken has been applied. One thread polls and
-//! decodes, another folds, in batches under one write lock each: a restart's full read uses both cores.
+//! decodes, another folds, in batches under one write lock each: a restart's full read uses both cores. A start
+//! from a snapshot of the lifecycle state ([`crate::snapshots`]) reads `billing.lifecycle` only from the positions
+//! the snapshot reflects; the folder takes the next snapshot when one is due.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -17,6 +19,9 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use billing_schemas::reference::Reference;
+
+use crate::snapshots::{Loaded, Taker};
+use crate::Metrics;
 
 /// Events the poller gathers before handing them to the folder (fewer than this when nothing more is waiting).
 const FOLD_BATCH: usize = 512;
@@ -43,6 +48,21 @@ enum Batch {
     Positions(Vec<(bool, i32, i64)>),
 }
 
+/// Each lifecycle partition's end offset now.
+pub fn lifecycle_ends(
+    kafka: &billing_runtime::config::KafkaConfig,
+    topics: &Topics,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .create()?;
+    let named: Vec<(&str, i32)> = (0..kafka.partitions)
+        .map(|p| (topics.lifecycle.as_str(), p))
+        .collect();
+    let ends = kafka::offsets_at(&consumer, &named, Offset::End, Duration::from_secs(10))?;
+    Ok(ends.into_iter().map(|((_, p), end)| (p, end)).collect())
+}
+
 /// Shared reference data plus how far the reader has read each partition.
 #[derive(Clone, Default)]
 pub struct SharedReference {
@@ -61,11 +81,15 @@ impl SharedReference {
         }
     }
 
-    /// Read the catalog and lifecycle topics from the beginning until shutdown.
+    /// Read the catalog topic from its beginning, and the lifecycle topic from the positions `snapshot` reflects
+    /// (its state restored first) or from its beginning, until shutdown; `taker` takes the next snapshots.
     pub fn spawn_reader(
         &self,
         kafka: &billing_runtime::config::KafkaConfig,
         topics: &Topics,
+        snapshot: Option<Loaded>,
+        taker: Option<Taker>,
+        metrics: Metrics,
         shutdown: Shutdown,
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         // A BaseConsumer polled on a blocking thread: with a StreamConsumer, messages fetched right after
@@ -81,14 +105,31 @@ impl SharedReference {
             // If resolving "beginning" fails (e.g. a leader moves), fall back to the start too, never the end.
             .set("auto.offset.reset", "earliest")
             .create()?;
+        let (mut lifecycle_starts, mut lifecycle_ends) = (BTreeMap::new(), BTreeMap::new());
         let mut tpl = TopicPartitionList::new();
         for topic in [&topics.catalog, &topics.lifecycle] {
             for p in 0..kafka.partitions {
                 // An explicit offset, not Offset::Beginning: the logical offset is resolved asynchronously and a
                 // failed resolution silently falls back to auto.offset.reset.
-                let (low, _) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+                let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
                 tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+                if topic == &topics.lifecycle {
+                    lifecycle_starts.insert(p, low);
+                    lifecycle_ends.insert(p, high);
+                }
             }
+        }
+        if let Some(from) = snapshot.and_then(|s| self.restore(s, &lifecycle_ends)) {
+            lifecycle_starts = from;
+        }
+        // Where each lifecycle partition is read from is its position until a message or the consumer moves it: a
+        // snapshot needs every partition's, and one that stays empty has no other.
+        for (p, at) in lifecycle_starts {
+            tpl.set_partition_offset(&topics.lifecycle, p, Offset::Offset(at))?;
+            self.positions
+                .lock()
+                .expect("positions lock")
+                .insert((topics.lifecycle.clone(), p), at);
         }
         consumer.assign(&tpl)?;
         // Two threads, so a restart's full read uses both cores: this one polls and decodes, the folder applies
@@ -101,12 +142,27 @@ impl SharedReference {
             let this = self.clone();
             let catalog_topic = topics.catalog.clone();
             let lifecycle_topic = topics.lifecycle.clone();
+            let (mut taker, partitions) = (taker, kafka.partitions);
+            let [catalog_events, lifecycle_events] =
+                ["catalog", "lifecycle"].map(|t| metrics.reference_events.with_label_values(&[t]));
             std::thread::Builder::new()
                 .name("reference-fold".into())
                 .spawn(move || {
                     for batch in batches {
+                        let caught_up = matches!(batch, Batch::Positions(_));
+                        if let Batch::Events(events) = &batch {
+                            let lifecycle = events.iter().filter(|r| !r.catalog).count() as u64;
+                            lifecycle_events.inc_by(lifecycle);
+                            catalog_events.inc_by(events.len() as u64 - lifecycle);
+                            if let Some(t) = taker.as_mut() {
+                                t.folded(lifecycle);
+                            }
+                        }
                         if let Some(emptied) = this.fold(batch, &catalog_topic, &lifecycle_topic) {
                             let _ = to_poller.try_send(emptied);
+                        }
+                        if let Some(t) = taker.as_mut().filter(|t| caught_up && t.due()) {
+                            this.take_snapshot(t, &lifecycle_topic, partitions);
                         }
                     }
                 })?
@@ -189,6 +245,61 @@ impl SharedReference {
             drop(to_folder);
             let _ = folder.join();
         }))
+    }
+
+    /// Restore the lifecycle state `snapshot` holds ([`crate::snapshots::Snapshots::newest`] found it fits the
+    /// topic; checked again against the ends read now); returns the positions to read from.
+    fn restore(&self, snapshot: Loaded, ends: &BTreeMap<i32, i64>) -> Option<BTreeMap<i32, i64>> {
+        let head = snapshot.head;
+        if !head.fits(ends) {
+            tracing::warn!(snapshot = %head.id, "reference snapshot does not fit billing.lifecycle; reading it from its start");
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let restored = self
+            .data
+            .write()
+            .expect("reference lock")
+            .restore_lifecycle_state(&snapshot.data);
+        match restored {
+            Ok(customers) => {
+                tracing::info!(snapshot = %head.id, customers, seconds = started.elapsed().as_secs_f64(),
+                    "reference state restored; reading billing.lifecycle from the snapshot's positions");
+                Some(head.positions)
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %head.id, error = %e,
+                    "reference snapshot not restored; reading billing.lifecycle from its start");
+                None
+            }
+        }
+    }
+
+    /// Take a snapshot of the lifecycle state as folded so far (the folder calls it between batches, so the state
+    /// and the positions agree) and hand it to the writer.
+    fn take_snapshot(&self, taker: &mut Taker, lifecycle_topic: &str, partitions: i32) {
+        let positions: Option<BTreeMap<i32, i64>> = {
+            let at = self.positions.lock().expect("positions lock");
+            (0..partitions)
+                .map(|p| {
+                    at.get(&(lifecycle_topic.to_owned(), p))
+                        .map(|offset| (p, *offset))
+                })
+                .collect()
+        };
+        // Not every partition's position known yet: the next time.
+        let Some(positions) = positions else {
+            return;
+        };
+        let taken = {
+            let data = self.data.read().expect("reference lock");
+            data.encode_lifecycle_state()
+                .map(|bytes| (data.customers().count(), bytes))
+        };
+        match taken {
+            Ok((customers, bytes)) => taker.take(positions, customers, bytes),
+            Err(e) => tracing::warn!(error = %e, "reference snapshot not taken"),
+        }
     }
 
     /// Apply a batch under one write lock, then move the positions past it; returns the emptied buffer.

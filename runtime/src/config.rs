@@ -210,6 +210,13 @@ pub struct RatingConfig {
     /// How long usage waits for the catalog and lifecycle topics to be read up to their end.
     #[serde(with = "humantime_serde")]
     pub reference_timeout: Duration,
+    /// A snapshot of the lifecycle state is written to the store once this many lifecycle events were folded since
+    /// the last one (or since the start), when the reader has caught up; a restart reads the newest snapshot and
+    /// only the events after it. 0: never.
+    pub reference_snapshot_events: u64,
+    /// Snapshots are at least this far apart.
+    #[serde(with = "humantime_serde")]
+    pub reference_snapshot_interval: Duration,
 }
 
 /// A consumer service that has no tuning yet beyond its group.

@@ -32,6 +32,8 @@ use chrono_tz::Tz;
 use crate::catalog::{self, Catalog, CatalogEvent};
 use crate::lifecycle::{BillingTime, CustomerCreated, Lifecycle, LifecycleEvent, TaxExempt};
 
+mod snapshot;
+
 /// A charge ready to aggregate and price.
 #[derive(Debug)]
 pub struct ChargeInfo {

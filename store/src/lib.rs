@@ -22,6 +22,7 @@ pub mod late_usage;
 pub mod materialized_offsets;
 pub mod migrate;
 pub mod payments;
+pub mod reference_snapshots;
 pub mod retention;
 pub mod sandbox_ledger;
 pub mod subscriptions;
@@ -55,6 +56,8 @@ pub const TABLES: &[(&str, Store, &str)] = &[
     ("usage_unique_values", Store::Cql, "rating"),
     ("usage_dedup", Store::Cql, "rating"),
     ("usage_dedup_blocks", Store::Cql, "rating"),
+    ("reference_snapshots", Store::Cql, "rating"),
+    ("reference_snapshot_chunks", Store::Cql, "rating"),
     ("customers", Store::Cql, "invoicer"),
     ("customers_by_created", Store::Cql, "invoicer"),
     ("subscriptions", Store::Cql, "invoicer"),

@@ -80,6 +80,11 @@ const CQL: &[Migration] = &[
         name: "usage_dedup_in_aggregates",
         body: include_str!("../migrations/cql/0013_usage_dedup_in_aggregates.cql"),
     },
+    Migration {
+        version: 14,
+        name: "reference_snapshots",
+        body: include_str!("../migrations/cql/0014_reference_snapshots.cql"),
+    },
 ];
 
 const CLICKHOUSE: &[Migration] = &[
