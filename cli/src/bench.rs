@@ -537,6 +537,13 @@ async fn restart_at_scale(
         3 * n,
         t.elapsed().as_secs_f64()
     );
+    let session = Arc::new(billing_runtime::cql::connect(&settings.cassandra).await?);
+    let snapshots = billing_store::reference_snapshots::ReferenceSnapshots::new(
+        session,
+        &settings.cassandra.keyspace,
+    )
+    .await?;
+    let snapshot_name = billing_store::reference_snapshots::rating_snapshot_name(&topics.lifecycle);
     // Twice: the first start folds the whole topic and writes a snapshot of what it folded; the second reads the
     // snapshot and only what follows it (nothing here).
     for run in ["from the topic's start", "from the snapshot"] {
@@ -571,23 +578,26 @@ async fn restart_at_scale(
             met(restart_s <= RESTART_TARGET_S && accepted >= PROBES as f64)
         );
         if run == "from the topic's start" {
-            // The snapshot this start takes once caught up, before it is stopped.
+            // The snapshot this start takes once caught up (of every lifecycle event), before it is stopped.
             let t = Instant::now();
-            let m = loop {
-                let m = scrape(http, &metrics_url).await.unwrap_or_default();
-                if value_of(
-                    &m,
-                    "billing_rating_reference_snapshots_total{outcome=\"written\"}",
-                ) >= 1.0
+            let head = loop {
+                let heads = snapshots.heads(&snapshot_name).await?;
+                if let Some(h) = heads
+                    .into_iter()
+                    .find(|h| h.sha256.is_some() && h.folded == lifecycle_total)
                 {
-                    break m;
+                    break h;
                 }
-                anyhow::ensure!(t.elapsed() < timeout, "no reference snapshot written");
+                anyhow::ensure!(
+                    t.elapsed() < timeout,
+                    "no reference snapshot of the whole topic written"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };
             println!(
-                "    its snapshot of the lifecycle state ({:.1} MiB) written {:.1} s after it caught up",
-                value_of(&m, "billing_rating_reference_snapshot_bytes") / f64::from(1 << 20),
+                "    its snapshot of the lifecycle state ({} customers, {:.1} MiB) written {:.1} s after it caught up",
+                head.customers,
+                head.bytes as f64 / f64::from(1 << 20),
                 t.elapsed().as_secs_f64()
             );
         }

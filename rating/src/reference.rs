@@ -142,7 +142,7 @@ impl SharedReference {
             let this = self.clone();
             let catalog_topic = topics.catalog.clone();
             let lifecycle_topic = topics.lifecycle.clone();
-            let (mut taker, partitions) = (taker, kafka.partitions);
+            let (mut taker, ends) = (taker, lifecycle_ends.clone());
             let [catalog_events, lifecycle_events] =
                 ["catalog", "lifecycle"].map(|t| metrics.reference_events.with_label_values(&[t]));
             std::thread::Builder::new()
@@ -162,7 +162,7 @@ impl SharedReference {
                             let _ = to_poller.try_send(emptied);
                         }
                         if let Some(t) = taker.as_mut().filter(|t| caught_up && t.due()) {
-                            this.take_snapshot(t, &lifecycle_topic, partitions);
+                            this.take_snapshot(t, &lifecycle_topic, &ends);
                         }
                     }
                 })?
@@ -276,18 +276,21 @@ impl SharedReference {
     }
 
     /// Take a snapshot of the lifecycle state as folded so far (the folder calls it between batches, so the state
-    /// and the positions agree) and hand it to the writer.
-    fn take_snapshot(&self, taker: &mut Taker, lifecycle_topic: &str, partitions: i32) {
+    /// and the positions agree) and hand it to the writer; not before every lifecycle partition has been read up to
+    /// `ends`, where it ended at the start (a reader that is only waiting for the next fetch of a long read would
+    /// snapshot a fraction of it).
+    fn take_snapshot(&self, taker: &mut Taker, lifecycle_topic: &str, ends: &BTreeMap<i32, i64>) {
         let positions: Option<BTreeMap<i32, i64>> = {
             let at = self.positions.lock().expect("positions lock");
-            (0..partitions)
-                .map(|p| {
-                    at.get(&(lifecycle_topic.to_owned(), p))
-                        .map(|offset| (p, *offset))
+            ends.iter()
+                .map(|(p, end)| {
+                    at.get(&(lifecycle_topic.to_owned(), *p))
+                        .filter(|offset| *offset >= end)
+                        .map(|offset| (*p, *offset))
                 })
                 .collect()
         };
-        // Not every partition's position known yet: the next time.
+        // Not every partition read to its end at the start yet: the next time.
         let Some(positions) = positions else {
             return;
         };
