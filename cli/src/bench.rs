@@ -272,6 +272,7 @@ async fn phases(
     let env = child_env(settings);
     // The benchmark's key: limits far above what it sends, so that it measures the pipeline, not its own quota.
     let key = crate::keys::admin_key(settings, TENANT, crate::keys::unlimited()).await?;
+    let cpu_before = stack_cpu();
     let t0 = Instant::now();
     let rating_pid = children.spawn("rating", &env, id)?;
     let metrics_url = format!("http://{}/metrics", settings.rating.listen);
@@ -308,6 +309,8 @@ async fn phases(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rating_total = t0.elapsed().as_secs_f64();
+    let rating_cpu = cpu_seconds(rating_pid).unwrap_or(0.0);
+    let cpu_after = stack_cpu();
     let first = first_consumed.unwrap_or_default().as_secs_f64();
     let rating_rate = args.events as f64 / rating_total;
     let rating_steady = args.events as f64 / (rating_total - first).max(1e-9);
@@ -330,6 +333,19 @@ async fn phases(
         metric("billing_rating_events_total{outcome=\"accepted\"}"),
         metric("billing_rating_events_total{outcome=\"rejected\"}"),
         metric("billing_rating_events_total{outcome=\"replayed\"}"),
+    );
+    // Who used the two cores meanwhile: rating, and the stack's servers (0 for one not found on this machine).
+    let stack: Vec<String> = cpu_after
+        .iter()
+        .map(|(name, after)| {
+            let before = cpu_before.get(name).copied().unwrap_or(0.0);
+            format!("{name} {:.2} s", after - before)
+        })
+        .collect();
+    println!(
+        "    CPU time during the run ({rating_total:.2} s of wall time on {} cores): rating {rating_cpu:.2} s, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        stack.join(", ")
     );
     let step = |name: &str| {
         metric(&format!(
@@ -1115,6 +1131,55 @@ async fn freshness(
     }
     lat.sort_by(f64::total_cmp);
     Ok(lat)
+}
+
+/// CPU seconds (user and system) a process has used, from `/proc/<pid>/stat` (clock ticks of 1/100 s, Linux's
+/// `USER_HZ`).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command's name, which is in parentheses and may hold spaces: utime and stime are the
+    // 14th and 15th fields of the line, the 12th and 13th after the name.
+    let rest = stat.rsplit_once(')').context("no command in /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).context("short /proc stat")?.parse::<u64>()? as f64)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// CPU seconds used so far by the stack's servers on this machine, found by their command lines: Cassandra, Kafka,
+/// ClickHouse.
+fn stack_cpu() -> BTreeMap<&'static str, f64> {
+    let mut out = BTreeMap::from([("Cassandra", 0.0), ("ClickHouse", 0.0), ("Kafka", 0.0)]);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let name = if cmdline.contains("org.apache.cassandra.service.CassandraDaemon") {
+            "Cassandra"
+        } else if cmdline.contains("kafka.Kafka") {
+            "Kafka"
+        } else if cmdline.contains("clickhouse-server") || cmdline.contains("clickhouse\0server") {
+            "ClickHouse"
+        } else {
+            continue;
+        };
+        if let (Ok(cpu), Some(total)) = (cpu_seconds(pid), out.get_mut(name)) {
+            *total += cpu;
+        }
+    }
+    out
 }
 
 fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {

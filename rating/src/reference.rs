@@ -1,5 +1,5 @@
-//! The reference topics' reader: every rating instance reads `billing.catalog` and `billing.lifecycle` whole
-//! (they are small next to usage) with its own non-group consumer into [`Reference`], and a barrier makes usage
+//! The reference topics' reader: every rating instance reads `billing.catalog` and `billing.lifecycle` (all their
+//! partitions: they are small next to usage) with its own non-group consumer into [`Reference`], and a barrier makes usage
 //! wait until everything produced to them before the barrier was taken has been applied. One thread polls and
 //! decodes, another folds, in batches under one write lock each: a restart's full read uses both cores. A start
 //! from a snapshot of the lifecycle state ([`crate::snapshots`]) reads `billing.lifecycle` only from the positions

@@ -270,3 +270,34 @@ impl ReferenceSnapshots {
         Ok(head)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(positions: &[(i32, i64)]) -> SnapshotHead {
+        SnapshotHead {
+            folded: positions.iter().map(|(_, o)| o).sum(),
+            id: Uuid::nil(),
+            positions: positions.iter().copied().collect(),
+            chunks: 1,
+            bytes: 4,
+            sha256: None,
+            customers: 0,
+            written_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_fits_a_topic_with_its_partitions_and_no_position_past_an_end() {
+        let ends: BTreeMap<i32, i64> = [(0, 10), (1, 5)].into();
+        assert!(head(&[(0, 10), (1, 5)]).fits(&ends));
+        assert!(head(&[(0, 3), (1, 0)]).fits(&ends));
+        // A topic made again under its name: a position past its end.
+        assert!(!head(&[(0, 11), (1, 5)]).fits(&ends));
+        // Another partition count.
+        assert!(!head(&[(0, 1)]).fits(&ends));
+        assert!(!head(&[(0, 1), (1, 1), (2, 1)]).fits(&ends));
+        assert!(!head(&[(0, 1), (2, 1)]).fits(&ends));
+    }
+}
