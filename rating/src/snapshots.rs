@@ -62,7 +62,7 @@ impl Snapshots {
     }
 
     /// The newest complete snapshot that fits the topic ([`SnapshotHead::fits`] its partitions' end offsets
-    /// `ends`) and reads back whole, or `None`: none written yet, or the store not readable (logged; the topic is
+    /// `ends`) and reads back whole (a damaged one is deleted and the next tried), or `None`: none written yet, or the store not readable (logged; the topic is
     /// then read from its start).
     pub async fn newest(&self, ends: &BTreeMap<i32, i64>) -> Option<Loaded> {
         let heads = match attempts("reference snapshot heads", || self.store.heads(&self.name))
@@ -86,7 +86,7 @@ impl Snapshots {
         for head in candidates.take(2) {
             let started = Instant::now();
             match attempts("reference snapshot", || self.store.read(&self.name, &head)).await {
-                Ok(data) => {
+                Ok(Some(data)) => {
                     tracing::info!(
                         snapshot = %head.id,
                         customers = head.customers,
@@ -96,6 +96,18 @@ impl Snapshots {
                         "reference snapshot read"
                     );
                     return Some(Loaded { head, data });
+                }
+                Ok(None) => {
+                    // Damaged for good (a chunk lost, or not what its head says): deleted, so that a snapshot of
+                    // the same positions is written again rather than skipped for it.
+                    tracing::warn!(snapshot = %head.id, "reference snapshot damaged; deleted");
+                    if let Err(e) = attempts("reference snapshot deletion", || {
+                        self.store.delete(&self.name, &head)
+                    })
+                    .await
+                    {
+                        tracing::warn!(snapshot = %head.id, error = %e, "damaged reference snapshot not deleted");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(snapshot = %head.id, error = %e, "reference snapshot not readable")

@@ -159,37 +159,51 @@ impl ReferenceSnapshots {
             .collect()
     }
 
-    /// A snapshot's bytes, checked against its head: `Err` if a chunk is missing or the whole does not match.
-    pub async fn read(&self, name: &str, head: &SnapshotHead) -> anyhow::Result<Vec<u8>> {
+    /// A snapshot's bytes, checked against its head: `Ok(None)` if it is damaged (a chunk missing, or the whole not
+    /// matching its size and SHA-256), which no later read can mend; `Err` if the store did not answer.
+    pub async fn read(&self, name: &str, head: &SnapshotHead) -> anyhow::Result<Option<Vec<u8>>> {
         // The futures built first, then driven: a stream mapping to async blocks that borrow `self` is not `Send`
         // for every lifetime, which `tokio::spawn` asks of its callers.
         let reads: Vec<_> = (0..head.chunks)
             .map(|chunk| self.read_chunk(name, head.id, chunk))
             .collect();
-        let chunks: Vec<Vec<u8>> = futures::stream::iter(reads)
+        let chunks: Vec<Option<Vec<u8>>> = futures::stream::iter(reads)
             .buffered(CONCURRENCY)
             .try_collect()
             .await?;
+        let Some(chunks) = chunks.into_iter().collect::<Option<Vec<_>>>() else {
+            return Ok(None);
+        };
         let data = chunks.concat();
-        anyhow::ensure!(
-            data.len() as i64 == head.bytes
-                && head.sha256.as_deref() == Some(Sha256::digest(&data).as_slice()),
-            "snapshot {} does not match its head ({} bytes read of {})",
-            head.id,
-            data.len(),
-            head.bytes
-        );
-        Ok(data)
+        let whole = data.len() as i64 == head.bytes
+            && head.sha256.as_deref() == Some(Sha256::digest(&data).as_slice());
+        Ok(whole.then_some(data))
     }
 
-    async fn read_chunk(&self, name: &str, id: Uuid, chunk: i32) -> anyhow::Result<Vec<u8>> {
-        self.session
+    async fn read_chunk(
+        &self,
+        name: &str,
+        id: Uuid,
+        chunk: i32,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .session
             .execute_unpaged(&self.select_chunk, (name, id, chunk))
             .await?
             .into_rows_result()?
             .maybe_first_row::<(Vec<u8>,)>()?
-            .map(|(data,)| data)
-            .ok_or_else(|| anyhow::anyhow!("chunk {chunk} of snapshot {id} missing"))
+            .map(|(data,)| data))
+    }
+
+    /// Delete a snapshot, its head first (a reader never finds a head without its chunks).
+    pub async fn delete(&self, name: &str, head: &SnapshotHead) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(&self.delete_head, (name, head.folded, head.id))
+            .await?;
+        self.session
+            .execute_unpaged(&self.delete_chunks, (name, head.id))
+            .await?;
+        Ok(())
     }
 
     /// Write a snapshot of `name` reflecting the lifecycle `positions`, then delete all but the newest [`KEEP`]
@@ -258,13 +272,7 @@ impl ReferenceSnapshots {
                 None => now - old.written_at > ABANDONED_AFTER,
             };
             if drop {
-                // The head first: a reader never finds a head without its chunks.
-                self.session
-                    .execute_unpaged(&self.delete_head, (name, old.folded, old.id))
-                    .await?;
-                self.session
-                    .execute_unpaged(&self.delete_chunks, (name, old.id))
-                    .await?;
+                self.delete(name, &old).await?;
             }
         }
         Ok(head)

@@ -5,7 +5,7 @@
 //! customers known only from the snapshot, applies a change made before the snapshot (a cancellation) and one made
 //! after it, and counts a customer created after it. A snapshot that does not fit the topic (positions past its
 //! end, as after the topic was deleted and created again) is not used: the newest that fits is, and without one
-//! the topic is read from its start.
+//! the topic is read from its start. A snapshot that lost a chunk is deleted, and the one before it used.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -169,6 +169,42 @@ async fn a_restart_reads_the_snapshot_and_only_the_lifecycle_events_after_it() {
         keys,
         [customer_key(TENANT, "cus-0"), customer_key(TENANT, "cus-1")]
     );
+    services.shutdown().await;
+
+    // A snapshot that lost a chunk is deleted and the one before it used: the start folds the three events after
+    // that one, then writes a snapshot of all ten again.
+    let newest = snapshots
+        .heads(&name)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|h| h.sha256.is_some() && h.folded == 10)
+        .expect("a snapshot of all ten events");
+    session
+        .query_unpaged(
+            format!(
+                "DELETE FROM {}.reference_snapshot_chunks WHERE name = ? AND snapshot_id = ? AND chunk = 0",
+                env.settings.cassandra.keyspace
+            ),
+            (&name, newest.id),
+        )
+        .await
+        .unwrap();
+    let services = Services::start(&env.settings).await;
+    call(&env, "cus-2", "c", "2026-03-14T00:00:00Z").await;
+    counted(&services, "cus-2", 3).await;
+    assert_eq!(
+        lifecycle_folded(&env).await,
+        3,
+        "the snapshot before the damaged one is used"
+    );
+    eventually(WAIT, "a new snapshot of all ten events", || async {
+        let heads = snapshots.heads(&name).await.unwrap();
+        (heads.iter().all(|h| h.id != newest.id)
+            && heads.iter().any(|h| h.sha256.is_some() && h.folded == 10))
+        .then_some(())
+    })
+    .await;
     services.shutdown().await;
 
     // A snapshot whose positions are past the topic's end (the topic was made again since) is the newest, and is
