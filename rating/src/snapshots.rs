@@ -62,8 +62,8 @@ impl Snapshots {
     }
 
     /// The newest complete snapshot that fits the topic ([`SnapshotHead::fits`] its partitions' end offsets
-    /// `ends`) and reads back whole (a damaged one is deleted and the next tried), or `None`: none written yet, or the store not readable (logged; the topic is
-    /// then read from its start).
+    /// `ends`) and reads back whole (a damaged one is deleted and the next tried), or `None`: none written yet, or
+    /// the store not readable (logged; the topic is then read from its start).
     pub async fn newest(&self, ends: &BTreeMap<i32, i64>) -> Option<Loaded> {
         let heads = match attempts("reference snapshot heads", || self.store.heads(&self.name))
             .await
