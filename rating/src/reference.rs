@@ -119,7 +119,7 @@ impl SharedReference {
                 }
             }
         }
-        if let Some(from) = snapshot.and_then(|s| self.restore(s, &lifecycle_ends)) {
+        if let Some(from) = snapshot.and_then(|s| self.restore(s)) {
             lifecycle_starts = from;
         }
         // Where each lifecycle partition is read from is its position until a message or the consumer moves it: a
@@ -247,14 +247,10 @@ impl SharedReference {
         }))
     }
 
-    /// Restore the lifecycle state `snapshot` holds ([`crate::snapshots::Snapshots::newest`] found it fits the
-    /// topic; checked again against the ends read now); returns the positions to read from.
-    fn restore(&self, snapshot: Loaded, ends: &BTreeMap<i32, i64>) -> Option<BTreeMap<i32, i64>> {
+    /// Restore the lifecycle state `snapshot` holds ([`crate::snapshots::Snapshots::newest`] chose one that fits
+    /// the topic); returns the positions to read from.
+    fn restore(&self, snapshot: Loaded) -> Option<BTreeMap<i32, i64>> {
         let head = snapshot.head;
-        if !head.fits(ends) {
-            tracing::warn!(snapshot = %head.id, "reference snapshot does not fit billing.lifecycle; reading it from its start");
-            return None;
-        }
         let started = std::time::Instant::now();
         let restored = self
             .data
