@@ -21,7 +21,7 @@ use billing_runtime::{Settings, Shutdown};
 use billing_schemas::reference::AttributionMemo;
 use billing_schemas::usage::UsageEvent;
 use billing_store::usage::{CustomerUsage, CustomerWrite, UsageStore};
-use billing_store::usage_aggregates::{AggKey, AppliedWindow};
+use billing_store::usage_aggregates::AppliedWindow;
 use billing_store::usage_dedup::{self, IdHash};
 use billing_store::usage_events::{self, EncodedRows};
 
@@ -68,6 +68,10 @@ impl ConsumerContext for RebalanceCounter {
 /// A customer, by its Kafka key `tenant/customer` (the key every message about it carries, so a lookup borrows
 /// the message's key instead of building one).
 type CustomerKey = String;
+
+/// The maps rating looks up once or more per event (customers, their pending changes): hashbrown's default hasher
+/// (foldhash), not the std maps' SipHash, which rating's profile showed among its top costs.
+type FastMap<K, V> = hashbrown::HashMap<K, V>;
 
 /// A customer's usage in memory.
 struct Cached {
@@ -120,12 +124,12 @@ const HOLD_PAUSE: Duration = Duration::from_secs(2);
 #[derive(Default)]
 struct Pending {
     /// By customer: what the checkpoint writes for it.
-    customers: HashMap<CustomerKey, PendingCustomer>,
+    customers: FastMap<CustomerKey, PendingCustomer>,
     /// The accepted events' ClickHouse rows.
     rows: EncodedRows,
     dead_letters: Vec<DeadLetter>,
     /// Next offset to commit per partition.
-    offsets: HashMap<i32, i64>,
+    offsets: FastMap<i32, i64>,
     messages: usize,
 }
 
@@ -133,10 +137,11 @@ struct Pending {
 struct PendingCustomer {
     tenant: String,
     customer: String,
-    /// Aggregates changed.
-    dirty: HashSet<AggKey>,
-    /// Unique values added, by aggregate.
-    new_unique: HashMap<AggKey, Vec<String>>,
+    /// Aggregates changed, by their index in the customer's aggregates (valid until the checkpoint: a customer with
+    /// pending changes is neither evicted nor reloaded, and a customer's aggregates are never removed).
+    dirty: IndexSet,
+    /// Unique values added, by aggregate index.
+    new_unique: FastMap<usize, Vec<String>>,
     /// Ids counted.
     seen: Vec<IdHash>,
     /// The customer's partition, the first offset of it read since the last checkpoint, the last one applied.
@@ -145,6 +150,29 @@ struct PendingCustomer {
     applied: Option<i64>,
     /// Offsets of it rejected since the last checkpoint.
     rejected: Vec<i64>,
+}
+
+/// A set of small indices, one bit each.
+#[derive(Default)]
+struct IndexSet(Vec<u64>);
+
+impl IndexSet {
+    fn insert(&mut self, i: usize) {
+        let (word, bit) = (i / 64, i % 64);
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    /// The indices, in increasing order.
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &bits)| {
+            (0..64)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| w * 64 + b)
+        })
+    }
 }
 
 impl PendingCustomer {
@@ -170,23 +198,20 @@ impl Pending {
         partition: i32,
         offset: i64,
     ) -> &mut PendingCustomer {
-        if !self.customers.contains_key(key) {
-            self.customers.insert(
-                key.to_owned(),
-                PendingCustomer {
-                    tenant: tenant.to_owned(),
-                    customer: customer.to_owned(),
-                    dirty: HashSet::new(),
-                    new_unique: HashMap::new(),
-                    seen: Vec::new(),
-                    partition,
-                    first: offset,
-                    applied: None,
-                    rejected: Vec::new(),
-                },
-            );
-        }
-        self.customers.get_mut(key).expect("just inserted")
+        // One lookup by the borrowed key; the key is copied only for a customer new to this checkpoint.
+        self.customers
+            .entry_ref(key)
+            .or_insert_with(|| PendingCustomer {
+                tenant: tenant.to_owned(),
+                customer: customer.to_owned(),
+                dirty: Default::default(),
+                new_unique: Default::default(),
+                seen: Vec::new(),
+                partition,
+                first: offset,
+                applied: None,
+                rejected: Vec::new(),
+            })
     }
 
     /// Remember an event applied at `offset`: its id counted, the aggregates to write and their new unique values.
@@ -196,15 +221,17 @@ impl Pending {
         event: &UsageEvent,
         (partition, offset): (i32, i64),
         counted: IdHash,
-        touched: Vec<AggKey>,
-        new_unique: Vec<(AggKey, String)>,
+        touched: Vec<usize>,
+        new_unique: Vec<(usize, String)>,
     ) {
         let pending = self.customer(key, &event.tenant_id, &event.customer_id, partition, offset);
         pending.seen.push(counted);
         pending.applied = Some(offset);
-        pending.dirty.extend(touched);
-        for (key, value) in new_unique {
-            pending.new_unique.entry(key).or_default().push(value);
+        for i in touched {
+            pending.dirty.insert(i);
+        }
+        for (i, value) in new_unique {
+            pending.new_unique.entry(i).or_default().push(value);
         }
     }
 
@@ -243,7 +270,7 @@ pub struct Pipeline {
     /// Partitions assigned or revoked since the loop last looked (`-1`: unknown, all of them).
     moved: Arc<std::sync::Mutex<HashSet<i32>>>,
     seen_rebalances: u64,
-    customers: HashMap<CustomerKey, Cached>,
+    customers: FastMap<CustomerKey, Cached>,
     /// Σ of the cached customers' `bytes` (`rating.max_cached_bytes`).
     cached_bytes: usize,
     /// Checkpoints made durable so far.
@@ -264,7 +291,7 @@ pub struct Pipeline {
     /// appended before the barrier read the reference topics' ends, so the barrier covers what preceded it.
     reference_covers: HashMap<i32, i64>,
     /// Per usage partition, the offset after the last message read.
-    positions: HashMap<i32, i64>,
+    positions: FastMap<i32, i64>,
     /// When the last checkpoint started.
     last_checkpoint: Instant,
     /// Stops the reference barrier's retries.
@@ -309,7 +336,7 @@ impl Pipeline {
             rebalances,
             moved,
             seen_rebalances: 0,
-            customers: HashMap::new(),
+            customers: FastMap::default(),
             cached_bytes: 0,
             durable: 0,
             evictions: 0,
@@ -320,7 +347,7 @@ impl Pipeline {
             spare_rows: EncodedRows::default(),
             assigned: None,
             reference_covers: HashMap::new(),
-            positions: HashMap::new(),
+            positions: FastMap::default(),
             last_checkpoint: Instant::now(),
             shutdown: Shutdown::new(),
             limits: rate::Limits {
@@ -482,7 +509,7 @@ impl Pipeline {
 
     /// Cache a customer just read from the store, weighed, unless it is cached already (its state is newer).
     fn cache(&mut self, key: CustomerKey, usage: CustomerUsage) {
-        if let std::collections::hash_map::Entry::Vacant(v) = self.customers.entry(key) {
+        if let hashbrown::hash_map::Entry::Vacant(v) = self.customers.entry(key) {
             let cached = Cached::new(v.key(), usage, self.durable);
             self.cached_bytes += cached.bytes;
             v.insert(cached);
@@ -873,11 +900,11 @@ impl Pipeline {
                 let usage = self.customers.get(&key).map(|c| &c.usage);
                 let aggregates = changes
                     .dirty
-                    .drain()
-                    .filter_map(|key| {
-                        let state = usage?.aggregates.get(&key)?.without_unique();
-                        let unique = changes.new_unique.remove(&key).unwrap_or_default();
-                        Some((key, state, unique))
+                    .iter()
+                    .filter_map(|i| {
+                        let (key, state) = usage?.aggregates.get_index(i)?;
+                        let unique = changes.new_unique.remove(&i).unwrap_or_default();
+                        Some((key.clone(), state.without_unique(), unique))
                     })
                     .collect();
                 CustomerWrite {
@@ -1200,6 +1227,16 @@ pub fn since_progress(progress: &Progress) -> Option<chrono::Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_set_holds_each_index_once_in_order() {
+        let mut set = IndexSet::default();
+        for i in [130, 0, 63, 64, 0, 130, 7] {
+            set.insert(i);
+        }
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 7, 63, 64, 130]);
+        assert_eq!(IndexSet::default().iter().count(), 0);
+    }
 
     #[test]
     fn a_barrier_covers_only_what_was_appended_before_it_started() {

@@ -8,7 +8,7 @@ use billing_core::aggregation::{unique_key, AggregationType};
 use billing_core::usage_pricing::apply_and_price;
 use billing_schemas::usage::UsageEvent;
 use billing_store::usage::CustomerUsage;
-use billing_store::usage_aggregates::{aggregation_name, AggKey, AggState, BLOCK_SUBSCRIPTION};
+use billing_store::usage_aggregates::{aggregation_name, AggKeyRef, AggState, BLOCK_SUBSCRIPTION};
 use billing_store::usage_dedup::IdHash;
 use billing_store::usage_events::UsageEventRow;
 use chrono::{DateTime, TimeZone, Utc};
@@ -68,10 +68,11 @@ pub enum Rated {
     Replayed {
         /// Its id, as the next checkpoint stores it.
         counted: IdHash,
-        /// Aggregates changed.
-        touched: Vec<AggKey>,
-        /// Unique values added, with their aggregate.
-        new_unique: Vec<(AggKey, String)>,
+        /// Aggregates changed, by their index in the customer's
+        /// [`billing_store::usage_aggregates::Aggregates`].
+        touched: Vec<usize>,
+        /// Unique values added, with their aggregate's index.
+        new_unique: Vec<(usize, String)>,
     },
     /// Counted now.
     Accepted {
@@ -79,10 +80,11 @@ pub enum Rated {
         counted: IdHash,
         /// The row for ClickHouse.
         row: Box<UsageEventRow>,
-        /// Aggregates changed.
-        touched: Vec<AggKey>,
-        /// Unique values added, with their aggregate.
-        new_unique: Vec<(AggKey, String)>,
+        /// Aggregates changed, by their index in the customer's
+        /// [`billing_store::usage_aggregates::Aggregates`].
+        touched: Vec<usize>,
+        /// Unique values added, with their aggregate's index.
+        new_unique: Vec<(usize, String)>,
         /// A charge it counts for cannot be priced from running usage (per-event options, or units the model
         /// refuses): its row's amount leaves that charge out; the invoice prices it from the events.
         unpriced: bool,
@@ -172,21 +174,27 @@ pub fn apply(
                 .group_by
                 .as_deref()
                 .and_then(get)
-                .unwrap_or_default()
-                .to_owned();
-            let key = AggKey {
-                subscription_id: attribution.subscription_id.clone(),
-                charge_id: charge.charge.id.clone(),
+                .unwrap_or_default();
+            let key = AggKeyRef {
+                subscription_id: &attribution.subscription_id,
+                charge_id: &charge.charge.id,
                 period_start: period.start,
                 group_key,
             };
-            (charge, key)
+            // Found by its borrowed parts: one hash, no copy, for an aggregate the customer has.
+            let found = usage.aggregates.get_index_of(&key);
+            (charge, key, found)
         })
         .collect();
-    // Refuse the event whole, before any state changes, if one of its aggregates would overflow.
-    for (_, key) in &targets {
+    // Refuse the event whole, before any state changes, if one of its aggregates would overflow. (This also says
+    // whether a checkpoint counted the event already.)
+    let mut counted_before = false;
+    for (_, key, found) in &targets {
         let empty = Default::default();
-        let running = usage.aggregates.get(key).map_or(&empty, |s| &s.running);
+        let state = found.map(|i| &usage.aggregates[i]);
+        counted_before |=
+            state.is_some_and(|s| s.last_partition == partition && offset <= s.last_offset);
+        let running = state.map_or(&empty, |s| &s.running);
         if let Err(e) = running.check(agg_type, raw, ev.timestamp, &ev.event_id, period.end) {
             return Err(Rejection::Unaggregatable(e.to_string()));
         }
@@ -196,7 +204,7 @@ pub fn apply(
             && raw.is_some_and(|v| !running.unique.contains(&unique_key(v)))
         {
             return Err(Rejection::UniqueCountLimit {
-                charge: key.charge_id.clone(),
+                charge: key.charge_id.to_owned(),
                 limit: limits.max_unique_values,
             });
         }
@@ -204,16 +212,10 @@ pub fn apply(
     // Usage older than the horizon on its customer's clock is refused, unless a checkpoint already counted it (a
     // replay after a crash must not dead-letter what the aggregates hold).
     if let Some(now) = reference.clock_now(&ev.tenant_id, &ev.customer_id) {
-        let counted = targets.iter().any(|(_, key)| {
-            usage
-                .aggregates
-                .get(key)
-                .is_some_and(|s| s.last_partition == partition && offset <= s.last_offset)
-        });
         let closed = now
             .checked_sub_signed(horizon)
             .is_some_and(|limit| ev.timestamp < limit);
-        if closed && !counted {
+        if closed && !counted_before {
             return Err(Rejection::PeriodClosed {
                 timestamp: ev.timestamp,
                 now,
@@ -226,21 +228,27 @@ pub fn apply(
     let mut amount = Decimal::ZERO;
     let (mut touched, mut new_unique) = (Vec::new(), Vec::new());
     let (mut replayed, mut unpriced) = (false, false);
-    for (charge, key) in targets {
-        let state = usage
-            .aggregates
-            .entry(key.clone())
-            .or_insert_with(|| AggState {
-                period_end: period.end,
-                metric_code: ev.metric_code.clone(),
-                aggregation: aggregation_name(agg_type).to_owned(),
-                charge_model: charge.model.name().to_owned(),
-                charge_properties: charge.charge.properties.clone(),
-                currency: attribution.plan.currency.code().to_owned(),
-                running: Default::default(),
-                last_partition: partition,
-                last_offset: -1,
-            });
+    for (charge, key, found) in targets {
+        // The key is copied only for an aggregate new to the customer (looked up again: two charges of a plan may
+        // not name the same aggregate, but if they did, they would share it as they always have).
+        let index = match found.or_else(|| usage.aggregates.get_index_of(&key)) {
+            Some(i) => i,
+            None => {
+                let state = AggState {
+                    period_end: period.end,
+                    metric_code: ev.metric_code.clone(),
+                    aggregation: aggregation_name(agg_type).to_owned(),
+                    charge_model: charge.model.name().to_owned(),
+                    charge_properties: charge.charge.properties.clone(),
+                    currency: attribution.plan.currency.code().to_owned(),
+                    running: Default::default(),
+                    last_partition: partition,
+                    last_offset: -1,
+                };
+                usage.aggregates.insert_full(key.to_owned(), state).0
+            }
+        };
+        let state = &mut usage.aggregates[index];
         if state.last_partition == partition && offset <= state.last_offset {
             replayed = true;
             continue;
@@ -262,12 +270,12 @@ pub fn apply(
         }
         if state.running.unique.len() > unique_before {
             if let Some(v) = raw {
-                new_unique.push((key.clone(), unique_key(v)));
+                new_unique.push((index, unique_key(v)));
             }
         }
         state.last_partition = partition;
         state.last_offset = offset;
-        touched.push(key);
+        touched.push(index);
     }
     if replayed {
         return Ok(Rated::Replayed {
@@ -535,7 +543,7 @@ mod tests {
         );
         assert_eq!(row.subscription_id, "s1");
         assert_eq!(touched.len(), 2);
-        let state = &usage.aggregates[&touched[0]];
+        let state = &usage.aggregates[touched[0]];
         assert_eq!((state.running.sum, state.last_offset), (dec!(4), 7));
         assert!(matches!(
             rate_one(&r, &mut usage, "e1", "2026-01-05T00:00:00Z", "4", 8),
@@ -546,7 +554,7 @@ mod tests {
             rate_one(&r, &mut usage, "e0", "2026-01-05T00:00:00Z", "4", 6),
             Ok(Rated::Replayed { .. })
         ));
-        assert_eq!(usage.aggregates[&touched[0]].running.sum, dec!(4));
+        assert_eq!(usage.aggregates[touched[0]].running.sum, dec!(4));
     }
 
     #[test]
@@ -559,20 +567,22 @@ mod tests {
             panic!("not accepted")
         };
         // A crash wrote one aggregate (and no dedup id) but not the other: reload that state.
-        let (written, lost) = (&touched[0], &touched[1]);
+        let key = |u: &CustomerUsage, i: usize| u.aggregates.get_index(i).unwrap().0.clone();
+        let (written, lost) = (key(&usage, touched[0]), key(&usage, touched[1]));
         let mut reloaded = CustomerUsage::default();
         reloaded
             .aggregates
-            .insert(written.clone(), usage.aggregates[written].clone());
+            .insert(written.clone(), usage.aggregates[&written].clone());
         let Ok(Rated::Replayed {
             touched: repaired, ..
         }) = rate_one(&r, &mut reloaded, "e1", "2026-01-05T00:00:00Z", "4", 7)
         else {
             panic!("not a replay")
         };
-        assert_eq!(repaired, vec![lost.clone()]);
-        assert_eq!(reloaded.aggregates[lost].running.sum, dec!(4));
-        assert_eq!(reloaded.aggregates[written].running.sum, dec!(4));
+        assert_eq!(repaired.len(), 1);
+        assert_eq!(key(&reloaded, repaired[0]), lost);
+        assert_eq!(reloaded.aggregates[&lost].running.sum, dec!(4));
+        assert_eq!(reloaded.aggregates[&written].running.sum, dec!(4));
         assert!(reloaded.seen.contains(&IdHash::of("e1")));
     }
 

@@ -78,6 +78,9 @@ pub mod dlq_headers {
 fn base(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
+    // A request goes out at once rather than after the broker's ACK of the one before (Nagle's algorithm): rating's
+    // fetches, dead letters and commits share connections, and a small one would wait for a delayed ACK.
+    c.set("socket.nagle.disable", "true");
     c
 }
 

@@ -14,7 +14,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::usage_aggregates::{
-    self, AggKey, AggState, AggWrite, AggregateRow, AppliedWindow, WindowWrite,
+    self, AggKey, AggState, AggWrite, AggregateRow, Aggregates, AppliedWindow, WindowWrite,
 };
 use crate::usage_dedup::{self, IdHash, SeenIds};
 use crate::usage_unique_values;
@@ -23,7 +23,7 @@ use crate::usage_unique_values;
 #[derive(Debug, Default)]
 pub struct CustomerUsage {
     /// Aggregates by key, unique values included.
-    pub aggregates: HashMap<AggKey, AggState>,
+    pub aggregates: Aggregates,
     /// Event ids already counted (empty when loaded with [`UsageStore::aggregates`]).
     pub seen: SeenIds,
     /// The events its last stored checkpoint applied, as loaded (see [`AppliedWindow`]).
@@ -37,7 +37,9 @@ impl CustomerUsage {
     pub fn approx_bytes(&self) -> usize {
         /// A set node's share per unique value, beside the value's own bytes.
         const PER_UNIQUE_VALUE: usize = 64;
-        let slot = std::mem::size_of::<(AggKey, AggState)>() + 1;
+        // An entry (its hash beside it) and a slot of the index table with its control byte.
+        let slot =
+            std::mem::size_of::<(u64, AggKey, AggState)>() + std::mem::size_of::<usize>() + 1;
         let heap: usize = self
             .aggregates
             .iter()

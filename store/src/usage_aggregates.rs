@@ -26,6 +26,48 @@ pub struct AggKey {
     pub group_key: String,
 }
 
+/// An [`AggKey`] of borrowed parts, to find an aggregate without building its key (rating looks aggregates up per
+/// event). It hashes as the key it names: the derived `Hash` of each takes the same fields in the same order, and a
+/// `&str` hashes as the `String` it borrows from.
+#[derive(Debug, Clone, Copy, Hash)]
+pub struct AggKeyRef<'a> {
+    /// Subscription.
+    pub subscription_id: &'a str,
+    /// Charge.
+    pub charge_id: &'a str,
+    /// Billing period start.
+    pub period_start: DateTime<Utc>,
+    /// Value of the charge's group_by property ("" without grouping).
+    pub group_key: &'a str,
+}
+
+impl AggKeyRef<'_> {
+    /// The key it names, owned.
+    pub fn to_owned(&self) -> AggKey {
+        AggKey {
+            subscription_id: self.subscription_id.to_owned(),
+            charge_id: self.charge_id.to_owned(),
+            period_start: self.period_start,
+            group_key: self.group_key.to_owned(),
+        }
+    }
+}
+
+impl indexmap::Equivalent<AggKey> for AggKeyRef<'_> {
+    fn equivalent(&self, key: &AggKey) -> bool {
+        self.period_start == key.period_start
+            && self.charge_id == key.charge_id
+            && self.group_key == key.group_key
+            && self.subscription_id == key.subscription_id
+    }
+}
+
+/// A customer's aggregates, in the order they were added: rating refers to one by its index in here between an event
+/// and the checkpoint that writes it (no key copied or hashed again per event). Aggregates are never removed from a
+/// customer's map, so an index stays valid as long as the map. hashbrown's default hasher (foldhash) rather than
+/// SipHash, which rating's profile showed among its top costs.
+pub type Aggregates = indexmap::IndexMap<AggKey, AggState, hashbrown::DefaultHashBuilder>;
+
 /// One aggregate, its pricing context, and the last event offset it includes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AggState {
@@ -436,6 +478,57 @@ impl<'a> AggWrite<'a> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_borrowed_key_finds_the_aggregate_it_names_and_no_other() {
+        use std::hash::BuildHasher;
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let mut map = Aggregates::default();
+        let keys = [
+            ("s1", "c1", "2026-01-01T00:00:00Z", ""),
+            ("s1", "c1", "2026-01-01T00:00:00Z", "eu"),
+            ("s1", "c1", "2026-02-01T00:00:00Z", ""),
+            ("s1", "c2", "2026-01-01T00:00:00Z", ""),
+            ("s2", "c1", "2026-01-01T00:00:00Z", ""),
+            // The same bytes split differently between the fields.
+            ("s1c", "1", "2026-01-01T00:00:00Z", ""),
+        ];
+        let borrowed = |(s, c, p, g): (&'static str, &'static str, &str, &'static str)| AggKeyRef {
+            subscription_id: s,
+            charge_id: c,
+            period_start: at(p),
+            group_key: g,
+        };
+        for (i, k) in keys.iter().enumerate() {
+            let key = borrowed(*k).to_owned();
+            assert_eq!(
+                map.hasher().hash_one(&key),
+                map.hasher().hash_one(borrowed(*k)),
+                "{k:?}"
+            );
+            let state = AggState {
+                period_end: at("2026-03-01T00:00:00Z"),
+                metric_code: "m".into(),
+                aggregation: "sum".into(),
+                charge_model: "standard".into(),
+                charge_properties: "{}".into(),
+                currency: "EUR".into(),
+                running: Default::default(),
+                last_partition: 0,
+                last_offset: i as i64,
+            };
+            map.insert(key, state);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let found = map
+                .get_full(&borrowed(*k))
+                .map(|(at, _, s)| (at, s.last_offset));
+            assert_eq!(found, Some((i, i as i64)), "{k:?}");
+        }
+        assert!(map
+            .get(&borrowed(("s3", "c1", "2026-01-01T00:00:00Z", "")))
+            .is_none());
+    }
 
     #[test]
     fn aggregation_names_read_back() {

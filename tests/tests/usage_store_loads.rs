@@ -98,7 +98,12 @@ type Loaded = (
 
 fn comparable(usage: CustomerUsage, ids: &[IdHash]) -> Loaded {
     let known = ids.iter().map(|id| usage.seen.contains(id)).collect();
-    (usage.aggregates, known, usage.window, usage.seen.len())
+    (
+        usage.aggregates.into_iter().collect(),
+        known,
+        usage.window,
+        usage.seen.len(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +206,8 @@ async fn loading_customers_together_reads_what_loading_each_one_reads() {
         assert_eq!(aggregates.len(), 2, "{tenant}/{customer}");
         // A reader of aggregates (the usage API, the bill run) gets them, not the blocks.
         let read = store.aggregates(tenant, customer).await.unwrap();
-        assert_eq!(read.aggregates, aggregates, "{tenant}/{customer}");
+        let read_aggregates: HashMap<_, _> = read.aggregates.into_iter().collect();
+        assert_eq!(read_aggregates, aggregates, "{tenant}/{customer}");
         assert!(read.seen.is_empty());
         let users = aggregates
             .iter()
