@@ -298,6 +298,8 @@ pub struct Pipeline {
     shutdown: Shutdown,
     /// What [`rate::decode`] checks, from the configuration.
     limits: rate::Limits,
+    /// Today by the wall clock (days since the epoch), read at the start of each batch: the day ids are counted on.
+    today: u32,
 }
 
 impl Pipeline {
@@ -359,6 +361,7 @@ impl Pipeline {
                     .unwrap_or(chrono::Duration::MAX),
                 max_unique_values: settings.rating.max_unique_values,
             },
+            today: usage_dedup::day_of(Utc::now()),
         })
     }
 
@@ -433,6 +436,7 @@ impl Pipeline {
 
     /// Rate a batch whose customers are loaded, checkpointing whenever `rating.checkpoint_events` are pending.
     async fn rate_batch(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+        self.today = usage_dedup::day_of(Utc::now());
         for m in batch {
             self.on_message(m).await?;
             if self.pending.messages >= self.settings.rating.checkpoint_events {
@@ -725,6 +729,7 @@ impl Pipeline {
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
+            today: self.today,
         };
         let decoded = match rate::decode(&message, &self.limits) {
             Ok(d) => d,
@@ -751,7 +756,7 @@ impl Pipeline {
         cached.last_used = self.durable;
         let usage = &mut cached.usage;
         // Ids counted more than 40 days ago are forgotten, as the store's TTL forgets them.
-        usage.seen.expire(usage_dedup::day_of(Utc::now()));
+        usage.seen.expire(self.today);
         let outcome = {
             let reference = self.reference.data.read().expect("reference lock");
             rate::apply(
@@ -880,10 +885,9 @@ impl Pipeline {
         self.wait_for_checkpoint().await?;
         self.last_checkpoint = Instant::now();
         let mut pending = std::mem::take(&mut self.pending);
-        // The next checkpoint is likely as large: room for its rows at once rather than by repeated doubling, in the
-        // buffer the previous checkpoint gave back.
+        // The next checkpoint's rows go in the chunks the previous checkpoint gave back (already allocated and
+        // touched: fresh pages cost the kernel's zeroing).
         self.pending.rows = std::mem::take(&mut self.spare_rows);
-        self.pending.rows.reserve(pending.rows.bytes());
         // The changed customers weighed again (their aggregates, unique values and ids grew).
         for key in pending.customers.keys() {
             if let Some(c) = self.customers.get_mut(key) {

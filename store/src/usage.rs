@@ -527,14 +527,22 @@ impl UsageStore {
     /// (usually one batch in all). Aggregates are absolute values stamped with their last offset, and a block keeps
     /// its id across retries, so the whole write can be retried.
     pub async fn save_checkpoint(&self, customers: &[CustomerWrite]) -> anyhow::Result<()> {
-        // The futures are made first: a lazy `map` over borrowed rows is not `Send` for every lifetime, which a
-        // spawned checkpoint needs.
-        let writes: Vec<_> = customers.iter().map(|c| self.save_customer(c)).collect();
-        futures::stream::iter(writes)
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+        // At most WRITE_CONCURRENCY writes exist at a time, each made when one ends. (Not a lazy `map` into
+        // `buffer_unordered`: over borrowed rows it is not `Send` for every lifetime, which a spawned checkpoint
+        // needs. Nor every write made first: thousands of futures of a few KiB each were fresh pages to fault in
+        // at every checkpoint.)
+        let mut next = customers.iter();
+        let mut running = futures::stream::FuturesUnordered::new();
+        loop {
+            while running.len() < WRITE_CONCURRENCY {
+                let Some(c) = next.next() else { break };
+                running.push(self.save_customer(c));
+            }
+            match running.next().await {
+                Some(written) => written?,
+                None => return Ok(()),
+            }
+        }
     }
 
     /// One unlogged batch of `statement`, once per row of `values` (all in one partition).
