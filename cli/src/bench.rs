@@ -425,7 +425,9 @@ async fn phases(
 
     // (d) Freshness.
     let before = scrape(&http, &metrics_url).await.unwrap_or_default();
-    let lat = freshness(args, &topics, &producer, &http, &api, customers).await?;
+    let probe_started = Instant::now();
+    let (lat, reads) = freshness(args, &topics, &producer, &http, &api, customers).await?;
+    let probe_s = probe_started.elapsed().as_secs_f64();
     let after = scrape(&http, &metrics_url).await.unwrap_or_default();
     if lat.is_empty() {
         anyhow::bail!("no freshness sample");
@@ -441,22 +443,32 @@ async fn phases(
         lat[lat.len() - 1],
         met(pct(0.99) < FRESHNESS_P99_TARGET_MS)
     );
+    println!(
+        "    the probe's own usage reads (one each 10 ms per followed event until it shows): {reads} in {probe_s:.1} s = {:.0}/s",
+        reads as f64 / probe_s
+    );
     println!("    {}", during_probe(&before, &after));
 
     // (e) Peak memory of rating.
     let hwm_mib = vm_hwm_kib(rating_pid)? as f64 / 1024.0;
+    let resident_bound_mib = settings.rating.max_resident_bytes as f64 / f64::from(1 << 20);
     println!(
-        "(e) rating peak memory (VmHWM): {hwm_mib:.0} MiB at {customers} customers; target ≤ {MEMORY_TARGET_MIB:.0} MiB: {}",
-        met(hwm_mib <= MEMORY_TARGET_MIB)
+        "(e) rating peak memory (VmHWM): {hwm_mib:.0} MiB at {customers} customers; target ≤ {MEMORY_TARGET_MIB:.0} MiB: {}; \
+         under rating.max_resident_bytes ({resident_bound_mib:.0} MiB): {}",
+        met(hwm_mib <= MEMORY_TARGET_MIB),
+        if hwm_mib <= resident_bound_mib { "yes" } else { "NO" },
     );
     let m = scrape(&http, &metrics_url).await.unwrap_or_default();
     let value = |k: &str| m.get(k).copied().unwrap_or(0.0);
     println!(
-        "    rating totals: {:.0} checkpoints, {:.2} s checkpointing; {:.0} customers cached, their usage {:.1} MiB by estimate (rating.max_cached_bytes)",
+        "    rating totals: {:.0} checkpoints, {:.2} s checkpointing; {:.0} customers cached, their usage {:.1} MiB by estimate (rating.max_cached_bytes); \
+         {:.0} customers evicted; resident memory at the last checkpoint {:.0} MiB",
         value("billing_rating_checkpoint_seconds_count"),
         value("billing_rating_checkpoint_seconds_sum"),
         value("billing_rating_cached_customers"),
         value("billing_rating_cached_bytes") / f64::from(1 << 20),
+        value("billing_rating_evicted_customers_total"),
+        value("billing_rating_resident_bytes") / f64::from(1 << 20),
     );
     // The store alone: rating's customer loads, then its checkpoint writes, without rating (after the freshness
     // probe, which the writes' compactions would disturb).
@@ -1063,8 +1075,9 @@ async fn freshness(
     http: &reqwest::Client,
     api: &str,
     customers: u64,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<(Vec<f64>, u64)> {
     let total = u64::from(args.freshness_rate) * u64::from(args.freshness_secs);
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pollers = Arc::new(tokio::sync::Semaphore::new(256));
     let sample = u64::from(args.freshness_sample.max(1));
     let mut tasks = tokio::task::JoinSet::new();
@@ -1105,7 +1118,8 @@ async fn freshness(
             });
             continue;
         }
-        let (http, api, pollers) = (http.clone(), api.to_owned(), pollers.clone());
+        let (http, api, pollers, reads) =
+            (http.clone(), api.to_owned(), pollers.clone(), reads.clone());
         let at = ev.timestamp.to_rfc3339();
         let customer = ev.customer_id.clone();
         tasks.spawn(async move {
@@ -1114,6 +1128,7 @@ async fn freshness(
             let _permit = pollers.acquire_owned().await?;
             let deadline = acked + Duration::from_secs(30);
             loop {
+                reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if api_events(&http, &api, &customer, &at).await.unwrap_or(0) >= expect {
                     return Ok::<_, anyhow::Error>(Some(acked.elapsed().as_secs_f64() * 1000.0));
                 }
@@ -1130,7 +1145,7 @@ async fn freshness(
         lat.extend(r??);
     }
     lat.sort_by(f64::total_cmp);
-    Ok(lat)
+    Ok((lat, reads.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
 /// CPU seconds (user and system) a process has used, from `/proc/<pid>/stat` (clock ticks of 1/100 s, Linux's

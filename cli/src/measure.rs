@@ -36,11 +36,7 @@ pub async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<BTreeMa
 
 /// Peak resident memory of a process (`VmHWM`), in KiB.
 pub fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    billing_runtime::process::status_kib(&pid.to_string(), "VmHWM")
         .context("no VmHWM in /proc status")
 }
 

@@ -44,8 +44,11 @@ pub struct Metrics {
     pub cached_customers: IntGauge,
     /// Memory of the cached customers' usage by estimate, in bytes (`rating.max_cached_bytes`).
     pub cached_bytes: IntGauge,
-    /// Customers dropped from memory (`rating.max_cached_customers`, `rating.max_cached_bytes`).
+    /// Customers dropped from memory (`rating.max_cached_customers`, `rating.max_cached_bytes`,
+    /// `rating.max_resident_bytes`).
     pub evicted_customers: IntCounter,
+    /// The process's resident memory (RSS) at the last durable checkpoint, in bytes (`rating.max_resident_bytes`).
+    pub resident_bytes: IntGauge,
     /// Customers whose background load was dropped unused, because the group rebalanced or customers were evicted
     /// while it ran (what it read may be older than the store); each is read again when its event is rated.
     pub discarded_loads: IntCounter,
@@ -155,9 +158,14 @@ impl Metrics {
         registry.register(Box::new(cached_bytes.clone()))?;
         let evicted_customers = IntCounter::new(
             "evicted_customers_total",
-            "Customers dropped from memory past rating.max_cached_customers or rating.max_cached_bytes",
+            "Customers dropped from memory past rating.max_cached_customers, rating.max_cached_bytes or rating.max_resident_bytes",
         )?;
         registry.register(Box::new(evicted_customers.clone()))?;
+        let resident_bytes = IntGauge::new(
+            "resident_bytes",
+            "The process's resident memory (RSS) at the last durable checkpoint, in bytes",
+        )?;
+        registry.register(Box::new(resident_bytes.clone()))?;
         let discarded_loads = IntCounter::new(
             "discarded_loads_total",
             "Customers loaded ahead whose state was dropped unused: the group rebalanced or customers were evicted meanwhile",
@@ -207,6 +215,7 @@ impl Metrics {
             cached_customers,
             cached_bytes,
             evicted_customers,
+            resident_bytes,
             discarded_loads,
             unpriced_events,
             store_wait_seconds,

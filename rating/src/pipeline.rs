@@ -114,6 +114,9 @@ struct Loads {
 const PREFETCH_BATCH: usize = 2_000;
 /// How often usage waits for the reference topics to be read to their end, besides before a rejection.
 const REFERENCE_REFRESH: Duration = Duration::from_secs(1);
+/// After customers were dropped for resident memory, how long before resident memory may drop more: time for the
+/// allocator to give what they held back to the system (mimalloc purges freed memory after 10 ms).
+const RESIDENT_SETTLE: Duration = Duration::from_secs(1);
 /// Behind by more than this many events, rating checkpoints every `rating.catch_up_interval`.
 const CATCH_UP_LAG: i64 = 10_000;
 /// How long a wait on a store may last before the consumer pauses its partitions and keeps polling (so the group
@@ -277,6 +280,9 @@ pub struct Pipeline {
     durable: u64,
     /// Rounds of eviction that dropped customers so far.
     evictions: u64,
+    /// When resident memory near `rating.max_resident_bytes` last dropped customers: for `RESIDENT_SETTLE` after
+    /// it, it drops nobody (the memory that round freed may not be back with the system yet).
+    resident_settling: Option<Instant>,
     pending: Pending,
     reference_checked: Option<Instant>,
     /// The checkpoint being written; it gives back its rows' buffer, emptied.
@@ -342,6 +348,7 @@ impl Pipeline {
             cached_bytes: 0,
             durable: 0,
             evictions: 0,
+            resident_settling: None,
             pending: Pending::default(),
             reference_checked: None,
             in_flight: None,
@@ -1006,10 +1013,28 @@ impl Pipeline {
     /// Past `rating.max_cached_customers` customers or `rating.max_cached_bytes` of their usage (by estimate), drop
     /// the customers used least recently whose state is all durable (nothing pending since the checkpoint just made
     /// durable), down to 90 % of both bounds. They are reloaded from the store when next used, with their dedup ids
-    /// as the store keeps them (40 days).
+    /// as the store keeps them (40 days). Past 90 % of `rating.max_resident_bytes` of resident memory, the usage
+    /// bound is, for this round, the cached usage less what the process takes over 80 % of it
+    /// ([`resident_usage_bound`]): the rest is room for what rating loads and buffers until the next checkpoint (at
+    /// a million customers, about 100 MiB between two catch-up checkpoints).
     fn evict(&mut self) {
         let max = self.settings.rating.max_cached_customers;
-        let max_bytes = self.settings.rating.max_cached_bytes;
+        let mut max_bytes = self.settings.rating.max_cached_bytes;
+        let resident = billing_runtime::process::resident_bytes();
+        let mut resident_round = false;
+        if let Some(rss) = resident {
+            self.metrics.resident_bytes.set(rss as i64);
+            let settled = self
+                .resident_settling
+                .is_none_or(|t| t.elapsed() >= RESIDENT_SETTLE);
+            let limit = self.settings.rating.max_resident_bytes;
+            if settled && rss > limit / 10 * 9 {
+                max_bytes =
+                    max_bytes.min(resident_usage_bound(self.cached_bytes, rss, limit / 10 * 8));
+                self.resident_settling = Some(Instant::now());
+                resident_round = true;
+            }
+        }
         if self.customers.len() > max || self.cached_bytes > max_bytes {
             let pending = &self.pending.customers;
             let mut idle: Vec<(u64, CustomerKey)> = self
@@ -1033,6 +1058,17 @@ impl Pipeline {
                 self.evictions += 1;
             }
             self.metrics.evicted_customers.inc_by(dropped);
+            if resident_round && self.cached_bytes > max_bytes / 10 * 9 {
+                // Only customers with pending changes are left: the rest of the process takes most of
+                // `rating.max_resident_bytes` (at most one warning per RESIDENT_SETTLE).
+                tracing::warn!(
+                    resident = ?resident,
+                    max_resident_bytes = self.settings.rating.max_resident_bytes,
+                    cached_bytes = self.cached_bytes,
+                    cached_customers = self.customers.len(),
+                    "resident memory near rating.max_resident_bytes with every idle customer dropped"
+                );
+            }
         }
         self.metrics
             .cached_customers
@@ -1228,9 +1264,33 @@ pub fn since_progress(progress: &Progress) -> Option<chrono::Duration> {
     (ms > 0).then(|| Utc::now() - last)
 }
 
+/// The cached usage (by estimate) that brings a process of `resident` bytes down to `target`: what is cached less
+/// the excess. The estimate is below what the usage really takes (allocator overhead), so dropping that much frees at
+/// least the excess; the rest of the process (reference data, Kafka's buffers) cannot be dropped, so a bound below
+/// it leaves the idle customers none.
+fn resident_usage_bound(cached_bytes: usize, resident: usize, limit: usize) -> usize {
+    cached_bytes.saturating_sub(resident.saturating_sub(limit))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resident_memory_over_its_bound_takes_the_excess_from_the_cached_usage() {
+        const MIB: usize = 1 << 20;
+        assert_eq!(
+            resident_usage_bound(500 * MIB, 1_700 * MIB, 1_536 * MIB),
+            336 * MIB
+        );
+        // Under the bound, nothing is taken (the caller only asks past it).
+        assert_eq!(
+            resident_usage_bound(500 * MIB, 1_000 * MIB, 1_536 * MIB),
+            500 * MIB
+        );
+        // An excess larger than the cache leaves it nothing.
+        assert_eq!(resident_usage_bound(100 * MIB, 2_000 * MIB, 1_536 * MIB), 0);
+    }
 
     #[test]
     fn an_index_set_holds_each_index_once_in_order() {

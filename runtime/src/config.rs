@@ -117,6 +117,14 @@ pub struct KafkaConfig {
     /// Records a producer holds at most while they wait for delivery (librdkafka's `queue.buffering.max.messages`);
     /// past it a send is refused at once (rating keeps a refused dead letter and sends it again).
     pub producer_queue_messages: usize,
+    /// A group consumer's fetch is answered once this many bytes are ready for it (librdkafka's
+    /// `fetch.min.bytes`), or after `fetch_wait`. Above 1, a steady trickle of records is fetched in small
+    /// batches rather than one round trip per record, which costs the broker far less CPU.
+    pub fetch_min_bytes: u32,
+    /// The longest a broker holds a group consumer's fetch for `fetch_min_bytes` (librdkafka's
+    /// `fetch.wait.max.ms`): what a record can wait at most before the consumer receives it.
+    #[serde(with = "humantime_serde")]
+    pub fetch_wait: Duration,
 }
 
 /// CQL settings.
@@ -204,6 +212,11 @@ pub struct RatingConfig {
     /// Memory the cached customers' usage may take, in bytes, by estimate (aggregates, unique values, dedup ids);
     /// past it, after each durable checkpoint, customers are dropped as past `max_cached_customers`.
     pub max_cached_bytes: usize,
+    /// The process's resident memory (RSS) that rating keeps under: past 90 % of it, after a durable checkpoint,
+    /// idle customers are dropped as past `max_cached_bytes`, until the cached usage is smaller by what the process
+    /// takes over 80 % of it (the rest of the process, reference data included, is not dropped: the bound must
+    /// leave it room).
+    pub max_resident_bytes: usize,
     /// Distinct values a unique-count aggregate (one subscription, charge, period and group) counts exactly, all
     /// held in memory; an event that would add one more is dead-lettered as `unique_count_limit`.
     pub max_unique_values: usize,
@@ -528,8 +541,17 @@ impl Settings {
         if self.kafka.producer_queue_messages == 0 {
             errors.push("kafka.producer_queue_messages must be at least 1".to_owned());
         }
+        if self.kafka.fetch_min_bytes == 0 {
+            errors.push("kafka.fetch_min_bytes must be at least 1".to_owned());
+        }
+        if self.kafka.fetch_wait.is_zero() || self.kafka.fetch_wait > Duration::from_secs(5) {
+            errors.push("kafka.fetch_wait must be between 1ms and 5s".to_owned());
+        }
         if self.rating.max_cached_bytes == 0 {
             errors.push("rating.max_cached_bytes must be at least 1".to_owned());
+        }
+        if self.rating.max_resident_bytes < 16 << 20 {
+            errors.push("rating.max_resident_bytes must be at least 16 MiB (16777216)".to_owned());
         }
         if self.rating.max_unique_values == 0 {
             errors.push("rating.max_unique_values must be at least 1".to_owned());

@@ -268,7 +268,8 @@ fn group_consumer<C: ConsumerContext + 'static>(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("partition.assignment.strategy", assignment)
-        .set("fetch.wait.max.ms", "50")
+        .set("fetch.min.bytes", cfg.fetch_min_bytes.to_string())
+        .set("fetch.wait.max.ms", cfg.fetch_wait.as_millis().to_string())
         .create_with_context(context)
 }
 

@@ -8,6 +8,7 @@ pub mod cql;
 pub mod health;
 pub mod http;
 pub mod kafka;
+pub mod process;
 pub mod publish;
 pub mod shutdown;
 pub mod telemetry;

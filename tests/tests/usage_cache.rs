@@ -1,5 +1,6 @@
-//! Rating's memory is bounded by `rating.max_cached_customers` and by `rating.max_cached_bytes`, and nothing is lost
-//! or counted twice for it: with a bound of 20 customers (or of 64 KiB) and 200 customers, the least recently used
+//! Rating's memory is bounded by `rating.max_cached_customers`, by `rating.max_cached_bytes` and by
+//! `rating.max_resident_bytes`, and nothing is lost or counted twice for it: with a bound of 20 customers (or of
+//! 64 KiB, or of 16 MiB of resident memory) and 200 customers, the least recently used
 //! customers are dropped after durable checkpoints (`billing_rating_evicted_customers_total` grows,
 //! `billing_rating_cached_customers` comes back under the bound), and a dropped customer, reloaded from the store,
 //! still recognises its events already counted (the same ids sent again count nothing) and counts its new ones.
@@ -89,6 +90,17 @@ async fn under_a_bound(
     bounded: &str,
     limit: i64,
 ) {
+    let gauge_within = |c: i64| c > 0 && c <= limit;
+    under_a_bound_checked(name, bound, bounded, gauge_within).await;
+}
+
+/// As [`under_a_bound`], with what the gauge `bounded` must show once idle customers are dropped.
+async fn under_a_bound_checked(
+    name: &str,
+    bound: impl FnOnce(&mut billing_runtime::config::Settings),
+    bounded: &str,
+    within_bound: impl Fn(i64) -> bool,
+) {
     let mut env = TestEnv::new(name).await;
     bound(&mut env.settings);
     let names: Vec<String> = (0..CUSTOMERS).map(customer).collect();
@@ -109,7 +121,7 @@ async fn under_a_bound(
         "the cache back under its bound",
         || async {
             let c = metric(&env, bounded).await;
-            (c > 0 && c <= limit).then_some(c)
+            within_bound(c).then_some(c)
         },
     )
     .await;
@@ -153,6 +165,26 @@ async fn a_memory_budget_drops_idle_customers_and_loses_or_doubles_nothing() {
         },
         "billing_rating_cached_bytes",
         BYTES as i64,
+    )
+    .await;
+}
+
+/// The bound on the process's resident memory (`rating.max_resident_bytes`), at its smallest (16 MiB, far below
+/// what rating's process takes before it caches anyone: about 65 MiB): after each durable checkpoint, at most once a second, what the
+/// process takes over 80 % of it is taken from the cached usage, so idle customers are dropped although both cache bounds are far away; the
+/// resident memory the gauge shows is over the bound, which is what dropped them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resident_memory_bound_drops_idle_customers_and_loses_or_doubles_nothing() {
+    const RESIDENT: usize = 16 << 20;
+    under_a_bound_checked(
+        "usage_cache_resident",
+        |s| {
+            s.rating.max_cached_customers = 1_000_000;
+            s.rating.max_cached_bytes = 1 << 30;
+            s.rating.max_resident_bytes = RESIDENT;
+        },
+        "billing_rating_resident_bytes",
+        |rss| rss > RESIDENT as i64,
     )
     .await;
 }
