@@ -119,7 +119,7 @@ pub struct KafkaConfig {
     pub producer_queue_messages: usize,
     /// A group consumer's fetch is answered once this many bytes are ready for it (librdkafka's
     /// `fetch.min.bytes`), or after `fetch_wait`. Above 1, a steady trickle of records is fetched in small
-    /// batches rather than one round trip per record, which costs the broker far less CPU.
+    /// batches rather than as each record arrives, which costs the broker less CPU.
     pub fetch_min_bytes: u32,
     /// The longest a broker holds a group consumer's fetch for `fetch_min_bytes` (librdkafka's
     /// `fetch.wait.max.ms`): what a record can wait at most before the consumer receives it.
