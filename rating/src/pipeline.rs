@@ -1058,17 +1058,17 @@ impl Pipeline {
                 self.evictions += 1;
             }
             self.metrics.evicted_customers.inc_by(dropped);
-            if resident_round && self.cached_bytes > max_bytes / 10 * 9 {
-                // Only customers with pending changes are left: the rest of the process takes most of
-                // `rating.max_resident_bytes` (at most one warning per RESIDENT_SETTLE).
-                tracing::warn!(
-                    resident = ?resident,
-                    max_resident_bytes = self.settings.rating.max_resident_bytes,
-                    cached_bytes = self.cached_bytes,
-                    cached_customers = self.customers.len(),
-                    "resident memory near rating.max_resident_bytes with every idle customer dropped"
-                );
-            }
+        }
+        if resident_round && self.cached_bytes >= max_bytes / 10 * 9 {
+            // Only customers with pending changes are left, or none at all: the rest of the process takes most of
+            // `rating.max_resident_bytes` (at most one warning per RESIDENT_SETTLE).
+            tracing::warn!(
+                resident = ?resident,
+                max_resident_bytes = self.settings.rating.max_resident_bytes,
+                cached_bytes = self.cached_bytes,
+                cached_customers = self.customers.len(),
+                "resident memory near rating.max_resident_bytes with every idle customer dropped"
+            );
         }
         self.metrics
             .cached_customers
