@@ -1268,8 +1268,8 @@ pub fn since_progress(progress: &Progress) -> Option<chrono::Duration> {
 /// the excess. The estimate is below what the usage really takes (allocator overhead), so dropping that much frees at
 /// least the excess; the rest of the process (reference data, Kafka's buffers) cannot be dropped, so a bound below
 /// it leaves the idle customers none.
-fn resident_usage_bound(cached_bytes: usize, resident: usize, limit: usize) -> usize {
-    cached_bytes.saturating_sub(resident.saturating_sub(limit))
+fn resident_usage_bound(cached_bytes: usize, resident: usize, target: usize) -> usize {
+    cached_bytes.saturating_sub(resident.saturating_sub(target))
 }
 
 #[cfg(test)]
