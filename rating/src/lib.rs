@@ -27,6 +27,7 @@ pub use validate::Rejection;
 
 /// Run rating until `shutdown`; returns after the final checkpoint.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let metrics = Metrics::new()?;
     let session = Arc::new(cql::connect(&settings.cassandra).await?);
     let ch = clickhouse::client(&settings.clickhouse);
@@ -34,6 +35,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
         billing_store::usage::UsageStore::new(session.clone(), &settings.cassandra.keyspace)
             .await?;
     let progress = pipeline::Progress::default();
+    let store_ms = started.elapsed().as_millis();
 
     let reference = reference::SharedReference::for_attribution();
     let pipeline = pipeline::Pipeline::new(
@@ -111,6 +113,11 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     )?;
+    tracing::info!(
+        store_ms,
+        reference_ms = started.elapsed().as_millis() - store_ms,
+        "rating started: store connected, reference snapshot read"
+    );
     let result = pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = reader.await;

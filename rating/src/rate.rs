@@ -219,8 +219,17 @@ pub fn apply(
         }
     }
     // Usage older than the horizon on its customer's clock is refused, unless a checkpoint already counted it (a
-    // replay after a crash must not dead-letter what the aggregates hold).
-    if let Some(now) = reference.clock_now(&ev.tenant_id, &ev.customer_id) {
+    // replay after a crash must not dead-letter what the aggregates hold). No clock is past the latest one, so usage
+    // within the horizon of that one needs no look at its customer's clock.
+    let maybe_closed = reference.latest_clock().is_some_and(|latest| {
+        latest
+            .checked_sub_signed(horizon)
+            .is_some_and(|limit| ev.timestamp < limit)
+    });
+    if let Some(now) = maybe_closed
+        .then(|| reference.clock_now(&ev.tenant_id, &ev.customer_id))
+        .flatten()
+    {
         let closed = now
             .checked_sub_signed(horizon)
             .is_some_and(|limit| ev.timestamp < limit);

@@ -122,8 +122,16 @@ pub fn decode_event(
     }
     let event: UsageEvent = decode(payload, content_type)?;
     billing_schemas::validate::validate_event(&event)?;
-    let expected = customer_key(&event.tenant_id, &event.customer_id);
-    if key != Some(expected.as_bytes()) {
+    // Compared in place: the expected key is built only to name it in a rejection.
+    let (tenant, customer) = (event.tenant_id.as_bytes(), event.customer_id.as_bytes());
+    let matches = key.is_some_and(|k| {
+        k.len() == tenant.len() + 1 + customer.len()
+            && k.starts_with(tenant)
+            && k[tenant.len()] == b'/'
+            && k.ends_with(customer)
+    });
+    if !matches {
+        let expected = customer_key(&event.tenant_id, &event.customer_id);
         let found = key
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .unwrap_or_default();
@@ -215,6 +223,27 @@ mod tests {
             decode_event(None, &json("1"), None, 1000).unwrap_err(),
             Rejection::WrongKey { .. }
         ));
+        // The key must be exactly `tenant/customer`.
+        assert!(decode_event(Some(KEY), &json("1"), None, 1000).is_ok());
+        for other in [
+            &b"t/cc"[..],
+            b"tt/c",
+            b"t:c",
+            b"t/",
+            b"/c",
+            b"t/c/",
+            b"",
+            b"T/c",
+        ] {
+            assert_eq!(
+                decode_event(Some(other), &json("1"), None, 1000).unwrap_err(),
+                Rejection::WrongKey {
+                    expected: "t/c".into(),
+                    found: String::from_utf8_lossy(other).into_owned()
+                },
+                "{other:?}"
+            );
+        }
         assert!(matches!(
             decode_event(Some(KEY), b"\xff\x00", None, 1000).unwrap_err(),
             Rejection::Decode(_)

@@ -425,6 +425,8 @@ pub struct Reference {
     customers: hashbrown::HashMap<CustomerKey, Box<Customer>>,
     /// The latest time of each clock: (tenant, clock id); the wall clock's ticks have the tenant `*`.
     clocks: hashbrown::HashMap<(String, String), DateTime<Utc>>,
+    /// The latest time of all clocks (clocks only move forward): no customer's clock is past it.
+    latest_clock: Option<DateTime<Utc>>,
     /// Counts the changes that can change an attribution (every one but clock ticks), for [`AttributionMemo`].
     revision: u64,
     /// Keeps only what attribution needs (see [`Reference::for_attribution`]).
@@ -803,6 +805,7 @@ impl Reference {
             Lifecycle::ClockTick(t) => {
                 let at = self.clocks.entry((tenant, t.clock_id)).or_insert(t.now);
                 *at = (*at).max(t.now);
+                self.latest_clock = self.latest_clock.max(Some(t.now));
                 return Ok(());
             }
             Lifecycle::InvoiceFinalizeRequested(_)
@@ -1139,6 +1142,12 @@ impl Reference {
             },
         })
         .map_err(|e| e.to_string())
+    }
+
+    /// The latest time any clock has reached: every [`Self::clock_now`] is at or before it (one read where a
+    /// customer's clock takes three lookups).
+    pub fn latest_clock(&self) -> Option<DateTime<Utc>> {
+        self.latest_clock
     }
 
     /// The time of a customer's clock (its test clock's, else the wall clock's), once a tick of it was read.
@@ -1617,6 +1626,8 @@ mod tests {
         assert_eq!(l.timezone, Some(chrono_tz::America::New_York));
         assert_eq!(lean.clock_now("t", "a"), Some(at("2026-02-20T00:00:00Z")));
         assert_eq!(full.clock_now("t", "a"), lean.clock_now("t", "a"));
+        // The latest of every clock (here the test clock; no wall-clock tick was read) bounds each customer's.
+        assert_eq!(lean.latest_clock(), Some(at("2026-02-20T00:00:00Z")));
         let mut probe = at("2025-12-31T12:00:00Z");
         let mut attributed = 0;
         while probe < at("2026-04-01T00:00:00Z") {

@@ -103,6 +103,7 @@ impl Reference {
             return Err(format!("{} bytes after the end", r.left()));
         }
         self.customers = customers;
+        self.latest_clock = clocks.values().max().copied();
         self.clocks = clocks;
         self.revision += 1;
         Ok(n)
@@ -415,6 +416,8 @@ mod tests {
         assert_eq!(back.restore_lifecycle_state(&bytes), Ok(2));
         assert_eq!(customers(&back), customers(&r));
         assert_eq!(back.clocks, r.clocks);
+        assert!(back.latest_clock.is_some());
+        assert_eq!(back.latest_clock, r.latest_clock);
         let c1 = back.customer("t", "c1").unwrap();
         assert_eq!(c1.subscriptions[0].history.changes.len(), 5);
         assert_eq!(c1.tz().name(), "Europe/Paris");
