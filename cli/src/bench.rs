@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::children::{drop_environment, free_addr, met, Children};
+use crate::measure::{scrape, vm_hwm_kib};
 use billing_runtime::kafka::{self, Topics};
 use billing_runtime::publish::{ack, Publisher};
 use billing_runtime::{Settings, Shutdown};
@@ -918,18 +919,6 @@ fn during_probe(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -
     )
 }
 
-async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    let text = http.get(url).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect())
-}
-
 async fn wait_http_ok(http: &reqwest::Client, url: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -1327,15 +1316,6 @@ fn stack_cpu() -> BTreeMap<&'static str, f64> {
         }
     }
     out
-}
-
-fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc status")
 }
 
 /// Post `gateway_batches` batches of 1,000 events from `gateway_clients` tasks; returns (accepted, seconds).
